@@ -1,0 +1,3 @@
+from pfcompile.cli import main
+
+main()
