@@ -21,26 +21,26 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pfcompile.errors import ConfigError, DeviceError
 from pfcompile.targets import Target
 
 __all__ = [
     "PORT_RANGE",
-    "DeviceProcess",
     "DeviceInfo",
+    "DeviceProcess",
     "LocalRPC",
+    "call_with_deadline",
+    "connect",
     "default_device_dir",
     "emulated_python",
     "free_port",
     "parse_addr",
+    "query",
     "serve",
     "tracker",
     "wait_ready",
-    "query",
-    "connect",
-    "call_with_deadline",
 ]
 
 #: Ports pfcompile picks from when it needs a free one (``free_port``).
@@ -147,7 +147,7 @@ class DeviceProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def __enter__(self) -> "DeviceProcess":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -397,7 +397,7 @@ class LocalRPC:
         assert self.tracker is not None, "LocalRPC used outside its with-block"
         return self.tracker.addr
 
-    def __enter__(self) -> "LocalRPC":
+    def __enter__(self) -> Self:
         try:
             self.tracker = tracker(self.host, free_port(self.host))
             used = [self.tracker.port]

@@ -27,8 +27,16 @@ from pfcompile.model import TensorSpec
 from pfcompile.runner import LocalRunner, RPCRunner, Runner, RunnerResult
 from pfcompile.targets import MeasureSettings, Target, load_target
 
-__all__ = ["TOLERANCES", "Verification", "tolerance_for", "reference_outputs", "verify",
-           "read_artifact", "make_runner", "measure"]
+__all__ = [
+    "TOLERANCES",
+    "Verification",
+    "make_runner",
+    "measure",
+    "read_artifact",
+    "reference_outputs",
+    "tolerance_for",
+    "verify",
+]
 
 #: (rtol, atol) per output dtype; integer outputs must match exactly.
 TOLERANCES: dict[str, tuple[float, float]] = {

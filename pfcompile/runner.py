@@ -15,6 +15,7 @@ raises for a device problem and never blocks past its deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -22,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -30,12 +31,12 @@ from pfcompile.errors import DeviceError, PfcompileError
 from pfcompile.targets import MeasureSettings, Target
 
 __all__ = [
-    "RunnerResult",
-    "Runner",
-    "RPCRunner",
+    "Artifact",
     "LocalRunner",
     "NullRunner",
-    "Artifact",
+    "RPCRunner",
+    "Runner",
+    "RunnerResult",
     "resolve_artifact",
 ]
 
@@ -66,7 +67,7 @@ class RunnerResult:
 
     @staticmethod
     def failure(error: str, kind: str, device: str = "", elapsed_s: float = 0.0,
-                settings: MeasureSettings | None = None) -> "RunnerResult":
+                settings: MeasureSettings | None = None) -> RunnerResult:
         return RunnerResult(None, error, None, device, kind, elapsed_s,
                             settings or MeasureSettings())
 
@@ -114,7 +115,7 @@ class Runner(ABC):
     def close(self) -> None:
         """Release what the runner holds (servers it started). Idempotent."""
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -193,10 +194,9 @@ class RPCRunner(Runner):
         return [float(s) * 1e3 for s in ftimer("main").results]
 
     def cleanup(self, sess: Any, remote_name: str) -> None:
-        try:
+        # best effort: the server's workspace is temporary anyway
+        with contextlib.suppress(Exception):
             sess.remove(remote_name)
-        except Exception:  # noqa: BLE001 - best effort; the server's workspace is temporary
-            pass
 
     # -- the pipeline --------------------------------------------------------
     def _pipeline(self, art: Artifact, inputs: dict[str, np.ndarray],

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pfcompile.model import input_specs, model_hash, output_specs
 from pfcompile.targets import Target
 
-__all__ = ["tiny_model", "compile_tiny", "heavy_model"]
+__all__ = ["compile_tiny", "heavy_model", "tiny_model"]
 
 
 def tiny_model(seed: int = 0) -> onnx.ModelProto:
