@@ -134,8 +134,10 @@ class DeviceProcess:
             pass
 
     def stop(self, grace_s: float = 5.0) -> None:
-        """SIGTERM, wait up to ``grace_s``, then SIGKILL. Idempotent."""
+        """SIGTERM (and SIGCONT, in case it was stopped), wait up to ``grace_s``, then
+        SIGKILL. Idempotent."""
         self._signal(signal.SIGTERM)
+        self._signal(signal.SIGCONT)
         try:
             self.proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
@@ -299,10 +301,9 @@ class DeviceInfo:
 
 def query(tracker_addr: str, timeout_s: float = 10.0) -> list[DeviceInfo]:
     """The devices registered at a tracker, one :class:`DeviceInfo` per key."""
-    from tvm import rpc
-
     host, port = parse_addr(tracker_addr, "tracker address")
     _probe(host, port, "tracker", timeout_s)
+    from tvm import rpc  # after the probe: an unreachable tracker fails without importing tvm
 
     def ask() -> dict:
         return rpc.connect_tracker(host, port).summary()
@@ -332,14 +333,13 @@ def connect(rpc: str | None = None, key: str | None = None, device: str | None =
     server (``device="host:port"``). Bounded by ``timeout_s``; DeviceError naming the
     address otherwise. ``session_timeout_s`` > 0 makes the server end the session
     (and free itself) after that many seconds."""
-    from tvm import rpc as tvm_rpc
-
     if (rpc is None) == (device is None):
         raise ConfigError("give exactly one of --rpc HOST:PORT (a tracker, with --key) or "
                           "--device HOST:PORT (a server)")
     if device is not None:
         host, port = parse_addr(device, "--device")
         _probe(host, port, "device", min(timeout_s, 10.0))
+        from tvm import rpc as tvm_rpc
 
         def direct() -> Any:
             return tvm_rpc.connect(host, port, session_timeout=session_timeout_s)
@@ -359,6 +359,7 @@ def connect(rpc: str | None = None, key: str | None = None, device: str | None =
         listed = ", ".join(f"{d.key} ({d.total})" for d in known) or "none"
         raise DeviceError(f"tracker {host}:{port} has no device with key '{key}' "
                           f"(it lists: {listed})")
+    from tvm import rpc as tvm_rpc
 
     def via_tracker() -> Any:
         trk = tvm_rpc.connect_tracker(host, port)

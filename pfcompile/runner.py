@@ -16,6 +16,7 @@ raises for a device problem and never blocks past its deadline.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import statistics
 import time
@@ -218,6 +219,13 @@ class RPCRunner(Runner):
             self.cleanup(sess, name)
         return outputs, lat
 
+    @staticmethod
+    def _release() -> None:
+        """Drop the session now: remote handles (device, module, VM) form reference
+        cycles, and a TVM server serves one session at a time, so a session kept alive
+        until some later garbage collection blocks the next connect."""
+        gc.collect()
+
     def run(self, artifact: str | Path, inputs: dict[str, np.ndarray],
             settings: MeasureSettings | None = None) -> RunnerResult:
         from pfcompile.device import call_with_deadline
@@ -231,9 +239,12 @@ class RPCRunner(Runner):
         stage = ["start"]
         deadline = self.connect_timeout_s + float(settings.timeout_s)
         try:
-            outputs, lat = call_with_deadline(self._pipeline, deadline,
-                                              f"run on {self.device_name}",
-                                              art, inputs, settings, stage)
+            try:
+                outputs, lat = call_with_deadline(self._pipeline, deadline,
+                                                  f"run on {self.device_name}",
+                                                  art, inputs, settings, stage)
+            finally:
+                self._release()
         except DeviceError as exc:
             kind = "timeout" if "no answer within" in str(exc) else "device"
             msg = str(exc) if kind == "device" else (
