@@ -244,11 +244,17 @@ def serve(target: Target, host: str = "127.0.0.1", port: int = 9090,
     return dp
 
 
-def tracker(host: str = "127.0.0.1", port: int = 9190, ready_s: float = 60.0) -> DeviceProcess:
-    """Start a stock ``tvm.exec.rpc_tracker`` on exactly ``host:port``."""
+def tracker(host: str = "127.0.0.1", port: int = 9190, ready_s: float = 60.0,
+            wait: bool = True) -> DeviceProcess:
+    """Start a stock ``tvm.exec.rpc_tracker`` on exactly ``host:port``; with
+    ``wait=False`` return at once (then call ``wait_ready(proc)``)."""
     cmd = [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
            "--port-end", str(port + 1)]
-    return _spawn("tracker", cmd, _clean_env(), host, port, ready_s)
+    dp = _spawn("tracker", cmd, _clean_env(), host, port, None)
+    dp.ready_s = ready_s
+    if wait:
+        wait_ready(dp)
+    return dp
 
 
 def _probe(host: str, port: int, what: str, timeout_s: float) -> None:
@@ -400,15 +406,17 @@ class LocalRPC:
 
     def __enter__(self) -> Self:
         try:
-            self.tracker = tracker(self.host, free_port(self.host))
+            # start everything, then wait: the slow imports overlap, and a server
+            # retries its tracker connection until the tracker is up
+            self.tracker = tracker(self.host, free_port(self.host), wait=False)
             used = [self.tracker.port]
-            for _ in range(self.n_servers):  # start all, then wait: imports overlap
+            for _ in range(self.n_servers):
                 p = free_port(self.host, exclude=tuple(used))
                 used.append(p)
                 self.servers.append(serve(self.target, self.host, p, self.tracker_addr,
                                           self.key, self.device_dir, wait=False))
-            for s in self.servers:
-                wait_ready(s)
+            for proc in [self.tracker, *self.servers]:
+                wait_ready(proc)
             self._wait_registered(60.0)
         except BaseException:
             self.close()
