@@ -28,9 +28,10 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # one line per command module; each defines register(app)
-    from pfcompile import compile_cli
+    from pfcompile import compile_cli, device_cli
 
     compile_cli.register(app)
+    device_cli.register(app)
 
 
 _register()
