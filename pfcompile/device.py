@@ -133,9 +133,9 @@ class DeviceProcess:
         except ProcessLookupError:
             pass
 
-    def stop(self, grace_s: float = 5.0) -> None:
+    def stop(self, grace_s: float = 5.0, keep_log: bool = False) -> None:
         """SIGTERM (and SIGCONT, in case it was stopped), wait up to ``grace_s``, then
-        SIGKILL. Idempotent."""
+        SIGKILL; remove the log unless ``keep_log``. Idempotent."""
         self._signal(signal.SIGTERM)
         self._signal(signal.SIGCONT)
         try:
@@ -148,6 +148,8 @@ class DeviceProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
 
     def __enter__(self) -> Self:
         return self
@@ -190,7 +192,7 @@ def _wait_ready(dp: DeviceProcess, ready_s: float) -> None:
         if any(("bind to" in ln or "Binding" in ln) and needle in ln for ln in text.splitlines()):
             return
         time.sleep(0.1)
-    dp.stop()
+    dp.stop(keep_log=True)
     raise DeviceError(
         f"{dp.kind} for {dp.addr} did not become ready within {ready_s:.0f} s; "
         f"its log ({dp.log_path}):\n{dp.log_tail()}"

@@ -163,9 +163,13 @@ def test_cli_serve_and_measure_direct_device(host_artifact: Path, tmp_path: Path
         out = subprocess.run(
             [sys.executable, "-m", "pfcompile", "measure", str(host_artifact), "--target",
              "host", "--device", f"127.0.0.1:{port}", "--json", "--number", "1", "--repeat",
-             "2", "--min-repeat-ms", "0"], capture_output=True, text=True, timeout=120, check=False)
+             "2", "--min-repeat-ms", "0", "--log", str(tmp_path / "m.jsonl")],
+            capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 0, out.stderr
         res = json.loads(out.stdout)
+        logged = [json.loads(ln) for ln in (tmp_path / "m.jsonl").read_text().splitlines()]
+        assert len(logged) == 1 and logged[0]["artifact"] == str(host_artifact)
+        assert logged[0]["latencies_ms"] == res["latencies_ms"]
         assert JSON_FIELDS <= set(res)
         assert res["verified"] is True and res["device"] == f"127.0.0.1:{port}"
         assert len(res["latencies_ms"]) == 2 and res["median_ms"] > 0
