@@ -11,6 +11,7 @@ an unreachable tracker or server is a :class:`DeviceError` naming ``host:port``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -93,7 +94,7 @@ def emulated_python(device_dir: Path | str | None = None) -> tuple[Path, Path]:
     return wrapper, site
 
 
-@dataclass
+@dataclass(eq=False)
 class DeviceProcess:
     """A server or tracker process pfcompile started. Stop it with :meth:`stop`."""
 
@@ -150,12 +151,23 @@ class DeviceProcess:
             pass
         if not keep_log:
             self.log_path.unlink(missing_ok=True)
+        _LIVE.discard(self)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: processes started here and not yet stopped; stopped at interpreter exit as a safety net
+_LIVE: set[DeviceProcess] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for dp in list(_LIVE):
+        dp.stop()
 
 
 def _spawn(kind: str, cmd: list[str], env: dict[str, str], host: str, port: int,
@@ -167,6 +179,7 @@ def _spawn(kind: str, cmd: list[str], env: dict[str, str], host: str, port: int,
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     dp = DeviceProcess(kind, host, port, proc, Path(name), **info)
+    _LIVE.add(dp)
     if ready_s is not None:
         _wait_ready(dp, ready_s)
     return dp
