@@ -11,6 +11,7 @@ an unreachable tracker or server is a :class:`DeviceError` naming ``host:port``.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -93,7 +94,7 @@ def emulated_python(device_dir: Path | str | None = None) -> tuple[Path, Path]:
     return wrapper, site
 
 
-@dataclass
+@dataclass(eq=False)
 class DeviceProcess:
     """A server or tracker process pfcompile started. Stop it with :meth:`stop`."""
 
@@ -133,9 +134,9 @@ class DeviceProcess:
         except ProcessLookupError:
             pass
 
-    def stop(self, grace_s: float = 5.0) -> None:
+    def stop(self, grace_s: float = 5.0, keep_log: bool = False) -> None:
         """SIGTERM (and SIGCONT, in case it was stopped), wait up to ``grace_s``, then
-        SIGKILL. Idempotent."""
+        SIGKILL; remove the log unless ``keep_log``. Idempotent."""
         self._signal(signal.SIGTERM)
         self._signal(signal.SIGCONT)
         try:
@@ -148,12 +149,25 @@ class DeviceProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        if not keep_log:
+            self.log_path.unlink(missing_ok=True)
+        _LIVE.discard(self)
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+#: processes started here and not yet stopped; stopped at interpreter exit as a safety net
+_LIVE: set[DeviceProcess] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for dp in list(_LIVE):
+        dp.stop()
 
 
 def _spawn(kind: str, cmd: list[str], env: dict[str, str], host: str, port: int,
@@ -165,6 +179,7 @@ def _spawn(kind: str, cmd: list[str], env: dict[str, str], host: str, port: int,
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     dp = DeviceProcess(kind, host, port, proc, Path(name), **info)
+    _LIVE.add(dp)
     if ready_s is not None:
         _wait_ready(dp, ready_s)
     return dp
@@ -190,7 +205,7 @@ def _wait_ready(dp: DeviceProcess, ready_s: float) -> None:
         if any(("bind to" in ln or "Binding" in ln) and needle in ln for ln in text.splitlines()):
             return
         time.sleep(0.1)
-    dp.stop()
+    dp.stop(keep_log=True)
     raise DeviceError(
         f"{dp.kind} for {dp.addr} did not become ready within {ready_s:.0f} s; "
         f"its log ({dp.log_path}):\n{dp.log_tail()}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -68,7 +69,7 @@ def serve_cmd(
 
     tgt = load_target(target)
     if tgt.serve == "qemu":
-        console.print("starting the emulated device (import tvm under qemu takes ~20-40 s); "
+        console.print("starting the emulated device (import tvm under qemu takes ~20-80 s); "
                       "its latencies are functional checks only")
     dp = serve(tgt, host, port, tracker, key, device_dir)
     reg = f", registered as '{dp.key}' at tracker {tracker}" if tracker else ""
@@ -133,12 +134,16 @@ def measure_cmd(
     timeout: Annotated[
         int | None, typer.Option("--timeout", help="seconds before giving up")
     ] = None,
+    log: Annotated[
+        Path | None, typer.Option("--log", help="append the result as a JSON line to this file")
+    ] = None,
 ) -> None:
     """Run ARTIFACT on a device, verify it against onnxruntime and time it. Without
-    --rpc/--device, a host target gets a local server started for it."""
+    --rpc/--device, a host target gets a local server started for it. Exit code 1 when
+    the outputs do not match onnxruntime, 2 on an error (unreachable device, ...)."""
     from dataclasses import replace
 
-    from pfcompile.measure import measure
+    from pfcompile.measure import append_jsonl, measure
     from pfcompile.targets import load_target
 
     tgt = load_target(target)
@@ -146,6 +151,8 @@ def measure_cmd(
                               "timeout_s": timeout}.items() if v is not None}
     res = measure(artifact, tgt, rpc=rpc, key=key, device=device,
                   settings=replace(tgt.measure, **over))
+    if log is not None:
+        append_jsonl(log, {"time": time.time(), "artifact": str(artifact), **res})
     if as_json:
         print(json.dumps(res))
     else:

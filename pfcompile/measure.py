@@ -15,6 +15,7 @@ checks only, never ARM latencies; the result says so in ``latency_note``.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from pfcompile.targets import MeasureSettings, Target, load_target
 __all__ = [
     "TOLERANCES",
     "Verification",
+    "append_jsonl",
     "make_runner",
     "measure",
     "read_artifact",
@@ -134,6 +136,17 @@ def verify(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> 
     if problems:
         return Verification(False, worst, "; ".join(problems))
     return Verification(True, worst, f"{len(pairs)} output(s) within tolerance")
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one JSON line to *path* (created with its folder), flushed at once, so that
+    a killed run keeps every measurement made before it."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def make_runner(target: Target, rpc: str | None = None, key: str | None = None,

@@ -200,8 +200,8 @@ class RPCRunner(Runner):
             sess.remove(remote_name)
 
     # -- the pipeline --------------------------------------------------------
-    def _pipeline(self, art: Artifact, inputs: dict[str, np.ndarray],
-                  settings: MeasureSettings, stage: list[str]) -> tuple[dict | None, list[float]]:
+    def _steps(self, art: Artifact, inputs: dict[str, np.ndarray], settings: MeasureSettings,
+               stage: list[str]) -> tuple[dict[str, np.ndarray] | None, list[float]]:
         stage[0] = "connect"
         sess = self.create_session(settings)
         stage[0] = "upload"
@@ -219,12 +219,15 @@ class RPCRunner(Runner):
             self.cleanup(sess, name)
         return outputs, lat
 
-    @staticmethod
-    def _release() -> None:
-        """Drop the session now: remote handles (device, module, VM) form reference
-        cycles, and a TVM server serves one session at a time, so a session kept alive
-        until some later garbage collection blocks the next connect."""
-        gc.collect()
+    def _pipeline(self, art: Artifact, inputs: dict[str, np.ndarray],
+                  settings: MeasureSettings, stage: list[str]) -> tuple:
+        """``("ok", outputs, latencies)`` or ``("error", kind, message)``. An exception
+        is turned into a message *here*, so that its traceback (whose frames hold the
+        session) is gone when the thread ends."""
+        try:
+            return ("ok", *self._steps(art, inputs, settings, stage))
+        except Exception as exc:  # noqa: BLE001 - a failed run is data
+            return ("error", *_classify(exc, stage[0], self.device_name))
 
     def run(self, artifact: str | Path, inputs: dict[str, np.ndarray],
             settings: MeasureSettings | None = None) -> RunnerResult:
@@ -239,33 +242,44 @@ class RPCRunner(Runner):
         stage = ["start"]
         deadline = self.connect_timeout_s + float(settings.timeout_s)
         try:
-            try:
-                outputs, lat = call_with_deadline(self._pipeline, deadline,
-                                                  f"run on {self.device_name}",
-                                                  art, inputs, settings, stage)
-            finally:
-                self._release()
-        except DeviceError as exc:
-            kind = "timeout" if "no answer within" in str(exc) else "device"
-            msg = str(exc) if kind == "device" else (
-                f"{exc} (stuck in step '{stage[0]}'; the device may be hung or too slow: "
-                f"raise timeout_s)")
-            return RunnerResult.failure(msg, kind, self.device_name,
-                                        time.monotonic() - t0, settings)
-        except Exception as exc:  # noqa: BLE001 - a failed run is data
-            text = f"{type(exc).__name__}: {exc}".strip()
-            lowered = text.lower()
-            died = any(w in lowered for w in ("connection", "socket", "broken pipe", "reset",
-                                               "eof", "closed", "rpc"))
-            kind = "device" if died and stage[0] in ("connect", "upload", "run",
-                                                      "time_evaluator", "load",
-                                                      "set inputs") else "run"
-            first = text.splitlines()[0] if text else type(exc).__name__
+            outcome = call_with_deadline(self._pipeline, deadline, f"run on {self.device_name}",
+                                         art, inputs, settings, stage)
+        except DeviceError as exc:  # the deadline passed: the thread is left behind
             return RunnerResult.failure(
-                f"{self.device_name}: step '{stage[0]}' failed: {first[:500]}", kind,
-                self.device_name, time.monotonic() - t0, settings)
+                f"{exc} (stuck in step '{stage[0]}'; the device may be hung or too slow: "
+                f"raise timeout_s)", "timeout", self.device_name, time.monotonic() - t0,
+                settings)
+        finally:
+            # remote handles (device, module, VM) form reference cycles, and a TVM server
+            # serves one session at a time: free the session now, not at some later gc
+            gc.collect()
+        if outcome[0] == "error":
+            return RunnerResult.failure(outcome[2], outcome[1], self.device_name,
+                                        time.monotonic() - t0, settings)
+        _, outputs, lat = outcome
         return RunnerResult(lat, None, outputs, self.device_name, "",
                             time.monotonic() - t0, settings)
+
+
+#: words in a client-side error that mean the connection to the device is gone
+_LOST = ("kshutdown", "connection", "socket", "broken pipe", "reset by peer", "eof", "closed")
+
+
+def _classify(exc: BaseException, stage: str, device: str) -> tuple[str, str]:
+    """``(error_kind, message)`` for an exception raised during step *stage*."""
+    if isinstance(exc, DeviceError):  # from connect: unreachable, or no answer in time
+        return ("timeout" if "no answer within" in str(exc) else "device"), str(exc)
+    raw = str(exc).strip()
+    remote = "Error caught from RPC call" in raw  # the device answered with an error
+    lines = [ln.strip() for ln in raw.replace("Error caught from RPC call:", "").splitlines()
+             if ln.strip() and not ln.strip().startswith("RPCError:")]
+    summary = " | ".join(lines[-2:])[:600] or type(exc).__name__
+    if isinstance(exc, PfcompileError):
+        return "run", f"{device}: step '{stage}': {summary}"
+    if not remote and any(w in raw.lower() for w in _LOST):
+        return "device", (f"device {device} went away during step '{stage}' "
+                          f"({type(exc).__name__}: {summary})")
+    return "run", f"{device}: step '{stage}' failed on the device: {summary}"
 
 
 class LocalRunner(Runner):

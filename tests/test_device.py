@@ -44,13 +44,18 @@ def local_runner():
         yield r
 
 
-def _wait_log(path: Path, needle: str, timeout_s: float) -> None:
+def _wait_log(path: Path, needle: str, timeout_s: float, count: int = 1) -> None:
+    """Wait until *needle* occurs *count* times in the log at *path*."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if needle in path.read_text(errors="replace"):
+        if path.read_text(errors="replace").count(needle) >= count:
             return
         time.sleep(0.05)
-    raise AssertionError(f"'{needle}' not in {path} after {timeout_s} s")
+    raise AssertionError(f"'{needle}' not {count}x in {path} after {timeout_s} s")
+
+
+def _loads(server) -> int:
+    return server.log_path.read_text(errors="replace").count("load_module")
 
 
 # -- the real RPC path ----------------------------------------------------------------------
@@ -59,6 +64,12 @@ def test_measure_via_tracker_verified(host_artifact: Path) -> None:
     with LocalRPC(key="pfc-test", n_servers=1) as lrpc:
         devices = query(lrpc.tracker_addr)
         assert [(d.key, d.total) for d in devices] == [("pfc-test", 1)]
+        listed = subprocess.run([sys.executable, "-m", "pfcompile", "device", "list", "--rpc",
+                                 lrpc.tracker_addr, "--json"], capture_output=True, text=True,
+                                timeout=120, check=False)
+        assert listed.returncode == 0, listed.stderr
+        assert [(d["key"], d["total"], d["servers"]) for d in json.loads(listed.stdout)] == [
+            ("pfc-test", 1, [lrpc.servers[0].addr])]
         res = measure(host_artifact, "host", rpc=lrpc.tracker_addr, key="pfc-test",
                       settings=FAST)
     assert JSON_FIELDS <= set(res)
@@ -80,6 +91,12 @@ def test_local_runner_outputs_match_onnxruntime(host_artifact: Path, local_runne
     raw = local_runner.run(host_artifact, {"x": np.zeros((1, 3, 8, 8), np.float32)}, FAST)
     assert raw.ok and set(raw.outputs) == {"y", "p"}
     np.testing.assert_allclose(raw.outputs["p"].sum(), 1.0, rtol=1e-5)  # softmax row
+    # a run that fails on the device is an error value; the same server serves the next run
+    server = local_runner.server
+    bad = local_runner.run(host_artifact, {"x": np.zeros((1, 3, 4, 4), np.float32)}, FAST)
+    assert bad.error_kind == "run" and "step 'run'" in bad.error and "mismatch" in bad.error
+    assert local_runner.run(host_artifact, {"x": np.ones((1, 3, 8, 8), np.float32)}, FAST).ok
+    assert local_runner.server is server and server.alive()
 
 
 def test_device_killed_mid_measurement_is_an_error_result(host_artifact: Path,
@@ -91,8 +108,9 @@ def test_device_killed_mid_measurement_is_an_error_result(host_artifact: Path,
     th = threading.Thread(target=lambda: box.update(r=local_runner.run(
         host_artifact, {"x": np.ones((1, 3, 8, 8), np.float32)}, long)))
     t0 = time.monotonic()
+    seen = _loads(server)
     th.start()
-    _wait_log(server.log_path, "load_module", 30)  # uploaded and loading: now kill it
+    _wait_log(server.log_path, "load_module", 30, seen + 1)  # uploaded and loaded: kill it
     time.sleep(1.0)
     server.kill()
     th.join(30)
@@ -100,7 +118,7 @@ def test_device_killed_mid_measurement_is_an_error_result(host_artifact: Path,
     res = box["r"]
     assert res.error is not None and res.latencies_ms is None
     assert res.error_kind == "device", res.error
-    assert server.addr in res.error
+    assert server.addr in res.error and "went away during step" in res.error
     assert time.monotonic() - t0 < 30
     # the runner survives and serves the next run on a fresh server
     again = local_runner.run(host_artifact, {"x": np.ones((1, 3, 8, 8), np.float32)}, FAST)
@@ -115,20 +133,24 @@ def test_hung_device_times_out_as_an_error_result(host_artifact: Path, local_run
     box: dict[str, RunnerResult] = {}
     th = threading.Thread(target=lambda: box.update(r=local_runner.run(
         host_artifact, {"x": np.ones((1, 3, 8, 8), np.float32)}, long)))
+    seen = _loads(server)
+    local_runner.connect_timeout_s = 5.0  # deadline = 5 + 4 s
     th.start()
-    _wait_log(server.log_path, "load_module", 30)
-    os.killpg(server.proc.pid, signal.SIGSTOP)  # the device hangs (our own process group)
     try:
+        _wait_log(server.log_path, "load_module", 30, seen + 1)
+        os.killpg(server.proc.pid, signal.SIGSTOP)  # the device hangs (our own process group)
         th.join(60)
         assert not th.is_alive()
     finally:
+        local_runner.connect_timeout_s = 30.0
         server.stop()  # SIGTERM + SIGCONT, then SIGKILL
     res = box["r"]
     assert res.error_kind == "timeout", res.error
     assert "within" in res.error and res.latencies_ms is None
-    assert res.elapsed_s < local_runner.connect_timeout_s + long.timeout_s + 5
+    assert res.elapsed_s < 5.0 + long.timeout_s + 5
 
 
+@pytest.mark.slow  # three more Python processes that import tvm (~7 s each on an idle core)
 def test_cli_serve_and_measure_direct_device(host_artifact: Path, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
@@ -141,9 +163,13 @@ def test_cli_serve_and_measure_direct_device(host_artifact: Path, tmp_path: Path
         out = subprocess.run(
             [sys.executable, "-m", "pfcompile", "measure", str(host_artifact), "--target",
              "host", "--device", f"127.0.0.1:{port}", "--json", "--number", "1", "--repeat",
-             "2", "--min-repeat-ms", "0"], capture_output=True, text=True, timeout=120, check=False)
+             "2", "--min-repeat-ms", "0", "--log", str(tmp_path / "m.jsonl")],
+            capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 0, out.stderr
         res = json.loads(out.stdout)
+        logged = [json.loads(ln) for ln in (tmp_path / "m.jsonl").read_text().splitlines()]
+        assert len(logged) == 1 and logged[0]["artifact"] == str(host_artifact)
+        assert logged[0]["latencies_ms"] == res["latencies_ms"]
         assert JSON_FIELDS <= set(res)
         assert res["verified"] is True and res["device"] == f"127.0.0.1:{port}"
         assert len(res["latencies_ms"]) == 2 and res["median_ms"] > 0

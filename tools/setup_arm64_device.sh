@@ -25,7 +25,12 @@ ROOT="$DIR/root"
 SITE="$DIR/site"
 DEBS="$DIR/debs"
 STAMP="$DIR/.stamp"
-PY="${PFCOMPILE_HOST_PYTHON:-python3}"
+# the host Python whose pip downloads the aarch64 wheels: $PFCOMPILE_HOST_PYTHON, else the
+# repository's .venv, else python3
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ -n "${PFCOMPILE_HOST_PYTHON:-}" ]]; then PY="$PFCOMPILE_HOST_PYTHON"
+elif [[ -x "$REPO/.venv/bin/python" ]]; then PY="$REPO/.venv/bin/python"
+else PY="python3"; fi
 
 log() { printf '[setup-arm64] %s\n' "$*"; }
 
@@ -79,7 +84,11 @@ fi
 if [[ -f "$SITE/.installed" && "$(cat "$SITE/.installed")" == "$STAMP_TEXT" ]]; then
     log "3/5 aarch64 wheels present ($SITE)"
 else
-    log "3/5 pip install aarch64 wheels into $SITE (~370 MB download)"
+    if ! "$PY" -m pip --version >/dev/null 2>&1; then
+        log "3/5 '$PY -m pip' does not work: set PFCOMPILE_HOST_PYTHON to a Python with pip"
+        exit 1
+    fi
+    log "3/5 pip install aarch64 wheels into $SITE with $PY (~370 MB download)"
     "$PY" -m pip install -q --disable-pip-version-check --upgrade --target "$SITE" \
         --only-binary=:all: --python-version 3.11 --implementation cp \
         --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
