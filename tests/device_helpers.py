@@ -1,21 +1,18 @@
 """Test helpers for the device tests: a tiny ONNX model and a minimal compile step.
 
-``compile_tiny`` is a stand-in for ``pfcompile.compiler.compile_model`` (built in
-parallel by the lead): onnx -> Relax -> tvm.compile -> export_library, plus the
-same ``model.json`` / ``source.onnx`` layout. Replace it with compile_model once
-both are on one branch.
+``compile_tiny`` compiles through ``pfcompile.compiler.compile_model`` (the
+same ``model.so`` / ``model.json`` / ``source.onnx`` layout the CLI writes).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pfcompile.model import input_specs, model_hash, output_specs
+from pfcompile.compiler import compile_model
 from pfcompile.targets import Target
 
 __all__ = ["compile_tiny", "heavy_model", "tiny_model"]
@@ -65,29 +62,5 @@ def heavy_model(hw: int = 128, ch: int = 64) -> onnx.ModelProto:
 
 
 def compile_tiny(model: onnx.ModelProto, target: Target, out_dir: Path) -> Path:
-    """Compile *model* for *target* into *out_dir* (model.so, model.json, source.onnx)."""
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ex = tvm.compile(from_onnx(model, keep_params_in_input=False),
-                     target=tvm.target.Target(dict(target.tvm)))
-    if target.cross_compiler:
-        from tvm.support import cc
-
-        ex.export_library(str(out_dir / "model.so"),
-                          fcompile=cc.cross_compiler(target.cross_compiler))
-    else:
-        ex.export_library(str(out_dir / "model.so"))
-    onnx.save(model, str(out_dir / "source.onnx"))
-    meta = {
-        "inputs": [s.to_json() for s in input_specs(model)],
-        "outputs": [s.to_json() for s in output_specs(model)],
-        "target": target.to_json(),
-        "source_model": str(out_dir / "source.onnx"),
-        "source_hash": model_hash(model),
-        "library": "model.so",
-        "versions": {"tvm": tvm.__version__},
-    }
-    (out_dir / "model.json").write_text(json.dumps(meta, indent=2))
-    return out_dir
+    """Compile *model* for *target* into *out_dir* with pfcompile's compiler."""
+    return compile_model(model, target, out_dir).dir
