@@ -19,6 +19,8 @@ import onnx
 import onnx_ir as ir
 
 from pfcompile.errors import ConfigError, ModelError
+from pfcompile.ir import to_ir as as_ir
+from pfcompile.ir import to_proto as as_proto
 
 __all__ = [
     "WEIGHTED_OPS",
@@ -74,21 +76,6 @@ class Layer:
             return m.reshape(like.shape)
         moved = np.moveaxis(like, self.out_axis, 0).shape
         return np.moveaxis(m.reshape(moved), 0, self.out_axis)
-
-
-def as_ir(model: ir.Model | onnx.ModelProto) -> ir.Model:
-    """An ir.Model for either form (a ModelProto is deserialized, not shared)."""
-    if isinstance(model, ir.Model):
-        return model
-    if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(model)
-    raise ModelError(f"expected an onnx.ModelProto or onnx_ir.Model, got {type(model).__name__}")
-
-
-def as_proto(model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    return ir.serde.serialize_model(model)
 
 
 def _layer_name(node: ir.Node) -> str:

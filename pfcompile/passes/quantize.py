@@ -312,7 +312,7 @@ class QuantizePass(FunctionalPass):
             "activations": None if cfg.act_bits is None else "uint8 per-tensor with zero point",
             "act_bits": cfg.act_bits, "calib": cfg.calib, "bias_correction": cfg.bias_correction,
             "layers": report, "fp32_bytes": total_fp32, "packed_bytes": total_packed,
-        }, sort_keys=True)
+        })
         return PassResult(out, True)
 
     def _quantize_layer(self, graph: ir.Graph, layer: Layer, st: TensorStats | None) -> dict:
