@@ -292,3 +292,17 @@ def test_cli_quantize_writes_model_and_errors_write_nothing(trained, digits, tmp
         res = runner.invoke(app, ["quantize", str(path), *args, "-o", str(target)])
         assert isinstance(res.exception, err), (args, res.exception)
         assert not target.exists()
+
+
+def test_ort_runs_the_graph_as_written(trained, digits):
+    """Our onnxruntime sessions disable WeightBiasQuantization: optimised run == unoptimised run."""
+    import onnxruntime as ort
+
+    model = pir.load(trained("ResNetTiny").onnx)
+    q = pir.to_proto(quantize(model, QuantConfig(bits=3, codebook=True), _calib(digits)).model)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(q.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    x = digits.x_val[:8]
+    ref = np.concatenate([plain.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    np.testing.assert_allclose(run_ort(q, {"input": x})[0], ref, rtol=1e-5, atol=1e-5)

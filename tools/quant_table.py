@@ -4,7 +4,7 @@ uniform vs 4-bit codebook weights, and 50 % sparsity; prints a table.
 Usage (models are 8x8-digits classifiers, e.g. the test fixtures that
 ``tests/conftest.py`` caches under ``.pytest_cache/d/pfcompile-fixture-models``):
 
-    python tools/quant_table.py .pytest_cache/d/pfcompile-fixture-models/*/*[!n].onnx
+    PYTHONPATH=. python tools/quant_table.py .pytest_cache/d/pfcompile-fixture-models/*/*[!n].onnx
 
 Calibration: 128 training images; evaluation: the 540 validation images
 (``zoo.digits_splits(8)``). Drops are in top-1 points (positive = worse);

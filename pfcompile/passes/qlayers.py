@@ -23,6 +23,7 @@ from pfcompile.ir import to_ir as as_ir
 from pfcompile.ir import to_proto as as_proto
 
 __all__ = [
+    "ORT_DISABLED_OPTIMIZERS",
     "WEIGHTED_OPS",
     "Layer",
     "add_initializer",
@@ -38,6 +39,12 @@ __all__ = [
 ]
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+# onnxruntime's WeightBiasQuantization rewrites DequantizeLinear(x) -> Conv(x, float W) by
+# quantizing W (and the bias) itself, so a codebook layer (float W from Gather, after constant
+# folding) would be run with ORT's own int8 weights instead of the model's. Disabled so that
+# onnxruntime computes what the ONNX graph says (it then matches TVM and torch to 1e-6).
+ORT_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ def add_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
 
 
 def ort_session(model: ir.Model | onnx.ModelProto, extra_outputs: list[str] | None = None):
-    """An onnxruntime session (CPU, single-threaded-friendly defaults) for a model.
+    """An onnxruntime session (CPU, 2 threads, ``ORT_DISABLED_OPTIMIZERS`` off) for a model.
 
     ``extra_outputs`` names intermediate values to expose as graph outputs.
     """
@@ -183,7 +190,8 @@ def ort_session(model: ir.Model | onnx.ModelProto, extra_outputs: list[str] | No
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
     except Exception as exc:
         raise ModelError(f"onnxruntime could not load the model: {exc}") from exc
 
