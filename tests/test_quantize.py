@@ -306,3 +306,37 @@ def test_ort_runs_the_graph_as_written(trained, digits):
     x = digits.x_val[:8]
     ref = np.concatenate([plain.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
     np.testing.assert_allclose(run_ort(q, {"input": x})[0], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_sparsify_then_quantize_keeps_the_zeros(trained, digits):
+    from pfcompile.passes.sparsify import SparsifyConfig, sparsify
+
+    model = pir.load(trained("SENetTiny").onnx)
+    sparse = sparsify(model, SparsifyConfig(sparsity=0.5, block="1x4")).model
+    zeros = {x.name: x.weight_array == 0 for x in weighted_layers(sparse)}
+    total = sum(z.size for z in zeros.values())
+    assert sum(int(z.sum()) for z in zeros.values()) / total == pytest.approx(0.5, abs=0.05)
+    q = quantize(sparse, QuantConfig(), _calib(digits)).model
+    checked = 0
+    for node in q.graph:
+        if node.name in zeros:
+            qw = node.inputs[1].producer().inputs[0].const_value.numpy()
+            assert np.all(qw[zeros[node.name]] == 0)
+            checked += 1
+    assert checked == len(zeros)
+
+
+@pytest.mark.slow
+def test_tvm_imports_our_qdq_and_codebook_models_like_onnxruntime(trained, digits):
+    """The QDQ contract as TVM's ONNX importer reads it: same outputs as onnxruntime."""
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = pir.load(trained("ResNetTiny").onnx)
+    x = digits.x_val[:1]
+    for cfg in (QuantConfig(), QuantConfig(bits=4, act_bits=4), QuantConfig(bits=3, codebook=True)):
+        q = pir.to_proto(quantize(model, cfg, _calib(digits)).model)
+        ex = tvm.compile(from_onnx(q, keep_params_in_input=False),
+                         target=tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3"}))
+        out = tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()
+        np.testing.assert_allclose(out, run_ort(q, {"input": x})[0], rtol=1e-4, atol=1e-4)
