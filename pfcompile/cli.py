@@ -7,6 +7,7 @@ Command groups live beside the code they drive and register themselves in
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -26,12 +27,17 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
-def _register() -> None:
-    # one line per command module; each defines register(app)
-    from pfcompile import compile_cli, device_cli
+_COMMAND_MODULES = (
+    "pfcompile.compile_cli",
+    "pfcompile.device_cli",
+    "pfcompile.passes.cli_quant",
+)
 
-    compile_cli.register(app)
-    device_cli.register(app)
+
+def _register() -> None:
+    # each command module defines register(app)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(app)
 
 
 _register()
