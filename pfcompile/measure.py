@@ -91,11 +91,17 @@ def read_artifact(artifact_dir: str | Path) -> tuple[dict, list[TensorSpec], Pat
 
 
 def reference_outputs(source: str | Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """onnxruntime's outputs for *inputs* (CPU provider), keyed by output name."""
-    import onnxruntime as ort
+    """onnxruntime's outputs for *inputs* (CPU provider), keyed by output name.
+
+    The session is pfcompile's reference session: onnxruntime's WeightBiasQuantization
+    rewrite is off, so a QDQ model is run exactly as written.
+    """
+    import onnx
+
+    from pfcompile.passes.qlayers import ort_session
 
     try:
-        sess = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+        sess = ort_session(onnx.load(str(source)))
         names = [o.name for o in sess.get_outputs()]
         return dict(zip(names, sess.run(names, inputs), strict=True))
     except Exception as exc:
