@@ -521,22 +521,6 @@ def analyze(model: ModelLike) -> DepGraph:
             id=an.source_info[srcs[0]][1], channels=nch, members=tuple(members_of[gi]),
             prunable=reason is None, frozen_reason=reason,
             sources=tuple(an.source_info[s][1] for s in srcs), partitions=len(parts)))
-    # a frozen atom outside any group can still be unified with a group's atom
-    frozen_roots = {int(roots[a]): r for a, r in an.frozen.items()}
-    for gi, g in enumerate(groups):
-        if g.prunable:
-            for r, _ch in root_channel[gi].items():
-                if r in frozen_roots:
-                    groups[gi] = ChannelGroup(g.id, g.channels, g.members, False,
-                                              frozen_roots[r], g.sources, g.partitions)
-                    break
-    for a in range(n_atoms):  # non-source atoms (graph input) joined to a group's channel
-        if atom_group[a] < 0:
-            r = int(roots[a])
-            for gi in range(len(comps)):
-                if r in root_channel[gi]:
-                    atom_group[a], atom_channel[a] = gi, root_channel[gi][r]
-                    break
     sources = [(an.source_info[s][0], an.source_info[s][2], an.source_info[s][3]) for s in real]
     return DepGraph(m, groups, an.layouts, atom_group, atom_channel, partitions, sources,
                     an.sinks)

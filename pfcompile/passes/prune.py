@@ -33,10 +33,10 @@ __all__ = ["PruneConfig", "PrunePass", "keep_count", "prune", "resolve_ratios"]
 def keep_count(channels: int, ratio: float, round_to: int = 1, partitions: int = 1) -> int:
     """Channels kept: ``C - round(ratio*C)`` (at least 1), a multiple of
     ``lcm(round_to, partitions)`` where possible, never more than ``C``."""
-    keep = max(1, channels - int(round(ratio * channels)))
+    keep = max(1, channels - round(ratio * channels))
     step = round_to * partitions // math.gcd(round_to, partitions)
     if step > 1:
-        keep = max(step, int(round(keep / step)) * step)
+        keep = max(step, round(keep / step) * step)
         keep = min(keep, channels)
     return keep
 
