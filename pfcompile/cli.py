@@ -28,7 +28,7 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # one line per command module; each defines register(app)
-    pass
+    __import__("pfcompile.passes.cli_prune", fromlist=["register"]).register(app)
 
 
 _register()

@@ -71,6 +71,8 @@ class PruneConfig:
         a flat ``{group_id: r}`` mapping is read as per-group ratios."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where}: expected a JSON object")
+        if "groups" in d and isinstance(d.get("config"), Mapping):
+            d = d["config"]  # a whole `pfcompile inspect --json` report
         known = {"ratio", "ratios", "criterion", "round", "calib_samples"}
         if d and not (set(d) & known) and all(isinstance(v, int | float) for v in d.values()):
             return PruneConfig(group_ratios=dict(d))
