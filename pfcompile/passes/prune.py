@@ -122,15 +122,35 @@ def prune(model: ModelLike, config: PruneConfig, calib: Dataset | None = None) -
 
 
 # ----------------------------------------------------------------------------- rewrite
+def materialize(dg: DepGraph, removed: list[np.ndarray],
+                recon: dict[tuple[ir.Node, int], np.ndarray]) -> tuple[ir.Model, np.ndarray]:
+    """A pruned copy of ``dg.model`` (left untouched) and the removed-atom mask."""
+    copy = dg.model.clone()
+    dg2 = analyze(copy)
+    names = [n.name for n in dg.model.graph]
+    if len(set(names)) != len(names) or [n.name for n in copy.graph] != names:
+        raise PassError("pruning needs unique node names to replay a partial prune; run "
+                        "onnx-ir's NameFixPass first")
+    by_name = {n.name: n for n in copy.graph}
+    _rewrite(dg2, removed, {(by_name[n.name], gi): c for (n, gi), c in recon.items()})
+    RemoveUnusedNodesPass()(copy)
+    infer_shapes(copy)
+    return copy, _gone_atoms(dg, removed)
+
+
+def _gone_atoms(dg: DepGraph, removed: list[np.ndarray]) -> np.ndarray:
+    gone = np.zeros(len(dg.atom_group), dtype=bool)
+    for gi, mask in enumerate(removed):
+        sel = dg.atom_group == gi
+        gone[sel] = mask[dg.atom_channel[sel]]
+    return gone
+
+
 def _rewrite(dg: DepGraph, removed: list[np.ndarray],
              recon: dict[tuple[ir.Node, int], np.ndarray]) -> None:
     """Apply the removal masks to every node. ``recon`` maps (sink, group index) to
     reconstructed weight columns for the kept positions of that group."""
-    n_atoms = len(dg.atom_group)
-    gone = np.zeros(n_atoms, dtype=bool)
-    for gi, mask in enumerate(removed):
-        sel = dg.atom_group == gi
-        gone[sel] = mask[dg.atom_channel[sel]]
+    gone = _gone_atoms(dg, removed)
     graph = dg.model.graph
 
     def keep(v: ir.Value | None) -> np.ndarray | None:

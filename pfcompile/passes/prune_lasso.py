@@ -9,8 +9,8 @@ lambda |beta|_1`` (beta >= 0, the whole path computed by LARS) ranks channels
 by how large a lambda they survive; the best ``keep`` survive. Then each
 consumer's weights for the kept channels are refitted by ridge-regularised
 least squares so the consumer's output is reproduced from the kept channels
-alone. Activations come from one onnxruntime run of the unpruned model (each
-group is solved on the original features).
+alone. Groups are solved one after the other in graph order, each on the
+features of the model pruned so far, against the original model's outputs.
 """
 
 from __future__ import annotations
@@ -58,12 +58,11 @@ def _check_calib(model: ir.Model, calib: Dataset) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def collect_activations(model: ir.Model, values: list[ir.Value], calib: Dataset,
-                        n: int) -> dict[ir.Value, np.ndarray]:
-    """Run the model on ``n`` calibration samples and return the given values."""
+def collect_activations(model: ir.Model, names: list[str], calib: Dataset,
+                        n: int) -> dict[str, np.ndarray]:
+    """Run the model on ``n`` calibration samples and return the named values."""
     shapes = _check_calib(model, calib)
     proto = ir.to_proto(model)
-    names = [v.name for v in values]
     have = {o.name for o in proto.graph.output}
     for name in names:
         if name not in have:
@@ -86,7 +85,7 @@ def collect_activations(model: ir.Model, values: list[ir.Value], calib: Dataset,
     if not outs or not outs[0]:
         raise DataError(f"calibration data has fewer samples ({total}) than the model batch "
                         f"size ({batch})")
-    return {v: np.concatenate(o).astype(np.float32) for v, o in zip(values, outs)}
+    return {k: np.concatenate(o).astype(np.float32) for k, o in zip(names, outs)}
 
 
 # ----------------------------------------------------------------------------- consumers
@@ -169,66 +168,89 @@ def _path_scores(gram: np.ndarray, xy: np.ndarray, n_rows: int) -> np.ndarray:
     return score
 
 
+def _sink_features(sink: Sink, x: np.ndarray, pos: np.ndarray, seed: int) -> np.ndarray:
+    """Sampled consumer inputs at positions ``pos``: [M, P, K] (same rows for a seed)."""
+    return _inputs_of(sink, x, _RECON_ROWS, np.random.default_rng(seed))[:, pos]
+
+
 def lasso_select(dg: DepGraph, ratios: list[float], config: PruneConfig, calib: Dataset
                  ) -> tuple[list[np.ndarray], dict[tuple[ir.Node, int], np.ndarray]]:
-    """Removal masks per group and reconstructed consumer weight columns."""
-    from pfcompile.passes.prune import _select
+    """Removal masks per group and reconstructed consumer weight columns.
 
-    rng = np.random.default_rng(0)
+    Groups are solved in graph order. For each, consumer inputs come from the
+    model with the groups before it already pruned and reconstructed, and the
+    target is the consumer's output in the original model (He et al.'s
+    sequential scheme: later layers correct the error of earlier ones).
+    """
+    from pfcompile.passes.prune import _select, materialize
+
     todo = [gi for gi, g in enumerate(dg.groups) if g.prunable and ratios[gi] > 0]
     sinks_of = {gi: [s for s in dg.sinks if s.node.inputs[0] in dg.layouts
                      and (dg.channels_of(s.node.inputs[0], gi) >= 0).any()] for gi in todo}
-    values = list({s.node.inputs[0]: None for gi in todo for s in sinks_of[gi]})
-    acts = collect_activations(dg.model, values, calib, config.calib_samples) if values else {}
+    values = list({s.node.inputs[0].name: None for gi in todo for s in sinks_of[gi]})
+    if not values:
+        return _select(dg, ratios, l1_scores(dg), config.round_to), {}
+    orig = collect_activations(dg.model, values, calib, config.calib_samples)
+    sink_seed = {id(s.node): i for i, s in enumerate(dg.sinks)}
     fallback = l1_scores(dg)
-    scores = [f.copy() for f in fallback]
-    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+    removed = [np.zeros(g.channels, dtype=bool) for g in dg.groups]
+    recon: dict[tuple[ir.Node, int], np.ndarray] = {}
     for gi in todo:
+        if any(m.any() for m in removed):
+            pruned_model, gone = materialize(dg, removed, recon)
+            cur = collect_activations(pruned_model, values, calib, config.calib_samples)
+        else:
+            cur, gone = orig, np.zeros(len(dg.atom_group), dtype=bool)
         nch = dg.groups[gi].channels
         gram, xy, n_rows = np.zeros((nch, nch)), np.zeros(nch), 0
-        for si, sink in enumerate(sinks_of[gi]):
-            ch = dg.channels_of(sink.node.inputs[0], gi)
+        feats = []
+        for sink in sinks_of[gi]:
+            v = sink.node.inputs[0]
+            ch = dg.channels_of(v, gi)
             pos = np.nonzero(ch >= 0)[0]
-            w = _dense_weight(sink)[:, pos]                       # [O, P, K]
-            xs = _inputs_of(sink, acts[sink.node.inputs[0]], _RECON_ROWS, rng)[:, pos]  # [M,P,K]
-            cache[(gi, si)] = (xs, pos)
-            xl = xs[:_LASSO_ROWS]
-            # per-position contribution to every output: [P, M, O] by batched matmul
+            alive = ~gone[dg.layouts[v]]
+            pos_now = (np.cumsum(alive) - 1)[pos]     # where those positions sit now
+            seed = sink_seed[id(sink.node)]
+            w = _dense_weight(sink)[:, pos]                                   # [O, P, K]
+            x_orig = _sink_features(sink, orig[v.name], pos, seed)
+            x_now = _sink_features(sink, cur[v.name], pos_now, seed)          # [M, P, K]
+            target = x_orig.reshape(len(x_orig), -1) @ w.reshape(w.shape[0], -1).T  # [M, O]
+            feats.append((sink, ch[pos], w, x_now, target))
+            xl, tl = x_now[:_LASSO_ROWS], target[:_LASSO_ROWS]
+            # per-channel contribution to every output, by batched matmul: [P, M, O]
             contrib = np.matmul(xl.transpose(1, 0, 2), w.transpose(1, 2, 0))
             onehot = np.zeros((nch, len(pos)), np.float32)
             onehot[ch[pos], np.arange(len(pos))] = 1.0
             z = (onehot @ contrib.reshape(len(pos), -1)).astype(np.float64)  # [C, M*O]
-            y = z.sum(0)
+            y = tl.reshape(-1).astype(np.float64)
             norm2 = float(y @ y) or 1.0
             gram += (z @ z.T) / norm2
             xy += (z @ y) / norm2
             n_rows += z.shape[1]
-        if n_rows == 0:
-            continue
-        path = _path_scores(gram, xy, n_rows)
         # LASSO order first; L1 only breaks ties between channels LASSO never picked
-        scores[gi] = path + 1e-6 * fallback[gi] / max(fallback[gi].max(), 1e-12)
-    removed = _select(dg, ratios, scores, config.round_to)
-
-    recon: dict[tuple[ir.Node, int], np.ndarray] = {}
-    for gi in todo:
-        for si, sink in enumerate(sinks_of[gi]):
+        scores = [np.zeros(g.channels) for g in dg.groups]
+        scores[gi] = _path_scores(gram, xy, n_rows) \
+            + 1e-6 * fallback[gi] / max(fallback[gi].max(), 1e-12)
+        only = [r if i == gi else 0.0 for i, r in enumerate(ratios)]
+        removed[gi] = _select(dg, only, scores, config.round_to)[gi]
+        for sink, chs, w, x_now, target in feats:
             if sink.kind == "conv" and attr_int(sink.node, "group", 1) != 1:
                 continue  # grouped consumers keep their sliced weights
-            xs, pos = cache[(gi, si)]
-            ch = dg.channels_of(sink.node.inputs[0], gi)
-            kept = ~removed[gi][ch[pos]]
-            w = _dense_weight(sink)[:, pos]                       # [O, P, K]
-            target = xs.reshape(len(xs), -1) @ w.reshape(w.shape[0], -1).T  # [M, O]
-            xk = xs[:, kept].reshape(len(xs), -1).astype(np.float64)
-            w0 = w[:, kept].reshape(w.shape[0], -1).T.astype(np.float64)  # [P'K, O]
-            gram = xk.T @ xk
-            alpha = _RIDGE * max(float(np.trace(gram)) / max(len(gram), 1), 1e-12)
-            sol = np.linalg.solve(gram + alpha * np.eye(len(gram)), xk.T @ target + alpha * w0)
-            cols = sol.T.reshape(w.shape[0], int(kept.sum()), w.shape[2])
-            if sink.kind == "conv":
-                kshape = const_array(sink.node.inputs[1]).shape[2:]
-                recon[(sink.node, gi)] = cols.reshape((w.shape[0], -1) + tuple(kshape))
-            else:
-                recon[(sink.node, gi)] = cols[:, :, 0]
+            kept = ~removed[gi][chs]
+            recon[(sink.node, gi)] = _refit(sink, w, x_now, target, kept)
     return removed, recon
+
+
+def _refit(sink: Sink, w: np.ndarray, x: np.ndarray, target: np.ndarray,
+           kept: np.ndarray) -> np.ndarray:
+    """Ridge least squares (pulled towards the original weights) for the kept columns."""
+    xk = x[:, kept].reshape(len(x), -1).astype(np.float64)
+    w0 = w[:, kept].reshape(w.shape[0], -1).T.astype(np.float64)      # [P'K, O]
+    gram = xk.T @ xk
+    alpha = _RIDGE * max(float(np.trace(gram)) / max(len(gram), 1), 1e-12)
+    sol = np.linalg.solve(gram + alpha * np.eye(len(gram)), xk.T @ target + alpha * w0)
+    cols = sol.T.reshape(w.shape[0], int(kept.sum()), w.shape[2])
+    if sink.kind == "conv":
+        kshape = const_array(sink.node.inputs[1]).shape[2:]
+        return cols.reshape((w.shape[0], -1) + tuple(kshape))
+    return cols[:, :, 0]
