@@ -16,6 +16,7 @@ from pfcompile.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
     "CompileError",
     "ConfigError",
     "DataError",
@@ -26,5 +27,4 @@ __all__ = [
     "PfcompileError",
     "SearchError",
     "UnsupportedOpError",
-    "__version__",
 ]

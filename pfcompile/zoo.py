@@ -9,26 +9,26 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "DemoNet",
-    "DenseNetTiny",
-    "FlattenGemmNet",
-    "GroupedConvNet",
-    "MobileNetV2Tiny",
-    "PlainCNN",
-    "ResNetTiny",
-    "SENetTiny",
-    "accuracy",
     "digits_splits",
+    "train_classifier",
+    "accuracy",
     "export_onnx",
-    "mobilenet_v2",
+    "DemoNet",
     "resnet18",
     "resnet20",
-    "train_classifier",
+    "mobilenet_v2",
+    "PlainCNN",
+    "ResNetTiny",
+    "MobileNetV2Tiny",
+    "DenseNetTiny",
+    "SENetTiny",
+    "FlattenGemmNet",
+    "GroupedConvNet",
 ]
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------- data
