@@ -87,9 +87,7 @@ class PrunePass(FunctionalPass):
         self.config = config
         self.calib = calib
         self.removed_channels: dict[str, int] = {}
-
-    def requires(self, model: ir.Model) -> None:
-        if self.config.criterion == "lasso" and self.calib is None:
+        if config.criterion == "lasso" and calib is None:
             raise ConfigError("criterion 'lasso' needs calibration data (--data calib.npz)")
 
     def call(self, model: ir.Model) -> PassResult:
