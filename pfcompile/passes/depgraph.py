@@ -32,6 +32,7 @@ import onnx_ir as ir
 from pfcompile.errors import PassError
 from pfcompile.ir import ModelLike, const_array, infer_shapes, static_shape, to_ir
 from pfcompile.passes._rewrite import attr_int, attr_ints
+from pfcompile.passes.canonical import canonical_passes
 
 __all__ = ["ChannelGroup", "DepGraph", "analyze", "dependency_groups"]
 
@@ -554,9 +555,9 @@ def _partitions(an: _Analyzer, gi: int, nch: int, atom_group: np.ndarray,
 
 
 def dependency_groups(model: ModelLike) -> list[ChannelGroup]:
-    """The channel groups of ``model`` (not modified: a copy is analysed)."""
-    m = to_ir(model)
-    m = m.clone() if isinstance(model, ir.Model) else m
+    """The channel groups of ``model`` (not modified) in canonical form (Identity and
+    Dropout dropped, constants folded; BN kept), as the pruner sees it."""
+    m = canonical_passes(fold_bn=False)(to_ir(model).clone()).model
     try:
         return analyze(m).groups
     except PassError:

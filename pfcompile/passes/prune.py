@@ -23,6 +23,7 @@ from pfcompile.data import Dataset
 from pfcompile.errors import ConfigError, PassError
 from pfcompile.ir import ModelLike, const_array, infer_shapes, set_initializer, static_shape, to_ir
 from pfcompile.passes._rewrite import attr_int
+from pfcompile.passes.canonical import canonical_passes
 from pfcompile.passes.depgraph import ELEMENTWISE, DepGraph, analyze
 from pfcompile.passes.prune_config import PruneConfig
 from pfcompile.passes.prune_criteria import bn_scores, l1_scores
@@ -91,7 +92,8 @@ class PrunePass(FunctionalPass):
             raise ConfigError("criterion 'lasso' needs calibration data (--data calib.npz)")
 
     def call(self, model: ir.Model) -> PassResult:
-        model = model.clone()
+        # Identity-shared parameters and constant subgraphs would freeze channels
+        model = canonical_passes(fold_bn=False)(model.clone()).model
         dg = analyze(model)
         if not any(g.prunable for g in dg.groups):
             reasons = "; ".join(f"{g.id}: {g.frozen_reason}" for g in dg.groups) or "none found"

@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+import scipy.linalg
+from threadpoolctl import threadpool_limits
 
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError, PassError
@@ -31,7 +33,7 @@ from pfcompile.passes.prune_criteria import l1_scores
 __all__ = ["collect_activations", "lasso_select"]
 
 _LASSO_ROWS = 512    # sampled output positions per consumer for the selection
-_RECON_ROWS = 4096   # sampled output positions per consumer for the refit
+_RECON_ROWS = 2048   # sampled output positions per consumer for the refit
 _RIDGE = 1e-3        # ridge strength relative to the mean diagonal of X^T X
 
 
@@ -68,24 +70,51 @@ def collect_activations(model: ir.Model, names: list[str], calib: Dataset,
         if name not in have:
             proto.graph.output.append(
                 onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(proto.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
     arrays = {k: (calib.inputs.get(k) if k in calib.inputs else next(iter(calib.inputs.values())))
               for k in shapes}
     total = min(n, len(next(iter(arrays.values()))))
-    batch = max(1, min(s[0] for s in shapes.values()))
     outs: list[list[np.ndarray]] = [[] for _ in names]
-    for start in range(0, total - batch + 1, batch):
-        feed = {k: a[start:start + batch] for k, a in arrays.items()}
-        for i, r in enumerate(sess.run(names, feed)):
+    # the whole calibration set in one run when the graph allows a free batch dim
+    try:
+        sess = _session(_free_batch(proto))
+        for i, r in enumerate(sess.run(names, {k: a[:total] for k, a in arrays.items()})):
             outs[i].append(r)
+    except Exception:  # noqa: BLE001  (e.g. a Reshape to a fixed batch: run per batch)
+        outs = [[] for _ in names]
+        sess = _session(proto)
+        batch = max(1, min(s[0] for s in shapes.values()))
+        for start in range(0, total - batch + 1, batch):
+            feed = {k: a[start:start + batch] for k, a in arrays.items()}
+            for i, r in enumerate(sess.run(names, feed)):
+                outs[i].append(r)
     if not outs or not outs[0]:
         raise DataError(f"calibration data has fewer samples ({total}) than the model batch "
                         f"size ({batch})")
     return {k: np.concatenate(o).astype(np.float32) for k, o in zip(names, outs)}
+
+
+def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def _free_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose graph inputs and outputs have a symbolic batch dimension."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    del m.graph.value_info[:]
+    inits = {t.name for t in m.graph.initializer}
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in inits or not vi.type.tensor_type.HasField("shape"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims):
+            dims[0].Clear()
+            dims[0].dim_param = "N"
+    return m
 
 
 # ----------------------------------------------------------------------------- consumers
@@ -182,6 +211,13 @@ def lasso_select(dg: DepGraph, ratios: list[float], config: PruneConfig, calib: 
     target is the consumer's output in the original model (He et al.'s
     sequential scheme: later layers correct the error of earlier ones).
     """
+    # one BLAS thread: the matrices are small and a shared 2-core machine thrashes with more
+    with threadpool_limits(1):
+        return _lasso_select(dg, ratios, config, calib)
+
+
+def _lasso_select(dg: DepGraph, ratios: list[float], config: PruneConfig, calib: Dataset
+                  ) -> tuple[list[np.ndarray], dict[tuple[ir.Node, int], np.ndarray]]:
     from pfcompile.passes.prune import _select, materialize
 
     todo = [gi for gi, g in enumerate(dg.groups) if g.prunable and ratios[gi] > 0]
@@ -244,11 +280,12 @@ def lasso_select(dg: DepGraph, ratios: list[float], config: PruneConfig, calib: 
 def _refit(sink: Sink, w: np.ndarray, x: np.ndarray, target: np.ndarray,
            kept: np.ndarray) -> np.ndarray:
     """Ridge least squares (pulled towards the original weights) for the kept columns."""
-    xk = x[:, kept].reshape(len(x), -1).astype(np.float64)
+    xk = x[:, kept].reshape(len(x), -1)
     w0 = w[:, kept].reshape(w.shape[0], -1).T.astype(np.float64)      # [P'K, O]
-    gram = xk.T @ xk
+    gram = (xk.T @ xk).astype(np.float64)
     alpha = _RIDGE * max(float(np.trace(gram)) / max(len(gram), 1), 1e-12)
-    sol = np.linalg.solve(gram + alpha * np.eye(len(gram)), xk.T @ target + alpha * w0)
+    rhs = (xk.T @ target).astype(np.float64) + alpha * w0
+    sol = scipy.linalg.solve(gram + alpha * np.eye(len(gram)), rhs, assume_a="pos")
     cols = sol.T.reshape(w.shape[0], int(kept.sum()), w.shape[2])
     if sink.kind == "conv":
         kshape = const_array(sink.node.inputs[1]).shape[2:]

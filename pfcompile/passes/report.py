@@ -11,7 +11,7 @@ from pfcompile import ir as pir
 from pfcompile.data import Dataset, load_npz
 from pfcompile.errors import ConfigError
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.passes.canonical import canonicalize
+from pfcompile.passes.canonical import canonical_passes, canonicalize
 from pfcompile.passes.canonical_bn import FoldBatchNormPass
 from pfcompile.passes.depgraph import analyze
 from pfcompile.passes.prune import PrunePass
@@ -29,7 +29,7 @@ def inspect_model(model: pir.ModelLike) -> dict[str, Any]:
     """
     m = model.clone() if isinstance(model, ir.Model) else pir.to_ir(model)
     stats = model_stats(m)
-    dg = analyze(m)
+    dg = analyze(canonical_passes(fold_bn=False)(m).model)
     return {
         "macs": stats.macs, "params": stats.params, "size_bytes": stats.size_bytes,
         "layers": [layer.to_json() for layer in stats.layers],
