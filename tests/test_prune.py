@@ -71,6 +71,23 @@ def test_prune_half_of_every_topology(trained, digits, name):
     assert "Gather" not in {n.op_type for n in r.model.graph}
 
 
+@pytest.mark.parametrize(("name", "ratio", "round_to"), [
+    ("MobileNetV2Tiny", 0.1, 1), ("MobileNetV2Tiny", 0.7, 8), ("DenseNetTiny", 0.3, 4),
+    ("GroupedConvNet", 0.6, 1), ("PlainCNN", 0.9, 1), ("SENetTiny", 0.6, 8)])
+def test_any_ratio_and_round_gives_valid_model_with_expected_widths(trained, digits, name,
+                                                                   ratio, round_to):
+    model = pir.load(trained(name).onnx)
+    groups = dependency_groups(model)
+    r = prune(model, PruneConfig(ratio=ratio, round_to=round_to))
+    onnx.checker.check_model(pir.to_proto(r.model), full_check=True)
+    after = {g.id: g.channels for g in dependency_groups(r.model)}
+    for g in groups:
+        want = keep_count(g.channels, ratio, round_to, g.partitions) if g.prunable \
+            else g.channels
+        assert after[g.id] == want, g.id
+    assert run(r.model, digits.x_val[:2]).shape == (2, 10)
+
+
 @pytest.mark.parametrize("name", ["ResNetTiny", "MobileNetV2Tiny"])
 def test_lasso_with_reconstruction_beats_l1_on_output_snr(trained, digits, name):
     tm = trained(name)

@@ -84,3 +84,16 @@ def test_removing_dead_channels_is_exact_through_every_op():
     assert nodes["head"].inputs[1].const_value.shape == (4 * 36, 5)
     assert model_stats(r.model).macs < model_stats(m).macs
     assert_close_rel(run(m, x), run(r.model, x), 1e-5)
+
+
+def test_unnamed_nodes_get_names_and_prune_the_same():
+    m = _model()
+    for node in m.graph.node:
+        node.name = ""
+    groups = dependency_groups(m)
+    assert all(g.id for g in groups) and len({g.id for g in groups}) == len(groups)
+    x = np.random.default_rng(2).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    r = prune(m, PruneConfig(ratio=0.25))
+    assert model_stats(r.model).macs == model_stats(prune(_model(), PruneConfig(ratio=0.25))
+                                                    .model).macs
+    assert_close_rel(run(m, x), run(r.model, x), 1e-5)

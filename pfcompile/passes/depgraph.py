@@ -19,7 +19,9 @@ is never pruned; its ``frozen_reason`` names the node and op.
 
 Grouped (non-depthwise) Conv needs the same number of channels removed from
 each of its groups, on its input and its output: such a group carries
-``partitions`` (equal-size sets of channels) that the pruner honours.
+``partitions`` (equal-size sets of channels) that the pruner honours. (A
+grouped Conv pruned down to one input channel per group is a depthwise Conv
+with a channel multiplier; re-analysed, its output joins its input's group.)
 """
 
 from __future__ import annotations
