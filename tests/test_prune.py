@@ -233,3 +233,16 @@ def test_prune_config_declares_its_search_space():
     cfg = PruneConfig.from_json({"a": 0.25, "b": 0.5})
     assert cfg.ratio_for("b") == 0.5 and cfg.ratio_for("zzz") == 0.0
     assert hash(cfg) == hash(PruneConfig.from_json(cfg.to_json()))
+
+
+def test_cli_bn_criterion_on_model_with_batchnorm_folds_after_pruning(trained, digits, tmp_path):
+    src = trained("SENetTiny").onnx_bn
+    out = tmp_path / "p.onnx"
+    res = runner.invoke(app, ["prune", str(src), "--ratio", "0.5", "--criterion", "bn",
+                              "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["macs_after"] < 0.5 * summary["macs_before"]
+    pruned = pir.load(out)
+    assert "BatchNormalization" not in {n.op_type for n in pruned.graph}
+    assert run(out, digits.x_val[:3]).shape == (3, 10)
