@@ -21,7 +21,8 @@ import onnxruntime as ort
 from pfcompile import ir as pir
 from pfcompile import zoo
 from pfcompile.data import Dataset
-from pfcompile.passes import PruneConfig, dependency_groups, model_stats, prune
+from pfcompile.passes import PruneConfig, dependency_groups, model_stats
+from pfcompile.passes.prune import prune
 
 MODELS = ("PlainCNN", "ResNetTiny", "MobileNetV2Tiny", "DenseNetTiny", "SENetTiny",
           "FlattenGemmNet", "GroupedConvNet")

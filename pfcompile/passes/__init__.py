@@ -11,7 +11,7 @@ from pfcompile.passes.canonical_bn import FoldBatchNormPass
 from pfcompile.passes.canonical_dropout import DropIdentityDropoutPass
 from pfcompile.passes.canonical_fold import ConstantFoldingPass
 from pfcompile.passes.depgraph import ChannelGroup, DepGraph, analyze, dependency_groups
-from pfcompile.passes.prune import PrunePass, keep_count, prune
+from pfcompile.passes.prune import PrunePass, keep_count
 from pfcompile.passes.prune_config import PruneConfig
 from pfcompile.passes.stats import LayerStats, ModelStats, model_stats
 
@@ -31,5 +31,6 @@ __all__ = [
     "dependency_groups",
     "keep_count",
     "model_stats",
-    "prune",
 ]
+# ``prune(model, config, calib)`` lives in ``pfcompile.passes.prune`` and is not
+# re-exported here: a package attribute named ``prune`` would shadow that module.
