@@ -18,8 +18,10 @@ follow, e.g. a Concat on another axis with mismatched layouts). A frozen group
 is never pruned; its ``frozen_reason`` names the node and op.
 
 Grouped (non-depthwise) Conv needs the same number of channels removed from
-each of its groups, on its input and its output: such a group carries
-``partitions`` (equal-size sets of channels) that the pruner honours. (A
+each of its groups, on its input and its output, and so does a channel Split
+into equal parts (no output may become empty): such a group carries
+``partitions`` (equal-size sets of channels) that the pruner honours. A group
+spread over the parts of an unequal Split is frozen. (A
 grouped Conv pruned down to one input channel per group is a depthwise Conv
 with a channel multiplier; re-analysed, its output joins its input's group.)
 """
@@ -149,7 +151,9 @@ class _Analyzer:
         self.frozen: dict[int, str] = {}           # atom -> reason (first one wins)
         self.atom_source: list[int] = []           # atom -> source index
         self.source_info: list[tuple[ir.Node | None, str, int, int]] = []  # node, label, first, n
-        self.constraints: list[tuple[np.ndarray, int, ir.Node]] = []
+        # (layout, block id per position, node, even): even -> every group removes the same
+        # number from each block; not even -> a group must sit inside one block
+        self.constraints: list[tuple[np.ndarray, np.ndarray, ir.Node, bool]] = []
         self.sinks: list[Sink] = []
 
     # --------------------------------------------------------------- atoms
@@ -269,8 +273,8 @@ class _Analyzer:
             self.sinks.append(Sink(node, "conv"))
             out = self.new_atoms(cout, node, node.name)
             self.layouts[node.outputs[0]] = out
-            self.constraints.append((x, g, node))
-            self.constraints.append((out, g, node))
+            self.constraints.append((x, np.arange(cin) // (cin // g), node, True))
+            self.constraints.append((out, np.arange(cout) // (cout // g), node, True))
 
     def op_Gemm(self, node: ir.Node) -> None:
         x = self.layout(node.inputs[0])
@@ -384,6 +388,10 @@ class _Analyzer:
         for o, s in zip(node.outputs, sizes):
             self.layouts[o] = x[start:start + s]
             start += s
+        # no output may end up empty: equal splits lose channels evenly, unequal ones
+        # only from groups that lie inside one output
+        self.constraints.append((x, np.repeat(np.arange(len(sizes)), sizes), node,
+                                 len(set(sizes)) == 1))
 
     def _flatten_like(self, node: ir.Node) -> bool:
         """[N, C, *S] -> [N, C*prod(S)]: each channel owns prod(S) features."""
@@ -531,19 +539,30 @@ def analyze(model: ModelLike) -> DepGraph:
 
 def _partitions(an: _Analyzer, gi: int, nch: int, atom_group: np.ndarray,
                 atom_channel: np.ndarray) -> tuple[list[np.ndarray], str | None]:
-    """Equal-size channel partitions demanded by grouped convolutions."""
+    """Equal-size channel partitions demanded by grouped convolutions and equal
+    channel Splits (or the reason the group must be frozen)."""
     keys = np.zeros((nch, 0), dtype=np.int64)
-    for lay, g, node in an.constraints:
+    for lay, block, node, even in an.constraints:
         in_group = atom_group[lay] == gi
         if not in_group.any():
             continue
-        block = np.arange(len(lay)) // (len(lay) // g)
+        nblocks = int(block.max()) + 1
+        per_block = np.bincount(block[in_group], minlength=nblocks)
+        if not even:
+            if np.count_nonzero(per_block) > 1:
+                return [np.arange(nch)], (f"node '{node.name}' ({node.op_type}) splits this "
+                                          "group's channels into unequal parts")
+            continue
+        if len(set(per_block.tolist())) != 1:
+            return [np.arange(nch)], (f"node '{node.name}' ({node.op_type}) would lose "
+                                      f"channels unevenly across its {nblocks} parts (this "
+                                      f"group fills them {per_block.tolist()})")
         key = np.full(nch, -1, dtype=np.int64)
         for pos in np.nonzero(in_group)[0]:
             ch = atom_channel[lay[pos]]
             if key[ch] not in (-1, block[pos]):
-                return [np.arange(nch)], (f"grouped Conv '{node.name}' mixes a channel across "
-                                          "its groups")
+                return [np.arange(nch)], (f"node '{node.name}' ({node.op_type}) puts one "
+                                          "channel into several of its parts")
             key[ch] = block[pos]
         keys = np.concatenate([keys, key[:, None]], axis=1)
     if keys.shape[1] == 0:
@@ -551,8 +570,8 @@ def _partitions(an: _Analyzer, gi: int, nch: int, atom_group: np.ndarray,
     uniq, inv = np.unique(keys, axis=0, return_inverse=True)
     parts = [np.nonzero(inv.reshape(-1) == i)[0] for i in range(len(uniq))]
     if len({len(p) for p in parts}) != 1:
-        return [np.arange(nch)], ("grouped Conv needs equal removal per conv group but its "
-                                  "channel blocks differ in size")
+        return [np.arange(nch)], ("grouped Conv / Split needs equal removal per part but the "
+                                  "group's channel blocks differ in size")
     return parts, None
 
 

@@ -34,6 +34,8 @@ __all__ = ["PruneConfig", "PrunePass", "keep_count", "prune", "resolve_ratios"]
 def keep_count(channels: int, ratio: float, round_to: int = 1, partitions: int = 1) -> int:
     """Channels kept: ``C - round(ratio*C)`` (at least 1), a multiple of
     ``lcm(round_to, partitions)`` where possible, never more than ``C``."""
+    if ratio <= 0:
+        return channels  # ratio 0 leaves a group alone (no rounding either)
     keep = max(1, channels - round(ratio * channels))
     step = round_to * partitions // math.gcd(round_to, partitions)
     if step > 1:
