@@ -132,3 +132,17 @@ def test_transpose_and_graph_input_add_freeze():
         np.ones((6, 3, 1, 1), np.float32), "w2"))
     g = _by_id(dependency_groups(m))["conv1"]
     assert not g.prunable and "graph input 'x'" in g.frozen_reason
+
+
+def test_layer_on_dequantized_weights_is_listed_as_frozen():
+    m = _conv_model([helper.make_node("Relu", ["a"], ["m"], name="relu")])
+    w = numpy_helper.to_array(m.graph.initializer[1])
+    m.graph.initializer[1].CopyFrom(numpy_helper.from_array(
+        np.round(w * 20).astype(np.int8), "w2q"))
+    m.graph.initializer.extend([numpy_helper.from_array(np.float32(0.05), "s")])
+    m.graph.node.insert(0, helper.make_node("DequantizeLinear", ["w2q", "s"], ["w2"], name="dq"))
+    groups = _by_id(dependency_groups(m))
+    assert not groups["conv2"].prunable
+    assert "'conv2' (Conv)" in groups["conv2"].frozen_reason
+    assert not groups["conv1"].prunable  # its consumer cannot be rewritten either
+    assert groups["conv3"].prunable is False  # reaches the graph output

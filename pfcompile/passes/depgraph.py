@@ -204,10 +204,15 @@ class _Analyzer:
                  f"analysis{': ' + why if why else ''}; channels it touches are frozen"
         for v in node.inputs:
             self.freeze(self.layout(v), reason)
+        # a layer we cannot follow (e.g. a Conv on dequantized weights) is still listed,
+        # as a frozen group of its own
+        layer = node if node.op_type in (*SINK_OPS, "ConvTranspose") else None
         for v in node.outputs:
             shape = static_shape(v)
             if shape is not None and len(shape) >= 2:
-                self.layouts[v] = self.new_atoms(shape[1], None, v.name or "?", frozen=reason)
+                self.layouts[v] = self.new_atoms(shape[1], layer,
+                                                 node.name if layer else (v.name or "?"),
+                                                 frozen=reason)
 
     def run(self) -> None:
         for v in self.graph.inputs:
