@@ -30,6 +30,7 @@ err_console = Console(stderr=True)
 _COMMAND_MODULES = (
     "pfcompile.compile_cli",
     "pfcompile.device_cli",
+    "pfcompile.passes.cli_prune",
     "pfcompile.passes.cli_quant",
 )
 
