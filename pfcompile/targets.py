@@ -11,7 +11,7 @@ from typing import Any
 
 from pfcompile.errors import ConfigError
 
-__all__ = ["Target", "MeasureSettings", "load_target", "list_targets", "targets_dir", "host_mcpu", "host_hardware"]
+__all__ = ["MeasureSettings", "Target", "host_hardware", "host_mcpu", "list_targets", "load_target", "targets_dir"]
 
 
 def targets_dir() -> Path:
