@@ -29,6 +29,7 @@ err_console = Console(stderr=True)
 def _register() -> None:
     # one line per command module; each defines register(app)
     pass
+    from pfcompile.finetune import cli as finetune_cli; finetune_cli.register(app)  # noqa: E702
 
 
 _register()

@@ -1,0 +1,100 @@
+"""``pfcompile finetune``: distillation fine-tuning of a compressed ONNX model.
+
+A thin layer: parse, call :func:`pfcompile.finetune.finetune`, print.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pfcompile.data import load_npz
+from pfcompile.errors import ModelError
+from pfcompile.finetune.train import EpochStats, FinetuneSettings, finetune
+from pfcompile.model import TensorSpec, input_specs, load_onnx
+
+__all__ = ["register", "finetune_cmd"]
+
+console = Console()
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _data_specs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """Input specs for checking data files: a dynamic batch dim counts as 1 (only
+    the per-sample shape is checked); any other dynamic dim is an error."""
+    inits = {t.name for t in model.graph.initializer}
+    fixed = {}
+    for v in model.graph.input:
+        dims = v.type.tensor_type.shape.dim
+        if v.name in inits or not dims or dims[0].HasField("dim_value"):
+            continue
+        if all(d.HasField("dim_value") for d in dims[1:]):
+            fixed[v.name] = (1, *(int(d.dim_value) for d in dims[1:]))
+    return input_specs(model, fixed)
+
+
+def finetune_cmd(
+    student: Path = typer.Argument(..., help="compressed (student) .onnx model"),
+    data: Path = typer.Option(..., "--data", help="training .npz (x or one array per input; labels y optional)"),
+    out: Path = typer.Option(..., "-o", "--out", help="where to write the fine-tuned .onnx"),
+    teacher: Path | None = typer.Option(None, "--teacher", help="uncompressed (teacher) .onnx model"),
+    val: Path | None = typer.Option(None, "--val", help="labelled validation .npz"),
+    epochs: int = typer.Option(5, "--epochs", help="training epochs"),
+    alpha: float = typer.Option(0.7, "--alpha", help="weight of the distillation loss (0 = labels only)"),
+    temperature: float = typer.Option(4.0, "--temperature", help="softmax temperature for distillation"),
+    lr: float = typer.Option(1e-3, "--lr", help="learning rate"),
+    optimizer: str = typer.Option("adam", "--optimizer", help="adam | sgd"),
+    batch_size: int = typer.Option(64, "--batch-size", help="training batch size"),
+    seed: int = typer.Option(0, "--seed", help="random seed (shuffling)"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the result as JSON here"),
+) -> None:
+    """Fine-tune STUDENT with labels and the teacher's softened outputs; write OUT
+    with the same graph, names and (pruned) shapes."""
+    settings = FinetuneSettings(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                                alpha=alpha, temperature=temperature, seed=seed)
+    s_model = load_onnx(student)
+    t_model = load_onnx(teacher) if teacher is not None else None
+    specs = _data_specs(s_model)
+    train = load_npz(data, specs)
+    val_set = load_npz(val, specs) if val is not None else None
+
+    with Progress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("epochs", total=epochs, info="")
+
+        def on_epoch(st: EpochStats) -> None:
+            info = f"loss {st.loss:.4f}"
+            if st.val_top1 is not None:
+                info += f"  val top-1 {_pct(st.val_top1)}"
+            bar.update(task, advance=1, info=info)
+
+        result = finetune(s_model, t_model, train, val_set, settings, on_epoch=on_epoch)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        onnx.save(result.model, str(out))
+    except OSError as exc:
+        raise ModelError(f"cannot write {out}: {exc}") from exc
+    table = Table(title=f"fine-tune: {student.name} -> {out}")
+    for col in ("teacher", "student before", "student after", "loss", "used"):
+        table.add_column(col)
+    used = "+".join(k for k, v in (("labels", result.used_labels), ("teacher", result.used_teacher)) if v)
+    table.add_row(_pct(result.teacher_top1), _pct(result.before_top1), _pct(result.after_top1),
+                  f"{result.epochs[-1].loss:.4f}" if result.epochs else "-", used)
+    console.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.to_json(), indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``finetune`` to the pfcompile CLI."""
+    app.command("finetune")(finetune_cmd)
