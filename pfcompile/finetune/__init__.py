@@ -21,16 +21,16 @@ from pfcompile.finetune.train import (
 
 __all__ = [
     "SUPPORTED_OPS",
-    "OnnxModule",
-    "QuantWeight",
-    "onnx_to_torch",
-    "export_onnx",
-    "requantize",
     "EpochStats",
     "FinetuneResult",
     "FinetuneSettings",
+    "OnnxModule",
+    "QuantWeight",
+    "export_onnx",
     "finetune",
     "kd_loss",
     "onnx_logits",
+    "onnx_to_torch",
     "onnx_top1",
+    "requantize",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import onnx
 import typer
@@ -19,7 +20,7 @@ from pfcompile.errors import ModelError
 from pfcompile.finetune.train import EpochStats, FinetuneSettings, finetune
 from pfcompile.model import TensorSpec, input_specs, load_onnx
 
-__all__ = ["register", "finetune_cmd"]
+__all__ = ["finetune_cmd", "register"]
 
 console = Console()
 
@@ -43,24 +44,26 @@ def _data_specs(model: onnx.ModelProto) -> list[TensorSpec]:
 
 
 def finetune_cmd(
-    student: Path = typer.Argument(..., help="compressed (student) .onnx model"),
-    data: Path = typer.Option(..., "--data", help="training .npz (x or one array per input; labels y optional)"),
-    out: Path = typer.Option(..., "-o", "--out", help="where to write the fine-tuned .onnx"),
-    teacher: Path | None = typer.Option(None, "--teacher", help="uncompressed (teacher) .onnx model"),
-    val: Path | None = typer.Option(None, "--val", help="labelled validation .npz"),
-    epochs: int = typer.Option(5, "--epochs", help="training epochs"),
-    alpha: float = typer.Option(0.7, "--alpha", help="weight of the distillation loss (0 = labels only)"),
-    temperature: float = typer.Option(4.0, "--temperature", help="softmax temperature for distillation"),
-    lr: float = typer.Option(1e-3, "--lr", help="learning rate"),
-    optimizer: str = typer.Option("adam", "--optimizer", help="adam | sgd"),
-    batch_size: int = typer.Option(64, "--batch-size", help="training batch size"),
-    seed: int = typer.Option(0, "--seed", help="random seed (shuffling)"),
-    json_out: Path | None = typer.Option(None, "--json", help="also write the result as JSON here"),
+    student: Annotated[Path, typer.Argument(help="compressed (student) .onnx model")],
+    data: Annotated[Path, typer.Option("--data", help="training .npz (x or one array per input; labels y optional)")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="where to write the fine-tuned .onnx")],
+    teacher: Annotated[Path | None, typer.Option("--teacher", help="uncompressed (teacher) .onnx model")] = None,
+    val: Annotated[Path | None, typer.Option("--val", help="labelled validation .npz")] = None,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
+    alpha: Annotated[float, typer.Option(help="weight of the distillation loss (0 = labels only)")] = 0.7,
+    temperature: Annotated[float, typer.Option(help="softmax temperature for distillation")] = 4.0,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="adam | sgd")] = "adam",
+    batch_size: Annotated[int, typer.Option(help="training batch size")] = 64,
+    max_grad_norm: Annotated[float, typer.Option(help="clip the gradient norm (0 = off)")] = 0.0,
+    seed: Annotated[int, typer.Option(help="random seed (shuffling)")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the result as JSON here")] = None,
 ) -> None:
     """Fine-tune STUDENT with labels and the teacher's softened outputs; write OUT
     with the same graph, names and (pruned) shapes."""
     settings = FinetuneSettings(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                                alpha=alpha, temperature=temperature, seed=seed)
+                                alpha=alpha, temperature=temperature, max_grad_norm=max_grad_norm,
+                                seed=seed)
     s_model = load_onnx(student)
     t_model = load_onnx(teacher) if teacher is not None else None
     specs = _data_specs(s_model)

@@ -39,7 +39,7 @@ from torch import nn
 from pfcompile.errors import ModelError, UnsupportedOpError
 from pfcompile.finetune import fakequant as fq
 
-__all__ = ["OnnxModule", "QuantWeight", "onnx_to_torch", "SUPPORTED_OPS"]
+__all__ = ["SUPPORTED_OPS", "OnnxModule", "QuantWeight", "onnx_to_torch"]
 
 _INT64_MAX = 2**63 - 1
 
@@ -199,7 +199,7 @@ class OnnxModule(nn.Module):
                 continue
             if any(op != "DequantizeLinear" for op, _ in uses(t.name)):
                 continue
-            if "block_size" in node.attrs and node.attrs["block_size"]:
+            if node.attrs.get("block_size"):
                 raise UnsupportedOpError(node.name, node.op, "blocked quantization (block_size) is not supported")
             q = numpy_helper.to_array(t).astype(np.int64)
             qmin, qmax = fq.stored_range(q, t.data_type)
@@ -288,9 +288,9 @@ def _q_range(node: _Node, inits: dict[str, onnx.TensorProto]) -> tuple[int, int]
 
 def _check_attrs(node: _Node) -> None:
     a = node.attrs
-    if node.op in ("Conv", "MaxPool", "AveragePool"):
-        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
-            raise UnsupportedOpError(node.name, node.op, f"auto_pad={a['auto_pad']}")
+    if node.op in ("Conv", "MaxPool", "AveragePool") and \
+            a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise UnsupportedOpError(node.name, node.op, f"auto_pad={a['auto_pad']}")
     if node.op == "MaxPool" and len([o for o in node.outputs if o]) > 1:
         raise UnsupportedOpError(node.name, node.op, "the Indices output is not supported")
     if node.op == "MaxPool" and a.get("storage_order", 0):
@@ -552,7 +552,7 @@ def _op_resize(m, node, xs):
     elif scales is not None:
         if scales[:2] != [1.0, 1.0]:
             raise UnsupportedOpError(node.name, node.op, "scaling the batch or channel dim")
-        out = [int(math.floor(d * s)) for d, s in zip(x.shape[2:], scales[2:])]
+        out = [math.floor(d * s) for d, s in zip(x.shape[2:], scales[2:])]
     else:
         raise UnsupportedOpError(node.name, node.op, "neither scales nor sizes given")
     if a.get("mode", "nearest") == "nearest":

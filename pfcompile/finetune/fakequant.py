@@ -26,12 +26,12 @@ import torch
 from onnx import TensorProto
 
 __all__ = [
-    "round_ste",
-    "fake_quantize",
+    "broadcast_param",
     "dequantize",
     "dtype_range",
+    "fake_quantize",
+    "round_ste",
     "stored_range",
-    "broadcast_param",
 ]
 
 _RANGES: dict[int, tuple[int, int]] = {

@@ -32,7 +32,7 @@ from pfcompile.errors import PassError
 from pfcompile.finetune.convert import onnx_to_torch
 from pfcompile.zoo import conv_bn
 
-__all__ = ["SlimCNN", "pruned_student", "conv_macs", "quantize_weights_qdq"]
+__all__ = ["SlimCNN", "conv_macs", "pruned_student", "quantize_weights_qdq"]
 
 
 class SlimCNN(nn.Module):

@@ -33,13 +33,13 @@ from pfcompile.finetune.export import export_onnx
 from pfcompile.model import load_onnx
 
 __all__ = [
-    "FinetuneSettings",
     "EpochStats",
     "FinetuneResult",
+    "FinetuneSettings",
     "finetune",
+    "kd_loss",
     "onnx_logits",
     "onnx_top1",
-    "kd_loss",
 ]
 
 
@@ -55,6 +55,7 @@ class FinetuneSettings:
     weight_decay: float = 0.0
     alpha: float = 0.7
     temperature: float = 4.0
+    max_grad_norm: float = 0.0  # clip the gradient's global norm to this (0 = no clipping)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +71,8 @@ class FinetuneSettings:
             raise ConfigError(f"finetune alpha must be in [0, 1], got {self.alpha}")
         if not self.temperature > 0:
             raise ConfigError(f"finetune temperature must be > 0, got {self.temperature}")
+        if self.max_grad_norm < 0:
+            raise ConfigError(f"finetune max_grad_norm must be >= 0, got {self.max_grad_norm}")
         if self.weight_decay < 0:
             raise ConfigError(f"finetune weight_decay must be >= 0, got {self.weight_decay}")
 
@@ -287,6 +290,8 @@ def finetune(student: onnx.ModelProto | str | Path,
                 sums["kd"] += float(kd.detach()) * len(b)
             opt.zero_grad()
             loss.backward()
+            if settings.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
             opt.step()
             sched.step()
             sums["loss"] += float(loss.detach()) * len(b)
