@@ -277,3 +277,30 @@ def test_training_step_changes_exported_initializers_only():
     assert len(changed) == 24
     with torch.no_grad():
         np.testing.assert_allclose(_ort_per_sample(out, x.numpy()[:4]), mod(x[:4]).numpy(), atol=1e-5)
+
+
+def test_float_weight_through_quantizelinear_is_trained_and_exported_as_float():
+    """Weight QDQ on a float initializer (W -> Q -> DQ -> Conv): W is the parameter, the
+    Q node re-quantizes it every step, and the export writes the trained float W."""
+    w = _R.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    scale = (np.abs(w).max(axis=(1, 2, 3)) / 127).astype(np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["w", "ws", "wz"], ["wq"], axis=0, name="q"),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0, name="dq"),
+             helper.make_node("Conv", ["x", "wd"], ["y"], name="conv")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "ws"),
+                           numpy_helper.from_array(np.zeros(4, np.int8), "wz")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    mod = onnx_to_torch(model)
+    assert list(mod.key_of) == ["w"] and not mod.quant_weights
+    np.testing.assert_allclose(_torch(model, _X)[0], _ort(model, {"x": _X})[0], atol=1e-5)
+    out = mod(torch.from_numpy(_X))
+    out.sum().backward()
+    assert mod.params[mod.key_of["w"]].grad.abs().sum() > 0
+    with torch.no_grad():
+        mod.params[mod.key_of["w"]].mul_(0.5)
+    new = export_onnx(mod, model)
+    np.testing.assert_allclose(numpy_helper.to_array(new.graph.initializer[0]), 0.5 * w, rtol=1e-6)
+    with torch.no_grad():
+        np.testing.assert_allclose(_ort(new, {"x": _X})[0], mod(torch.from_numpy(_X)).numpy(), atol=1e-5)

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from pfcompile import zoo
@@ -16,9 +17,28 @@ from pfcompile.cli import app
 from pfcompile.data import Dataset
 from pfcompile.errors import ConfigError, DataError, ModelError
 from pfcompile.finetune import FinetuneSettings, finetune, onnx_top1
+from pfcompile.finetune import cli as finetune_cli
 from pfcompile.finetune.fixtures import SlimCNN, conv_macs, pruned_student, quantize_weights_qdq
 
 DEMO = "pfcompile/data/demo.onnx"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine is shared: a single torch thread is faster than two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cli_app() -> typer.Typer:
+    """A command group holding only ``finetune`` (typer runs a lone command as the root)."""
+    group = typer.Typer()
+    group.callback()(lambda: None)
+    finetune_cli.register(group)
+    return group
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +74,10 @@ def test_kd_beats_ce_beats_no_finetune_on_pruned_student(pruned, digits):
     teacher, student, ratio, _ = pruned
     train, val = digits
     assert 0.27 <= ratio <= 0.33
-    common = {"epochs": 6, "optimizer": "sgd", "lr": 0.02, "seed": 0}
+    # tools/bench_finetune.py runs this over 2 teachers x 3 seeds: KD > CE in each of the 6
+    common = {"epochs": 15, "optimizer": "sgd", "lr": 0.02, "max_grad_norm": 1.0, "seed": 0}
     ce = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.0, **common))
-    kd = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.9, temperature=4.0, **common))
+    kd = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.5, temperature=4.0, **common))
     print(f"\npruned to {ratio:.1%} MACs: teacher {kd.teacher_top1:.4f}, no fine-tune {ce.before_top1:.4f}, "
           f"CE {ce.after_top1:.4f}, KD {kd.after_top1:.4f}")
     assert not ce.used_teacher and ce.used_labels
@@ -66,7 +87,7 @@ def test_kd_beats_ce_beats_no_finetune_on_pruned_student(pruned, digits):
     assert kd.after_top1 <= kd.teacher_top1 + 0.01
     # the result is the student's graph with new weights, same names and pruned shapes
     assert _names(kd.model) == _names(student)
-    assert [e.epoch for e in kd.epochs] == list(range(1, 7))
+    assert [e.epoch for e in kd.epochs] == list(range(1, 16))
     assert all(e.kd is not None and e.ce is not None and e.val_top1 is not None for e in kd.epochs)
     assert kd.epochs[-1].loss < kd.epochs[0].loss
 
@@ -98,7 +119,8 @@ def test_distillation_alone_without_labels(pruned, digits):
     teacher, student, _, _ = pruned
     train, val = digits
     unlabeled = Dataset(train.inputs, None, "unlabeled")
-    r = finetune(student, teacher, unlabeled, val, FinetuneSettings(epochs=3, optimizer="sgd", lr=0.02))
+    r = finetune(student, teacher, unlabeled, val,
+                 FinetuneSettings(epochs=5, optimizer="sgd", lr=0.02, max_grad_norm=1.0))
     assert r.used_teacher and not r.used_labels
     assert all(e.ce is None and e.kd is not None for e in r.epochs)
     assert r.after_top1 > r.before_top1 + 0.3
@@ -134,15 +156,20 @@ def test_validation_without_labels_and_bad_settings_are_errors(pruned, digits):
         finetune(student, None, bad, None, FinetuneSettings(epochs=1))
 
 
-def test_cli_finetune_writes_model_and_reports(pruned, digits, tmp_path):
+def test_finetune_is_registered_in_the_pfcompile_cli():
+    assert "finetune" in [c.name for c in app.registered_commands]
+
+
+def test_cli_finetune_writes_model_and_reports(cli_app, pruned, digits, tmp_path):
     _, student, _, d = pruned
     train, val = digits
     np.savez(tmp_path / "train.npz", x=train.inputs["input"][:256], y=train.labels[:256])
     np.savez(tmp_path / "val.npz", x=val.inputs["input"], y=val.labels)
     out, js = tmp_path / "out" / "ft.onnx", tmp_path / "ft.json"
-    res = CliRunner().invoke(app, ["finetune", str(d / "student.onnx"), "--teacher", str(d / "teacher.onnx"),
+    res = CliRunner().invoke(cli_app, ["finetune", str(d / "student.onnx"), "--teacher", str(d / "teacher.onnx"),
                                    "--data", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
-                                   "--epochs", "2", "--optimizer", "sgd", "--lr", "0.02", "-o", str(out),
+                                   "--epochs", "2", "--optimizer", "sgd", "--lr", "0.02", "--max-grad-norm", "1",
+                                   "-o", str(out),
                                    "--json", str(js)])
     assert res.exit_code == 0, res.output
     assert "val top-1" in res.output and "student after" in res.output
@@ -153,11 +180,11 @@ def test_cli_finetune_writes_model_and_reports(pruned, digits, tmp_path):
     assert len(report["epochs"]) == 2 and report["used_teacher"] is True
 
 
-def test_cli_without_labels_or_teacher_fails_clearly(pruned, digits, tmp_path):
+def test_cli_without_labels_or_teacher_fails_clearly(cli_app, pruned, digits, tmp_path):
     _, _, _, d = pruned
     train, _ = digits
     np.savez(tmp_path / "nolabels.npz", x=train.inputs["input"][:64])
-    res = CliRunner().invoke(app, ["finetune", str(d / "student.onnx"), "--data", str(tmp_path / "nolabels.npz"),
+    res = CliRunner().invoke(cli_app, ["finetune", str(d / "student.onnx"), "--data", str(tmp_path / "nolabels.npz"),
                                    "-o", str(tmp_path / "o.onnx")])
     assert res.exit_code != 0
     assert isinstance(res.exception, DataError) and "nolabels.npz" in str(res.exception)
