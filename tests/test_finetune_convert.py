@@ -18,18 +18,31 @@ from pfcompile.finetune.fixtures import quantize_weights_qdq
 DEMO = "pfcompile/data/demo.onnx"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine is shared: a single torch thread is faster than two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return _session(model).run(None, feeds)
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     # reference semantics: onnxruntime's graph optimizations rewrite Q -> Clip -> DQ
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def _ort_per_sample(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    name = model.graph.input[0].name
-    return np.concatenate([_ort(model, {name: x[i:i + 1]})[0] for i in range(len(x))])
+    name, sess = model.graph.input[0].name, _session(model)
+    return np.concatenate([sess.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
 
 
 def _torch(model: onnx.ModelProto, *xs: np.ndarray):

@@ -23,6 +23,7 @@ from pfcompile.model import TensorSpec, input_specs, load_onnx
 __all__ = ["finetune_cmd", "register"]
 
 console = Console()
+_D = FinetuneSettings()  # the CLI's defaults are the library's
 
 
 def _pct(v: float | None) -> str:
@@ -49,14 +50,14 @@ def finetune_cmd(
     out: Annotated[Path, typer.Option("-o", "--out", help="where to write the fine-tuned .onnx")],
     teacher: Annotated[Path | None, typer.Option("--teacher", help="uncompressed (teacher) .onnx model")] = None,
     val: Annotated[Path | None, typer.Option("--val", help="labelled validation .npz")] = None,
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 5,
-    alpha: Annotated[float, typer.Option(help="weight of the distillation loss (0 = labels only)")] = 0.7,
-    temperature: Annotated[float, typer.Option(help="softmax temperature for distillation")] = 4.0,
-    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-3,
-    optimizer: Annotated[str, typer.Option(help="adam | sgd")] = "adam",
-    batch_size: Annotated[int, typer.Option(help="training batch size")] = 64,
-    max_grad_norm: Annotated[float, typer.Option(help="clip the gradient norm (0 = off)")] = 0.0,
-    seed: Annotated[int, typer.Option(help="random seed (shuffling)")] = 0,
+    epochs: Annotated[int, typer.Option(help="training epochs")] = _D.epochs,
+    alpha: Annotated[float, typer.Option(help="weight of the distillation loss (0 = labels only)")] = _D.alpha,
+    temperature: Annotated[float, typer.Option(help="softmax temperature for distillation")] = _D.temperature,
+    lr: Annotated[float, typer.Option(help="learning rate")] = _D.lr,
+    optimizer: Annotated[str, typer.Option(help="sgd | adam")] = _D.optimizer,
+    batch_size: Annotated[int, typer.Option(help="training batch size")] = _D.batch_size,
+    max_grad_norm: Annotated[float, typer.Option(help="clip the gradient norm (0 = off)")] = _D.max_grad_norm,
+    seed: Annotated[int, typer.Option(help="random seed (shuffling)")] = _D.seed,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the result as JSON here")] = None,
 ) -> None:
     """Fine-tune STUDENT with labels and the teacher's softened outputs; write OUT
