@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import onnx
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -59,6 +60,7 @@ def finetune_cmd(
     max_grad_norm: Annotated[float, typer.Option(help="clip the gradient norm (0 = off)")] = _D.max_grad_norm,
     seed: Annotated[int, typer.Option(help="random seed (shuffling)")] = _D.seed,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the result as JSON here")] = None,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default)")] = 0,
 ) -> None:
     """Fine-tune STUDENT with labels and the teacher's softened outputs; write OUT
     with the same graph, names and (pruned) shapes."""
@@ -71,14 +73,22 @@ def finetune_cmd(
     train = load_npz(data, specs)
     val_set = load_npz(val, specs) if val is not None else None
 
+    if threads:
+        torch.set_num_threads(threads)
     with Progress(TextColumn("[bold]finetune"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as bar:
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
         task = bar.add_task("epochs", total=epochs, info="")
 
         def on_epoch(st: EpochStats) -> None:
             info = f"loss {st.loss:.4f}"
+            if st.ce is not None:
+                info += f"  ce {st.ce:.4f}"
+            if st.kd is not None:
+                info += f"  kd {st.kd:.4f}"
             if st.val_top1 is not None:
                 info += f"  val top-1 {_pct(st.val_top1)}"
+            bar.console.print(f"epoch {st.epoch}/{epochs}  {info}  ({st.seconds:.1f} s)")
             bar.update(task, advance=1, info=info)
 
         result = finetune(s_model, t_model, train, val_set, settings, on_epoch=on_epoch)

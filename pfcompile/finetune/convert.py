@@ -9,7 +9,8 @@ parameters written back into the very same graph (:mod:`pfcompile.finetune.expor
   input of a QuantizeLinear) become ``nn.Parameter``; everything else (shapes,
   scales, zero points, BatchNormalization running statistics, Clip bounds) is a
   buffer and stays fixed. BatchNormalization always uses its running statistics
-  (fine-tuning keeps the inference-time normalisation).
+  (fine-tuning keeps the inference-time normalisation) and Dropout is the
+  identity, in training as in inference.
 * QDQ nodes are fake quantization with a straight-through estimator
   (:mod:`pfcompile.finetune.fakequant`). A weight stored as an integer
   initializer and read by DequantizeLinear gets a float shadow parameter
@@ -183,7 +184,7 @@ class OnnxModule(nn.Module):
                 self.params[k] = nn.Parameter(_to_torch(arr))
                 self.key_of[t.name] = k
             else:
-                k = _key(t.name, used)
+                k = _key("buf_" + t.name, used)  # prefixed: no clash with nn.Module attributes
                 self.register_buffer(k, _to_torch(arr))
                 self._buffer_key[t.name] = k
 
