@@ -68,6 +68,9 @@ def test_demo_round_trip_without_training_equals_student():
     assert len(mod.key_of) == 24  # every Conv/Gemm weight and bias is a trainable parameter
     out = export_onnx(mod, student)
     assert _structure(out) == _structure(student)
+    assert out.ir_version == student.ir_version
+    assert {(o.domain, o.version) for o in out.opset_import} == {(o.domain, o.version) for o in student.opset_import}
+    onnx.checker.check_model(out, full_check=True)
     ref = _ort_per_sample(student, x)
     np.testing.assert_allclose(_ort_per_sample(out, x), ref, atol=1e-5, rtol=0)
     # the torch module runs the whole batch at once (the graph was exported with batch 1)
