@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from pfcompile import zoo
 from pfcompile.cli import app
-from pfcompile.data import Dataset
+from pfcompile.data import Dataset, load_npz
 from pfcompile.errors import ConfigError, DataError, ModelError
-from pfcompile.finetune import FinetuneSettings, finetune, onnx_top1
+from pfcompile.finetune import FinetuneSettings, data_specs, finetune, onnx_top1
 from pfcompile.finetune import cli as finetune_cli
 from pfcompile.finetune.fixtures import SlimCNN, conv_macs, pruned_student, quantize_weights_qdq
 
@@ -189,3 +189,16 @@ def test_cli_without_labels_or_teacher_fails_clearly(cli_app, pruned, digits, tm
     assert res.exit_code != 0
     assert isinstance(res.exception, DataError) and "nolabels.npz" in str(res.exception)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_data_specs_accept_a_dynamic_batch(pruned, tmp_path):
+    _, student, _, _ = pruned
+    dyn = onnx.ModelProto()
+    dyn.CopyFrom(student)
+    dyn.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    assert [(s.name, s.shape) for s in data_specs(dyn)] == [("input", (1, 1, 8, 8))]
+    np.savez(tmp_path / "d.npz", x=np.zeros((5, 1, 8, 8), np.float32))
+    assert len(load_npz(tmp_path / "d.npz", data_specs(dyn))) == 5
+    np.savez(tmp_path / "bad.npz", x=np.zeros((5, 1, 9, 9), np.float32))
+    with pytest.raises(DataError, match="bad.npz.*shape \\(5, 1, 9, 9\\).*\\(N, 1, 8, 8\\)"):
+        load_npz(tmp_path / "bad.npz", data_specs(dyn))

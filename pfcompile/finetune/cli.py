@@ -18,8 +18,8 @@ from rich.table import Table
 
 from pfcompile.data import load_npz
 from pfcompile.errors import ModelError
-from pfcompile.finetune.train import EpochStats, FinetuneSettings, finetune
-from pfcompile.model import TensorSpec, input_specs, load_onnx
+from pfcompile.finetune.train import EpochStats, FinetuneSettings, data_specs, finetune
+from pfcompile.model import load_onnx
 
 __all__ = ["finetune_cmd", "register"]
 
@@ -29,20 +29,6 @@ _D = FinetuneSettings()  # the CLI's defaults are the library's
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
-
-
-def _data_specs(model: onnx.ModelProto) -> list[TensorSpec]:
-    """Input specs for checking data files: a dynamic batch dim counts as 1 (only
-    the per-sample shape is checked); any other dynamic dim is an error."""
-    inits = {t.name for t in model.graph.initializer}
-    fixed = {}
-    for v in model.graph.input:
-        dims = v.type.tensor_type.shape.dim
-        if v.name in inits or not dims or dims[0].HasField("dim_value"):
-            continue
-        if all(d.HasField("dim_value") for d in dims[1:]):
-            fixed[v.name] = (1, *(int(d.dim_value) for d in dims[1:]))
-    return input_specs(model, fixed)
 
 
 def finetune_cmd(
@@ -69,7 +55,7 @@ def finetune_cmd(
                                 seed=seed)
     s_model = load_onnx(student)
     t_model = load_onnx(teacher) if teacher is not None else None
-    specs = _data_specs(s_model)
+    specs = data_specs(s_model)
     train = load_npz(data, specs)
     val_set = load_npz(val, specs) if val is not None else None
 

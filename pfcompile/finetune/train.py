@@ -30,7 +30,7 @@ from pfcompile.data import Dataset
 from pfcompile.errors import ConfigError, DataError, ModelError
 from pfcompile.finetune.convert import onnx_to_torch
 from pfcompile.finetune.export import export_onnx
-from pfcompile.model import load_onnx
+from pfcompile.model import TensorSpec, input_specs, load_onnx
 
 __all__ = [
     "EpochStats",
@@ -153,6 +153,21 @@ def _feeds_for(model: onnx.ModelProto, data: Dataset, what: str) -> tuple[list[s
     if missing:
         raise ModelError(f"{what} inputs {missing} are not in the data (it has {sorted(data.inputs)})")
     return names, [data.inputs[n] for n in names]
+
+
+def data_specs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """Input specs to load fine-tuning data with (``load_npz(path, data_specs(model))``):
+    a dynamic batch dim counts as 1 (only the per-sample shape is checked); any
+    other dynamic dim is an error."""
+    inits = {t.name for t in model.graph.initializer}
+    fixed = {}
+    for v in model.graph.input:
+        dims = v.type.tensor_type.shape.dim
+        if v.name in inits or not dims or dims[0].HasField("dim_value"):
+            continue
+        if all(d.HasField("dim_value") for d in dims[1:]):
+            fixed[v.name] = (1, *(int(d.dim_value) for d in dims[1:]))
+    return input_specs(model, fixed)
 
 
 def onnx_logits(model: onnx.ModelProto, data: Dataset, what: str = "model",
