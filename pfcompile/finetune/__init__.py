@@ -7,18 +7,27 @@ teacher's softened outputs, write the trained weights back into the same graph.
     onnx.save(result.model, "student_ft.onnx"); result.before_top1, result.after_top1
 """
 
-from pfcompile.finetune.convert import SUPPORTED_OPS, OnnxModule, QuantWeight, onnx_to_torch
-from pfcompile.finetune.export import export_onnx, requantize
-from pfcompile.finetune.train import (
-    EpochStats,
-    FinetuneResult,
-    FinetuneSettings,
-    data_specs,
-    finetune,
-    kd_loss,
-    onnx_logits,
-    onnx_top1,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from pfcompile.finetune.settings import FinetuneSettings
+
+# torch is imported on first use of anything but the settings (keeps `pfcompile --help` fast)
+_LAZY = {
+    "SUPPORTED_OPS": "convert", "OnnxModule": "convert", "QuantWeight": "convert",
+    "onnx_to_torch": "convert", "export_onnx": "export", "requantize": "export",
+    "EpochStats": "train", "FinetuneResult": "train", "data_specs": "train", "finetune": "train",
+    "kd_loss": "train", "onnx_logits": "train", "onnx_top1": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"pfcompile.finetune.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'pfcompile.finetune' has no attribute '{name}'")
+
 
 __all__ = [
     "SUPPORTED_OPS",

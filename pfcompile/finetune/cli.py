@@ -9,17 +9,13 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import onnx
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pfcompile.data import load_npz
 from pfcompile.errors import ModelError
-from pfcompile.finetune.train import EpochStats, FinetuneSettings, data_specs, finetune
-from pfcompile.model import load_onnx
+from pfcompile.finetune.settings import FinetuneSettings
 
 __all__ = ["finetune_cmd", "register"]
 
@@ -50,6 +46,13 @@ def finetune_cmd(
 ) -> None:
     """Fine-tune STUDENT with labels and the teacher's softened outputs; write OUT
     with the same graph, names and (pruned) shapes."""
+    import onnx
+    import torch
+
+    from pfcompile.data import load_npz
+    from pfcompile.finetune.train import EpochStats, data_specs, finetune
+    from pfcompile.model import load_onnx
+
     settings = FinetuneSettings(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                 alpha=alpha, temperature=temperature, max_grad_norm=max_grad_norm,
                                 seed=seed)
