@@ -32,6 +32,7 @@ _COMMAND_MODULES = (
     "pfcompile.device_cli",
     "pfcompile.passes.cli_prune",
     "pfcompile.passes.cli_quant",
+    "pfcompile.finetune.cli",
 )
 
 
