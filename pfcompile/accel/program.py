@@ -176,6 +176,7 @@ def load_program(path: str | Path | bytes) -> AccelProgram:
             meta = dict(u["layer"])
             for k in ("stride", "pads", "in_shape", "out_shape", "nodes"):
                 meta[k] = tuple(meta[k])
+            meta["clip"] = tuple(meta["clip"]) if meta.get("clip") else None
             lay = QLayer(weight=z[f"L{i}.weight"], bias=z[f"L{i}.bias"],
                          w_scale=z[f"L{i}.w_scale"], **meta)
             insns = [insn_from_dict(d) for d in u["insns"]]

@@ -71,6 +71,18 @@ class QLayer:
     abits: int
     relu: bool = False
     nodes: tuple[str, ...] = ()       # ONNX node names this layer replaces
+    clip: tuple[float, float] | None = None   # a float Clip(lo, hi) before the Q node
+
+    def clamp(self) -> tuple[int, int]:
+        """Integer bounds of the output: its type, narrowed by a fused Relu or Clip."""
+        info = np.iinfo(np.dtype(self.y_dtype))
+        lo, hi = int(info.min), int(info.max)
+        if self.relu:
+            lo = max(lo, self.y_zero)
+        if self.clip is not None:
+            lo = max(lo, int(np.round(self.clip[0] / self.y_scale)) + self.y_zero)
+            hi = min(hi, int(np.round(self.clip[1] / self.y_scale)) + self.y_zero)
+        return lo, hi
 
     @property
     def macs(self) -> int:
@@ -219,13 +231,22 @@ def _match(g: _Graph, node: onnx.NodeProto, bits_meta: dict[str, Any]) -> QLayer
     if node.output[0] in g.graph_outputs or len(outs) != 1:
         raise _Skip("output is not consumed by exactly one node")
     relu = False
+    clip: tuple[float, float] | None = None
     q = outs[0]
     replaced = [name]
-    if q.op_type == "Relu":
-        relu = True
+    while q.op_type in ("Relu", "Clip"):
+        if q.op_type == "Relu":
+            relu = True
+        else:
+            lo = g.const(q.input[1]) if len(q.input) > 1 and q.input[1] else None
+            hi = g.const(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+            if lo is None or hi is None:
+                raise _Skip("Clip without constant min and max")
+            clip = (float(lo), float(hi)) if clip is None else \
+                (max(clip[0], float(lo)), min(clip[1], float(hi)))
         nxt = g.consumers.get(q.output[0], [])
         if q.output[0] in g.graph_outputs or len(nxt) != 1:
-            raise _Skip("Relu output is not consumed by exactly one node")
+            raise _Skip(f"{q.op_type} output is not consumed by exactly one node")
         replaced.append(q.name)
         q = nxt[0]
     if q.op_type != "QuantizeLinear":
@@ -315,7 +336,7 @@ def _match(g: _Graph, node: onnx.NodeProto, bits_meta: dict[str, Any]) -> QLayer
                   stride=(int(stride[0]), int(stride[1])), pads=pads,
                   in_shape=tuple(int(v) for v in in_shape),  # type: ignore[arg-type]
                   out_shape=tuple(int(v) for v in out_shape),  # type: ignore[arg-type]
-                  wbits=wbits, abits=abits, relu=relu, nodes=tuple(replaced))
+                  wbits=wbits, abits=abits, relu=relu, nodes=tuple(replaced), clip=clip)
 
 
 def _bits_metadata(model: onnx.ModelProto) -> dict[str, Any]:

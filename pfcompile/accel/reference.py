@@ -34,4 +34,4 @@ def reference_layer(layer: QLayer, x: np.ndarray) -> np.ndarray:
     """Integer output of ``layer`` for integer input ``x``."""
     mult, shift = requant_params(layer)
     return requantize(integer_accumulators(layer, x), mult, shift, layer.y_zero, layer.y_dtype,
-                      layer.relu)
+                      layer.clamp())

@@ -11,7 +11,7 @@ copies an int8 weight tile (zero-padded); ``LOAD acc`` broadcasts the folded bia
 convolution, computed as KH*KW int64 matrix products of BLOCK-shaped operands, and fails
 on int32 overflow; ``ALU`` requantises with the per-channel fixed-point multiplier
 ``m < 2**16`` and shift ``s`` (``(acc*m + 2**(s-1)) >> s``, + ``z_y``, clamp to the
-output type, ``max(z_y)`` for a fused Relu) - the same integer arithmetic as
+output type, narrowed by a fused Relu or Clip) - the same integer arithmetic as
 :func:`pfcompile.accel.reference.reference_layer`, which is what "bit-exact" is
 checked against; ``STORE`` writes the tile to the DRAM output. Execution is vectorised
 over the batch; cycles are per image (the program is the batch-1 program).
@@ -122,17 +122,16 @@ def time_program(prog: list[Insn], layer: QLayer, cfg: AccelConfig) -> Timing:
 
 
 def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, y_zero: int,
-               y_dtype: str, relu: bool, axis: int = 1) -> np.ndarray:
-    """Fixed-point requantisation of int32 accumulators (channel axis ``axis``)."""
+               y_dtype: str, clamp: tuple[int, int], axis: int = 1) -> np.ndarray:
+    """Fixed-point requantisation of int32 accumulators (channel axis ``axis``), clamped
+    to ``clamp`` (the output type, narrowed by a fused Relu / Clip)."""
     shape = [1] * acc.ndim
     shape[axis] = -1
     m = mult.reshape(shape)
     s = shift.reshape(shape)
     v = (acc.astype(np.int64) * m + (np.int64(1) << (s - 1))) >> s
     v = v + y_zero
-    info = np.iinfo(np.dtype(y_dtype))
-    lo = max(info.min, y_zero) if relu else info.min
-    return np.clip(v, lo, info.max).astype(y_dtype)
+    return np.clip(v, clamp[0], clamp[1]).astype(y_dtype)
 
 
 def execute_program(prog: list[Insn], layer: QLayer, cfg: AccelConfig,
@@ -191,7 +190,7 @@ def execute_program(prog: list[Insn], layer: QLayer, cfg: AccelConfig,
             acc = sram[("acc", insn.slot)]
             sram[("out", insn.slot)] = requantize(acc, mult[insn.c0:insn.c1],
                                                   shift[insn.c0:insn.c1], layer.y_zero,
-                                                  layer.y_dtype, layer.relu)
+                                                  layer.y_dtype, layer.clamp())
         elif insn.op == "STORE":
             out = sram[("out", insn.slot)]
             c1 = min(insn.c1, d.o)
