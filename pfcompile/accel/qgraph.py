@@ -179,9 +179,10 @@ class _Graph:
         if t is None or not t.HasField("tensor_type"):
             return None
         dims = t.tensor_type.shape.dim
-        if any(not d.HasField("dim_value") for d in dims):
+        if any(not d.HasField("dim_value") for d in dims[1:]):
             return None
-        return tuple(int(d.dim_value) for d in dims)
+        # a symbolic batch dimension is fine: programs are per image
+        return tuple(int(d.dim_value) if d.HasField("dim_value") else 1 for d in dims)
 
     def dtype(self, name: str) -> np.dtype | None:
         t = self.types.get(name)

@@ -20,12 +20,13 @@ Cycle model
 -----------
 Three modules (load, compute, store) each run their queue in order, decoupled as in
 VTA: an instruction starts when its module is free and every instruction in ``deps``
-(its RAW/WAR dependency tokens) has finished. Costs, in accelerator cycles:
+(its RAW/WAR dependency tokens) has finished; the modules advance concurrently
+(event-driven: the ready head that can start first goes next). Costs, in cycles:
 
 * ``LOAD``/``STORE``: ``overhead + ceil(bytes / dram_bytes_per_cycle)``; DRAM is one
-  shared channel: a transfer starts after its fixed overhead *and* after the previous
-  transfer of any module has left the channel (so load and store traffic share the
-  bandwidth).
+  shared channel granted first-come first-served: a transfer starts after its fixed
+  overhead *and* after the previous transfer of any module has left the channel (load
+  and store traffic share the bandwidth; the overheads of different modules overlap).
 * ``GEMM``: ``gemm_overhead + ceil(uops * cycles_per_uop)``, one uop = one
   ``1 x BLOCK_IN . BLOCK_IN x BLOCK_OUT`` product; ``cycles_per_uop = 1 / gemm_per_cycle``
   on VTA (II = 1, VTA hardware guide: "The GEMM core can perform one input-weight
@@ -88,21 +89,41 @@ def _insn_cost(insn: Insn, cfg: AccelConfig, cpu: float) -> tuple[int, int]:
 
 
 def time_program(prog: list[Insn], layer: QLayer, cfg: AccelConfig) -> Timing:
-    """Run the cycle model over ``prog`` (no data needed)."""
+    """Run the cycle model over ``prog`` (no data needed).
+
+    Event-driven: each module takes the head of its own queue; of the heads whose
+    dependencies have finished, the one ready first goes next (ties: program order), so
+    the shared DRAM channel is granted first-come first-served across modules."""
     wbits, abits = cfg.operand_bits(layer.wbits, layer.abits) or (8, 8)
     cpu = cfg.gemm_cycles_per_uop(wbits, abits)
-    free = {"load": 0, "compute": 0, "store": 0}
-    busy = {"load": 0, "compute": 0, "store": 0}
-    dram_free = 0
-    dram_cycles = dram_bytes = uops = 0
-    ends: list[int] = []
+    queues: dict[str, list[int]] = {"load": [], "compute": [], "store": []}
     for i, insn in enumerate(prog):
-        start = free[insn.module]
         for d in insn.deps:
             if d >= i:
                 raise MeasureError(f"layer '{layer.name}': instruction {i} ({insn.op}) waits "
                                    f"on a later instruction {d}: the stream would deadlock")
-            start = max(start, ends[d])
+        queues[insn.module].append(i)
+    head = {m: 0 for m in queues}
+    free = {"load": 0, "compute": 0, "store": 0}
+    busy = {"load": 0, "compute": 0, "store": 0}
+    ends: list[int] = [-1] * len(prog)
+    dram_free = 0
+    dram_cycles = dram_bytes = uops = 0
+    for _ in range(len(prog)):
+        best: tuple[int, int, str] | None = None
+        for m, q in queues.items():
+            if head[m] >= len(q):
+                continue
+            i = q[head[m]]
+            if any(ends[d] < 0 for d in prog[i].deps):
+                continue
+            ready = max([free[m]] + [ends[d] for d in prog[i].deps])
+            if best is None or (ready, i) < best[:2]:
+                best = (ready, i, m)
+        if best is None:                      # cannot happen for a well-formed stream
+            raise MeasureError(f"layer '{layer.name}': instruction stream deadlocks")
+        start, i, m = best
+        insn = prog[i]
         ovh, occ = _insn_cost(insn, cfg, cpu)
         if insn.op in ("LOAD", "STORE"):
             xfer = max(start + ovh, dram_free)
@@ -114,9 +135,10 @@ def time_program(prog: list[Insn], layer: QLayer, cfg: AccelConfig) -> Timing:
             end = start + ovh + occ
             if insn.op == "GEMM":
                 uops += insn.uops
-        busy[insn.module] += end - start
-        free[insn.module] = end
-        ends.append(end)
+        busy[m] += end - start
+        free[m] = end
+        ends[i] = end
+        head[m] += 1
     return Timing(cycles=max(ends) if ends else 0, busy=busy, dram_cycles=dram_cycles,
                   dram_bytes=dram_bytes, gemm_uops=uops, n_insn=len(prog), ends=ends)
 
