@@ -72,7 +72,7 @@ def demo_qdq(tmp_path_factory) -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def val() -> tuple[np.ndarray, np.ndarray]:
     z = np.load(DATA / "demo_val.npz")
-    return z["x"][:64], z["y"][:64]
+    return z["x"][:24], z["y"][:24]
 
 
 # ----------------------------------------------------------------------------- targets

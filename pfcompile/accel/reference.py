@@ -26,7 +26,9 @@ def integer_accumulators(layer: QLayer, x: np.ndarray) -> np.ndarray:
     for i in range(w.shape[2]):
         for j in range(w.shape[3]):
             patch = xp[:, :, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
-            acc += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j], optimize=True)
+            # int64 products summed in float64 by BLAS: exact (integers far below 2**53)
+            acc += np.rint(np.tensordot(patch.astype(np.float64), w[:, :, i, j].astype(np.float64),
+                                        axes=([1], [1]))).astype(np.int64).transpose(0, 3, 1, 2)
     return acc
 
 

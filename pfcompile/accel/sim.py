@@ -156,6 +156,23 @@ def requantize(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray, y_zero: int
     return np.clip(v, clamp[0], clamp[1]).astype(y_dtype)
 
 
+def _gemm_tile(inp: np.ndarray, wt: np.ndarray, rows: int, ow: int, sh: int, sw: int
+               ) -> np.ndarray:
+    """One GEMM instruction's work: (N, C, R, W) padded input tile x (O, C, KH, KW) weight
+    tile -> (N, O, rows, ow) int64. Im2col and one float64 matrix product: exact, since
+    every partial sum is an integer far below 2**53 (|x| < 2**8, |w| < 2**8, C*KH*KW
+    < 2**20 terms)."""
+    n, c = inp.shape[:2]
+    o, _, kh, kw = wt.shape
+    cols = np.empty((c, kh, kw, n, rows, ow), np.float64)
+    src = inp.transpose(1, 0, 2, 3)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = src[:, :, i:i + (rows - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw]
+    out = wt.reshape(o, -1).astype(np.float64) @ cols.reshape(c * kh * kw, n * rows * ow)
+    return np.rint(out).astype(np.int64).reshape(o, n, rows, ow).transpose(1, 0, 2, 3)
+
+
 def execute_program(prog: list[Insn], layer: QLayer, cfg: AccelConfig,
                     x: np.ndarray) -> np.ndarray:
     """Execute ``prog`` on integer input ``x`` (N, C, H, W) -> integer output (N, O, OH, OW)."""
@@ -199,11 +216,7 @@ def execute_program(prog: list[Insn], layer: QLayer, cfg: AccelConfig,
             acc = sram[("acc", insn.slot)]
             inp = sram[("inp", insn.inp_slot)]
             wt = sram[("wgt", insn.wgt_slot)]
-            rows = insn.r1 - insn.r0
-            for i in range(d.kh):
-                for j in range(d.kw):
-                    patch = inp[:, :, i:i + (rows - 1) * d.sh + 1:d.sh, j:j + (d.ow - 1) * d.sw + 1:d.sw]
-                    acc += np.einsum("nchw,oc->nohw", patch, wt[:, :, i, j], optimize=True)
+            acc += _gemm_tile(inp, wt, insn.r1 - insn.r0, d.ow, d.sh, d.sw)
             if acc.size and (acc.max() >= acc_dtype_max or acc.min() < -acc_dtype_max):
                 raise MeasureError(f"layer '{layer.name}': int{cfg.acc_bits} accumulator "
                                    f"overflow in GEMM tile oc {insn.c0}:{insn.c1} rows "
