@@ -29,8 +29,10 @@ err_console = Console(stderr=True)
 def _register() -> None:
     # one line per command module; each defines register(app)
     from pfcompile import compile_cli
+    from pfcompile.accel import cli as accel_cli
 
     compile_cli.register(app)
+    accel_cli.register(app)
 
 
 _register()

@@ -13,5 +13,11 @@ stream), ``sim`` (execution + cycle model), ``reference`` (numpy integer referen
 from pfcompile.accel.config import AccelConfig, load_accel_config
 from pfcompile.accel.program import AccelProgram, RunStats, compile_accel, load_program
 
-__all__ = ["AccelConfig", "load_accel_config", "AccelProgram", "RunStats", "compile_accel",
-           "load_program"]
+__all__ = [
+           "AccelConfig",
+           "AccelProgram",
+           "RunStats",
+           "compile_accel",
+           "load_accel_config",
+           "load_program",
+]

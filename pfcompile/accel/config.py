@@ -101,14 +101,14 @@ class AccelConfig:
         return cycles / self.freq_hz * 1e3
 
     @classmethod
-    def from_target(cls, target: Target) -> "AccelConfig":
+    def from_target(cls, target: Target) -> AccelConfig:
         if not target.accelerator:
             raise ConfigError(f"target '{target.name}' ({target.path}) has no [accelerator] "
                               f"table: it is not an FPGA-style target")
         return cls.from_dict(target.accelerator, name=target.name, where=target.path)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], name: str = "custom", where: str = "") -> "AccelConfig":
+    def from_dict(cls, d: dict[str, Any], name: str = "custom", where: str = "") -> AccelConfig:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(d) - set(known))
         if unknown:

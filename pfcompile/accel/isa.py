@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pfcompile.accel.config import AccelConfig
 from pfcompile.accel.qgraph import QLayer
 
-__all__ = ["Insn", "emit_layer", "MODULE_OF", "insn_from_dict", "total_uops"]
+__all__ = ["MODULE_OF", "Insn", "emit_layer", "insn_from_dict", "total_uops"]
 
 MODULE_OF = {"inp": "load", "wgt": "load", "acc": "compute"}
 _ORDER = {"load": 0, "compute": 1, "store": 2}
@@ -83,7 +83,7 @@ def emit_layer(layer: QLayer, tiling, cfg: AccelConfig) -> list[Insn]:
     from pfcompile.accel.tiling import layer_dims
 
     d = layer_dims(layer, cfg)
-    wbits, abits = cfg.operand_bits(layer.wbits, layer.abits) or (8, 8)
+    wbits = (cfg.operand_bits(layer.wbits, layer.abits) or (8, 8))[0]
     oc_t = tiling.oc_blocks * cfg.block_out
     ic_t = tiling.ic_blocks * cfg.block_in
     oc_tiles = [(c, min(c + oc_t, d.o_pad)) for c in range(0, d.o_pad, oc_t)]

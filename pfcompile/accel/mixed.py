@@ -49,8 +49,12 @@ def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
 def quantize_qdq(float_model: str | Path, out_path: str | Path, calib: np.ndarray,
                  input_name: str = "input") -> onnx.ModelProto:
     """onnxruntime static QDQ: per-channel int8 weights, uint8 activations."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:

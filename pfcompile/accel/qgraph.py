@@ -38,8 +38,14 @@ from onnx import numpy_helper
 from pfcompile.accel.config import AccelConfig
 from pfcompile.errors import ModelError
 
-__all__ = ["QLayer", "HostSegment", "Partition", "BITS_METADATA_KEY", "partition_model",
-           "requant_params"]
+__all__ = [
+    "BITS_METADATA_KEY",
+    "HostSegment",
+    "Partition",
+    "QLayer",
+    "partition_model",
+    "requant_params",
+]
 
 BITS_METADATA_KEY = "pfcompile.accel.bits"
 
@@ -254,8 +260,7 @@ def _match(g: _Graph, node: onnx.NodeProto, bits_meta: dict[str, Any]) -> QLayer
         raise _Skip("output is not QuantizeLinear")
     replaced.append(q.name)
     x_q = dq_x.input[0]
-    x_zero = int(round(_scalar(g, dq_x.input[2] if len(dq_x.input) > 2 else "", "x zero point", name))) \
-        if len(dq_x.input) > 2 else 0
+    x_zero = round(_scalar(g, dq_x.input[2], "x zero point", name)) if len(dq_x.input) > 2 else 0
     x_scale = _scalar(g, dq_x.input[1], "x scale", name)
     w_q = g.const(dq_w.input[0])
     if w_q is None or not np.issubdtype(w_q.dtype, np.integer):

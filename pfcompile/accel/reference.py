@@ -11,7 +11,7 @@ import numpy as np
 from pfcompile.accel.qgraph import QLayer, requant_params
 from pfcompile.accel.sim import requantize
 
-__all__ = ["reference_layer", "integer_accumulators"]
+__all__ = ["integer_accumulators", "reference_layer"]
 
 
 def integer_accumulators(layer: QLayer, x: np.ndarray) -> np.ndarray:

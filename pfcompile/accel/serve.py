@@ -111,7 +111,7 @@ def serve_accel(target, host: str = "127.0.0.1", port: int = 9350, port_end: int
         server = rpc.Server(host=host, port=port, port_end=port_end, tracker_addr=tracker_addr,
                             key=key or t.rpc_key,
                             server_init_callback=functools.partial(register_functions, t.path))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DeviceError(f"could not start the accelerator RPC server for '{t.name}' on "
                           f"{host}:{port}..{port_end}: {exc}") from exc
     if not block:
@@ -177,7 +177,7 @@ def measure_accel(model_or_program, target, inputs: dict[str, np.ndarray], *,
                                                               session_timeout=timeout_s)
             else:
                 sess = rpc.connect(host, port, key=key or t.rpc_key, session_timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise DeviceError(f"cannot reach the accelerator device for '{t.name}' at "
                               f"{tracker or f'{host}:{port}'}: {exc}; start it with "
                               f"`pfcompile device serve --target {t.name}`") from exc
@@ -186,12 +186,12 @@ def measure_accel(model_or_program, target, inputs: dict[str, np.ndarray], *,
             sess.upload(str(in_path), "inputs.npz")
             try:
                 f = sess.get_function(RUN_FUNC)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise DeviceError(f"the RPC server at {host}:{port} is not an accelerator "
                                   f"device (no '{RUN_FUNC}'): {exc}") from exc
             try:
                 stats = json.loads(str(f("program.npz", "inputs.npz", "outputs.npz", repeat)))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise MeasureError(f"accelerator run on '{t.name}' failed: {exc}") from exc
             out_bytes = sess.download("outputs.npz")
         finally:

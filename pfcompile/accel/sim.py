@@ -60,7 +60,7 @@ from pfcompile.accel.qgraph import QLayer, requant_params
 from pfcompile.accel.tiling import layer_dims
 from pfcompile.errors import MeasureError
 
-__all__ = ["Timing", "time_program", "execute_program", "requantize"]
+__all__ = ["Timing", "execute_program", "requantize", "time_program"]
 
 
 @dataclass

@@ -26,8 +26,17 @@ from pfcompile.accel.config import AccelConfig
 from pfcompile.accel.qgraph import QLayer
 from pfcompile.errors import CompileError
 
-__all__ = ["Tiling", "LayerDims", "layer_dims", "footprint", "candidates", "search_tiling",
-           "TilingDB", "schedules_dir", "config_key"]
+__all__ = [
+    "LayerDims",
+    "Tiling",
+    "TilingDB",
+    "candidates",
+    "config_key",
+    "footprint",
+    "layer_dims",
+    "schedules_dir",
+    "search_tiling",
+]
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ class TilingDB:
                     self._best[key] = rec
 
     @staticmethod
-    def for_target(cfg: AccelConfig, root: str | Path | None = None) -> "TilingDB":
+    def for_target(cfg: AccelConfig, root: str | Path | None = None) -> TilingDB:
         base = Path(root) if root else schedules_dir()
         return TilingDB(base / cfg.name / "accel_tiling.jsonl")
 
