@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "pfcompile.passes.cli_prune",
     "pfcompile.passes.cli_quant",
     "pfcompile.finetune.cli",
+    "pfcompile.accel.cli",
 )
 
 
