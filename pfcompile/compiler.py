@@ -148,12 +148,14 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
     if input_shapes:
         proto = fix_input_shapes(proto, specs)
     outs = output_specs(proto)
+    out = Path(out_dir)
+    if tgt.is_accelerator:
+        return _compile_accelerator(proto, tgt, out, specs, outs, source, t0)
 
     mod = import_relax(proto, specs)
     layer_report: list = []
     ex = build_executable(mod, tgt, integer=integer and _has_qdq(proto), report=layer_report)
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     so_path = out / "model.so"
     export_executable(ex, tgt, so_path)
@@ -171,6 +173,38 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
     }
     (out / "model.json").write_text(json.dumps(meta, indent=2))
     return CompiledArtifact(out, so_path, meta)
+
+
+def _compile_accelerator(proto: onnx.ModelProto, tgt: Target, out: Path, specs: list[TensorSpec],
+                         outs: list[TensorSpec], source: str, t0: float) -> CompiledArtifact:
+    """FPGA-style targets: partition, tile and emit the accelerator program
+    (``DIR/program.npz``; the simulator device runs it)."""
+    from pfcompile.accel import compile_accel, load_accel_config
+    from pfcompile.accel.tiling import TilingDB
+
+    cfg = load_accel_config(tgt)
+    prog = compile_accel(proto, cfg, records=TilingDB.for_target(cfg, None))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "program.npz"
+    prog.save(path)
+    onnx.save(proto, str(out / "source.onnx"))
+    meta = {
+        "inputs": [s.to_json() for s in specs],
+        "outputs": [s.to_json() for s in outs],
+        "target": tgt.to_json(),
+        "source_model": source,
+        "source_hash": model_hash(proto),
+        "library": path.name,
+        "layers": [{"node": c.layer.name, "path": "accelerator", "wbits": c.layer.wbits,
+                    "abits": c.layer.abits, "cycles_simulated": c.timing.cycles}
+                   for c in prog.layers]
+        + [{"node": n, "path": "host", "reason": why} for n, why in prog.fallbacks.items()],
+        "accel_ms_simulated": prog.accel_ms,
+        "compile_seconds": round(time.perf_counter() - t0, 3),
+        "versions": _versions(),
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=2))
+    return CompiledArtifact(out, path, meta)
 
 
 def read_meta(artifact_dir: str | Path) -> dict:

@@ -68,6 +68,13 @@ def serve_cmd(
     from pfcompile.targets import load_target
 
     tgt = load_target(target)
+    if tgt.is_accelerator:
+        from pfcompile.accel.serve import serve_accel
+
+        console.print(f"serving the SIMULATED accelerator '{tgt.name}' at {host}:{port} "
+                      f"(latencies are cycle-model estimates)")
+        serve_accel(tgt, host, port, port + 1, tracker=tracker, key=key, block=True)
+        return
     if tgt.serve == "qemu":
         console.print("starting the emulated device (import tvm under qemu takes ~20-80 s); "
                       "its latencies are functional checks only")
@@ -143,10 +150,24 @@ def measure_cmd(
     the outputs do not match onnxruntime, 2 on an error (unreachable device, ...)."""
     from dataclasses import replace
 
-    from pfcompile.measure import append_jsonl, measure
+    from pfcompile.measure import append_jsonl, measure, measure_accelerator
     from pfcompile.targets import load_target
 
     tgt = load_target(target)
+    if tgt.is_accelerator:
+        res = measure_accelerator(artifact, tgt, rpc=rpc, key=key, device=device)
+        if log is not None:
+            append_jsonl(log, {"time": time.time(), "artifact": str(artifact), **res})
+        if as_json:
+            print(json.dumps(res))
+        else:
+            console.print(f"{tgt.name}: accelerator {res['accel_ms_simulated']:.3f} ms (SIMULATED, "
+                          f"cycle model); host ops {res['host_ms_measured_median']:.3f} ms "
+                          f"(measured); verified={res['verified']} "
+                          f"(max abs err {res['max_abs_err']:.3g})")
+        if not res["verified"]:
+            sys.exit(1)
+        return
     over = {k: v for k, v in {"number": number, "repeat": repeat, "min_repeat_ms": min_repeat_ms,
                               "timeout_s": timeout}.items() if v is not None}
     res = measure(artifact, tgt, rpc=rpc, key=key, device=device,

@@ -221,3 +221,59 @@ def measure(artifact_dir: str | Path, target: str | Target, rpc: str | None = No
         "settings": {"number": settings.number, "repeat": settings.repeat,
                      "min_repeat_ms": settings.min_repeat_ms, "timeout_s": settings.timeout_s},
     }
+
+
+def measure_accelerator(artifact_dir: str | Path, target: Target, *, rpc: str | None = None,
+                        key: str | None = None, device: str | None = None) -> dict:
+    """Run a compiled accelerator program on the simulator device (``--device HOST:PORT``
+    or a tracker ``--rpc``), verify it against onnxruntime on the source QDQ model
+    within one quantisation step, and report the simulated accelerator latency and the
+    measured host-op time separately."""
+    from pfcompile.accel.serve import measure_accel
+
+    d = Path(artifact_dir)
+    meta, specs, source = read_artifact(d)
+    prog = d / meta.get("library", "program.npz")
+    if device is None and rpc is None:
+        raise DeviceError(f"target '{target.name}' is served by `pfcompile device serve --target "
+                          f"{target.name}`: pass --device HOST:PORT or --rpc HOST:PORT --key K")
+    host, port = ("127.0.0.1", 0)
+    if device is not None:
+        h, _, p = device.rpartition(":")
+        host, port = h, int(p)
+    inputs = random_inputs(specs, seed=0)
+    m = measure_accel(str(prog), target, inputs, host=host, port=port, tracker=rpc, key=key)
+    ref = reference_outputs(source, inputs)
+    steps = _output_steps(source)
+    errs = []
+    for i, (name, r) in enumerate(ref.items()):
+        o = m.outputs.get(name, list(m.outputs.values())[i] if i < len(m.outputs) else None)
+        if o is None:
+            errs.append(float("inf"))
+            continue
+        errs.append(float(np.max(np.abs(np.asarray(o, dtype=np.float64) - r))))
+    # one quantisation step of a dequantized output; 2 % of the output range for float outputs
+    tol = max(steps) * 1.001 if steps else max(
+        1e-3, 0.02 * max(float(np.max(np.abs(r))) for r in ref.values()))
+    max_err = max(errs) if errs else float("inf")
+    return {**m.to_json(), "median_ms": m.accel_ms_simulated + m.host_ms_median,
+            "latencies_ms": [m.accel_ms_simulated + h for h in m.host_ms_measured],
+            "verified": bool(np.isfinite(max_err) and max_err <= tol), "max_abs_err": max_err,
+            "tolerance": tol, "device": device or f"{rpc} key {key or target.rpc_key}",
+            "emulated": True, "simulated": True}
+
+
+def _output_steps(source: Path) -> list[float]:
+    """Quantisation step (scale) of each graph output produced by DequantizeLinear."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(source))
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    producers = {o: n for n in m.graph.node for o in n.output}
+    steps = []
+    for out in m.graph.output:
+        n = producers.get(out.name)
+        if n is not None and n.op_type == "DequantizeLinear" and n.input[1] in inits:
+            steps.append(float(np.max(inits[n.input[1]])))
+    return steps

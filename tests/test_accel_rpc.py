@@ -67,3 +67,25 @@ def test_wrong_target_or_no_server_is_a_device_error(server):
                       port=server.port)
     with pytest.raises(DeviceError, match="cannot reach"):
         measure_accel(compile_accel(model, "fpga-vta"), "fpga-vta", {"x": x}, port=9398)
+
+
+def test_compile_and_measure_commands_on_accelerator_target(server, tmp_path: Path):
+    """`pfcompile compile --target fpga-vta` writes a program; `pfcompile measure` runs it on
+    the simulator device, checks it against onnxruntime within one output step and labels
+    the latency simulated."""
+    from pfcompile.compiler import compile_model
+    from pfcompile.measure import measure_accelerator
+    from pfcompile.targets import load_target
+
+    src = tmp_path / "q.onnx"
+    onnx.save(_qdq_conv_model(), src)
+    art = compile_model(src, "fpga-vta", tmp_path / "art", {"x": (1, 16, 12, 12)})
+    assert art.so_path.name == "program.npz" and art.so_path.exists()
+    assert [la["path"] for la in art.meta["layers"]] == ["accelerator"]
+    res = measure_accelerator(art.dir, load_target("fpga-vta"), device=f"127.0.0.1:{server.port}")
+    assert res["verified"] is True and res["simulated"] is True
+    assert res["tolerance"] == pytest.approx(0.1 * 1.001)  # one step of the dequantized output
+    assert res["max_abs_err"] <= res["tolerance"]
+    assert res["accel_ms_simulated"] > 0 and res["median_ms"] > res["accel_ms_simulated"]
+    with pytest.raises(DeviceError, match="device serve --target fpga-vta"):
+        measure_accelerator(art.dir, load_target("fpga-vta"))
