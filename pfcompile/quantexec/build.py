@@ -1,0 +1,47 @@
+"""A minimal build path for the integer kernels (tests, benchmarks): ONNX ->
+Relax -> :func:`lower_qdq` -> ``tvm.compile``. The product path is
+``pfcompile.compiler.compile_model``, which calls :func:`lower_qdq` itself."""
+
+from __future__ import annotations
+
+import onnx
+import tvm
+
+from pfcompile.errors import CompileError
+
+__all__ = ["import_onnx", "build", "onnx_layer_names"]
+
+_LAYER_ONNX_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def onnx_layer_names(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/MatMul/Gemm nodes in graph order (as Relax imports them)."""
+    return [n.name or f"{n.op_type}_{i}" for i, n in enumerate(model.graph.node)
+            if n.op_type in _LAYER_ONNX_OPS]
+
+
+def import_onnx(model: onnx.ModelProto) -> tvm.IRModule:
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(model, keep_params_in_input=False)
+    except Exception as exc:
+        raise CompileError(f"TVM could not import the ONNX model: {exc}") from exc
+
+
+def build(model: onnx.ModelProto, target, *, integer: bool = True):
+    """Compile ``model`` for ``target``; returns ``(executable, reports)``.
+
+    With ``integer=False`` the QDQ pairs stay float fake-quant (TVM's default).
+    """
+    from pfcompile.quantexec.lower import lower_qdq
+
+    mod = import_onnx(model)
+    reports = []
+    if integer:
+        mod, reports = lower_qdq(mod, target, onnx_layer_names(model))
+    try:
+        ex = tvm.compile(mod, target=target.tvm_target())
+    except Exception as exc:
+        raise CompileError(f"tvm.compile failed for target '{target.name}': {exc}") from exc
+    return ex, reports
