@@ -1,0 +1,129 @@
+"""Benchmark: fp32 pfcompile vs int8 pfcompile vs onnxruntime fp32 vs onnxruntime QDQ int8.
+
+One run on the host, batch 1, medians over repeats, all four measured in the same
+process one after another. QDQ models come from onnxruntime's static quantiser
+(per-channel s8 weights, u8 activations) calibrated on random inputs; the zoo
+models have random weights (speed, not accuracy, is measured here). Also prints
+the largest difference between the int8 pfcompile output and onnxruntime's on
+the same QDQ model, in output quantisation steps.
+
+  python tools/bench_int8.py                       # demo, resnet18, mobilenet_v2
+  python tools/bench_int8.py --models demo --repeat 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tvm
+
+from pfcompile.quantexec.build import build, import_onnx
+from pfcompile.quantexec.ortq import ort_quantize_qdq
+from pfcompile.targets import load_target
+
+CACHE = Path(os.environ.get("PFCOMPILE_CACHE", Path.home() / ".cache" / "pfcompile")) / "bench_int8"
+
+
+def _fp32_model(name: str) -> tuple[Path, tuple[int, ...]]:
+    if name == "demo":
+        return Path("pfcompile/data/demo.onnx"), (1, 1, 32, 32)
+    import torch
+
+    from pfcompile import zoo
+
+    shape = (1, 3, 224, 224)
+    path = CACHE / f"{name}.onnx"
+    if not path.exists():
+        torch.manual_seed(0)
+        net = {"resnet18": zoo.resnet18, "mobilenet_v2": zoo.mobilenet_v2}[name]()
+        zoo.export_onnx(net, path, shape)
+    return path, shape
+
+
+def _qdq_model(name: str, fp32: Path, shape: tuple[int, ...]) -> Path:
+    path = CACHE / f"{name}_qdq.onnx"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        calib = np.random.default_rng(0).standard_normal((8, *shape[1:])).astype(np.float32)
+        ort_quantize_qdq(fp32, path, calib)
+    return path
+
+
+def _time_tvm(ex, x: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
+    dev = tvm.cpu()
+    vm = tvm.relax.VirtualMachine(ex, dev)
+    arg = tvm.runtime.tensor(x, dev)
+    out = vm["main"](arg).numpy()
+    res = vm.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=0)(arg)
+    return statistics.median(res.results) * 1e3, out
+
+
+def _time_ort(path: Path, x: np.ndarray, repeat: int, threads: int) -> tuple[float, np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out = sess.run(None, {name: x})[0]
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(ts), out
+
+
+def _out_step(model: onnx.ModelProto) -> float:
+    out = model.graph.output[0].name
+    node = next(n for n in model.graph.node if out in n.output)
+    init = {i.name: i for i in model.graph.initializer}
+    return float(onnx.numpy_helper.to_array(init[node.input[1]]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="demo,resnet18,mobilenet_v2")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--target", default="host")
+    args = ap.parse_args()
+    target = load_target(args.target)
+    threads = int(target.tvm.get("num-cores", os.cpu_count() or 1))
+    rows = []
+    for name in args.models.split(","):
+        fp32, shape = _fp32_model(name)
+        qdq = _qdq_model(name, fp32, shape)
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        t0 = time.perf_counter()
+        ex32 = tvm.compile(import_onnx(onnx.load(str(fp32))), target=target.tvm_target())
+        c32 = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        qmodel = onnx.load(str(qdq))
+        ex8, reports = build(qmodel, target)
+        c8 = time.perf_counter() - t0
+        n_int = sum(r.path == "int8" for r in reports)
+        t_tvm32, _ = _time_tvm(ex32, x, args.repeat)
+        t_tvm8, y8 = _time_tvm(ex8, x, args.repeat)
+        t_ort32, _ = _time_ort(fp32, x, args.repeat, threads)
+        t_ort8, yref = _time_ort(qdq, x, args.repeat, threads)
+        steps = float(np.abs(y8 - yref).max() / _out_step(qmodel))
+        rows.append((name, t_tvm32, t_tvm8, t_ort32, t_ort8, n_int, len(reports), steps, c32, c8))
+        print(f"# {name}: compiled fp32 in {c32:.0f} s, int8 in {c8:.0f} s; "
+              f"{n_int}/{len(reports)} layers integer", flush=True)
+    print(f"\nhost {target.tvm.get('mcpu')}, {threads} threads, batch 1, median of {args.repeat} runs (ms)")
+    hdr = ("model", "tvm fp32", "tvm int8", "ort fp32", "ort qdq", "int8/fp32", "int8/ort32",
+           "int layers", "max |diff| steps")
+    print("| " + " | ".join(hdr) + " |")
+    print("|" + "---|" * len(hdr))
+    for name, a, b, c, d, ni, nl, st, _, _ in rows:
+        print(f"| {name} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} | {b / a:.3f} | {b / c:.2f} | "
+              f"{ni}/{nl} | {st:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
