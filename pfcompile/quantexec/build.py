@@ -35,11 +35,13 @@ def build(model: onnx.ModelProto, target, *, integer: bool = True):
     With ``integer=False`` the QDQ pairs stay float fake-quant (TVM's default).
     """
     from pfcompile.quantexec.lower import lower_qdq
+    from pfcompile.quantexec.onnx_prep import prepare_qdq
 
+    model, reports = prepare_qdq(model)
     mod = import_onnx(model)
-    reports = []
     if integer:
-        mod, reports = lower_qdq(mod, target, onnx_layer_names(model))
+        mod, layer_reports = lower_qdq(mod, target, onnx_layer_names(model))
+        reports += layer_reports
     try:
         ex = tvm.compile(mod, target=target.tvm_target())
     except Exception as exc:

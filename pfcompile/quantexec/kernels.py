@@ -77,7 +77,10 @@ class QDenseSpec:
 
 
 def requant_expr(acc, m0, shift, zy: int, qmin: int, qmax: int, out_dtype: str):
-    """TIR expression: int32 ``acc`` -> saturated ``out_dtype`` (round half to even)."""
+    """TIR expression: int32 ``acc`` -> saturated ``out_dtype`` (round half to even).
+
+    ``acc`` (bias included) is int32, so ``acc * m0`` is a 32x32->64 multiply.
+    """
     prod = acc.astype("int64") * m0.astype("int64")
     s = shift.astype("int64")
     q = tirx.shift_right(prod, s)

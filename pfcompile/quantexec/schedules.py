@@ -67,6 +67,33 @@ def _generic_conv(sp: QConvSpec) -> tirx.PrimFunc:
     return _finish(sch.mod["main"])
 
 
+def _depthwise_conv(sp: QConvSpec) -> tirx.PrimFunc:
+    """Depthwise: one output row at a time, taps outside, the row vectorised."""
+    func = te.create_prim_func(qconv2d_compute(sp))
+    sch = s_tir.Schedule(func)
+    if any(sp.padding):
+        pad = sch.get_sblock("pad")
+        pn, pc, _, pj = sch.get_loops(pad)
+        sch.parallel(sch.fuse(pn, pc))
+        sch.vectorize(pj)
+    acc = sch.get_sblock("acc")
+    req = sch.get_sblock("requant")
+    n, o, i, j = sch.get_loops(req)
+    sch.parallel(sch.fuse(n, o))
+    sch.compute_at(acc, i)
+    aj, *taps = sch.get_loops(acc)[2:]  # the channel loop (extent 1) is gone
+    sch.reorder(*taps, aj)
+    sch.unroll(taps[-1])
+    lanes = 16 if sp.ow % 16 == 0 else (8 if sp.ow % 8 == 0 else 0)
+    if lanes:
+        _, ji = sch.split(aj, [None, lanes])
+        sch.vectorize(ji)
+        _, rj = sch.split(sch.get_loops(req)[-1], [None, lanes])
+        sch.vectorize(rj)
+    sch.decompose_reduction(acc, taps[0])
+    return _finish(sch.mod["main"])
+
+
 def _generic_dense(sp: QDenseSpec) -> tirx.PrimFunc:
     func = te.create_prim_func(qdense_compute(sp))
     sch = s_tir.Schedule(func)
@@ -86,7 +113,9 @@ def select_conv_kernel(sp: QConvSpec, target) -> Kernel:
         k = x86.avx2_conv_kernel(sp)
         if k is not None:
             return k
-    return Kernel("depthwise" if sp.depthwise else "generic", _generic_conv(sp), _identity)
+    if sp.depthwise:
+        return Kernel("depthwise", _depthwise_conv(sp), _identity)
+    return Kernel("generic", _generic_conv(sp), _identity)
 
 
 def select_dense_kernel(sp: QDenseSpec, target) -> Kernel:
