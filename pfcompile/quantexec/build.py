@@ -42,8 +42,11 @@ def build(model: onnx.ModelProto, target, *, integer: bool = True):
     if integer:
         mod, layer_reports = lower_qdq(mod, target, onnx_layer_names(model))
         reports += layer_reports
+    from pfcompile.quantexec.pipeline import int8_pipeline
+
+    tt = target.tvm_target()
     try:
-        ex = tvm.compile(mod, target=target.tvm_target())
+        ex = tvm.compile(mod, target=tt, relax_pipeline=int8_pipeline(tt) if integer else "default")
     except Exception as exc:
         raise CompileError(f"tvm.compile failed for target '{target.name}': {exc}") from exc
     return ex, reports

@@ -166,7 +166,8 @@ def avx2_conv_func(sp: QConvSpec, tile_ow: int | None = None,
     rco, rci = sch.split(rc, [None, 8])
     sch.reorder(rco, rw, rci)
     sch.vectorize(rci)
-    return sch.mod["main"].with_attr("tir.is_scheduled", True).with_attr("tir.noalias", True)
+    return (sch.mod["main"].with_attr("tir.is_scheduled", True).with_attr("tir.noalias", True)
+            .with_attr("op_pattern", 8))
 
 
 def avx2_conv_kernel(sp: QConvSpec):
