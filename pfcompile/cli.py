@@ -28,7 +28,9 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # one line per command module; each defines register(app)
-    pass
+    from pfcompile.quantexec import cli as quantexec_cli
+
+    quantexec_cli.register(app)
 
 
 _register()

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 import tvm
 
-from pfcompile.quantexec import QuantFallbackWarning, build, lower_qdq, reports_to_json
+from pfcompile.quantexec import build, lower_qdq, reports_to_json
 from pfcompile.quantexec.build import import_onnx, onnx_layer_names
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.targets import load_target

@@ -4,5 +4,11 @@ kernels and their schedules, and a build path for tests and benchmarks."""
 from pfcompile.quantexec.build import build, onnx_layer_names
 from pfcompile.quantexec.lower import LayerReport, QuantFallbackWarning, lower_qdq, reports_to_json
 
-__all__ = ["lower_qdq", "LayerReport", "QuantFallbackWarning", "reports_to_json", "build",
-           "onnx_layer_names"]
+__all__ = [
+           "LayerReport",
+           "QuantFallbackWarning",
+           "build",
+           "lower_qdq",
+           "onnx_layer_names",
+           "reports_to_json",
+]

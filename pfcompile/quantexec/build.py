@@ -9,7 +9,7 @@ import tvm
 
 from pfcompile.errors import CompileError
 
-__all__ = ["import_onnx", "build", "onnx_layer_names"]
+__all__ = ["build", "import_onnx", "onnx_layer_names"]
 
 _LAYER_ONNX_OPS = ("Conv", "MatMul", "Gemm")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-__all__ = ["QConvSpec", "QDenseSpec", "requant_expr", "qconv2d_compute", "qdense_compute"]
+__all__ = ["QConvSpec", "QDenseSpec", "qconv2d_compute", "qdense_compute", "requant_expr"]
 
 
 @dataclass(frozen=True)

@@ -364,7 +364,7 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
         layer = g.defs[v]
         op = layer.op.name.split(".")[-1]
         if v in lowered:
-            reports.append(LayerReport(names[v], "int8", "matched DQ->%s->Q" % op, op,
+            reports.append(LayerReport(names[v], "int8", f"matched DQ->{op}->Q", op,
                                        lowered[v].kernel.name))
             continue
         has_qdq = _layer_has_qdq(g, layer)

@@ -15,7 +15,12 @@ def ort_quantize_qdq(fp32_path: str | Path, out_path: str | Path, calib: np.ndar
                      input_name: str = "input", activation: str = "uint8",
                      per_channel: bool = True) -> Path:
     """``quantize_static(..., QuantFormat.QDQ)`` of ``fp32_path`` calibrated on ``calib`` (N, ...)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class _Reader(CalibrationDataReader):

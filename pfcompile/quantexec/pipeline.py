@@ -13,14 +13,14 @@ from __future__ import annotations
 import tvm
 from tvm import relax, s_tir, tirx
 
-__all__ = ["schedule_leftovers", "int8_pipeline"]
+__all__ = ["int8_pipeline", "schedule_leftovers"]
 
 
 def _schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
     sch = s_tir.Schedule(func)
     try:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    except Exception:
+    except (s_tir.ScheduleError, ValueError, RuntimeError):
         return func
     for blk in blocks:
         loops = sch.get_loops(blk)
@@ -31,8 +31,8 @@ def _schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 break
             try:
                 fn(lp)
-            except Exception:
-                pass
+            except s_tir.ScheduleError:
+                continue  # the primitive found it illegal here: leave this loop as it is
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 

@@ -50,7 +50,7 @@ def qemu_rpc_server(port: int, timeout_s: float = 180.0) -> Iterator:
             try:
                 sess = rpc.connect("127.0.0.1", port, session_timeout=int(timeout_s * 4))
                 break
-            except Exception:
+            except (OSError, RuntimeError):
                 time.sleep(2.0)
         if sess is None:
             raise DeviceError(f"the qemu RPC server on port {port} did not answer in {timeout_s:.0f} s")

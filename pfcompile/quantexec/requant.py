@@ -18,7 +18,7 @@ import numpy as np
 
 from pfcompile.errors import PassError
 
-__all__ = ["fixed_point", "requantize_ref", "MAX_SHIFT", "dtype_range"]
+__all__ = ["MAX_SHIFT", "dtype_range", "fixed_point", "requantize_ref"]
 
 MAX_SHIFT = 62  # acc * m0 must stay within int64; shifts past this yield zero anyway
 

@@ -21,7 +21,7 @@ from tvm import s_tir, te, tirx
 
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec, qconv2d_compute, qdense_compute
 
-__all__ = ["Kernel", "select_conv_kernel", "select_dense_kernel", "int8_dot_kind"]
+__all__ = ["Kernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def _generic_conv(sp: QConvSpec) -> tirx.PrimFunc:
         sch.compute_inline(sch.get_sblock("pad"))
     acc = sch.get_sblock("acc")
     req = sch.get_sblock("requant")
-    n, o, i, j = sch.get_loops(req)
+    n, o, i, _j = sch.get_loops(req)
     fused = sch.fuse(n, o)
     sch.parallel(fused)
     sch.compute_at(acc, i)
@@ -80,7 +80,7 @@ def _depthwise_conv(sp: QConvSpec) -> tirx.PrimFunc:
         sch.vectorize(pj)
     acc = sch.get_sblock("acc")
     req = sch.get_sblock("requant")
-    n, o, i, j = sch.get_loops(req)
+    n, o, i, _j = sch.get_loops(req)
     sch.parallel(sch.fuse(n, o))
     sch.compute_at(acc, i)
     aj, *taps = sch.get_loops(acc)[2:]  # the channel loop (extent 1) is gone

@@ -25,7 +25,7 @@ from tvm.script import tirx as T
 
 from pfcompile.quantexec.kernels import QConvSpec, requant_expr
 
-__all__ = ["avx2_conv_kernel", "pack_weight_avx2", "avx2_conv_func", "default_tiles", "PMADDWD_INTRIN"]
+__all__ = ["PMADDWD_INTRIN", "avx2_conv_func", "avx2_conv_kernel", "default_tiles", "pack_weight_avx2"]
 
 PMADDWD_INTRIN = "pf_avx2_pmaddwd_8x2"
 
