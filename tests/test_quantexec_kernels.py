@@ -71,3 +71,22 @@ def test_conv_template_bit_exact(case):
     assert got.shape == ref.shape
     np.testing.assert_array_equal(got, ref)
     assert len(np.unique(got)) > 3  # not saturated to a constant: the check has teeth
+
+
+def test_template_choice_follows_target_hardware():
+    from dataclasses import replace
+
+    from pfcompile.quantexec.schedules import int8_dot_kind, select_conv_kernel
+    from pfcompile.targets import load_target
+
+    host = load_target("host")
+    sp = QConvSpec(1, 8, 8, 8, 8, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, "uint8", "uint8",
+                             0, 0, 0, 255)
+    for dot in ("avx2", "avx-vnni", "avx512-vnni"):
+        t = replace(host, hardware={**host.hardware, "int8_dot": dot})
+        assert int8_dot_kind(t) == "x86"
+        assert select_conv_kernel(sp, t).name == "x86-avx2-pmaddwd"
+    assert int8_dot_kind(load_target("arm64")) == "neon"
+    assert int8_dot_kind(load_target("arm64-dotprod")) == "sdot"
+    assert select_conv_kernel(sp, load_target("arm64")).name == "generic"
+    assert select_conv_kernel(replace(sp, groups=8, oc=8), host).name == "depthwise"

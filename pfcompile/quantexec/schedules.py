@@ -35,16 +35,23 @@ def _identity(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.astype(np.int8))
 
 
+_X86_INT8 = ("avx2", "avx-vnni", "avx512-vnni", "vnni")
+
+
 def int8_dot_kind(target) -> str:
-    """``avx2`` / ``neon`` / ``sdot`` / ``generic`` from a pfcompile Target."""
+    """``x86`` / ``neon`` / ``sdot`` / ``generic`` from a pfcompile Target.
+
+    Every x86 ``hardware.int8_dot`` value (``avx2``, ``avx-vnni``,
+    ``avx512-vnni``) implies AVX2, which is all the x86 template needs.
+    """
     hw = getattr(target, "hardware", {}) or {}
     kind = str(hw.get("int8_dot", "")).lower()
-    if kind:
-        return kind
+    if kind in _X86_INT8:
+        return "x86"
     mattr = [str(a) for a in (getattr(target, "tvm", {}) or {}).get("mattr", [])]
-    if "+dotprod" in mattr:
+    if kind == "sdot" or "+dotprod" in mattr:
         return "sdot"
-    if getattr(target, "arch", "") == "aarch64":
+    if kind == "neon" or getattr(target, "arch", "") == "aarch64":
         return "neon"
     return "generic"
 
@@ -109,7 +116,7 @@ def _generic_dense(sp: QDenseSpec) -> tirx.PrimFunc:
 
 def select_conv_kernel(sp: QConvSpec, target) -> Kernel:
     kind = int8_dot_kind(target)
-    if kind in ("avx2", "vnni") and sp.groups == 1:
+    if kind == "x86" and sp.groups == 1:
         from pfcompile.quantexec import x86
 
         k = x86.avx2_conv_kernel(sp)
