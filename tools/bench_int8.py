@@ -1,7 +1,8 @@
 """Benchmark: fp32 pfcompile vs int8 pfcompile vs onnxruntime fp32 vs onnxruntime QDQ int8.
 
-One run on the host, batch 1, medians over repeats, all four measured in the same
-process one after another. QDQ models come from onnxruntime's static quantiser
+One run on the host, batch 1, medians over repeats; the four engines run round-robin
+(one inference each per round) in the same process, so load from other processes
+falls on all of them alike. QDQ models come from onnxruntime's static quantiser
 (per-channel s8 weights, u8 activations) calibrated on random inputs; the zoo
 models have random weights (speed, not accuracy, is measured here). Also prints
 the largest difference between the int8 pfcompile output and onnxruntime's on
@@ -56,27 +57,33 @@ def _qdq_model(name: str, fp32: Path, shape: tuple[int, ...]) -> Path:
     return path
 
 
-def _time_tvm(ex, x: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
+def _tvm_runner(ex, x: np.ndarray):
     dev = tvm.cpu()
     vm = tvm.relax.VirtualMachine(ex, dev)
     arg = tvm.runtime.tensor(x, dev)
-    out = vm["main"](arg).numpy()
-    res = vm.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=0)(arg)
-    return statistics.median(res.results) * 1e3, out
+    f = vm["main"]
+    return lambda: f(arg).numpy()
 
 
-def _time_ort(path: Path, x: np.ndarray, repeat: int, threads: int) -> tuple[float, np.ndarray]:
+def _ort_runner(path: Path, x: np.ndarray, threads: int):
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    out = sess.run(None, {name: x})[0]
-    ts = []
+    return lambda: sess.run(None, {name: x})[0]
+
+
+def _round_robin(runners: list, repeat: int) -> tuple[list[float], list[np.ndarray]]:
+    """One warm-up each, then ``repeat`` rounds running every engine once per round,
+    so that load from other processes falls on all engines alike; medians in ms."""
+    outs = [r() for r in runners]
+    times: list[list[float]] = [[] for _ in runners]
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        sess.run(None, {name: x})
-        ts.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(ts), out
+        for i, r in enumerate(runners):
+            t0 = time.perf_counter()
+            r()
+            times[i].append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times], outs
 
 
 def _out_step(model: onnx.ModelProto) -> float:
@@ -107,15 +114,20 @@ def main() -> None:
         ex8, reports = build(qmodel, target)
         c8 = time.perf_counter() - t0
         n_int = sum(r.path == "int8" for r in reports)
-        t_tvm32, _ = _time_tvm(ex32, x, args.repeat)
-        t_tvm8, y8 = _time_tvm(ex8, x, args.repeat)
-        t_ort32, _ = _time_ort(fp32, x, args.repeat, threads)
-        t_ort8, yref = _time_ort(qdq, x, args.repeat, threads)
+        runners = [_tvm_runner(ex32, x), _tvm_runner(ex8, x), _ort_runner(fp32, x, threads),
+                   _ort_runner(qdq, x, threads)]
+        (t_tvm32, t_tvm8, t_ort32, t_ort8), (_, y8, _, yref) = _round_robin(runners, args.repeat)
         steps = float(np.abs(y8 - yref).max() / _out_step(qmodel))
         rows.append((name, t_tvm32, t_tvm8, t_ort32, t_ort8, n_int, len(reports), steps, c32, c8))
         print(f"# {name}: compiled fp32 in {c32:.0f} s, int8 in {c8:.0f} s; "
               f"{n_int}/{len(reports)} layers integer", flush=True)
-    print(f"\nhost {target.tvm.get('mcpu')}, {threads} threads, batch 1, median of {args.repeat} runs (ms)")
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = float("nan")
+    print(f"\nhost {target.tvm.get('mcpu')} (int8_dot={target.hardware.get('int8_dot')}), "
+          f"{threads} threads, batch 1, median of {args.repeat} round-robin rounds (ms); "
+          f"load average {load:.1f} on {os.cpu_count()} cores")
     hdr = ("model", "tvm fp32", "tvm int8", "ort fp32", "ort qdq", "int8/fp32", "int8/ort32",
            "int layers", "max |diff| steps")
     print("| " + " | ".join(hdr) + " |")
