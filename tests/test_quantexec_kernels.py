@@ -1,5 +1,7 @@
 """Each integer conv template equals a numpy int64 reference bit for bit."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
@@ -42,12 +44,19 @@ CASES = [
     (6, 9, 12, 3, 1, (1, 1, 1, 1), 1, 2, "uint8", 5, 4, 4, 255, "generic"),
     (16, 16, 16, 3, 1, (1, 1, 1, 1), 1, 16, "uint8", 11, 0, 0, 255, "depthwise"),
     (8, 15, 8, 3, 2, (1, 1, 1, 1), 1, 8, "int8", -3, 1, -128, 127, "depthwise"),
+    (6, 9, 12, 3, 1, (1, 1, 1, 1), 1, 1, "uint8", 7, 3, 3, 255, "vnni"),
+    (3, 13, 16, 7, 2, (3, 3, 3, 3), 1, 1, "uint8", 128, 0, 0, 255, "vnni"),
 ]
+HAS_VNNI = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"],
+                                 "num-cores": 2})
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[-1]}-{i}" for i, c in enumerate(CASES)])
 def test_conv_template_bit_exact(case):
     c, h, oc, k, s, pad, d, g, xdt, zx, zy, qmin, qmax, tmpl = case
+    if tmpl == "vnni" and not HAS_VNNI:
+        pytest.skip("this CPU has no AVX512-VNNI")
     sp = QConvSpec(1, c, h, h, oc, k, k, (s, s), pad, (d, d), g, xdt, "int8" if qmin < 0 else "uint8",
                    zx, zy, qmin, qmax)
     rng = np.random.default_rng(sum(map(hash, map(str, case))) % 2**32)
@@ -60,9 +69,11 @@ def test_conv_template_bit_exact(case):
     bias_k = (bias - zx * wsum).astype(np.int32)
     if tmpl == "avx2":
         func, wk = x86.avx2_conv_func(sp), x86.pack_weight_avx2(w)
+    elif tmpl == "vnni":
+        func, wk = x86.vnni_conv_func(sp), x86.pack_weight_vnni(w)
     else:
         func, wk = (_depthwise_conv(sp) if tmpl == "depthwise" else _generic_conv(sp)), w
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=TARGET)
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=VNNI_TARGET if tmpl == "vnni" else TARGET)
     out = np.zeros((1, oc, sp.oh, sp.ow), sp.y_dtype)
     args = [tvm.runtime.tensor(a) for a in (x, wk, bias_k, m0, sh, out)]
     ex.mod["main"](*args)
@@ -76,6 +87,7 @@ def test_conv_template_bit_exact(case):
 def test_template_choice_follows_target_hardware():
     from dataclasses import replace
 
+    from pfcompile.quantexec import with_int8_features
     from pfcompile.quantexec.schedules import int8_dot_kind, select_conv_kernel
     from pfcompile.targets import load_target
 
@@ -85,7 +97,12 @@ def test_template_choice_follows_target_hardware():
     for dot in ("avx2", "avx-vnni", "avx512-vnni"):
         t = replace(host, hardware={**host.hardware, "int8_dot": dot})
         assert int8_dot_kind(t) == "x86"
-        assert select_conv_kernel(sp, t).name == "x86-avx2-pmaddwd"
+        assert select_conv_kernel(sp, t).name == "x86-avx2-pmaddwd"  # target lacks +vnni
+        want = "x86-avx2-pmaddwd" if dot == "avx2" else "x86-vnni-vpdpbusd"
+        assert select_conv_kernel(sp, with_int8_features(t)).name == want
+    int8_sp = replace(sp, x_dtype="int8", zx=0)
+    vt = with_int8_features(replace(host, hardware={**host.hardware, "int8_dot": "avx512-vnni"}))
+    assert select_conv_kernel(int8_sp, vt).name == "x86-avx2-pmaddwd"  # vpdpbusd wants uint8
     assert int8_dot_kind(load_target("arm64")) == "neon"
     assert int8_dot_kind(load_target("arm64-dotprod")) == "sdot"
     assert select_conv_kernel(sp, load_target("arm64")).name == "generic"

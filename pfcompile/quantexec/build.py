@@ -32,10 +32,15 @@ def import_onnx(model: onnx.ModelProto) -> tvm.IRModule:
 def build(model: onnx.ModelProto, target, *, integer: bool = True):
     """Compile ``model`` for ``target``; returns ``(executable, reports)``.
 
-    With ``integer=False`` the QDQ pairs stay float fake-quant (TVM's default).
+    With ``integer=False`` the QDQ pairs stay float fake-quant (TVM's default). With
+    ``integer=True`` the target gains the VNNI feature its hardware reports, if any.
     """
     from pfcompile.quantexec.lower import lower_qdq
     from pfcompile.quantexec.onnx_prep import prepare_qdq
+    from pfcompile.quantexec.x86 import with_int8_features
+
+    if integer:
+        target = with_int8_features(target)
 
     model, reports = prepare_qdq(model)
     mod = import_onnx(model)

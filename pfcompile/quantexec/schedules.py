@@ -119,7 +119,7 @@ def select_conv_kernel(sp: QConvSpec, target) -> Kernel:
     if kind == "x86" and sp.groups == 1:
         from pfcompile.quantexec import x86
 
-        k = x86.avx2_conv_kernel(sp)
+        k = x86.avx2_conv_kernel(sp, target)
         if k is not None:
             return k
     if sp.depthwise:
