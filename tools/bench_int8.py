@@ -10,6 +10,7 @@ the same QDQ model, in output quantisation steps.
 
   python tools/bench_int8.py                       # demo, resnet18, mobilenet_v2
   python tools/bench_int8.py --models demo --repeat 20
+  python tools/bench_int8.py --models resnet18 --threads 1 --int8-dot avx512-vnni
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -98,9 +100,16 @@ def main() -> None:
     ap.add_argument("--models", default="demo,resnet18,mobilenet_v2")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--target", default="host")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for TVM and onnxruntime (default: the target's num-cores)")
+    ap.add_argument("--int8-dot", default="",
+                    help="override the target's hardware.int8_dot (avx2 | avx-vnni | avx512-vnni)")
     args = ap.parse_args()
     target = load_target(args.target)
-    threads = int(target.tvm.get("num-cores", os.cpu_count() or 1))
+    if args.int8_dot:
+        target = replace(target, hardware={**target.hardware, "int8_dot": args.int8_dot})
+    threads = args.threads or int(target.tvm.get("num-cores", os.cpu_count() or 1))
+    os.environ["TVM_NUM_THREADS"] = str(threads)  # read when TVM's thread pool first starts
     rows = []
     for name in args.models.split(","):
         fp32, shape = _fp32_model(name)
@@ -114,13 +123,14 @@ def main() -> None:
         ex8, reports = build(qmodel, target)
         c8 = time.perf_counter() - t0
         n_int = sum(r.path == "int8" for r in reports)
+        kernels = sorted({r.kernel for r in reports if r.kernel})
         runners = [_tvm_runner(ex32, x), _tvm_runner(ex8, x), _ort_runner(fp32, x, threads),
                    _ort_runner(qdq, x, threads)]
         (t_tvm32, t_tvm8, t_ort32, t_ort8), (_, y8, _, yref) = _round_robin(runners, args.repeat)
         steps = float(np.abs(y8 - yref).max() / _out_step(qmodel))
         rows.append((name, t_tvm32, t_tvm8, t_ort32, t_ort8, n_int, len(reports), steps, c32, c8))
         print(f"# {name}: compiled fp32 in {c32:.0f} s, int8 in {c8:.0f} s; "
-              f"{n_int}/{len(reports)} layers integer", flush=True)
+              f"{n_int}/{len(reports)} layers integer ({', '.join(kernels)})", flush=True)
     try:
         load = os.getloadavg()[0]
     except OSError:
