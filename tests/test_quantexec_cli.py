@@ -13,7 +13,9 @@ def test_quant_report_json_names_integer_layers(tmp_path):
     path = ort_quantize_qdq("pfcompile/data/demo.onnx", tmp_path / "q.onnx", calib)
     rep = quant_report(path, "host")
     assert rep["int8_layers"] == 12 and rep["float_layers"] == 0
-    assert {r["kernel"] for r in rep["layers"]} == {"x86-avx2-pmaddwd", "depthwise", "generic"}
+    kernels = {r["kernel"] for r in rep["layers"]}
+    assert {"depthwise", "generic"} < kernels  # the depthwise conv and the Gemm
+    assert kernels & {"x86-avx2-pmaddwd", "x86-vnni-vpdpbusd"}  # the other convs
     args = [str(path), "--json"]
     if len(app.registered_commands) > 1:  # a command group once other commands are registered
         args = ["quant-report", *args]

@@ -21,9 +21,10 @@ def quant_report(model: str | Path, target: str = "host") -> dict:
     from pfcompile.quantexec.build import import_onnx, onnx_layer_names
     from pfcompile.quantexec.lower import lower_qdq, reports_to_json
     from pfcompile.quantexec.onnx_prep import prepare_qdq
+    from pfcompile.quantexec.x86 import with_int8_features
     from pfcompile.targets import load_target
 
-    tgt = load_target(target)
+    tgt = with_int8_features(load_target(target))  # the kernels `build` would pick
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the report itself says what falls back and why
         proto, folded = prepare_qdq(load_onnx(model))
