@@ -91,3 +91,30 @@ def test_plain_float_model_is_untouched():
     out, reports = lower_qdq(mod, load_target("host"), onnx_layer_names(model))
     assert out is mod
     assert all(r.path == "float" and r.reason == "not quantised" for r in reports)
+
+
+def test_float_bias_is_rounded_into_accumulator_units(demo_qdq, tmp_path):
+    """pfcompile's quantize pass keeps biases float (no int32 DQ): still integer, within 1 step."""
+    model = onnx.load(str(demo_qdq))
+    init = {i.name: i for i in model.graph.initializer}
+    keep = []
+    n_folded = 0
+    for node in model.graph.node:
+        src = init.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if src is not None and src.data_type == onnx.TensorProto.INT32:
+            q = onnx.numpy_helper.to_array(src).astype(np.float64)
+            s = onnx.numpy_helper.to_array(init[node.input[1]]).astype(np.float64)
+            model.graph.initializer.append(
+                onnx.numpy_helper.from_array((q * s).astype(np.float32), node.output[0]))
+            n_folded += 1
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    assert n_folded == 12
+    path = tmp_path / "float_bias.onnx"
+    onnx.save(model, str(path))
+    xs = np.load(f"{DATA}/demo_val.npz")["x"][:8].astype(np.float32)
+    got, ref, reports = _run_both(path, model, load_target("host"), xs)
+    assert all(r.path == "int8" for r in reports)
+    assert np.abs(got - ref).max() <= _output_step(model) * 1.0001
