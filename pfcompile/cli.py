@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "pfcompile.passes.cli_quant",
     "pfcompile.finetune.cli",
     "pfcompile.accel.cli",
+    "pfcompile.quantexec.cli",
 )
 
 

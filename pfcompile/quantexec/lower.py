@@ -1,0 +1,403 @@
+"""``lower_qdq``: turn DQ -> Conv/MatMul/Gemm (+bias, +ReLU/Clip) -> Q into integer compute.
+
+Works on the Relax module from ``from_onnx(model, keep_params_in_input=False)``
+before legalisation, where ONNX QDQ appears as ``R.dequantize`` /
+``R.quantize``. For every ``R.quantize`` whose input is (optionally clipped)
+``conv2d|matmul(dequantize(xq), dequantize(Wq)) [+ bias]``, the quantize
+binding is replaced by one ``call_tir`` of an integer kernel reading ``xq``
+(uint8/int8) and int8 weights, accumulating in int32 and requantising with a
+fixed-point multiplier to the quantize's scale. The float ops it replaced
+become dead and are removed; the next layer's ``dequantize`` then reads the
+integer kernel's output, so a chain of quantised layers stays in integers.
+
+Anything that does not match keeps the float path and gets a
+:class:`LayerReport` saying why; a layer whose inputs *are* quantised but whose
+pattern is not supported also raises a :class:`QuantFallbackWarning` naming it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec
+from pfcompile.quantexec.requant import dtype_range, fixed_point
+from pfcompile.quantexec.schedules import Kernel, select_conv_kernel, select_dense_kernel
+
+__all__ = ["LayerReport", "QuantFallbackWarning", "lower_qdq", "reports_to_json"]
+
+_ACT_DTYPES = ("uint8", "int8")
+_LAYER_OPS = ("relax.nn.conv2d", "relax.matmul")
+
+
+class QuantFallbackWarning(UserWarning):
+    """A quantised layer runs in float because its pattern is not supported."""
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """How one conv / matmul layer runs after :func:`lower_qdq`."""
+
+    node: str
+    path: str  # "int8" | "float"
+    reason: str
+    op: str = ""
+    kernel: str = ""  # integer template name when path == "int8"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def reports_to_json(reports: list[LayerReport]) -> dict:
+    """Summary + per-layer list, the shape ``pfcompile inspect --json`` prints."""
+    n_int = sum(r.path == "int8" for r in reports)
+    return {"int8_layers": n_int, "float_layers": len(reports) - n_int,
+            "layers": [r.to_json() for r in reports]}
+
+
+class _NoMatch(Exception):
+    """Internal: the pattern did not match; message is the reason."""
+
+
+# ----------------------------------------------------------------------------- helpers
+def _ty(expr):
+    return getattr(expr, "struct_info", None) or expr.ty
+
+
+def _shape(expr) -> tuple[int, ...]:
+    return tuple(int(s) for s in _ty(expr).shape.values)
+
+
+def _dtype(expr) -> str:
+    return str(_ty(expr).dtype)
+
+
+class _Graph:
+    """Variable -> bound value for the bindings of one function."""
+
+    def __init__(self, func: relax.Function) -> None:
+        self.defs: dict = {}
+        for block in func.body.blocks:
+            for b in block.bindings:
+                if isinstance(b, relax.VarBinding):
+                    self.defs[b.var] = b.value
+
+    def value(self, expr):
+        while isinstance(expr, relax.Var) and expr in self.defs:
+            expr = self.defs[expr]
+        return expr
+
+    def call(self, expr, op_name: str):
+        v = self.value(expr)
+        if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op) and v.op.name == op_name:
+            return v
+        return None
+
+    def const(self, expr) -> np.ndarray | None:
+        v = self.value(expr)
+        if hasattr(v, "value") and hasattr(v.value, "numpy"):
+            return v.value.numpy()
+        if hasattr(v, "data") and hasattr(v.data, "numpy"):
+            return v.data.numpy()
+        return None
+
+
+def _scalar(g: _Graph, expr, what: str) -> float:
+    arr = g.const(expr)
+    if arr is None:
+        raise _NoMatch(f"{what} is not a constant")
+    if arr.size != 1:
+        raise _NoMatch(f"{what} is per-channel (only per-tensor is supported here)")
+    return arr.reshape(()).item()
+
+
+def _dq_activation(g: _Graph, expr) -> tuple[relax.Expr, float, int, str]:
+    dq = g.call(expr, "relax.dequantize")
+    if dq is None:
+        raise _NoMatch("input is float (no DequantizeLinear)")
+    xq = dq.args[0]
+    if g.const(xq) is not None:
+        raise _NoMatch("input is a constant")
+    dt = _dtype(xq)
+    if dt not in _ACT_DTYPES:
+        raise _NoMatch(f"input quantised as {dt} (only uint8/int8 activations run integer)")
+    sx = float(_scalar(g, dq.args[1], "input scale"))
+    zx = int(_scalar(g, dq.args[2], "input zero point"))
+    return xq, sx, zx, dt
+
+
+def _dq_weight(g: _Graph, expr, out_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weights and per-output-channel scales (length = weight.shape[out_axis])."""
+    dq = g.call(expr, "relax.dequantize")
+    if dq is None:
+        raise _NoMatch("weights are float (no DequantizeLinear)")
+    wq = g.const(dq.args[0])
+    if wq is None:
+        raise _NoMatch("quantised weights are not a constant")
+    if wq.dtype == np.uint8:
+        raise _NoMatch("uint8 weights (only int8, symmetric weights run integer)")
+    if wq.dtype != np.int8:
+        raise _NoMatch(f"weights quantised as {wq.dtype} (only int8 containers run integer)")
+    sw = g.const(dq.args[1])
+    zw = g.const(dq.args[2])
+    if sw is None or zw is None:
+        raise _NoMatch("weight scale / zero point not constant")
+    if np.any(zw != 0):
+        raise _NoMatch("asymmetric weights (non-zero weight zero point)")
+    noc = wq.shape[out_axis]
+    sw = sw.astype(np.float32).reshape(-1)
+    if sw.size == 1:
+        sw = np.full(noc, sw[0], dtype=np.float32)
+    elif sw.size != noc or int(dq.attrs.axis) % wq.ndim != out_axis:
+        raise _NoMatch(f"weight scales along axis {int(dq.attrs.axis)} are not per output channel"
+                       " (blocked or per-input-channel quantisation)")
+    return wq, sw
+
+
+def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray:
+    """Bias in accumulator units (int64), from a const, DQ(int32 const) or a reshape of one."""
+    v = g.value(expr)
+    rs = g.call(v, "relax.reshape")
+    if rs is not None:
+        v = g.value(rs.args[0])
+    dq = g.call(v, "relax.dequantize")
+    if dq is not None:
+        bq = g.const(dq.args[0])
+        sb = g.const(dq.args[1])
+        zb = g.const(dq.args[2])
+        if bq is None or sb is None or zb is None:
+            raise _NoMatch("bias DequantizeLinear inputs are not constant")
+        bq = bq.astype(np.int64).reshape(-1)
+        sb = np.broadcast_to(sb.astype(np.float32).reshape(-1), bq.shape)
+        zb = np.broadcast_to(zb.astype(np.int64).reshape(-1), bq.shape)
+        if bq.size != noc:
+            raise _NoMatch(f"bias has {bq.size} elements for {noc} channels")
+        if np.all(zb == 0) and np.allclose(sb, acc_scale, rtol=1e-6, atol=0):
+            return bq  # already in accumulator units (what ORT writes)
+        real = (bq - zb).astype(np.float64) * sb
+    else:
+        c = g.const(v)
+        if c is None:
+            raise _NoMatch("bias is not a constant")
+        real = c.astype(np.float64).reshape(-1)
+        if real.size == 1:
+            real = np.full(noc, real[0])
+        if real.size != noc:
+            raise _NoMatch(f"bias has {real.size} elements for {noc} channels")
+    q = np.round(real / acc_scale.astype(np.float64))
+    if np.any(np.abs(q) >= 2**31):
+        raise _NoMatch("bias does not fit int32 in accumulator units")
+    return q.astype(np.int64)
+
+
+def _clamp(g: _Graph, y, sy: float, zy: int, lo: int, hi: int):
+    """Peel ReLU / Clip above the layer: return (inner expr, qmin, qmax)."""
+    relu = g.call(y, "relax.nn.relu")
+    if relu is not None:
+        return relu.args[0], max(lo, zy), hi
+    clip = g.call(y, "relax.clip")
+    if clip is not None:
+        a, b = clip.args[1], clip.args[2]
+        amin = float(a.value) if hasattr(a, "value") else -np.inf
+        amax = float(b.value) if hasattr(b, "value") else np.inf
+        qa = lo if not np.isfinite(amin) else int(np.clip(np.round(amin / sy) + zy, lo, hi))
+        qb = hi if not np.isfinite(amax) else int(np.clip(np.round(amax / sy) + zy, lo, hi))
+        return clip.args[0], max(lo, qa), min(hi, qb)
+    return y, lo, hi
+
+
+def _split_bias(g: _Graph, y):
+    """``add(layer, bias)`` -> (layer call, bias expr); ``layer`` -> (layer call, None)."""
+    add = g.call(y, "relax.add")
+    if add is not None:
+        for a, b in ((add.args[0], add.args[1]), (add.args[1], add.args[0])):
+            layer = g.value(a)
+            if isinstance(layer, relax.Call) and getattr(layer.op, "name", "") in _LAYER_OPS:
+                return a, b
+        raise _NoMatch("")
+    v = g.value(y)
+    if isinstance(v, relax.Call) and getattr(v.op, "name", "") in _LAYER_OPS:
+        return y, None
+    raise _NoMatch("")
+
+
+# ----------------------------------------------------------------------------- matching
+@dataclass
+class _Plan:
+    layer_var: relax.Var
+    kernel: Kernel
+    args: list
+    out_shape: tuple[int, ...]
+    out_dtype: str
+    op: str
+
+
+def _requant_params(sx: float, sw: np.ndarray, sy: float):
+    acc_scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
+    m0, sh = fixed_point(acc_scale.astype(np.float64) / float(sy))
+    return acc_scale, m0, sh
+
+
+def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:
+    out_dtype = str(q.attrs.out_dtype)
+    if out_dtype not in _ACT_DTYPES:
+        raise _NoMatch(f"output quantised as {out_dtype} (only uint8/int8 run integer)")
+    sy = float(_scalar(g, q.args[1], "output scale"))
+    zy = int(_scalar(g, q.args[2], "output zero point"))
+    lo, hi = dtype_range(out_dtype)
+    y, qmin, qmax = _clamp(g, q.args[0], sy, zy, lo, hi)
+    layer_expr, bias_expr = _split_bias(g, y)
+    layer_var = layer_expr
+    layer = g.value(layer_expr)
+    op = layer.op.name
+    if op == "relax.nn.conv2d":
+        at = layer.attrs
+        if (str(at.data_layout), str(at.kernel_layout), str(at.out_layout)) != ("NCHW", "OIHW", "NCHW"):
+            raise _NoMatch(f"conv layout {at.data_layout}/{at.kernel_layout} (need NCHW/OIHW)")
+        xq, sx, zx, xdt = _dq_activation(g, layer.args[0])
+        wq, sw = _dq_weight(g, layer.args[1], 0)
+        if wq.ndim != 4:
+            raise _NoMatch("conv weights are not 4-D")
+        xs = _shape(xq)
+        pad = [int(p) for p in at.padding]
+        if len(pad) == 2:
+            pad = pad * 2
+        sp = QConvSpec(
+            n=xs[0], c=xs[1], h=xs[2], w=xs[3], oc=wq.shape[0], kh=wq.shape[2], kw=wq.shape[3],
+            stride=tuple(int(s) for s in at.strides), padding=tuple(pad),
+            dilation=tuple(int(d) for d in at.dilation), groups=int(at.groups),
+            x_dtype=xdt, y_dtype=out_dtype, zx=zx, zy=zy, qmin=qmin, qmax=qmax)
+        if _shape(layer) != (sp.n, sp.oc, sp.oh, sp.ow):
+            raise _NoMatch("conv output shape does not match its attributes")
+        acc_scale, m0, sh = _requant_params(sx, sw, sy)
+        bias = np.zeros(sp.oc, np.int64) if bias_expr is None else \
+            _bias(g, bias_expr, sp.oc, acc_scale)
+        if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
+            raise _NoMatch("bias add broadcasts the conv output")
+        wsum = wq.reshape(sp.oc, -1).astype(np.int64).sum(axis=1)
+        kernel = select_conv_kernel(sp, target)
+        wpacked = kernel.pack_weight(wq)
+        out_shape = (sp.n, sp.oc, sp.oh, sp.ow)
+    elif op == "relax.matmul":
+        xq, sx, zx, xdt = _dq_activation(g, layer.args[0])
+        xs = _shape(xq)
+        if len(xs) != 2:
+            raise _NoMatch(f"matmul input is {len(xs)}-D (only 2-D runs integer)")
+        pd = g.call(layer.args[1], "relax.permute_dims")
+        if pd is not None:
+            axes = [int(a) for a in pd.attrs.axes] if pd.attrs.axes is not None else [1, 0]
+            if axes != [1, 0]:
+                raise _NoMatch("weight transpose is not [1, 0]")
+            wq, sw = _dq_weight(g, pd.args[0], 0)  # [O, K]
+        else:
+            wq, sw = _dq_weight(g, layer.args[1], 1)  # [K, O]
+            wq = np.ascontiguousarray(wq.T)
+        if wq.ndim != 2 or wq.shape[1] != xs[1]:
+            raise _NoMatch("matmul weight shape does not match the input")
+        sp = QDenseSpec(m=xs[0], k=xs[1], o=wq.shape[0], x_dtype=xdt, y_dtype=out_dtype, zx=zx,
+                        zy=zy, qmin=qmin, qmax=qmax)
+        acc_scale, m0, sh = _requant_params(sx, sw, sy)
+        bias = np.zeros(sp.o, np.int64) if bias_expr is None else _bias(g, bias_expr, sp.o, acc_scale)
+        if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
+            raise _NoMatch("bias add broadcasts the matmul output")
+        wsum = wq.astype(np.int64).sum(axis=1)
+        kernel = select_dense_kernel(sp, target)
+        wpacked = kernel.pack_weight(wq)
+        out_shape = (sp.m, sp.o)
+    else:  # pragma: no cover - _split_bias only returns layer ops
+        raise _NoMatch(f"{op} is not an integer layer")
+    bias_total = bias - zx * wsum
+    if np.any(np.abs(bias_total) >= 2**31):
+        raise _NoMatch("bias with zero-point correction does not fit int32")
+    args = [xq, relax.const(wpacked), relax.const(bias_total.astype(np.int32)),
+            relax.const(m0), relax.const(sh)]
+    return _Plan(layer_var, kernel, args, out_shape, out_dtype, op)
+
+
+def _layer_has_qdq(g: _Graph, layer: relax.Call) -> bool:
+    return any(g.call(a, "relax.dequantize") is not None for a in layer.args[:2]) or any(
+        g.call(a, "relax.permute_dims") is not None
+        and g.call(g.call(a, "relax.permute_dims").args[0], "relax.dequantize") is not None
+        for a in layer.args[1:2])
+
+
+# ----------------------------------------------------------------------------- the pass
+def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
+              *, func_name: str = "main") -> tuple[tvm.IRModule, list[LayerReport]]:
+    """Rewrite matched QDQ layers of ``mod[func_name]`` into integer kernels.
+
+    ``target`` is a pfcompile :class:`~pfcompile.targets.Target` (its
+    ``hardware.int8_dot`` picks the templates). ``layer_names``, if given, are
+    the ONNX node names of the Conv/MatMul/Gemm nodes in graph order (see
+    :func:`pfcompile.quantexec.onnx_layer_names`); they label the reports.
+    Returns the new module and one :class:`LayerReport` per conv/matmul.
+    """
+    func = mod[func_name]
+    g = _Graph(func)
+    layers = [v for v, e in g.defs.items()
+              if isinstance(e, relax.Call) and getattr(e.op, "name", "") in _LAYER_OPS]
+    names = {v: (layer_names[i] if layer_names and i < len(layer_names) else f"{g.defs[v].op.name.split('.')[-1]}_{i}")
+             for i, v in enumerate(layers)}
+    plans: dict = {}
+    reasons: dict = {}
+    for var, val in g.defs.items():
+        if not (isinstance(val, relax.Call) and getattr(val.op, "name", "") == "relax.quantize"):
+            continue
+        try:
+            plans[var] = _match(g, val, target, "")
+        except _NoMatch as exc:
+            if str(exc):
+                # attribute the reason to the layer under this quantize, if any
+                try:
+                    inner, _, _ = _clamp(g, val.args[0], 1.0, 0, -128, 255)
+                    lv, _ = _split_bias(g, inner)
+                    reasons.setdefault(lv, str(exc))
+                except _NoMatch:
+                    pass
+    lowered = {p.layer_var: p for p in plans.values()}
+    reports: list[LayerReport] = []
+    for v in layers:
+        layer = g.defs[v]
+        op = layer.op.name.split(".")[-1]
+        if v in lowered:
+            reports.append(LayerReport(names[v], "int8", f"matched DQ->{op}->Q", op,
+                                       lowered[v].kernel.name))
+            continue
+        has_qdq = _layer_has_qdq(g, layer)
+        reason = reasons.get(v) or ("inputs are quantised but the output is not followed by a "
+                                    "QuantizeLinear" if has_qdq else "not quantised")
+        reports.append(LayerReport(names[v], "float", reason, op))
+        if has_qdq:
+            warnings.warn(f"quantised layer '{names[v]}' ({op}) runs in float: {reason}",
+                          QuantFallbackWarning, stacklevel=2)
+    if not plans:
+        return mod, reports
+
+    bb = relax.BlockBuilder(mod)
+    gvars = {}
+    for i, (qvar, p) in enumerate(plans.items()):
+        kname = f"q{p.op.split('.')[-1]}_{i}"
+        gvars[qvar] = bb.add_func(p.kernel.func.with_attr("global_symbol", kname), kname)
+    new_blocks = []
+    for block in func.body.blocks:
+        new_bindings = []
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding) and b.var in plans:
+                p = plans[b.var]
+                call = relax.call_tir(gvars[b.var], relax.Tuple(p.args), relax.TensorType(p.out_shape, p.out_dtype))
+                new_bindings.append(relax.VarBinding(b.var, call))
+            else:
+                new_bindings.append(b)
+        new_blocks.append(type(block)(new_bindings))
+    new_body = relax.SeqExpr(new_blocks, func.body.body)
+    new_func = relax.Function(func.params, new_body, func.ret_ty, func.is_pure, func.attrs)
+    gv_main = bb.get().get_global_var(func_name)
+    bb.update_func(gv_main, new_func)
+    out = bb.get()
+    out = relax.transform.Normalize()(out)
+    out = relax.transform.DeadCodeElimination([func_name])(out)
+    return out, reports

@@ -1,0 +1,41 @@
+"""QDQ reference models made with onnxruntime's static quantiser (tests and
+benchmarks use these until pfcompile's own quantize pass lands; the format is
+the same: per-channel symmetric int8 weights, per-tensor activations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["ort_quantize_qdq"]
+
+
+def ort_quantize_qdq(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray, *,
+                     input_name: str = "input", activation: str = "uint8",
+                     per_channel: bool = True) -> Path:
+    """``quantize_static(..., QuantFormat.QDQ)`` of ``fp32_path`` calibrated on ``calib`` (N, ...)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter([{input_name: calib[i:i + 1].astype(np.float32)} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    out_path = Path(out_path)
+    pre = out_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre))
+    quantize_static(str(pre), str(out_path), _Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QUInt8 if activation == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8)
+    pre.unlink(missing_ok=True)
+    return out_path

@@ -1,0 +1,31 @@
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from pfcompile.cli import app
+from pfcompile.quantexec.cli import quant_report
+from pfcompile.quantexec.ortq import ort_quantize_qdq
+
+
+def test_quant_report_json_names_integer_layers(tmp_path):
+    calib = np.load("pfcompile/data/demo_calib.npz")["x"][:8]
+    path = ort_quantize_qdq("pfcompile/data/demo.onnx", tmp_path / "q.onnx", calib)
+    rep = quant_report(path, "host")
+    assert rep["int8_layers"] == 12 and rep["float_layers"] == 0
+    kernels = {r["kernel"] for r in rep["layers"]}
+    assert {"depthwise", "generic"} < kernels  # the depthwise conv and the Gemm
+    assert kernels & {"x86-avx2-pmaddwd", "x86-vnni-vpdpbusd"}  # the other convs
+    args = [str(path), "--json"]
+    if len(app.registered_commands) > 1:  # a command group once other commands are registered
+        args = ["quant-report", *args]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["int8_layers"] == 12 and out["layers"][0]["node"] == "/stem/stem.0/Conv"
+
+
+def test_quant_report_float_model_reports_float():
+    rep = quant_report("pfcompile/data/demo.onnx", "host")
+    assert rep["int8_layers"] == 0 and rep["float_layers"] == 12
+    assert all(r["reason"] == "not quantised" for r in rep["layers"])
