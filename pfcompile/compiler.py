@@ -84,15 +84,30 @@ def _has_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-def build_executable(mod, target: Target, *, integer: bool = True, report: list | None = None):
-    """Relax IRModule → TVM executable for ``target`` (pfcompile's pipeline)."""
+def build_executable(mod, target: Target, *, integer: bool = False,
+                     layer_names: list[str] | None = None) -> tuple[object, list]:
+    """Relax IRModule → (TVM executable for ``target``, per-layer reports).
+
+    ``integer=True`` lowers DQ→Conv/MatMul/Gemm→Q patterns to integer kernels
+    (:func:`pfcompile.quantexec.lower_qdq`) and compiles with the integer pipeline;
+    unmatched layers keep the float path and say why in the reports.
+    """
     import tvm
 
+    reports: list = []
+    pipeline = "default"
+    if integer:
+        from pfcompile.quantexec import int8_pipeline, lower_qdq, with_int8_features
+
+        target = with_int8_features(target)
+        mod, reports = lower_qdq(mod, target, layer_names)
+        pipeline = int8_pipeline(target.tvm_target())
     try:
-        return tvm.compile(mod, target=target.tvm_target())
+        ex = tvm.compile(mod, target=target.tvm_target(), relax_pipeline=pipeline)
     except Exception as exc:
         raise CompileError(f"TVM failed to compile for target '{target.name}': "
                            f"{type(exc).__name__}: {str(exc).strip()[-400:]}") from exc
+    return ex, reports
 
 
 def export_executable(ex, target: Target, so_path: Path) -> None:
@@ -152,9 +167,17 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
     if tgt.is_accelerator:
         return _compile_accelerator(proto, tgt, out, specs, outs, source, t0)
 
-    mod = import_relax(proto, specs)
     layer_report: list = []
-    ex = build_executable(mod, tgt, integer=integer and _has_qdq(proto), report=layer_report)
+    compiled = proto
+    if _has_qdq(proto):
+        from pfcompile.quantexec import onnx_layer_names, prepare_qdq
+
+        # TVM cannot import blocked / float8 DequantizeLinear: such weights become float
+        compiled, layer_report = prepare_qdq(proto)
+    mod = import_relax(compiled, specs)
+    ex, reports = build_executable(mod, tgt, integer=integer and _has_qdq(compiled),
+                                   layer_names=onnx_layer_names(compiled) if _has_qdq(compiled) else None)
+    layer_report += reports
 
     out.mkdir(parents=True, exist_ok=True)
     so_path = out / "model.so"
@@ -167,7 +190,7 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
         "source_model": source,
         "source_hash": model_hash(proto),
         "library": so_path.name,
-        "layers": [r if isinstance(r, dict) else r.__dict__ for r in layer_report],
+        "layers": [r.to_json() for r in layer_report],
         "compile_seconds": round(time.perf_counter() - t0, 3),
         "versions": _versions(),
     }

@@ -21,11 +21,16 @@ console = Console()
 
 
 def inspect_cmd(
-    model: Annotated[Path, typer.Argument(help="ONNX model")],
+    model: Annotated[Path, typer.Argument(help="ONNX model, or a compiled artifact folder")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (usable as a prune "
                                           "config)")] = False,
 ) -> None:
-    """List layers, channel groups (prunable or frozen and why), MACs, params, bytes."""
+    """List layers, channel groups (prunable or frozen and why), MACs, params, bytes.
+    On a compiled artifact folder: which layers run integer / on the accelerator and
+    which fell back to float, and why."""
+    if model.is_dir():
+        _inspect_artifact(model, as_json)
+        return
     rep = inspect_model(load_onnx(model))
     if as_json:
         typer.echo(json.dumps(rep, indent=1))
@@ -43,6 +48,22 @@ def inspect_cmd(
                    ", ".join(g["sources"]))
     console.print(gt)
     console.print(f"MACs {rep['macs']:,}  params {rep['params']:,}  bytes {rep['size_bytes']:,}")
+
+
+def _inspect_artifact(artifact: Path, as_json: bool) -> None:
+    from pfcompile.compiler import read_meta
+
+    meta = read_meta(artifact)
+    rep = {"artifact": str(artifact), "target": meta["target"]["name"],
+           "library": meta.get("library"), "layers": meta.get("layers", [])}
+    if as_json:
+        typer.echo(json.dumps(rep, indent=1))
+        return
+    t = Table("node", "path", "reason / kernel", title=f"{artifact} (target {rep['target']})")
+    for la in rep["layers"]:
+        t.add_row(la.get("node", ""), la.get("path", ""),
+                  la.get("reason") or la.get("kernel") or "")
+    console.print(t if rep["layers"] else f"{artifact}: float model, no quantized layers")
 
 
 def prune_cmd(

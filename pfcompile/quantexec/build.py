@@ -1,6 +1,6 @@
 """A minimal build path for the integer kernels (tests, benchmarks): ONNX ->
-Relax -> :func:`lower_qdq` -> ``tvm.compile``. The product path is
-``pfcompile.compiler.compile_model``, which calls :func:`lower_qdq` itself."""
+Relax -> :func:`lower_qdq` -> ``tvm.compile``. The product path,
+``pfcompile.compiler.compile_model``, shares :func:`pfcompile.compiler.build_executable`."""
 
 from __future__ import annotations
 
@@ -35,23 +35,11 @@ def build(model: onnx.ModelProto, target, *, integer: bool = True):
     With ``integer=False`` the QDQ pairs stay float fake-quant (TVM's default). With
     ``integer=True`` the target gains the VNNI feature its hardware reports, if any.
     """
-    from pfcompile.quantexec.lower import lower_qdq
+    from pfcompile.compiler import build_executable
     from pfcompile.quantexec.onnx_prep import prepare_qdq
-    from pfcompile.quantexec.x86 import with_int8_features
-
-    if integer:
-        target = with_int8_features(target)
 
     model, reports = prepare_qdq(model)
     mod = import_onnx(model)
-    if integer:
-        mod, layer_reports = lower_qdq(mod, target, onnx_layer_names(model))
-        reports += layer_reports
-    from pfcompile.quantexec.pipeline import int8_pipeline
-
-    tt = target.tvm_target()
-    try:
-        ex = tvm.compile(mod, target=tt, relax_pipeline=int8_pipeline(tt) if integer else "default")
-    except Exception as exc:
-        raise CompileError(f"tvm.compile failed for target '{target.name}': {exc}") from exc
-    return ex, reports
+    ex, layer_reports = build_executable(mod, target, integer=integer,
+                                         layer_names=onnx_layer_names(model) if integer else None)
+    return ex, reports + layer_reports

@@ -35,7 +35,7 @@ def quant_report(model: str | Path, target: str = "host") -> dict:
 
 
 def quant_report_cmd(
-    model: Path = typer.Argument(..., help="ONNX model (QDQ format)"),  # noqa: B008
+    model: Path = typer.Argument(..., help="ONNX model (QDQ format)"),
     target: str = typer.Option("host", "--target", "-t", help="target name or .toml path"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
