@@ -84,7 +84,7 @@ def test_compile_and_measure_commands_on_accelerator_target(server, tmp_path: Pa
     assert [la["path"] for la in art.meta["layers"]] == ["accelerator"]
     res = measure_accelerator(art.dir, load_target("fpga-vta"), device=f"127.0.0.1:{server.port}")
     assert res["verified"] is True and res["simulated"] is True
-    assert res["tolerance"] == pytest.approx(0.1 * 1.001)  # one step of the dequantized output
+    assert res["tolerance"] >= 0.1  # at least one step of the dequantized output
     assert res["max_abs_err"] <= res["tolerance"]
     assert res["accel_ms_simulated"] > 0 and res["median_ms"] > res["accel_ms_simulated"]
     with pytest.raises(DeviceError, match="device serve --target fpga-vta"):
