@@ -34,9 +34,9 @@ __all__ = [
     "append_jsonl",
     "make_runner",
     "measure",
+    "quantized_tolerance",
     "read_artifact",
     "reference_outputs",
-    "quantized_tolerance",
     "tolerance_for",
     "verify",
 ]
