@@ -165,6 +165,11 @@ def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
     ``records_dir`` holds ``<target>/records.jsonl`` (default: the repository's
     ``schedules/``); workloads without a record use the nearest tuned neighbour
     or the analytic heuristic."""
+    if not isinstance(mod, tvm.IRModule) or not any(
+            isinstance(f, relax.Function) for f in mod.functions.values()):
+        raise CompileError(f"pfcompile codegen for target '{target.name}' needs a Relax IRModule "
+                           "(from tvm.relax.frontend.onnx.from_onnx); got one without a Relax "
+                           "function")
     db = RecordDB.for_target(records_dir, target.name)
     try:
         return tvm.compile(mod, target=target.tvm_target(),
