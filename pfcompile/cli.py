@@ -28,7 +28,9 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # one line per command module; each defines register(app)
-    pass
+    from pfcompile.codegen.cli import register as register_codegen
+
+    register_codegen(app)
 
 
 _register()

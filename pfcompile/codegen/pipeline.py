@@ -122,6 +122,8 @@ def schedule_module(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
+        if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+            continue  # scheduled already (MetaSchedule database)
         name = gv.name_hint
         template, wl = match(func)
         if template is None:
@@ -141,7 +143,8 @@ def schedule_module(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     return out
 
 
-def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None):
+def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
+                   metaschedule_dir: Path | None = None, templates: bool = True):
     """A ``relax_pipeline`` for ``tvm.compile``."""
     from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
 
@@ -150,7 +153,12 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None)
     @tvm.transform.module_pass(opt_level=0, name="pfcompile_codegen")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         mod = fuse_to_tir(mod, target)
-        mod = schedule_module(mod, target, db, report=report)
+        if metaschedule_dir is not None:
+            from pfcompile.codegen.metaschedule import apply_database
+
+            mod = apply_database(mod, metaschedule_dir, target)
+        if templates:
+            mod = schedule_module(mod, target, db, report=report)
         with tvm_target:
             return tvm.transform.Sequential(dataflow_lower_passes(tvm_target)
                                             + finalize_passes(tvm_target))(mod)
@@ -159,12 +167,14 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None)
 
 
 def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
-          report: list | None = None):
+          report: list | None = None, metaschedule_dir: Path | None = None,
+          templates: bool = True):
     """Relax IRModule → TVM Executable for ``target`` with pfcompile's schedules.
 
     ``records_dir`` holds ``<target>/records.jsonl`` (default: the repository's
     ``schedules/``); workloads without a record use the nearest tuned neighbour
-    or the analytic heuristic."""
+    or the analytic heuristic. ``metaschedule_dir``: apply a MetaSchedule
+    database first (comparison); ``templates=False``: no pfcompile schedules."""
     if not isinstance(mod, tvm.IRModule) or not any(
             isinstance(f, relax.Function) for f in mod.functions.values()):
         raise CompileError(f"pfcompile codegen for target '{target.name}' needs a Relax IRModule "
@@ -173,7 +183,8 @@ def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
     db = RecordDB.for_target(records_dir, target.name)
     try:
         return tvm.compile(mod, target=target.tvm_target(),
-                           relax_pipeline=relax_pipeline(target, db, report))
+                           relax_pipeline=relax_pipeline(target, db, report,
+                                                          metaschedule_dir, templates))
     except CompileError:
         raise
     except Exception as exc:

@@ -67,6 +67,8 @@ class DenseTemplate:
         t = lanes * max(1, min(4, (hw.vector_registers - 4) // 2))
         while t > lanes and n % t:
             t -= lanes
+        if n <= 2 * t:          # small layer: one tile, no thread launch
+            t = lanes * -(-n // lanes)
         return DenseParams(n_tile=t, k_unroll=4)
 
     def space(self, wl: Workload, hw: Hardware) -> list[DenseParams]:
@@ -96,7 +98,9 @@ class DenseTemplate:
         sch.unroll(jio)
         sch.unroll(ki)
         sch.reverse_compute_at(last, jo)
-        sch.parallel(sch.fuse(i, jo))
+        d = wl.d
+        if -(-d["n"] // p.n_tile) >= 2 and d["m"] * d["k"] * d["n"] >= 32768:
+            sch.parallel(sch.fuse(i, jo))
         sch.decompose_reduction(blk, ko)
         schedule_rest(sch, hw, {name, str(sch.get(last).name_hint), name + "_init"})
         return sch.mod["main"]
