@@ -12,7 +12,7 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
-from pfcompile.codegen.layout import convert_layout_pass
+from pfcompile.codegen.layout import convert_layout_pass, fold_constant_layout_transforms
 from pfcompile.codegen.records import RecordDB
 from pfcompile.codegen.te_ops import legalize_conv2d
 from pfcompile.errors import CompileError
@@ -60,11 +60,13 @@ def channel_block(hw: Hardware) -> int:
 def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
     """Relax module → blocked layout, legalized, fused (PrimFuncs not yet scheduled)."""
     hw = Hardware.from_target(target)
-    seq = tvm.transform.Sequential([
+    pre = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
         relax.transform.Normalize(),
         convert_layout_pass(channel_block(hw)),
         relax.transform.Normalize(),
+    ])
+    seq = tvm.transform.Sequential([
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
@@ -73,7 +75,7 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
         relax.transform.DeadCodeElimination(),
     ])
     with target.tvm_target():
-        return seq(mod)
+        return seq(fold_constant_layout_transforms(pre(mod)))
 
 
 def _clamp(params: Any, wl: Workload) -> Any:
