@@ -21,8 +21,8 @@ from pfcompile.schedules import Hardware
 from pfcompile.targets import load_target
 
 tvm = pytest.importorskip("tvm")
-from tvm import relax  # noqa: E402
-from tvm.relax.frontend.onnx import from_onnx  # noqa: E402
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
 
 HOST = load_target("host")
 
@@ -150,8 +150,9 @@ def test_heuristic_reads_the_target_file():
     from pfcompile.schedules import Conv2dTemplate, Workload
     from pfcompile.schedules.base import dims_tuple
 
-    dims = dict(n=1, cin=64, cout=64, ih=56, iw=56, kh=3, kw=3, sh=1, sw=1, dh=1, dw=1,
-                pt=1, pl=1, pb=1, pr=1, groups=1, ib=8, ob=8, oh=60, ow=60)
+    dims = {"n": 1, "cin": 64, "cout": 64, "ih": 60, "iw": 60, "kh": 3, "kw": 3, "sh": 1,
+            "sw": 1, "dh": 1, "dw": 1, "pt": 1, "pl": 1, "pb": 1, "pr": 1, "groups": 1,
+            "ib": 8, "ob": 8, "oh": 60, "ow": 60}
     wl = Workload("conv2d", dims_tuple(dims), 1, "NCHW8c->NCHW8c")
     p_host = Conv2dTemplate().heuristic(wl, h_host)
     p_arm = Conv2dTemplate().heuristic(wl, h_arm)

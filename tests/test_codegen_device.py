@@ -52,7 +52,7 @@ def arm_device():
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PYTHONPATH"] = str(site)
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([str(wrapper), "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
                              "--port", str(port), "--port-end", str(port + 1)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -60,7 +60,7 @@ def arm_device():
         deadline = time.time() + 240
         while time.time() < deadline:
             log.seek(0)
-            if b"bind to" in log.read() or b"listening" in log.read():
+            if b"bind to" in log.read():
                 break
             if proc.poll() is not None:
                 log.seek(0)

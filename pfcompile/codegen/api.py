@@ -25,7 +25,7 @@ def import_onnx(path: str | Path, input_shapes: list[str] | None = None) -> tvm.
     try:
         return from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
                          dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CompileError(f"TVM could not import {path}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -14,16 +15,16 @@ console = Console()
 
 
 def tune_cmd(
-    model: Path = typer.Argument(..., help="ONNX model to tune"),
-    target: str = typer.Option("host", "--target", "-t", help="target name or .toml"),
-    trials: int = typer.Option(32, "--trials", "-n", help="measured candidates in total"),
-    tuner: str = typer.Option("pfcompile", "--tuner", help="pfcompile | metaschedule"),
-    device: str = typer.Option(None, "--device", help="RPC server HOST:PORT (direct)"),
-    rpc: str = typer.Option(None, "--rpc", help="RPC tracker HOST:PORT"),
-    key: str = typer.Option(None, "--key", help="device key at the tracker (default: target's)"),
-    records: Path = typer.Option(None, "--records", help="records folder (default: schedules/)"),
-    input_shape: list[str] = typer.Option(None, "--input-shape", help="name:1x3x224x224"),
-    retune: bool = typer.Option(False, "--retune", help="tune workloads that have records"),
+    model: Annotated[Path, typer.Argument(help="ONNX model to tune")],
+    target: Annotated[str, typer.Option("--target", "-t", help="target name or .toml")] = "host",
+    trials: Annotated[int, typer.Option("--trials", "-n", help="measured candidates in total")] = 32,
+    tuner: Annotated[str, typer.Option(help="pfcompile | metaschedule")] = "pfcompile",
+    device: Annotated[str | None, typer.Option(help="RPC server HOST:PORT (direct)")] = None,
+    rpc: Annotated[str | None, typer.Option(help="RPC tracker HOST:PORT")] = None,
+    key: Annotated[str | None, typer.Option(help="device key at the tracker")] = None,
+    records: Annotated[Path | None, typer.Option(help="records folder (default: schedules/)")] = None,
+    input_shape: Annotated[list[str] | None, typer.Option(help="name:1x3x224x224")] = None,
+    retune: Annotated[bool, typer.Option(help="tune workloads that have records")] = False,
 ) -> None:
     """Refine schedule-template parameters per workload by measurement; records
     go to schedules/<target>/records.jsonl and serve every later compile."""

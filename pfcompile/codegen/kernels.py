@@ -19,8 +19,14 @@ from tvm import tirx
 
 from pfcompile.errors import ConfigError, DeviceError
 
-__all__ = ["KernelTiming", "KernelTimer", "LocalKernelTimer", "RPCKernelTimer", "make_timer",
-           "time_kernels"]
+__all__ = [
+    "KernelTimer",
+    "KernelTiming",
+    "LocalKernelTimer",
+    "RPCKernelTimer",
+    "make_timer",
+    "time_kernels",
+]
 
 
 @dataclass(frozen=True)
@@ -129,7 +135,7 @@ class RPCKernelTimer(KernelTimer):
             else:
                 tr = rpc.connect_tracker(host, int(port))
                 self._sess = tr.request(self.key, session_timeout=self.session_timeout_s)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise DeviceError(f"cannot reach RPC {'device' if self.device else 'tracker'} "
                               f"{addr}{'' if self.device else f' (key {self.key})'}: {exc}") from exc
         return self._sess
@@ -155,8 +161,8 @@ class RPCKernelTimer(KernelTimer):
 def make_timer(target: Any, device: str | None = None, rpc: str | None = None,
                key: str | None = None) -> KernelTimer:
     m = target.measure
-    kw = dict(number=max(1, min(m.number, 5)), repeat=max(1, min(m.repeat, 3)),
-              min_repeat_ms=min(m.min_repeat_ms, 20))
+    kw = {"number": max(1, min(m.number, 5)), "repeat": max(1, min(m.repeat, 3)),
+          "min_repeat_ms": min(m.min_repeat_ms, 20)}
     if device or rpc:
         return RPCKernelTimer(device=device, rpc=rpc, key=key or target.rpc_key, **kw)
     return LocalKernelTimer(**kw)

@@ -99,7 +99,7 @@ def fold_constant_layout_transforms(mod):
                 e = b if b is not None else e
             return e.value.numpy() if isinstance(e, tvm.ir.expr.Constant) else None
 
-        def visit_call_(self, call):  # noqa: N802 - TVM's visitor name
+        def visit_call_(self, call):
             call = super().visit_call_(call)
             if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)):
                 return call

@@ -22,7 +22,7 @@ from pfcompile.codegen.pipeline import fuse_to_tir
 from pfcompile.codegen.records import default_records_dir
 from pfcompile.errors import ConfigError, SearchError
 
-__all__ = ["metaschedule_dir", "tune_metaschedule", "apply_database"]
+__all__ = ["apply_database", "metaschedule_dir", "tune_metaschedule"]
 
 OP_NAMES = ["conv2d", "matmul"]
 
@@ -73,7 +73,7 @@ def tune_metaschedule(mod: tvm.IRModule, target: Any, *, trials: int,
             runner=ms.runner.LocalRunner(timeout_sec=120, evaluator_config=ms.runner.EvaluatorConfig(
                 number=3, repeat=1, min_repeat_ms=10, enable_cpu_cache_flush=False)),
         )
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise SearchError(f"MetaSchedule tuning failed: {type(exc).__name__}: {exc}") from exc
     results = []
     for rec in db.get_all_tuning_records():

@@ -21,13 +21,13 @@ from pfcompile.schedules.base import params_from_dict, params_to_dict
 
 __all__ = [
     "KernelWorkload",
-    "channel_block",
-    "fuse_to_tir",
-    "choose_params",
-    "schedule_module",
-    "relax_pipeline",
     "build",
+    "channel_block",
+    "choose_params",
+    "fuse_to_tir",
     "kernel_workloads",
+    "relax_pipeline",
+    "schedule_module",
 ]
 
 

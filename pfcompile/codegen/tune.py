@@ -28,7 +28,7 @@ from pfcompile.errors import ConfigError, SearchError
 from pfcompile.schedules import Hardware, Workload, match
 from pfcompile.schedules.base import params_to_dict
 
-__all__ = ["TuneSettings", "WorkloadResult", "CostModel", "tunable_workloads", "tune"]
+__all__ = ["CostModel", "TuneSettings", "WorkloadResult", "tunable_workloads", "tune"]
 
 TUNABLE = ("conv2d", "conv2d_1x1", "depthwise", "dense")
 _FAMILY_ID = {f: i for i, f in enumerate(TUNABLE)}
@@ -104,7 +104,7 @@ def tunable_workloads(mod: tvm.IRModule, target: Any) -> list[tuple[Any, Workloa
     """(template, workload, one PrimFunc, count) per distinct tunable workload."""
     fused = fuse_to_tir(mod, target)
     seen: dict[str, list] = {}
-    for _gv, f in fused.functions.items():
+    for f in fused.functions.values():
         if not isinstance(f, tirx.PrimFunc):
             continue
         t, wl = match(f)
@@ -180,7 +180,7 @@ def _tune_one(template: Any, wl: Workload, func: tirx.PrimFunc, count: int, budg
         left = [p for p in space if p not in measured and p not in todo]
         n_more = min(settings.batch, budget - trials) - len(todo)
         if n_more > 0 and left:
-            n_rand = int(round(n_more * settings.explore))
+            n_rand = round(n_more * settings.explore)
             feats = [CostModel.featurize(template, wl, p, hw) for p in left]
             pred = cost.predict(feats)
             if pred is None:

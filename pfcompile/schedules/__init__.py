@@ -12,20 +12,20 @@ from pfcompile.schedules.depthwise import DepthwiseParams, DepthwiseTemplate
 from pfcompile.schedules.generic import GenericParams, GenericTemplate
 
 __all__ = [
+    "TEMPLATES",
+    "Conv2dTemplate",
+    "ConvParams",
+    "DenseParams",
+    "DenseTemplate",
+    "DepthwiseParams",
+    "DepthwiseTemplate",
+    "GenericParams",
+    "GenericTemplate",
     "Hardware",
     "Template",
     "Workload",
-    "TEMPLATES",
     "match",
     "template_for",
-    "Conv2dTemplate",
-    "ConvParams",
-    "DenseTemplate",
-    "DenseParams",
-    "DepthwiseTemplate",
-    "DepthwiseParams",
-    "GenericTemplate",
-    "GenericParams",
 ]
 
 #: tried in order; the generic template takes whatever is left

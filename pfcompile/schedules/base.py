@@ -9,6 +9,7 @@ its ``space`` for measured refinement, turn (workload, params) into
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -18,16 +19,16 @@ from tvm import s_tir, tirx
 
 __all__ = [
     "Hardware",
-    "Workload",
     "Template",
-    "root_blocks",
+    "Workload",
     "block_iter_kinds",
     "inline_epilogue",
+    "params_from_dict",
+    "params_to_dict",
+    "root_blocks",
     "schedule_injective",
     "schedule_reduction",
     "schedule_rest",
-    "params_to_dict",
-    "params_from_dict",
 ]
 
 
@@ -177,10 +178,8 @@ def schedule_reduction(sch: s_tir.Schedule, block, hw: Hardware) -> None:
         sch.parallel(par)
     if vec:
         sch.vectorize(inner)
-    try:
+    with contextlib.suppress(Exception):  # an undecomposable init stays fused: still correct
         sch.decompose_reduction(block, rd[0])
-    except Exception:  # noqa: BLE001 - an undecomposable init stays fused: still correct
-        pass
 
 
 def schedule_rest(sch: s_tir.Schedule, hw: Hardware, done: set[str]) -> None:
@@ -190,14 +189,13 @@ def schedule_rest(sch: s_tir.Schedule, hw: Hardware, done: set[str]) -> None:
             continue
         if sch.get(b).annotations.get("pf_scheduled") is not None:
             continue
-        try:
-            kinds = block_iter_kinds(sch, b)
+        kinds = block_iter_kinds(sch, b)
+        # a block we cannot schedule stays as it is (naive but correct)
+        with contextlib.suppress(Exception):
             if any(k == 2 for k in kinds):
                 schedule_reduction(sch, b, hw)
             elif all(k == 0 for k in kinds):
                 schedule_injective(sch, b, hw)
-        except Exception:  # noqa: BLE001 - leave a block we cannot schedule as is
-            continue
 
 
 def dims_tuple(d: dict[str, int]) -> tuple[tuple[str, int], ...]:

@@ -33,7 +33,7 @@ from pfcompile.schedules.base import (
     schedule_rest,
 )
 
-__all__ = ["ConvParams", "Conv2dTemplate"]
+__all__ = ["Conv2dTemplate", "ConvParams"]
 
 
 @dataclass(frozen=True)

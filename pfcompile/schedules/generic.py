@@ -5,6 +5,7 @@ No parameters: the heuristic is the schedule."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
@@ -90,9 +91,7 @@ class GenericTemplate:
         # inline elementwise producers into their consumers where TVM allows it
         for b in blocks[:-1]:
             if all(k == 0 for k in block_iter_kinds(sch, b)):
-                try:
+                with contextlib.suppress(Exception):  # not inlinable: scheduled on its own
                     sch.compute_inline(b)
-                except Exception:  # noqa: BLE001 - not inlinable: scheduled on its own
-                    pass
         schedule_rest(sch, hw, set())
         return sch.mod["main"]
