@@ -87,6 +87,7 @@ def bench_model(name: str, path: Path, net: nn.Module | None, shape: tuple, targ
             console.print(f"[red]{name} {label}: max error {errors[label]:.2e} vs onnxruntime[/]")
         variants[label] = lambda: vm["main"](xt)
 
+    trials = args.ms_trials if run_metaschedule else args.trials
     console.print(f"[bold]{name}[/]: compiling ...")
     if name != "resnet18_pruned":
         add("TVM untuned", lambda: tvm.compile(mod, target=target.tvm_target()))
@@ -103,14 +104,14 @@ def bench_model(name: str, path: Path, net: nn.Module | None, shape: tuple, targ
     else:
         t0 = time.perf_counter()
         res = tune(mod, target, LocalKernelTimer(number=3, repeat=3, min_repeat_ms=10),
-                   settings=TuneSettings(trials=args.trials, batch=4), records_dir=records)
+                   settings=TuneSettings(trials=trials, batch=4), records_dir=records)
         console.print(f"  pfcompile tuning: {sum(r.trials for r in res)} measurements, "
                       f"{time.perf_counter() - t0:.0f} s")
         add("pfcompile tuned", lambda: codegen.build(mod, target, records_dir=records))
         if run_metaschedule:
             t0 = time.perf_counter()
-            tune_metaschedule(mod, target, trials=args.trials, records_dir=records)
-            console.print(f"  MetaSchedule tuning: {args.trials} trials, "
+            tune_metaschedule(mod, target, trials=trials, records_dir=records)
+            console.print(f"  MetaSchedule tuning: {trials} trials, "
                           f"{time.perf_counter() - t0:.0f} s")
             add("MetaSchedule", lambda: codegen.build(
                 mod, target, records_dir=empty,
@@ -134,7 +135,7 @@ def bench_model(name: str, path: Path, net: nn.Module | None, shape: tuple, targ
                 times[label].append(time.perf_counter() - t0)
     med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
     console.print({k: round(v, 2) for k, v in med.items()})
-    return med, compile_s, errors
+    return med, compile_s, errors, trials
 
 
 def main() -> None:
@@ -143,7 +144,9 @@ def main() -> None:
                     default=["resnet18", "resnet18_pruned", "mobilenet_v2", "demo"])
     ap.add_argument("--trials", type=int, default=48, help="tuning budget per model (both tuners)")
     ap.add_argument("--metaschedule", nargs="*", default=["demo"],
-                    help="models to tune with MetaSchedule too (slow: minutes per few trials)")
+                    help="models to tune with MetaSchedule too (slow: minutes per trial here)")
+    ap.add_argument("--ms-trials", type=int, default=8,
+                    help="budget of BOTH tuners on the models tuned with MetaSchedule")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=2, help="runs per variant per round")
     ap.add_argument("--untuned-runs", type=int, default=1)
@@ -161,27 +164,28 @@ def main() -> None:
                   f"{os.getloadavg()[0]:.1f}")
     rows = []
     for name, (path, net, shape) in models(args.models, args.work).items():
-        med, cs, err = bench_model(name, path, net, shape, target, args, records,
-                                   name in set(args.metaschedule or []))
-        rows.append((name, med, cs, err))
+        med, cs, err, trials = bench_model(name, path, net, shape, target, args, records,
+                                           name in set(args.metaschedule or []))
+        rows.append((name, med, cs, err, trials))
     cols = ["TVM untuned", "pfcompile heuristic", "pfcompile tuned", "MetaSchedule",
             "onnxruntime", "torch"]
     table = Table(title=f"batch-1 latency on this host, median ms (× onnxruntime); "
-                        f"tuned = {args.trials} measured kernels per model; load at end "
+                        f"budget = measured kernels per tuner; load at end "
                         f"{os.getloadavg()[0]:.1f}")
     table.add_column("model")
+    table.add_column("budget", justify="right")
     for c in cols:
         table.add_column(c, justify="right")
-    for name, med, _cs, _err in rows:
+    for name, med, _cs, _err, trials in rows:
         ortm = med["onnxruntime"]
-        table.add_row(name, *[f"{med[c]:.2f} ({med[c] / ortm:.2f}×)" if c in med else "-"
+        table.add_row(name, "records" if name == "resnet18_pruned" else str(trials), *[f"{med[c]:.2f} ({med[c] / ortm:.2f}×)" if c in med else "-"
                               for c in cols])
     console.print(table)
     ct = Table(title="compile seconds (max |error| vs onnxruntime)")
     ct.add_column("model")
     for c in cols[:4]:
         ct.add_column(c, justify="right")
-    for name, _med, cs, err in rows:
+    for name, _med, cs, err, _t in rows:
         ct.add_row(name, *[f"{cs[c]:.1f} ({err[c]:.1e})" if c in cs else "-" for c in cols[:4]])
     console.print(ct)
 

@@ -3,7 +3,7 @@
 It tunes the same fused kernels (pfcompile's blocked layout, unscheduled
 PrimFuncs of the conv/dense kernels), configured to work on a small shared
 machine: builder timeout 300 s (the default 30 s kills every build on 2 cores),
-2 build workers, a local runner. Its database lives in
+2 build workers, a local runner, a small evolutionary population. Its database lives in
 ``schedules/<target>/metaschedule/``; :func:`pfcompile.codegen.build` applies it
 when given ``metaschedule_dir``. Host only (MetaSchedule's own RPC runner is not
 wired here).
@@ -72,6 +72,10 @@ def tune_metaschedule(mod: tvm.IRModule, target: Any, *, trials: int,
             builder=ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=builder_timeout_s),
             runner=ms.runner.LocalRunner(timeout_sec=120, evaluator_config=ms.runner.EvaluatorConfig(
                 number=3, repeat=1, min_repeat_ms=10, enable_cpu_cache_flush=False)),
+            # a smaller evolutionary search than the default (512 × 4 generations), so that
+            # a short budget is not spent in the cost model's population on 2 cores
+            strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=64, init_min_unmeasured=16, genetic_num_iters=2),
         )
     except Exception as exc:
         raise SearchError(f"MetaSchedule tuning failed: {type(exc).__name__}: {exc}") from exc

@@ -27,6 +27,7 @@ __all__ = [
     "params_to_dict",
     "root_blocks",
     "schedule_injective",
+    "schedule_pad_rows",
     "schedule_reduction",
     "schedule_rest",
 ]
@@ -142,6 +143,15 @@ def schedule_injective(sch: s_tir.Schedule, block, hw: Hardware) -> None:
             sch.parallel(outer)
     elif ext is not None and ext >= 256:
         sch.parallel(fused)
+
+
+def schedule_pad_rows(sch: s_tir.Schedule, block, hw: Hardware) -> None:
+    """A padding stage computed under a conv's parallel row loop: vectorize its
+    channel chunk (innermost loop) when it is a multiple of the lane count."""
+    loops = sch.get_loops(block)
+    ext = _extent(sch, loops[-1])
+    if ext is not None and ext % hw.fp32_lanes == 0 and ext <= 64:
+        sch.vectorize(loops[-1])
 
 
 def _extent(sch: s_tir.Schedule, loop) -> int | None:

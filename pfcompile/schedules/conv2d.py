@@ -29,7 +29,7 @@ from pfcompile.schedules.base import (
     dims_tuple,
     inline_epilogue,
     root_blocks,
-    schedule_injective,
+    schedule_pad_rows,
     schedule_rest,
 )
 
@@ -40,7 +40,7 @@ __all__ = ["Conv2dTemplate", "ConvParams"]
 class ConvParams:
     ow_tile: int = 8        # output columns per register tile
     oc_tile: int = 1        # output-channel chunks per register tile
-    pad_root: bool = True   # materialise padding once (True) or inline it into the conv
+    pad_stage: bool = True  # padded input rows per task (True) or padding inlined in the conv
     unroll_kw: bool = True  # unroll the kernel-width loop
 
 
@@ -97,7 +97,7 @@ class Conv2dTemplate:
             best = min(cap, ow)
         # a large L1 footprint of the input rows argues for shorter tiles; 14 fits in 32 KiB
         pad = d["pt"] + d["pl"] + d["pb"] + d["pr"] > 0
-        return ConvParams(ow_tile=best, oc_tile=oc_tile, pad_root=pad, unroll_kw=d["kw"] <= 3)
+        return ConvParams(ow_tile=best, oc_tile=oc_tile, pad_stage=pad, unroll_kw=d["kw"] <= 3)
 
     def space(self, wl: Workload, hw: Hardware) -> list[ConvParams]:
         d = wl.d
@@ -112,9 +112,9 @@ class Conv2dTemplate:
             for t in range(1, min(ow, 32) + 1):
                 if t * oc_tile * vpo > limit:
                     break
-                for pad_root in ((True, False) if pad else (False,)):
+                for pad_stage in ((True, False) if pad else (False,)):
                     for unroll_kw in ((True, False) if d["kw"] > 1 else (True,)):
-                        out.append(ConvParams(t, oc_tile, pad_root, unroll_kw))
+                        out.append(ConvParams(t, oc_tile, pad_stage, unroll_kw))
         return out
 
     def features(self, wl: Workload, p: ConvParams, hw: Hardware) -> list[float]:
@@ -123,7 +123,7 @@ class Conv2dTemplate:
         acc = p.ow_tile * p.oc_tile * vpo
         tail = (-d["ow"]) % p.ow_tile
         return [p.ow_tile, p.oc_tile, acc, acc / hw.vector_registers, float(tail == 0),
-                tail / max(1, d["ow"]), float(p.pad_root), float(p.unroll_kw),
+                tail / max(1, d["ow"]), float(p.pad_stage), float(p.unroll_kw),
                 d["cin"], d["cout"], d["oh"], d["ow"], d["kh"], d["sh"], d["ib"], d["ob"],
                 hw.fp32_lanes, hw.vector_registers, (d["cout"] // d["ob"] // p.oc_tile) * d["oh"]]
 
@@ -144,12 +144,16 @@ class Conv2dTemplate:
         oco, oci = sch.split(oc, [None, oc_tile])
         xo, xi = sch.split(x, [None, max(1, min(p.ow_tile, d["ow"]))])
         vec_o = d["ob"] % hw.fp32_lanes == 0 or d["ob"] >= hw.fp32_lanes
+        has_pad = d["pt"] + d["pl"] + d["pb"] + d["pr"] > 0
+        # with a padding stage the row is the outer task (its padded input rows are
+        # built once and reused by every oc chunk); else oc chunks and rows are fused
+        outer = [b, y, oco] if (has_pad and p.pad_stage) else [b, oco, y]
         if vec_o:
-            sch.reorder(b, oco, y, xo, ric, rkh, rkw, rib, oci, xi, o)
+            sch.reorder(*outer, xo, ric, rkh, rkw, rib, oci, xi, o)
             sch.vectorize(o)
             sch.unroll(xi)
         else:
-            sch.reorder(b, oco, y, xo, ric, rkh, rkw, rib, oci, o, xi)
+            sch.reorder(*outer, xo, ric, rkh, rkw, rib, oci, o, xi)
             sch.unroll(o)
             if p.ow_tile % hw.fp32_lanes == 0 and d["ow"] % p.ow_tile == 0:
                 sch.vectorize(xi)
@@ -165,13 +169,17 @@ class Conv2dTemplate:
         except Exception:  # noqa: BLE001 - no padding in this conv
             pad = None
         if pad is not None:
-            if p.pad_root:
-                schedule_injective(sch, pad, hw)
-            else:
+            if not p.pad_stage:
                 sch.compute_inline(pad)
+                pad = None
             done.add(PAD_BLOCK)
-        par = sch.fuse(b, oco, y)
-        sch.parallel(par)
+        if pad is not None:   # the input rows one output row needs, padded, per task
+            par = sch.fuse(b, y)
+            sch.parallel(par)
+            sch.compute_at(pad, par)
+            schedule_pad_rows(sch, pad, hw)
+        else:
+            sch.parallel(sch.fuse(b, oco, y))
         el = sch.get_loops(last)
         inner = el[-1]
         if vec_o:

@@ -15,7 +15,7 @@ from pfcompile.schedules.base import (
     dims_tuple,
     inline_epilogue,
     root_blocks,
-    schedule_injective,
+    schedule_pad_rows,
     schedule_rest,
 )
 
@@ -25,7 +25,7 @@ __all__ = ["DepthwiseParams", "DepthwiseTemplate"]
 @dataclass(frozen=True)
 class DepthwiseParams:
     ow_tile: int = 8
-    pad_root: bool = True
+    pad_stage: bool = True
 
 
 class DepthwiseTemplate:
@@ -56,7 +56,7 @@ class DepthwiseTemplate:
         t = max(divs)
         if t < cap // 2:
             t = min(cap, d["ow"])
-        return DepthwiseParams(ow_tile=t, pad_root=d["pt"] + d["pl"] > 0)
+        return DepthwiseParams(ow_tile=t, pad_stage=d["pt"] + d["pl"] > 0)
 
     def space(self, wl: Workload, hw: Hardware) -> list[DepthwiseParams]:
         d = wl.d
@@ -68,7 +68,7 @@ class DepthwiseTemplate:
         d = wl.d
         tail = (-d["ow"]) % p.ow_tile
         return [p.ow_tile, 1, p.ow_tile * max(1, d["ob"] // hw.fp32_lanes), 0.0, float(tail == 0),
-                tail / max(1, d["ow"]), float(p.pad_root), 1.0, d["cin"], d["cout"], d["oh"],
+                tail / max(1, d["ow"]), float(p.pad_stage), 1.0, d["cin"], d["cout"], d["oh"],
                 d["ow"], d["kh"], d["sh"], d["ib"], d["ob"], hw.fp32_lanes, hw.vector_registers,
                 d["cout"] // d["ob"] * d["oh"]]
 
@@ -100,12 +100,15 @@ class DepthwiseTemplate:
         except Exception:  # noqa: BLE001
             pad = None
         if pad is not None:
-            if p.pad_root:
-                schedule_injective(sch, pad, hw)
-            else:
+            if not p.pad_stage:
                 sch.compute_inline(pad)
+                pad = None
             done.add(PAD_BLOCK)
-        sch.parallel(sch.fuse(b, c, y))
+        par = sch.fuse(b, c, y)
+        sch.parallel(par)
+        if pad is not None:   # the input rows one output row needs, padded, per task
+            sch.compute_at(pad, par)
+            schedule_pad_rows(sch, pad, hw)
         if vec_o:
             sch.vectorize(sch.get_loops(last)[-1])
         sch.decompose_reduction(conv, rkh)
