@@ -4,8 +4,10 @@ latencies under qemu are not ARM latencies."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -55,7 +57,8 @@ def arm_device():
     log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([str(wrapper), "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
                              "--port", str(port), "--port-end", str(port + 1)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+                            env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)   # its session workers die with it
     try:
         deadline = time.time() + 240
         while time.time() < deadline:
@@ -69,11 +72,13 @@ def arm_device():
         time.sleep(2)
         yield f"127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)   # the server and the workers it forked
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         log.close()
 

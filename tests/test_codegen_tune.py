@@ -127,3 +127,14 @@ def test_cli_tune(tmp_path):
     assert records_path(tmp_path, "host").exists()
     bad = CliRunner().invoke(app, ["tune", str(DEMO), "--tuner", "nope", "--records", str(tmp_path)])
     assert isinstance(bad.exception, ConfigError)
+
+
+def test_budget_is_a_hard_limit(demo_mod, tmp_path):
+    timer = FakeTimer()
+    res = tune(demo_mod, HOST, timer, settings=TuneSettings(trials=5, batch=2),
+               records_dir=tmp_path)
+    assert sum(r.trials for r in res) <= 5
+    assert any(r.skipped == "no budget left" for r in res)
+    tuned = [r for r in res if r.trials]
+    # the heaviest workloads are the ones measured
+    assert max(r.macs * r.count for r in tuned) == max(r.macs * r.count for r in res)

@@ -4,7 +4,7 @@ onnxruntime, torch. Medians over interleaved rounds (all variants of a model
 are timed round-robin so that load drift hits them alike), ratio to onnxruntime.
 
     python tools/bench_codegen.py                      # all models
-    python tools/bench_codegen.py --models demo --trials 24 --metaschedule demo
+    python tools/bench_codegen.py --models demo --metaschedule demo --ms-trials 8
 
 Also prints compile times, and compiles a pruned ResNet-18 (0.75× widths: new
 channel counts) against the records tuned here to show record transfer and
@@ -143,8 +143,9 @@ def main() -> None:
     ap.add_argument("--models", nargs="+",
                     default=["resnet18", "resnet18_pruned", "mobilenet_v2", "demo"])
     ap.add_argument("--trials", type=int, default=48, help="tuning budget per model (both tuners)")
-    ap.add_argument("--metaschedule", nargs="*", default=["demo"],
-                    help="models to tune with MetaSchedule too (slow: minutes per trial here)")
+    ap.add_argument("--metaschedule", nargs="*", default=[],
+                    help="models to tune with MetaSchedule too (slow: one MetaSchedule build "
+                         "took 234 s on the loaded 2-core machine)")
     ap.add_argument("--ms-trials", type=int, default=8,
                     help="budget of BOTH tuners on the models tuned with MetaSchedule")
     ap.add_argument("--rounds", type=int, default=5)

@@ -118,13 +118,21 @@ def tunable_workloads(mod: tvm.IRModule, target: Any) -> list[tuple[Any, Workloa
 
 
 def _split_budget(wls: list, settings: TuneSettings) -> list[int]:
+    """Measurements per workload, summing to at most ``settings.trials``: the
+    heaviest workloads (MACs × occurrences) get ``min_per_workload`` first, the
+    rest is shared in proportion to weight; a workload given 0 keeps its
+    heuristic (or transferred) params."""
     weights = [wl.macs * count for _t, wl, _f, count in wls]
-    n = len(wls)
-    base = [settings.min_per_workload] * n
-    rest = max(0, settings.trials - sum(base))
-    total = sum(weights) or 1
-    extra = [int(rest * w / total) for w in weights]
-    return [b + e for b, e in zip(base, extra, strict=True)]
+    order = sorted(range(len(wls)), key=lambda i: -weights[i])
+    out = [0] * len(wls)
+    left = settings.trials
+    for i in order:
+        take = min(settings.min_per_workload, left)
+        out[i] = take
+        left -= take
+    total = sum(weights[i] for i in order if out[i]) or 1
+    extra = [int(left * weights[i] / total) if out[i] else 0 for i in range(len(wls))]
+    return [o + e for o, e in zip(out, extra, strict=True)]
 
 
 def tune(mod: tvm.IRModule, target: Any, timer: KernelTimer, *, settings: TuneSettings,
@@ -142,6 +150,10 @@ def tune(mod: tvm.IRModule, target: Any, timer: KernelTimer, *, settings: TuneSe
     budgets = _split_budget(wls, settings)
     results: list[WorkloadResult] = []
     for (template, wl, func, count), budget in zip(wls, budgets, strict=True):
+        if budget == 0:
+            results.append(WorkloadResult(wl.key, wl.family, count, wl.macs, None, None, {}, 0,
+                                          "no budget left"))
+            continue
         old = db.get(wl.key)
         if old is not None and old.trials > 0 and not settings.retune:
             results.append(WorkloadResult(wl.key, wl.family, count, wl.macs, old.heuristic_ms,
