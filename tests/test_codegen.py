@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pfcompile import codegen, zoo
+from pfcompile.codegen.pipeline import channel_block
 from pfcompile.codegen.records import Record, RecordDB, records_path
 from pfcompile.errors import CompileError
 from pfcompile.schedules import Hardware
@@ -144,9 +145,11 @@ def test_demo_model_and_kernel_workloads(tmp_path):
 
 
 def test_heuristic_reads_the_target_file():
-    arm = load_target("arm64")
-    h_host, h_arm = Hardware.from_target(HOST), Hardware.from_target(arm)
-    assert (h_host.fp32_lanes, h_arm.fp32_lanes) == (8, 4)
+    h_arm = Hardware.from_target(load_target("arm64"))
+    assert (h_arm.fp32_lanes, h_arm.vector_registers) == (4, 32)   # from targets/arm64.toml
+    h_host = Hardware(fp32_lanes=8, vector_registers=16)             # an AVX2 host
+    assert channel_block(h_host) == 8 and channel_block(h_arm) == 8
+    assert channel_block(Hardware(fp32_lanes=16, vector_registers=32)) == 16  # AVX-512
     from pfcompile.schedules import Conv2dTemplate, Workload
     from pfcompile.schedules.base import dims_tuple
 

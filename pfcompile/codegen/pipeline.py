@@ -5,6 +5,7 @@ TVM's default CPU lowering and ``tvm.compile``."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,9 +53,11 @@ class KernelWorkload:
 
 
 def channel_block(hw: Hardware) -> int:
-    """Channel chunk for the blocked layout: two vectors of fp32 when the
-    register file is large (NEON: 4 lanes × 32 registers → 8), else one (AVX2 → 8)."""
-    return hw.fp32_lanes * (2 if hw.vector_registers >= 32 else 1)
+    """Channel chunk for the blocked layout: one vector of fp32 (AVX2 → 8,
+    AVX-512 → 16), two when vectors are short and registers many (NEON: 4 lanes ×
+    32 registers → 8)."""
+    lanes = hw.fp32_lanes
+    return 2 * lanes if lanes < 8 and hw.vector_registers >= 32 else lanes
 
 
 def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
@@ -107,6 +110,9 @@ def _apply(template: Any, func: tirx.PrimFunc, wl: Workload, params: Any, hw: Ha
     try:
         return template.apply(func, wl, params, hw), source
     except Exception:  # noqa: BLE001 - a template that cannot apply falls back
+        if source != "heuristic":  # recorded/transferred params that do not fit
+            with contextlib.suppress(Exception):
+                return template.apply(func, wl, template.heuristic(wl, hw), hw), "heuristic"
         generic = TEMPLATES[-1]
         try:
             return generic.apply(func, wl, generic.heuristic(wl, hw), hw), "fallback"
