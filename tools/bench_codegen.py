@@ -144,8 +144,8 @@ def main() -> None:
                     default=["resnet18", "resnet18_pruned", "mobilenet_v2", "demo"])
     ap.add_argument("--trials", type=int, default=48, help="tuning budget per model (both tuners)")
     ap.add_argument("--metaschedule", nargs="*", default=[],
-                    help="models to tune with MetaSchedule too (slow: one MetaSchedule build "
-                         "took 234 s on the loaded 2-core machine)")
+                    help="models to tune with MetaSchedule too (slow: 4 MetaSchedule trials "
+                         "took 17 min on the loaded 2-core machine)")
     ap.add_argument("--ms-trials", type=int, default=8,
                     help="budget of BOTH tuners on the models tuned with MetaSchedule")
     ap.add_argument("--rounds", type=int, default=5)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import tvm
+import tvm_ffi
 from tvm import tirx
 
 from pfcompile.codegen.pipeline import fuse_to_tir
@@ -84,8 +85,8 @@ def tune_metaschedule(mod: tvm.IRModule, target: Any, *, trials: int,
         secs = [float(v) for v in rec.run_secs] if rec.run_secs else []
         if not secs:
             continue
-        results.append(WorkloadResult(str(rec.workload.mod.get_global_vars()[0].name_hint),
-                                      "metaschedule", 1, 0, None, 1e3 * min(secs), {}, 1))
+        key = f"metaschedule:{tvm_ffi.structural_hash(rec.workload.mod) & 0xFFFFFFFF:08x}"
+        results.append(WorkloadResult(key, "metaschedule", 1, 0, None, 1e3 * min(secs), {}, 1))
     # best per workload
     best: dict[str, Any] = {}
     for r in results:
