@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "pfcompile.finetune.cli",
     "pfcompile.accel.cli",
     "pfcompile.quantexec.cli",
+    "pfcompile.codegen.cli",
 )
 
 

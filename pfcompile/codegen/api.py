@@ -1,0 +1,53 @@
+"""Entry points the CLI calls: load a model, tune it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import tvm
+
+from pfcompile.codegen.kernels import make_timer
+from pfcompile.codegen.tune import TuneSettings, WorkloadResult, tune
+from pfcompile.errors import CompileError, ConfigError
+from pfcompile.model import input_specs, load_onnx, parse_input_shapes
+from pfcompile.targets import Target, load_target
+
+__all__ = ["import_onnx", "tune_model"]
+
+
+def import_onnx(path: str | Path, input_shapes: list[str] | None = None) -> tvm.IRModule:
+    """ONNX file → Relax module with weights as constants."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = load_onnx(path)
+    specs = input_specs(model, parse_input_shapes(input_shapes))
+    try:
+        return from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
+                         dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
+    except Exception as exc:
+        raise CompileError(f"TVM could not import {path}: {type(exc).__name__}: {exc}") from exc
+
+
+def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,
+               tuner: str = "pfcompile", device: str | None = None, rpc: str | None = None,
+               key: str | None = None, records_dir: Path | None = None,
+               input_shapes: list[str] | None = None, retune: bool = False,
+               log: Callable[[str], None] | None = None) -> list[WorkloadResult]:
+    tgt = target if isinstance(target, Target) else load_target(target)
+    mod = import_onnx(model, input_shapes)
+    if tuner == "metaschedule":
+        from pfcompile.codegen.metaschedule import tune_metaschedule
+
+        return tune_metaschedule(mod, tgt, trials=trials, records_dir=records_dir, log=log)
+    if tuner != "pfcompile":
+        raise ConfigError(f"--tuner must be 'pfcompile' or 'metaschedule' (got '{tuner}')")
+    if tgt.cross_compiler and not (device or rpc):
+        raise ConfigError(f"target '{tgt.name}' is cross-compiled: tune it over RPC "
+                          "(--device HOST:PORT or --rpc TRACKER --key KEY)")
+    timer = make_timer(tgt, device=device, rpc=rpc, key=key)
+    try:
+        return tune(mod, tgt, timer, settings=TuneSettings(trials=trials, retune=retune),
+                    records_dir=records_dir, log=log)
+    finally:
+        timer.close()

@@ -1,0 +1,211 @@
+"""The Relax → executable path: decompose, blocked layout with graph-level
+propagation, legalize (pfcompile's NCHW[x]c conv), fuse, schedule every fused
+PrimFunc with a template (recorded, transferred or heuristic parameters), then
+TVM's default CPU lowering and ``tvm.compile``."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax, tirx
+
+from pfcompile.codegen.layout import convert_layout_pass, fold_constant_layout_transforms
+from pfcompile.codegen.records import RecordDB
+from pfcompile.codegen.te_ops import legalize_conv2d
+from pfcompile.errors import CompileError
+from pfcompile.schedules import TEMPLATES, Hardware, Workload, match
+from pfcompile.schedules.base import params_from_dict, params_to_dict
+
+__all__ = [
+    "KernelWorkload",
+    "build",
+    "channel_block",
+    "choose_params",
+    "fuse_to_tir",
+    "kernel_workloads",
+    "relax_pipeline",
+    "schedule_module",
+]
+
+
+@dataclass(frozen=True)
+class KernelWorkload:
+    """One fused kernel: what it computes and how pfcompile schedules it."""
+
+    name: str                     # the PrimFunc's global name in the module
+    family: str
+    key: str
+    dims: dict[str, int]
+    macs: int
+    layout: str
+    epilogue: int
+    params: dict[str, Any] = field(default_factory=dict)
+    source: str = "heuristic"     # record | transfer | heuristic | fallback | none
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "family": self.family, "key": self.key, "dims": self.dims,
+                "macs": self.macs, "layout": self.layout, "epilogue": self.epilogue,
+                "params": self.params, "source": self.source}
+
+
+def channel_block(hw: Hardware) -> int:
+    """Channel chunk for the blocked layout: one vector of fp32 (AVX2 → 8,
+    AVX-512 → 16), two when vectors are short and registers many (NEON: 4 lanes ×
+    32 registers → 8)."""
+    lanes = hw.fp32_lanes
+    return 2 * lanes if lanes < 8 and hw.vector_registers >= 32 else lanes
+
+
+def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
+    """Relax module → blocked layout, legalized, fused (PrimFuncs not yet scheduled)."""
+    hw = Hardware.from_target(target)
+    pre = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.Normalize(),
+        convert_layout_pass(channel_block(hw)),
+        relax.transform.Normalize(),
+    ])
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])
+    with target.tvm_target():
+        return seq(fold_constant_layout_transforms(pre(mod)))
+
+
+def _clamp(params: Any, wl: Workload) -> Any:
+    """Make transferred params valid for this workload (tiles no wider than the output)."""
+    d = wl.d
+    if hasattr(params, "ow_tile") and "ow" in d:
+        params = type(params)(**{**params_to_dict(params), "ow_tile": max(1, min(params.ow_tile, d["ow"]))})
+    if hasattr(params, "oc_tile") and "cout" in d:
+        occ = d["cout"] // max(1, d.get("ob", 1))
+        if occ % params.oc_tile:
+            params = type(params)(**{**params_to_dict(params), "oc_tile": 1})
+    return params
+
+
+def choose_params(template: Any, wl: Workload, hw: Hardware, db: RecordDB | None):
+    """(params, source): exact record, else nearest neighbour's, else the heuristic."""
+    if db is not None:
+        rec = db.get(wl.key)
+        if rec is not None:
+            return params_from_dict(template.params_type, rec.params), "record"
+        rec = db.nearest(wl.family, wl.d)
+        if rec is not None:
+            return _clamp(params_from_dict(template.params_type, rec.params), wl), "transfer"
+    return template.heuristic(wl, hw), "heuristic"
+
+
+def _apply(template: Any, func: tirx.PrimFunc, wl: Workload, params: Any, hw: Hardware,
+           source: str) -> tuple[tirx.PrimFunc, str]:
+    try:
+        return template.apply(func, wl, params, hw), source
+    except Exception:  # noqa: BLE001 - a template that cannot apply falls back
+        if source != "heuristic":  # recorded/transferred params that do not fit
+            with contextlib.suppress(Exception):
+                return template.apply(func, wl, template.heuristic(wl, hw), hw), "heuristic"
+        generic = TEMPLATES[-1]
+        try:
+            return generic.apply(func, wl, generic.heuristic(wl, hw), hw), "fallback"
+        except Exception:  # noqa: BLE001 - leave the naive PrimFunc: still correct
+            return func, "none"
+
+
+def schedule_module(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
+                    overrides: dict[str, Any] | None = None,
+                    report: list | None = None, apply: bool = True) -> tvm.IRModule:
+    """Apply a template to every PrimFunc. ``overrides`` maps a PrimFunc name to
+    params (used by the tuner). ``report`` receives a KernelWorkload per kernel."""
+    hw = Hardware.from_target(target)
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+            continue  # scheduled already (MetaSchedule database)
+        name = gv.name_hint
+        template, wl = match(func)
+        if template is None:
+            continue
+        if overrides and name in overrides:
+            params, source = overrides[name], "override"
+        else:
+            params, source = choose_params(template, wl, hw, db)
+        if apply:
+            new, source = _apply(template, func, wl, params, hw, source)
+        else:
+            new = func
+        out[gv] = new
+        if report is not None:
+            report.append(KernelWorkload(name, wl.family, wl.key, wl.d, wl.macs, wl.layout,
+                                         wl.epilogue, params_to_dict(params), source))
+    return out
+
+
+def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
+                   metaschedule_dir: Path | None = None, templates: bool = True):
+    """A ``relax_pipeline`` for ``tvm.compile``."""
+    from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+
+    tvm_target = target.tvm_target()
+
+    @tvm.transform.module_pass(opt_level=0, name="pfcompile_codegen")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        mod = fuse_to_tir(mod, target)
+        if metaschedule_dir is not None:
+            from pfcompile.codegen.metaschedule import apply_database
+
+            mod = apply_database(mod, metaschedule_dir, target)
+        if templates:
+            mod = schedule_module(mod, target, db, report=report)
+        with tvm_target:
+            return tvm.transform.Sequential(dataflow_lower_passes(tvm_target)
+                                            + finalize_passes(tvm_target))(mod)
+
+    return _pipeline
+
+
+def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
+          report: list | None = None, metaschedule_dir: Path | None = None,
+          templates: bool = True):
+    """Relax IRModule → TVM Executable for ``target`` with pfcompile's schedules.
+
+    ``records_dir`` holds ``<target>/records.jsonl`` (default: the repository's
+    ``schedules/``); workloads without a record use the nearest tuned neighbour
+    or the analytic heuristic. ``metaschedule_dir``: apply a MetaSchedule
+    database first (comparison); ``templates=False``: no pfcompile schedules."""
+    if not isinstance(mod, tvm.IRModule) or not any(
+            isinstance(f, relax.Function) for f in mod.functions.values()):
+        raise CompileError(f"pfcompile codegen for target '{target.name}' needs a Relax IRModule "
+                           "(from tvm.relax.frontend.onnx.from_onnx); got one without a Relax "
+                           "function")
+    db = RecordDB.for_target(records_dir, target.name)
+    try:
+        return tvm.compile(mod, target=target.tvm_target(),
+                           relax_pipeline=relax_pipeline(target, db, report,
+                                                          metaschedule_dir, templates))
+    except CompileError:
+        raise
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()
+        raise CompileError(f"pfcompile codegen failed for target '{target.name}': "
+                           f"{type(exc).__name__}: {msg[-1] if msg else exc}") from exc
+
+
+def kernel_workloads(mod: tvm.IRModule, target: Any, *,
+                     records_dir: Path | None = None) -> list[KernelWorkload]:
+    """The fused kernels of ``mod`` for ``target``: family, dims, MACs, layout and
+    the template params ``build`` would use (and where they came from)."""
+    db = RecordDB.for_target(records_dir, target.name)
+    report: list[KernelWorkload] = []
+    schedule_module(fuse_to_tir(mod, target), target, db, report=report, apply=False)
+    return report

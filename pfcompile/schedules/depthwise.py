@@ -1,0 +1,116 @@
+"""Depthwise conv2d in NCHW[x]c: one channel chunk per vector, a row of
+``ow_tile`` outputs in registers, kernel window unrolled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+
+from pfcompile.codegen.te_ops import DWCONV_BLOCK, PAD_BLOCK
+from pfcompile.schedules.base import (
+    Hardware,
+    Workload,
+    conv_info,
+    dims_tuple,
+    inline_epilogue,
+    root_blocks,
+    schedule_pad_rows,
+    schedule_rest,
+)
+
+__all__ = ["DepthwiseParams", "DepthwiseTemplate"]
+
+
+@dataclass(frozen=True)
+class DepthwiseParams:
+    ow_tile: int = 8
+    pad_stage: bool = True
+
+
+class DepthwiseTemplate:
+    family = "depthwise"
+    params_type = DepthwiseParams
+
+    def match(self, func: tirx.PrimFunc) -> Workload | None:
+        sch = s_tir.Schedule(func)
+        try:
+            blk = sch.get_sblock(DWCONV_BLOCK)
+        except Exception:  # noqa: BLE001
+            return None
+        info = conv_info(sch, blk)
+        if info is None:
+            return None
+        names = [str(sch.get(b).name_hint) for b in root_blocks(sch)]
+        oh = (info["ih"] + info["pt"] + info["pb"] - (info["kh"] - 1) * info["dh"] - 1) // info["sh"] + 1
+        ow = (info["iw"] + info["pl"] + info["pr"] - (info["kw"] - 1) * info["dw"] - 1) // info["sw"] + 1
+        macs = info["n"] * info["cout"] * oh * ow * info["kh"] * info["kw"]
+        return Workload(self.family, dims_tuple(dict(info, oh=oh, ow=ow)), macs,
+                        f"NCHW{info['ib']}c", len(names) - names.index(DWCONV_BLOCK) - 1)
+
+    def heuristic(self, wl: Workload, hw: Hardware) -> DepthwiseParams:
+        d = wl.d
+        vpo = max(1, d["ob"] // hw.fp32_lanes)
+        cap = max(1, (hw.vector_registers - 4) // vpo)
+        divs = [t for t in range(1, d["ow"] + 1) if d["ow"] % t == 0 and t <= cap]
+        t = max(divs)
+        if t < cap // 2:
+            t = min(cap, d["ow"])
+        return DepthwiseParams(ow_tile=t, pad_stage=d["pt"] + d["pl"] > 0)
+
+    def space(self, wl: Workload, hw: Hardware) -> list[DepthwiseParams]:
+        d = wl.d
+        pad = d["pt"] + d["pl"] + d["pb"] + d["pr"] > 0
+        return [DepthwiseParams(t, pr) for t in range(1, min(d["ow"], 28) + 1)
+                for pr in ((True, False) if pad else (False,))]
+
+    def features(self, wl: Workload, p: DepthwiseParams, hw: Hardware) -> list[float]:
+        d = wl.d
+        tail = (-d["ow"]) % p.ow_tile
+        return [p.ow_tile, 1, p.ow_tile * max(1, d["ob"] // hw.fp32_lanes), 0.0, float(tail == 0),
+                tail / max(1, d["ow"]), float(p.pad_stage), 1.0, d["cin"], d["cout"], d["oh"],
+                d["ow"], d["kh"], d["sh"], d["ib"], d["ob"], hw.fp32_lanes, hw.vector_registers,
+                d["cout"] // d["ob"] * d["oh"]]
+
+    def apply(self, func: tirx.PrimFunc, wl: Workload, p: DepthwiseParams,
+              hw: Hardware) -> tirx.PrimFunc:
+        d = wl.d
+        sch = s_tir.Schedule(func)
+        conv = sch.get_sblock(DWCONV_BLOCK)
+        last, _ = inline_epilogue(sch, DWCONV_BLOCK)
+        if last is not None:
+            sch.set_scope(conv, 0, "local")
+        else:
+            last = sch.cache_write(conv, 0, "local")
+        b, c, y, x, o, rkh, rkw = sch.get_loops(conv)
+        xo, xi = sch.split(x, [None, max(1, min(p.ow_tile, d["ow"]))])
+        vec_o = d["ob"] >= hw.fp32_lanes
+        if vec_o:
+            sch.reorder(b, c, y, xo, rkh, rkw, xi, o)
+            sch.vectorize(o)
+        else:
+            sch.reorder(b, c, y, xo, rkh, rkw, o, xi)
+        sch.unroll(xi)
+        sch.unroll(rkw)
+        sch.unroll(rkh)
+        sch.reverse_compute_at(last, xo)
+        done = {DWCONV_BLOCK, str(sch.get(last).name_hint)}
+        try:
+            pad = sch.get_sblock(PAD_BLOCK)
+        except Exception:  # noqa: BLE001
+            pad = None
+        if pad is not None:
+            if not p.pad_stage:
+                sch.compute_inline(pad)
+                pad = None
+            done.add(PAD_BLOCK)
+        par = sch.fuse(b, c, y)
+        sch.parallel(par)
+        if pad is not None:   # the input rows one output row needs, padded, per task
+            sch.compute_at(pad, par)
+            schedule_pad_rows(sch, pad, hw)
+        if vec_o:
+            sch.vectorize(sch.get_loops(last)[-1])
+        sch.decompose_reduction(conv, rkh)
+        schedule_rest(sch, hw, done | {str(sch.get(conv).name_hint) + "_init"})
+        return sch.mod["main"]

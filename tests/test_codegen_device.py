@@ -1,0 +1,150 @@
+"""The same templates for NEON (4 fp32 lanes), run on the emulated arm64 device
+(qemu-user, TVM RPC) and compared with onnxruntime. Functional checks only:
+latencies under qemu are not ARM latencies."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from pfcompile import codegen, zoo
+from pfcompile.codegen.api import import_onnx
+from pfcompile.codegen.kernels import RPCKernelTimer, time_kernels
+from pfcompile.targets import load_target
+
+pytestmark = pytest.mark.slow
+
+DEVICE_DIR = Path(os.environ.get("PFCOMPILE_CACHE") or Path.home() / ".cache" / "pfcompile") \
+    / "arm64-device"
+PORTS = range(9210, 9230)   # codegen's share of 9200-9249
+
+
+def _free_port() -> int:
+    for p in PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return p
+            except OSError:
+                continue
+    pytest.skip("no free port in 9210-9229")
+
+
+@pytest.fixture(scope="module")
+def arm_device():
+    wrapper, site = DEVICE_DIR / "root" / "usr" / "bin" / "python3", DEVICE_DIR / "site"
+    if not wrapper.exists() or not (site / "tvm").is_dir() or shutil.which("qemu-aarch64") is None:
+        pytest.skip(f"emulated arm64 device not prepared in {DEVICE_DIR}")
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("cross compiler aarch64-linux-gnu-g++ missing")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(site)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen([str(wrapper), "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                             "--port", str(port), "--port-end", str(port + 1)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)   # its session workers die with it
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            log.seek(0)
+            if b"bind to" in log.read():
+                break
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"emulated rpc_server exited: {log.read()[-800:]!r}")
+            time.sleep(2)
+        time.sleep(2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)   # the server and the workers it forked
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+
+
+class OddNet(nn.Module):
+    """Shapes pruning produces: 37 channels, stride 2, depthwise, a dense head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 37, 3, 2, 1)
+        self.dw = nn.Conv2d(37, 37, 3, 1, 1, groups=37)
+        self.c2 = nn.Conv2d(37, 24, 1)
+        self.c3 = nn.Conv2d(24, 24, 3, 1, 1)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        y = torch.relu(self.dw(y))
+        y = self.c2(y)
+        y = torch.relu(self.c3(y)) + y
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+def _run_remote(addr: str, ex, target, x: np.ndarray) -> np.ndarray:
+    from tvm import relax, rpc
+    from tvm.support import cc
+
+    host, port = addr.rsplit(":", 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        so = Path(tmp) / "model_arm64.so"
+        ex.export_library(str(so), fcompile=cc.cross_compiler(target.cross_compiler))
+        sess = rpc.connect(host, int(port), session_timeout=600)
+        sess.upload(str(so))
+        rmod = sess.load_module(so.name)
+    import tvm
+
+    dev = sess.cpu()
+    vm = relax.VirtualMachine(rmod, dev)
+    return vm["main"](tvm.runtime.tensor(x, dev)).numpy()
+
+
+@pytest.mark.parametrize("which", ["oddnet", "demo"])
+def test_arm64_model_matches_onnxruntime(arm_device, which, tmp_path):
+    arm = load_target("arm64")
+    if which == "oddnet":
+        torch.manual_seed(0)
+        path = zoo.export_onnx(OddNet(), tmp_path / "odd.onnx", (1, 3, 15, 15))
+    else:
+        path = Path(zoo.__file__).parent / "data" / "demo.onnx"
+    model = onnx.load(str(path))
+    inp = model.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    ref = ort.InferenceSession(str(path)).run(None, {inp.name: x})[0]
+    report: list = []
+    ex = codegen.build(import_onnx(path), arm, records_dir=tmp_path, report=report)
+    assert {"conv2d", "depthwise", "dense"} <= {r.family for r in report}
+    assert not [r for r in report if r.source in ("fallback", "none")]
+    out = _run_remote(arm_device, ex, arm, x)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_arm64_kernels_time_over_rpc(arm_device, tmp_path):
+    """Per-kernel timing over RPC works (the number is functional only under qemu)."""
+    torch.manual_seed(0)
+    path = zoo.export_onnx(OddNet(), tmp_path / "odd.onnx", (1, 3, 15, 15))
+    timer = RPCKernelTimer(device=arm_device, number=1, repeat=1, min_repeat_ms=0)
+    res = time_kernels(import_onnx(path), load_target("arm64"), timer, records_dir=tmp_path)
+    assert res and all(t.ms is not None and t.ms > 0 for t in res.values()), res
