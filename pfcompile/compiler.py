@@ -85,9 +85,12 @@ def _has_qdq(model: onnx.ModelProto) -> bool:
 
 
 def build_executable(mod, target: Target, *, integer: bool = False,
-                     layer_names: list[str] | None = None) -> tuple[object, list]:
+                     layer_names: list[str] | None = None,
+                     records_dir: Path | None = None) -> tuple[object, list]:
     """Relax IRModule → (TVM executable for ``target``, per-layer reports).
 
+    Float models go through pfcompile's code generation (:func:`pfcompile.codegen.build`:
+    blocked layouts, schedule templates, tuning records from ``records_dir``).
     ``integer=True`` lowers DQ→Conv/MatMul/Gemm→Q patterns to integer kernels
     (:func:`pfcompile.quantexec.lower_qdq`) and compiles with the integer pipeline;
     unmatched layers keep the float path and say why in the reports.
@@ -95,15 +98,20 @@ def build_executable(mod, target: Target, *, integer: bool = False,
     import tvm
 
     reports: list = []
-    pipeline = "default"
-    if integer:
-        from pfcompile.quantexec import int8_pipeline, lower_qdq, with_int8_features
-
-        target = with_int8_features(target)
-        mod, reports = lower_qdq(mod, target, layer_names)
-        pipeline = int8_pipeline(target.tvm_target())
     try:
-        ex = tvm.compile(mod, target=target.tvm_target(), relax_pipeline=pipeline)
+        if integer:
+            from pfcompile.quantexec import int8_pipeline, lower_qdq, with_int8_features
+
+            target = with_int8_features(target)
+            mod, reports = lower_qdq(mod, target, layer_names)
+            ex = tvm.compile(mod, target=target.tvm_target(),
+                             relax_pipeline=int8_pipeline(target.tvm_target()))
+        else:
+            from pfcompile import codegen
+
+            ex = codegen.build(mod, target, records_dir=records_dir)
+    except CompileError:
+        raise
     except Exception as exc:
         raise CompileError(f"TVM failed to compile for target '{target.name}': "
                            f"{type(exc).__name__}: {str(exc).strip()[-400:]}") from exc

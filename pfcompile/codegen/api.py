@@ -9,7 +9,7 @@ import tvm
 
 from pfcompile.codegen.kernels import make_timer
 from pfcompile.codegen.tune import TuneSettings, WorkloadResult, tune
-from pfcompile.errors import CompileError, ConfigError
+from pfcompile.errors import ConfigError
 from pfcompile.model import input_specs, load_onnx, parse_input_shapes
 from pfcompile.targets import Target, load_target
 
@@ -17,16 +17,11 @@ __all__ = ["import_onnx", "tune_model"]
 
 
 def import_onnx(path: str | Path, input_shapes: list[str] | None = None) -> tvm.IRModule:
-    """ONNX file → Relax module with weights as constants."""
-    from tvm.relax.frontend.onnx import from_onnx
+    """ONNX file → Relax module with weights as constants (pfcompile's importer)."""
+    from pfcompile.compiler import import_relax
 
     model = load_onnx(path)
-    specs = input_specs(model, parse_input_shapes(input_shapes))
-    try:
-        return from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
-                         dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
-    except Exception as exc:
-        raise CompileError(f"TVM could not import {path}: {type(exc).__name__}: {exc}") from exc
+    return import_relax(model, input_specs(model, parse_input_shapes(input_shapes)))
 
 
 def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,
