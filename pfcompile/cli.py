@@ -28,7 +28,7 @@ err_console = Console(stderr=True)
 
 def _register() -> None:
     # one line per command module; each defines register(app)
-    pass
+    from pfcompile.search.cli import register as _search; _search(app)  # noqa: E702
 
 
 _register()

@@ -224,6 +224,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
 
     strat = make_strategy(settings.strategy, space, goal, settings.seed, settings.budget,
                           latency_of, drop_of, settings.pool, settings.min_keep)
+    strat.seen.add(config_hash(space.default()))  # the baseline is measured already
     trials = [r for r in past if r.get("type") == "trial"]
     for r in trials:
         strat.tell(r["config"], r)
