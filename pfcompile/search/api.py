@@ -50,6 +50,7 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         rpc: str | None = None, key: str | None = None, out_dir: str | Path = "dist",
         resume: str | Path | None = None, cache_dir: str | Path | None = None,
         null_device: bool = False, port_range: tuple[int, int] = (9300, 9350),
+        threads: int | None = None,
         on_event: Callable[[str, dict], None] | None = None) -> dict:
     """Search, then write DIST; returns the report dict."""
     if model_path is None:
@@ -79,7 +80,7 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         h, p = _parse_hostport(device, "--device")
         dev = RPCDevice(tgt, host=h, port=p)
     elif tgt.is_host:
-        server = LocalServer(*port_range).start()
+        server = LocalServer(*port_range, threads=threads).start()
         dev = RPCDevice(tgt, port=server.bound)
     else:
         raise DeviceError(f"target '{tgt.name}' is not this machine: start its device (for the "

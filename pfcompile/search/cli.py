@@ -83,6 +83,8 @@ def register(app: typer.Typer) -> None:
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
                                                  help="latency models per target (~/.cache/pfcompile)"),
         null_device: bool = typer.Option(False, "--null-device", help="measure nothing (testing)"),
+        threads: Optional[int] = typer.Option(None, "--threads",
+                                              help="TVM threads of the local host device"),
     ) -> None:
         """Search compressed variants of MODEL for the fastest (or most accurate) one,
         measured on the target device."""
@@ -96,7 +98,7 @@ def register(app: typer.Typer) -> None:
         with prog.live:
             rep = run(model, target, data=data, calib=calib, settings=settings, device=device,
                       rpc=rpc, key=key, out_dir=out, resume=resume, cache_dir=cache_dir,
-                      null_device=null_device, on_event=prog)
+                      null_device=null_device, threads=threads, on_event=prog)
         b, best = rep["baseline"], rep["best"]
         tag = " [EMULATED: functional only]" if rep["emulated"] else ""
         console.print(f"baseline {b['latency_ms']:.3f} ms{tag}")

@@ -16,7 +16,9 @@ is a value with ``error`` set, never an exception that stops a search.
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -213,34 +215,26 @@ class RPCDevice:
         self.rtol = rtol
         self.emulated = target.emulated
         self.name = f"{tracker}/{self.key}" if tracker else f"{host}:{port}"
-        self._sess = None
         self.failures = 0
 
     # -- session -------------------------------------------------------------
-    def _session(self):
+    def _session(self, seconds: float):
+        """A fresh session per call (a TVM session's timeout bounds its whole life)."""
         from tvm import rpc
 
-        if self._sess is None:
-            try:
-                if self.tracker:
-                    th, tp = self.tracker.rsplit(":", 1)
-                    self._sess = rpc.connect_tracker(th, int(tp)).request(
-                        self.key, session_timeout=self.timeout_s)
-                else:
-                    self._sess = rpc.connect(self.host, self.port, session_timeout=self.timeout_s)
-            except Exception as exc:
-                raise DeviceError(f"cannot reach device {self.name}: {exc}") from exc
-        return self._sess
+        try:
+            if self.tracker:
+                th, tp = self.tracker.rsplit(":", 1)
+                return rpc.connect_tracker(th, int(tp)).request(self.key, session_timeout=seconds)
+            return rpc.connect(self.host, self.port, session_timeout=seconds)
+        except Exception as exc:
+            raise DeviceError(f"cannot reach device {self.name}: {exc}") from exc
 
-    def _drop(self) -> None:
-        self._sess = None
-
-    def _run(self, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray] | None,
+    def _run(self, sess, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray] | None,
              number: int, repeat: int, min_repeat_ms: int) -> tuple[float, float | None]:
         import tvm
         from tvm import relax
 
-        sess = self._session()
         remote_name = f"pf_{uuid.uuid4().hex[:12]}.so"
         sess.upload(str(so), remote_name)
         lib = sess.load_module(remote_name)
@@ -276,9 +270,9 @@ class RPCDevice:
         except Exception as exc:
             return Measurement(None, f"onnxruntime reference failed: {exc}", str(so))
         try:
-            ms, diff = self._run(so, feeds, want, self.number, self.repeat, self.min_repeat_ms)
+            sess = self._session(self.timeout_s)
+            ms, diff = self._run(sess, so, feeds, want, self.number, self.repeat, self.min_repeat_ms)
         except Exception as exc:
-            self._drop()
             self.failures += 1
             msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)
             return Measurement(None, f"device {self.name}: {msg}", str(so))
@@ -291,16 +285,19 @@ class RPCDevice:
 
         out: list[float | None] = []
         tmp = Path(tempfile.mkdtemp(prefix="pfk_", dir=work_dir))
+        sess = None
         try:
             for i, k in enumerate(kernels):
                 try:
                     m = kernel_model(k)
                     so = compile_onnx(m, self.target, tmp / str(i))
-                    ms, _ = self._run(so, _random_feeds(m), None, self.number,
+                    if sess is None:
+                        sess = self._session(self.timeout_s * (len(kernels) - i))
+                    ms, _ = self._run(sess, so, _random_feeds(m), None, self.number,
                                       max(3, self.repeat), self.min_repeat_ms)
                     out.append(ms)
                 except Exception:
-                    self._drop()
+                    sess = None
                     out.append(None)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -310,7 +307,7 @@ class RPCDevice:
         return f"{self.name} ({'emulated' if self.emulated else 'real'}; {self.failures} failures)"
 
     def close(self) -> None:
-        self._sess = None
+        pass
 
 
 def _listening(port: int) -> bool:
@@ -329,10 +326,12 @@ class LocalServer:
     """A stock ``tvm.exec.rpc_server`` on 127.0.0.1 in ``[port, port_end)``."""
 
     def __init__(self, port: int = 9300, port_end: int = 9310, python: str | None = None,
-                 env: dict | None = None) -> None:
+                 env: dict | None = None, threads: int | None = None) -> None:
         self.port, self.port_end = port, port_end
         self.python = python or sys.executable
-        self.env = env
+        self.env = dict(env if env is not None else os.environ)
+        if threads:  # TVM's runtime pool size on the device (1 is steadiest on a shared CPU)
+            self.env["TVM_NUM_THREADS"] = str(threads)
         self.proc: subprocess.Popen | None = None
         self.bound: int | None = None
 
@@ -357,7 +356,8 @@ class LocalServer:
         self.proc = subprocess.Popen(
             [self.python, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
              "--port", str(self.bound), "--port-end", str(self.bound + 1)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
+            start_new_session=True)  # its own process group: stop() ends its workers too
         t0 = time.time()
         while time.time() - t0 < wait_s:
             if self.proc.poll() is not None:
@@ -369,10 +369,12 @@ class LocalServer:
         raise DeviceError(f"rpc_server on port {self.bound} did not start within {wait_s:.0f} s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
+        if self.proc is not None:
             try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(10)
+            except ProcessLookupError:
+                pass
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
