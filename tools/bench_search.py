@@ -151,7 +151,7 @@ def main() -> None:
     for r in rows:
         if "baseline_ms" not in r:
             continue
-        f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+        f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
         print(f"{r['model']:<13}{r['strategy']:<10}{f(r['baseline_ms'])+'':>9}{f(r['best_ms']):>9}"
               f"{f(r['speedup']):>8}{f(r['acc_drop']):>7}{r['trials']:>7}{r['failed']:>5}"
               f"{r['kernel_measurements']:>6}{f(r['cm_within_10pct']):>8}{f(r['cm_tau']):>7}"

@@ -4,8 +4,8 @@ the search, write ``DIST/`` (model.onnx, model.so, report.json, report.html)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -18,7 +18,7 @@ from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
 
-__all__ = ["run", "demo_paths", "default_cache_dir"]
+__all__ = ["default_cache_dir", "demo_paths", "run"]
 
 
 def demo_paths() -> tuple[Path, Path, Path]:

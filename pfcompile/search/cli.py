@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -64,26 +63,26 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run_cmd(
-        model: Optional[Path] = typer.Argument(None, help="ONNX model; the built-in demo when omitted"),
+        model: Path | None = typer.Argument(None, help="ONNX model; the built-in demo when omitted"),
         target: str = typer.Option("host", "--target", "-t", help="target name or .toml path"),
-        data: Optional[Path] = typer.Option(None, "--data", help="validation .npz (x, y)"),
-        calib: Optional[Path] = typer.Option(None, "--calib", help="calibration .npz"),
-        speedup: Optional[float] = typer.Option(None, "--speedup", help="most accurate at >= X speedup"),
-        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="most accurate within L ms"),
-        size_mb: Optional[float] = typer.Option(None, "--size-mb", help="most accurate within S MB"),
+        data: Path | None = typer.Option(None, "--data", help="validation .npz (x, y)"),
+        calib: Path | None = typer.Option(None, "--calib", help="calibration .npz"),
+        speedup: float | None = typer.Option(None, "--speedup", help="most accurate at >= X speedup"),
+        latency_ms: float | None = typer.Option(None, "--latency-ms", help="most accurate within L ms"),
+        size_mb: float | None = typer.Option(None, "--size-mb", help="most accurate within S MB"),
         max_acc_drop: float = typer.Option(0.5, "--max-acc-drop", help="accuracy points allowed to drop"),
         budget: int = typer.Option(12, "--budget", help="candidate measurements on the device"),
         strategy: str = typer.Option("hw", "--strategy", help="hw | flops | uniform | random | tpe"),
-        rpc: Optional[str] = typer.Option(None, "--rpc", help="tracker HOST:PORT"),
-        key: Optional[str] = typer.Option(None, "--key", help="device key at the tracker"),
-        device: Optional[str] = typer.Option(None, "--device", help="rpc_server HOST:PORT"),
+        rpc: str | None = typer.Option(None, "--rpc", help="tracker HOST:PORT"),
+        key: str | None = typer.Option(None, "--key", help="device key at the tracker"),
+        device: str | None = typer.Option(None, "--device", help="rpc_server HOST:PORT"),
         out: Path = typer.Option(Path("dist"), "-o", "--out", help="output folder DIST"),
-        resume: Optional[Path] = typer.Option(None, "--resume", help="RUN_DIR of a killed run"),
+        resume: Path | None = typer.Option(None, "--resume", help="RUN_DIR of a killed run"),
         seed: int = typer.Option(0, "--seed"),
-        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
+        cache_dir: Path | None = typer.Option(None, "--cache-dir",
                                                  help="latency models per target (~/.cache/pfcompile)"),
         null_device: bool = typer.Option(False, "--null-device", help="measure nothing (testing)"),
-        threads: Optional[int] = typer.Option(None, "--threads",
+        threads: int | None = typer.Option(None, "--threads",
                                               help="TVM threads of the local host device"),
     ) -> None:
         """Search compressed variants of MODEL for the fastest (or most accurate) one,

@@ -35,8 +35,14 @@ from pfcompile.errors import DeviceError
 from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.targets import Target
 
-__all__ = ["Measurement", "NullDevice", "RPCDevice", "LocalServer", "kernel_model",
-           "compile_onnx"]
+__all__ = [
+    "LocalServer",
+    "Measurement",
+    "NullDevice",
+    "RPCDevice",
+    "compile_onnx",
+    "kernel_model",
+]
 
 
 @dataclass(frozen=True)
@@ -335,13 +341,13 @@ class LocalServer:
         self.proc: subprocess.Popen | None = None
         self.bound: int | None = None
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, wait_s: float = 60) -> "LocalServer":
+    def start(self, wait_s: float = 60) -> LocalServer:
         # pick the first port nobody listens on, then wait until the server does
         for p in range(self.port, self.port_end):
             with socket.socket() as s:

@@ -12,7 +12,7 @@ import numpy as np
 
 from pfcompile.search.latency_model import kendall_tau
 
-__all__ = ["cost_model_stats", "build_report", "write_report", "render_html"]
+__all__ = ["build_report", "cost_model_stats", "render_html", "write_report"]
 
 _COLORS = {"hw": "#d62728", "flops": "#1f77b4", "uniform": "#2ca02c", "random": "#7f7f7f",
            "tpe": "#9467bd"}
@@ -80,8 +80,8 @@ def _scatter(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: 
     px = (x1 - x0) * 0.05 or 1
     py = (y1 - y0) * 0.05 or 1
     x0, x1, y0, y1 = x0 - px, x1 + px, y0 - py, y1 + py
-    sx = lambda v: _scale(v, x0, x1, L, W - R)  # noqa: E731
-    sy = lambda v: _scale(v, y0, y1, H - B, T)  # noqa: E731
+    sx = lambda v: _scale(v, x0, x1, L, W - R)
+    sy = lambda v: _scale(v, y0, y1, H - B, T)
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
          f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
          f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="#000"/>',

@@ -10,16 +10,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from pfcompile.errors import ConfigError
 from pfcompile.search.space import SearchSpace, config_hash
 
-__all__ = ["Goal", "Candidate", "Strategy", "ModelGuided", "Uniform", "RandomSearch", "TPE",
-           "STRATEGIES", "make_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "TPE",
+    "Candidate",
+    "Goal",
+    "ModelGuided",
+    "RandomSearch",
+    "Strategy",
+    "Uniform",
+    "make_strategy",
+]
 
 STRATEGIES = ("hw", "flops", "uniform", "random", "tpe")
 
