@@ -227,6 +227,7 @@ def _app() -> typer.Typer:
     from pfcompile.search.cli import register
 
     app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so the command keeps its name `run`
     register(app)
     return app
 

@@ -57,10 +57,6 @@ class _Progress:
 
 
 def register(app: typer.Typer) -> None:
-    if app.registered_callback is None:
-        # with a single command typer drops the subcommand name; keep `pfcompile run`
-        app.callback()(lambda: None)
-
     @app.command("run")
     def run_cmd(
         model: Path | None = typer.Argument(None, help="ONNX model; the built-in demo when omitted"),
