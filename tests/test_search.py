@@ -24,7 +24,7 @@ from pfcompile.search.report import build_report, render_html
 from pfcompile.search.space import build_space, compress
 from pfcompile.targets import load_target
 
-FAST = dict(budget=4, batch=2, pool=6, eval_subset=64, max_acc_drop=3.0)
+FAST = {"budget": 4, "batch": 2, "pool": 6, "eval_subset": 64, "max_acc_drop": 3.0}
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,9 @@ def test_dead_device_gives_failed_trials_not_a_crash(tmp_path, demo, host):
 
 def test_report_html_is_self_contained(tmp_path, demo, host):
     m, d = demo
-    r = run_search(m, host, NullDevice(), d, tmp_path / "run", SearchSettings(**FAST))
+    r = run_search(m, host, NullDevice(), d, tmp_path / "run",
+                   SearchSettings(**{**FAST, "max_acc_drop": 100.0}))
+    assert r.best is not None
     rep = build_report(r)
     page = render_html(rep, {"hw": r.trials, "uniform": r.trials[:2]})
     assert page.count("<svg") == 3 and "<script" not in page

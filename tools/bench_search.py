@@ -93,7 +93,7 @@ def main() -> None:
                                           kernels_per_trial=args.kernels_per_trial)
                 r = run_search(model, target, dev, data, out / "runs" / f"{mname}-{strat}", settings,
                                cache_dir=out / "cache",
-                               on_event=lambda k, i: print(
+                               on_event=lambda k, i, mname=mname, strat=strat: print(
                                    f"  {mname}/{strat} trial {i['id']}: {i['status']} "
                                    f"{i.get('latency_ms') or 0:.3f} ms drop {i.get('acc_drop', 0):.2f}",
                                    flush=True) if k == "trial" else None)

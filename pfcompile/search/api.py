@@ -46,13 +46,14 @@ def _random_data(model: onnx.ModelProto, n: int = 256) -> Dataset:
 
 def run(model_path: str | Path | None = None, target: str = "host", *,
         data: str | Path | None = None, calib: str | Path | None = None,
-        settings: SearchSettings = SearchSettings(), device: str | None = None,
+        settings: SearchSettings | None = None, device: str | None = None,
         rpc: str | None = None, key: str | None = None, out_dir: str | Path = "dist",
         resume: str | Path | None = None, cache_dir: str | Path | None = None,
         null_device: bool = False, port_range: tuple[int, int] = (9300, 9350),
         threads: int | None = None,
         on_event: Callable[[str, dict], None] | None = None) -> dict:
     """Search, then write DIST; returns the report dict."""
+    settings = settings or SearchSettings()
     if model_path is None:
         model_path, demo_val, demo_calib = demo_paths()
         data = data or demo_val
@@ -100,6 +101,8 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     so = (result.best or result.baseline).get("so_path")
     if so and Path(so).exists():
         shutil.copy(so, out / "model.so")
+        if (Path(so).parent / "model.json").exists():
+            shutil.copy(Path(so).parent / "model.json", out / "model.json")
     elif (out / "model.so").exists():
         (out / "model.so").unlink()
     return write_report(result, out)

@@ -331,7 +331,7 @@ def prune_channels(model: onnx.ModelProto, keep: dict[str, int]) -> onnx.ModelPr
     """
     model = materialize_constants(model)
     groups = {g.id: g for g in channel_groups(model)}
-    shapes, uf, _, _ = _analyse(model)
+    _, uf, _, _ = _analyse(model)
     chosen: dict[str, np.ndarray] = {}
     for gid, k in keep.items():
         if gid not in groups:
