@@ -224,6 +224,19 @@ def test_report_html_is_self_contained(tmp_path, demo, host):
     assert "Predicted vs measured" in page and "uniform" in page
 
 
+def test_remeasure_round_robin_medians(tmp_path, demo, host):
+    from pfcompile.search.api import remeasure
+
+    m, _ = demo
+    half = compress(m, build_space(m, host.hardware), build_space(m, host.hardware).uniform(0.5))
+    dev = NullDevice()
+    r = remeasure(dev, {"baseline": m, "best": half}, tmp_path, 3)
+    assert dev.calls == 6 and r["repeats"] == 3
+    macs = [sum(k.macs for k in graph.extract_kernels(x)) for x in (m, half)]
+    assert r["baseline_ms"] == pytest.approx(0.5 + 0.05 * macs[0] / 1e6)
+    assert r["speedup"] == pytest.approx(r["baseline_ms"] / r["best_ms"]) and r["speedup"] > 1.5
+
+
 # ----------------------------------------------------------------------------- CLI
 def _app() -> typer.Typer:
     from pfcompile.search.cli import register

@@ -41,6 +41,8 @@ class _Progress:
         elif kind == "baseline_done":
             self.base = info
             self.status = "searching"
+        elif kind == "final":
+            self.status = "re-measuring baseline and best, round-robin"
         elif kind == "kernels":
             self.status = f"timing {info['n']} kernels"
         elif kind == "resumed":
@@ -103,6 +105,11 @@ def register(app: typer.Typer) -> None:
                           f"{best['acc_drop']:.2f} points -> {out}/")
         else:
             console.print(f"no candidate met the goal; {out}/model.onnx is the original model")
+        rm = rep.get("remeasured")
+        if rm and rm.get("speedup"):
+            console.print(f"re-measured round-robin ({rm['repeats']}x, medians): baseline "
+                          f"{rm['baseline_ms']:.3f} ms, best {rm['best_ms']:.3f} ms, "
+                          f"{rm['speedup']:.2f}x{tag}")
         cm = rep["cost_model"]
         console.print(f"cost model: within 10% {cm['within_10pct']}, Kendall tau {cm['kendall_tau']} "
                       f"(n={cm['n_heldout']})")
