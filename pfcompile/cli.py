@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "pfcompile.accel.cli",
     "pfcompile.quantexec.cli",
     "pfcompile.codegen.cli",
+    "pfcompile.search.cli",
 )
 
 

@@ -1,0 +1,131 @@
+"""``pfcompile run`` as one function: resolve the model, data and device, run
+the search, write ``DIST/`` (model.onnx, model.so, report.json, report.html)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pfcompile.data import Dataset, load_npz
+from pfcompile.errors import ConfigError, DeviceError, SearchError
+from pfcompile.model import input_specs, load_onnx
+from pfcompile.search.devices import LocalServer, NullDevice, RPCDevice
+from pfcompile.search.loop import SearchSettings, run_search
+from pfcompile.search.report import write_report
+from pfcompile.targets import load_target
+
+__all__ = ["default_cache_dir", "demo_paths", "run"]
+
+
+def demo_paths() -> tuple[Path, Path, Path]:
+    d = Path(__file__).resolve().parents[1] / "data"
+    return d / "demo.onnx", d / "demo_val.npz", d / "demo_calib.npz"
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "pfcompile"
+
+
+def _parse_hostport(s: str, what: str) -> tuple[str, int]:
+    host, sep, port = s.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{what} '{s}' must look like HOST:PORT")
+    return host, int(port)
+
+
+def _random_data(model: onnx.ModelProto, n: int = 256) -> Dataset:
+    specs = input_specs(model)
+    rng = np.random.default_rng(0)
+    inputs = {s.name: rng.standard_normal((n,) + tuple(s.shape[1:])).astype(s.dtype) for s in specs}
+    return Dataset(inputs, None, "random")
+
+
+def run(model_path: str | Path | None = None, target: str = "host", *,
+        data: str | Path | None = None, calib: str | Path | None = None,
+        settings: SearchSettings | None = None, device: str | None = None,
+        rpc: str | None = None, key: str | None = None, out_dir: str | Path = "dist",
+        resume: str | Path | None = None, cache_dir: str | Path | None = None,
+        null_device: bool = False, port_range: tuple[int, int] = (9300, 9350),
+        threads: int | None = None, final_repeats: int = 3,
+        on_event: Callable[[str, dict], None] | None = None) -> dict:
+    """Search, then write DIST; returns the report dict."""
+    settings = settings or SearchSettings()
+    if model_path is None:
+        model_path, demo_val, demo_calib = demo_paths()
+        data = data or demo_val
+        calib = calib or demo_calib
+    model = load_onnx(model_path)
+    specs = input_specs(model)
+    tgt = load_target(target)
+    dataset = load_npz(data, specs) if data else _random_data(model)
+    if calib:
+        load_npz(calib, specs)  # validated now; the L1 pruner needs no calibration data
+    out = Path(out_dir)
+    run_dir = Path(resume) if resume else out / "run"
+    if resume and not (run_dir / "trials.jsonl").exists():
+        raise SearchError(f"--resume {run_dir}: no trials.jsonl there to resume")
+    if not resume and (run_dir / "trials.jsonl").exists():
+        raise SearchError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
+                          "or choose another -o")
+    server = None
+    if null_device:
+        dev = NullDevice()
+    elif rpc:
+        dev = RPCDevice(tgt, tracker=rpc, key=key or tgt.rpc_key)
+        _parse_hostport(rpc, "--rpc")
+    elif device:
+        h, p = _parse_hostport(device, "--device")
+        dev = RPCDevice(tgt, host=h, port=p)
+    elif tgt.is_host:
+        server = LocalServer(*port_range, threads=threads).start()
+        dev = RPCDevice(tgt, port=server.bound)
+    else:
+        raise DeviceError(f"target '{tgt.name}' is not this machine: start its device (for the "
+                          f"emulated one: `pfcompile device serve --target {tgt.name}`) and pass "
+                          "--device HOST:PORT or --rpc TRACKER:PORT --key KEY")
+    final = None
+    try:
+        result = run_search(model, tgt, dev, dataset, run_dir, settings,
+                            cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
+                            on_event=on_event)
+        if result.best_model is not None and not null_device and final_repeats > 0:
+            if on_event:
+                on_event("final", {})
+            final = remeasure(dev, {"baseline": model, "best": result.best_model},
+                              run_dir / "final", final_repeats)
+    finally:
+        dev.close()
+        if server is not None:
+            server.stop()
+    out.mkdir(parents=True, exist_ok=True)
+    best_model = result.best_model or model
+    onnx.save(best_model, str(out / "model.onnx"))
+    so = (result.best or result.baseline).get("so_path")
+    if so and Path(so).exists():
+        shutil.copy(so, out / "model.so")
+        if (Path(so).parent / "model.json").exists():
+            shutil.copy(Path(so).parent / "model.json", out / "model.json")
+    elif (out / "model.so").exists():
+        (out / "model.so").unlink()
+    return write_report(result, out, final=final)
+
+
+def remeasure(dev, models: dict[str, onnx.ModelProto], work: Path, repeats: int) -> dict:
+    """Measure ``models`` round-robin ``repeats`` times (drift on a shared machine hits
+    all alike); medians in ms."""
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for name, m in models.items():
+            r = dev.measure_model(m, work / name)
+            if r.ok:
+                times[name].append(r.latency_ms)
+    med = {k: float(np.median(v)) if v else None for k, v in times.items()}
+    out = {f"{k}_ms": v for k, v in med.items()}
+    out["repeats"] = repeats
+    if med.get("baseline") and med.get("best"):
+        out["speedup"] = med["baseline"] / med["best"]
+    return out

@@ -1,0 +1,115 @@
+"""``pfcompile run``: parse, call :func:`pfcompile.search.api.run`, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+__all__ = ["register"]
+
+
+class _Progress:
+    """A live table: trials done, best so far, device status."""
+
+    def __init__(self, budget: int, console: Console) -> None:
+        self.budget, self.console = budget, console
+        self.done = self.failed = 0
+        self.best: dict | None = None
+        self.base: dict | None = None
+        self.status = "starting"
+        self.live = Live(self._table(), console=console, refresh_per_second=4, transient=False)
+
+    def _table(self) -> Table:
+        t = Table(title="pfcompile run", show_header=False)
+        t.add_row("trials", f"{self.done}/{self.budget} ({self.failed} failed)")
+        if self.base:
+            t.add_row("baseline", f"{self.base['latency_ms']:.3f} ms, acc {100 * self.base['score']:.2f}%")
+        if self.best:
+            t.add_row("best so far", f"{self.best['latency_ms']:.3f} ms ({self.best['speedup']:.2f}x), "
+                                     f"drop {self.best['acc_drop']:.2f} pts")
+        t.add_row("device", self.status)
+        return t
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "baseline":
+            self.status = "measuring the unmodified model"
+        elif kind == "baseline_done":
+            self.base = info
+            self.status = "searching"
+        elif kind == "final":
+            self.status = "re-measuring baseline and best, round-robin"
+        elif kind == "kernels":
+            self.status = f"timing {info['n']} kernels"
+        elif kind == "resumed":
+            self.done = info["trials"]
+        elif kind == "trial":
+            self.done += 1
+            if info["status"] != "ok":
+                self.failed += 1
+                self.status = f"trial {info['id']} failed: {str(info.get('error'))[:80]}"
+            else:
+                self.status = f"trial {info['id']}: {info['latency_ms']:.3f} ms"
+                if info["feasible"] and (self.best is None or info["latency_ms"] < self.best["latency_ms"]):
+                    self.best = info
+        self.live.update(self._table())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(
+        model: Annotated[Path | None, typer.Argument(
+            help="ONNX model; the built-in demo when omitted")] = None,
+        target: Annotated[str, typer.Option("--target", "-t", help="target name or .toml")] = "host",
+        data: Annotated[Path | None, typer.Option(help="validation .npz (x, y)")] = None,
+        calib: Annotated[Path | None, typer.Option(help="calibration .npz")] = None,
+        speedup: Annotated[float | None, typer.Option(help="most accurate at >= X speedup")] = None,
+        latency_ms: Annotated[float | None, typer.Option(help="most accurate within L ms")] = None,
+        size_mb: Annotated[float | None, typer.Option(help="most accurate within S MB")] = None,
+        max_acc_drop: Annotated[float, typer.Option(help="accuracy points allowed to drop")] = 0.5,
+        budget: Annotated[int, typer.Option(help="candidate measurements on the device")] = 12,
+        strategy: Annotated[str, typer.Option(help="hw | flops | uniform | random | tpe")] = "hw",
+        rpc: Annotated[str | None, typer.Option(help="tracker HOST:PORT")] = None,
+        key: Annotated[str | None, typer.Option(help="device key at the tracker")] = None,
+        device: Annotated[str | None, typer.Option(help="rpc_server HOST:PORT")] = None,
+        out: Annotated[Path, typer.Option("-o", "--out", help="output folder DIST")] = Path("dist"),
+        resume: Annotated[Path | None, typer.Option(help="RUN_DIR of a killed run")] = None,
+        seed: int = 0,
+        cache_dir: Annotated[Path | None, typer.Option(
+            help="latency models per target (default ~/.cache/pfcompile)")] = None,
+        null_device: Annotated[bool, typer.Option(help="measure nothing (testing)")] = False,
+        threads: Annotated[int | None, typer.Option(help="TVM threads of the local host device")] = None,
+    ) -> None:
+        """Search compressed variants of MODEL for the fastest (or most accurate) one,
+        measured on the target device."""
+        from pfcompile.search.api import run
+        from pfcompile.search.loop import SearchSettings
+
+        console = Console()
+        settings = SearchSettings(strategy=strategy, budget=budget, max_acc_drop=max_acc_drop,
+                                  speedup=speedup, latency_ms=latency_ms, size_mb=size_mb, seed=seed)
+        prog = _Progress(budget, console)
+        with prog.live:
+            rep = run(model, target, data=data, calib=calib, settings=settings, device=device,
+                      rpc=rpc, key=key, out_dir=out, resume=resume, cache_dir=cache_dir,
+                      null_device=null_device, threads=threads, on_event=prog)
+        b, best = rep["baseline"], rep["best"]
+        tag = " [EMULATED: functional only]" if rep["emulated"] else ""
+        console.print(f"baseline {b['latency_ms']:.3f} ms{tag}")
+        if best:
+            console.print(f"best {best['latency_ms']:.3f} ms ({best['speedup']:.2f}x), accuracy drop "
+                          f"{best['acc_drop']:.2f} points -> {out}/")
+        else:
+            console.print(f"no candidate met the goal; {out}/model.onnx is the original model")
+        rm = rep.get("remeasured")
+        if rm and rm.get("speedup"):
+            console.print(f"re-measured round-robin ({rm['repeats']}x, medians): baseline "
+                          f"{rm['baseline_ms']:.3f} ms, best {rm['best_ms']:.3f} ms, "
+                          f"{rm['speedup']:.2f}x{tag}")
+        cm = rep["cost_model"]
+        console.print(f"cost model: within 10% {cm['within_10pct']}, Kendall tau {cm['kendall_tau']} "
+                      f"(n={cm['n_heldout']})")

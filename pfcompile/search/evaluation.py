@@ -1,0 +1,89 @@
+"""Accuracy of a candidate on the user's data with onnxruntime: top-1 against
+the labels when the data has them, and agreement (same arg-max) with the
+original model always; the search uses top-1 when present, else agreement
+("fidelity to the original when no labels").
+
+``pfcompile.evaluate.evaluate`` (quant branch) is the shared evaluator; this is
+the minimum the search needs until it lands, and the cheap subset estimate the
+search uses to rank candidates before measuring them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from pfcompile.data import Dataset
+from pfcompile.errors import DataError
+
+__all__ = ["Accuracy", "Evaluator"]
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1: float | None        # None without labels
+    agreement: float          # fraction with the original model's arg-max
+    n: int
+
+    @property
+    def score(self) -> float:
+        return self.top1 if self.top1 is not None else self.agreement
+
+
+def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {t.name for t in m.graph.initializer}
+    for vi in list(m.graph.input) + list(m.graph.output):
+        if vi.name in inits:
+            continue
+        d = vi.type.tensor_type.shape.dim
+        if len(d):
+            d[0].Clear()
+            d[0].dim_param = "N"
+    del m.graph.value_info[:]
+    return m
+
+
+class Evaluator:
+    """Holds the data and the original model's outputs; scores candidates."""
+
+    def __init__(self, reference: onnx.ModelProto, data: Dataset, batch: int = 128) -> None:
+        if len(data) == 0:
+            raise DataError("evaluation data is empty")
+        self.data, self.batch = data, batch
+        self.ref_pred = self._predict(reference)
+        self.reference = self.score(reference)
+
+    def _session(self, model: onnx.ModelProto, dynamic: bool):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        m = _dynamic_batch(model) if dynamic else model
+        return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def _predict(self, model: onnx.ModelProto, n: int | None = None) -> np.ndarray:
+        n = len(self.data) if n is None else min(n, len(self.data))
+        try:
+            s, step = self._session(model, True), self.batch
+            outs = [s.run(None, self.data.batch(i, min(n, i + step)))[0] for i in range(0, n, step)]
+        except Exception:  # noqa: BLE001 - a batch-1-only graph (hard-coded Reshape): one sample at a time
+            s = self._session(model, False)
+            outs = [s.run(None, self.data.batch(i, i + 1))[0] for i in range(n)]
+        y = np.concatenate(outs)
+        if not np.all(np.isfinite(y)):
+            return np.full(n, -1)
+        return y.reshape(len(y), -1).argmax(1)
+
+    def score(self, model: onnx.ModelProto, n: int | None = None) -> Accuracy:
+        pred = self._predict(model, n)
+        k = len(pred)
+        agree = float((pred == self.ref_pred[:k]).mean())
+        top1 = None
+        if self.data.labels is not None:
+            top1 = float((pred == self.data.labels[:k]).mean())
+        return Accuracy(top1, agree, k)

@@ -1,0 +1,301 @@
+"""The search loop: propose -> compress -> compile + measure on the device ->
+evaluate -> log -> retrain -> repeat, until ``budget`` device measurements.
+
+Every baseline, trial and kernel measurement is appended to
+``RUN_DIR/trials.jsonl`` (flushed and fsynced) the moment it exists; a rerun
+with the same RUN_DIR (``--resume``) replays the log and continues, so a kill
+loses at most the trial in flight. Compiled libraries live under
+``RUN_DIR/artifacts/<model hash>/`` and are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pfcompile.data import Dataset
+from pfcompile.errors import PfcompileError, SearchError
+from pfcompile.model import model_hash
+from pfcompile.search.evaluation import Evaluator
+from pfcompile.search.graph import Kernel, extract_kernels
+from pfcompile.search.latency_model import FlopsModel, LatencyModel
+from pfcompile.search.space import SearchSpace, build_space, compress, config_hash
+from pfcompile.search.strategies import STRATEGIES, Goal, make_strategy
+
+__all__ = ["SearchResult", "SearchSettings", "TrialLog", "model_size_mb", "run_search"]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    strategy: str = "hw"
+    budget: int = 12                 # candidate measurements on the device
+    batch: int = 3                   # candidates proposed per round
+    max_acc_drop: float = 0.5        # accuracy points
+    speedup: float | None = None
+    latency_ms: float | None = None
+    size_mb: float | None = None
+    seed: int = 0
+    pool: int = 24                   # candidates ranked per round (hw / flops)
+    eval_subset: int = 200           # samples for the cheap accuracy estimate
+    min_keep: float = 0.25
+    kernels_per_trial: int = 8       # new kernels timed after each candidate (hw)
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise SearchError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
+        if self.budget < 1:
+            raise SearchError(f"--budget must be at least 1, got {self.budget}")
+        if self.max_acc_drop < 0:
+            raise SearchError(f"--max-acc-drop must be >= 0, got {self.max_acc_drop}")
+        if sum(x is not None for x in (self.speedup, self.latency_ms, self.size_mb)) > 1:
+            raise SearchError("give at most one of --speedup, --latency-ms, --size-mb")
+
+
+def model_size_mb(model: onnx.ModelProto) -> float:
+    return sum(t.ByteSize() for t in model.graph.initializer) / 1e6
+
+
+class TrialLog:
+    """Append-only JSON lines; each record is on disk before the call returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, sort_keys=True, default=float)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill: that trial was in flight
+        return out
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    baseline: dict
+    best: dict | None
+    trials: list[dict]
+    device_measurements: int
+    kernel_measurements: int
+    space: SearchSpace
+    goal: Goal
+    emulated: bool
+    strategy: str
+    best_model: onnx.ModelProto | None = field(default=None, repr=False)
+
+
+def _acc_drop(base: float, score: float) -> float:
+    return 100.0 * (base - score)
+
+
+def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: str | Path,
+               settings: SearchSettings = SearchSettings(), *, cache_dir: str | Path | None = None,
+               on_event: Callable[[str, dict], None] | None = None) -> SearchResult:
+    """Search ``model``'s compression space on ``device``; see the module docstring."""
+    run_dir = Path(run_dir)
+    log = TrialLog(run_dir / "trials.jsonl")
+    emit = on_event or (lambda kind, info: None)
+    past = log.read()
+    meta = next((r for r in past if r.get("type") == "meta"), None)
+    mhash = model_hash(model)
+    if meta is not None and (meta["model_hash"] != mhash or meta["strategy"] != settings.strategy
+                             or meta["target"] != target.name):
+        raise SearchError(f"{run_dir} holds a run of model {meta['model_hash']} / strategy "
+                          f"{meta['strategy']} / target {meta['target']}; resume it with the same "
+                          "model, --strategy and --target, or use a new run folder")
+    if meta is None:
+        log.append({"type": "meta", "model_hash": mhash, "strategy": settings.strategy,
+                    "target": target.name, "settings": asdict(settings), "time": time.time()})
+
+    space = build_space(model, target.hardware, min_keep=settings.min_keep)
+    evaluator = Evaluator(model, data)
+    sub = data.subset(min(settings.eval_subset, len(data)))
+    cheap = Evaluator(model, sub)
+    base_kernels = extract_kernels(model)
+
+    # latency model: kernel-level (warm from the cache) or FLOPs
+    lanes = int(target.hardware.get("fp32_lanes", 8))
+    lm_path = LatencyModel.path_for(cache_dir, target.name) if cache_dir else None
+    if settings.strategy == "flops":
+        lat_model: LatencyModel | FlopsModel | None = FlopsModel()
+    elif settings.strategy == "hw":
+        lat_model = LatencyModel.load(lm_path, target.name, lanes) if lm_path else LatencyModel(target.name, lanes)
+    else:
+        lat_model = None
+    n_kernel = 0
+    for r in past:
+        if r.get("type") == "kernels" and isinstance(lat_model, LatencyModel):
+            ks = [Kernel.from_json(x["kernel"]) for x in r["items"]]
+            lat_model.update_kernels(ks, [x["ms"] for x in r["items"]])
+            n_kernel += len(ks)
+
+    def time_kernels(kernels: list[Kernel], limit: int | None) -> None:
+        nonlocal n_kernel
+        if not isinstance(lat_model, LatencyModel):
+            return
+        todo, keys = [], set()
+        for k in kernels:
+            if not lat_model.known(k) and k.key not in keys:
+                todo.append(k)
+                keys.add(k.key)
+        if limit is not None and len(todo) > limit:
+            idx = np.random.default_rng(len(lat_model.kernels)).choice(len(todo), limit, replace=False)
+            todo = [todo[int(i)] for i in sorted(idx)]
+        if not todo:
+            return
+        emit("kernels", {"n": len(todo)})
+        times = device.measure_kernels(todo)
+        items = [{"key": k.key, "kernel": k.to_json(), "ms": t} for k, t in zip(todo, times)
+                 if t is not None]
+        lat_model.update_kernels(todo, times)
+        n_kernel += len(items)
+        log.append({"type": "kernels", "items": items, "time": time.time()})
+        if lm_path:
+            lat_model.save(lm_path)
+
+    # ---- baseline (not counted in the budget)
+    base = next((r for r in past if r.get("type") == "baseline"), None)
+    if base is None:
+        emit("baseline", {})
+        time_kernels(base_kernels, None)
+        m = device.measure_model(model, run_dir / "artifacts" / mhash)
+        if not m.ok:
+            raise SearchError(f"the unmodified model failed on device {device.name}: {m.error}")
+        acc = evaluator.reference
+        base = {"type": "baseline", "latency_ms": m.latency_ms, "top1": acc.top1,
+                "agreement": acc.agreement, "score": acc.score, "macs": sum(k.macs for k in base_kernels),
+                "size_mb": model_size_mb(model), "model_hash": mhash, "so_path": m.so_path,
+                "n_eval": acc.n, "time": time.time()}
+        log.append(base)
+        if isinstance(lat_model, LatencyModel):  # seed with pruned shapes: one uniform candidate
+            try:
+                time_kernels(extract_kernels(compress(model, space, space.uniform(0.5))), None)
+            except PfcompileError:
+                pass
+    if lat_model is not None:
+        lat_model.update_model(base_kernels, base["latency_ms"])
+    emit("baseline_done", base)
+    goal = Goal(settings.max_acc_drop,
+                settings.latency_ms if settings.speedup is None else base["latency_ms"] / settings.speedup,
+                settings.size_mb)
+
+    compressed: dict[str, tuple[onnx.ModelProto, list[Kernel]]] = {}
+
+    def candidate(cfg: dict) -> tuple[onnx.ModelProto, list[Kernel]]:
+        h = config_hash(cfg)
+        if h not in compressed:
+            if len(compressed) > 256:
+                compressed.clear()
+            cm = compress(model, space, cfg)
+            compressed[h] = (cm, extract_kernels(cm))
+        return compressed[h]
+
+    def latency_of(cfg: dict) -> float:
+        try:
+            return lat_model.predict(candidate(cfg)[1])
+        except PfcompileError:
+            return math.inf
+
+    def drop_of(cfg: dict) -> float:
+        try:
+            return _acc_drop(cheap.reference.score, cheap.score(candidate(cfg)[0]).score)
+        except PfcompileError:
+            return math.inf
+
+    strat = make_strategy(settings.strategy, space, goal, settings.seed, settings.budget,
+                          latency_of, drop_of, settings.pool, settings.min_keep)
+    strat.seen.add(config_hash(space.default()))  # the baseline is measured already
+    trials = [r for r in past if r.get("type") == "trial"]
+    for r in trials:
+        strat.tell(r["config"], r)
+        if lat_model is not None and r["status"] == "ok":
+            lat_model.update_model(candidate(r["config"])[1], r["latency_ms"])
+    if trials:
+        emit("resumed", {"trials": len(trials)})
+
+    stall = 0
+    while len(trials) < settings.budget:
+        props = strat.propose(min(settings.batch, settings.budget - len(trials)))
+        if not props:
+            stall += 1
+            if stall > 3:
+                emit("exhausted", {"trials": len(trials)})
+                break
+            continue
+        for c in props:
+            if len(trials) >= settings.budget:
+                break
+            rec = _run_trial(len(trials), c, model, space, device, evaluator, base, goal,
+                             run_dir, lat_model, settings.strategy, candidate)
+            log.append(rec)
+            trials.append(rec)
+            strat.tell(c.config, rec)
+            if rec["status"] == "ok":
+                kernels = candidate(c.config)[1]
+                if lat_model is not None:
+                    lat_model.update_model(kernels, rec["latency_ms"])
+                time_kernels(kernels, settings.kernels_per_trial)
+            emit("trial", rec)
+
+    ok = [t for t in trials if t["status"] == "ok"]
+    feas = [t for t in ok if t["feasible"]]
+    best = min(feas, key=lambda t: goal.cost(t["latency_ms"], t["acc_drop"], t["size_mb"])) if feas else None
+    best_model = candidate(best["config"])[0] if best else None
+    n_dev = sum(1 for t in trials if t.get("measured"))
+    return SearchResult(run_dir, base, best, trials, n_dev, n_kernel, space, goal,
+                        bool(getattr(device, "emulated", False)), settings.strategy, best_model)
+
+
+def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, lat_model,
+               strategy, candidate) -> dict:
+    t0 = time.time()
+    rec: dict = {"type": "trial", "id": i, "strategy": strategy, "config": c.config,
+                 "config_hash": config_hash(c.config), "status": "failed", "error": None,
+                 "latency_ms": None, "pred_ms": c.pred_ms, "pred_drop": c.pred_drop,
+                 "measured": False, "feasible": False}
+    try:
+        cm, kernels = candidate(c.config)
+    except PfcompileError as exc:
+        rec["error"] = f"compress failed: {exc}"
+        return rec
+    h = model_hash(cm)
+    rec.update({"model_hash": h, "macs": sum(k.macs for k in kernels), "size_mb": model_size_mb(cm),
+                "keep": space.keep_ratios(c.config)})
+    if rec["pred_ms"] is None and lat_model is not None:
+        rec["pred_ms"] = lat_model.predict(kernels)
+    acc = evaluator.score(cm)
+    rec.update({"top1": acc.top1, "agreement": acc.agreement, "score": acc.score,
+                "acc_drop": _acc_drop(base["score"], acc.score)})
+    m = device.measure_model(cm, run_dir / "artifacts" / h)
+    rec["measured"] = True
+    rec["so_path"] = m.so_path
+    if not m.ok:
+        rec["error"] = m.error
+    else:
+        rec["status"] = "ok"
+        rec["latency_ms"] = m.latency_ms
+        rec["speedup"] = base["latency_ms"] / m.latency_ms
+        rec["feasible"] = goal.feasible(m.latency_ms, rec["acc_drop"], rec["size_mb"])
+    rec["seconds"] = time.time() - t0
+    rec["time"] = time.time()
+    return rec

@@ -1,0 +1,153 @@
+"""The search space: one knob per channel group (keep count, rounded to
+vector-friendly multiples of the target's fp32 lanes), declared once as frozen
+data and used both to validate a config and to sample one.
+
+A config is a plain ``dict`` knob name -> value, so it goes to JSON as is.
+``bits`` and ``sparsity`` knobs are declared the same way; they are added when
+the quantize / sparsify passes are importable (see :func:`build_space`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from pfcompile.errors import ConfigError, PassError
+from pfcompile.search import graph
+
+__all__ = ["Knob", "SearchSpace", "build_space", "compress", "config_hash"]
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One decision: ``kind`` is ``keep`` (channels kept in group ``target``),
+    ``bits`` or ``sparsity`` (of layer ``target``)."""
+
+    name: str
+    kind: str
+    target: str
+    choices: tuple
+    default: object
+    full: int = 0            # channels of the unpruned group (keep knobs)
+    description: str = ""
+
+    def validate(self, value) -> None:
+        if value not in self.choices:
+            raise ConfigError(f"knob '{self.name}': value {value!r} is not one of {list(self.choices)}")
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    knobs: tuple[Knob, ...]
+    lanes: int = 8
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.knobs)
+
+    @property
+    def size(self) -> float:
+        return float(np.prod([len(k.choices) for k in self.knobs])) if self.knobs else 1.0
+
+    def default(self) -> dict:
+        return {k.name: k.default for k in self.knobs}
+
+    def validate(self, config: dict) -> None:
+        names = {k.name for k in self.knobs}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise ConfigError(f"config names unknown knob(s) {unknown}; the space has {sorted(names)}")
+        for k in self.knobs:
+            if k.name in config:
+                k.validate(config[k.name])
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        """Each knob uniform over its choices."""
+        return {k.name: k.choices[int(rng.integers(len(k.choices)))] for k in self.knobs}
+
+    def sample_around(self, rng: np.random.Generator, ratio: float, spread: float = 0.15) -> dict:
+        """Keep ratios drawn around ``ratio``: covers light and heavy pruning alike."""
+        cfg = {}
+        for k in self.knobs:
+            if k.kind == "keep":
+                r = float(np.clip(ratio + rng.normal(0, spread), 0, 1))
+                cfg[k.name] = self._nearest(k, r * k.full)
+            else:
+                cfg[k.name] = k.choices[int(rng.integers(len(k.choices)))]
+        return cfg
+
+    def uniform(self, ratio: float) -> dict:
+        """One keep ratio everywhere (rounded to each knob's nearest choice)."""
+        return {k.name: (self._nearest(k, ratio * k.full) if k.kind == "keep" else k.default)
+                for k in self.knobs}
+
+    def mutate(self, config: dict, rng: np.random.Generator, n: int = 2) -> dict:
+        """Move ``n`` random knobs one step up or down."""
+        out = dict(config)
+        for i in rng.choice(len(self.knobs), size=min(n, len(self.knobs)), replace=False):
+            k = self.knobs[int(i)]
+            j = k.choices.index(out[k.name]) + int(rng.choice([-1, 1]))
+            out[k.name] = k.choices[int(np.clip(j, 0, len(k.choices) - 1))]
+        return out
+
+    def keep_ratios(self, config: dict) -> dict[str, float]:
+        return {k.target: config[k.name] / k.full for k in self.knobs if k.kind == "keep"}
+
+    @staticmethod
+    def _nearest(k: Knob, channels: float):
+        return min(k.choices, key=lambda c: (abs(c - channels), -c))
+
+    def to_json(self) -> dict:
+        return {"lanes": self.lanes, "knobs": [
+            {"name": k.name, "kind": k.kind, "target": k.target, "choices": list(k.choices),
+             "default": k.default, "full": k.full} for k in self.knobs]}
+
+
+def _keep_choices(channels: int, lanes: int, min_keep: float) -> tuple[int, ...]:
+    step = lanes if channels >= 4 * lanes else max(1, lanes // 2)
+    lo = max(step, math.ceil(min_keep * channels / step) * step)
+    vals = {c for c in range(lo, channels + 1, step)} | {channels}
+    return tuple(sorted(vals))
+
+
+def build_space(model: onnx.ModelProto, hardware: dict | None = None, *,
+                min_keep: float = 0.25) -> SearchSpace:
+    """Knobs from the model's prunable channel groups; keep counts are multiples
+    of the target's fp32 lanes (half that for narrow groups)."""
+    if not 0 < min_keep <= 1:
+        raise ConfigError(f"min_keep must be in (0, 1], got {min_keep}")
+    lanes = int((hardware or {}).get("fp32_lanes", 8))
+    knobs = []
+    for g in graph.channel_groups(model):
+        if not g.prunable:
+            continue
+        ch = _keep_choices(g.channels, lanes, min_keep)
+        if len(ch) < 2:
+            continue
+        knobs.append(Knob(f"keep:{g.id}", "keep", g.id, ch, g.channels, g.channels,
+                          f"output channels kept in group {g.id} ({len(g.producers)} producer(s))"))
+    return SearchSpace(tuple(knobs), lanes)
+
+
+def compress(model: onnx.ModelProto, space: SearchSpace, config: dict) -> onnx.ModelProto:
+    """Apply a config: prune every keep knob below its full width.
+
+    Uses the search's minimal L1 pruner (no retraining); raises PassError on a
+    config the model cannot take.
+    """
+    space.validate(config)
+    keep = {k.target: int(config[k.name]) for k in space.knobs
+            if k.kind == "keep" and int(config[k.name]) != k.full}
+    other = [k.name for k in space.knobs if k.kind != "keep" and config.get(k.name) != k.default]
+    if other:
+        raise PassError(f"knobs {other} need the quantize/sparsify passes, not available here")
+    return graph.prune_channels(model, keep)

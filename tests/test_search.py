@@ -1,0 +1,268 @@
+"""The search on the NULL device (fast, deterministic): space, pruner, latency
+model, loop, resume after a kill, a device that dies, report, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pfcompile.data import load_npz
+from pfcompile.errors import ConfigError, PassError, SearchError
+from pfcompile.model import input_specs, load_onnx
+from pfcompile.search import graph
+from pfcompile.search.api import demo_paths
+from pfcompile.search.devices import Measurement, NullDevice, kernel_model
+from pfcompile.search.latency_model import FlopsModel, LatencyModel, kendall_tau
+from pfcompile.search.loop import SearchSettings, TrialLog, run_search
+from pfcompile.search.report import build_report, render_html
+from pfcompile.search.space import build_space, compress
+from pfcompile.targets import load_target
+
+FAST = {"budget": 4, "batch": 2, "pool": 6, "eval_subset": 64, "max_acc_drop": 3.0}
+
+
+@pytest.fixture(scope="module")
+def demo():
+    m = load_onnx(demo_paths()[0])
+    d = load_npz(demo_paths()[1], input_specs(m)).subset(160)
+    return m, d
+
+
+@pytest.fixture(scope="module")
+def host():
+    return load_target("host")
+
+
+def _ort(model, x, name="input"):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {name: x})[0]
+
+
+# ----------------------------------------------------------------------------- space / pruner
+def test_space_knobs_are_vector_multiples(demo, host):
+    m, _ = demo
+    space = build_space(m, host.hardware, min_keep=0.25)
+    assert len(space) == 7  # DemoNet: 7 channel groups, all prunable
+    for k in space.knobs:
+        assert k.default == k.full and k.full in k.choices
+        step = 8 if k.full >= 32 else 4
+        assert all(c % step == 0 for c in k.choices), (k.name, k.choices)
+        assert min(k.choices) >= 0.25 * k.full
+    cfg = space.uniform(0.5)
+    assert all(cfg[k.name] == k.full // 2 for k in space.knobs)
+    with pytest.raises(ConfigError, match="not one of"):
+        space.validate({space.knobs[0].name: 3})
+    with pytest.raises(ConfigError, match="unknown knob"):
+        space.validate({"keep:nope": 8})
+
+
+def test_prune_full_is_identity_and_half_runs(demo, host):
+    m, d = demo
+    space = build_space(m, host.hardware)
+    x = d.inputs["input"][:1]
+    same = compress(m, space, space.default())
+    np.testing.assert_allclose(_ort(same, x), _ort(m, x), atol=1e-5)
+    half = compress(m, space, space.uniform(0.5))
+    ks0, ks1 = graph.extract_kernels(m), graph.extract_kernels(half)
+    assert len(ks0) == len(ks1) == 13
+    ratio = sum(k.macs for k in ks1) / sum(k.macs for k in ks0)
+    assert 0.2 < ratio < 0.35  # ~quarter of the MACs when both sides of a conv halve
+    assert _ort(half, x).shape == (1, 10)
+    with pytest.raises(PassError, match="unknown channel group"):
+        graph.prune_channels(m, {"g99:nope": 4})
+
+
+def test_kernel_keys_and_single_kernel_models(demo):
+    m, _ = demo
+    ks = graph.extract_kernels(m)
+    conv = ks[1]
+    assert conv.op == "conv" and conv.epilogue == ("Relu",)
+    assert conv.macs == 16 * 32 * 32 * 16 * 9
+    km = kernel_model(conv)
+    out = _ort(km, np.random.default_rng(0).standard_normal(conv.in_shape).astype(np.float32), "x")
+    assert out.shape == conv.out_shape and (out >= 0).all()  # the Relu epilogue is there
+    residual = next(k for k in ks if "Add_t" in k.epilogue)
+    km2 = kernel_model(residual)
+    assert len(km2.graph.input) == 2
+
+
+# ----------------------------------------------------------------------------- latency model
+def test_latency_model_learns_kernels_and_saves(tmp_path, demo, host):
+    m, _ = demo
+    space = build_space(m, host.hardware)
+    rng = np.random.default_rng(0)
+    dev = NullDevice()
+    train, test = [], []
+    for i in range(30):
+        ks = graph.extract_kernels(compress(m, space, space.sample(rng)))
+        (train if i < 24 else test).extend(ks)
+    lm = LatencyModel("host", 8)
+    assert lm.update_kernels(train, dev.measure_kernels(train)) > 20
+    truth = np.array(dev.measure_kernels(test))
+    pred = lm.predict_kernels(test, use_measured=False)
+    rel = np.abs(pred - truth) / truth
+    assert np.median(rel) < 0.25
+    assert kendall_tau(pred, truth) > 0.7
+    p = lm.save(LatencyModel.path_for(tmp_path, "host"))
+    warm = LatencyModel.load(p, "host", 8)
+    assert len(warm.kernels) == len(lm.kernels)
+    assert warm.kernel_sum(train[:5]) == pytest.approx(sum(dev.measure_kernels(train[:5])))
+    assert len(LatencyModel.load(p, "arm64", 4).kernels) == 0  # another target starts cold
+
+
+def test_kendall_tau_and_flops_model():
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    fm = FlopsModel()
+    k = graph.Kernel("conv", (1, 8, 8, 8), (8, 8, 3, 3), (1, 8, 8, 8), (3, 3))
+    for s in (1.0, 2.0, 3.0):
+        fm.fit_.add(s, 2 * s + 1)
+    assert fm.fit_.a == pytest.approx(2.0) and fm.fit_.b == pytest.approx(1.0)
+    assert fm.predict([k]) == pytest.approx(2 * k.macs / 1e6 + 1)
+
+
+# ----------------------------------------------------------------------------- loop
+@pytest.mark.parametrize("strategy", ["hw", "flops", "uniform", "random", "tpe"])
+def test_loop_on_null_device(tmp_path, demo, host, strategy):
+    m, d = demo
+    r = run_search(m, host, NullDevice(), d, tmp_path / "run",
+                   SearchSettings(strategy=strategy, **FAST), cache_dir=tmp_path / "cache")
+    assert len(r.trials) == 4 and r.device_measurements == 4
+    assert all(t["status"] == "ok" for t in r.trials)
+    assert len({t["config_hash"] for t in r.trials}) == 4  # no config measured twice
+    base = r.baseline
+    for t in r.trials:  # the null device's latency: 0.5 ms + 0.05 ms per MMAC
+        assert t["latency_ms"] == pytest.approx(0.5 + 0.05 * t["macs"] / 1e6)
+        assert t["feasible"] == (t["acc_drop"] <= 3.0)
+        assert t["speedup"] == pytest.approx(base["latency_ms"] / t["latency_ms"])
+    recs = TrialLog(tmp_path / "run" / "trials.jsonl").read()
+    assert [x["type"] for x in recs].count("trial") == 4
+    if strategy == "hw":
+        assert r.kernel_measurements > 0
+        assert (tmp_path / "cache" / "host" / "latency_model.json").exists()
+        assert all(t["pred_ms"] is not None for t in r.trials)
+    rep = build_report(r)
+    assert set(rep) >= {"baseline", "best", "trials", "device_measurements", "cost_model", "emulated"}
+    assert rep["emulated"] is False and rep["trials"] == 4
+
+
+def test_loop_is_deterministic(tmp_path, demo, host):
+    m, d = demo
+    runs = [run_search(m, host, NullDevice(), d, tmp_path / f"r{i}", SearchSettings(**FAST))
+            for i in range(2)]
+    assert [t["config"] for t in runs[0].trials] == [t["config"] for t in runs[1].trials]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_loses_at_most_the_trial_in_flight(tmp_path, demo, host):
+    m, d = demo
+    settings = SearchSettings(strategy="random", **{**FAST, "budget": 5})
+    seen = []
+
+    def kill_after_two(kind, info):
+        if kind == "trial":
+            seen.append(info["id"])
+            if len(seen) == 2:
+                raise _Killed
+
+    with pytest.raises(_Killed):
+        run_search(m, host, NullDevice(), d, tmp_path / "run", settings, on_event=kill_after_two)
+    log = tmp_path / "run" / "trials.jsonl"
+    with open(log, "a") as f:  # a record torn by the kill
+        f.write('{"type": "trial", "id": 2, "conf')
+    dev = NullDevice()
+    r = run_search(m, host, dev, d, tmp_path / "run", settings)
+    assert [t["id"] for t in r.trials] == [0, 1, 2, 3, 4]
+    assert dev.calls == 3  # trials 0 and 1 came from the log; the baseline too
+    with pytest.raises(SearchError, match="strategy"):
+        run_search(m, host, NullDevice(), d, tmp_path / "run", SearchSettings(strategy="hw", **FAST))
+
+
+class _DyingDevice(NullDevice):
+    """Answers two measurements, then every call fails like a dead RPC server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alive = 3  # baseline + two candidates
+
+    def measure_model(self, model, work_dir):
+        self.alive -= 1
+        if self.alive < 0:
+            return Measurement(None, "device 127.0.0.1:9300: connection refused")
+        return super().measure_model(model, work_dir)
+
+    def measure_kernels(self, kernels):
+        return [None] * len(kernels) if self.alive < 0 else super().measure_kernels(kernels)
+
+
+def test_dead_device_gives_failed_trials_not_a_crash(tmp_path, demo, host):
+    m, d = demo
+    r = run_search(m, host, _DyingDevice(), d, tmp_path / "run", SearchSettings(**{**FAST, "budget": 5}))
+    status = [t["status"] for t in r.trials]
+    assert status == ["ok", "ok", "failed", "failed", "failed"]
+    assert all("connection refused" in t["error"] for t in r.trials[2:])
+    assert build_report(r)["failed_trials"] == 3
+
+
+def test_report_html_is_self_contained(tmp_path, demo, host):
+    m, d = demo
+    r = run_search(m, host, NullDevice(), d, tmp_path / "run",
+                   SearchSettings(**{**FAST, "max_acc_drop": 100.0}))
+    assert r.best is not None
+    rep = build_report(r)
+    page = render_html(rep, {"hw": r.trials, "uniform": r.trials[:2]})
+    assert page.count("<svg") == 3 and "<script" not in page
+    assert "Predicted vs measured" in page and "uniform" in page
+
+
+def test_remeasure_round_robin_medians(tmp_path, demo, host):
+    from pfcompile.search.api import remeasure
+
+    m, _ = demo
+    half = compress(m, build_space(m, host.hardware), build_space(m, host.hardware).uniform(0.5))
+    dev = NullDevice()
+    r = remeasure(dev, {"baseline": m, "best": half}, tmp_path, 3)
+    assert dev.calls == 6 and r["repeats"] == 3
+    macs = [sum(k.macs for k in graph.extract_kernels(x)) for x in (m, half)]
+    assert r["baseline_ms"] == pytest.approx(0.5 + 0.05 * macs[0] / 1e6)
+    assert r["speedup"] == pytest.approx(r["baseline_ms"] / r["best_ms"]) and r["speedup"] > 1.5
+
+
+# ----------------------------------------------------------------------------- CLI
+def _app() -> typer.Typer:
+    from pfcompile.search.cli import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so the command keeps its name `run`
+    register(app)
+    return app
+
+
+def test_cli_run_null_device_writes_dist(tmp_path):
+    out = tmp_path / "dist"
+    res = CliRunner().invoke(_app(), ["run", "--null-device", "--budget", "3", "--max-acc-drop", "3", "--strategy", "uniform",
+                                      "-o", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["trials"] == 3 and rep["baseline"]["top1"] > 0.9
+    assert (out / "model.onnx").exists() and (out / "report.html").exists()
+    again = CliRunner().invoke(_app(), ["run", "--null-device", "--budget", "3", "-o", str(out)])
+    assert isinstance(again.exception, SearchError) and "--resume" in str(again.exception)
+
+
+def test_cli_rejects_bad_settings(tmp_path):
+    res = CliRunner().invoke(_app(), ["run", "--null-device", "--strategy", "bogus", "-o", str(tmp_path)])
+    assert isinstance(res.exception, SearchError) and "bogus" in str(res.exception)
+    res = CliRunner().invoke(_app(), ["run", "--null-device", "--resume", str(tmp_path / "none")])
+    assert isinstance(res.exception, SearchError) and "no trials.jsonl" in str(res.exception)
+    res = CliRunner().invoke(_app(), ["run", str(Path(tmp_path) / "missing.onnx"), "--null-device"])
+    assert "not found" in str(res.exception)
