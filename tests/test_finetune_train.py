@@ -56,16 +56,24 @@ PRUNE_RATIO = 0.46  # l1 channel pruning of PlainCNN to 29.9 % of its MACs
 
 
 @pytest.fixture(scope="module")
-def pruned(trained, tmp_path_factory):
-    """Teacher: the PlainCNN fixture (conftest, trained on 8x8 digits). Student: the
-    teacher through ``pfcompile.passes.prune`` (l1) at PRUNE_RATIO, ~30 % of its MACs."""
-    t_path = trained("PlainCNN").onnx
-    teacher = onnx.load(t_path)
-    student = ir.to_proto(prune(teacher, PruneConfig(ratio=PRUNE_RATIO, criterion="l1")).model)
-    ratio = model_stats(student).macs / model_stats(teacher).macs
+def pruned(tmp_path_factory, digits):
+    """Teacher: zoo.PlainCNN trained on 8x8 digits (the conftest fixture's recipe, but
+    on one thread here: bit-reproducible, so the accuracy ordering below is too).
+    Student: the teacher through ``pfcompile.passes.prune`` (l1) at PRUNE_RATIO."""
+    train, _ = digits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        net = zoo.PlainCNN()
+        zoo.train_classifier(net, train.inputs["input"], train.labels, epochs=6, lr=0.05, batch=64, seed=0)
+    finally:
+        torch.set_num_threads(threads)
     d = tmp_path_factory.mktemp("pruned")
-    onnx.save(teacher, d / "teacher.onnx")
+    teacher = onnx.load(zoo.export_onnx(net, d / "teacher.onnx", (1, 1, 8, 8)))
+    student = ir.to_proto(prune(teacher, PruneConfig(ratio=PRUNE_RATIO, criterion="l1")).model)
     onnx.save(student, d / "student.onnx")
+    ratio = model_stats(student).macs / model_stats(teacher).macs
     return teacher, student, ratio, d
 
 
@@ -79,7 +87,8 @@ def test_kd_beats_ce_beats_no_finetune_on_pruned_student(pruned, digits):
     teacher, student, ratio, _ = pruned
     train, val = digits
     assert 0.27 <= ratio <= 0.33
-    # tools/bench_finetune.py runs this over 3 seeds
+    # tools/bench_finetune.py runs this over 3 fine-tune seeds (KD > CE in 3/3 for this teacher,
+    # by 0.2-0.4 points: on this small task distillation's edge over labels is small)
     common = {"epochs": 10, "optimizer": "sgd", "lr": 0.02, "max_grad_norm": 1.0, "seed": 0}
     ce = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.0, **common))
     kd = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.5, temperature=4.0, **common))
@@ -172,12 +181,12 @@ def test_finetune_is_registered_in_the_pfcompile_cli():
 def test_cli_finetune_writes_model_and_reports(cli_app, pruned, digits, tmp_path):
     _, student, _, d = pruned
     train, val = digits
-    np.savez(tmp_path / "train.npz", x=train.inputs["input"][:256], y=train.labels[:256])
+    np.savez(tmp_path / "train.npz", x=train.inputs["input"][:640], y=train.labels[:640])
     np.savez(tmp_path / "val.npz", x=val.inputs["input"], y=val.labels)
     out, js = tmp_path / "out" / "ft.onnx", tmp_path / "ft.json"
     res = CliRunner().invoke(cli_app, ["finetune", str(d / "student.onnx"), "--teacher", str(d / "teacher.onnx"),
                                    "--data", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
-                                   "--epochs", "2", "--optimizer", "sgd", "--lr", "0.02", "--max-grad-norm", "1",
+                                   "--epochs", "3", "--optimizer", "sgd", "--lr", "0.02", "--max-grad-norm", "1",
                                    "-o", str(out),
                                    "--json", str(js)])
     assert res.exit_code == 0, res.output
@@ -186,7 +195,7 @@ def test_cli_finetune_writes_model_and_reports(cli_app, pruned, digits, tmp_path
     assert _names(model) == _names(student)
     report = json.loads(js.read_text())
     assert report["after_top1"] == onnx_top1(model, val) > report["before_top1"]
-    assert len(report["epochs"]) == 2 and report["used_teacher"] is True
+    assert len(report["epochs"]) == 3 and report["used_teacher"] is True
 
 
 def test_cli_without_labels_or_teacher_fails_clearly(cli_app, pruned, digits, tmp_path):
@@ -221,7 +230,7 @@ def test_run_finetune_from_files_writes_the_model_beside_the_candidate(pruned, d
     cand = tmp_path / "cand" / "model.onnx"
     cand.parent.mkdir()
     onnx.save(student, cand)
-    np.savez(tmp_path / "train.npz", x=train.inputs["input"][:256], y=train.labels[:256])
+    np.savez(tmp_path / "train.npz", x=train.inputs["input"], y=train.labels)
     np.savez(tmp_path / "val.npz", x=val.inputs["input"], y=val.labels)
     report = run_finetune(cand, d / "teacher.onnx", tmp_path / "train.npz", tmp_path / "val.npz",
                           FinetuneSettings(epochs=2))
