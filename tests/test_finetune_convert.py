@@ -4,6 +4,8 @@ sparsified and codebook graphs of pfcompile's passes), QDQ is fake-quant with an
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -218,7 +220,16 @@ def _calib() -> Dataset:
 
 
 def _compressed(kind: str) -> onnx.ModelProto:
-    """demo.onnx through the real passes."""
+    """demo.onnx through the real passes (a fresh copy each call; each pass runs once)."""
+    return onnx.load_from_string(_compressed_bytes(kind))
+
+
+@functools.cache
+def _compressed_bytes(kind: str) -> bytes:
+    return _run_passes(kind).SerializeToString()
+
+
+def _run_passes(kind: str) -> onnx.ModelProto:
     demo = onnx.load(DEMO)
     if kind == "pruned":
         return ir.to_proto(prune(demo, PruneConfig(ratio=0.5, criterion="l1")).model)
