@@ -1,19 +1,27 @@
 """ONNX -> torch converter and write-back: outputs equal onnxruntime, a round
-trip without training reproduces the student, QDQ is fake-quant with an STE."""
+trip without training reproduces the student (including the pruned, quantized,
+sparsified and codebook graphs of pfcompile's passes), QDQ is fake-quant with an STE."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile import zoo
-from pfcompile.errors import UnsupportedOpError
+from pfcompile.data import Dataset
+from pfcompile.errors import ModelError, UnsupportedOpError
 from pfcompile.finetune import export_onnx, onnx_to_torch
-from pfcompile.finetune.fixtures import quantize_weights_qdq
+from pfcompile.passes.prune import prune
+from pfcompile.passes.prune_config import PruneConfig
+from pfcompile.passes.quantize import QuantConfig, quantize
+from pfcompile.passes.sparsify import SparsifyConfig, sparsify
 
 DEMO = "pfcompile/data/demo.onnx"
 
@@ -206,39 +214,135 @@ def test_unsupported_attribute_is_a_clear_error():
         onnx_to_torch(model)
 
 
-# ---------------------------------------------------------------- QDQ
-def _qdq_demo(bits: int, act_bits: int | None):
-    model = onnx.load(DEMO)
-    calib = np.load("pfcompile/data/demo_calib.npz")["x"][:32]
-    return quantize_weights_qdq(model, bits, act_bits=act_bits, calib=calib), calib
+# ---------------------------------------------------------------- graphs from pfcompile's passes
+def _calib() -> Dataset:
+    return Dataset({"input": np.load("pfcompile/data/demo_calib.npz")["x"][:32]}, None, "demo_calib")
 
 
-def test_int8_container_4bit_weights_are_detected_and_round_trip():
-    q, calib = _qdq_demo(4, 8)
-    mod = onnx_to_torch(q)
-    assert len(mod.quant_weights) == sum(n.op_type in ("Conv", "Gemm") for n in q.graph.node) == 12
-    assert {(w.qmin, w.qmax) for w in mod.quant_weights.values()} == {(-8, 7)}
-    assert all(w.elem_type == TensorProto.INT8 for w in mod.quant_weights.values())
-    x = calib[:6]
-    ref = _ort_per_sample(q, x)
-    # 8-bit activation fake-quant can flip a rounding tie on float noise: compare the
-    # weight-only model tightly and the full one by its predictions
-    w_only = quantize_weights_qdq(onnx.load(DEMO), 4)
-    np.testing.assert_allclose(_torch(w_only, x)[0], _ort_per_sample(w_only, x), atol=1e-4, rtol=0)
-    assert (_torch(q, x)[0].argmax(1) == ref.argmax(1)).all()
-    out = export_onnx(mod, q)
-    assert _structure(out) == _structure(q)
-    for t in q.graph.initializer:  # re-quantized integers are exactly the stored ones
+def _compressed(kind: str) -> onnx.ModelProto:
+    """demo.onnx through the real passes (a fresh copy each call; each pass runs once)."""
+    return onnx.load_from_string(_compressed_bytes(kind))
+
+
+@functools.cache
+def _compressed_bytes(kind: str) -> bytes:
+    return _run_passes(kind).SerializeToString()
+
+
+def _run_passes(kind: str) -> onnx.ModelProto:
+    demo = onnx.load(DEMO)
+    if kind == "pruned":
+        return ir.to_proto(prune(demo, PruneConfig(ratio=0.5, criterion="l1")).model)
+    if kind == "q8":
+        return ir.to_proto(quantize(demo, QuantConfig(bits=8, act_bits=8), _calib()).model)
+    if kind == "q4":
+        return ir.to_proto(quantize(demo, QuantConfig(bits=4, act_bits=4), _calib()).model)
+    if kind == "sparse":
+        return ir.to_proto(sparsify(demo, SparsifyConfig(sparsity=0.5, block="1x4")).model)
+    if kind == "sparse_q4":
+        sparse = sparsify(demo, SparsifyConfig(sparsity=0.5)).model
+        return ir.to_proto(quantize(sparse, QuantConfig(bits=4, act_bits=4), _calib()).model)
+    if kind == "codebook":
+        return ir.to_proto(quantize(demo, QuantConfig(bits=3, act_bits=None, codebook=True), _calib()).model)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["pruned", "q8", "q4", "sparse", "sparse_q4", "codebook"])
+def test_round_trip_of_pass_outputs_without_training(kind):
+    """Converter == onnxruntime, and export without training == the student: same graph,
+    bit-identical initializers, onnxruntime outputs within 1e-5."""
+    student = _compressed(kind)
+    x = np.load("pfcompile/data/demo_val.npz")["x"][:6]
+    ref = _ort_per_sample(student, x)
+    np.testing.assert_allclose(_torch(student, x)[0], ref, atol=1e-5, rtol=0)
+    mod = onnx_to_torch(student)
+    out = export_onnx(mod, student)
+    assert _structure(out) == _structure(student)
+    assert [(p.key, p.value) for p in out.metadata_props] == [(p.key, p.value) for p in student.metadata_props]
+    for t in student.graph.initializer:
         o = next(u for u in out.graph.initializer if u.name == t.name)
         np.testing.assert_array_equal(numpy_helper.to_array(o), numpy_helper.to_array(t))
     np.testing.assert_allclose(_ort_per_sample(out, x), ref, atol=1e-5, rtol=0)
+    weighted = sum(n.op_type in ("Conv", "Gemm") for n in student.graph.node)
+    if kind in ("q8", "q4", "sparse_q4"):
+        bits = 8 if kind == "q8" else 4
+        qmax = (1 << (bits - 1)) - 1
+        # the range comes from pfcompile.bits: the pass's symmetric [-qmax, qmax]
+        assert {(w.qmin, w.qmax) for w in mod.quant_weights.values()} == {(-qmax, qmax)}
+        assert len(mod.quant_weights) == weighted
+    if kind == "codebook":  # centroids are parameters, indices are not
+        assert sum(n.endswith("_codebook") for n in mod.key_of) == weighted
+        assert not any(n.endswith("_idx") for n in mod.key_of)
+    if kind.startswith("sparse"):
+        assert mod.keep_zeros and len(mod._mask_key) == weighted
 
 
-def test_clip_between_q_and_dq_gives_4bit_activations_matching_onnxruntime():
-    q, calib = _qdq_demo(4, 4)
-    assert any(n.op_type == "Clip" for n in q.graph.node)
-    x = calib[:6]
-    np.testing.assert_allclose(_torch(q, x)[0], _ort_per_sample(q, x), atol=1e-4, rtol=0)
+def test_4bit_activations_saturate_at_the_uint8_container_like_onnxruntime():
+    """The pass's 4-bit activations map the calibrated range onto 16 levels of a uint8
+    container; inputs beyond that range use higher levels (up to 255), in onnxruntime
+    and in the converter alike."""
+    q4 = _compressed("q4")
+    qs = [n for n in q4.graph.node if n.op_type == "QuantizeLinear"]
+    assert qs and all({p.key: p.value for p in n.metadata_props}["pfcompile.bits"] == "4" for n in qs)
+    x = 4.0 * np.load("pfcompile/data/demo_val.npz")["x"][:4]  # far outside the calibrated range
+    mod = onnx_to_torch(q4)
+    with torch.no_grad():
+        env = mod.run_all(torch.from_numpy(x))
+    codes = env[qs[0].output[0]]
+    assert codes.max() > 15 and codes.max() <= 255
+    np.testing.assert_allclose(_torch(q4, x)[0], _ort_per_sample(q4, x), atol=1e-4, rtol=0)
+
+
+def test_bits_metadata_that_does_not_fit_the_codes_is_a_clear_error():
+    q4 = _compressed("q4")
+    dq = next(n for n in q4.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_q"))
+    next(p for p in dq.metadata_props if p.key == "pfcompile.bits").value = "2"
+    with pytest.raises(ModelError, match=rf"{dq.name}.*pfcompile.bits=2.*\[-1, 1\]"):
+        onnx_to_torch(q4)
+
+
+def test_codebook_training_moves_centroids_and_keeps_indices():
+    cb = _compressed("codebook")
+    mod = onnx_to_torch(cb)
+    x = torch.from_numpy(np.load("pfcompile/data/demo_val.npz")["x"][:16])
+    opt = torch.optim.SGD(mod.parameters(), lr=1e-2)
+    mod(x).square().mean().backward()
+    opt.step()
+    out = export_onnx(mod, cb)
+    before = {t.name: numpy_helper.to_array(t) for t in cb.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    books = [n for n in before if n.endswith("_codebook")]
+    assert books and all(not np.array_equal(after[n], before[n]) for n in books)
+    assert all(np.array_equal(after[n], before[n]) for n in before if n.endswith("_idx"))
+    with torch.no_grad():
+        np.testing.assert_allclose(_ort_per_sample(out, x.numpy()[:4]), mod(x[:4]).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "sparse_q4"])
+def test_training_a_sparsified_model_keeps_its_zeros(kind):
+    student = _compressed(kind)
+    mod = onnx_to_torch(student)
+    x = torch.from_numpy(np.load("pfcompile/data/demo_val.npz")["x"][:16])
+    opt = torch.optim.SGD(mod.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        mod(x).square().mean().backward()
+        opt.step()
+    out = export_onnx(mod, student)
+    before = {t.name: numpy_helper.to_array(t) for t in student.graph.initializer}
+    after = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    weights = [n for n in before if n.endswith("_q")] if kind == "sparse_q4" else \
+        [n for n in before if before[n].ndim in (2, 4)]
+    assert weights
+    changed = 0
+    for n in weights:
+        zero = before[n] == 0
+        assert zero.mean() > 0.3 and np.all(after[n][zero] == 0), n
+        changed += int(not np.array_equal(after[n], before[n]))
+    # the non-zero weights did train (a few 4-bit codes move after two small steps)
+    assert changed == len(weights) if kind == "sparse" else changed > 0
+    with torch.no_grad():
+        np.testing.assert_allclose(_ort_per_sample(out, x.numpy()[:4]), mod(x[:4]).numpy(), atol=1e-4)
 
 
 def test_int4_typed_weights_opset21_round_trip():
@@ -270,9 +374,9 @@ def test_int4_typed_weights_opset21_round_trip():
 
 
 def test_straight_through_estimator_reaches_quantized_weights():
-    q, calib = _qdq_demo(4, 4)
+    q = _compressed("q4")
     mod = onnx_to_torch(q)
-    out = mod(torch.from_numpy(calib[:8]))
+    out = mod(torch.from_numpy(_calib().inputs["input"][:8]))
     out.square().mean().backward()
     grads = [mod.params[w.key].grad for w in mod.quant_weights.values()]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)

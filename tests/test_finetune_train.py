@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 import torch
 import typer
@@ -18,7 +19,10 @@ from pfcompile.data import Dataset, load_npz
 from pfcompile.errors import ConfigError, DataError, ModelError
 from pfcompile.finetune import FinetuneSettings, data_specs, finetune, onnx_top1
 from pfcompile.finetune import cli as finetune_cli
-from pfcompile.finetune.fixtures import SlimCNN, conv_macs, pruned_student, quantize_weights_qdq
+from pfcompile.passes.prune import prune
+from pfcompile.passes.prune_config import PruneConfig
+from pfcompile.passes.quantize import QuantConfig, quantize
+from pfcompile.passes.stats import model_stats
 
 DEMO = "pfcompile/data/demo.onnx"
 
@@ -48,20 +52,29 @@ def digits():
             Dataset({"input": d["x_val"]}, d["y_val"], "val"))
 
 
+PRUNE_RATIO = 0.46  # l1 channel pruning of PlainCNN to 29.9 % of its MACs
+
+
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory, digits):
-    """Teacher: SlimCNN(16, 32, 32) trained on 8x8 digits. Student: widths (8, 18, 18)
-    keeping the teacher's largest-L1 channels, ~30 % of the teacher's MACs."""
+    """Teacher: zoo.PlainCNN trained on 8x8 digits (the conftest fixture's recipe, but
+    on one thread here: bit-reproducible, so the accuracy ordering below is too).
+    Student: the teacher through ``pfcompile.passes.prune`` (l1) at PRUNE_RATIO."""
     train, _ = digits
-    torch.manual_seed(0)
-    teacher = SlimCNN((16, 32, 32))
-    zoo.train_classifier(teacher, train.inputs["input"], train.labels, epochs=10, lr=0.05, seed=0)
-    student = pruned_student(teacher, (8, 18, 18))
-    ratio = conv_macs(student, (1, 1, 8, 8)) / conv_macs(teacher, (1, 1, 8, 8))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        net = zoo.PlainCNN()
+        zoo.train_classifier(net, train.inputs["input"], train.labels, epochs=6, lr=0.05, batch=64, seed=0)
+    finally:
+        torch.set_num_threads(threads)
     d = tmp_path_factory.mktemp("pruned")
-    t = onnx.load(zoo.export_onnx(teacher, d / "teacher.onnx", (1, 1, 8, 8)))
-    s = onnx.load(zoo.export_onnx(student, d / "student.onnx", (1, 1, 8, 8)))
-    return t, s, ratio, d
+    teacher = onnx.load(zoo.export_onnx(net, d / "teacher.onnx", (1, 1, 8, 8)))
+    student = ir.to_proto(prune(teacher, PruneConfig(ratio=PRUNE_RATIO, criterion="l1")).model)
+    onnx.save(student, d / "student.onnx")
+    ratio = model_stats(student).macs / model_stats(teacher).macs
+    return teacher, student, ratio, d
 
 
 def _names(m: onnx.ModelProto):
@@ -74,8 +87,9 @@ def test_kd_beats_ce_beats_no_finetune_on_pruned_student(pruned, digits):
     teacher, student, ratio, _ = pruned
     train, val = digits
     assert 0.27 <= ratio <= 0.33
-    # tools/bench_finetune.py runs this over 2 teachers x 3 seeds: KD > CE in each of the 6
-    common = {"epochs": 15, "optimizer": "sgd", "lr": 0.02, "max_grad_norm": 1.0, "seed": 0}
+    # tools/bench_finetune.py runs this over 3 fine-tune seeds (KD > CE in 3/3 for this teacher,
+    # by 0.2-0.4 points: on this small task distillation's edge over labels is small)
+    common = {"epochs": 10, "optimizer": "sgd", "lr": 0.02, "max_grad_norm": 1.0, "seed": 0}
     ce = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.0, **common))
     kd = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.5, temperature=4.0, **common))
     print(f"\npruned to {ratio:.1%} MACs: teacher {kd.teacher_top1:.4f}, no fine-tune {ce.before_top1:.4f}, "
@@ -87,31 +101,35 @@ def test_kd_beats_ce_beats_no_finetune_on_pruned_student(pruned, digits):
     assert kd.after_top1 <= kd.teacher_top1 + 0.01
     # the result is the student's graph with new weights, same names and pruned shapes
     assert _names(kd.model) == _names(student)
-    assert [e.epoch for e in kd.epochs] == list(range(1, 16))
+    assert [e.epoch for e in kd.epochs] == list(range(1, 11))
     assert all(e.kd is not None and e.ce is not None and e.val_top1 is not None for e in kd.epochs)
     assert kd.epochs[-1].loss < kd.epochs[0].loss
 
 
 @pytest.mark.slow
 def test_4bit_qat_with_kd_recovers_half_the_ptq_loss():
-    """demo.onnx (32x32 digits) quantized to 4-bit weights, per tensor (int8 containers,
-    codes in [-7, 7]), plus 4-bit activations (Q -> Clip[0, 15] -> DQ)."""
+    """demo.onnx (32x32 digits) through ``pfcompile.passes.quantize``: 4-bit per-channel
+    weights and 4-bit activations, no bias correction (with it, 4-bit PTQ loses 0.6
+    points on this model and there is little to recover)."""
     teacher = onnx.load(DEMO)
     d = zoo.digits_splits(size=32, seed=0)
     train = Dataset({"input": d["x_train"]}, d["y_train"], "train32")
     val = Dataset({"input": d["x_val"]}, d["y_val"], "val32")
-    calib = np.load("pfcompile/data/demo_calib.npz")["x"]
-    student = quantize_weights_qdq(teacher, 4, per_channel=False, act_bits=4, calib=calib)
+    calib = Dataset({"input": d["x_calib"]}, None, "calib32")
+    cfg = QuantConfig(bits=4, act_bits=4, bias_correction=False)
+    student = ir.to_proto(quantize(teacher, cfg, calib).model)
     r = finetune(student, teacher, train, val, FinetuneSettings(epochs=1, alpha=0.5, temperature=4.0))
     loss = r.teacher_top1 - r.before_top1
     print(f"\n4-bit: fp32 {r.teacher_top1:.4f}, PTQ {r.before_top1:.4f}, QAT+KD {r.after_top1:.4f}")
-    assert loss > 0.05  # per-tensor 4-bit PTQ really hurts this model
+    assert loss > 0.01  # 4-bit PTQ without bias correction loses 1.85 points (10 of 540 images)
     assert r.after_top1 - r.before_top1 >= 0.5 * loss
-    # quantized weights stay int8 containers of 4-bit codes
+    # quantized weights stay int8 containers of symmetric 4-bit codes
+    qnames = [t.name for t in student.graph.initializer if t.name.endswith("_q")]
+    assert qnames
     for t in r.model.graph.initializer:
-        if t.name.endswith("_q4"):
+        if t.name in qnames:
             q = onnx.numpy_helper.to_array(t)
-            assert q.dtype == np.int8 and q.min() >= -8 and q.max() <= 7
+            assert q.dtype == np.int8 and q.min() >= -7 and q.max() <= 7
     assert _names(r.model) == _names(student)
 
 
@@ -136,7 +154,7 @@ def test_no_labels_and_no_teacher_is_a_clear_error(pruned, digits):
 def test_teacher_student_output_shape_mismatch_is_a_clear_error(pruned, digits, tmp_path):
     _, student, _, _ = pruned
     train, _ = digits
-    other = onnx.load(zoo.export_onnx(SlimCNN((4, 4, 4), classes=12), tmp_path / "t12.onnx", (1, 1, 8, 8)))
+    other = onnx.load(zoo.export_onnx(zoo.PlainCNN(classes=12), tmp_path / "t12.onnx", (1, 1, 8, 8)))
     with pytest.raises(ModelError, match=r"teacher output 'logits' has shape \(N, 12\).*student output "
                                          r"'logits' has \(N, 10\)"):
         finetune(student, other, train, None, FinetuneSettings(epochs=1))
@@ -163,12 +181,12 @@ def test_finetune_is_registered_in_the_pfcompile_cli():
 def test_cli_finetune_writes_model_and_reports(cli_app, pruned, digits, tmp_path):
     _, student, _, d = pruned
     train, val = digits
-    np.savez(tmp_path / "train.npz", x=train.inputs["input"][:256], y=train.labels[:256])
+    np.savez(tmp_path / "train.npz", x=train.inputs["input"][:640], y=train.labels[:640])
     np.savez(tmp_path / "val.npz", x=val.inputs["input"], y=val.labels)
     out, js = tmp_path / "out" / "ft.onnx", tmp_path / "ft.json"
     res = CliRunner().invoke(cli_app, ["finetune", str(d / "student.onnx"), "--teacher", str(d / "teacher.onnx"),
                                    "--data", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
-                                   "--epochs", "2", "--optimizer", "sgd", "--lr", "0.02", "--max-grad-norm", "1",
+                                   "--epochs", "3", "--optimizer", "sgd", "--lr", "0.02", "--max-grad-norm", "1",
                                    "-o", str(out),
                                    "--json", str(js)])
     assert res.exit_code == 0, res.output
@@ -177,7 +195,7 @@ def test_cli_finetune_writes_model_and_reports(cli_app, pruned, digits, tmp_path
     assert _names(model) == _names(student)
     report = json.loads(js.read_text())
     assert report["after_top1"] == onnx_top1(model, val) > report["before_top1"]
-    assert len(report["epochs"]) == 2 and report["used_teacher"] is True
+    assert len(report["epochs"]) == 3 and report["used_teacher"] is True
 
 
 def test_cli_without_labels_or_teacher_fails_clearly(cli_app, pruned, digits, tmp_path):
@@ -202,3 +220,28 @@ def test_data_specs_accept_a_dynamic_batch(pruned, tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros((5, 1, 9, 9), np.float32))
     with pytest.raises(DataError, match="bad.npz.*shape \\(5, 1, 9, 9\\).*\\(N, 1, 8, 8\\)"):
         load_npz(tmp_path / "bad.npz", data_specs(dyn))
+
+
+def test_run_finetune_from_files_writes_the_model_beside_the_candidate(pruned, digits, tmp_path):
+    from pfcompile.finetune import run_finetune
+
+    _, student, _, d = pruned
+    train, val = digits
+    cand = tmp_path / "cand" / "model.onnx"
+    cand.parent.mkdir()
+    onnx.save(student, cand)
+    np.savez(tmp_path / "train.npz", x=train.inputs["input"], y=train.labels)
+    np.savez(tmp_path / "val.npz", x=val.inputs["input"], y=val.labels)
+    report = run_finetune(cand, d / "teacher.onnx", tmp_path / "train.npz", tmp_path / "val.npz",
+                          FinetuneSettings(epochs=2))
+    out = tmp_path / "cand" / "model_ft.onnx"
+    assert report["model_path"] == str(out) and report["candidate_path"] == str(cand)
+    model = onnx.load(out)
+    assert _names(model) == _names(student)
+    assert report["after_top1"] == onnx_top1(model, val) > report["before_top1"]
+    assert report["used_teacher"] and len(report["epochs"]) == 2
+    json.dumps(report)  # JSON-ready for the search log
+    with pytest.raises(DataError, match="missing.npz"):
+        run_finetune(cand, None, tmp_path / "missing.npz", None, FinetuneSettings(epochs=1),
+                     out_path=tmp_path / "never.onnx")
+    assert not (tmp_path / "never.onnx").exists()

@@ -5,6 +5,9 @@ teacher's softened outputs, write the trained weights back into the same graph.
     from pfcompile.finetune import FinetuneSettings, finetune
     result = finetune(student, teacher, train, val, FinetuneSettings(epochs=5))
     onnx.save(result.model, "student_ft.onnx"); result.before_top1, result.after_top1
+
+    # from files, for the search: writes <candidate>_ft.onnx and returns a JSON-ready dict
+    report = run_finetune("cand.onnx", "teacher.onnx", "train.npz", "val.npz", FinetuneSettings(epochs=5))
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ _LAZY = {
     "SUPPORTED_OPS": "convert", "OnnxModule": "convert", "QuantWeight": "convert",
     "onnx_to_torch": "convert", "export_onnx": "export", "requantize": "export",
     "EpochStats": "train", "FinetuneResult": "train", "data_specs": "train", "finetune": "train",
-    "kd_loss": "train", "onnx_logits": "train", "onnx_top1": "train",
+    "kd_loss": "train", "onnx_logits": "train", "onnx_top1": "train", "run_finetune": "run",
 }
 
 
@@ -44,4 +47,5 @@ __all__ = [
     "onnx_to_torch",
     "onnx_top1",
     "requantize",
+    "run_finetune",
 ]

@@ -15,7 +15,20 @@ parameters written back into the very same graph (:mod:`pfcompile.finetune.expor
   (:mod:`pfcompile.finetune.fakequant`). A weight stored as an integer
   initializer and read by DequantizeLinear gets a float shadow parameter
   ``(q - zp) * s`` that is re-quantized (per channel along the node's axis, to
-  the weight's bit range) in every forward pass.
+  the weight's bit range) in every forward pass. The bit range comes from the
+  DequantizeLinear's ``metadata_props["pfcompile.bits"]`` when present (written by
+  :mod:`pfcompile.passes.quantize`: symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]``), else
+  from the stored codes. An activation QuantizeLinear saturates at its container's
+  range (uint8 0..255) whatever its ``pfcompile.bits`` says, exactly as
+  onnxruntime runs it: the quantize pass's sub-8-bit activations are a scale that
+  maps the calibrated range onto ``2^b`` levels, not a clamp.
+* Codebook weights (``Cast(indices) -> Gather(codebook)``): the float centroids are
+  trained (gradients of all weights sharing a centroid add up, as in Deep
+  Compression's fine-tuning); the indices are integers and stay fixed.
+* Sparsified models (model metadata ``pfcompile.sparsity``, or ``keep_zeros=True``):
+  every weight that is zero stays zero (a fixed 0/1 mask multiplies the Conv /
+  Gemm / MatMul weight or the quantized weight's shadow), so fine-tuning keeps
+  the sparsity pattern.
 * Batch size: the graph may have been exported with a fixed batch (usually 1).
   With ``dynamic_batch=True`` (the default) a Reshape whose target shape starts
   with that fixed batch, applied to a tensor whose first dim is the running
@@ -28,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -67,6 +80,7 @@ class _Node:
     inputs: list[str]
     outputs: list[str]
     attrs: dict
+    meta: dict[str, str] = field(default_factory=dict)  # the node's metadata_props
     quant: QuantWeight | None = None  # set on a DequantizeLinear of a quantized weight
     qrange: tuple[int, int] | None = None  # QuantizeLinear's output range
 
@@ -76,7 +90,12 @@ _TRAINABLE = {
     ("Conv", 1), ("Conv", 2), ("Gemm", 0), ("Gemm", 1), ("Gemm", 2), ("MatMul", 0), ("MatMul", 1),
     ("Add", 0), ("Add", 1), ("Sub", 0), ("Sub", 1), ("Mul", 0), ("Mul", 1), ("Div", 0),
     ("BatchNormalization", 1), ("BatchNormalization", 2), ("QuantizeLinear", 0),
+    ("Gather", 0),  # a float table read by Gather: codebook centroids (indices stay fixed)
 }
+# weight inputs whose zeros a sparsified model keeps (see ``keep_zeros``)
+_WEIGHT_INPUTS = {("Conv", 1), ("Gemm", 0), ("Gemm", 1), ("MatMul", 0), ("MatMul", 1)}
+SPARSITY_KEY = "pfcompile.sparsity"  # model metadata written by pfcompile.passes.sparsify
+BITS_KEY = "pfcompile.bits"  # node metadata written by pfcompile.passes.quantize
 
 
 def _key(name: str, used: set[str]) -> str:
@@ -129,9 +148,13 @@ def _float(t: torch.Tensor) -> torch.Tensor:
 class OnnxModule(nn.Module):
     """A torch module that runs an ONNX graph node by node (see module docstring)."""
 
-    def __init__(self, model: onnx.ModelProto, *, dynamic_batch: bool = True) -> None:
+    def __init__(self, model: onnx.ModelProto, *, dynamic_batch: bool = True,
+                 keep_zeros: bool | None = None) -> None:
         super().__init__()
         g = model.graph
+        if keep_zeros is None:
+            keep_zeros = any(p.key == SPARSITY_KEY for p in model.metadata_props)
+        self.keep_zeros = keep_zeros
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         inits = {t.name: t for t in g.initializer}
         self.input_names = [v.name for v in g.input if v.name not in inits]
@@ -147,6 +170,7 @@ class OnnxModule(nn.Module):
         self.key_of: dict[str, str] = {}  # ONNX initializer name -> param key (trained floats)
         self.quant_weights: dict[str, QuantWeight] = {}
         self._buffer_key: dict[str, str] = {}
+        self._mask_key: dict[str, str] = {}  # param key -> buffer key of its 0/1 sparsity mask
         used: set[str] = set()
 
         self.nodes: list[_Node] = []
@@ -159,7 +183,8 @@ class OnnxModule(nn.Module):
             if n.op_type not in _OPS:
                 raise UnsupportedOpError(
                     name, n.op_type, "finetune's converter supports " + ", ".join(sorted(_OPS)))
-            node = _Node(i, name, n.op_type, list(n.input), list(n.output), _attrs(n))
+            meta = {e.key: e.value for e in getattr(n, "metadata_props", ())}
+            node = _Node(i, name, n.op_type, list(n.input), list(n.output), _attrs(n), meta)
             _check_attrs(node)
             self.nodes.append(node)
             for j, v in enumerate(n.input):
@@ -183,6 +208,8 @@ class OnnxModule(nn.Module):
                 k = _key(t.name, used)
                 self.params[k] = nn.Parameter(_to_torch(arr))
                 self.key_of[t.name] = k
+                if keep_zeros and all(u in _WEIGHT_INPUTS for u in used_as):
+                    self._add_mask(k, arr != 0, used)
             else:
                 k = _key("buf_" + t.name, used)  # prefixed: no clash with nn.Module attributes
                 self.register_buffer(k, _to_torch(arr))
@@ -203,7 +230,7 @@ class OnnxModule(nn.Module):
             if node.attrs.get("block_size"):
                 raise UnsupportedOpError(node.name, node.op, "blocked quantization (block_size) is not supported")
             q = numpy_helper.to_array(t).astype(np.int64)
-            qmin, qmax = fq.stored_range(q, t.data_type)
+            qmin, qmax = _weight_range(node, q, t.data_type)
             scale = self._const(node.inputs[1])
             zp = self._const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
             axis = int(node.attrs.get("axis", 1))
@@ -212,6 +239,8 @@ class OnnxModule(nn.Module):
                                   torch.zeros(()) if zp is None else zp.float(), axis)
             k = _key(t.name + "_float", used)
             self.params[k] = nn.Parameter(w.contiguous())
+            if keep_zeros:
+                self._add_mask(k, q != 0, used)
             qw = QuantWeight(t.name, k, node.inputs[1], node.inputs[2] if zp is not None else None,
                              axis, qmin, qmax, t.data_type)
             self.quant_weights[t.name] = qw
@@ -219,10 +248,24 @@ class OnnxModule(nn.Module):
             if node.op == "DequantizeLinear" and node.inputs[0] in self.quant_weights:
                 node.quant = self.quant_weights[node.inputs[0]]
 
+    def _add_mask(self, key: str, nonzero: np.ndarray, used: set[str]) -> None:
+        if nonzero.all():
+            return
+        mk = _key(f"mask_{key}", used)
+        self.register_buffer(mk, torch.from_numpy(np.ascontiguousarray(nonzero)).to(torch.float32))
+        self._mask_key[key] = mk
+
     # -- values ---------------------------------------------------------------
+    def param_value(self, key: str) -> torch.Tensor:
+        """A trained parameter as the graph sees it: with its sparsity mask applied
+        (zeros of a sparsified weight stay zero), else as it is."""
+        p = self.params[key]
+        mk = self._mask_key.get(key)
+        return p if mk is None else p * getattr(self, mk)
+
     def _const(self, name: str) -> torch.Tensor:
         if name in self.key_of:
-            return self.params[self.key_of[name]]
+            return self.param_value(self.key_of[name])
         if name in self._buffer_key:
             return getattr(self, self._buffer_key[name])
         raise ModelError(f"value '{name}' must be an initializer")
@@ -230,8 +273,8 @@ class OnnxModule(nn.Module):
     def initializer_values(self) -> dict[str, torch.Tensor]:
         """Current values of every trained initializer, keyed by ONNX name (float
         initializers as they are, quantized weights as their float shadow)."""
-        out = {n: self.params[k] for n, k in self.key_of.items()}
-        out.update({n: self.params[q.key] for n, q in self.quant_weights.items()})
+        out = {n: self.param_value(k) for n, k in self.key_of.items()}
+        out.update({n: self.param_value(q.key) for n, q in self.quant_weights.items()})
         return out
 
     def forward(self, *args: torch.Tensor):
@@ -250,7 +293,7 @@ class OnnxModule(nn.Module):
             feeds = dict(zip(self.input_names, args))
         env: dict[str, torch.Tensor] = {}
         for n, k in self.key_of.items():
-            env[n] = self.params[k]
+            env[n] = self.param_value(k)
         for n, k in self._buffer_key.items():
             env[n] = getattr(self, k)
         env.update(feeds)
@@ -263,10 +306,34 @@ class OnnxModule(nn.Module):
         return env
 
 
-def onnx_to_torch(model: onnx.ModelProto, *, dynamic_batch: bool = True) -> OnnxModule:
+def onnx_to_torch(model: onnx.ModelProto, *, dynamic_batch: bool = True,
+                  keep_zeros: bool | None = None) -> OnnxModule:
     """Convert an ONNX model (the op set pfcompile's passes produce) to a trainable
-    :class:`OnnxModule`; see the module docstring for what is trained."""
-    return OnnxModule(model, dynamic_batch=dynamic_batch)
+    :class:`OnnxModule`; see the module docstring for what is trained.
+    ``keep_zeros=None`` keeps weight zeros fixed when the model was sparsified."""
+    return OnnxModule(model, dynamic_batch=dynamic_batch, keep_zeros=keep_zeros)
+
+
+def _weight_range(node: _Node, q: np.ndarray, elem_type: int) -> tuple[int, int]:
+    """Code range of a quantized weight: from the node's ``pfcompile.bits`` (the quantize
+    pass's symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]`` in a signed container, ``[0, 2^b-1]``
+    in an unsigned one), else the narrowest bit range holding the stored codes."""
+    raw = node.meta.get(BITS_KEY)
+    if raw is None:
+        return fq.stored_range(q, elem_type)
+    full = fq.dtype_range(elem_type)
+    try:
+        bits = int(raw)
+    except ValueError:
+        bits = 0
+    if full is None or not 2 <= bits <= 8 or (1 << bits) - 1 > full[1] - full[0]:
+        raise ModelError(f"node '{node.name}' ({node.op}): {BITS_KEY}={raw!r} is not a bit width its "
+                         f"{helper.tensor_dtype_to_string(elem_type)} weight can hold")
+    lo, hi = (-((1 << (bits - 1)) - 1), (1 << (bits - 1)) - 1) if full[0] < 0 else (0, (1 << bits) - 1)
+    if q.size and (q.min() < lo or q.max() > hi):
+        raise ModelError(f"node '{node.name}' ({node.op}): {BITS_KEY}={bits} but its weight '{node.inputs[0]}' "
+                         f"holds codes in [{q.min()}, {q.max()}], outside [{lo}, {hi}]")
+    return lo, hi
 
 
 # ----------------------------------------------------------------------------- checks
@@ -651,7 +718,7 @@ def _op_dequantize(m, node, xs):
     zp = _float(xs[2]) if len(xs) > 2 and xs[2] is not None else torch.zeros(())
     axis = _qaxis(node)
     if node.quant is not None:
-        w = m.params[node.quant.key]
+        w = m.param_value(node.quant.key)
         q = fq.fake_quantize(w, scale, zp, node.quant.qmin, node.quant.qmax, axis)
     else:
         q = _float(xs[0])

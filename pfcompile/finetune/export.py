@@ -23,7 +23,7 @@ __all__ = ["export_onnx", "requantize"]
 
 def requantize(module: OnnxModule, qw: QuantWeight) -> np.ndarray:
     """Integer codes (int64) of a quantized weight's current float shadow."""
-    w = module.params[qw.key].detach()
+    w = module.param_value(qw.key).detach()
     scale = module._const(qw.scale).detach().float()
     zp = module._const(qw.zero_point).detach().float() if qw.zero_point else torch.zeros(())
     with torch.no_grad():
@@ -35,7 +35,7 @@ def export_onnx(module: OnnxModule, student: onnx.ModelProto) -> onnx.ModelProto
     """A copy of ``student`` whose trained initializers hold ``module``'s values."""
     values: dict[str, np.ndarray] = {}
     for name, key in module.key_of.items():
-        values[name] = module.params[key].detach().cpu().numpy()
+        values[name] = module.param_value(key).detach().cpu().numpy()
     for name, qw in module.quant_weights.items():
         values[name] = requantize(module, qw)
 

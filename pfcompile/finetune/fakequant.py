@@ -9,7 +9,9 @@ specifies (``torch.round`` rounds half to even).
 
 Bit widths: a zero point's element type fixes the container range (int8
 ``[-128, 127]``, uint8 ``[0, 255]``, int4 ``[-8, 7]``, uint4 ``[0, 15]``, ...).
-Sub-8-bit values stored in int8/uint8 containers are recognised two ways:
+Sub-8-bit values stored in int8/uint8 containers: the converter reads a weight's
+bit width from the quantize pass's ``pfcompile.bits`` node metadata when present;
+without it they are recognised two ways:
 
 * activations: a ``Clip(qmin, qmax)`` between ``QuantizeLinear`` and
   ``DequantizeLinear`` (interpreted node by node, so nothing special is needed);

@@ -32,6 +32,7 @@ from pfcompile.finetune.convert import onnx_to_torch
 from pfcompile.finetune.export import export_onnx
 from pfcompile.finetune.settings import FinetuneSettings
 from pfcompile.model import TensorSpec, input_specs, load_onnx
+from pfcompile.passes.qlayers import ORT_DISABLED_OPTIMIZERS
 
 __all__ = [
     "EpochStats",
@@ -103,7 +104,9 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
         # onnxruntime 1.32's graph optimizations (level BASIC and up) change the result of
         # QuantizeLinear -> Clip -> DequantizeLinear (sub-8-bit activations); run it as written
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # and WeightBiasQuantization off, as in pfcompile's reference sessions: the graph as written
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
 
 
 def _feeds_for(model: onnx.ModelProto, data: Dataset, what: str) -> tuple[list[str], list[np.ndarray]]:
