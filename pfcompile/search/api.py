@@ -62,8 +62,11 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     specs = input_specs(model)
     tgt = load_target(target)
     dataset = load_npz(data, specs) if data else _random_data(model)
-    if calib:
-        load_npz(calib, specs)  # validated now; the L1 pruner needs no calibration data
+    # LASSO pruning calibrates on --calib, else on the first samples of --data;
+    # with neither (random inputs) candidates are pruned by L1 weight norm
+    calib_set = load_npz(calib, specs) if calib else (dataset if data else None)
+    if calib_set is not None:
+        calib_set = calib_set.subset(min(settings.calib_samples, len(calib_set)))
     out = Path(out_dir)
     run_dir = Path(resume) if resume else out / "run"
     if resume and not (run_dir / "trials.jsonl").exists():
@@ -91,7 +94,7 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     try:
         result = run_search(model, tgt, dev, dataset, run_dir, settings,
                             cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
-                            on_event=on_event)
+                            calib=calib_set, on_event=on_event)
         if result.best_model is not None and not null_device and final_repeats > 0:
             if on_event:
                 on_event("final", {})
