@@ -171,6 +171,19 @@ def test_loop_on_null_device(tmp_path, demo, host, strategy):
     assert rep["emulated"] is False and rep["trials"] == 4
 
 
+def test_loop_prunes_with_lasso_when_given_calibration_data(tmp_path, demo, host):
+    m, d = demo
+    calib = load_npz(demo_paths()[2], input_specs(m)).subset(32)
+    settings = SearchSettings(strategy="uniform", **{**FAST, "budget": 3})
+    runs = {name: run_search(m, host, NullDevice(), d, tmp_path / name, settings, calib=c)
+            for name, c in (("l1", None), ("lasso", calib))}
+    l1, lasso = runs["l1"].trials, runs["lasso"].trials
+    assert [t["config"] for t in l1] == [t["config"] for t in lasso]  # same candidates
+    assert [t["macs"] for t in l1] == [t["macs"] for t in lasso]      # same shapes
+    assert all(b["top1"] >= a["top1"] - 0.02 for a, b in zip(l1, lasso))
+    assert sum(t["top1"] for t in lasso) > sum(t["top1"] for t in l1) + 0.05
+
+
 def test_loop_is_deterministic(tmp_path, demo, host):
     m, d = demo
     runs = [run_search(m, host, NullDevice(), d, tmp_path / f"r{i}", SearchSettings(**FAST))
