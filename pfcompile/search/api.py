@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 
 from pfcompile.data import Dataset, load_npz
+from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.devices import LocalServer, NullDevice, RPCDevice
+from pfcompile.search.devices import NullDevice, RPCDevice
 from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
@@ -84,8 +85,9 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         h, p = _parse_hostport(device, "--device")
         dev = RPCDevice(tgt, host=h, port=p)
     elif tgt.is_host:
-        server = LocalServer(*port_range, threads=threads).start()
-        dev = RPCDevice(tgt, port=server.bound)
+        server = serve(tgt, "127.0.0.1", free_port("127.0.0.1", port_range[0], port_range[1] - 1),
+                       threads=threads)
+        dev = RPCDevice(tgt, port=server.port)
     else:
         raise DeviceError(f"target '{tgt.name}' is not this machine: start its device (for the "
                           f"emulated one: `pfcompile device serve --target {tgt.name}`) and pass "
