@@ -222,17 +222,20 @@ def _clean_env() -> dict[str, str]:
 def serve(target: Target, host: str = "127.0.0.1", port: int = 9090,
           tracker_addr: str | None = None, key: str | None = None,
           device_dir: Path | str | None = None, ready_s: float | None = None,
-          wait: bool = True) -> DeviceProcess:
+          wait: bool = True, threads: int | None = None) -> DeviceProcess:
     """Start a stock ``tvm.exec.rpc_server`` for *target* on exactly ``host:port``.
 
     ``target.serve == "local"`` runs it with this Python; ``"qemu"`` runs it on the
     emulated aarch64 Python from *device_dir* (``import tvm`` alone takes ~20 s
     there). With *tracker_addr* the server registers under *key* (default: the
     target's ``rpc_key``). Returns once the port is bound (DeviceError otherwise), or
-    at once with ``wait=False`` (then call ``wait_ready(proc)``).
+    at once with ``wait=False`` (then call ``wait_ready(proc)``). ``threads`` sets
+    ``TVM_NUM_THREADS`` of the server (1 is steadiest on a shared CPU).
     """
     key = key if key is not None else target.rpc_key
     env = _clean_env()
+    if threads:
+        env["TVM_NUM_THREADS"] = str(int(threads))
     if target.serve == "local":
         python = sys.executable
         ready_s = 60.0 if ready_s is None else ready_s

@@ -13,15 +13,17 @@ import typer
 from typer.testing import CliRunner
 
 from pfcompile.data import load_npz
-from pfcompile.errors import ConfigError, PassError, SearchError
+from pfcompile.errors import ConfigError, SearchError
 from pfcompile.model import input_specs, load_onnx
+from pfcompile.passes.depgraph import dependency_groups
 from pfcompile.search import graph
 from pfcompile.search.api import demo_paths
 from pfcompile.search.devices import Measurement, NullDevice, kernel_model
+from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.latency_model import FlopsModel, LatencyModel, kendall_tau
 from pfcompile.search.loop import SearchSettings, TrialLog, run_search
 from pfcompile.search.report import build_report, render_html
-from pfcompile.search.space import build_space, compress
+from pfcompile.search.space import build_space, compress, prune_config
 from pfcompile.targets import load_target
 
 FAST = {"budget": 4, "batch": 2, "pool": 6, "eval_subset": 64, "max_acc_drop": 3.0}
@@ -65,17 +67,34 @@ def test_space_knobs_are_vector_multiples(demo, host):
 def test_prune_full_is_identity_and_half_runs(demo, host):
     m, d = demo
     space = build_space(m, host.hardware)
+    assert {k.target for k in space.knobs} == {g.id for g in dependency_groups(m) if g.prunable}
     x = d.inputs["input"][:1]
     same = compress(m, space, space.default())
     np.testing.assert_allclose(_ort(same, x), _ort(m, x), atol=1e-5)
-    half = compress(m, space, space.uniform(0.5))
+    half = compress(m, space, space.uniform(0.5))  # no calibration data: L1
     ks0, ks1 = graph.extract_kernels(m), graph.extract_kernels(half)
     assert len(ks0) == len(ks1) == 13
     ratio = sum(k.macs for k in ks1) / sum(k.macs for k in ks0)
     assert 0.2 < ratio < 0.35  # ~quarter of the MACs when both sides of a conv halve
     assert _ort(half, x).shape == (1, 10)
-    with pytest.raises(PassError, match="unknown channel group"):
-        graph.prune_channels(m, {"g99:nope": 4})
+    pc = prune_config(space, space.uniform(0.5))
+    assert pc.criterion == "l1" and dict(pc.group_ratios) == {
+        k.target: pytest.approx(0.5) for k in space.knobs}
+    with pytest.raises(ConfigError, match="unknown knob"):
+        compress(m, space, {"keep:nope": 4})
+
+
+def test_lasso_candidate_has_l1_shapes_and_better_accuracy(demo, host):
+    m, d = demo
+    calib = load_npz(demo_paths()[2], input_specs(m))
+    space = build_space(m, host.hardware)
+    cfg = space.uniform(0.5)
+    l1 = compress(m, space, cfg)
+    lasso = compress(m, space, cfg, calib, calib_samples=32)
+    assert [k.key for k in graph.extract_kernels(lasso)] == [k.key for k in graph.extract_kernels(l1)]
+    ev = Evaluator(m, d)
+    s_l1, s_lasso = ev.score(l1).top1, ev.score(lasso).top1
+    assert s_lasso > s_l1 + 0.05, (s_lasso, s_l1)
 
 
 def test_kernel_keys_and_single_kernel_models(demo):
@@ -150,6 +169,19 @@ def test_loop_on_null_device(tmp_path, demo, host, strategy):
     rep = build_report(r)
     assert set(rep) >= {"baseline", "best", "trials", "device_measurements", "cost_model", "emulated"}
     assert rep["emulated"] is False and rep["trials"] == 4
+
+
+def test_loop_prunes_with_lasso_when_given_calibration_data(tmp_path, demo, host):
+    m, d = demo
+    calib = load_npz(demo_paths()[2], input_specs(m)).subset(32)
+    settings = SearchSettings(strategy="uniform", **{**FAST, "budget": 3})
+    runs = {name: run_search(m, host, NullDevice(), d, tmp_path / name, settings, calib=c)
+            for name, c in (("l1", None), ("lasso", calib))}
+    l1, lasso = runs["l1"].trials, runs["lasso"].trials
+    assert [t["config"] for t in l1] == [t["config"] for t in lasso]  # same candidates
+    assert [t["macs"] for t in l1] == [t["macs"] for t in lasso]      # same shapes
+    assert all(b["top1"] >= a["top1"] - 0.02 for a, b in zip(l1, lasso))
+    assert sum(t["top1"] for t in lasso) > sum(t["top1"] for t in l1) + 0.05
 
 
 def test_loop_is_deterministic(tmp_path, demo, host):

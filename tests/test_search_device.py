@@ -1,19 +1,19 @@
 """The search over real TVM RPC (slow): the host device dying mid-run, and the
-emulated arm64 device end to end. Ports 9300-9349 only."""
+emulated arm64 device end to end. Ports 9450-9499 only."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from pfcompile.data import load_npz
+from pfcompile.device import free_port, serve
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.search.api import demo_paths, run
-from pfcompile.search.devices import LocalServer, RPCDevice
+from pfcompile.search.devices import RPCDevice
 from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.targets import load_target
 
@@ -25,8 +25,8 @@ def test_rpc_device_killed_mid_run_gives_failed_trials(tmp_path):
     m = load_onnx(demo_paths()[0])
     d = load_npz(demo_paths()[1], input_specs(m)).subset(64)
     host = load_target("host")
-    srv = LocalServer(9330, 9340).start()
-    dev = RPCDevice(host, port=srv.bound, number=2, repeat=2, min_repeat_ms=0)
+    srv = serve(host, "127.0.0.1", free_port("127.0.0.1", 9450, 9474))
+    dev = RPCDevice(host, port=srv.port, number=2, repeat=2, min_repeat_ms=0)
 
     def kill_after_first(kind, info):
         if kind == "trial" and info["id"] == 0:
@@ -49,11 +49,10 @@ def test_rpc_device_killed_mid_run_gives_failed_trials(tmp_path):
                     or not shutil.which("qemu-aarch64"),
                     reason="emulated arm64 device not set up (tools/setup_arm64_device.sh)")
 def test_arm64_end_to_end_on_emulated_device(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ARM64_DIR / "site"))
-    srv = LocalServer(9340, 9350, python=str(ARM64_DIR / "root" / "usr" / "bin" / "python3"), env=env)
-    srv.start(wait_s=240)
+    srv = serve(load_target("arm64"), "127.0.0.1", free_port("127.0.0.1", 9475, 9499),
+                device_dir=ARM64_DIR)
     try:
-        rep = run(None, "arm64", device=f"127.0.0.1:{srv.bound}", out_dir=tmp_path / "dist",
+        rep = run(None, "arm64", device=f"127.0.0.1:{srv.port}", out_dir=tmp_path / "dist",
                   settings=SearchSettings(strategy="uniform", budget=1, max_acc_drop=100.0),
                   cache_dir=tmp_path / "cache", final_repeats=1)
     finally:

@@ -26,8 +26,9 @@ import numpy as np
 
 from pfcompile import zoo
 from pfcompile.data import Dataset
+from pfcompile.device import free_port, serve
 from pfcompile.model import load_onnx
-from pfcompile.search.devices import LocalServer, RPCDevice
+from pfcompile.search.devices import RPCDevice
 from pfcompile.search.graph import extract_kernels
 from pfcompile.search.latency_model import LatencyModel, kendall_tau
 from pfcompile.search.loop import SearchSettings, run_search
@@ -37,7 +38,8 @@ from pfcompile.targets import load_target
 MODELS = {"resnet20": lambda: zoo.resnet20(10, 1), "mobilenet_v2": lambda: zoo.mobilenet_v2_cifar(10, 1)}
 
 
-def prepare(name: str, out: Path, epochs: int) -> tuple[Path, Dataset]:
+def prepare(name: str, out: Path, epochs: int) -> tuple[Path, Dataset, Dataset]:
+    """The trained model, its validation set and 32 training samples (LASSO calibration)."""
     d = zoo.digits_splits(size=32, seed=0)
     path = out / "models" / f"{name}.onnx"
     if not path.exists():
@@ -48,7 +50,8 @@ def prepare(name: str, out: Path, epochs: int) -> tuple[Path, Dataset]:
         acc = zoo.accuracy(net, d["x_val"], d["y_val"])
         zoo.export_onnx(net, path, (1, 1, 32, 32))
         print(f"trained {name}: val top-1 {acc:.4f} in {time.time() - t0:.0f} s -> {path}", flush=True)
-    return path, Dataset({"input": d["x_val"]}, d["y_val"], "digits32-val")
+    return (path, Dataset({"input": d["x_val"]}, d["y_val"], "digits32-val"),
+            Dataset({"input": d["x_train"][:32]}, None, "digits32-train[:32]"))
 
 
 def remeasure(dev: RPCDevice, models: dict[str, object], art: Path, repeats: int) -> dict[str, float]:
@@ -80,10 +83,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     target = load_target("host")
     rows = []
-    with LocalServer(9300, 9330, threads=args.threads) as srv:
-        dev = RPCDevice(target, port=srv.bound, number=args.number, repeat=args.repeat)
+    with serve(target, "127.0.0.1", free_port("127.0.0.1", 9300, 9329), threads=args.threads) as srv:
+        dev = RPCDevice(target, port=srv.port, number=args.number, repeat=args.repeat)
         for mname in args.models.split(","):
-            path, data = prepare(mname, out, args.epochs)
+            path, data, calib = prepare(mname, out, args.epochs)
             model = load_onnx(path)
             results = {}
             for strat in args.strategies.split(","):
@@ -92,7 +95,7 @@ def main() -> None:
                                           max_acc_drop=args.max_acc_drop,
                                           kernels_per_trial=args.kernels_per_trial)
                 r = run_search(model, target, dev, data, out / "runs" / f"{mname}-{strat}", settings,
-                               cache_dir=out / "cache",
+                               cache_dir=out / "cache", calib=calib,
                                on_event=lambda k, i, mname=mname, strat=strat: print(
                                    f"  {mname}/{strat} trial {i['id']}: {i['status']} "
                                    f"{i.get('latency_ms') or 0:.3f} ms drop {i.get('acc_drop', 0):.2f}",

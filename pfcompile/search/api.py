@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 
 from pfcompile.data import Dataset, load_npz
+from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.devices import LocalServer, NullDevice, RPCDevice
+from pfcompile.search.devices import NullDevice, RPCDevice
 from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
@@ -62,8 +63,11 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     specs = input_specs(model)
     tgt = load_target(target)
     dataset = load_npz(data, specs) if data else _random_data(model)
-    if calib:
-        load_npz(calib, specs)  # validated now; the L1 pruner needs no calibration data
+    # LASSO pruning calibrates on --calib, else on the first samples of --data;
+    # with neither (random inputs) candidates are pruned by L1 weight norm
+    calib_set = load_npz(calib, specs) if calib else (dataset if data else None)
+    if calib_set is not None:
+        calib_set = calib_set.subset(min(settings.calib_samples, len(calib_set)))
     out = Path(out_dir)
     run_dir = Path(resume) if resume else out / "run"
     if resume and not (run_dir / "trials.jsonl").exists():
@@ -81,8 +85,9 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         h, p = _parse_hostport(device, "--device")
         dev = RPCDevice(tgt, host=h, port=p)
     elif tgt.is_host:
-        server = LocalServer(*port_range, threads=threads).start()
-        dev = RPCDevice(tgt, port=server.bound)
+        server = serve(tgt, "127.0.0.1", free_port("127.0.0.1", port_range[0], port_range[1] - 1),
+                       threads=threads)
+        dev = RPCDevice(tgt, port=server.port)
     else:
         raise DeviceError(f"target '{tgt.name}' is not this machine: start its device (for the "
                           f"emulated one: `pfcompile device serve --target {tgt.name}`) and pass "
@@ -91,7 +96,7 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     try:
         result = run_search(model, tgt, dev, dataset, run_dir, settings,
                             cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
-                            on_event=on_event)
+                            calib=calib_set, on_event=on_event)
         if result.best_model is not None and not null_device and final_repeats > 0:
             if on_event:
                 on_event("final", {})

@@ -66,7 +66,11 @@ def register(app: typer.Typer) -> None:
             help="ONNX model; the built-in demo when omitted")] = None,
         target: Annotated[str, typer.Option("--target", "-t", help="target name or .toml")] = "host",
         data: Annotated[Path | None, typer.Option(help="validation .npz (x, y)")] = None,
-        calib: Annotated[Path | None, typer.Option(help="calibration .npz")] = None,
+        calib: Annotated[Path | None, typer.Option(
+            help="calibration .npz for LASSO pruning (default: the first samples of --data; "
+                 "L1 pruning when neither is given)")] = None,
+        calib_samples: Annotated[int, typer.Option(
+            help="calibration samples for LASSO pruning")] = 32,
         speedup: Annotated[float | None, typer.Option(help="most accurate at >= X speedup")] = None,
         latency_ms: Annotated[float | None, typer.Option(help="most accurate within L ms")] = None,
         size_mb: Annotated[float | None, typer.Option(help="most accurate within S MB")] = None,
@@ -91,7 +95,8 @@ def register(app: typer.Typer) -> None:
 
         console = Console()
         settings = SearchSettings(strategy=strategy, budget=budget, max_acc_drop=max_acc_drop,
-                                  speedup=speedup, latency_ms=latency_ms, size_mb=size_mb, seed=seed)
+                                  speedup=speedup, latency_ms=latency_ms, size_mb=size_mb, seed=seed,
+                                  calib_samples=calib_samples)
         prog = _Progress(budget, console)
         with prog.live:
             rep = run(model, target, data=data, calib=calib, settings=settings, device=device,

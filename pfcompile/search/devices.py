@@ -9,24 +9,18 @@ is a value with ``error`` set, never an exception that stops a search.
   at the candidate's shapes, through the same compile path.
 * :class:`NullDevice` runs nothing: a deterministic latency from MACs, for fast
   tests of the search logic.
-* :class:`LocalServer` starts a stock ``tvm.exec.rpc_server`` on this machine
-  (the device branch's ``pfcompile.device`` replaces it when it lands).
+
+Servers are started with ``pfcompile.device.serve`` (``pfcompile run`` on the
+host target starts one itself).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import onnx
@@ -37,7 +31,6 @@ from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.targets import Target
 
 __all__ = [
-    "LocalServer",
     "Measurement",
     "NullDevice",
     "RPCDevice",
@@ -315,73 +308,3 @@ class RPCDevice:
 
     def close(self) -> None:
         pass
-
-
-def _listening(port: int) -> bool:
-    want = f":{port:04X}"
-    try:
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            parts = line.split()
-            if parts[1].endswith(want) and parts[3] == "0A":
-                return True
-    except OSError:
-        return False
-    return False
-
-
-class LocalServer:
-    """A stock ``tvm.exec.rpc_server`` on 127.0.0.1 in ``[port, port_end)``."""
-
-    def __init__(self, port: int = 9300, port_end: int = 9310, python: str | None = None,
-                 env: dict | None = None, threads: int | None = None) -> None:
-        self.port, self.port_end = port, port_end
-        self.python = python or sys.executable
-        self.env = dict(env if env is not None else os.environ)
-        if threads:  # TVM's runtime pool size on the device (1 is steadiest on a shared CPU)
-            self.env["TVM_NUM_THREADS"] = str(threads)
-        self.proc: subprocess.Popen | None = None
-        self.bound: int | None = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self, wait_s: float = 60) -> Self:
-        # pick the first port nobody listens on, then wait until the server does
-        for p in range(self.port, self.port_end):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", p))
-                except OSError:
-                    continue
-                self.bound = p
-                break
-        else:
-            raise DeviceError(f"no free port in [{self.port}, {self.port_end})")
-        self.proc = subprocess.Popen(
-            [self.python, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-             "--port", str(self.bound), "--port-end", str(self.bound + 1)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
-            start_new_session=True)  # its own process group: stop() ends its workers too
-        t0 = time.time()
-        while time.time() - t0 < wait_s:
-            if self.proc.poll() is not None:
-                raise DeviceError(f"rpc_server on port {self.bound} exited ({self.proc.returncode})")
-            if _listening(self.bound):  # never probe by connecting: the stock server's
-                return self             # accept loop dies on a connection without handshake
-            time.sleep(0.3)
-        self.stop()
-        raise DeviceError(f"rpc_server on port {self.bound} did not start within {wait_s:.0f} s")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(10)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc = None

@@ -1,17 +1,12 @@
 """What the search needs to know about a graph: its fused kernels (the unit the
-latency model predicts) and its channel groups (the unit the search prunes).
+latency model predicts). Channel groups and pruning come from the passes
+(``pfcompile.passes.depgraph`` / ``pfcompile.passes.prune``, see ``space.py``).
 
 Kernels follow TVM's fusion on CPU: an anchor op (Conv, Gemm, MatMul, pool)
 absorbs the chain of elementwise ops that only it feeds (bias, BatchNorm,
 Relu, a residual Add). Each kernel has a *workload key* that names its op,
 shapes and epilogue, so equal kernels in different candidates share one
 measurement.
-
-Channel groups: tensors whose channel axis must be pruned together (a residual
-Add ties its inputs; a depthwise conv passes channels through). The passes
-branch owns the real ``dependency_groups``; :func:`channel_groups` is the
-minimum the search needs for Conv/Gemm/elementwise/pool graphs and is used only
-when ``pfcompile.passes`` does not provide it.
 """
 
 from __future__ import annotations
@@ -20,21 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
-from pfcompile.errors import PassError
+__all__ = ["Kernel", "extract_kernels", "materialize_constants", "tensor_shapes"]
 
-__all__ = [
-    "ChannelGroup",
-    "Kernel",
-    "channel_groups",
-    "extract_kernels",
-    "materialize_constants",
-    "prune_channels",
-    "tensor_shapes",
-]
-
-_ANCHORS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean"}
 _UNARY = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh",
           "BatchNormalization", "Identity", "Dropout"}
 _BINARY = {"Add", "Mul", "Sub", "Div"}
@@ -218,188 +202,3 @@ def extract_kernels(model: onnx.ModelProto,
         kernels.append(Kernel(op, tuple(ins), tuple(w_shape), tuple(outs), tuple(kernel),
                               tuple(stride), tuple(pad), groups, tuple(epilogue), 32, tuple(names)))
     return kernels
-
-
-# ----------------------------------------------------------------------------- channel groups
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Tensors sharing one channel axis; pruning keeps the same channels in all."""
-
-    id: str
-    channels: int
-    producers: tuple[str, ...]   # Conv/Gemm nodes whose output channels live here
-    prunable: bool
-
-
-class _UF:
-    def __init__(self) -> None:
-        self.p: dict[str, str] = {}
-
-    def find(self, x: str) -> str:
-        self.p.setdefault(x, x)
-        while self.p[x] != x:
-            self.p[x] = self.p[self.p[x]]
-            x = self.p[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.p[max(ra, rb)] = min(ra, rb)
-
-
-def _analyse(model: onnx.ModelProto):
-    model = materialize_constants(model)
-    shapes = tensor_shapes(model)
-    inits = {t.name for t in model.graph.initializer}
-    uf = _UF()
-    blocked: set[str] = set()
-    producers: dict[str, list[str]] = {}
-    for n in model.graph.node:
-        a = _attrs(n)
-        t = n.op_type
-        if t == "Conv":
-            w = shapes.get(n.input[1], ())
-            g = int(a.get("group", 1))
-            if g == 1:
-                producers.setdefault(n.output[0], []).append(n.name)
-                uf.find(n.output[0])
-            elif len(w) == 4 and w[1] == 1 and g == w[0]:
-                uf.union(n.input[0], n.output[0])   # depthwise: channels pass through
-            else:
-                blocked.update([n.input[0], n.output[0]])
-        elif t in _UNARY or t in ("MaxPool", "AveragePool", "GlobalAveragePool"):
-            uf.union(n.input[0], n.output[0])
-        elif t in _BINARY:
-            acts = [x for x in n.input if x not in inits]
-            if any(shapes.get(x) != shapes.get(n.output[0]) for x in acts) or \
-                    any(x in inits and int(np.prod(shapes.get(x, (1,)))) > 1 for x in n.input):
-                blocked.update(list(n.input) + [n.output[0]])
-            for x in acts:
-                uf.union(x, n.output[0])
-        elif t == "Flatten":
-            s = shapes.get(n.input[0], ())
-            if len(s) == 4 and s[2] * s[3] == 1:
-                uf.union(n.input[0], n.output[0])
-            else:
-                blocked.update([n.input[0], n.output[0]])
-        elif t == "Gemm":
-            if not a.get("transB", 0) or len(shapes.get(n.input[0], ())) != 2:
-                blocked.add(n.input[0])
-            # Gemm output columns are the model's classes: never pruned
-            blocked.add(n.output[0])
-        else:
-            blocked.update(list(n.input) + list(n.output))
-    for vi in list(model.graph.input) + list(model.graph.output):
-        blocked.add(vi.name)
-    return shapes, uf, blocked, producers
-
-
-def channel_groups(model: onnx.ModelProto) -> list[ChannelGroup]:
-    """Channel groups with stable ids (``g<k>:<first producer>``), in graph order."""
-    model = materialize_constants(model)
-    shapes, uf, blocked, producers = _analyse(model)
-    blocked_roots = {uf.find(b) for b in blocked}
-    by_root: dict[str, list[str]] = {}
-    for out, names in producers.items():
-        by_root.setdefault(uf.find(out), []).extend(names)
-    order = [n.name for n in model.graph.node]
-    out_of = {n.name: n.output[0] for n in model.graph.node}
-    groups = []
-    for k, (root, names) in enumerate(sorted(by_root.items(), key=lambda kv: min(order.index(x) for x in kv[1]))):
-        names = sorted(names, key=order.index)
-        ch = shapes[out_of[names[0]]][1]
-        groups.append(ChannelGroup(f"g{k}:{names[0]}", int(ch), tuple(names), root not in blocked_roots))
-    return groups
-
-
-def _l1_importance(model: onnx.ModelProto, group: ChannelGroup) -> np.ndarray:
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes = {n.name: n for n in model.graph.node}
-    score = np.zeros(group.channels, dtype=np.float64)
-    for name in group.producers:
-        w = numpy_helper.to_array(inits[nodes[name].input[1]])
-        score += np.abs(w.reshape(w.shape[0], -1)).sum(1) / max(1, w[0].size)
-    return score
-
-
-def prune_channels(model: onnx.ModelProto, keep: dict[str, int]) -> onnx.ModelProto:
-    """Keep the ``keep[group_id]`` channels of largest L1 norm in each group.
-
-    A minimal structured pruner (no retraining) for the search; raises
-    :class:`PassError` for an unknown or unprunable group.
-    """
-    model = materialize_constants(model)
-    groups = {g.id: g for g in channel_groups(model)}
-    _, uf, _, _ = _analyse(model)
-    chosen: dict[str, np.ndarray] = {}
-    for gid, k in keep.items():
-        if gid not in groups:
-            raise PassError(f"prune: unknown channel group '{gid}' (known: {sorted(groups)})")
-        g = groups[gid]
-        if not g.prunable and k != g.channels:
-            raise PassError(f"prune: channel group '{gid}' cannot be pruned (it reaches a graph "
-                            "input/output or an op the minimal pruner does not handle)")
-        if not 1 <= k <= g.channels:
-            raise PassError(f"prune: group '{gid}' keep {k} not in [1, {g.channels}]")
-        if k == g.channels:
-            continue
-        idx = np.sort(np.argsort(-_l1_importance(model, g), kind="stable")[:k])
-        out_of = {n.name: n.output[0] for n in model.graph.node}
-        chosen[uf.find(out_of[g.producers[0]])] = idx
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    if not chosen:
-        return m
-    inits = {t.name: t for t in m.graph.initializer}
-    new_arrays: dict[str, np.ndarray] = {}
-
-    def arr(name: str) -> np.ndarray:
-        return new_arrays[name] if name in new_arrays else numpy_helper.to_array(inits[name])
-
-    def idx_of(tensor: str) -> np.ndarray | None:
-        return chosen.get(uf.find(tensor))
-
-    for n in m.graph.node:
-        t = n.op_type
-        if t == "Conv":
-            oi, ii = idx_of(n.output[0]), idx_of(n.input[0])
-            g = next((a for a in n.attribute if a.name == "group"), None)
-            depthwise = g is not None and g.i > 1
-            w = arr(n.input[1])
-            if depthwise:
-                if oi is not None:
-                    new_arrays[n.input[1]] = w[oi]
-                    if len(n.input) > 2 and n.input[2]:
-                        new_arrays[n.input[2]] = arr(n.input[2])[oi]
-                    g.i = len(oi)
-                continue
-            if oi is not None:
-                w = w[oi]
-                if len(n.input) > 2 and n.input[2]:
-                    new_arrays[n.input[2]] = arr(n.input[2])[oi]
-            if ii is not None:
-                w = w[:, ii]
-            new_arrays[n.input[1]] = w
-        elif t == "BatchNormalization":
-            ii = idx_of(n.input[0])
-            if ii is not None:
-                for p in n.input[1:5]:
-                    new_arrays[p] = arr(p)[ii]
-        elif t == "Gemm":
-            ii = idx_of(n.input[0])
-            if ii is not None:
-                new_arrays[n.input[1]] = arr(n.input[1])[:, ii]
-    used: dict[str, int] = {}
-    for n in m.graph.node:
-        for x in n.input:
-            if x in new_arrays:
-                used[x] = used.get(x, 0) + 1
-    if any(v > 1 for v in used.values()):
-        shared = sorted(k for k, v in used.items() if v > 1)
-        raise PassError(f"prune: initializer(s) {shared} are shared by several nodes; "
-                        "the minimal pruner cannot slice shared weights")
-    for name, a in new_arrays.items():
-        inits[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(a), name))
-    del m.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(m, strict_mode=False)

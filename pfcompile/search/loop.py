@@ -47,6 +47,7 @@ class SearchSettings:
     eval_subset: int = 200           # samples for the cheap accuracy estimate
     min_keep: float = 0.25
     kernels_per_trial: int = 8       # new kernels timed after each candidate (hw)
+    calib_samples: int = 32          # LASSO pruning: calibration samples (time grows fast)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -57,6 +58,8 @@ class SearchSettings:
             raise SearchError(f"--max-acc-drop must be >= 0, got {self.max_acc_drop}")
         if sum(x is not None for x in (self.speedup, self.latency_ms, self.size_mb)) > 1:
             raise SearchError("give at most one of --speedup, --latency-ms, --size-mb")
+        if self.calib_samples < 1:
+            raise SearchError(f"calib_samples must be >= 1, got {self.calib_samples}")
 
 
 def model_size_mb(model: onnx.ModelProto) -> float:
@@ -110,8 +113,13 @@ def _acc_drop(base: float, score: float) -> float:
 
 def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: str | Path,
                settings: SearchSettings = SearchSettings(), *, cache_dir: str | Path | None = None,
+               calib: Dataset | None = None,
                on_event: Callable[[str, dict], None] | None = None) -> SearchResult:
-    """Search ``model``'s compression space on ``device``; see the module docstring."""
+    """Search ``model``'s compression space on ``device``; see the module docstring.
+
+    Candidates are pruned with LASSO + reconstruction on ``calib`` when given
+    (else L1); latency predictions use the L1 prune of the same config (only the
+    shapes matter there, and it is ~30x cheaper)."""
     run_dir = Path(run_dir)
     log = TrialLog(run_dir / "trials.jsonl")
     emit = on_event or (lambda kind, info: None)
@@ -173,6 +181,30 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         if lm_path:
             lat_model.save(lm_path)
 
+    compressed: dict[str, tuple[onnx.ModelProto, list[Kernel]]] = {}
+    shapes_only: dict[str, list[Kernel]] = {}
+
+    def candidate(cfg: dict) -> tuple[onnx.ModelProto, list[Kernel]]:
+        """The candidate model (LASSO-pruned when there is calibration data) and its kernels."""
+        h = config_hash(cfg)
+        if h not in compressed:
+            if len(compressed) > 256:
+                compressed.clear()
+            cm = compress(model, space, cfg, calib, calib_samples=settings.calib_samples)
+            compressed[h] = (cm, extract_kernels(cm))
+        return compressed[h]
+
+    def shaped(cfg: dict) -> list[Kernel]:
+        """The candidate's kernels from the cheap L1 prune (same shapes as ``candidate``)."""
+        h = config_hash(cfg)
+        if h in compressed:
+            return compressed[h][1]
+        if h not in shapes_only:
+            if len(shapes_only) > 1024:
+                shapes_only.clear()
+            shapes_only[h] = extract_kernels(compress(model, space, cfg))
+        return shapes_only[h]
+
     # ---- baseline (not counted in the budget)
     base = next((r for r in past if r.get("type") == "baseline"), None)
     if base is None:
@@ -189,7 +221,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         log.append(base)
         if isinstance(lat_model, LatencyModel):  # seed with pruned shapes: one uniform candidate
             try:
-                time_kernels(extract_kernels(compress(model, space, space.uniform(0.5))), None)
+                time_kernels(shaped(space.uniform(0.5)), None)
             except PfcompileError:
                 pass
     if lat_model is not None:
@@ -199,20 +231,9 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                 settings.latency_ms if settings.speedup is None else base["latency_ms"] / settings.speedup,
                 settings.size_mb)
 
-    compressed: dict[str, tuple[onnx.ModelProto, list[Kernel]]] = {}
-
-    def candidate(cfg: dict) -> tuple[onnx.ModelProto, list[Kernel]]:
-        h = config_hash(cfg)
-        if h not in compressed:
-            if len(compressed) > 256:
-                compressed.clear()
-            cm = compress(model, space, cfg)
-            compressed[h] = (cm, extract_kernels(cm))
-        return compressed[h]
-
     def latency_of(cfg: dict) -> float:
         try:
-            return lat_model.predict(candidate(cfg)[1])
+            return lat_model.predict(shaped(cfg))
         except PfcompileError:
             return math.inf
 
@@ -229,7 +250,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     for r in trials:
         strat.tell(r["config"], r)
         if lat_model is not None and r["status"] == "ok":
-            lat_model.update_model(candidate(r["config"])[1], r["latency_ms"])
+            lat_model.update_model(shaped(r["config"]), r["latency_ms"])
     if trials:
         emit("resumed", {"trials": len(trials)})
 

@@ -1,6 +1,10 @@
-"""The search space: one knob per channel group (keep count, rounded to
-vector-friendly multiples of the target's fp32 lanes), declared once as frozen
-data and used both to validate a config and to sample one.
+"""The search space: one knob per prunable channel group of the passes'
+dependency analysis (``pfcompile.passes.depgraph.dependency_groups``; keep
+count, rounded to vector-friendly multiples of the target's fp32 lanes),
+declared once as frozen data and used both to validate a config and to sample
+one. :func:`compress` applies a config with the real pruning pass
+(``pfcompile.passes.prune``): LASSO channel selection with least-squares
+reconstruction when calibration data is given, L1 otherwise.
 
 A config is a plain ``dict`` knob name -> value, so it goes to JSON as is.
 ``bits`` and ``sparsity`` knobs are declared the same way; they are added when
@@ -17,10 +21,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from pfcompile.data import Dataset
 from pfcompile.errors import ConfigError, PassError
-from pfcompile.search import graph
+from pfcompile.ir import to_proto
+from pfcompile.passes.depgraph import dependency_groups
+from pfcompile.passes.prune import prune
+from pfcompile.passes.prune_config import PruneConfig
 
-__all__ = ["Knob", "SearchSpace", "build_space", "compress", "config_hash"]
+__all__ = ["Knob", "SearchSpace", "build_space", "compress", "config_hash", "prune_config"]
 
 
 @dataclass(frozen=True)
@@ -112,8 +120,9 @@ class SearchSpace:
              "default": k.default, "full": k.full} for k in self.knobs]}
 
 
-def _keep_choices(channels: int, lanes: int, min_keep: float) -> tuple[int, ...]:
+def _keep_choices(channels: int, lanes: int, min_keep: float, partitions: int = 1) -> tuple[int, ...]:
     step = lanes if channels >= 4 * lanes else max(1, lanes // 2)
+    step = step * partitions // math.gcd(step, partitions)  # grouped convs: equal per part
     lo = max(step, math.ceil(min_keep * channels / step) * step)
     vals = {c for c in range(lo, channels + 1, step)} | {channels}
     return tuple(sorted(vals))
@@ -121,33 +130,49 @@ def _keep_choices(channels: int, lanes: int, min_keep: float) -> tuple[int, ...]
 
 def build_space(model: onnx.ModelProto, hardware: dict | None = None, *,
                 min_keep: float = 0.25) -> SearchSpace:
-    """Knobs from the model's prunable channel groups; keep counts are multiples
-    of the target's fp32 lanes (half that for narrow groups)."""
+    """Knobs from the model's prunable channel groups (the passes' dependency
+    analysis); keep counts are multiples of the target's fp32 lanes (half that
+    for narrow groups, and of the group's partitions for grouped convs)."""
     if not 0 < min_keep <= 1:
         raise ConfigError(f"min_keep must be in (0, 1], got {min_keep}")
     lanes = int((hardware or {}).get("fp32_lanes", 8))
     knobs = []
-    for g in graph.channel_groups(model):
+    for g in dependency_groups(model):
         if not g.prunable:
             continue
-        ch = _keep_choices(g.channels, lanes, min_keep)
+        ch = _keep_choices(g.channels, lanes, min_keep, max(1, g.partitions))
         if len(ch) < 2:
             continue
         knobs.append(Knob(f"keep:{g.id}", "keep", g.id, ch, g.channels, g.channels,
-                          f"output channels kept in group {g.id} ({len(g.producers)} producer(s))"))
+                          f"output channels kept in group {g.id} ({len(g.sources)} source(s))"))
     return SearchSpace(tuple(knobs), lanes)
 
 
-def compress(model: onnx.ModelProto, space: SearchSpace, config: dict) -> onnx.ModelProto:
-    """Apply a config: prune every keep knob below its full width.
-
-    Uses the search's minimal L1 pruner (no retraining); raises PassError on a
-    config the model cannot take.
-    """
+def prune_config(space: SearchSpace, config: dict, criterion: str = "l1",
+                 calib_samples: int = 32) -> PruneConfig:
+    """The :class:`PruneConfig` for a search config: per-group ratios
+    ``1 - keep/full`` (groups kept whole are left out)."""
     space.validate(config)
-    keep = {k.target: int(config[k.name]) for k in space.knobs
-            if k.kind == "keep" and int(config[k.name]) != k.full}
+    ratios = {k.target: (k.full - int(config[k.name])) / k.full for k in space.knobs
+              if k.kind == "keep" and int(config.get(k.name, k.full)) != k.full}
+    return PruneConfig(group_ratios=ratios, criterion=criterion, calib_samples=calib_samples)
+
+
+def compress(model: onnx.ModelProto, space: SearchSpace, config: dict,
+             calib: Dataset | None = None, *, calib_samples: int = 32) -> onnx.ModelProto:
+    """Apply a config with the pruning pass: LASSO channel selection + least-squares
+    reconstruction on ``calib_samples`` samples of ``calib`` when given, else L1
+    (same shapes, so L1 is also the cheap way to get a candidate's kernels).
+
+    The default config returns an unchanged copy; raises PassError / ConfigError
+    on a config the model cannot take.
+    """
     other = [k.name for k in space.knobs if k.kind != "keep" and config.get(k.name) != k.default]
     if other:
         raise PassError(f"knobs {other} need the quantize/sparsify passes, not available here")
-    return graph.prune_channels(model, keep)
+    pc = prune_config(space, config, "lasso" if calib is not None else "l1", calib_samples)
+    if not pc.group_ratios:
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        return m
+    return to_proto(prune(model, pc, calib).model)
