@@ -2,15 +2,21 @@
 
 One run on the host, batch 1, medians over repeats; the four engines run round-robin
 (one inference each per round) in the same process, so load from other processes
-falls on all of them alike. QDQ models come from onnxruntime's static quantiser
-(per-channel s8 weights, u8 activations) calibrated on random inputs; the zoo
-models have random weights (speed, not accuracy, is measured here). Also prints
-the largest difference between the int8 pfcompile output and onnxruntime's on
-the same QDQ model, in output quantisation steps.
+falls on all of them alike. QDQ models come from pfcompile's own quantize pass
+(``--quantizer pfcompile``, the product path: per-channel s8 weights, u8 layer
+inputs, float layer outputs unless the next layer quantizes them) or from
+onnxruntime's static quantiser (``--quantizer ort``, which also quantizes Add
+outputs), calibrated on random inputs (the demo model: its calibration set); the
+zoo models have random weights (speed, not accuracy, is measured here). Both
+onnxruntime columns use its default session options. Also prints the largest
+difference between the int8 pfcompile output and onnxruntime running the same QDQ
+graph as written (``pfcompile.passes.qlayers.ort_session``), relative to the
+output range.
 
   python tools/bench_int8.py                       # demo, resnet18, mobilenet_v2
   python tools/bench_int8.py --models demo --repeat 20
   python tools/bench_int8.py --models resnet18 --threads 1 --int8-dot avx512-vnni
+  python tools/bench_int8.py --quantizer ort        # onnxruntime's quantiser instead
 """
 
 from __future__ import annotations
@@ -50,12 +56,26 @@ def _fp32_model(name: str) -> tuple[Path, tuple[int, ...]]:
     return path, shape
 
 
-def _qdq_model(name: str, fp32: Path, shape: tuple[int, ...]) -> Path:
-    path = CACHE / f"{name}_qdq.onnx"
+def _qdq_model(name: str, fp32: Path, shape: tuple[int, ...], quantizer: str) -> Path:
+    path = CACHE / f"{name}_{quantizer}_qdq.onnx"
     if not path.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         calib = np.random.default_rng(0).standard_normal((8, *shape[1:])).astype(np.float32)
-        ort_quantize_qdq(fp32, path, calib)
+        if quantizer == "ort":
+            ort_quantize_qdq(fp32, path, calib)
+        else:
+            from pfcompile.data import Dataset, load_npz
+            from pfcompile.model import input_specs, load_onnx
+            from pfcompile.passes.qlayers import as_proto
+            from pfcompile.passes.quantize import QuantConfig, quantize
+
+            m = load_onnx(fp32)
+            specs = input_specs(m)
+            if name == "demo":
+                ds = load_npz("pfcompile/data/demo_calib.npz", specs)
+            else:
+                ds = Dataset({specs[0].name: calib}, None)
+            onnx.save(as_proto(quantize(m, QuantConfig(bits=8), ds).model), path)
     return path
 
 
@@ -88,18 +108,13 @@ def _round_robin(runners: list, repeat: int) -> tuple[list[float], list[np.ndarr
     return [statistics.median(t) for t in times], outs
 
 
-def _out_step(model: onnx.ModelProto) -> float:
-    out = model.graph.output[0].name
-    node = next(n for n in model.graph.node if out in n.output)
-    init = {i.name: i for i in model.graph.initializer}
-    return float(onnx.numpy_helper.to_array(init[node.input[1]]))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="demo,resnet18,mobilenet_v2")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--target", default="host")
+    ap.add_argument("--quantizer", choices=("pfcompile", "ort"), default="pfcompile",
+                    help="who writes the QDQ model (default: pfcompile's quantize pass)")
     ap.add_argument("--threads", type=int, default=0,
                     help="threads for TVM and onnxruntime (default: the target's num-cores)")
     ap.add_argument("--int8-dot", default="",
@@ -113,7 +128,7 @@ def main() -> None:
     rows = []
     for name in args.models.split(","):
         fp32, shape = _fp32_model(name)
-        qdq = _qdq_model(name, fp32, shape)
+        qdq = _qdq_model(name, fp32, shape, args.quantizer)
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         t0 = time.perf_counter()
         ex32 = tvm.compile(import_onnx(onnx.load(str(fp32))), target=target.tvm_target())
@@ -126,8 +141,12 @@ def main() -> None:
         kernels = sorted({r.kernel for r in reports if r.kernel})
         runners = [_tvm_runner(ex32, x), _tvm_runner(ex8, x), _ort_runner(fp32, x, threads),
                    _ort_runner(qdq, x, threads)]
-        (t_tvm32, t_tvm8, t_ort32, t_ort8), (_, y8, _, yref) = _round_robin(runners, args.repeat)
-        steps = float(np.abs(y8 - yref).max() / _out_step(qmodel))
+        (t_tvm32, t_tvm8, t_ort32, t_ort8), (_, y8, _, _) = _round_robin(runners, args.repeat)
+        from pfcompile.passes.qlayers import ort_session
+
+        sess = ort_session(qmodel)
+        yref = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        steps = float(np.abs(y8 - yref).max() / np.ptp(yref))
         rows.append((name, t_tvm32, t_tvm8, t_ort32, t_ort8, n_int, len(reports), steps, c32, c8))
         print(f"# {name}: compiled fp32 in {c32:.0f} s, int8 in {c8:.0f} s; "
               f"{n_int}/{len(reports)} layers integer ({', '.join(kernels)})", flush=True)
@@ -137,14 +156,14 @@ def main() -> None:
         load = float("nan")
     print(f"\nhost {target.tvm.get('mcpu')} (int8_dot={target.hardware.get('int8_dot')}), "
           f"{threads} threads, batch 1, median of {args.repeat} round-robin rounds (ms); "
-          f"load average {load:.1f} on {os.cpu_count()} cores")
+          f"load average {load:.1f} on {os.cpu_count()} cores; QDQ by {args.quantizer}")
     hdr = ("model", "tvm fp32", "tvm int8", "ort fp32", "ort qdq", "int8/fp32", "int8/ort32",
-           "int layers", "max |diff| steps")
+           "int layers", "max |diff| / range vs ort as written")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
     for name, a, b, c, d, ni, nl, st, _, _ in rows:
         print(f"| {name} | {a:.2f} | {b:.2f} | {c:.2f} | {d:.2f} | {b / a:.3f} | {b / c:.2f} | "
-              f"{ni}/{nl} | {st:.2f} |")
+              f"{ni}/{nl} | {st:.1e} |")
 
 
 if __name__ == "__main__":

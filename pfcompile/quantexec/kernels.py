@@ -5,7 +5,13 @@ int8 weights, an int32 bias already in accumulator units (with the
 ``-zx * sum(w)`` correction folded in), and per-channel fixed-point
 ``(m0, shift)``; it accumulates in int32 and requantises to the next layer's
 ``(sy, zy)`` with round-half-to-even and saturation to ``[qmin, qmax]`` (which
-also applies a fused ReLU / Clip). Padding uses ``zx`` so that a padded element
+also applies a fused ReLU / Clip).
+
+When no QuantizeLinear follows the layer (``y_dtype == "float32"``), the same
+int32 accumulation ends in a float *dequantise* epilogue instead:
+``y = float(acc + bias) * scale[c] + fbias[c]`` with ``scale = sx * sw[c]`` and
+the model's float bias, then ``clamp(y, fmin, fmax)`` for a fused ReLU / Clip.
+The two per-channel inputs ``m0, shift`` are then float32 ``scale, fbias``. Padding uses ``zx`` so that a padded element
 contributes ``(zx - zx) * w = 0``, exactly as the float model's zero padding.
 
 Schedules live in :mod:`pfcompile.quantexec.schedules`.
@@ -13,11 +19,13 @@ Schedules live in :mod:`pfcompile.quantexec.schedules`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from tvm import te, tirx
 
-__all__ = ["QConvSpec", "QDenseSpec", "qconv2d_compute", "qdense_compute", "requant_expr"]
+__all__ = ["QConvSpec", "QDenseSpec", "epilogue_expr", "epilogue_params", "qconv2d_compute",
+           "qdense_compute", "requant_expr"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,8 @@ class QConvSpec:
     zy: int
     qmin: int
     qmax: int
+    fmin: float = -math.inf  # float epilogue (y_dtype float32) only: fused ReLU / Clip
+    fmax: float = math.inf
 
     @property
     def oh(self) -> int:
@@ -74,6 +84,8 @@ class QDenseSpec:
     zy: int
     qmin: int
     qmax: int
+    fmin: float = -math.inf
+    fmax: float = math.inf
 
 
 def requant_expr(acc, m0, shift, zy: int, qmin: int, qmax: int, out_dtype: str):
@@ -92,6 +104,29 @@ def requant_expr(acc, m0, shift, zy: int, qmin: int, qmax: int, out_dtype: str):
     return q.astype(out_dtype)
 
 
+def epilogue_params(sp, channels: int) -> tuple[te.Tensor, te.Tensor]:
+    """The two per-channel epilogue inputs: int32 ``m0, shift`` (requantise) or float32
+    ``scale, fbias`` (float dequantise epilogue, ``sp.y_dtype == "float32"``)."""
+    if sp.y_dtype == "float32":
+        return (te.placeholder((channels,), "float32", name="scale"),
+                te.placeholder((channels,), "float32", name="fbias"))
+    return (te.placeholder((channels,), "int32", name="m0"),
+            te.placeholder((channels,), "int32", name="shift"))
+
+
+def epilogue_expr(sp, acc, p0, p1):
+    """``acc`` (int32, integer bias included) -> the layer output: :func:`requant_expr` for
+    integer outputs, else ``clamp(float(acc) * scale + fbias, fmin, fmax)`` in float32."""
+    if sp.y_dtype != "float32":
+        return requant_expr(acc, p0, p1, sp.zy, sp.qmin, sp.qmax, sp.y_dtype)
+    y = acc.astype("float32") * p0 + p1
+    if math.isfinite(sp.fmin):
+        y = tirx.max(y, tirx.const(sp.fmin, "float32"))
+    if math.isfinite(sp.fmax):
+        y = tirx.min(y, tirx.const(sp.fmax, "float32"))
+    return y
+
+
 def qconv2d_compute(sp: QConvSpec):
     """Plain NCHW integer conv2d; returns the TE tensors ``[x, w, bias, m0, shift, y]``."""
     x = te.placeholder((sp.n, sp.c, sp.h, sp.w), sp.x_dtype, name="x")
@@ -99,8 +134,7 @@ def qconv2d_compute(sp: QConvSpec):
     ocg = sp.oc // sp.groups
     wt = te.placeholder((sp.oc, icg, sp.kh, sp.kw), "int8", name="w")
     bias = te.placeholder((sp.oc,), "int32", name="bias")
-    m0 = te.placeholder((sp.oc,), "int32", name="m0")
-    shift = te.placeholder((sp.oc,), "int32", name="shift")
+    m0, shift = epilogue_params(sp, sp.oc)
     pt, pl, pb, pr = sp.padding
     hp, wp = sp.h + pt + pb, sp.w + pl + pr
     zx = tirx.const(sp.zx, sp.x_dtype)
@@ -124,8 +158,7 @@ def qconv2d_compute(sp: QConvSpec):
         name="acc")
     y = te.compute(
         (sp.n, sp.oc, sp.oh, sp.ow),
-        lambda n, o, i, j: requant_expr(acc[n, o, i, j] + bias[o], m0[o], shift[o],
-                                        sp.zy, sp.qmin, sp.qmax, sp.y_dtype),
+        lambda n, o, i, j: epilogue_expr(sp, acc[n, o, i, j] + bias[o], m0[o], shift[o]),
         name="requant")
     return [x, wt, bias, m0, shift, y]
 
@@ -135,8 +168,7 @@ def qdense_compute(sp: QDenseSpec):
     x = te.placeholder((sp.m, sp.k), sp.x_dtype, name="x")
     wt = te.placeholder((sp.o, sp.k), "int8", name="w")
     bias = te.placeholder((sp.o,), "int32", name="bias")
-    m0 = te.placeholder((sp.o,), "int32", name="m0")
-    shift = te.placeholder((sp.o,), "int32", name="shift")
+    m0, shift = epilogue_params(sp, sp.o)
     rk = te.reduce_axis((0, sp.k), name="rk")
     acc = te.compute(
         (sp.m, sp.o),
@@ -144,7 +176,6 @@ def qdense_compute(sp: QDenseSpec):
         name="acc")
     y = te.compute(
         (sp.m, sp.o),
-        lambda i, j: requant_expr(acc[i, j] + bias[j], m0[j], shift[j], sp.zy, sp.qmin, sp.qmax,
-                                  sp.y_dtype),
+        lambda i, j: epilogue_expr(sp, acc[i, j] + bias[j], m0[j], shift[j]),
         name="requant")
     return [x, wt, bias, m0, shift, y]

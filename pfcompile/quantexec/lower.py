@@ -242,6 +242,34 @@ def _requant_params(sx: float, sw: np.ndarray, sy: float):
     return acc_scale, m0, sh
 
 
+@dataclass(frozen=True)
+class _Out:
+    """The output side of a matched layer: requantise to ``(sy, zy)`` or dequantise to float."""
+
+    dtype: str  # uint8 | int8 | float32
+    sy: float = 1.0
+    zy: int = 0
+    qmin: int = 0
+    qmax: int = 0
+    fmin: float = -np.inf
+    fmax: float = np.inf
+
+
+def _epilogue(g: _Graph, out: _Out, sx: float, sw: np.ndarray, bias_expr, noc: int):
+    """Per-channel epilogue inputs and the integer bias (accumulator units, int64).
+
+    Requantised output: ``(m0, shift)`` and the bias rounded into accumulator units.
+    Float output: ``(scale = sx * sw, float bias)`` and an integer bias of 0 (the float bias
+    is added after scaling, as the float model does)."""
+    if out.dtype == "float32":
+        acc_scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
+        fb = np.zeros(noc, np.float32) if bias_expr is None else _float_bias(g, bias_expr, noc)
+        return acc_scale, fb, np.zeros(noc, np.int64)
+    acc_scale, m0, sh = _requant_params(sx, sw, out.sy)
+    bias = np.zeros(noc, np.int64) if bias_expr is None else _bias(g, bias_expr, noc, acc_scale)
+    return m0, sh, bias
+
+
 def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:
     out_dtype = str(q.attrs.out_dtype)
     if out_dtype not in _ACT_DTYPES:
@@ -250,6 +278,59 @@ def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:
     zy = int(_scalar(g, q.args[2], "output zero point"))
     lo, hi = dtype_range(out_dtype)
     y, qmin, qmax = _clamp(g, q.args[0], sy, zy, lo, hi)
+    return _match_layer(g, y, target, _Out(out_dtype, sy, zy, qmin, qmax))
+
+
+def _float_clamp(g: _Graph, y):
+    """Peel ReLU / Clip for a float output: (inner expr, fmin, fmax)."""
+    relu = g.call(y, "relax.nn.relu")
+    if relu is not None:
+        return relu.args[0], 0.0, np.inf
+    clip = g.call(y, "relax.clip")
+    if clip is not None:
+        a, b = clip.args[1], clip.args[2]
+        amin = float(a.value) if hasattr(a, "value") else -np.inf
+        amax = float(b.value) if hasattr(b, "value") else np.inf
+        return clip.args[0], amin, amax
+    return y, -np.inf, np.inf
+
+
+def _match_float(g: _Graph, top, target) -> _Plan:
+    """A layer with quantised inputs and a float output (no QuantizeLinear after it): integer
+    accumulation with a float dequantise epilogue (scale, float bias, ReLU / Clip)."""
+    y, fmin, fmax = _float_clamp(g, top)
+    if _dtype(top) != "float32":
+        raise _NoMatch(f"float output is {_dtype(top)} (only float32 is supported)")
+    return _match_layer(g, y, target, _Out("float32", fmin=fmin, fmax=fmax))
+
+
+def _float_bias(g: _Graph, expr, noc: int) -> np.ndarray:
+    """A float bias (constant, DQ of a constant, or a reshape of one) as float32 [noc]."""
+    v = g.value(expr)
+    rs = g.call(v, "relax.reshape")
+    if rs is not None:
+        v = g.value(rs.args[0])
+    dq = g.call(v, "relax.dequantize")
+    if dq is not None:
+        bq, sb, zb = (g.const(a) for a in dq.args[:3])
+        if bq is None or sb is None or zb is None:
+            raise _NoMatch("bias DequantizeLinear inputs are not constant")
+        real = (bq.astype(np.float64) - zb.astype(np.float64)) * sb.astype(np.float64)
+    else:
+        real = g.const(v)
+        if real is None:
+            raise _NoMatch("bias is not a constant")
+    real = np.asarray(real, np.float32).reshape(-1)
+    if real.size == 1:
+        real = np.full(noc, real[0], np.float32)
+    if real.size != noc:
+        raise _NoMatch(f"bias has {real.size} elements for {noc} channels")
+    return real
+
+
+def _match_layer(g: _Graph, y, target, out: _Out) -> _Plan:
+    out_dtype = out.dtype
+    zy, qmin, qmax = out.zy, out.qmin, out.qmax
     layer_expr, bias_expr = _split_bias(g, y)
     layer_var = layer_expr
     layer = g.value(layer_expr)
@@ -270,12 +351,11 @@ def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:
             n=xs[0], c=xs[1], h=xs[2], w=xs[3], oc=wq.shape[0], kh=wq.shape[2], kw=wq.shape[3],
             stride=tuple(int(s) for s in at.strides), padding=tuple(pad),
             dilation=tuple(int(d) for d in at.dilation), groups=int(at.groups),
-            x_dtype=xdt, y_dtype=out_dtype, zx=zx, zy=zy, qmin=qmin, qmax=qmax)
+            x_dtype=xdt, y_dtype=out_dtype, zx=zx, zy=zy, qmin=qmin, qmax=qmax,
+            fmin=out.fmin, fmax=out.fmax)
         if _shape(layer) != (sp.n, sp.oc, sp.oh, sp.ow):
             raise _NoMatch("conv output shape does not match its attributes")
-        acc_scale, m0, sh = _requant_params(sx, sw, sy)
-        bias = np.zeros(sp.oc, np.int64) if bias_expr is None else \
-            _bias(g, bias_expr, sp.oc, acc_scale)
+        p0, p1, bias = _epilogue(g, out, sx, sw, bias_expr, sp.oc)
         if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
             raise _NoMatch("bias add broadcasts the conv output")
         wsum = wq.reshape(sp.oc, -1).astype(np.int64).sum(axis=1)
@@ -299,9 +379,8 @@ def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:
         if wq.ndim != 2 or wq.shape[1] != xs[1]:
             raise _NoMatch("matmul weight shape does not match the input")
         sp = QDenseSpec(m=xs[0], k=xs[1], o=wq.shape[0], x_dtype=xdt, y_dtype=out_dtype, zx=zx,
-                        zy=zy, qmin=qmin, qmax=qmax)
-        acc_scale, m0, sh = _requant_params(sx, sw, sy)
-        bias = np.zeros(sp.o, np.int64) if bias_expr is None else _bias(g, bias_expr, sp.o, acc_scale)
+                        zy=zy, qmin=qmin, qmax=qmax, fmin=out.fmin, fmax=out.fmax)
+        p0, p1, bias = _epilogue(g, out, sx, sw, bias_expr, sp.o)
         if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
             raise _NoMatch("bias add broadcasts the matmul output")
         wsum = wq.astype(np.int64).sum(axis=1)
@@ -314,7 +393,7 @@ def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:
     if np.any(np.abs(bias_total) >= 2**31):
         raise _NoMatch("bias with zero-point correction does not fit int32")
     args = [xq, relax.const(wpacked), relax.const(bias_total.astype(np.int32)),
-            relax.const(m0), relax.const(sh)]
+            relax.const(p0), relax.const(p1)]
     return _Plan(layer_var, kernel, args, out_shape, out_dtype, op)
 
 
@@ -323,6 +402,47 @@ def _layer_has_qdq(g: _Graph, layer: relax.Call) -> bool:
         g.call(a, "relax.permute_dims") is not None
         and g.call(g.call(a, "relax.permute_dims").args[0], "relax.dequantize") is not None
         for a in layer.args[1:2])
+
+
+def _users(func: relax.Function) -> dict:
+    """Variable -> list of binding vars (or None for the function result) that read it."""
+    users: dict = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            if isinstance(b, relax.VarBinding):
+                for fv in relax.analysis.free_vars(b.value):
+                    users.setdefault(fv, []).append(b.var)
+    for fv in relax.analysis.free_vars(func.body.body):
+        users.setdefault(fv, []).append(None)
+    return users
+
+
+def _is_const_bias(g: _Graph, expr) -> bool:
+    v = g.value(expr)
+    rs = g.call(v, "relax.reshape")
+    if rs is not None:
+        v = g.value(rs.args[0])
+    dq = g.call(v, "relax.dequantize")
+    if dq is not None:
+        v = dq.args[0]
+    return g.const(v) is not None
+
+
+def _float_chain_top(g: _Graph, users: dict, v):
+    """Walk up from layer var ``v`` through a sole-user bias add, then a sole-user ReLU/Clip."""
+    top = v
+    us = users.get(top, [])
+    if len(us) == 1 and us[0] is not None:
+        add = g.call(us[0], "relax.add")
+        if add is not None:
+            other = add.args[1] if add.args[0].same_as(top) else add.args[0]
+            if _is_const_bias(g, other) and _shape(us[0]) == _shape(top):
+                top = us[0]
+    us = users.get(top, [])
+    if len(us) == 1 and us[0] is not None and (
+            g.call(us[0], "relax.nn.relu") is not None or g.call(us[0], "relax.clip") is not None):
+        top = us[0]
+    return top
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -359,13 +479,33 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
                 except _NoMatch:
                     pass
     lowered = {p.layer_var: p for p in plans.values()}
+    # layers with quantised inputs and no QuantizeLinear after them: integer accumulation with
+    # a float epilogue, replacing the binding at the top of conv/matmul [+bias] [+ReLU/Clip]
+    users = _users(func)
+    float_out: set = set()
+    for v in layers:
+        if v in lowered or not _layer_has_qdq(g, g.defs[v]):
+            continue
+        top = _float_chain_top(g, users, v)
+        try:
+            plan = _match_float(g, top, target)
+        except _NoMatch as exc:
+            if str(exc):
+                reasons.setdefault(v, str(exc))
+            continue
+        if plan.layer_var != v:  # pragma: no cover - the chain is walked from v itself
+            continue
+        plans[top] = plan
+        lowered[v] = plan
+        float_out.add(v)
     reports: list[LayerReport] = []
     for v in layers:
         layer = g.defs[v]
         op = layer.op.name.split(".")[-1]
         if v in lowered:
-            reports.append(LayerReport(names[v], "int8", f"matched DQ->{op}->Q", op,
-                                       lowered[v].kernel.name))
+            how = (f"matched DQ->{op} (no Q after it: int32 accumulation, float epilogue)"
+                   if v in float_out else f"matched DQ->{op}->Q")
+            reports.append(LayerReport(names[v], "int8", how, op, lowered[v].kernel.name))
             continue
         has_qdq = _layer_has_qdq(g, layer)
         reason = reasons.get(v) or ("inputs are quantised but the output is not followed by a "

@@ -23,7 +23,7 @@ import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
-from pfcompile.quantexec.kernels import QConvSpec, requant_expr
+from pfcompile.quantexec.kernels import QConvSpec, epilogue_expr, epilogue_params
 
 __all__ = ["PMADDWD_INTRIN", "VPDPBUSD_INTRIN", "avx2_conv_func", "avx2_conv_kernel",
            "default_tiles", "has_vnni", "pack_weight_avx2", "pack_weight_vnni", "vnni_conv_func",
@@ -138,8 +138,7 @@ def _compute(sp: QConvSpec, kg: int = 2):
     x = te.placeholder((sp.n, sp.c, sp.h, sp.w), sp.x_dtype, name="x")
     wt = te.placeholder((ocb, icp, sp.kh, sp.kw, 8, kg), wdt, name="w")
     bias = te.placeholder((sp.oc,), "int32", name="bias")
-    m0 = te.placeholder((sp.oc,), "int32", name="m0")
-    shift = te.placeholder((sp.oc,), "int32", name="shift")
+    m0, shift = epilogue_params(sp, sp.oc)
     zx = tirx.const(sp.zx, xdt)
 
     def _pack(n, p, i, j, q):
@@ -161,8 +160,8 @@ def _compute(sp: QConvSpec, kg: int = 2):
         name="acc")
     y = te.compute(
         (sp.n, sp.oc, sp.oh, sp.ow),
-        lambda n, o, i, j: requant_expr(acc[n, o // 8, i, j, o % 8] + bias[o], m0[o], shift[o],
-                                        sp.zy, sp.qmin, sp.qmax, sp.y_dtype),
+        lambda n, o, i, j: epilogue_expr(sp, acc[n, o // 8, i, j, o % 8] + bias[o], m0[o],
+                                         shift[o]),
         name="requant")
     return [x, wt, bias, m0, shift, y]
 
