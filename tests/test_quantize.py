@@ -303,7 +303,8 @@ def _assert_qdq_close(got: np.ndarray, want: np.ndarray) -> None:
     rng = float(np.max(np.abs(want)))
     np.testing.assert_allclose(got, want, rtol=0, atol=0.02 * rng)
     exact = np.all(np.abs(got - want) <= 1e-4 * max(rng, 1.0), axis=-1)
-    assert exact.mean() >= 0.5, f"only {exact.mean():.0%} of samples agree exactly"
+    if exact.size >= 4:
+        assert exact.mean() >= 0.5, f"only {exact.mean():.0%} of samples agree exactly"
     assert np.array_equal(got.argmax(-1), want.argmax(-1))
 
 
