@@ -52,8 +52,14 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         resume: str | Path | None = None, cache_dir: str | Path | None = None,
         null_device: bool = False, port_range: tuple[int, int] = (9300, 9350),
         threads: int | None = None, final_repeats: int = 3,
+        finetune: bool = False, train: str | Path | None = None, finetune_epochs: int = 10,
         on_event: Callable[[str, dict], None] | None = None) -> dict:
-    """Search, then write DIST; returns the report dict."""
+    """Search, then write DIST; returns the report dict.
+
+    ``finetune``: fine-tune the best candidate (cross-entropy on labels when ``train``
+    has them, plus distillation from the original model) on ``train`` (default: the
+    calibration data, else ``data``) before the final compile; the report records
+    top-1 before and after."""
     settings = settings or SearchSettings()
     if model_path is None:
         model_path, demo_val, demo_calib = demo_paths()
@@ -93,10 +99,16 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
                           f"emulated one: `pfcompile device serve --target {tgt.name}`) and pass "
                           "--device HOST:PORT or --rpc TRACKER:PORT --key KEY")
     final = None
+    ft_info = None
     try:
         result = run_search(model, tgt, dev, dataset, run_dir, settings,
                             cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
                             calib=calib_set, on_event=on_event)
+        if finetune and result.best_model is not None:
+            if on_event:
+                on_event("finetune", {})
+            ft_info = _finetune_best(result, model_path, train or calib or data, data, dev,
+                                     run_dir / "finetune", finetune_epochs)
         if result.best_model is not None and not null_device and final_repeats > 0:
             if on_event:
                 on_event("final", {})
@@ -116,7 +128,40 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
             shutil.copy(Path(so).parent / "model.json", out / "model.json")
     elif (out / "model.so").exists():
         (out / "model.so").unlink()
-    return write_report(result, out, final=final)
+    return write_report(result, out, final=final, finetune=ft_info)
+
+
+def _finetune_best(result, teacher_path: str | Path, train_npz: str | Path | None,
+                   val_npz: str | Path | None, dev, work: Path, epochs: int) -> dict:
+    """Fine-tune ``result.best_model`` and, when the fine-tuned graph is at least as
+    accurate and compiles and verifies on the device, make it the deployed best (same
+    shapes, same latency); otherwise keep the candidate and say why."""
+    from pfcompile.finetune import FinetuneSettings
+    from pfcompile.finetune.run import run_finetune
+
+    if train_npz is None:
+        raise SearchError("--finetune needs training data: pass --train (or --calib / --data)")
+    work.mkdir(parents=True, exist_ok=True)
+    cand = work / "candidate.onnx"
+    onnx.save(result.best_model, str(cand))
+    res = run_finetune(cand, teacher_path, train_npz, val_npz, FinetuneSettings(epochs=epochs),
+                       out_path=work / "finetuned.onnx")
+    info = {"before_top1": res.get("before_top1"), "after_top1": res.get("after_top1"),
+            "teacher_top1": res.get("teacher_top1"), "epochs": epochs,
+            "train_data": str(train_npz), "deployed": False}
+    before, after = res.get("before_top1"), res.get("after_top1")
+    if before is not None and after is not None and after < before:
+        info["error"] = "fine-tuning lowered top-1 on the validation data; kept the candidate"
+        return info
+    tuned = load_onnx(res["model_path"])
+    m = dev.measure_model(tuned, work / "compiled")
+    if m.ok:
+        result.best_model = tuned
+        result.best = {**result.best, "so_path": m.so_path, "finetuned": True}
+        info["deployed"] = True
+    else:
+        info["error"] = m.error
+    return info
 
 
 def remeasure(dev, models: dict[str, onnx.ModelProto], work: Path, repeats: int) -> dict:

@@ -43,6 +43,8 @@ class _Progress:
             self.status = "searching"
         elif kind == "final":
             self.status = "re-measuring baseline and best, round-robin"
+        elif kind == "finetune":
+            self.status = "fine-tuning the best candidate (CE + distillation)"
         elif kind == "kernels":
             self.status = f"timing {info['n']} kernels"
         elif kind == "resumed":
@@ -87,6 +89,12 @@ def register(app: typer.Typer) -> None:
             help="latency models per target (default ~/.cache/pfcompile)")] = None,
         null_device: Annotated[bool, typer.Option(help="measure nothing (testing)")] = False,
         threads: Annotated[int | None, typer.Option(help="TVM threads of the local host device")] = None,
+        finetune: Annotated[bool, typer.Option(
+            "--finetune", help="fine-tune the best candidate (CE + distillation from MODEL) "
+            "before the final compile")] = False,
+        train: Annotated[Path | None, typer.Option(
+            "--train", help="training data for --finetune (default: --calib, else --data)")] = None,
+        finetune_epochs: Annotated[int, typer.Option(help="epochs of --finetune")] = 10,
     ) -> None:
         """Search compressed variants of MODEL for the fastest (or most accurate) one,
         measured on the target device."""
@@ -101,7 +109,8 @@ def register(app: typer.Typer) -> None:
         with prog.live:
             rep = run(model, target, data=data, calib=calib, settings=settings, device=device,
                       rpc=rpc, key=key, out_dir=out, resume=resume, cache_dir=cache_dir,
-                      null_device=null_device, threads=threads, on_event=prog)
+                      null_device=null_device, threads=threads, finetune=finetune, train=train,
+                      finetune_epochs=finetune_epochs, on_event=prog)
         b, best = rep["baseline"], rep["best"]
         tag = " [EMULATED: functional only]" if rep["emulated"] else ""
         console.print(f"baseline {b['latency_ms']:.3f} ms{tag}")
@@ -110,6 +119,11 @@ def register(app: typer.Typer) -> None:
                           f"{best['acc_drop']:.2f} points -> {out}/")
         else:
             console.print(f"no candidate met the goal; {out}/model.onnx is the original model")
+        ft = rep.get("finetune")
+        if ft:
+            console.print(f"fine-tuned the best candidate: top-1 {ft['before_top1']} -> "
+                          f"{ft['after_top1']} ({ft['epochs']} epochs on {ft['train_data']}"
+                          f"{'' if ft['deployed'] else '; NOT deployed: ' + str(ft.get('error'))})")
         rm = rep.get("remeasured")
         if rm and rm.get("speedup"):
             console.print(f"re-measured round-robin ({rm['repeats']}x, medians): baseline "

@@ -31,7 +31,7 @@ def cost_model_stats(trials: list[dict]) -> dict:
             "n_heldout": len(pts), "mape": float(np.mean(np.abs(p - m) / m))}
 
 
-def build_report(result, final: dict | None = None) -> dict:
+def build_report(result, final: dict | None = None, finetune: dict | None = None) -> dict:
     b = result.baseline
     best = result.best
     out = {
@@ -50,6 +50,9 @@ def build_report(result, final: dict | None = None) -> dict:
                  "latency_ms": result.goal.latency_ms, "size_mb": result.goal.size_mb},
         "search_space": {"knobs": len(result.space), "size": result.space.size},
     }
+    if finetune is not None:
+        # the best candidate fine-tuned (CE + KD from the original) before the final compile
+        out["finetune"] = finetune
     if final is not None:
         # baseline and best re-measured round-robin at the end: the like-with-like speedup
         out["remeasured"] = final
@@ -166,10 +169,10 @@ Cost model on held-out candidates: within 10%: {cm.get('within_10pct')}, Kendall
 
 
 def write_report(result, out_dir: str | Path, other_runs: dict[str, list[dict]] | None = None,
-                 final: dict | None = None) -> dict:
+                 final: dict | None = None, finetune: dict | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rep = build_report(result, final)
+    rep = build_report(result, final, finetune)
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     runs = dict(other_runs or {})
     runs[result.strategy] = result.trials
