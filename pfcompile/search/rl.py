@@ -49,7 +49,7 @@ from pfcompile.errors import ConfigError, SearchError
 from pfcompile.search.space import Knob, SearchSpace, config_hash
 from pfcompile.search.strategies import Candidate, Goal, Strategy
 
-__all__ = ["STATE_NAMES", "DDPGStrategy", "LayerTable", "RLSettings"]
+__all__ = ["STATE_NAMES", "DDPGStrategy", "LayerTable", "RLSettings", "one_torch_thread"]
 
 _OPS = ("conv", "dwconv", "gconv", "gemm")
 STATE_NAMES = ("step", *(f"op_{o}" for o in _OPS), "log_channels", "log_cin", "kernel", "stride",
@@ -179,7 +179,7 @@ class LayerTable:
 
 
 @contextlib.contextmanager
-def _one_thread():
+def one_torch_thread():
     """Tiny MLPs: one torch thread is fastest, and spares a shared CPU."""
     import torch
 
@@ -449,7 +449,7 @@ class DDPGStrategy(Strategy):
                     f"rl: the latency target {self.goal.latency_ms:.4g} ms is below the latency "
                     f"model's prediction for the smallest candidate ({smallest:.4g} ms); raise the "
                     "target (or lower --speedup) or allow smaller keep ratios (min_keep)")
-        with _one_thread():
+        with one_torch_thread():
             return self._round(n_episodes, base_ms, shares)
 
     def _round(self, n_episodes: int, base_ms: float, shares: list[float]) -> list[_Episode]:
@@ -496,7 +496,7 @@ class DDPGStrategy(Strategy):
             return
         base_ms = result["latency_ms"] * result.get("speedup", 1.0)
         r = self._reward(result["latency_ms"], result["acc_drop"], base_ms, measured=True)
-        with _one_thread():
+        with one_torch_thread():
             self._learn(p["states"], p["actions"], r, updates=self.episodes >= self.cfg.warmup_episodes)
 
     def state_dict(self) -> dict:
