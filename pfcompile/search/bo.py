@@ -51,6 +51,7 @@ class GPBayesOpt(Strategy):
                      for k in space.knobs}
         self.pending: dict[str, object] = {}
         self.screened: list[dict] = []     # points told from the models, not the device
+        self._screened_hashes: set[str] = set()
         self._drop: dict[str, float] = {}
 
     # ------------------------------------------------------------------ encoding
@@ -104,7 +105,8 @@ class GPBayesOpt(Strategy):
                 t = self.study.ask(self.dist)
                 cfg = self._config(t.params)
                 h = config_hash(cfg)
-                if not self._fresh(cfg) or h in self.pending or any(c.config == cfg for c in out):
+                if (not self._fresh(cfg) or h in self.pending or h in self._screened_hashes
+                        or any(c.config == cfg for c in out)):
                     # the GP's optimum is a point it has: ask a random fresh one next
                     self.study.tell(t, state=self.optuna.trial.TrialState.PRUNED)
                     fresh = self.space.sample_around(self.rng, float(self.rng.uniform(0.4, 1.0)), 0.12)
@@ -118,6 +120,7 @@ class GPBayesOpt(Strategy):
                     t.set_user_attr("source", "model")
                     self._tell_point(t, value, cons)
                     self.screened.append({"params": t.params, "value": value, "cons": cons})
+                    self._screened_hashes.add(h)
                     screened += 1
                     continue
                 self.pending[h] = t
@@ -147,4 +150,5 @@ class GPBayesOpt(Strategy):
             return  # another space: start the GP from the log alone
         for p in state.get("screened", []):
             self._add_point(p["params"], p["value"], p["cons"], "model")
+            self._screened_hashes.add(config_hash(self._config(p["params"])))
         self.screened = list(state.get("screened", []))
