@@ -7,6 +7,7 @@ Command groups live beside the code they drive and register themselves in
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -26,9 +27,18 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
+_COMMAND_MODULES = (
+    "pfcompile.compile_cli",
+    "pfcompile.device_cli",
+    "pfcompile.passes.cli_quant",
+    "pfcompile.search.cli",
+)
+
+
 def _register() -> None:
-    # one line per command module; each defines register(app)
-    from pfcompile.search.cli import register as _search; _search(app)  # noqa: E702
+    # each command module defines register(app)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(app)
 
 
 _register()

@@ -11,7 +11,7 @@ from typing import Any
 
 from pfcompile.errors import ConfigError
 
-__all__ = ["Target", "MeasureSettings", "load_target", "list_targets", "targets_dir", "host_mcpu"]
+__all__ = ["Target", "MeasureSettings", "load_target", "list_targets", "targets_dir", "host_mcpu", "host_hardware"]
 
 
 def targets_dir() -> Path:
@@ -63,23 +63,40 @@ class Target:
                 "rpc_key": self.rpc_key, "emulated": self.emulated}
 
 
-def host_mcpu() -> str:
-    """An LLVM cpu name for this machine (LLVM 22 refuses ``native``)."""
+def _cpu_flags() -> set[str]:
     try:
-        flags = ""
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                flags = line
-                break
-        if " avx512f " in flags + " " and " avx512bw " in flags + " " and " avx512vl " in flags + " ":
-            return "x86-64-v4"
-        if " avx2 " in flags + " " and " fma " in flags + " ":
-            return "x86-64-v3"
-        if " sse4_2 " in flags + " ":
-            return "x86-64-v2"
+                return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return "x86-64-v3"
+    return set()
+
+
+def host_mcpu() -> str:
+    """An LLVM cpu name for this machine (LLVM 22 refuses ``native``)."""
+    flags = _cpu_flags()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        return "x86-64-v4"
+    if {"avx2", "fma"} <= flags:
+        return "x86-64-v3"
+    if "sse4_2" in flags:
+        return "x86-64-v2"
+    return "x86-64-v3" if not flags else "x86-64"
+
+
+def host_hardware() -> dict[str, Any]:
+    """Vector width and int8 dot-product support of this machine's CPU."""
+    flags = _cpu_flags()
+    bits = 512 if {"avx512f", "avx512bw"} <= flags else 256 if "avx2" in flags else 128
+    if "avx512_vnni" in flags:
+        dot = "avx512-vnni"
+    elif "avx_vnni" in flags:
+        dot = "avx-vnni"
+    else:
+        dot = "avx2" if "avx2" in flags else "none"
+    return {"vector_bits": bits, "fp32_lanes": bits // 32,
+            "vector_registers": 32 if bits == 512 else 16, "int8_dot": dot}
 
 
 def _resolve_auto(tvm_dict: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +105,16 @@ def _resolve_auto(tvm_dict: dict[str, Any]) -> dict[str, Any]:
         out["mcpu"] = host_mcpu()
     if out.get("num-cores") == "auto":
         out["num-cores"] = os.cpu_count() or 1
+    return out
+
+
+def _resolve_hardware(hw: dict[str, Any]) -> dict[str, Any]:
+    out = dict(hw)
+    detected = None
+    for k, v in hw.items():
+        if v == "auto":
+            detected = detected or host_hardware()
+            out[k] = detected.get(k, v)
     return out
 
 
@@ -115,7 +142,7 @@ def load_target(name_or_path: str) -> Target:
             rpc_key=d.get("device", {}).get("rpc_key", p.stem),
             serve=d.get("device", {}).get("serve", "local"),
             measure=MeasureSettings(**{k: int(v) for k, v in m.items()}),
-            hardware=dict(d.get("hardware", {})),
+            hardware=_resolve_hardware(d.get("hardware", {})),
             path=str(p),
         )
     except (KeyError, TypeError) as exc:

@@ -97,14 +97,21 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...],
-                opset: int = 17, input_name: str = "input", output_name: str = "logits") -> Path:
-    """Export with the TorchScript exporter (no onnxscript needed), static shapes."""
+                opset: int = 17, input_name: str = "input", output_name: str = "logits",
+                keep_bn: bool = False) -> Path:
+    """Export with the TorchScript exporter (no onnxscript needed), static shapes.
+
+    In eval mode the exporter's constant folding folds BatchNorm into Conv;
+    ``keep_bn=True`` turns constant folding off so that BatchNormalization
+    nodes stay in the graph (it also leaves Identity nodes on parameters).
+    """
     model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(*input_shape)
     torch.onnx.export(model, (dummy,), str(path), opset_version=opset, input_names=[input_name],
-                      output_names=[output_name], dynamo=False, do_constant_folding=True)
+                      output_names=[output_name], dynamo=False,
+                      do_constant_folding=not keep_bn)
     return path
 
 

@@ -55,13 +55,14 @@ def test_arm64_end_to_end_on_emulated_device(tmp_path):
     try:
         rep = run(None, "arm64", device=f"127.0.0.1:{srv.bound}", out_dir=tmp_path / "dist",
                   settings=SearchSettings(strategy="uniform", budget=1, max_acc_drop=100.0),
-                  cache_dir=tmp_path / "cache")
+                  cache_dir=tmp_path / "cache", final_repeats=1)
     finally:
         srv.stop()
     saved = json.loads((tmp_path / "dist" / "report.json").read_text())
     assert saved == json.loads(json.dumps(rep))
     assert rep["emulated"] is True and "emulated" in rep["note"]
     assert rep["trials"] == 1 and rep["device_measurements"] == 1
+    assert rep["remeasured"]["repeats"] == 1 and rep["remeasured"]["best_ms"] > 0
     assert rep["best"] is not None and rep["best"]["latency_ms"] > 0
     so = (tmp_path / "dist" / "model.so").read_bytes()
     assert so[:4] == b"\x7fELF" and so[18] == 183  # e_machine = EM_AARCH64

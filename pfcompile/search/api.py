@@ -4,8 +4,8 @@ the search, write ``DIST/`` (model.onnx, model.so, report.json, report.html)."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -18,7 +18,7 @@ from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
 
-__all__ = ["run", "demo_paths", "default_cache_dir"]
+__all__ = ["default_cache_dir", "demo_paths", "run"]
 
 
 def demo_paths() -> tuple[Path, Path, Path]:
@@ -46,13 +46,14 @@ def _random_data(model: onnx.ModelProto, n: int = 256) -> Dataset:
 
 def run(model_path: str | Path | None = None, target: str = "host", *,
         data: str | Path | None = None, calib: str | Path | None = None,
-        settings: SearchSettings = SearchSettings(), device: str | None = None,
+        settings: SearchSettings | None = None, device: str | None = None,
         rpc: str | None = None, key: str | None = None, out_dir: str | Path = "dist",
         resume: str | Path | None = None, cache_dir: str | Path | None = None,
         null_device: bool = False, port_range: tuple[int, int] = (9300, 9350),
-        threads: int | None = None,
+        threads: int | None = None, final_repeats: int = 3,
         on_event: Callable[[str, dict], None] | None = None) -> dict:
     """Search, then write DIST; returns the report dict."""
+    settings = settings or SearchSettings()
     if model_path is None:
         model_path, demo_val, demo_calib = demo_paths()
         data = data or demo_val
@@ -86,10 +87,16 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         raise DeviceError(f"target '{tgt.name}' is not this machine: start its device (for the "
                           f"emulated one: `pfcompile device serve --target {tgt.name}`) and pass "
                           "--device HOST:PORT or --rpc TRACKER:PORT --key KEY")
+    final = None
     try:
         result = run_search(model, tgt, dev, dataset, run_dir, settings,
                             cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
                             on_event=on_event)
+        if result.best_model is not None and not null_device and final_repeats > 0:
+            if on_event:
+                on_event("final", {})
+            final = remeasure(dev, {"baseline": model, "best": result.best_model},
+                              run_dir / "final", final_repeats)
     finally:
         dev.close()
         if server is not None:
@@ -100,6 +107,25 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     so = (result.best or result.baseline).get("so_path")
     if so and Path(so).exists():
         shutil.copy(so, out / "model.so")
+        if (Path(so).parent / "model.json").exists():
+            shutil.copy(Path(so).parent / "model.json", out / "model.json")
     elif (out / "model.so").exists():
         (out / "model.so").unlink()
-    return write_report(result, out)
+    return write_report(result, out, final=final)
+
+
+def remeasure(dev, models: dict[str, onnx.ModelProto], work: Path, repeats: int) -> dict:
+    """Measure ``models`` round-robin ``repeats`` times (drift on a shared machine hits
+    all alike); medians in ms."""
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(repeats):
+        for name, m in models.items():
+            r = dev.measure_model(m, work / name)
+            if r.ok:
+                times[name].append(r.latency_ms)
+    med = {k: float(np.median(v)) if v else None for k, v in times.items()}
+    out = {f"{k}_ms": v for k, v in med.items()}
+    out["repeats"] = repeats
+    if med.get("baseline") and med.get("best"):
+        out["speedup"] = med["baseline"] / med["best"]
+    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -41,6 +41,8 @@ class _Progress:
         elif kind == "baseline_done":
             self.base = info
             self.status = "searching"
+        elif kind == "final":
+            self.status = "re-measuring baseline and best, round-robin"
         elif kind == "kernels":
             self.status = f"timing {info['n']} kernels"
         elif kind == "resumed":
@@ -58,33 +60,29 @@ class _Progress:
 
 
 def register(app: typer.Typer) -> None:
-    if app.registered_callback is None:
-        # with a single command typer drops the subcommand name; keep `pfcompile run`
-        app.callback()(lambda: None)
-
     @app.command("run")
     def run_cmd(
-        model: Optional[Path] = typer.Argument(None, help="ONNX model; the built-in demo when omitted"),
-        target: str = typer.Option("host", "--target", "-t", help="target name or .toml path"),
-        data: Optional[Path] = typer.Option(None, "--data", help="validation .npz (x, y)"),
-        calib: Optional[Path] = typer.Option(None, "--calib", help="calibration .npz"),
-        speedup: Optional[float] = typer.Option(None, "--speedup", help="most accurate at >= X speedup"),
-        latency_ms: Optional[float] = typer.Option(None, "--latency-ms", help="most accurate within L ms"),
-        size_mb: Optional[float] = typer.Option(None, "--size-mb", help="most accurate within S MB"),
-        max_acc_drop: float = typer.Option(0.5, "--max-acc-drop", help="accuracy points allowed to drop"),
-        budget: int = typer.Option(12, "--budget", help="candidate measurements on the device"),
-        strategy: str = typer.Option("hw", "--strategy", help="hw | flops | uniform | random | tpe"),
-        rpc: Optional[str] = typer.Option(None, "--rpc", help="tracker HOST:PORT"),
-        key: Optional[str] = typer.Option(None, "--key", help="device key at the tracker"),
-        device: Optional[str] = typer.Option(None, "--device", help="rpc_server HOST:PORT"),
-        out: Path = typer.Option(Path("dist"), "-o", "--out", help="output folder DIST"),
-        resume: Optional[Path] = typer.Option(None, "--resume", help="RUN_DIR of a killed run"),
-        seed: int = typer.Option(0, "--seed"),
-        cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
-                                                 help="latency models per target (~/.cache/pfcompile)"),
-        null_device: bool = typer.Option(False, "--null-device", help="measure nothing (testing)"),
-        threads: Optional[int] = typer.Option(None, "--threads",
-                                              help="TVM threads of the local host device"),
+        model: Annotated[Path | None, typer.Argument(
+            help="ONNX model; the built-in demo when omitted")] = None,
+        target: Annotated[str, typer.Option("--target", "-t", help="target name or .toml")] = "host",
+        data: Annotated[Path | None, typer.Option(help="validation .npz (x, y)")] = None,
+        calib: Annotated[Path | None, typer.Option(help="calibration .npz")] = None,
+        speedup: Annotated[float | None, typer.Option(help="most accurate at >= X speedup")] = None,
+        latency_ms: Annotated[float | None, typer.Option(help="most accurate within L ms")] = None,
+        size_mb: Annotated[float | None, typer.Option(help="most accurate within S MB")] = None,
+        max_acc_drop: Annotated[float, typer.Option(help="accuracy points allowed to drop")] = 0.5,
+        budget: Annotated[int, typer.Option(help="candidate measurements on the device")] = 12,
+        strategy: Annotated[str, typer.Option(help="hw | flops | uniform | random | tpe")] = "hw",
+        rpc: Annotated[str | None, typer.Option(help="tracker HOST:PORT")] = None,
+        key: Annotated[str | None, typer.Option(help="device key at the tracker")] = None,
+        device: Annotated[str | None, typer.Option(help="rpc_server HOST:PORT")] = None,
+        out: Annotated[Path, typer.Option("-o", "--out", help="output folder DIST")] = Path("dist"),
+        resume: Annotated[Path | None, typer.Option(help="RUN_DIR of a killed run")] = None,
+        seed: int = 0,
+        cache_dir: Annotated[Path | None, typer.Option(
+            help="latency models per target (default ~/.cache/pfcompile)")] = None,
+        null_device: Annotated[bool, typer.Option(help="measure nothing (testing)")] = False,
+        threads: Annotated[int | None, typer.Option(help="TVM threads of the local host device")] = None,
     ) -> None:
         """Search compressed variants of MODEL for the fastest (or most accurate) one,
         measured on the target device."""
@@ -107,6 +105,11 @@ def register(app: typer.Typer) -> None:
                           f"{best['acc_drop']:.2f} points -> {out}/")
         else:
             console.print(f"no candidate met the goal; {out}/model.onnx is the original model")
+        rm = rep.get("remeasured")
+        if rm and rm.get("speedup"):
+            console.print(f"re-measured round-robin ({rm['repeats']}x, medians): baseline "
+                          f"{rm['baseline_ms']:.3f} ms, best {rm['best_ms']:.3f} ms, "
+                          f"{rm['speedup']:.2f}x{tag}")
         cm = rep["cost_model"]
         console.print(f"cost model: within 10% {cm['within_10pct']}, Kendall tau {cm['kendall_tau']} "
                       f"(n={cm['n_heldout']})")

@@ -26,6 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import onnx
@@ -35,8 +36,14 @@ from pfcompile.errors import DeviceError
 from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.targets import Target
 
-__all__ = ["Measurement", "NullDevice", "RPCDevice", "LocalServer", "kernel_model",
-           "compile_onnx"]
+__all__ = [
+    "LocalServer",
+    "Measurement",
+    "NullDevice",
+    "RPCDevice",
+    "compile_onnx",
+    "kernel_model",
+]
 
 
 @dataclass(frozen=True)
@@ -262,17 +269,17 @@ class RPCDevice:
             so = work_dir / "model.so"
             if not so.exists():
                 so = compile_onnx(model, self.target, work_dir)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failure is a value
             return Measurement(None, f"compile failed: {str(exc).strip().splitlines()[-1][:300]}")
         feeds = _random_feeds(model)
         try:
             want = _ort_outputs(model, feeds)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failure is a value
             return Measurement(None, f"onnxruntime reference failed: {exc}", str(so))
         try:
             sess = self._session(self.timeout_s)
             ms, diff = self._run(sess, so, feeds, want, self.number, self.repeat, self.min_repeat_ms)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a failure is a value
             self.failures += 1
             msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)
             return Measurement(None, f"device {self.name}: {msg}", str(so))
@@ -296,7 +303,7 @@ class RPCDevice:
                     ms, _ = self._run(sess, so, _random_feeds(m), None, self.number,
                                       max(3, self.repeat), self.min_repeat_ms)
                     out.append(ms)
-                except Exception:
+                except Exception:  # noqa: BLE001 - a failed kernel is None
                     sess = None
                     out.append(None)
         finally:
@@ -335,13 +342,13 @@ class LocalServer:
         self.proc: subprocess.Popen | None = None
         self.bound: int | None = None
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self, wait_s: float = 60) -> "LocalServer":
+    def start(self, wait_s: float = 60) -> Self:
         # pick the first port nobody listens on, then wait until the server does
         for p in range(self.port, self.port_end):
             with socket.socket() as s:

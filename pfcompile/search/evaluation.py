@@ -71,7 +71,7 @@ class Evaluator:
         try:
             s, step = self._session(model, True), self.batch
             outs = [s.run(None, self.data.batch(i, min(n, i + step)))[0] for i in range(0, n, step)]
-        except Exception:  # a batch-1-only graph (hard-coded Reshape): one sample at a time
+        except Exception:  # noqa: BLE001 - a batch-1-only graph (hard-coded Reshape): one sample at a time
             s = self._session(model, False)
             outs = [s.run(None, self.data.batch(i, i + 1))[0] for i in range(n)]
         y = np.concatenate(outs)

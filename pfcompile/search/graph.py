@@ -24,8 +24,15 @@ from onnx import helper, numpy_helper
 
 from pfcompile.errors import PassError
 
-__all__ = ["Kernel", "ChannelGroup", "extract_kernels", "channel_groups", "prune_channels",
-           "tensor_shapes", "materialize_constants"]
+__all__ = [
+    "ChannelGroup",
+    "Kernel",
+    "channel_groups",
+    "extract_kernels",
+    "materialize_constants",
+    "prune_channels",
+    "tensor_shapes",
+]
 
 _ANCHORS = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean"}
 _UNARY = {"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh",
@@ -100,7 +107,7 @@ class Kernel:
     @property
     def key(self) -> str:
         """Workload key: equal keys are the same kernel to the device."""
-        f = lambda t: "x".join(map(str, t))  # noqa: E731
+        f = lambda t: "x".join(map(str, t))
         return (f"{self.op}|i{f(self.in_shape)}|w{f(self.w_shape)}|o{f(self.out_shape)}|"
                 f"k{f(self.kernel)}|s{f(self.stride)}|p{f(self.pad)}|g{self.groups}|"
                 f"e{'+'.join(self.epilogue)}|b{self.bits}")
@@ -132,7 +139,7 @@ class Kernel:
                 "epilogue": list(self.epilogue), "bits": self.bits}
 
     @staticmethod
-    def from_json(d: dict) -> "Kernel":
+    def from_json(d: dict) -> Kernel:
         return Kernel(d["op"], tuple(d["in_shape"]), tuple(d["w_shape"]), tuple(d["out_shape"]),
                       tuple(d["kernel"]), tuple(d["stride"]), tuple(d["pad"]), int(d["groups"]),
                       tuple(d["epilogue"]), int(d.get("bits", 32)))
@@ -324,7 +331,7 @@ def prune_channels(model: onnx.ModelProto, keep: dict[str, int]) -> onnx.ModelPr
     """
     model = materialize_constants(model)
     groups = {g.id: g for g in channel_groups(model)}
-    shapes, uf, _, _ = _analyse(model)
+    _, uf, _, _ = _analyse(model)
     chosen: dict[str, np.ndarray] = {}
     for gid, k in keep.items():
         if gid not in groups:

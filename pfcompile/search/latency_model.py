@@ -22,7 +22,7 @@ import numpy as np
 
 from pfcompile.search.graph import Kernel
 
-__all__ = ["kernel_features", "FEATURE_NAMES", "LatencyModel", "FlopsModel", "kendall_tau"]
+__all__ = ["FEATURE_NAMES", "FlopsModel", "LatencyModel", "kendall_tau", "kernel_features"]
 
 _OPS = ("conv", "dwconv", "gconv", "gemm", "maxpool", "avgpool", "gpool", "ew")
 FEATURE_NAMES = [f"op_{o}" for o in _OPS] + [
@@ -188,7 +188,7 @@ class LatencyModel:
         return p
 
     @classmethod
-    def load(cls, path: str | Path, target: str, lanes: int = 8) -> "LatencyModel":
+    def load(cls, path: str | Path, target: str, lanes: int = 8) -> LatencyModel:
         """A model warm from ``path`` if it exists and belongs to ``target``; else cold.
 
         Whole-model fit points are not carried over: they depend on the model."""

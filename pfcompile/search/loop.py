@@ -14,9 +14,9 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -31,7 +31,7 @@ from pfcompile.search.space import SearchSpace, build_space, compress, config_ha
 from pfcompile.search.state import load_strategy_state, save_strategy_state
 from pfcompile.search.strategies import STRATEGIES, Goal, make_strategy
 
-__all__ = ["SearchSettings", "TrialLog", "SearchResult", "run_search", "model_size_mb"]
+__all__ = ["SearchResult", "SearchSettings", "TrialLog", "model_size_mb", "run_search"]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from pfcompile.search.latency_model import kendall_tau
 
-__all__ = ["cost_model_stats", "build_report", "write_report", "render_html"]
+__all__ = ["build_report", "cost_model_stats", "render_html", "write_report"]
 
 _COLORS = {"hw": "#d62728", "flops": "#1f77b4", "uniform": "#2ca02c", "random": "#7f7f7f",
            "tpe": "#9467bd"}
@@ -31,7 +31,7 @@ def cost_model_stats(trials: list[dict]) -> dict:
             "n_heldout": len(pts), "mape": float(np.mean(np.abs(p - m) / m))}
 
 
-def build_report(result) -> dict:
+def build_report(result, final: dict | None = None) -> dict:
     b = result.baseline
     best = result.best
     out = {
@@ -50,6 +50,9 @@ def build_report(result) -> dict:
                  "latency_ms": result.goal.latency_ms, "size_mb": result.goal.size_mb},
         "search_space": {"knobs": len(result.space), "size": result.space.size},
     }
+    if final is not None:
+        # baseline and best re-measured round-robin at the end: the like-with-like speedup
+        out["remeasured"] = final
     if result.emulated:
         out["note"] = "latencies measured on an emulated device (qemu): functional checks only"
     if best is not None:
@@ -80,8 +83,8 @@ def _scatter(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: 
     px = (x1 - x0) * 0.05 or 1
     py = (y1 - y0) * 0.05 or 1
     x0, x1, y0, y1 = x0 - px, x1 + px, y0 - py, y1 + py
-    sx = lambda v: _scale(v, x0, x1, L, W - R)  # noqa: E731
-    sy = lambda v: _scale(v, y0, y1, H - B, T)  # noqa: E731
+    sx = lambda v: _scale(v, x0, x1, L, W - R)
+    sy = lambda v: _scale(v, y0, y1, H - B, T)
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
          f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
          f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="#000"/>',
@@ -140,6 +143,10 @@ def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
     summary = (f"best: {best['latency_ms']:.3f} ms, {best['speedup']:.2f}x, accuracy drop "
                f"{best['acc_drop']:.2f} points" if best else "no candidate met the goal")
     cm = report.get("cost_model", {})
+    rm = report.get("remeasured")
+    if rm and rm.get("speedup"):
+        summary += (f"; re-measured round-robin ({rm['repeats']}x, medians): baseline "
+                    f"{rm['baseline_ms']:.3f} ms, best {rm['best_ms']:.3f} ms, {rm['speedup']:.2f}x")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>pfcompile run report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:20px auto}} pre{{background:#f4f4f4;padding:8px}}
 .g{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>
@@ -158,10 +165,11 @@ Cost model on held-out candidates: within 10%: {cm.get('within_10pct')}, Kendall
 </body></html>"""
 
 
-def write_report(result, out_dir: str | Path, other_runs: dict[str, list[dict]] | None = None) -> dict:
+def write_report(result, out_dir: str | Path, other_runs: dict[str, list[dict]] | None = None,
+                 final: dict | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rep = build_report(result)
+    rep = build_report(result, final)
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     runs = dict(other_runs or {})
     runs[result.strategy] = result.trials

@@ -20,7 +20,7 @@ import onnx
 from pfcompile.errors import ConfigError, PassError
 from pfcompile.search import graph
 
-__all__ = ["Knob", "SearchSpace", "build_space", "config_hash", "compress"]
+__all__ = ["Knob", "SearchSpace", "build_space", "compress", "config_hash"]
 
 
 @dataclass(frozen=True)

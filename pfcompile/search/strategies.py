@@ -12,16 +12,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 from pfcompile.errors import ConfigError
 from pfcompile.search.space import SearchSpace, config_hash
 
-__all__ = ["Goal", "Candidate", "Strategy", "ModelGuided", "Uniform", "RandomSearch", "TPE",
-           "STRATEGIES", "make_strategy"]
+__all__ = [
+    "STRATEGIES",
+    "TPE",
+    "Candidate",
+    "Goal",
+    "ModelGuided",
+    "RandomSearch",
+    "Strategy",
+    "Uniform",
+    "make_strategy",
+]
 
 STRATEGIES = ("hw", "flops", "uniform", "random", "tpe", "rl", "bo")
 
@@ -136,15 +145,19 @@ class ModelGuided(Strategy):
         self._drop_cache: dict[str, float] = {}
 
     def _pool(self) -> list[dict]:
+        """Half: small steps from the best feasible candidates so far (from the
+        unpruned model while there are none); half: broad samples."""
         cfgs: list[dict] = []
         ok = sorted((self.goal.cost(r["latency_ms"], r["acc_drop"], r["size_mb"]), i)
-                    for i, (c, r) in enumerate(self.results) if r.get("status") == "ok")
-        parents = [self.results[i][0] for _, i in ok[:4]]
-        for j in range(self.pool * 3):
-            if parents and j % 2:
-                cfg = self.space.mutate(parents[j % len(parents)], self.rng, n=int(self.rng.integers(1, 4)))
+                    for i, (c, r) in enumerate(self.results)
+                    if r.get("status") == "ok" and r.get("feasible"))
+        parents = [self.results[i][0] for _, i in ok[:4]] or [self.space.default()]
+        for j in range(self.pool * 4):
+            if j % 2 == 0:
+                cfg = self.space.mutate(parents[(j // 2) % len(parents)], self.rng,
+                                        n=int(self.rng.integers(1, 4)))
             else:
-                cfg = self.space.sample_around(self.rng, float(self.rng.uniform(0.4, 1.0)), 0.12)
+                cfg = self.space.sample_around(self.rng, float(self.rng.uniform(0.5, 1.0)), 0.12)
             if self._fresh(cfg) and cfg not in cfgs:
                 cfgs.append(cfg)
             if len(cfgs) >= self.pool:

@@ -1,0 +1,49 @@
+# pfcompile: two commands on a fresh machine.
+#   make run   - the main job on the built-in demo model (host target)
+#   make test  - the whole test suite (installs everything it needs)
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.pfcompile-installed
+PFCOMPILE_CACHE ?= $(HOME)/.cache/pfcompile
+export PFCOMPILE_CACHE
+
+.PHONY: run test test-fast venv apt-deps arm64-device lint bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch 2.13.0 CPU first: a plain requirement could pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages: the aarch64 cross compiler and qemu-user for the emulated arm64 device.
+apt-deps:
+	@if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
+	  echo "installing qemu-user and g++-aarch64-linux-gnu"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q qemu-user g++-aarch64-linux-gnu gcc-aarch64-linux-gnu; \
+	fi
+
+arm64-device: apt-deps
+	bash tools/setup_arm64_device.sh "$(PFCOMPILE_CACHE)/arm64-device"
+
+run: $(STAMP)
+	$(VENV)/bin/pfcompile run
+
+test: $(STAMP) apt-deps arm64-device
+	$(PY) -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pfcompile tests tools
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

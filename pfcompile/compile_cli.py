@@ -1,0 +1,54 @@
+"""CLI: ``pfcompile targets`` and ``pfcompile compile``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["register"]
+
+console = Console(width=120)
+
+
+def targets_cmd() -> None:
+    """List the targets in targets/*.toml."""
+    from pfcompile.targets import list_targets
+
+    table = Table(title="pfcompile targets")
+    for col in ("name", "TVM target", "cross compiler", "RPC key", "measure n/rep/min_ms",
+                "emulated"):
+        table.add_column(col, overflow="fold")
+    for t in list_targets():
+        tvm_s = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}"
+                         for k, v in t.tvm.items() if k != "kind")
+        m = t.measure
+        table.add_row(t.name, tvm_s, t.cross_compiler or "(host)", t.rpc_key,
+                      f"{m.number}/{m.repeat}/{m.min_repeat_ms}", "yes" if t.emulated else "no")
+    console.print(table)
+
+
+def compile_cmd(
+    model: Path = typer.Argument(..., help="ONNX model to compile"),
+    target: str = typer.Option("host", "--target", "-t", help="target name (targets/NAME.toml) or a .toml path"),
+    out: Path = typer.Option(Path("out"), "-o", "--out", help="output folder (model.so, model.json)"),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape",
+                                                    help="static shape for a dynamic input: name:1x3x224x224"),
+    float_only: bool = typer.Option(False, "--float", help="keep QDQ models on the float path"),
+) -> None:
+    """Compile MODEL for TARGET into OUT/model.so + OUT/model.json."""
+    from pfcompile.compiler import compile_model
+    from pfcompile.model import parse_input_shapes
+
+    art = compile_model(model, target, out, parse_input_shapes(input_shape), integer=not float_only)
+    ins = ", ".join(f"{d['name']}:{'x'.join(map(str, d['shape']))}" for d in art.meta["inputs"])
+    console.print(f"compiled {model} for [bold]{art.meta['target']['name']}[/] in "
+                  f"{art.meta['compile_seconds']:.1f} s -> {art.so_path} (inputs {ins})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("targets")(targets_cmd)
+    app.command("compile")(compile_cmd)

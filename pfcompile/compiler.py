@@ -1,0 +1,174 @@
+"""Compile an ONNX model for a target into a deployable library.
+
+``compile_model`` validates the model, imports it into Relax, lowers QDQ
+patterns to integer kernels when present, applies pfcompile's code generation
+and exports ``DIR/model.so`` (cross-compiled for ARM targets) with
+``DIR/model.json`` describing inputs, outputs, target, source hash and versions,
+and ``DIR/source.onnx`` (the model as compiled, for verification on the device).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from pfcompile.errors import CompileError, ModelError, UnsupportedOpError
+from pfcompile.model import (
+    TensorSpec,
+    fix_input_shapes,
+    input_specs,
+    load_onnx,
+    model_hash,
+    output_specs,
+)
+from pfcompile.targets import Target, load_target
+
+__all__ = ["CompiledArtifact", "compile_model", "import_relax", "check_supported_ops",
+           "build_executable", "export_executable", "read_meta"]
+
+
+@dataclass
+class CompiledArtifact:
+    """A compiled model on disk: ``dir/model.so``, ``dir/model.json``, ``dir/source.onnx``."""
+
+    dir: Path
+    so_path: Path
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec.from_json(d) for d in self.meta["inputs"]]
+
+
+def check_supported_ops(model: onnx.ModelProto) -> None:
+    """Raise UnsupportedOpError for the first node TVM's ONNX importer cannot convert."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    for i, node in enumerate(model.graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            raise UnsupportedOpError(node.name or f"#{i}", f"{node.domain}::{node.op_type}",
+                                     "custom-domain ops are not supported by TVM's ONNX importer")
+        if node.op_type not in known:
+            raise UnsupportedOpError(node.name or f"#{i}", node.op_type,
+                                     "TVM 0.27's ONNX importer has no converter for it")
+
+
+def import_relax(model: onnx.ModelProto, specs: list[TensorSpec]):
+    """ONNX → Relax IRModule with weights bound as constants."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    check_supported_ops(model)
+    try:
+        return from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
+                         dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
+    except Exception as exc:
+        raise CompileError(f"TVM could not import the model into Relax: {type(exc).__name__}: "
+                           f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from exc
+
+
+def _has_qdq(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def build_executable(mod, target: Target, *, integer: bool = True, report: list | None = None):
+    """Relax IRModule → TVM executable for ``target`` (pfcompile's pipeline)."""
+    import tvm
+
+    try:
+        return tvm.compile(mod, target=target.tvm_target())
+    except Exception as exc:
+        raise CompileError(f"TVM failed to compile for target '{target.name}': "
+                           f"{type(exc).__name__}: {str(exc).strip()[-400:]}") from exc
+
+
+def export_executable(ex, target: Target, so_path: Path) -> None:
+    """Export a library: host compiler for host targets, the target's cross compiler otherwise."""
+    try:
+        if target.cross_compiler:
+            from tvm.support import cc
+
+            if shutil.which(target.cross_compiler) is None:
+                raise CompileError(
+                    f"target '{target.name}' needs the cross compiler '{target.cross_compiler}', "
+                    f"which is not on PATH (Debian: apt-get install g++-aarch64-linux-gnu)")
+            ex.export_library(str(so_path), fcompile=cc.cross_compiler(target.cross_compiler))
+        else:
+            ex.export_library(str(so_path))
+    except CompileError:
+        raise
+    except Exception as exc:
+        raise CompileError(f"exporting {so_path} for target '{target.name}' failed: {exc}") from exc
+
+
+def _versions() -> dict:
+    import onnxruntime
+    import tvm
+
+    import pfcompile
+
+    return {"pfcompile": pfcompile.__version__, "tvm": tvm.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out_dir: str | Path,
+                  input_shapes: dict[str, tuple[int, ...]] | None = None, *,
+                  integer: bool = True) -> CompiledArtifact:
+    """Compile ``model`` for ``target`` into ``out_dir`` (created).
+
+    ``input_shapes`` fixes dynamic input dims (``--input-shape``). QDQ models take
+    the integer path unless ``integer=False``.
+    """
+    t0 = time.perf_counter()
+    tgt = load_target(target) if isinstance(target, str) else target
+    if isinstance(model, (str, Path)):
+        source = str(model)
+        proto = load_onnx(model)
+    else:
+        source = "<in-memory>"
+        proto = model
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as exc:
+            raise ModelError(f"model fails the ONNX checker: {exc}") from exc
+    specs = input_specs(proto, input_shapes)
+    if input_shapes:
+        proto = fix_input_shapes(proto, specs)
+    outs = output_specs(proto)
+
+    mod = import_relax(proto, specs)
+    layer_report: list = []
+    ex = build_executable(mod, tgt, integer=integer and _has_qdq(proto), report=layer_report)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    so_path = out / "model.so"
+    export_executable(ex, tgt, so_path)
+    onnx.save(proto, str(out / "source.onnx"))
+    meta = {
+        "inputs": [s.to_json() for s in specs],
+        "outputs": [s.to_json() for s in outs],
+        "target": tgt.to_json(),
+        "source_model": source,
+        "source_hash": model_hash(proto),
+        "library": so_path.name,
+        "layers": [r if isinstance(r, dict) else r.__dict__ for r in layer_report],
+        "compile_seconds": round(time.perf_counter() - t0, 3),
+        "versions": _versions(),
+    }
+    (out / "model.json").write_text(json.dumps(meta, indent=2))
+    return CompiledArtifact(out, so_path, meta)
+
+
+def read_meta(artifact_dir: str | Path) -> dict:
+    p = Path(artifact_dir) / "model.json"
+    if not p.exists():
+        raise CompileError(f"{artifact_dir} is not a compiled artifact (no model.json); "
+                           f"run `pfcompile compile` first")
+    return json.loads(p.read_text())

@@ -1,0 +1,118 @@
+"""Shared fixtures: the seven pass-fixture topologies trained on 8x8 digits
+(tens of seconds each on a loaded 2-core machine), exported to ONNX twice
+(BatchNorm folded, and BatchNorm kept), plus calibration / validation data as
+.npz files. Trained lazily per model; the exported files are kept in pytest's
+cache directory under a key of (zoo.py source, model, training settings, torch
+version), so later sessions reuse them until the model code changes. Each
+session copies them into its own temp dir."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FIXTURE_MODELS = ("PlainCNN", "ResNetTiny", "MobileNetV2Tiny", "DenseNetTiny", "SENetTiny",
+                  "FlattenGemmNet", "GroupedConvNet")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    name: str
+    onnx: Path          # BatchNorm folded into Conv (the exporter's default)
+    onnx_bn: Path       # BatchNormalization nodes kept
+    torch_top1: float   # accuracy of the torch model on the validation split
+
+
+@dataclass(frozen=True)
+class DigitsData:
+    calib_npz: Path     # x only (128 samples from the training split)
+    val_npz: Path       # x, y (540 samples)
+    x_calib: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory) -> DigitsData:
+    from pfcompile import zoo
+
+    d = zoo.digits_splits(8)
+    root = tmp_path_factory.mktemp("digits")
+    np.savez(root / "calib.npz", x=d["x_calib"])
+    np.savez(root / "val.npz", x=d["x_val"], y=d["y_val"])
+    return DigitsData(root / "calib.npz", root / "val.npz", d["x_calib"], d["x_val"], d["y_val"])
+
+
+TRAIN_SETTINGS = {"epochs": 6, "lr": 0.05, "batch": 64, "seed": 0}
+
+
+def train_fixture_model(name: str, out_dir: Path) -> TrainedModel:
+    """Train ``zoo.<name>`` on 8x8 digits and export both ONNX variants to ``out_dir``."""
+    import torch
+
+    from pfcompile import zoo
+
+    torch.set_num_threads(2)
+    d = zoo.digits_splits(8)
+    model = getattr(zoo, name)()
+    zoo.train_classifier(model, d["x_train"], d["y_train"], **TRAIN_SETTINGS)
+    top1 = zoo.accuracy(model, d["x_val"], d["y_val"])
+    p = zoo.export_onnx(model, out_dir / f"{name}.onnx", (1, 1, 8, 8))
+    pb = zoo.export_onnx(model, out_dir / f"{name}_bn.onnx", (1, 1, 8, 8), keep_bn=True)
+    (out_dir / f"{name}.json").write_text(json.dumps({"torch_top1": top1}))
+    return TrainedModel(name, p, pb, top1)
+
+
+def _cache_key(name: str) -> str:
+    import torch
+
+    from pfcompile import zoo
+
+    src = Path(zoo.__file__).read_bytes()
+    blob = src + json.dumps([name, TRAIN_SETTINGS, torch.__version__]).encode()
+    return f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+class _Trainer:
+    def __init__(self, root: Path, persistent: Path | None) -> None:
+        self.root = root
+        self.persistent = persistent
+        self.cache: dict[str, TrainedModel] = {}
+
+    def __call__(self, name: str) -> TrainedModel:
+        if name in self.cache:
+            return self.cache[name]
+        src = None
+        if self.persistent is not None:
+            src = self.persistent / _cache_key(name)
+            if not (src / f"{name}.json").exists():
+                tmp = src.with_name(src.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                train_fixture_model(name, tmp)
+                shutil.rmtree(src, ignore_errors=True)
+                tmp.rename(src)
+        else:
+            src = self.root / f"train-{name}"
+            src.mkdir()
+            train_fixture_model(name, src)
+        for suffix in (".onnx", "_bn.onnx", ".json"):
+            shutil.copy(src / f"{name}{suffix}", self.root / f"{name}{suffix}")
+        top1 = json.loads((self.root / f"{name}.json").read_text())["torch_top1"]
+        self.cache[name] = TrainedModel(name, self.root / f"{name}.onnx",
+                                        self.root / f"{name}_bn.onnx", top1)
+        return self.cache[name]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, request) -> _Trainer:
+    """``trained("ResNetTiny")`` -> TrainedModel (trained on first use, then cached)."""
+    cache = getattr(request.config, "cache", None)
+    persistent = Path(cache.mkdir("pfcompile-fixture-models")) if cache is not None else None
+    return _Trainer(tmp_path_factory.mktemp("fixture_models"), persistent)

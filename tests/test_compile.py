@@ -1,0 +1,108 @@
+"""compile_model: artifacts for host and arm64, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from pfcompile.compiler import compile_model
+from pfcompile.errors import CompileError, ModelError, UnsupportedOpError
+
+DEMO = Path(__file__).resolve().parents[1] / "pfcompile" / "data" / "demo.onnx"
+EM_X86_64, EM_AARCH64 = 62, 183
+
+
+def _elf_machine(path: Path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF"
+    return int.from_bytes(head[18:20], "little")
+
+
+def _tiny_model(dynamic: bool = False, op: str = "Relu", domain: str = "") -> onnx.ModelProto:
+    n = "N" if dynamic else 1
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 4, 8, 8])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3],
+                           np.random.default_rng(0).standard_normal(108).astype(np.float32).tolist())
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node(op, ["c"], ["y"], name="act0", domain=domain)]
+    opsets = [helper.make_opsetid("", 17)]
+    if domain:
+        opsets.append(helper.make_opsetid(domain, 1))
+    g = helper.make_graph(nodes, "tiny", [x], [y], [w])
+    return helper.make_model(g, opset_imports=opsets)
+
+
+def test_compile_host_artifact(tmp_path):
+    art = compile_model(DEMO, "host", tmp_path / "a")
+    assert _elf_machine(art.so_path) == EM_X86_64
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert meta["inputs"] == [{"name": "input", "shape": [1, 1, 32, 32], "dtype": "float32"}]
+    assert meta["outputs"][0]["shape"] == [1, 10]
+    assert meta["target"]["name"] == "host"
+    assert len(meta["source_hash"]) == 16
+    assert {"pfcompile", "tvm", "onnx", "onnxruntime"} <= set(meta["versions"])
+    assert (tmp_path / "a" / "source.onnx").exists()
+
+
+def test_compile_arm64_is_aarch64_elf(tmp_path):
+    art = compile_model(_tiny_model(), "arm64", tmp_path / "arm")
+    assert _elf_machine(art.so_path) == EM_AARCH64
+    assert art.meta["target"]["tvm"]["mtriple"] == "aarch64-linux-gnu"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        compile_model(tmp_path / "nope.onnx", "host", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_not_onnx(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00\x01this is not a protobuf at all" * 10)
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        compile_model(bad, "host", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unsupported_op_names_node_and_op(tmp_path):
+    p = tmp_path / "custom.onnx"
+    onnx.save(_tiny_model(op="FancyAct", domain="com.example"), p)
+    with pytest.raises(UnsupportedOpError) as ei:
+        compile_model(p, "host", tmp_path / "o")
+    assert ei.value.node == "act0" and "FancyAct" in ei.value.op_type
+    assert "act0" in str(ei.value)
+
+
+def test_dynamic_shape_needs_input_shape(tmp_path):
+    p = tmp_path / "dyn.onnx"
+    onnx.save(_tiny_model(dynamic=True), p)
+    with pytest.raises(ModelError, match="--input-shape x:1x3x8x8"):
+        compile_model(p, "host", tmp_path / "o")
+    art = compile_model(p, "host", tmp_path / "o", {"x": (2, 3, 8, 8)})
+    assert art.meta["inputs"][0]["shape"] == [2, 3, 8, 8]
+    with pytest.raises(ModelError, match="unknown input"):
+        compile_model(p, "host", tmp_path / "o2", {"x": (1, 3, 8, 8), "nope": (1, 3, 8, 8)})
+
+
+def test_unknown_target(tmp_path):
+    from pfcompile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown target 'pdp11'.*host"):
+        compile_model(DEMO, "pdp11", tmp_path / "o")
+
+
+def test_cli_error_is_one_clear_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pfcompile", "compile", str(tmp_path / "x.onnx")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "model file not found" in r.stderr and "Traceback" not in r.stderr
+
+
