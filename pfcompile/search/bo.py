@@ -14,7 +14,8 @@ objective, one GP per constraint, constrained log-EI).
   models call infeasible (latency over the target, or a drop over the
   allowance plus ``drop_margin``) is not measured: it is told to the GP with
   the predicted values (marked ``source=model``) and another ask is made, up to
-  ``screen`` per proposal. Measured candidates enter the GP with the device's
+  ``screen`` per proposal; after that the next fresh ask is measured even if the
+  models call it infeasible (so a proposal always comes back). Measured candidates enter the GP with the device's
   latency and the full evaluation's drop (``source=device``).
 * ``--resume``: measured trials come back from the trial log; the screened
   (model) points are saved in the run folder (``strategy_state.npz``).
