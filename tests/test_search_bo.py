@@ -88,18 +88,19 @@ def test_gp_search_is_deterministic_screens_and_improves(space):
     assert min(feasible) < 6.0
 
 
-def test_bo_on_null_device_and_resume(tmp_path, demo):
+def test_bo_on_null_device_is_deterministic_and_resumes(tmp_path, demo):
     m, d = demo
     host = load_target("host")
-    r = run_search(m, host, NullDevice(), d, tmp_path / "run", SearchSettings(**FAST),
-                   cache_dir=tmp_path / "c")
+    r, again = (run_search(m, host, NullDevice(), d, tmp_path / name, SearchSettings(**FAST),
+                           cache_dir=tmp_path / f"c_{name}") for name in ("run", "again"))
+    assert [t["config"] for t in r.trials] == [t["config"] for t in again.trials]  # fixed seed
     assert len(r.trials) == 3 and all(t["status"] == "ok" for t in r.trials)
     assert len({t["config_hash"] for t in r.trials}) == 3
     assert all(t["pred_ms"] is not None and t["pred_drop"] is not None for t in r.trials)
     st = load_strategy_state(tmp_path / "run")
     assert st is not None and st["knobs"] == [k.name for k in r.space.knobs]
     r2 = run_search(m, host, NullDevice(), d, tmp_path / "run", SearchSettings(**{**FAST, "budget": 4}),
-                    cache_dir=tmp_path / "c")
+                    cache_dir=tmp_path / "c_run")
     assert [t["id"] for t in r2.trials] == [0, 1, 2, 3]
     assert [t["config"] for t in r2.trials[:3]] == [t["config"] for t in r.trials]
     assert len({t["config_hash"] for t in r2.trials}) == 4  # nothing measured twice after resume
