@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pfcompile.errors import ConfigError, SearchError
+from pfcompile.errors import ConfigError, PfcompileError, SearchError
 from pfcompile.search.space import Knob, SearchSpace, config_hash
 from pfcompile.search.strategies import Candidate, Goal, Strategy
 
@@ -100,7 +100,12 @@ class LayerTable:
         self.fast = all(k.kind == "keep" for k in space.knobs)
         for i, k in enumerate(space.knobs):
             lo = min(k.choices)
-            ks = list(kernels_of({**default, k.name: lo}))
+            try:
+                ks = list(kernels_of({**default, k.name: lo}))
+            except PfcompileError:  # this knob cannot be cut alone: no shortcut, no features
+                self.fast = False
+                self.touched.append([])
+                continue
             if len(ks) != len(self.base):
                 self.fast = False
                 ks = ks[:len(self.base)]
@@ -114,7 +119,11 @@ class LayerTable:
         if self.fast:
             for _ in range(checks):
                 cfg = space.sample(rng)
-                if [x.key for x in self.kernels(cfg)] != [x.key for x in kernels_of(cfg)]:
+                try:
+                    real = [x.key for x in kernels_of(cfg)]
+                except PfcompileError:
+                    continue
+                if [x.key for x in self.kernels(cfg)] != real:
                     self.fast = False
                     break
                 self.checks += 1
@@ -339,7 +348,10 @@ class DDPGStrategy(Strategy):
         exact workloads), so this equals ``latency_model.predict(kernels)``."""
         if self.lat_model is None or self.table is None:
             return float(self.latency_of(config))
-        ks = self.table.kernels(config)
+        try:
+            ks = self.table.kernels(config)
+        except PfcompileError:  # a config the compressor refuses: never within a budget
+            return math.inf
         new = [k for k in ks if k.key not in self._ktime]
         if new:
             uniq = list({k.key: k for k in new}.values())
@@ -382,11 +394,12 @@ class DDPGStrategy(Strategy):
     def _state(self, t: int, cfg: dict, prev: float, base_ms: float, shares: list[float]) -> list[float]:
         n = len(self.space)
         now = self.predict_ms(cfg)  # knobs >= t still at full width
+        now = now if math.isfinite(now) else base_ms
         left = 0.0
         if self.goal.latency_ms is not None:
             left = max(0.0, now - self.goal.latency_ms) / base_ms
-        return [t / max(1, n - 1), *self.static[t][:9], self.static[t][9], self.static[t][10],
-                shares[t], prev, (base_ms - now) / base_ms, float(sum(shares[t + 1:])), left]
+        return [t / max(1, n - 1), *self.static[t], shares[t], prev, (base_ms - now) / base_ms,
+                float(sum(shares[t + 1:])), left]
 
     def _reward(self, ms: float, drop: float, base_ms: float, measured: bool = False) -> float:
         if not math.isfinite(ms) or not math.isfinite(drop):
