@@ -14,8 +14,9 @@ objective, one GP per constraint, constrained log-EI).
   models call infeasible (latency over the target, or a drop over the
   allowance plus ``drop_margin``) is not measured: it is told to the GP with
   the predicted values (marked ``source=model``) and another ask is made, up to
-  ``screen`` per proposal; after that the next fresh ask is measured even if the
-  models call it infeasible (so a proposal always comes back). Measured candidates enter the GP with the device's
+  ``screen`` per proposal; after that the screened point nearest the goal is
+  measured anyway (so a proposal always comes back, and it is the most useful
+  infeasible one rather than a fresh random ask). Measured candidates enter the GP with the device's
   latency and the full evaluation's drop (``source=device``).
 * ``--resume``: measured trials come back from the trial log; the screened
   (model) points are saved in the run folder (``strategy_state.npz``).
@@ -98,10 +99,18 @@ class GPBayesOpt(Strategy):
         with one_torch_thread():  # the GP fits are small: one thread, on a shared CPU
             return self._propose(n)
 
+    def _violation(self, ms: float, drop: float) -> float:
+        """How far the models put a config outside the goal (0: inside)."""
+        g = self.goal
+        v = max(0.0, drop - g.max_acc_drop) / max(1.0, g.max_acc_drop)
+        if g.latency_ms is not None:
+            v += max(0.0, ms - g.latency_ms) / g.latency_ms
+        return v if math.isfinite(v) else math.inf
+
     def _propose(self, n: int) -> list[Candidate]:
         out: list[Candidate] = []
         for _ in range(n):
-            screened = 0
+            screened: list[tuple[float, dict, float, float]] = []
             for _ in range(20 + self.screen):
                 t = self.study.ask(self.dist)
                 cfg = self._config(t.params)
@@ -116,14 +125,21 @@ class GPBayesOpt(Strategy):
                 ms, drop = float(self.latency_of(cfg)), self._cheap_drop(cfg)
                 lat_bad = self.goal.latency_ms is not None and ms > self.goal.latency_ms
                 drop_bad = drop > self.goal.max_acc_drop + self.drop_margin
-                if (lat_bad or drop_bad) and screened < self.screen:
+                if lat_bad or drop_bad:
                     value, cons = self.objective_and_constraints(ms, drop, None)
                     t.set_user_attr("source", "model")
                     self._tell_point(t, value, cons)
                     self.screened.append({"params": t.params, "value": value, "cons": cons})
                     self._screened_hashes.add(h)
-                    screened += 1
-                    continue
+                    screened.append((self._violation(ms, drop), cfg, ms, drop))
+                    if len(screened) < self.screen:
+                        continue
+                    # screening gave up: measure the screened point nearest the goal
+                    # (already in the GP as a model point; tell() adds the device one)
+                    _, cfg, ms, drop = min(screened, key=lambda x: x[0])
+                    self.pending[config_hash(cfg)] = None
+                    out.append(Candidate(cfg, ms, drop))
+                    break
                 self.pending[h] = t
                 out.append(Candidate(cfg, ms, drop))
                 break
