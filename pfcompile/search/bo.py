@@ -2,6 +2,9 @@
 space, with the budget as a constraint (optuna's ``GPSampler``: a GP on the
 objective, one GP per constraint, constrained log-EI).
 
+* Initial design (the first ``n_startup`` points): small steps from the
+  unpruned model and samples around keep ratios in [0.5, 1], as ``hw`` draws its
+  pool; then the GP chooses.
 * Each keep knob is an ordinal integer (the index of its vector-friendly
   choice), so the GP sees "more / fewer channels" as a distance.
 * Objective: ``log(latency_ms)`` in the fastest-within-drop mode; the accuracy
@@ -45,7 +48,7 @@ class GPBayesOpt(Strategy):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna = optuna
         self.latency_of, self.drop_of = latency_of, drop_of
-        self.screen, self.drop_margin = screen, drop_margin
+        self.screen, self.drop_margin, self.n_startup = screen, drop_margin, n_startup
         self.sampler = optuna.samplers.GPSampler(seed=seed, n_startup_trials=n_startup,
                                                  warn_independent_sampling=False)
         self.study = optuna.create_study(direction="minimize", sampler=self.sampler)
@@ -99,6 +102,14 @@ class GPBayesOpt(Strategy):
         with one_torch_thread():  # the GP fits are small: one thread, on a shared CPU
             return self._propose(n)
 
+    def _startup_point(self) -> dict:
+        """The initial design: like ``hw``'s pool, half small steps from the unpruned
+        model, half broad samples around a random keep ratio in [0.5, 1] (uniform
+        choice indices would mostly prune far too much to stay accurate)."""
+        if len(self.study.trials) % 2 == 0:
+            return self.space.mutate(self.space.default(), self.rng, n=int(self.rng.integers(1, 4)))
+        return self.space.sample_around(self.rng, float(self.rng.uniform(0.5, 1.0)), 0.12)
+
     def _violation(self, ms: float, drop: float) -> float:
         """How far the models put a config outside the goal (0: inside)."""
         g = self.goal
@@ -112,6 +123,8 @@ class GPBayesOpt(Strategy):
         for _ in range(n):
             screened: list[tuple[float, dict, float, float]] = []
             for _ in range(20 + self.screen):
+                if len(self.study.trials) < self.n_startup:
+                    self.study.enqueue_trial(self._params(self._startup_point()), skip_if_exists=True)
                 t = self.study.ask(self.dist)
                 cfg = self._config(t.params)
                 h = config_hash(cfg)
