@@ -16,7 +16,6 @@ from pfcompile.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__",
     "CompileError",
     "ConfigError",
     "DataError",
@@ -27,4 +26,5 @@ __all__ = [
     "PfcompileError",
     "SearchError",
     "UnsupportedOpError",
+    "__version__",
 ]

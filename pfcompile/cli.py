@@ -30,7 +30,10 @@ err_console = Console(stderr=True)
 _COMMAND_MODULES = (
     "pfcompile.compile_cli",
     "pfcompile.device_cli",
+    "pfcompile.passes.cli_prune",
     "pfcompile.passes.cli_quant",
+    "pfcompile.finetune.cli",
+    "pfcompile.accel.cli",
     "pfcompile.search.cli",
 )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -32,12 +32,15 @@ def targets_cmd() -> None:
 
 
 def compile_cmd(
-    model: Path = typer.Argument(..., help="ONNX model to compile"),
-    target: str = typer.Option("host", "--target", "-t", help="target name (targets/NAME.toml) or a .toml path"),
-    out: Path = typer.Option(Path("out"), "-o", "--out", help="output folder (model.so, model.json)"),
-    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape",
-                                                    help="static shape for a dynamic input: name:1x3x224x224"),
-    float_only: bool = typer.Option(False, "--float", help="keep QDQ models on the float path"),
+    model: Annotated[Path, typer.Argument(help="ONNX model to compile")],
+    target: Annotated[str, typer.Option("--target", "-t",
+                                        help="target name (targets/NAME.toml) or a .toml path")] = "host",
+    out: Annotated[Path, typer.Option("-o", "--out",
+                                      help="output folder (model.so, model.json)")] = Path("out"),
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224")] = None,
+    float_only: Annotated[bool, typer.Option("--float",
+                                             help="keep QDQ models on the float path")] = False,
 ) -> None:
     """Compile MODEL for TARGET into OUT/model.so + OUT/model.json."""
     from pfcompile.compiler import compile_model

@@ -29,8 +29,15 @@ from pfcompile.model import (
 )
 from pfcompile.targets import Target, load_target
 
-__all__ = ["CompiledArtifact", "compile_model", "import_relax", "check_supported_ops",
-           "build_executable", "export_executable", "read_meta"]
+__all__ = [
+    "CompiledArtifact",
+    "build_executable",
+    "check_supported_ops",
+    "compile_model",
+    "export_executable",
+    "import_relax",
+    "read_meta",
+]
 
 
 @dataclass

@@ -28,7 +28,7 @@ class Dataset:
     def batch(self, start: int, stop: int) -> dict[str, np.ndarray]:
         return {k: v[start:stop] for k, v in self.inputs.items()}
 
-    def subset(self, n: int) -> "Dataset":
+    def subset(self, n: int) -> Dataset:
         return Dataset({k: v[:n] for k, v in self.inputs.items()},
                        None if self.labels is None else self.labels[:n], self.path)
 

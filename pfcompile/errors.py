@@ -6,16 +6,16 @@ Every message names what failed (file, node, op, device) and says what to do.
 from __future__ import annotations
 
 __all__ = [
-    "PfcompileError",
-    "ModelError",
-    "UnsupportedOpError",
-    "DataError",
-    "ConfigError",
-    "PassError",
     "CompileError",
+    "ConfigError",
+    "DataError",
     "DeviceError",
     "MeasureError",
+    "ModelError",
+    "PassError",
+    "PfcompileError",
     "SearchError",
+    "UnsupportedOpError",
 ]
 
 

@@ -19,13 +19,13 @@ from pfcompile.errors import ModelError
 
 __all__ = [
     "TensorSpec",
+    "file_hash",
+    "fix_input_shapes",
+    "input_specs",
     "load_onnx",
     "model_hash",
-    "file_hash",
-    "input_specs",
     "output_specs",
     "parse_input_shapes",
-    "fix_input_shapes",
 ]
 
 
@@ -41,7 +41,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @staticmethod
-    def from_json(d: dict) -> "TensorSpec":
+    def from_json(d: dict) -> TensorSpec:
         return TensorSpec(d["name"], tuple(int(s) for s in d["shape"]), d["dtype"])
 
 

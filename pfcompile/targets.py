@@ -11,7 +11,7 @@ from typing import Any
 
 from pfcompile.errors import ConfigError
 
-__all__ = ["Target", "MeasureSettings", "load_target", "list_targets", "targets_dir", "host_mcpu", "host_hardware"]
+__all__ = ["MeasureSettings", "Target", "host_hardware", "host_mcpu", "list_targets", "load_target", "targets_dir"]
 
 
 def targets_dir() -> Path:
@@ -44,10 +44,18 @@ class Target:
     measure: MeasureSettings
     hardware: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    #: ``[accelerator]`` table of an FPGA-style target (see pfcompile.accel.config); empty
+    #: for CPU targets.
+    accelerator: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_host(self) -> bool:
         return not self.cross_compiler
+
+    @property
+    def is_accelerator(self) -> bool:
+        """True for FPGA-style targets served by the accelerator simulator."""
+        return bool(self.accelerator)
 
     def tvm_target(self):
         """The ``tvm.target.Target`` for this target (imports tvm lazily)."""
@@ -144,6 +152,7 @@ def load_target(name_or_path: str) -> Target:
             measure=MeasureSettings(**{k: int(v) for k, v in m.items()}),
             hardware=_resolve_hardware(d.get("hardware", {})),
             path=str(p),
+            accelerator=dict(d.get("accelerator", {})),
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"{p}: missing or invalid field: {exc}") from exc

@@ -9,26 +9,26 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "digits_splits",
-    "train_classifier",
-    "accuracy",
-    "export_onnx",
     "DemoNet",
-    "resnet18",
-    "resnet20",
-    "mobilenet_v2",
-    "PlainCNN",
-    "ResNetTiny",
-    "MobileNetV2Tiny",
     "DenseNetTiny",
-    "SENetTiny",
     "FlattenGemmNet",
     "GroupedConvNet",
+    "MobileNetV2Tiny",
+    "PlainCNN",
+    "ResNetTiny",
+    "SENetTiny",
+    "accuracy",
+    "digits_splits",
+    "export_onnx",
+    "mobilenet_v2",
+    "resnet18",
+    "resnet20",
+    "train_classifier",
 ]
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 # ----------------------------------------------------------------------------- data

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,12 +93,15 @@ class _Trainer:
         if self.persistent is not None:
             src = self.persistent / _cache_key(name)
             if not (src / f"{name}.json").exists():
-                tmp = src.with_name(src.name + ".tmp")
+                tmp = src.with_name(f"{src.name}.{os.getpid()}.tmp")  # parallel sessions
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
                 train_fixture_model(name, tmp)
-                shutil.rmtree(src, ignore_errors=True)
-                tmp.rename(src)
+                if (src / f"{name}.json").exists():  # another session finished first
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    shutil.rmtree(src, ignore_errors=True)
+                    tmp.rename(src)
         else:
             src = self.root / f"train-{name}"
             src.mkdir()

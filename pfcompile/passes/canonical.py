@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 from onnx_ir.passes import PassManager, PassResult
-from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
+from onnx_ir.passes.common import NameFixPass, RemoveUnusedNodesPass, TopologicalSortPass
 
 from pfcompile.ir import ModelLike, infer_shapes, to_ir
 from pfcompile.passes.canonical_bn import FoldBatchNormPass
@@ -15,8 +15,10 @@ __all__ = ["canonical_passes", "canonicalize"]
 
 
 def canonical_passes(fold_bn: bool = True) -> PassManager:
-    """Drop Identity/Dropout, fold constants, (fold BN), remove dead nodes, sort."""
-    passes: list[ir.passes.PassBase] = [DropIdentityDropoutPass(), ConstantFoldingPass()]
+    """Drop Identity/Dropout, name unnamed nodes/values uniquely, fold constants,
+    (fold BN), remove dead nodes, sort."""
+    passes: list[ir.passes.PassBase] = [DropIdentityDropoutPass(), NameFixPass(),
+                                        ConstantFoldingPass()]
     if fold_bn:
         passes.append(FoldBatchNormPass())
     passes += [RemoveUnusedNodesPass(), TopologicalSortPass()]

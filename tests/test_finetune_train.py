@@ -1,0 +1,204 @@
+"""Distillation fine-tuning: recovery on digits (pruned and 4-bit students), clear
+errors on bad input, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from pfcompile import zoo
+from pfcompile.cli import app
+from pfcompile.data import Dataset, load_npz
+from pfcompile.errors import ConfigError, DataError, ModelError
+from pfcompile.finetune import FinetuneSettings, data_specs, finetune, onnx_top1
+from pfcompile.finetune import cli as finetune_cli
+from pfcompile.finetune.fixtures import SlimCNN, conv_macs, pruned_student, quantize_weights_qdq
+
+DEMO = "pfcompile/data/demo.onnx"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The machine is shared: a single torch thread is faster than two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cli_app() -> typer.Typer:
+    """A command group holding only ``finetune`` (typer runs a lone command as the root)."""
+    group = typer.Typer()
+    group.callback()(lambda: None)
+    finetune_cli.register(group)
+    return group
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = zoo.digits_splits(size=8, seed=0)
+    return (Dataset({"input": d["x_train"]}, d["y_train"], "train"),
+            Dataset({"input": d["x_val"]}, d["y_val"], "val"))
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory, digits):
+    """Teacher: SlimCNN(16, 32, 32) trained on 8x8 digits. Student: widths (8, 18, 18)
+    keeping the teacher's largest-L1 channels, ~30 % of the teacher's MACs."""
+    train, _ = digits
+    torch.manual_seed(0)
+    teacher = SlimCNN((16, 32, 32))
+    zoo.train_classifier(teacher, train.inputs["input"], train.labels, epochs=10, lr=0.05, seed=0)
+    student = pruned_student(teacher, (8, 18, 18))
+    ratio = conv_macs(student, (1, 1, 8, 8)) / conv_macs(teacher, (1, 1, 8, 8))
+    d = tmp_path_factory.mktemp("pruned")
+    t = onnx.load(zoo.export_onnx(teacher, d / "teacher.onnx", (1, 1, 8, 8)))
+    s = onnx.load(zoo.export_onnx(student, d / "student.onnx", (1, 1, 8, 8)))
+    return t, s, ratio, d
+
+
+def _names(m: onnx.ModelProto):
+    return ([(n.name, n.op_type, list(n.input), list(n.output)) for n in m.graph.node],
+            [i.name for i in m.graph.input], [o.name for o in m.graph.output],
+            sorted((t.name, tuple(t.dims), t.data_type) for t in m.graph.initializer))
+
+
+def test_kd_beats_ce_beats_no_finetune_on_pruned_student(pruned, digits):
+    teacher, student, ratio, _ = pruned
+    train, val = digits
+    assert 0.27 <= ratio <= 0.33
+    # tools/bench_finetune.py runs this over 2 teachers x 3 seeds: KD > CE in each of the 6
+    common = {"epochs": 15, "optimizer": "sgd", "lr": 0.02, "max_grad_norm": 1.0, "seed": 0}
+    ce = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.0, **common))
+    kd = finetune(student, teacher, train, val, FinetuneSettings(alpha=0.5, temperature=4.0, **common))
+    print(f"\npruned to {ratio:.1%} MACs: teacher {kd.teacher_top1:.4f}, no fine-tune {ce.before_top1:.4f}, "
+          f"CE {ce.after_top1:.4f}, KD {kd.after_top1:.4f}")
+    assert not ce.used_teacher and ce.used_labels
+    assert kd.used_teacher and kd.used_labels
+    assert ce.before_top1 == kd.before_top1 < 0.5  # pruning without fine-tuning breaks it
+    assert kd.after_top1 > ce.after_top1 > ce.before_top1
+    assert kd.after_top1 <= kd.teacher_top1 + 0.01
+    # the result is the student's graph with new weights, same names and pruned shapes
+    assert _names(kd.model) == _names(student)
+    assert [e.epoch for e in kd.epochs] == list(range(1, 16))
+    assert all(e.kd is not None and e.ce is not None and e.val_top1 is not None for e in kd.epochs)
+    assert kd.epochs[-1].loss < kd.epochs[0].loss
+
+
+@pytest.mark.slow
+def test_4bit_qat_with_kd_recovers_half_the_ptq_loss():
+    """demo.onnx (32x32 digits) quantized to 4-bit weights, per tensor (int8 containers,
+    codes in [-7, 7]), plus 4-bit activations (Q -> Clip[0, 15] -> DQ)."""
+    teacher = onnx.load(DEMO)
+    d = zoo.digits_splits(size=32, seed=0)
+    train = Dataset({"input": d["x_train"]}, d["y_train"], "train32")
+    val = Dataset({"input": d["x_val"]}, d["y_val"], "val32")
+    calib = np.load("pfcompile/data/demo_calib.npz")["x"]
+    student = quantize_weights_qdq(teacher, 4, per_channel=False, act_bits=4, calib=calib)
+    r = finetune(student, teacher, train, val, FinetuneSettings(epochs=1, alpha=0.5, temperature=4.0))
+    loss = r.teacher_top1 - r.before_top1
+    print(f"\n4-bit: fp32 {r.teacher_top1:.4f}, PTQ {r.before_top1:.4f}, QAT+KD {r.after_top1:.4f}")
+    assert loss > 0.05  # per-tensor 4-bit PTQ really hurts this model
+    assert r.after_top1 - r.before_top1 >= 0.5 * loss
+    # quantized weights stay int8 containers of 4-bit codes
+    for t in r.model.graph.initializer:
+        if t.name.endswith("_q4"):
+            q = onnx.numpy_helper.to_array(t)
+            assert q.dtype == np.int8 and q.min() >= -8 and q.max() <= 7
+    assert _names(r.model) == _names(student)
+
+
+def test_distillation_alone_without_labels(pruned, digits):
+    teacher, student, _, _ = pruned
+    train, val = digits
+    unlabeled = Dataset(train.inputs, None, "unlabeled")
+    r = finetune(student, teacher, unlabeled, val,
+                 FinetuneSettings(epochs=5, optimizer="sgd", lr=0.02, max_grad_norm=1.0))
+    assert r.used_teacher and not r.used_labels
+    assert all(e.ce is None and e.kd is not None for e in r.epochs)
+    assert r.after_top1 > r.before_top1 + 0.3
+
+
+def test_no_labels_and_no_teacher_is_a_clear_error(pruned, digits):
+    _, student, _, _ = pruned
+    train, _ = digits
+    with pytest.raises(DataError, match="no labels.*no teacher"):
+        finetune(student, None, Dataset(train.inputs, None, "x_only.npz"), None, FinetuneSettings(epochs=1))
+
+
+def test_teacher_student_output_shape_mismatch_is_a_clear_error(pruned, digits, tmp_path):
+    _, student, _, _ = pruned
+    train, _ = digits
+    other = onnx.load(zoo.export_onnx(SlimCNN((4, 4, 4), classes=12), tmp_path / "t12.onnx", (1, 1, 8, 8)))
+    with pytest.raises(ModelError, match=r"teacher output 'logits' has shape \(N, 12\).*student output "
+                                         r"'logits' has \(N, 10\)"):
+        finetune(student, other, train, None, FinetuneSettings(epochs=1))
+
+
+def test_validation_without_labels_and_bad_settings_are_errors(pruned, digits):
+    teacher, student, _, _ = pruned
+    train, val = digits
+    with pytest.raises(DataError, match="validation data.*no labels"):
+        finetune(student, teacher, train, Dataset(val.inputs, None), FinetuneSettings(epochs=1))
+    with pytest.raises(ConfigError, match="alpha"):
+        FinetuneSettings(alpha=1.5)
+    with pytest.raises(ConfigError, match="temperature"):
+        FinetuneSettings(temperature=0)
+    bad = Dataset(train.inputs, train.labels + 5, "shifted")
+    with pytest.raises(DataError, match=r"labels in shifted span \[5, 14\].*10 classes"):
+        finetune(student, None, bad, None, FinetuneSettings(epochs=1))
+
+
+def test_finetune_is_registered_in_the_pfcompile_cli():
+    assert "finetune" in [c.name for c in app.registered_commands]
+
+
+def test_cli_finetune_writes_model_and_reports(cli_app, pruned, digits, tmp_path):
+    _, student, _, d = pruned
+    train, val = digits
+    np.savez(tmp_path / "train.npz", x=train.inputs["input"][:256], y=train.labels[:256])
+    np.savez(tmp_path / "val.npz", x=val.inputs["input"], y=val.labels)
+    out, js = tmp_path / "out" / "ft.onnx", tmp_path / "ft.json"
+    res = CliRunner().invoke(cli_app, ["finetune", str(d / "student.onnx"), "--teacher", str(d / "teacher.onnx"),
+                                   "--data", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
+                                   "--epochs", "2", "--optimizer", "sgd", "--lr", "0.02", "--max-grad-norm", "1",
+                                   "-o", str(out),
+                                   "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    assert "val top-1" in res.output and "student after" in res.output
+    model = onnx.load(out)
+    assert _names(model) == _names(student)
+    report = json.loads(js.read_text())
+    assert report["after_top1"] == onnx_top1(model, val) > report["before_top1"]
+    assert len(report["epochs"]) == 2 and report["used_teacher"] is True
+
+
+def test_cli_without_labels_or_teacher_fails_clearly(cli_app, pruned, digits, tmp_path):
+    _, _, _, d = pruned
+    train, _ = digits
+    np.savez(tmp_path / "nolabels.npz", x=train.inputs["input"][:64])
+    res = CliRunner().invoke(cli_app, ["finetune", str(d / "student.onnx"), "--data", str(tmp_path / "nolabels.npz"),
+                                   "-o", str(tmp_path / "o.onnx")])
+    assert res.exit_code != 0
+    assert isinstance(res.exception, DataError) and "nolabels.npz" in str(res.exception)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_data_specs_accept_a_dynamic_batch(pruned, tmp_path):
+    _, student, _, _ = pruned
+    dyn = onnx.ModelProto()
+    dyn.CopyFrom(student)
+    dyn.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    assert [(s.name, s.shape) for s in data_specs(dyn)] == [("input", (1, 1, 8, 8))]
+    np.savez(tmp_path / "d.npz", x=np.zeros((5, 1, 8, 8), np.float32))
+    assert len(load_npz(tmp_path / "d.npz", data_specs(dyn))) == 5
+    np.savez(tmp_path / "bad.npz", x=np.zeros((5, 1, 9, 9), np.float32))
+    with pytest.raises(DataError, match="bad.npz.*shape \\(5, 1, 9, 9\\).*\\(N, 1, 8, 8\\)"):
+        load_npz(tmp_path / "bad.npz", data_specs(dyn))
