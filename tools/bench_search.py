@@ -13,6 +13,13 @@ the like-with-like comparison.
 
     python tools/bench_search.py [--models resnet20,mobilenet_v2] [--budget 30]
         [--strategies hw,flops,uniform] [--threads 1] [--out bench_search_out]
+        [--ports 9300-9330] [--cold-cache]
+
+``--strategies hw,rl,bo`` adds the learning optimisers: the ``inner`` column
+counts what they evaluated on the models alone (rl: agent episodes on the
+latency model + cheap accuracy; bo: GP points screened by the models) beside
+the device measurements. ``--cold-cache`` gives each strategy its own latency
+model cache, so none starts warm from kernels another strategy measured.
 """
 
 from __future__ import annotations
@@ -78,12 +85,16 @@ def main() -> None:
     ap.add_argument("--kernels-per-trial", type=int, default=6)
     ap.add_argument("--final-repeats", type=int, default=3)
     ap.add_argument("--out", default="bench_search_out")
+    ap.add_argument("--ports", default="9300-9330", help="LO-HI for the local RPC server")
+    ap.add_argument("--cold-cache", action="store_true", help="a latency-model cache per strategy")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = load_target("host")
     rows = []
-    with serve(target, "127.0.0.1", free_port("127.0.0.1", 9300, 9329), threads=args.threads) as srv:
+    lo, hi = (int(x) for x in args.ports.split("-"))
+    cache_of = (lambda s: out / "cache" / s) if args.cold_cache else (lambda s: out / "cache")
+    with serve(target, "127.0.0.1", free_port("127.0.0.1", lo, hi), threads=args.threads) as srv:
         dev = RPCDevice(target, port=srv.port, number=args.number, repeat=args.repeat)
         for mname in args.models.split(","):
             path, data, calib = prepare(mname, out, args.epochs)
@@ -95,7 +106,7 @@ def main() -> None:
                                           max_acc_drop=args.max_acc_drop,
                                           kernels_per_trial=args.kernels_per_trial)
                 r = run_search(model, target, dev, data, out / "runs" / f"{mname}-{strat}", settings,
-                               cache_dir=out / "cache", calib=calib,
+                               cache_dir=cache_of(strat), calib=calib,
                                on_event=lambda k, i, mname=mname, strat=strat: print(
                                    f"  {mname}/{strat} trial {i['id']}: {i['status']} "
                                    f"{i.get('latency_ms') or 0:.3f} ms drop {i.get('acc_drop', 0):.2f}",
@@ -104,7 +115,7 @@ def main() -> None:
             # held-out check of the final hw model on candidates it never measured
             held = {}
             if "hw" in results:
-                lm = LatencyModel.load(LatencyModel.path_for(out / "cache", "host"), "host",
+                lm = LatencyModel.load(LatencyModel.path_for(cache_of("hw"), "host"), "host",
                                        int(target.hardware["fp32_lanes"]))
                 hw_r = results["hw"][0]
                 lm.update_model(extract_kernels(model), hw_r.baseline["latency_ms"])
@@ -138,7 +149,7 @@ def main() -> None:
                     "device_measurements": r.device_measurements,
                     "kernel_measurements": r.kernel_measurements,
                     "cm_within_10pct": cm["within_10pct"], "cm_tau": cm["kendall_tau"], "cm_n": cm["n_heldout"],
-                    "seconds": secs})
+                    "seconds": secs, "inner": _inner(out / "runs" / f"{mname}-{s}")})
             if "hw" in results:
                 others = {s: r.trials for s, (r, _) in results.items() if s != "hw"}
                 write_report(results["hw"][0], out / "reports" / mname, others)
@@ -148,7 +159,7 @@ def main() -> None:
           f"measurements per strategy, max accuracy drop {args.max_acc_drop} points; latencies are "
           f"medians of {args.final_repeats} interleaved re-measurements")
     hdr = (f"{'model':<13}{'strategy':<10}{'base ms':>9}{'best ms':>9}{'speedup':>8}{'drop':>7}"
-           f"{'trials':>7}{'fail':>5}{'kern':>6}{'cm<=10%':>8}{'tau':>7}{'n':>4}{'sec':>6}")
+           f"{'trials':>7}{'fail':>5}{'kern':>6}{'cm<=10%':>8}{'tau':>7}{'n':>4}{'sec':>6}{'inner':>6}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -158,11 +169,21 @@ def main() -> None:
         print(f"{r['model']:<13}{r['strategy']:<10}{f(r['baseline_ms'])+'':>9}{f(r['best_ms']):>9}"
               f"{f(r['speedup']):>8}{f(r['acc_drop']):>7}{r['trials']:>7}{r['failed']:>5}"
               f"{r['kernel_measurements']:>6}{f(r['cm_within_10pct']):>8}{f(r['cm_tau']):>7}"
-              f"{r['cm_n']:>4}{r['seconds']:>6.0f}")
+              f"{r['cm_n']:>4}{r['seconds']:>6.0f}{f(r.get('inner'), 0):>6}")
     for r in rows:
         if "baseline_ms" not in r and r.get("n_heldout"):
             print(f"{r['model']}: final hw latency model on the other strategies' {r['n_heldout']} "
                   f"candidates: within 10% {r['within_10pct']:.2f}, Kendall tau {r['kendall_tau']:.2f}")
+
+
+def _inner(run_dir: Path) -> int | None:
+    """rl: agent episodes; bo: points screened by the models (from the run's strategy state)."""
+    from pfcompile.search.state import load_strategy_state
+
+    st = load_strategy_state(run_dir)
+    if st is None:
+        return None
+    return int(st["episodes"]) if "episodes" in st else len(st.get("screened", []))
 
 
 def _model_of(result, trial, model):

@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         size_mb: Annotated[float | None, typer.Option(help="most accurate within S MB")] = None,
         max_acc_drop: Annotated[float, typer.Option(help="accuracy points allowed to drop")] = 0.5,
         budget: Annotated[int, typer.Option(help="candidate measurements on the device")] = 12,
-        strategy: Annotated[str, typer.Option(help="hw | flops | uniform | random | tpe")] = "hw",
+        strategy: Annotated[str, typer.Option(help="hw | flops | uniform | random | tpe | rl | bo")] = "hw",
         rpc: Annotated[str | None, typer.Option(help="tracker HOST:PORT")] = None,
         key: Annotated[str | None, typer.Option(help="device key at the tracker")] = None,
         device: Annotated[str | None, typer.Option(help="rpc_server HOST:PORT")] = None,

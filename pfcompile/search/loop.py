@@ -28,6 +28,7 @@ from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.search.latency_model import FlopsModel, LatencyModel
 from pfcompile.search.space import SearchSpace, build_space, compress, config_hash
+from pfcompile.search.state import load_strategy_state, save_strategy_state
 from pfcompile.search.strategies import STRATEGIES, Goal, make_strategy
 
 __all__ = ["SearchResult", "SearchSettings", "TrialLog", "model_size_mb", "run_search"]
@@ -146,7 +147,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     lm_path = LatencyModel.path_for(cache_dir, target.name) if cache_dir else None
     if settings.strategy == "flops":
         lat_model: LatencyModel | FlopsModel | None = FlopsModel()
-    elif settings.strategy == "hw":
+    elif settings.strategy in ("hw", "rl", "bo"):
         lat_model = LatencyModel.load(lm_path, target.name, lanes) if lm_path else LatencyModel(target.name, lanes)
     else:
         lat_model = None
@@ -244,8 +245,12 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
             return math.inf
 
     strat = make_strategy(settings.strategy, space, goal, settings.seed, settings.budget,
-                          latency_of, drop_of, settings.pool, settings.min_keep)
+                          latency_of, drop_of, settings.pool, settings.min_keep,
+                          latency_model=lat_model, kernels_of=lambda cfg: candidate(cfg)[1])
     strat.seen.add(config_hash(space.default()))  # the baseline is measured already
+    saved_state = load_strategy_state(run_dir)
+    if saved_state is not None:
+        strat.load_state_dict(saved_state)
     trials = [r for r in past if r.get("type") == "trial"]
     for r in trials:
         strat.tell(r["config"], r)
@@ -271,6 +276,9 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
             log.append(rec)
             trials.append(rec)
             strat.tell(c.config, rec)
+            state = strat.state_dict()
+            if state is not None:
+                save_strategy_state(run_dir, state)
             if rec["status"] == "ok":
                 kernels = candidate(c.config)[1]
                 if lat_model is not None:

@@ -15,7 +15,7 @@ from pfcompile.search.latency_model import kendall_tau
 __all__ = ["build_report", "cost_model_stats", "render_html", "write_report"]
 
 _COLORS = {"hw": "#d62728", "flops": "#1f77b4", "uniform": "#2ca02c", "random": "#7f7f7f",
-           "tpe": "#9467bd"}
+           "tpe": "#9467bd", "rl": "#ff7f0e", "bo": "#8c564b"}
 
 
 def cost_model_stats(trials: list[dict]) -> dict:

@@ -6,6 +6,8 @@
 * ``uniform``: one keep ratio everywhere, swept from light to heavy.
 * ``random``: configs drawn at random.
 * ``tpe``: optuna's TPE sampler on the measured objective.
+* ``rl``: an AMC-style DDPG agent (``pfcompile.search.rl``).
+* ``bo``: Gaussian-process Bayesian optimisation (``pfcompile.search.bo``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ __all__ = [
     "make_strategy",
 ]
 
-STRATEGIES = ("hw", "flops", "uniform", "random", "tpe")
+STRATEGIES = ("hw", "flops", "uniform", "random", "tpe", "rl", "bo")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,14 @@ class Strategy:
 
     def _fresh(self, cfg: dict) -> bool:
         return config_hash(cfg) not in self.seen
+
+    def state_dict(self) -> dict | None:
+        """What ``--resume`` must restore beyond the trial log (numpy arrays or
+        JSON-able values); None for strategies that rebuild from the log alone."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`; called before the logged trials are replayed."""
 
 
 class Uniform(Strategy):
@@ -223,7 +233,8 @@ class TPE(Strategy):
 def make_strategy(name: str, space: SearchSpace, goal: Goal, seed: int, budget: int,
                   latency_of: Callable[[dict], float] | None = None,
                   drop_of: Callable[[dict], float] | None = None, pool: int = 32,
-                  min_keep: float = 0.25) -> Strategy:
+                  min_keep: float = 0.25, latency_model=None,
+                  kernels_of: Callable[[dict], list] | None = None) -> Strategy:
     if name in ("hw", "flops"):
         if latency_of is None or drop_of is None:
             raise ConfigError(f"strategy '{name}' needs a latency model and an accuracy estimate")
@@ -234,4 +245,15 @@ def make_strategy(name: str, space: SearchSpace, goal: Goal, seed: int, budget: 
         return RandomSearch(space, goal, seed)
     if name == "tpe":
         return TPE(space, goal, seed)
+    if name in ("rl", "bo") and (latency_of is None or drop_of is None):
+        raise ConfigError(f"strategy '{name}' needs a latency model and an accuracy estimate")
+    if name == "rl":
+        from pfcompile.search.rl import DDPGStrategy
+
+        return DDPGStrategy(space, goal, seed, latency_of, drop_of, latency_model=latency_model,
+                            kernels_of=kernels_of, episodes_per_round=pool)
+    if name == "bo":
+        from pfcompile.search.bo import GPBayesOpt
+
+        return GPBayesOpt(space, goal, seed, latency_of, drop_of)
     raise ConfigError(f"unknown strategy '{name}'; choose one of {', '.join(STRATEGIES)}")
