@@ -118,7 +118,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"best {best['latency_ms']:.3f} ms ({best['speedup']:.2f}x), accuracy drop "
                           f"{best['acc_drop']:.2f} points -> {out}/")
         else:
-            console.print(f"no candidate met the goal; {out}/model.onnx is the original model")
+            console.print(f"no candidate met the goal (within the accuracy drop and faster than "
+                          f"the original on the device); {out}/model.onnx is the original model")
         ft = rep.get("finetune")
         if ft:
             console.print(f"fine-tuned the best candidate: top-1 {ft['before_top1']} -> "

@@ -288,6 +288,9 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
 
     ok = [t for t in trials if t["status"] == "ok"]
     feas = [t for t in ok if t["feasible"]]
+    if goal.mode == "fastest" and base.get("latency_ms"):
+        # a compressed model measured slower than the original is never the answer
+        feas = [t for t in feas if t["latency_ms"] < base["latency_ms"]]
     best = min(feas, key=lambda t: goal.cost(t["latency_ms"], t["acc_drop"], t["size_mb"])) if feas else None
     best_model = candidate(best["config"])[0] if best else None
     n_dev = sum(1 for t in trials if t.get("measured"))
