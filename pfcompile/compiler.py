@@ -190,6 +190,14 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
     out.mkdir(parents=True, exist_ok=True)
     so_path = out / "model.so"
     export_executable(ex, tgt, so_path)
+    return _write_artifact(out, so_path, proto, tgt, specs, outs, source, t0,
+                           {"layers": [r.to_json() for r in layer_report]})
+
+
+def _write_artifact(out: Path, lib: Path, proto: onnx.ModelProto, tgt: Target,
+                    specs: list[TensorSpec], outs: list[TensorSpec], source: str, t0: float,
+                    extra: dict) -> CompiledArtifact:
+    """``source.onnx`` (what the device output is verified against) and ``model.json``."""
     onnx.save(proto, str(out / "source.onnx"))
     meta = {
         "inputs": [s.to_json() for s in specs],
@@ -197,13 +205,13 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
         "target": tgt.to_json(),
         "source_model": source,
         "source_hash": model_hash(proto),
-        "library": so_path.name,
-        "layers": [r.to_json() for r in layer_report],
+        "library": lib.name,
+        **extra,
         "compile_seconds": round(time.perf_counter() - t0, 3),
         "versions": _versions(),
     }
     (out / "model.json").write_text(json.dumps(meta, indent=2))
-    return CompiledArtifact(out, so_path, meta)
+    return CompiledArtifact(out, lib, meta)
 
 
 def _compile_accelerator(proto: onnx.ModelProto, tgt: Target, out: Path, specs: list[TensorSpec],
@@ -218,24 +226,12 @@ def _compile_accelerator(proto: onnx.ModelProto, tgt: Target, out: Path, specs: 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "program.npz"
     prog.save(path)
-    onnx.save(proto, str(out / "source.onnx"))
-    meta = {
-        "inputs": [s.to_json() for s in specs],
-        "outputs": [s.to_json() for s in outs],
-        "target": tgt.to_json(),
-        "source_model": source,
-        "source_hash": model_hash(proto),
-        "library": path.name,
+    return _write_artifact(out, path, proto, tgt, specs, outs, source, t0, {
         "layers": [{"node": c.layer.name, "path": "accelerator", "wbits": c.layer.wbits,
                     "abits": c.layer.abits, "cycles_simulated": c.timing.cycles}
                    for c in prog.layers]
         + [{"node": n, "path": "host", "reason": why} for n, why in prog.fallbacks.items()],
-        "accel_ms_simulated": prog.accel_ms,
-        "compile_seconds": round(time.perf_counter() - t0, 3),
-        "versions": _versions(),
-    }
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
-    return CompiledArtifact(out, path, meta)
+        "accel_ms_simulated": prog.accel_ms})
 
 
 def read_meta(artifact_dir: str | Path) -> dict:
