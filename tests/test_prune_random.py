@@ -123,9 +123,10 @@ REGRESSIONS = [(["concat", "grouped"], 0.2, 1, 11), (["split", "grouped", "conca
 
 
 def test_known_hard_cases():
+    # the property test's body (its assertions) on each recorded failing example
+    check_random_graph = test_random_graphs_prune_to_valid_smaller_models.hypothesis.inner_test
     for blocks, ratio, round_to, seed in REGRESSIONS:
-        test_random_graphs_prune_to_valid_smaller_models.hypothesis.inner_test(
-            blocks=blocks, ratio=ratio, round_to=round_to, seed=seed)
+        check_random_graph(blocks=blocks, ratio=ratio, round_to=round_to, seed=seed)
 
 
 def test_concat_into_grouped_conv_freezes_uneven_groups():
