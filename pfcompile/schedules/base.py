@@ -128,6 +128,18 @@ def inline_epilogue(sch: s_tir.Schedule, main_name: str):
     return (epi[-1] if epi else None), len(epi)
 
 
+def vector_chunk(ext: int | None, hw: Hardware) -> bool:
+    """Whether an innermost channel chunk of ``ext`` elements is vectorized as is:
+    whole vectors (a multiple of the lane count), or a power-of-two part of one
+    of at least 4 fp32 (a 128/256-bit register on a 16-lane AVX-512 machine —
+    still one SIMD instruction, where vectorizing another axis would gather)."""
+    if ext is None or ext > 64:
+        return False
+    if ext % hw.fp32_lanes == 0:
+        return True
+    return ext >= 4 and ext < hw.fp32_lanes and ext & (ext - 1) == 0
+
+
 def schedule_injective(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     """Fuse all loops, vectorize by the lane count, parallel over the rest."""
     loops = sch.get_loops(block)
@@ -150,7 +162,7 @@ def schedule_pad_rows(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     channel chunk (innermost loop) when it is a multiple of the lane count."""
     loops = sch.get_loops(block)
     ext = _extent(sch, loops[-1])
-    if ext is not None and ext % hw.fp32_lanes == 0 and ext <= 64:
+    if vector_chunk(ext, hw):
         sch.vectorize(loops[-1])
 
 
@@ -175,7 +187,7 @@ def schedule_reduction(sch: s_tir.Schedule, block, hw: Hardware) -> None:
         return
     inner = sp[-1]
     ext = _extent(sch, inner)
-    vec = ext is not None and ext % hw.fp32_lanes == 0 and ext <= 64 and len(sp) > 1
+    vec = vector_chunk(ext, hw) and len(sp) > 1
     if vec:
         sch.reorder(*sp[:-1], *rd, inner)
         outer_sp = sp[:-1]

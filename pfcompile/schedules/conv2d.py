@@ -31,6 +31,7 @@ from pfcompile.schedules.base import (
     root_blocks,
     schedule_pad_rows,
     schedule_rest,
+    vector_chunk,
 )
 
 __all__ = ["Conv2dTemplate", "ConvParams"]
@@ -89,7 +90,7 @@ class Conv2dTemplate:
         vpo = self._vec_per_oc(wl, hw)
         oc_tile = 2 if (vpo == 1 and hw.vector_registers >= 32 and occ % 2 == 0) else 1
         cap = max(1, budget // (vpo * oc_tile))
-        if d["ob"] < hw.fp32_lanes:        # vectorized along the width instead
+        if not vector_chunk(d["ob"], hw):  # vectorized along the width instead
             cap = max(hw.fp32_lanes, cap)
         divs = [t for t in _divisors(ow) if t <= cap]
         best = max(divs)
@@ -143,7 +144,7 @@ class Conv2dTemplate:
         oc_tile = p.oc_tile if occ % p.oc_tile == 0 else 1
         oco, oci = sch.split(oc, [None, oc_tile])
         xo, xi = sch.split(x, [None, max(1, min(p.ow_tile, d["ow"]))])
-        vec_o = d["ob"] % hw.fp32_lanes == 0 or d["ob"] >= hw.fp32_lanes
+        vec_o = vector_chunk(d["ob"], hw) or d["ob"] >= hw.fp32_lanes
         has_pad = d["pt"] + d["pl"] + d["pb"] + d["pr"] > 0
         # with a padding stage the row is the outer task (its padded input rows are
         # built once and reused by every oc chunk); else oc chunks and rows are fused

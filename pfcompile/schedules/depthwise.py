@@ -17,6 +17,7 @@ from pfcompile.schedules.base import (
     root_blocks,
     schedule_pad_rows,
     schedule_rest,
+    vector_chunk,
 )
 
 __all__ = ["DepthwiseParams", "DepthwiseTemplate"]
@@ -84,7 +85,7 @@ class DepthwiseTemplate:
             last = sch.cache_write(conv, 0, "local")
         b, c, y, x, o, rkh, rkw = sch.get_loops(conv)
         xo, xi = sch.split(x, [None, max(1, min(p.ow_tile, d["ow"]))])
-        vec_o = d["ob"] >= hw.fp32_lanes
+        vec_o = vector_chunk(d["ob"], hw) or d["ob"] >= hw.fp32_lanes
         if vec_o:
             sch.reorder(b, c, y, xo, rkh, rkw, xi, o)
             sch.vectorize(o)
