@@ -53,13 +53,20 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         null_device: bool = False, port_range: tuple[int, int] = (9300, 9350),
         threads: int | None = None, final_repeats: int = 3,
         finetune: bool = False, train: str | Path | None = None, finetune_epochs: int = 10,
-        on_event: Callable[[str, dict], None] | None = None) -> dict:
+        on_event: Callable[[str, dict], None] | None = None,
+        accel_latency: str = "total") -> dict:
     """Search, then write DIST; returns the report dict.
 
     ``finetune``: fine-tune the best candidate (cross-entropy on labels when ``train``
     has them, plus distillation from the original model) on ``train`` (default: the
     calibration data, else ``data``) before the final compile; the report records
-    top-1 before and after."""
+    top-1 before and after.
+
+    Accelerator targets (``targets/fpga-*.toml``): candidates are quantized for the
+    accelerator and measured on the simulator device (``--device``/``--rpc``, else one
+    started here); ``accel_latency`` is what is optimized: ``total`` (simulated
+    accelerator + measured host ops) or ``accel`` (simulated accelerator only); see
+    :mod:`pfcompile.search.accel_device`."""
     settings = settings or SearchSettings()
     if model_path is None:
         model_path, demo_val, demo_calib = demo_paths()
@@ -82,8 +89,21 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         raise SearchError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
                           "or choose another -o")
     server = None
+    deploy = None
+    if tgt.is_accelerator:
+        # candidates are quantized for the accelerator (uniform 8-bit baseline, per-layer
+        # widths from the config) and measured on the simulator device: see accel_device
+        from pfcompile.search.accel_device import AccelDeployer
+
+        if finetune:
+            raise ConfigError(f"--finetune is not supported on accelerator targets "
+                              f"('{tgt.name}') yet: run the search without it")
+        deploy = AccelDeployer(tgt, calib_set if calib_set is not None else dataset,
+                               settings.calib_samples)
     if null_device:
         dev = NullDevice()
+    elif tgt.is_accelerator:
+        dev, server = _accel_device(tgt, rpc, key, device, port_range, accel_latency)
     elif rpc:
         dev = RPCDevice(tgt, tracker=rpc, key=key or tgt.rpc_key)
         _parse_hostport(rpc, "--rpc")
@@ -103,7 +123,7 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     try:
         result = run_search(model, tgt, dev, dataset, run_dir, settings,
                             cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
-                            calib=calib_set, on_event=on_event)
+                            calib=calib_set, on_event=on_event, deploy=deploy)
         if finetune and result.best_model is not None:
             if on_event:
                 on_event("finetune", {})
@@ -112,23 +132,51 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         if result.best_model is not None and not null_device and final_repeats > 0:
             if on_event:
                 on_event("final", {})
-            final = remeasure(dev, {"baseline": model, "best": result.best_model},
+            final = remeasure(dev, {"baseline": result.baseline_model or model,
+                                    "best": result.best_model},
                               run_dir / "final", final_repeats)
     finally:
         dev.close()
         if server is not None:
-            server.stop()
+            if hasattr(server, "terminate"):     # the accelerator simulator's tvm.rpc.Server
+                server.terminate()
+            else:
+                server.stop()
     out.mkdir(parents=True, exist_ok=True)
-    best_model = result.best_model or model
+    # no candidate won: the original, as deployed (accelerators: its uniform 8-bit QDQ)
+    best_model = result.best_model or result.baseline_model or model
     onnx.save(best_model, str(out / "model.onnx"))
     so = (result.best or result.baseline).get("so_path")
+    # the compiled artifact: model.so (CPU targets) or program.npz (accelerator targets)
+    lib = out / Path(so).name if so else None
+    for stale in ("model.so", "program.npz"):
+        if (out / stale).exists() and (lib is None or lib.name != stale):
+            (out / stale).unlink()
     if so and Path(so).exists():
-        shutil.copy(so, out / "model.so")
+        shutil.copy(so, lib)
         if (Path(so).parent / "model.json").exists():
             shutil.copy(Path(so).parent / "model.json", out / "model.json")
-    elif (out / "model.so").exists():
-        (out / "model.so").unlink()
     return write_report(result, out, final=final, finetune=ft_info)
+
+
+def _accel_device(tgt, rpc: str | None, key: str | None, device: str | None,
+                  port_range: tuple[int, int], latency: str):
+    """The simulator device for an accelerator target: ``--rpc``/``--device``, else a
+    simulator RPC server started here (returned second, to be terminated)."""
+    from pfcompile.accel.serve import serve_accel
+    from pfcompile.search.accel_device import AccelSearchDevice
+
+    if rpc:
+        _parse_hostport(rpc, "--rpc")
+        return AccelSearchDevice(tgt, tracker=rpc, key=key or tgt.rpc_key, latency=latency), None
+    if device:
+        h, p = _parse_hostport(device, "--device")
+        return AccelSearchDevice(tgt, host=h, port=p, latency=latency), None
+    dev = AccelSearchDevice(tgt, latency=latency)    # checks the arguments before a server starts
+    port = free_port("127.0.0.1", port_range[0], port_range[1] - 1)
+    server = serve_accel(tgt, "127.0.0.1", port, port_range[1], block=False)
+    dev.port, dev.name = server.port, f"127.0.0.1:{server.port}"
+    return dev, server
 
 
 def _finetune_best(result, teacher_path: str | Path, train_npz: str | Path | None,

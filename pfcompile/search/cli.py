@@ -95,6 +95,9 @@ def register(app: typer.Typer) -> None:
         train: Annotated[Path | None, typer.Option(
             "--train", help="training data for --finetune (default: --calib, else --data)")] = None,
         finetune_epochs: Annotated[int, typer.Option(help="epochs of --finetune")] = 10,
+        accel_latency: Annotated[str, typer.Option(
+            help="accelerator targets: optimize 'total' (simulated accelerator + measured host "
+                 "ops) or 'accel' (simulated accelerator only)")] = "total",
     ) -> None:
         """Search compressed variants of MODEL for the fastest (or most accurate) one,
         measured on the target device."""
@@ -110,9 +113,11 @@ def register(app: typer.Typer) -> None:
             rep = run(model, target, data=data, calib=calib, settings=settings, device=device,
                       rpc=rpc, key=key, out_dir=out, resume=resume, cache_dir=cache_dir,
                       null_device=null_device, threads=threads, finetune=finetune, train=train,
-                      finetune_epochs=finetune_epochs, on_event=prog)
+                      finetune_epochs=finetune_epochs, on_event=prog, accel_latency=accel_latency)
         b, best = rep["baseline"], rep["best"]
         tag = " [EMULATED: functional only]" if rep["emulated"] else ""
+        if rep.get("simulated"):
+            tag = " [SIMULATED: accelerator cycle model + host ops]"
         console.print(f"baseline {b['latency_ms']:.3f} ms{tag}")
         if best:
             console.print(f"best {best['latency_ms']:.3f} ms ({best['speedup']:.2f}x), accuracy drop "

@@ -87,6 +87,7 @@ class Kernel:
     epilogue: tuple[str, ...] = ()
     bits: int = 32
     nodes: tuple[str, ...] = field(default=(), compare=False)
+    abits: int | None = None     # activation width on an accelerator (None: same as bits)
 
     @property
     def key(self) -> str:
@@ -94,7 +95,8 @@ class Kernel:
         f = lambda t: "x".join(map(str, t))
         return (f"{self.op}|i{f(self.in_shape)}|w{f(self.w_shape)}|o{f(self.out_shape)}|"
                 f"k{f(self.kernel)}|s{f(self.stride)}|p{f(self.pad)}|g{self.groups}|"
-                f"e{'+'.join(self.epilogue)}|b{self.bits}")
+                f"e{'+'.join(self.epilogue)}|b{self.bits}"
+                + (f"|a{self.abits}" if self.abits is not None else ""))
 
     @property
     def macs(self) -> int:
@@ -117,16 +119,20 @@ class Kernel:
         return 4 * n + (w * self.bits) // 8
 
     def to_json(self) -> dict:
-        return {"op": self.op, "in_shape": list(self.in_shape), "w_shape": list(self.w_shape),
-                "out_shape": list(self.out_shape), "kernel": list(self.kernel),
-                "stride": list(self.stride), "pad": list(self.pad), "groups": self.groups,
-                "epilogue": list(self.epilogue), "bits": self.bits}
+        d = {"op": self.op, "in_shape": list(self.in_shape), "w_shape": list(self.w_shape),
+             "out_shape": list(self.out_shape), "kernel": list(self.kernel),
+             "stride": list(self.stride), "pad": list(self.pad), "groups": self.groups,
+             "epilogue": list(self.epilogue), "bits": self.bits}
+        if self.abits is not None:
+            d["abits"] = self.abits
+        return d
 
     @staticmethod
     def from_json(d: dict) -> Kernel:
         return Kernel(d["op"], tuple(d["in_shape"]), tuple(d["w_shape"]), tuple(d["out_shape"]),
                       tuple(d["kernel"]), tuple(d["stride"]), tuple(d["pad"]), int(d["groups"]),
-                      tuple(d["epilogue"]), int(d.get("bits", 32)))
+                      tuple(d["epilogue"]), int(d.get("bits", 32)),
+                      abits=int(d["abits"]) if d.get("abits") is not None else None)
 
 
 def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:

@@ -27,7 +27,7 @@ __all__ = ["FEATURE_NAMES", "FlopsModel", "LatencyModel", "kendall_tau", "kernel
 _OPS = ("conv", "dwconv", "gconv", "gemm", "maxpool", "avgpool", "gpool", "ew")
 FEATURE_NAMES = [f"op_{o}" for o in _OPS] + [
     "log_macs", "log_bytes", "log_in", "log_out", "log_w", "cin", "cout", "h", "w", "oh", "ow",
-    "kh", "kw", "stride", "groups_log", "n_epilogue", "residual", "bits",
+    "kh", "kw", "stride", "groups_log", "n_epilogue", "residual", "bits", "abits",
     "cout_mod_lanes", "cin_mod_lanes", "cout_lanes_frac", "cin_lanes_frac", "ow_mod_lanes",
     "layout_nchw", "arith_intensity"]
 
@@ -50,6 +50,7 @@ def kernel_features(k: Kernel, lanes: int = 8) -> list[float]:
         float(cin), float(cout), float(h), float(w), float(oh), float(ow),
         float(k.kernel[0]), float(k.kernel[1]), float(k.stride[0]), _l(k.groups),
         float(len(k.epilogue)), float(any(e.endswith("_t") for e in k.epilogue)), float(k.bits),
+        float(k.abits if k.abits is not None else k.bits),
         float(cout % lanes), float(cin % lanes), float(cout / lanes - cout // lanes),
         float(cin / lanes - cin // lanes), float(ow % lanes), 1.0,
         float(k.macs) / max(1.0, float(k.bytes)),

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -31,7 +32,7 @@ from pfcompile.search.space import SearchSpace, build_space, compress, config_ha
 from pfcompile.search.state import load_strategy_state, save_strategy_state
 from pfcompile.search.strategies import STRATEGIES, Goal, make_strategy
 
-__all__ = ["SearchResult", "SearchSettings", "TrialLog", "model_size_mb", "run_search"]
+__all__ = ["Deployer", "SearchResult", "SearchSettings", "TrialLog", "model_size_mb", "run_search"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,18 @@ class SearchSettings:
             raise SearchError("give at most one of --speedup, --latency-ms, --size-mb")
         if self.calib_samples < 1:
             raise SearchError(f"calib_samples must be >= 1, got {self.calib_samples}")
+
+
+class Deployer(Protocol):
+    """How a config becomes the model the device runs, for targets that need more than the
+    compression passes (FPGA-style accelerators: quantize to their integer form,
+    ``pfcompile.search.accel_device.AccelDeployer``). Without one, a candidate is
+    ``compress(model, space, config, calib)`` and its kernels are ``extract_kernels``."""
+
+    def candidate(self, model: onnx.ModelProto, space: SearchSpace, config: dict,
+                  calib: Dataset | None, calib_samples: int) -> onnx.ModelProto: ...
+
+    def kernels(self, model: onnx.ModelProto, space: SearchSpace, config: dict) -> list[Kernel]: ...
 
 
 def model_size_mb(model: onnx.ModelProto) -> float:
@@ -106,6 +119,8 @@ class SearchResult:
     emulated: bool
     strategy: str
     best_model: onnx.ModelProto | None = field(default=None, repr=False)
+    simulated: bool = False          # latencies from a simulator's cycle model (FPGA targets)
+    baseline_model: onnx.ModelProto | None = field(default=None, repr=False)  # None: the original
 
 
 def _acc_drop(base: float, score: float) -> float:
@@ -115,12 +130,14 @@ def _acc_drop(base: float, score: float) -> float:
 def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: str | Path,
                settings: SearchSettings = SearchSettings(), *, cache_dir: str | Path | None = None,
                calib: Dataset | None = None,
-               on_event: Callable[[str, dict], None] | None = None) -> SearchResult:
+               on_event: Callable[[str, dict], None] | None = None,
+               deploy: Deployer | None = None) -> SearchResult:
     """Search ``model``'s compression space on ``device``; see the module docstring.
 
     Candidates are pruned with LASSO + reconstruction on ``calib`` when given
     (else L1); latency predictions use the L1 prune of the same config (only the
-    shapes matter there, and it is ~30x cheaper)."""
+    shapes matter there, and it is ~30x cheaper). ``deploy``: see :class:`Deployer`
+    (the baseline is then ``deploy.candidate`` of the default config)."""
     run_dir = Path(run_dir)
     log = TrialLog(run_dir / "trials.jsonl")
     emit = on_event or (lambda kind, info: None)
@@ -140,7 +157,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     evaluator = Evaluator(model, data)
     sub = data.subset(min(settings.eval_subset, len(data)))
     cheap = Evaluator(model, sub)
-    base_kernels = extract_kernels(model)
+    base_kernels = deploy.kernels(model, space, space.default()) if deploy else extract_kernels(model)
 
     # latency model: kernel-level (warm from the cache) or FLOPs
     lanes = int(target.hardware.get("fp32_lanes", 8))
@@ -191,8 +208,12 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         if h not in compressed:
             if len(compressed) > 256:
                 compressed.clear()
-            cm = compress(model, space, cfg, calib, calib_samples=settings.calib_samples)
-            compressed[h] = (cm, extract_kernels(cm))
+            if deploy is not None:
+                cm = deploy.candidate(model, space, cfg, calib, settings.calib_samples)
+                compressed[h] = (cm, deploy.kernels(model, space, cfg))
+            else:
+                cm = compress(model, space, cfg, calib, calib_samples=settings.calib_samples)
+                compressed[h] = (cm, extract_kernels(cm))
         return compressed[h]
 
     def shaped(cfg: dict) -> list[Kernel]:
@@ -203,22 +224,29 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         if h not in shapes_only:
             if len(shapes_only) > 1024:
                 shapes_only.clear()
-            shapes_only[h] = extract_kernels(compress(model, space, cfg))
+            shapes_only[h] = (deploy.kernels(model, space, cfg) if deploy is not None
+                              else extract_kernels(compress(model, space, cfg)))
         return shapes_only[h]
 
     # ---- baseline (not counted in the budget)
     base = next((r for r in past if r.get("type") == "baseline"), None)
+    base_model = candidate(space.default())[0] if deploy is not None else model
     if base is None:
         emit("baseline", {})
         time_kernels(base_kernels, None)
-        m = device.measure_model(model, run_dir / "artifacts" / mhash)
+        bhash = model_hash(base_model)
+        m = device.measure_model(base_model, run_dir / "artifacts" / bhash)
         if not m.ok:
             raise SearchError(f"the unmodified model failed on device {device.name}: {m.error}")
         acc = evaluator.reference
         base = {"type": "baseline", "latency_ms": m.latency_ms, "top1": acc.top1,
                 "agreement": acc.agreement, "score": acc.score, "macs": sum(k.macs for k in base_kernels),
                 "size_mb": model_size_mb(model), "model_hash": mhash, "so_path": m.so_path,
-                "n_eval": acc.n, "time": time.time()}
+                "n_eval": acc.n, "time": time.time(), **getattr(m, "details", {})}
+        if deploy is not None:   # the deployed baseline (e.g. uniform 8-bit) is not the original
+            dacc = evaluator.score(base_model)
+            base.update({"deployed_model_hash": bhash, "deployed_top1": dacc.top1,
+                         "deployed_score": dacc.score})
         log.append(base)
         if isinstance(lat_model, LatencyModel):  # seed with pruned shapes: one uniform candidate
             try:
@@ -295,7 +323,9 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     best_model = candidate(best["config"])[0] if best else None
     n_dev = sum(1 for t in trials if t.get("measured"))
     return SearchResult(run_dir, base, best, trials, n_dev, n_kernel, space, goal,
-                        bool(getattr(device, "emulated", False)), settings.strategy, best_model)
+                        bool(getattr(device, "emulated", False)), settings.strategy, best_model,
+                        bool(getattr(device, "simulated", False)),
+                        base_model if deploy is not None else None)
 
 
 def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, lat_model,
@@ -326,6 +356,7 @@ def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, 
     else:
         rec["status"] = "ok"
         rec["latency_ms"] = m.latency_ms
+        rec.update(getattr(m, "details", {}))    # e.g. simulated / measured parts
         rec["speedup"] = base["latency_ms"] / m.latency_ms
         rec["feasible"] = goal.feasible(m.latency_ms, rec["acc_drop"], rec["size_mb"])
     rec["seconds"] = time.time() - t0

@@ -58,13 +58,31 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
         out["remeasured"] = final
     if result.emulated:
         out["note"] = "latencies measured on an emulated device (qemu): functional checks only"
+    simulated = bool(getattr(result, "simulated", False))
+    out["simulated"] = simulated
+    if simulated:
+        out["note"] = ("SIMULATED latencies: accelerator time from the simulator's cycle model "
+                       "(no FPGA ran) plus host-op wall clock on the machine serving the "
+                       "simulator; baseline = the original model quantized to uniform 8 bits")
+        for k in _SIM_KEYS:
+            if k in b:
+                out["baseline"][k] = b[k]
+        if "deployed_top1" in b:
+            out["baseline"]["deployed_top1"] = b["deployed_top1"]
     if best is not None:
         out["best"] = {"latency_ms": best["latency_ms"], "top1": best.get("top1"),
                        "agreement": best.get("agreement"), "speedup": best["speedup"],
                        "acc_drop": best["acc_drop"], "config": best["config"],
                        "keep": best.get("keep"), "macs": best.get("macs"),
                        "size_mb": best.get("size_mb"), "trial": best["id"]}
+        if simulated:
+            out["best"].update({k: best[k] for k in _SIM_KEYS if k in best})
     return out
+
+
+#: per-measurement fields of the simulated accelerator device (accel_device.py)
+_SIM_KEYS = ("accel_ms_simulated", "host_ms_measured", "accel_cycles", "latency_kind",
+             "layers_on_accel")
 
 
 # ----------------------------------------------------------------------------- svg
@@ -142,6 +160,8 @@ def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
     pvm = {k: v for k, v in pvm.items() if v}
     keep = (report.get("best") or {}).get("keep") or {}
     unit = " (EMULATED: functional only)" if report.get("emulated") else ""
+    if report.get("simulated"):
+        unit = " (SIMULATED: accelerator cycle model + host ops)"
     best = report.get("best")
     summary = (f"best: {best['latency_ms']:.3f} ms, {best['speedup']:.2f}x, accuracy drop "
                f"{best['acc_drop']:.2f} points" if best else "no candidate met the goal")
@@ -154,6 +174,7 @@ def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:20px auto}} pre{{background:#f4f4f4;padding:8px}}
 .g{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>
 <h1>pfcompile run report{html.escape(unit)}</h1>
+{f"<p><b>{html.escape(report['note'])}</b></p>" if report.get("note") else ""}
 <p>baseline {base['latency_ms']:.3f} ms, {acc_key} {100 * (base.get(acc_key) or 0):.2f}%; {html.escape(summary)};
 {report['trials']} trials, {report['device_measurements']} device measurements,
 {report.get('kernel_measurements', 0)} kernel measurements.

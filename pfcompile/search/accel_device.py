@@ -1,0 +1,311 @@
+"""``pfcompile run`` on FPGA-style accelerator targets (``targets/fpga-*.toml``).
+
+Three pieces plug the simulated accelerator into the same search loop
+(:func:`pfcompile.search.loop.run_search`) that CPU targets use:
+
+* :class:`AccelDeployer` (the loop's :class:`~pfcompile.search.loop.Deployer`): a config
+  becomes the model the accelerator runs: the channel-pruning pass (``keep:`` knobs,
+  :func:`pfcompile.search.space.compress`), then static QDQ quantization
+  (onnxruntime, per-channel int8 weights, uint8 activations, calibrated on the
+  calibration data; :func:`pfcompile.accel.mixed.quantize_qdq`), then the per-layer bit
+  widths of the config (:func:`pfcompile.accel.mixed.apply_bits`; 8/8 where the config
+  says nothing). The baseline (default config) is therefore *uniform 8-bit*, the
+  reference every speedup is relative to. Accuracy is scored on this QDQ model
+  (onnxruntime fake-quant), against the float original.
+* Accelerator kernels (:func:`accel_kernels`): one :class:`~pfcompile.search.graph.Kernel`
+  per Conv (group 1) / Gemm of the pruned float graph (the layers the accelerator
+  partition takes), with ``bits`` = weight width and ``abits`` = activation width as
+  built (an activation read by several layers takes the widest request). A layer
+  whose widths the target cannot run falls back to the host (the partitioner warns)
+  and has no accelerator kernel.
+* :class:`AccelSearchDevice` (same interface as ``RPCDevice`` / ``NullDevice``):
+  ``measure_model`` compiles the candidate with ``compile_model`` (``program.npz``),
+  runs it on the simulator device over TVM RPC (``pfcompile device serve --target
+  fpga-...``; :func:`pfcompile.accel.serve.measure_accel`), verifies the outputs
+  against onnxruntime on the same QDQ model within the accuracy contract of
+  ``pfcompile measure`` (:func:`pfcompile.measure.quantized_tolerance`), and reports
+  ``latency_ms = accel_ms_simulated + host_ms_measured`` (``latency="total"``, the
+  default) or ``accel_ms_simulated`` alone (``latency="accel"``: host-op wall clock on a
+  shared machine is noisy, and bit widths do not change it), with both parts kept in
+  the trial record. ``measure_kernels`` times accelerator kernels with the simulator's
+  per-layer cycle model (the best tiling at the kernel's widths; exact, a few ms each,
+  computed on this machine with the same code the device runs).
+
+Every latency here is **simulated** (``simulated = True``): the accelerator part comes
+from the cycle model at the target's clock, no FPGA runs; the host part is wall clock
+of the host ops on the machine serving the simulator. ``emulated`` keeps its meaning
+(qemu) and is False here.
+
+What the kernel-level cost model learns on these targets: per-layer simulated times
+are exact, so for kernels already timed the model's sum is the accelerator's simulated
+time; XGBoost predicts the layers not timed yet (the loop times
+``kernels_per_trial`` new kernels after each trial), and the loop's linear map
+``a * sum + b`` carries the host-op time (mostly in ``b``; host ops are not kernels here).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from pfcompile.data import Dataset
+from pfcompile.errors import DeviceError, PfcompileError, SearchError
+from pfcompile.search.devices import Measurement
+from pfcompile.search.graph import Kernel, extract_kernels
+from pfcompile.search.space import SearchSpace, compress, config_hash
+from pfcompile.targets import Target
+
+__all__ = [
+    "LATENCY_KINDS",
+    "AccelDeployer",
+    "AccelMeasurement",
+    "AccelSearchDevice",
+    "accel_kernels",
+    "bits_of_config",
+    "kernel_layer",
+]
+
+#: what ``latency_ms`` of a measurement is: simulated accelerator + measured host ops, or
+#: the simulated accelerator part alone
+LATENCY_KINDS = ("total", "accel")
+
+#: a config's per-layer widths: layer (Conv/Gemm node name) -> (weight bits, activation bits)
+Bits = dict[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class AccelMeasurement(Measurement):
+    """A :class:`Measurement` with the simulated / measured parts (go to the trial record)."""
+
+    details: dict = field(default_factory=dict, compare=False)
+
+
+def bits_of_config(space: SearchSpace, config: dict) -> Bits:
+    """Per-layer widths a config asks for: ``bits`` knobs (target = layer name; value an
+    int for weights and activations alike, or a ``(w, a)`` pair). Empty with keep-only
+    spaces (everything 8/8)."""
+    out: Bits = {}
+    for k in space.knobs:
+        if k.kind != "bits" or k.name not in config:
+            continue
+        v = config[k.name]
+        w, a = (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+        if (w, a) != (8, 8):
+            out[k.target] = (w, a)
+    return out
+
+
+def _keep_only(space: SearchSpace, config: dict) -> dict:
+    """The config with every non-keep knob at its default (what the pruning pass applies)."""
+    return {k.name: (config.get(k.name, k.default) if k.kind == "keep" else k.default)
+            for k in space.knobs}
+
+
+def accel_kernels(model: onnx.ModelProto, bits: Bits, accel_cfg) -> list[Kernel]:
+    """The accelerator layers of a float (pruned) graph as kernels with their widths.
+
+    Conv with ``group = 1`` and Gemm go to the accelerator (the partition of
+    :mod:`pfcompile.accel.qgraph` on onnxruntime's QDQ form); a layer whose widths
+    ``accel_cfg`` cannot run is left out (it falls back to the host)."""
+    ks = [k for k in extract_kernels(model) if k.op in ("conv", "gemm") and k.nodes]
+    nodes = {n.name: n for n in model.graph.node}
+    act: dict[str, int] = {}
+    for k in ks:
+        x = nodes[k.nodes[0]].input[0] if k.nodes[0] in nodes else k.nodes[0]
+        act[x] = max(act.get(x, 0), bits.get(k.nodes[0], (8, 8))[1])
+    out = []
+    for k in ks:
+        x = nodes[k.nodes[0]].input[0] if k.nodes[0] in nodes else k.nodes[0]
+        w, a = bits.get(k.nodes[0], (8, 8))[0], act[x]
+        if accel_cfg.operand_bits(w, a) is None:
+            continue
+        out.append(replace(k, epilogue=(), bits=w, abits=a))
+    return out
+
+
+def kernel_layer(k: Kernel):
+    """A :class:`pfcompile.accel.qgraph.QLayer` with ``k``'s shapes and widths (zero
+    weights: the cycle model depends on shapes and widths only)."""
+    from pfcompile.accel.qgraph import QLayer
+
+    if k.op == "conv":
+        o, i, kh, kw = k.w_shape
+        in_shape = tuple(k.in_shape)
+        out_shape = tuple(k.out_shape)
+        kind = "conv2d"
+    elif k.op == "gemm":
+        o, i = k.w_shape[0], k.w_shape[-1]
+        kh = kw = 1
+        in_shape = (1, i, 1, 1)
+        out_shape = (1, o, 1, 1)
+        kind = "dense"
+    else:
+        raise SearchError(f"kernel {k.key} is not an accelerator layer (conv / gemm)")
+    return QLayer(name=k.key, kind=kind, x="x", y="y", weight=np.zeros((o, i, kh, kw), np.int8),
+                  bias=np.zeros(o, np.int32), x_zero=0, x_scale=1.0,
+                  w_scale=np.ones(o, np.float32), y_scale=1.0, y_zero=0, y_dtype="uint8",
+                  stride=(int(k.stride[0]), int(k.stride[1])),
+                  pads=tuple(int(p) for p in k.pad),  # type: ignore[arg-type]
+                  in_shape=(1,) + tuple(int(v) for v in in_shape[1:]),  # type: ignore[arg-type]
+                  out_shape=(1,) + tuple(int(v) for v in out_shape[1:]),  # type: ignore[arg-type]
+                  wbits=int(k.bits), abits=int(k.abits if k.abits is not None else k.bits))
+
+
+class AccelDeployer:
+    """Config -> pruned -> QDQ (static, calibrated) -> per-layer widths; see the module
+    docstring. ``calib``: calibration inputs for the activation ranges (the loop's
+    ``--calib`` samples, else the first samples of ``--data``)."""
+
+    def __init__(self, target: Target, calib: Dataset, calib_samples: int = 32) -> None:
+        from pfcompile.accel.config import load_accel_config
+
+        if len(calib.inputs) != 1:
+            raise SearchError(f"accelerator targets quantize models with one input; "
+                              f"this one has {sorted(calib.inputs)}")
+        self.target = target
+        self.accel = load_accel_config(target)
+        self.input_name, x = next(iter(calib.inputs.items()))
+        self.calib_x = np.ascontiguousarray(x[:max(1, calib_samples)])
+        self._kernels: dict[str, list[Kernel]] = {}
+
+    def candidate(self, model: onnx.ModelProto, space: SearchSpace, config: dict,
+                  calib: Dataset | None, calib_samples: int) -> onnx.ModelProto:
+        from pfcompile.accel.mixed import apply_bits, quantize_qdq
+
+        space.validate(config)
+        pruned = compress(model, space, _keep_only(space, config), calib,
+                          calib_samples=calib_samples)
+        bits = bits_of_config(space, config)
+        with tempfile.TemporaryDirectory(prefix="pfq_") as tmp:
+            src, dst = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
+            onnx.save(pruned, str(src))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    qdq = quantize_qdq(src, dst, self.calib_x, self.input_name)
+                except Exception as exc:
+                    raise SearchError(f"static QDQ quantization of the candidate failed: "
+                                      f"{exc}") from exc
+        return apply_bits(qdq, bits, pruned) if bits else qdq
+
+    def kernels(self, model: onnx.ModelProto, space: SearchSpace, config: dict) -> list[Kernel]:
+        h = config_hash(config)
+        if h not in self._kernels:
+            if len(self._kernels) > 1024:
+                self._kernels.clear()
+            pruned = compress(model, space, _keep_only(space, config))
+            self._kernels[h] = accel_kernels(pruned, bits_of_config(space, config), self.accel)
+        return self._kernels[h]
+
+
+class AccelSearchDevice:
+    """The simulated accelerator device (``pfcompile device serve --target fpga-...``)
+    as a search device: ``host:port`` of its RPC server, or a tracker + key."""
+
+    simulated = True
+    emulated = False           # "emulated" means qemu; this device is simulated
+
+    def __init__(self, target: Target, *, host: str = "127.0.0.1", port: int = 9350,
+                 tracker: str | None = None, key: str | None = None,
+                 repeat: int | None = None, latency: str = "total") -> None:
+        from pfcompile.accel.config import load_accel_config
+
+        if latency not in LATENCY_KINDS:
+            raise SearchError(f"accelerator latency '{latency}' is not one of "
+                              f"{', '.join(LATENCY_KINDS)}")
+        if not target.is_accelerator:
+            raise DeviceError(f"target '{target.name}' has no [accelerator] table: use the "
+                              f"CPU search device for it")
+        self.target = target
+        self.accel = load_accel_config(target)
+        self.host, self.port, self.tracker = host, port, tracker
+        self.key = key or target.rpc_key
+        self.repeat = repeat or target.measure.repeat
+        self.timeout_s = target.measure.timeout_s
+        self.name = f"{tracker}/{self.key}" if tracker else f"{host}:{port}"
+        self.latency = latency
+        self.failures = 0
+
+    # -- whole models ---------------------------------------------------------------
+    def measure_model(self, model: onnx.ModelProto, work_dir: Path) -> AccelMeasurement:
+        from pfcompile.accel.serve import measure_accel
+        from pfcompile.compiler import compile_model
+        from pfcompile.measure import quantized_tolerance, random_inputs, reference_outputs
+        from pfcompile.model import input_specs
+
+        work_dir = Path(work_dir)
+        prog = work_dir / "program.npz"
+        try:
+            if not prog.exists() or not (work_dir / "source.onnx").exists():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")    # host fallbacks are in model.json
+                    compile_model(model, self.target, work_dir)
+        except Exception as exc:  # noqa: BLE001 - a failure is a value
+            return AccelMeasurement(None, f"compile failed: {_last_line(exc)}")
+        source = work_dir / "source.onnx"
+        try:
+            inputs = random_inputs(input_specs(model), seed=0)
+            ref = reference_outputs(source, inputs)
+        except Exception as exc:  # noqa: BLE001
+            return AccelMeasurement(None, f"onnxruntime reference failed: {_last_line(exc)}",
+                                    str(prog))
+        try:
+            m = measure_accel(str(prog), self.target, inputs, host=self.host, port=self.port,
+                              tracker=self.tracker, key=self.key, repeat=self.repeat,
+                              timeout_s=self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a dead device is a failed trial
+            self.failures += 1
+            return AccelMeasurement(None, f"device {self.name}: {_last_line(exc)}", str(prog))
+        errs = []
+        outs = list(m.outputs.values())
+        for i, (name, r) in enumerate(ref.items()):
+            o = m.outputs.get(name, outs[i] if i < len(outs) else None)
+            if o is None or np.shape(o) != np.shape(r):
+                errs.append(math.inf)
+                continue
+            errs.append(float(np.max(np.abs(np.asarray(o, np.float64) - r))))
+        tol = quantized_tolerance(source, ref) or 1e-4
+        max_err = max(errs) if errs else math.inf
+        details = {"simulated": True, "accel_ms_simulated": m.accel_ms_simulated,
+                   "host_ms_measured": m.host_ms_median, "accel_cycles": m.accel_cycles,
+                   "layers_on_accel": len(m.layer_cycles), "max_abs_err": max_err,
+                   "tolerance": tol, "latency_kind": self.latency}
+        if not (math.isfinite(max_err) and max_err <= tol):
+            return AccelMeasurement(None, f"accelerator output differs from onnxruntime: max abs "
+                                    f"error {max_err:.3g} > tolerance {tol:.3g}", str(prog),
+                                    max_err, details)
+        ms = m.accel_ms_simulated + (m.host_ms_median if self.latency == "total" else 0.0)
+        return AccelMeasurement(ms, None, str(prog), max_err, details)
+
+    # -- kernels --------------------------------------------------------------------
+    def measure_kernels(self, kernels: list[Kernel]) -> list[float | None]:
+        """Simulated ms per image of each accelerator kernel: the cycle model of its best
+        tiling at its widths (None for a kernel that is not a conv / gemm or cannot be
+        tiled)."""
+        from pfcompile.accel.tiling import search_tiling
+
+        out: list[float | None] = []
+        for k in kernels:
+            try:
+                _, cycles = search_tiling(kernel_layer(k), self.accel, None)
+                out.append(self.accel.cycles_to_ms(cycles))
+            except PfcompileError:
+                out.append(None)
+        return out
+
+    def status(self) -> str:
+        return f"{self.name} (SIMULATED accelerator '{self.target.name}'; {self.failures} failures)"
+
+    def close(self) -> None:
+        pass
+
+
+def _last_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return s.splitlines()[-1][:300] if s else repr(exc)
