@@ -243,11 +243,15 @@ class AccelSearchDevice:
         prog = work_dir / "program.npz"
         try:
             if not prog.exists() or not (work_dir / "source.onnx").exists():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")    # host fallbacks are in model.json
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
                     compile_model(model, self.target, work_dir)
+                for w in caught:       # layers the accelerator cannot run fall back to the host
+                    if issubclass(w.category, UserWarning) and "host" in str(w.message):
+                        warnings.warn(str(w.message), UserWarning, stacklevel=2)
         except Exception as exc:  # noqa: BLE001 - a failure is a value
             return AccelMeasurement(None, f"compile failed: {_last_line(exc)}")
+        fallbacks = _host_fallbacks(work_dir)
         source = work_dir / "source.onnx"
         try:
             inputs = random_inputs(input_specs(model), seed=0)
@@ -275,7 +279,7 @@ class AccelSearchDevice:
         details = {"simulated": True, "accel_ms_simulated": m.accel_ms_simulated,
                    "host_ms_measured": m.host_ms_median, "accel_cycles": m.accel_cycles,
                    "layers_on_accel": len(m.layer_cycles), "max_abs_err": max_err,
-                   "tolerance": tol, "latency_kind": self.latency}
+                   "tolerance": tol, "latency_kind": self.latency, "host_fallbacks": fallbacks}
         if not (math.isfinite(max_err) and max_err <= tol):
             return AccelMeasurement(None, f"accelerator output differs from onnxruntime: max abs "
                                     f"error {max_err:.3g} > tolerance {tol:.3g}", str(prog),
@@ -304,6 +308,18 @@ class AccelSearchDevice:
 
     def close(self) -> None:
         pass
+
+
+def _host_fallbacks(artifact: Path) -> dict[str, str]:
+    """Layer -> why it runs on the host, from the compiled artifact's model.json."""
+    import json
+
+    try:
+        meta = json.loads((artifact / "model.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return {d["node"]: d.get("reason", "") for d in meta.get("layers", [])
+            if d.get("path") == "host"}
 
 
 def _last_line(exc: BaseException) -> str:
