@@ -12,6 +12,15 @@ within --max-drop points of the float model), cross-run each target's policy on 
 other target, then compile every policy and run the bit-exact integer simulator over
 the validation set for its accuracy. Tiling records go to schedules/<target>/.
 
+Then the same question through ``pfcompile run --target fpga-bitfusion`` (the search
+loop every target uses: kernel-level XGBoost cost model, ``hw`` strategy, keep knobs =
+channels and, when the search space has them, ``bits`` knobs = per-layer widths;
+candidates quantized by onnxruntime's static QDQ; measured on the simulator device
+over TVM RPC; optimizing the simulated accelerator time, ``--accel-latency accel``,
+so that it is comparable with the greedy rows; same accuracy constraint). Its best
+model is compiled and run like the policies above (row "searched by pfcompile run").
+Skip it with ``--run-budget 0``.
+
 Every accelerator latency here is SIMULATED (cycle model at the target's clock): no FPGA
 was run. Host-op times are measured on this CPU (onnxruntime, batch 1, median of 5).
 """
@@ -69,6 +78,59 @@ def _prepare(work: Path, epochs: int) -> tuple[onnx.ModelProto, onnx.ModelProto,
     return onnx.load(fpath), onnx.load(qpath), data
 
 
+RUN_POLICY = "searched by pfcompile run"
+
+
+def _pfcompile_run(args, fmodel: onnx.ModelProto, data: dict, xv: np.ndarray,
+                   yv: np.ndarray) -> dict:
+    """``pfcompile run --target fpga-bitfusion`` on the float ResNet-20 (the same loop as
+    every target); returns its best QDQ model (None if nothing met the constraint), the
+    model's per-layer widths as built, and the run's numbers."""
+    import dataclasses
+
+    from pfcompile.accel.qgraph import partition_model
+    from pfcompile.search.api import run
+    from pfcompile.search.loop import SearchSettings
+
+    fpath = args.work / "resnet20_digits32_b1.onnx"     # `pfcompile run` wants static shapes
+    b1 = onnx.ModelProto.FromString(fmodel.SerializeToString())
+    for v in list(b1.graph.input) + list(b1.graph.output):
+        v.type.tensor_type.shape.dim[0].Clear()
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(b1, str(fpath))
+    val, calib = args.work / "val.npz", args.work / "calib.npz"
+    np.savez(val, x=xv, y=yv)
+    np.savez(calib, x=data["x_calib"])
+    out = args.work / "run_fpga-bitfusion"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    kw = {"strategy": "hw", "budget": args.run_budget, "max_acc_drop": 100 * args.max_drop}
+    bits_knobs = "off (keep knobs only: this checkout's search space has no bits knobs)"
+    if "bits" in {f.name for f in dataclasses.fields(SearchSettings)} and args.run_bits != "off":
+        kw["bits"] = args.run_bits
+        bits_knobs = args.run_bits
+    lo, hi = (int(v) for v in args.port_range.split("-"))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = run(fpath, "fpga-bitfusion", data=val, calib=calib, settings=SearchSettings(**kw),
+                  out_dir=out, cache_dir=args.work / "cache", port_range=(lo, hi + 1),
+                  final_repeats=0, accel_latency="accel")
+    seconds = time.perf_counter() - t0
+    model = onnx.load(str(out / "model.onnx")) if rep["best"] is not None else None
+    bits = {}
+    if model is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            part = partition_model(model, load_accel_config("fpga-bitfusion"))
+        bits = {lay.name: (lay.wbits, lay.abits) for lay in part.layers}
+    return {"model": model, "bits": bits, "bits_knobs": bits_knobs, "seconds": seconds,
+            "out": str(out), "best": rep["best"], "baseline": rep["baseline"],
+            "cost_model": rep["cost_model"], "trials": rep["trials"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("out/bench_fpga"))
@@ -78,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="root for tiling records (default: the repo's schedules/)")
     ap.add_argument("--val-images", type=int, default=0,
                     help="use only the first N validation images (smoke runs; 0 = all 540)")
+    ap.add_argument("--run-budget", type=int, default=24,
+                    help="device measurements of the `pfcompile run` search (0 = skip it)")
+    ap.add_argument("--run-bits", default="auto",
+                    help="bits knobs of the `pfcompile run` search ('auto', a list, or 'off')")
+    ap.add_argument("--port-range", default="9300-9349",
+                    help="ports for the simulator server the run starts")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     fmodel, qdq, data = _prepare(args.work, args.epochs)
@@ -107,16 +175,24 @@ def main(argv: list[str] | None = None) -> int:
     policies = {"uniform 8/8": {n: (8, 8) for n in costs[TARGETS[0]].layers}}
     for t in TARGETS:
         policies[f"searched on {t}"] = results[t].best.bits
+    models = {p: apply_bits(qdq, {k: v for k, v in b.items() if v != (8, 8)}, fmodel)
+              for p, b in policies.items()}
+    run_info = None
+    if args.run_budget > 0:
+        run_info = _pfcompile_run(args, fmodel, data, xv, yv)
+        if run_info["model"] is not None:
+            models[RUN_POLICY] = run_info["model"]
+            policies[RUN_POLICY] = run_info["bits"]
 
     rows = []
     for pname, bits in policies.items():
-        model = apply_bits(qdq, {k: v for k, v in bits.items() if v != (8, 8)}, fmodel)
+        model = models[pname]
         acc_ort = evaluate(model)
         for t in TARGETS:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 prog = compile_accel(model, cfgs[t], records=dbs[t])
-            predicted = costs[t].cycles(bits)
+            predicted = costs[t].cycles(bits) if pname != RUN_POLICY else prog.accel_cycles
             if prog.accel_cycles != predicted:
                 print(f"note: {pname} on {t}: compiled program {prog.accel_cycles} cycles, "
                       f"search cost model {predicted}")
@@ -131,20 +207,23 @@ def main(argv: list[str] | None = None) -> int:
                          "acc_integer_sim": acc_sim, "host_ms_measured": statistics.median(host),
                          "layers_on_accel": len(prog.layers),
                          "mean_wbits": float(np.mean([w for w, _ in bits.values()])),
-                         "mean_abits": float(np.mean([a for _, a in bits.values()]))})
+                         "mean_abits": float(np.mean([a for _, a in bits.values()])),
+                         "macs": int(sum(c.layer.macs for c in prog.layers))})
     base = {r["target"]: r["cycles"] for r in rows if r["policy"] == "uniform 8/8"}
     print()
     print("Simulated accelerator latency (cycle model, 100 MHz; NOT measured on an FPGA); "
           "host ops measured on this CPU, batch 1")
-    hdr = (f"{'policy':<26} {'run on':<15} {'cycles':>9} {'accel ms':>9} {'vs 8/8':>7} "
-           f"{'acc ORT':>8} {'acc sim':>8} {'host ms':>8} {'w bits':>6} {'a bits':>6}")
+    hdr = (f"{'policy':<34} {'run on':<15} {'cycles':>9} {'accel ms':>9} {'vs 8/8':>7} "
+           f"{'acc ORT':>8} {'acc sim':>8} {'host ms':>8} {'w bits':>6} {'a bits':>6} "
+           f"{'MMACs':>6}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        print(f"{r['policy']:<26} {r['target']:<15} {r['cycles']:>9} "
+        print(f"{r['policy']:<34} {r['target']:<15} {r['cycles']:>9} "
               f"{r['accel_ms_simulated']:>9.3f} {base[r['target']] / r['cycles']:>6.2f}x "
               f"{r['acc_ort_fakequant']:>8.4f} {r['acc_integer_sim']:>8.4f} "
-              f"{r['host_ms_measured']:>8.3f} {r['mean_wbits']:>6.2f} {r['mean_abits']:>6.2f}")
+              f"{r['host_ms_measured']:>8.3f} {r['mean_wbits']:>6.2f} {r['mean_abits']:>6.2f} "
+              f"{r['macs'] / 1e6:>6.2f}")
     cyc = {(r["policy"], r["target"]): r["cycles"] for r in rows}
     print()
     for t in TARGETS:
@@ -156,8 +235,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbest mixed policy on fpga-bitfusion vs uniform 8/8: "
           f"{base['fpga-bitfusion'] / cyc[('searched on fpga-bitfusion', 'fpga-bitfusion')]:.2f}x "
           f"(goal >= 1.4x; HAQ reports 1.4-1.95x)")
+    if run_info is not None:
+        ri = {k: v for k, v in run_info.items() if k not in ("model",)}
+        if run_info["model"] is None:
+            print(f"\npfcompile run (budget {args.run_budget}, bits {run_info['bits_knobs']}): "
+                  f"no candidate met the constraint; see {run_info['out']}")
+        else:
+            r = cyc[(RUN_POLICY, "fpga-bitfusion")]
+            print(f"\n{RUN_POLICY} (budget {args.run_budget}, bits knobs: "
+                  f"{run_info['bits_knobs']}, {run_info['seconds']:.0f} s): "
+                  f"{base['fpga-bitfusion'] / r:.2f}x vs uniform 8/8 on fpga-bitfusion; the "
+                  f"greedy bit search: "
+                  f"{base['fpga-bitfusion'] / cyc[('searched on fpga-bitfusion', 'fpga-bitfusion')]:.2f}x; "
+                  f"cost model within 10 %: {ri['cost_model'].get('within_10pct')}, "
+                  f"Kendall tau {ri['cost_model'].get('kendall_tau')}")
     summary = {"float_accuracy": float_acc, "max_drop": args.max_drop, "rows": rows,
-               "policies": {k: {n: list(v) for n, v in b.items()} for k, b in policies.items()}}
+               "policies": {k: {n: list(v) for n, v in b.items()} for k, b in policies.items()},
+               "pfcompile_run": None if run_info is None else
+               {k: v for k, v in run_info.items() if k != "model"}}
     (args.work / "bench_fpga.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {args.work / 'bench_fpga.json'}; search log {log}")
     return 0
