@@ -14,6 +14,7 @@ import pytest
 from pfcompile.accel import compile_accel, load_accel_config
 from pfcompile.accel.mixed import apply_bits
 from pfcompile.data import load_npz
+from pfcompile.errors import SearchError
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.search.accel_device import (
     AccelDeployer,
@@ -80,14 +81,22 @@ def test_kernels_carry_widths_and_unsupported_layers_leave(demo):
     assert "|a" not in Kernel.from_json({**ks[0].to_json(), "abits": None}).key
 
 
-def test_bits_knobs_of_a_config():
+def test_bits_knobs_of_a_config(deployer):
     knobs = (Knob("keep:g", "keep", "g", (8, 16), 16, 16),
              Knob("bits:c1", "bits", "c1", (2, 4, 8), 8),
-             Knob("bits:c2", "bits", "c2", ((4, 8), (8, 8)), (8, 8)))
+             Knob("bits:c2", "bits", "c2", ((4, 8), (8, 8)), (8, 8)),
+             Knob("bits:c3", "bits", "c3", (32, 8, 4, 2), 32))
     space = SearchSpace(knobs)
-    assert bits_of_config(space, space.default()) == {}
+    assert bits_of_config(space, {**space.default(), "bits:c3": 8}) == {}
     assert bits_of_config(space, {"keep:g": 8, "bits:c1": 4, "bits:c2": (4, 8)}) == \
         {"c1": (4, 4), "c2": (4, 8)}
+    # on the accelerator every layer is quantized: the float choice goes, 8 is the default
+    adapted = deployer.adapt_space(space)
+    c3 = next(k for k in adapted.knobs if k.name == "bits:c3")
+    assert c3.choices == (8, 4, 2) and c3.default == 8
+    assert adapted.knobs[:3] == space.knobs[:3]
+    with pytest.raises(SearchError, match="bits:c4"):
+        deployer.adapt_space(SearchSpace((Knob("bits:c4", "bits", "c4", (32, 16), 32),)))
 
 
 def test_kernel_times_are_the_programs_simulated_cycles(demo, deployer, qdq8):

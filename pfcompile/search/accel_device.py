@@ -101,6 +101,15 @@ def bits_of_config(space: SearchSpace, config: dict) -> Bits:
     return out
 
 
+def _widest(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+
+
+def _width_ok(v, accel_cfg) -> bool:
+    w, a = _widest(v)
+    return 2 <= w <= 8 and 2 <= a <= 8 and accel_cfg.operand_bits(w, a) is not None
+
+
 def _keep_only(space: SearchSpace, config: dict) -> dict:
     """The config with every non-keep knob at its default (what the pruning pass applies)."""
     return {k.name: (config.get(k.name, k.default) if k.kind == "keep" else k.default)
@@ -173,6 +182,22 @@ class AccelDeployer:
         self.input_name, x = next(iter(calib.inputs.items()))
         self.calib_x = np.ascontiguousarray(x[:max(1, calib_samples)])
         self._kernels: dict[str, list[Kernel]] = {}
+
+    def adapt_space(self, space: SearchSpace) -> SearchSpace:
+        """``bits`` knobs keep only the integer widths the target runs (2..8 bits and
+        ``operand_bits`` not None): every layer on an accelerator target is quantized (the
+        float choice, 32, would be the same 8-bit QDQ model here), and the default is the
+        widest (8 bits: the uniform 8-bit baseline)."""
+        knobs = []
+        for k in space.knobs:
+            if k.kind == "bits":
+                ok = tuple(c for c in k.choices if _width_ok(c, self.accel))
+                if not ok:
+                    raise SearchError(f"knob '{k.name}': none of the widths {list(k.choices)} "
+                                      f"runs on accelerator '{self.accel.name}'")
+                k = replace(k, choices=ok, default=max(ok, key=_widest))
+            knobs.append(k)
+        return replace(space, knobs=tuple(knobs))
 
     def candidate(self, model: onnx.ModelProto, space: SearchSpace, config: dict,
                   calib: Dataset | None, calib_samples: int) -> onnx.ModelProto:

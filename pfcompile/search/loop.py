@@ -75,6 +75,8 @@ class Deployer(Protocol):
 
     def kernels(self, model: onnx.ModelProto, space: SearchSpace, config: dict) -> list[Kernel]: ...
 
+    def adapt_space(self, space: SearchSpace) -> SearchSpace: ...
+
 
 def model_size_mb(model: onnx.ModelProto) -> float:
     return sum(t.ByteSize() for t in model.graph.initializer) / 1e6
@@ -154,6 +156,8 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                     "target": target.name, "settings": asdict(settings), "time": time.time()})
 
     space = build_space(model, target.hardware, min_keep=settings.min_keep)
+    if deploy is not None:
+        space = deploy.adapt_space(space)      # e.g. only the widths an accelerator runs
     evaluator = Evaluator(model, data)
     sub = data.subset(min(settings.eval_subset, len(data)))
     cheap = Evaluator(model, sub)
