@@ -119,7 +119,8 @@ def _pfcompile_run(args, fmodel: onnx.ModelProto, data: dict, xv: np.ndarray,
                   out_dir=out, cache_dir=args.work / "cache", port_range=(lo, hi + 1),
                   final_repeats=0, accel_latency="accel")
     seconds = time.perf_counter() - t0
-    model = onnx.load(str(out / "model.onnx")) if rep["best"] is not None else None
+    model = make_batch_dynamic(onnx.load(str(out / "model.onnx"))) if rep["best"] is not None \
+        else None
     bits = {}
     if model is not None:
         with warnings.catch_warnings():
