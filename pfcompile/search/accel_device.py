@@ -308,9 +308,9 @@ class AccelSearchDevice:
         if not (math.isfinite(max_err) and max_err <= tol):
             return AccelMeasurement(None, f"accelerator output differs from onnxruntime: max abs "
                                     f"error {max_err:.3g} > tolerance {tol:.3g}", str(prog),
-                                    max_err, details)
+                                    max_abs_diff=max_err, details=details)
         ms = m.accel_ms_simulated + (m.host_ms_median if self.latency == "total" else 0.0)
-        return AccelMeasurement(ms, None, str(prog), max_err, details)
+        return AccelMeasurement(ms, None, str(prog), max_abs_diff=max_err, details=details)
 
     # -- kernels --------------------------------------------------------------------
     def measure_kernels(self, kernels: list[Kernel]) -> list[float | None]:
