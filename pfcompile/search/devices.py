@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -373,21 +373,17 @@ class RPCDevice:
                       given: float | None = None) -> Measurement:
         """Measure ``model`` (the unmodified one) and time later candidates against it.
         ``given``: the reference latency to scale by (a resumed run keeps its baseline's)."""
-        prep = self._prepare(model, work_dir)
-        if isinstance(prep, Measurement):
-            return prep
-        so, feeds, want = prep
-        try:
-            sess = self._session(self.timeout_s)
-            ms, diff = self._run(sess, so, feeds, want, 1, self._rounds, self._round_ms)
-        except Exception as exc:  # noqa: BLE001 - a failure is a value
-            return self._failed(exc, so)
-        if not math.isfinite(ms):
-            return Measurement(None, "device returned a non-finite time", str(so))
-        self._ref = {"so": str(so), "feeds": feeds, "ms": ms if given is None else float(given)}
-        return Measurement(self._ref["ms"], None, str(so), diff, raw_ms=ms)
+        self._ref = None
+        m = self.measure_model(model, work_dir)
+        if not m.ok:
+            return m
+        ms = m.latency_ms if given is None else float(given)
+        self._ref = {"so": m.so_path, "feeds": _random_feeds(model), "ms": ms}
+        return replace(m, latency_ms=ms)
 
     def measure_model(self, model: onnx.ModelProto, work_dir: Path) -> Measurement:
+        """Compile (cached in ``work_dir``), verify against onnxruntime, time: paired
+        with the reference once there is one, else the median of the same rounds."""
         prep = self._prepare(model, work_dir)
         if isinstance(prep, Measurement):
             return prep
@@ -397,8 +393,7 @@ class RPCDevice:
             if self._ref is not None:
                 ms, raw, diff = self._paired(sess, so, feeds, want)
             else:
-                ms, diff = self._run(sess, so, feeds, want, self.number, self.repeat,
-                                     self.min_repeat_ms)
+                ms, diff = self._run(sess, so, feeds, want, 1, self._rounds, self._round_ms)
                 raw = ms
         except Exception as exc:  # noqa: BLE001 - a failure is a value
             return self._failed(exc, so)
