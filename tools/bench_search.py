@@ -61,14 +61,21 @@ def prepare(name: str, out: Path, epochs: int) -> tuple[Path, Dataset, Dataset]:
             Dataset({"input": d["x_train"][:32]}, None, "digits32-train[:32]"))
 
 
-def remeasure(dev: RPCDevice, models: dict[str, object], art: Path, repeats: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in models}
+def remeasure(dev: RPCDevice, models: dict[str, object], art: Path, repeats: int
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """(paired, raw) medians: every model timed alternating with the baseline in one
+    session (paired: baseline ms x median ratio), ``repeats`` interleaved rounds."""
+    dev.set_reference(models["baseline"], art / "baseline")
+    paired: dict[str, list[float]] = {k: [] for k in models}
+    raw: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(repeats):
         for name, m in models.items():  # interleaved: drift hits all alike
             r = dev.measure_model(m, art / name)
             if r.ok:
-                times[name].append(r.latency_ms)
-    return {k: float(np.median(v)) if v else float("nan") for k, v in times.items()}
+                paired[name].append(r.latency_ms)
+                raw[name].append(r.raw_ms)
+    med = lambda d: {k: float(np.median(v)) if v else float("nan") for k, v in d.items()}
+    return med(paired), med(raw)
 
 
 def main() -> None:
@@ -126,9 +133,12 @@ def main() -> None:
                 for s, (r, _) in results.items():
                     if s == "hw":
                         continue
+                    # paired latencies are ratios to that run's baseline: put them on hw's scale
+                    scale = hw_r.baseline["latency_ms"] / r.baseline["latency_ms"]
                     for t in r.trials:
                         if t["status"] == "ok":
-                            pts.append((lm.predict(extract_kernels(_model_of(r, t, model))), t["latency_ms"]))
+                            pts.append((lm.predict(extract_kernels(_model_of(r, t, model))),
+                                        t["latency_ms"] * scale))
                 if pts:
                     p, m = np.array(pts).T
                     held = {"within_10pct": float(np.mean(np.abs(p - m) / m <= 0.1)),
@@ -138,12 +148,13 @@ def main() -> None:
             for s, (r, _) in results.items():
                 if r.best_model is not None:
                     finals[s] = r.best_model
-            med = remeasure(dev, finals, out / "final" / mname, args.final_repeats)
+            med, raw = remeasure(dev, finals, out / "final" / mname, args.final_repeats)
             for s, (r, secs) in results.items():
                 cm = cost_model_stats(r.trials)
                 rows.append({
                     "model": mname, "strategy": s, "baseline_ms": med["baseline"],
                     "best_ms": med.get(s), "speedup": med["baseline"] / med[s] if s in med else 1.0,
+                    "raw_speedup": raw["baseline"] / raw[s] if s in raw else 1.0,
                     "acc_drop": r.best["acc_drop"] if r.best else None,
                     "trials": len(r.trials), "failed": sum(t["status"] != "ok" for t in r.trials),
                     "device_measurements": r.device_measurements,
@@ -157,9 +168,11 @@ def main() -> None:
     (out / "bench.json").write_text(json.dumps(rows, indent=1, default=float))
     print(f"\nhost CPU over TVM RPC, {args.threads} TVM thread(s), budget {args.budget} candidate "
           f"measurements per strategy, max accuracy drop {args.max_acc_drop} points; latencies are "
-          f"medians of {args.final_repeats} interleaved re-measurements")
+          f"medians of {args.final_repeats} interleaved re-measurements, each paired with the "
+          f"baseline in one session (speedup: paired ratio; raw x: ratio of the raw medians)")
     hdr = (f"{'model':<13}{'strategy':<10}{'base ms':>9}{'best ms':>9}{'speedup':>8}{'drop':>7}"
-           f"{'trials':>7}{'fail':>5}{'kern':>6}{'cm<=10%':>8}{'tau':>7}{'n':>4}{'sec':>6}{'inner':>6}")
+           f"{'raw x':>7}{'trials':>7}{'fail':>5}{'kern':>6}{'cm<=10%':>8}{'tau':>7}{'n':>4}{'sec':>6}"
+           f"{'inner':>6}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -167,7 +180,8 @@ def main() -> None:
             continue
         f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
         print(f"{r['model']:<13}{r['strategy']:<10}{f(r['baseline_ms'])+'':>9}{f(r['best_ms']):>9}"
-              f"{f(r['speedup']):>8}{f(r['acc_drop']):>7}{r['trials']:>7}{r['failed']:>5}"
+              f"{f(r['speedup']):>8}{f(r['acc_drop']):>7}{f(r['raw_speedup']):>7}{r['trials']:>7}"
+              f"{r['failed']:>5}"
               f"{r['kernel_measurements']:>6}{f(r['cm_within_10pct']):>8}{f(r['cm_tau']):>7}"
               f"{r['cm_n']:>4}{r['seconds']:>6.0f}{f(r.get('inner'), 0):>6}")
     for r in rows:
