@@ -403,28 +403,35 @@ class RPCDevice:
 
     # -- kernels -------------------------------------------------------------
     def measure_kernels(self, kernels: list[Kernel], work_dir: Path | None = None) -> list[float | None]:
-        """Each kernel's fused PrimFunc(s) timed on the device, paired with the
-        reference kernel (see the module docstring); ``None`` for a kernel that
-        cannot be built or run."""
+        """Each kernel timed on the device, paired with the reference kernel (see the
+        module docstring): a float kernel as its fused PrimFunc(s) (one library for
+        the batch); an integer one (``bits`` < 32, lowered by ``pfcompile.quantexec``
+        through another pipeline) as its whole one-kernel library, which also holds
+        the quantize/dequantize at its edges. ``None`` for a kernel that cannot be
+        built or run."""
         import tempfile
+
+        import tvm
 
         from pfcompile.codegen.kernels import _args
 
-        funcs: list = []
-        spans: list[tuple[int, int] | None] = []
-        ref_funcs = kernel_primfuncs(REFERENCE_KERNEL, self.target)
-        funcs.extend(ref_funcs)
-        for k in kernels:
-            try:
-                fs = kernel_primfuncs(k, self.target)
-            except Exception:  # noqa: BLE001 - a kernel that cannot be built is None
-                spans.append(None)
-                continue
-            spans.append((len(funcs), len(funcs) + len(fs)) if fs else None)
-            funcs.extend(fs)
-        out: list[float | None] = [None] * len(kernels)
+        funcs: list = list(kernel_primfuncs(REFERENCE_KERNEL, self.target))
+        nref = len(funcs)
+        plan: list[tuple[str, object] | None] = []   # ("funcs", (lo, hi)) | ("model", so)
         tmp = Path(tempfile.mkdtemp(prefix="pfk_", dir=work_dir))
+        out: list[float | None] = [None] * len(kernels)
         try:
+            for i, k in enumerate(kernels):
+                try:
+                    if k.bits < 32:
+                        plan.append(("model", compile_onnx(kernel_model(k), self.target, tmp / f"m{i}")))
+                        continue
+                    fs = kernel_primfuncs(k, self.target)
+                except Exception:  # noqa: BLE001 - a kernel that cannot be built is None
+                    plan.append(None)
+                    continue
+                plan.append(("funcs", (len(funcs), len(funcs) + len(fs))) if fs else None)
+                funcs.extend(fs)
             lib = _primfunc_library(funcs, self.target)
             so = tmp / "kernels.so"
             if self.target.cross_compiler:
@@ -442,24 +449,32 @@ class RPCDevice:
             evals = [rmod.time_evaluator(f"k{i}", dev, number=1, repeat=1, min_repeat_ms=ms)
                      for i in range(len(funcs))]
 
-            def t(lo: int, hi: int) -> float:
-                return sum(evals[i](*args[i]).mean for i in range(lo, hi))
+            def span_timer(lo: int, hi: int):
+                return lambda: sum(evals[i](*args[i]).mean for i in range(lo, hi))
 
-            nref = len(ref_funcs)
+            ref = span_timer(0, nref)
             if self.kernel_reference_ms is None:
-                t(0, nref)  # warm-up
-                self.kernel_reference_ms = 1e3 * float(np.median([t(0, nref) for _ in range(9)]))
-            for j, span in enumerate(spans):
-                if span is None:
+                ref()  # warm-up
+                self.kernel_reference_ms = 1e3 * float(np.median([ref() for _ in range(9)]))
+            for j, step in enumerate(plan):
+                if step is None:
                     continue
                 try:
-                    t(*span)  # warm-up
+                    if step[0] == "funcs":
+                        timed = span_timer(*step[1])
+                    else:
+                        m = kernel_model(kernels[j])
+                        vm = self._load(sess, step[1])
+                        vargs = [tvm.runtime.tensor(v, dev) for v in _random_feeds(m).values()]
+                        fe = vm.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=ms)
+                        timed = (lambda fe=fe, vargs=vargs: fe(*vargs).mean)
+                    timed()  # warm-up
                     ratios = []
                     for r in range(5):
                         if r % 2 == 0:
-                            tr, tk = t(0, nref), t(*span)
+                            tr, tk = ref(), timed()
                         else:
-                            tk, tr = t(*span), t(0, nref)
+                            tk, tr = timed(), ref()
                         ratios.append(tk / tr)
                     out[j] = float(np.median(ratios)) * self.kernel_reference_ms
                 except Exception:  # noqa: BLE001 - a kernel that fails to run is None
