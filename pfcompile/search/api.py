@@ -13,8 +13,10 @@ import onnx
 from pfcompile.data import Dataset, load_npz
 from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
+from pfcompile.measure import QUANT_RANGE_FRACTION
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.search.devices import NullDevice, RPCDevice
+from pfcompile.search.knobs import parse_bits
 from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
@@ -82,18 +84,22 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         raise SearchError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
                           "or choose another -o")
     server = None
+    # QDQ candidates (--bits) are checked against onnxruntime at the tolerance
+    # `pfcompile measure` uses for quantized models (a fraction of the output range):
+    # the integer kernels round differently from onnxruntime's QDQ reference
+    dev_kw = {"rtol": QUANT_RANGE_FRACTION} if parse_bits(settings.bits, tgt) is not None else {}
     if null_device:
         dev = NullDevice()
     elif rpc:
-        dev = RPCDevice(tgt, tracker=rpc, key=key or tgt.rpc_key)
+        dev = RPCDevice(tgt, tracker=rpc, key=key or tgt.rpc_key, **dev_kw)
         _parse_hostport(rpc, "--rpc")
     elif device:
         h, p = _parse_hostport(device, "--device")
-        dev = RPCDevice(tgt, host=h, port=p)
+        dev = RPCDevice(tgt, host=h, port=p, **dev_kw)
     elif tgt.is_host:
         server = serve(tgt, "127.0.0.1", free_port("127.0.0.1", port_range[0], port_range[1] - 1),
                        threads=threads)
-        dev = RPCDevice(tgt, port=server.port)
+        dev = RPCDevice(tgt, port=server.port, **dev_kw)
     else:
         raise DeviceError(f"target '{tgt.name}' is not this machine: start its device (for the "
                           f"emulated one: `pfcompile device serve --target {tgt.name}`) and pass "

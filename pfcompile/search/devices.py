@@ -36,6 +36,7 @@ __all__ = [
     "RPCDevice",
     "compile_onnx",
     "kernel_model",
+    "qdq_kernel_model",
 ]
 
 
@@ -53,7 +54,48 @@ class Measurement:
 
 # ----------------------------------------------------------------------------- kernel models
 def kernel_model(k: Kernel, seed: int = 0) -> onnx.ModelProto:
-    """A one-kernel ONNX model reproducing ``k`` (anchor op + epilogue)."""
+    """A one-kernel ONNX model reproducing ``k`` (anchor op + epilogue); a weighted
+    kernel with ``bits`` < 32 is the QDQ form of it (see :func:`qdq_kernel_model`)."""
+    if k.bits < 32 and k.op in ("conv", "dwconv", "gconv", "gemm"):
+        return qdq_kernel_model(k, seed)
+    return _float_kernel_model(k, seed)
+
+
+def qdq_kernel_model(k: Kernel, seed: int = 0) -> onnx.ModelProto:
+    """The integer form of weighted kernel ``k``: the float one-kernel model through the
+    quantize pass (weights at ``k.bits`` per channel, uint8 input calibrated on random
+    inputs), plus a QuantizeLinear -> DequantizeLinear at the output when the epilogue
+    is Relu / Clip only (as the next layer's input quantize is in a quantized model;
+    other epilogues run in float after the int32 accumulation, as they do there).
+    ``pfcompile.quantexec`` lowers it to an integer kernel. Its time also holds the
+    quantize of the float input (and the dequantize of the output), which a kernel in
+    a quantized model does not pay: it overestimates by one elementwise pass."""
+    from pfcompile.data import Dataset
+    from pfcompile.ir import to_proto
+    from pfcompile.passes.quantize import QuantConfig, quantize
+
+    if not 2 <= k.bits <= 8:
+        raise DeviceError(f"kernel {k.key}: no integer form for {k.bits}-bit weights (2..8)")
+    fm = _float_kernel_model(k, seed)
+    rng = np.random.default_rng(seed + 1)
+    feeds = {vi.name: rng.standard_normal(
+        [4] + [int(d.dim_value) for d in vi.type.tensor_type.shape.dim][1:]).astype(np.float32)
+        for vi in fm.graph.input}
+    q = to_proto(quantize(fm, QuantConfig(bits=k.bits, bias_correction=False),
+                          Dataset(feeds, None, "random")).model)
+    if k.epilogue and set(k.epilogue) <= {"Relu", "Clip"}:
+        out = q.graph.output[0]
+        y = out.name
+        q.graph.initializer.extend([numpy_helper.from_array(np.array(0.05, np.float32), "y_scale"),
+                                    numpy_helper.from_array(np.array(0, np.uint8), "y_zero_point")])
+        q.graph.node.extend([
+            helper.make_node("QuantizeLinear", [y, "y_scale", "y_zero_point"], ["y_q"]),
+            helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero_point"], ["y_dq"])])
+        out.name = "y_dq"
+    return q
+
+
+def _float_kernel_model(k: Kernel, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(k.in_shape))]
     inits: list[TensorProto] = []
