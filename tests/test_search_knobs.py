@@ -307,10 +307,14 @@ def test_null_device_search_with_bits_and_sparsity(tmp_path, demo, host):
 
 def test_null_device_search_bits_without_calib_uses_data(tmp_path, demo, host):
     m, val, _ = demo
-    s = SearchSettings(strategy="random", bits="8,32", seed=0, **{**FAST, "budget": 2})
+    s = SearchSettings(strategy="random", bits=(8, 32), seed=0, **{**FAST, "budget": 2})
     res = run_search(m, host, NullDevice(), val, tmp_path / "run", s)
     assert all(t["status"] == "ok" for t in res.trials)
     assert any(t["bits"] for t in res.trials)
+    # resume with the same knobs given as a tuple (the log holds a JSON list): accepted
+    more = run_search(m, host, NullDevice(), val, tmp_path / "run",
+                      SearchSettings(strategy="random", bits=(8, 32), seed=0, **{**FAST, "budget": 3}))
+    assert len(more.trials) == 3 and more.trials[:2] == res.trials
 
 
 def _app():

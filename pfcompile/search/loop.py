@@ -52,8 +52,8 @@ class SearchSettings:
     calib_samples: int = 32          # LASSO pruning: calibration samples (time grows fast)
     # per-layer knobs (off by default): "auto" (the target's / the sparsify pass's
     # choices) or comma-separated values, see pfcompile.search.knobs
-    bits: str | None = None          # e.g. "8,32" or "auto"
-    sparsity: str | None = None      # e.g. "0,0.5,0.75" or "auto"
+    bits: str | tuple[int, ...] | None = None          # e.g. "8,32", (8, 32) or "auto"
+    sparsity: str | tuple[float, ...] | None = None    # e.g. "0,0.5,0.75" or "auto"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -162,7 +162,9 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     if meta is not None:
         old = meta.get("settings", {})
         for key in ("bits", "sparsity"):
-            if old.get(key) != getattr(settings, key):
+            was, now = old.get(key), getattr(settings, key)
+            if (list(was) if isinstance(was, (list, tuple)) else was) != \
+                    (list(now) if isinstance(now, (list, tuple)) else now):
                 raise SearchError(f"{run_dir} holds a run with --{key} {old.get(key)}; resume it "
                                   f"with the same --{key}, or use a new run folder")
     if meta is None:
