@@ -377,3 +377,15 @@ def test_host_end_to_end_with_bits(tmp_path, demo, host):
     finally:
         srv.stop()
     assert times[0] is not None and 0 < times[0] < 1000
+
+
+def test_report_names_the_best_candidates_layer_knobs(tmp_path, demo, host):
+    from pfcompile.search.report import build_report
+
+    m, val, cal = demo
+    s = SearchSettings(strategy="random", bits="8,32", sparsity="0,0.25", seed=3,
+                       **{**FAST, "budget": 2, "max_acc_drop": 100.0})
+    res = run_search(m, host, NullDevice(), val, tmp_path / "run", s, calib=cal)
+    rep = build_report(res)
+    assert rep["best"] is not None
+    assert rep["best"]["bits"] == res.best["bits"] and rep["best"]["sparsity"] == res.best["sparsity"]
