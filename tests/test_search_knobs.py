@@ -389,3 +389,20 @@ def test_report_names_the_best_candidates_layer_knobs(tmp_path, demo, host):
     rep = build_report(res)
     assert rep["best"] is not None
     assert rep["best"]["bits"] == res.best["bits"] and rep["best"]["sparsity"] == res.best["sparsity"]
+
+
+def test_integer_only_space_quantizes_its_default(demo):
+    """bit_choices(include_float=False): the default (widest integer) config is applied."""
+    m, _, cal = demo
+    bf = load_target("fpga-bitfusion")
+    sp = build_space(m, bf.hardware, bits=bit_choices(bf, include_float=False))
+    assert all(k.default == 8 for k in sp.knobs if k.kind == "bits")
+    q = compress(m, sp, sp.default(), cal)
+    assert sum(t.name.endswith("_q") for t in q.graph.initializer) == 12
+    four = next(k for k in sp.knobs if k.kind == "bits")
+    q4 = compress(m, sp, {**sp.default(), four.name: 4}, cal)
+    w4 = next(numpy_helper.to_array(t) for t in q4.graph.initializer
+              if t.name.endswith("_q") and t.data_type == 3
+              and t.name.removesuffix("_q") == next(x.weight.name for x in weighted_layers(as_ir(m))
+                                                    if x.name == four.target))
+    assert np.abs(w4).max() <= 7  # 4-bit weights in the int8 container

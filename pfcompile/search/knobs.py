@@ -55,7 +55,9 @@ def bit_choices(target: Target, *, include_float: bool = True) -> tuple[int, ...
     CPU targets: ``(32, 8)``. Accelerator targets: 32 (the layer runs on the host in
     float) and the ``[accelerator] weight_bits`` the quantize pass can write (2..8).
     ``include_float=False`` leaves out 32 (for a search where every layer must be
-    quantized; its knobs' default is then the widest integer width)."""
+    quantized; its knobs' default is then the widest integer width, so the space's
+    default config is the all-integer model, not the unmodified one: a caller
+    measuring the float model as its baseline should not mark the default as seen)."""
     if target.is_accelerator:
         from pfcompile.accel.config import AccelConfig
 

@@ -34,6 +34,8 @@ from pfcompile.search.knobs import FLOAT_BITS, apply_bits, apply_sparsity
 
 __all__ = ["Knob", "SearchSpace", "build_space", "compress", "config_hash", "prune_config"]
 
+_UNMODIFIED = {"bits": FLOAT_BITS, "sparsity": 0.0}  # the value that leaves a layer as it is
+
 
 @dataclass(frozen=True)
 class Knob:
@@ -115,9 +117,11 @@ class SearchSpace:
         return {k.target: config[k.name] / k.full for k in self.knobs if k.kind == "keep"}
 
     def layer_values(self, config: dict, kind: str) -> dict[str, object]:
-        """Layer -> value of the ``kind`` (``bits`` / ``sparsity``) knobs not at their default."""
+        """Layer -> value of the ``kind`` (``bits`` / ``sparsity``) knobs that change the
+        layer (not 32 bits / not 0.0 sparsity)."""
+        unmodified = _UNMODIFIED[kind]
         return {k.target: config[k.name] for k in self.knobs
-                if k.kind == kind and k.name in config and config[k.name] != k.default}
+                if k.kind == kind and k.name in config and config[k.name] != unmodified}
 
     def kinds(self) -> tuple[str, ...]:
         """The knob kinds present, in a fixed order."""
@@ -156,14 +160,16 @@ def build_space(model: onnx.ModelProto, hardware: dict | None = None, *,
     ``bits`` / ``sparsity``: the choices of one ``bits:<layer>`` / ``sparsity:<layer>``
     knob per weighted layer (``pfcompile.search.knobs.parse_bits`` /
     ``parse_sparsity`` / ``bit_choices`` make them); None = no such knobs. The
-    default is 32 (float) / 0.0 when it is a choice, else the first choice."""
+    default is 32 (float) / 0.0 when it is a choice, else the first choice (then the
+    default config is not the unmodified model: ``compress`` applies it)."""
     if not 0 < min_keep <= 1:
         raise ConfigError(f"min_keep must be in (0, 1], got {min_keep}")
     knobs = _keep_knobs(model, hardware, min_keep)
     lanes = int((hardware or {}).get("fp32_lanes", 8))
     if bits is not None or sparsity is not None:
         layers = weighted_layers(to_ir(model))
-        for kind, choices, unmodified in (("sparsity", sparsity, 0.0), ("bits", bits, FLOAT_BITS)):
+        for kind, choices in (("sparsity", sparsity), ("bits", bits)):
+            unmodified = _UNMODIFIED[kind]
             if choices is None:
                 continue
             choices = tuple(choices)
