@@ -406,3 +406,30 @@ def test_integer_only_space_quantizes_its_default(demo):
               and t.name.removesuffix("_q") == next(x.weight.name for x in weighted_layers(as_ir(m))
                                                     if x.name == four.target))
     assert np.abs(w4).max() <= 7  # 4-bit weights in the int8 container
+
+
+def test_mixed_precision_candidate_compiles_with_float_schedules(tmp_path, demo, space, host, monkeypatch):
+    """A candidate with some layers int8 and the rest float: the integer layers are
+    lowered, the float ones go through pfcompile's code generation (not TVM's
+    unscheduled defaults), and the result matches onnxruntime at the quantized tolerance."""
+    import tvm
+    from tvm import relax
+
+    from pfcompile import codegen
+    from pfcompile.compiler import compile_model
+
+    m, val, cal = demo
+    layers = _layers(m)
+    q = compress(m, space, {**space.default(), f"bits:{layers[3]}": 8, f"bits:{layers[7]}": 8}, cal)
+    calls = []
+    real = codegen.build
+    monkeypatch.setattr(codegen, "build", lambda *a, **k: calls.append(1) or real(*a, **k))
+    art = compile_model(q, host, tmp_path / "c")
+    assert calls, "the float layers of a mixed model were not built by pfcompile.codegen"
+    paths = [x["path"] for x in json.loads((tmp_path / "c" / "model.json").read_text())["layers"]]
+    assert paths.count("int8") == 2 and paths.count("float") == 10
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(art.so_path)), tvm.cpu())
+    x = val.inputs["input"][:4]
+    got = np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy() for i in range(len(x))])
+    ref = _ort(q, x)
+    assert np.abs(got - ref).max() <= QUANT_RANGE_FRACTION * np.abs(ref).max()

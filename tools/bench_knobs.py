@@ -62,6 +62,7 @@ def main() -> None:
         "float (unmodified)": d,
         "int8 every layer": {**d, **{k.name: 8 for k in bits}},
         "int8 all but first/last": {**d, **{k.name: 8 for k in bits[1:-1]}},
+        "int8 on 2 of 12 layers": {**d, bits[3].name: 8, bits[7].name: 8},
         "keep 50% (LASSO)": sp.uniform(0.5),
         "keep 50% + int8": {**sp.uniform(0.5), **{k.name: 8 for k in bits}},
         "sparsity 50% every layer": {**d, **{k.name: 0.5 for k in sparse}},
