@@ -108,9 +108,12 @@ def build_executable(mod, target: Target, *, integer: bool = False,
             mod, reports = lower_qdq(mod, target, layer_names)
             if any(r.path == "float" for r in reports):
                 # float conv / matmul layers left beside the integer kernels (a mixed-precision
-                # model) need pfcompile's float schedules: the integer pipeline would leave
-                # them to TVM's unscheduled defaults (measured on the demo with 2 of 12 layers
-                # int8: 35.5 ms that way, 1.19 ms with codegen; tools/bench_knobs.py)
+                # model) need pfcompile's float schedules: the integer pipeline leaves them to
+                # TVM's unscheduled defaults. Measured on the demo (one run, same load): 2 of 12
+                # layers int8: 28.6 ms that way, 0.86 ms with codegen. The price: codegen's
+                # blocked layouts around the NCHW integer kernels; with every layer int8 it
+                # would take 1.81 ms against the integer pipeline's 0.94 ms, hence the rule.
+                # A finer rule (by the float layers' share of MACs) is left open.
                 from pfcompile import codegen
 
                 ex = codegen.build(mod, target, records_dir=records_dir)
