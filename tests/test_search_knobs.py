@@ -277,6 +277,13 @@ def test_size_goal_ranks_by_predicted_size(space):
                        pool=16, size_of=lambda c: 0.4 - 0.03 * n8(c))
     props = st.propose(2)
     assert all(0.4 - 0.03 * n8(p.config) <= 0.2 for p in props[:1])
+    # nothing in the pool fits: the nearest to the budget comes first
+    far = make_strategy("hw", space, Goal(5.0, size_mb=0.01), 0, 4, lambda c: 1.0, lambda c: 0.0,
+                        pool=16, size_of=lambda c: 0.4 - 0.03 * n8(c))
+    pool = far._pool()
+    far.rng = np.random.default_rng(0)
+    top = far.propose(1)[0]
+    assert n8(top.config) == max(n8(c) for c in pool)
 
 
 # ----------------------------------------------------------------------------- loop / CLI

@@ -182,7 +182,10 @@ class ModelGuided(Strategy):
             relaxed = Goal(self.goal.max_acc_drop + self.drop_margin, self.goal.latency_ms,
                            self.goal.size_mb)
             size = self.size_of(cfg) if self.size_of is not None else 0.0
-            scored.append((relaxed.cost(ms, drop, size), cfg, ms, drop))
+            cost = relaxed.cost(ms, drop, size)
+            if self.size_of is not None and self.goal.size_mb:  # over the size budget: nearer is better
+                cost += 1e4 * max(0.0, size / self.goal.size_mb - 1.0)
+            scored.append((cost, cfg, ms, drop))
         scored.sort(key=lambda t: t[0])
         picks = scored[:n]
         if n >= 2 and len(scored) > n:  # explore: swap the last pick for a random feasible one
