@@ -440,3 +440,21 @@ def test_mixed_precision_candidate_compiles_with_float_schedules(tmp_path, demo,
     got = np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy() for i in range(len(x))])
     ref = _ort(q, x)
     assert np.abs(got - ref).max() <= QUANT_RANGE_FRACTION * np.abs(ref).max()
+
+
+def test_quantize_pass_skip_leaves_layers_float(demo):
+    from pfcompile.passes.quantize import QuantConfig, quantize
+
+    m, _, cal = demo
+    layers = _layers(m)
+    res = quantize(m, QuantConfig(skip=tuple(layers[1:])), cal)
+    assert res.modified
+    dq_w = [n for n in res.model.graph if n.op_type == "DequantizeLinear"
+            and n.inputs[0].const_value is not None and n.inputs[0].name.endswith("_q")]
+    assert len(dq_w) == 1  # only the first layer's weight
+    with pytest.raises(ConfigError, match="both given bits and skipped"):
+        QuantConfig(layers=((layers[0], 4),), skip=(layers[0],))
+    with pytest.raises(ConfigError, match="unknown layer"):
+        quantize(m, QuantConfig(skip=("/no/such/Conv",)), cal)
+    with pytest.raises(PassError, match="nothing to quantize"):
+        quantize(m, QuantConfig(skip=tuple(layers)), cal)
