@@ -100,6 +100,9 @@ class QuantConfig:
         "search": (8, 6, 4), "per_layer": False})
     layers: tuple[tuple[str, int], ...] = field(default=(), metadata={
         "help": "per-layer weight bit widths (layer name, bits) overriding `bits`"})
+    skip: tuple[str, ...] = field(default=(), metadata={
+        "help": "layers left in float (no weight or input-activation Q/DQ); other readers of "
+                "a quantized layer's input are unaffected"})
     calib: str = field(default="minmax", metadata={
         "help": "activation range method", "search": CALIB_METHODS, "per_layer": False})
     percentile: float = field(default=99.99, metadata={
@@ -116,6 +119,10 @@ class QuantConfig:
             _check_bits(self.act_bits, "QuantConfig.act_bits")
         for name, b in self.layers:
             _check_bits(b, f"bits of layer '{name}'")
+        object.__setattr__(self, "skip", tuple(str(x) for x in self.skip))
+        both = sorted(set(self.skip) & {n for n, _ in self.layers})
+        if both:
+            raise ConfigError(f"layer(s) {both} are both given bits and skipped (left in float)")
         if self.calib not in CALIB_METHODS:
             raise ConfigError(f"calibration method '{self.calib}' is not one of {', '.join(CALIB_METHODS)}")
         if not 50.0 < float(self.percentile) <= 100.0:
@@ -274,8 +281,11 @@ class QuantizePass(FunctionalPass):
         layers = weighted_layers(model)
         if not layers:
             raise PassError("model has no Conv / Gemm / MatMul with a float initializer weight to quantize")
-        check_layer_names([n for n, _ in self.config.layers], {x.name: x for x in layers},
-                          "the quantize config")
+        check_layer_names([n for n, _ in self.config.layers] + list(self.config.skip),
+                          {x.name: x for x in layers}, "the quantize config")
+        layers = [x for x in layers if x.name not in set(self.config.skip)]
+        if not layers:
+            raise PassError("every weighted layer is in the quantize config's `skip`: nothing to quantize")
         opset = model.opset_imports.get("", 0)
         if opset < 13:
             raise PassError(f"per-channel DequantizeLinear needs opset >= 13, the model imports opset {opset}")

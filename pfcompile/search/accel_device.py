@@ -4,12 +4,16 @@ Three pieces plug the simulated accelerator into the same search loop
 (:func:`pfcompile.search.loop.run_search`) that CPU targets use:
 
 * :class:`AccelDeployer` (the loop's :class:`~pfcompile.search.loop.Deployer`): a config
-  becomes the model the accelerator runs: the channel-pruning pass (``keep:`` knobs,
-  :func:`pfcompile.search.space.compress`), then static QDQ quantization
+  becomes the model the accelerator runs: the channel-pruning pass (``keep:`` knobs) and
+  the sparsify pass (``sparsity:`` knobs, when searched; no latency effect here) with
+  :func:`pfcompile.search.space.compress`, then static QDQ quantization
   (onnxruntime, per-channel int8 weights, uint8 activations, calibrated on the
   calibration data; :func:`pfcompile.accel.mixed.quantize_qdq`), then the per-layer bit
-  widths of the config (:func:`pfcompile.accel.mixed.apply_bits`; 8/8 where the config
-  says nothing). The baseline (default config) is therefore *uniform 8-bit*, the
+  widths of the config's ``bits:<layer>`` knobs (:func:`pfcompile.accel.mixed.apply_bits`;
+  a width applies to the layer's weights and its input activation; 8/8 where the config
+  says nothing). Not the quantize pass that ``compress`` applies on CPU targets: its QDQ
+  form leaves residual Adds in float, so the convs before them would not match the
+  accelerator's integer-layer pattern and would run on the host. The baseline (default config) is therefore *uniform 8-bit*, the
   reference every speedup is relative to. Accuracy is scored on this QDQ model
   (onnxruntime fake-quant), against the float original.
 * Accelerator kernels (:func:`accel_kernels`): one :class:`~pfcompile.search.graph.Kernel`
@@ -110,9 +114,10 @@ def _width_ok(v, accel_cfg) -> bool:
     return 2 <= w <= 8 and 2 <= a <= 8 and accel_cfg.operand_bits(w, a) is not None
 
 
-def _keep_only(space: SearchSpace, config: dict) -> dict:
-    """The config with every non-keep knob at its default (what the pruning pass applies)."""
-    return {k.name: (config.get(k.name, k.default) if k.kind == "keep" else k.default)
+def _float_part(space: SearchSpace, config: dict) -> dict:
+    """The config with its ``bits`` knobs at their default: what ``compress`` applies before
+    the accelerator's quantization (pruning, sparsity)."""
+    return {k.name: (k.default if k.kind == "bits" else config.get(k.name, k.default))
             for k in space.knobs}
 
 
@@ -204,7 +209,7 @@ class AccelDeployer:
         from pfcompile.accel.mixed import apply_bits, quantize_qdq
 
         space.validate(config)
-        pruned = compress(model, space, _keep_only(space, config), calib,
+        pruned = compress(model, space, _float_part(space, config), calib,
                           calib_samples=calib_samples)
         bits = bits_of_config(space, config)
         with tempfile.TemporaryDirectory(prefix="pfq_") as tmp:
@@ -224,7 +229,7 @@ class AccelDeployer:
         if h not in self._kernels:
             if len(self._kernels) > 1024:
                 self._kernels.clear()
-            pruned = compress(model, space, _keep_only(space, config))
+            pruned = compress(model, space, _float_part(space, config))
             self._kernels[h] = accel_kernels(pruned, bits_of_config(space, config), self.accel)
         return self._kernels[h]
 

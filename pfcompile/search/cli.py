@@ -95,6 +95,12 @@ def register(app: typer.Typer) -> None:
         train: Annotated[Path | None, typer.Option(
             "--train", help="training data for --finetune (default: --calib, else --data)")] = None,
         finetune_epochs: Annotated[int, typer.Option(help="epochs of --finetune")] = 10,
+        bits: Annotated[str | None, typer.Option(
+            "--bits", help="also search a bit width per layer: 'auto' (the target's widths; "
+            "host: 32,8) or a list such as 8,32 (32 = float, always included)")] = None,
+        sparsity: Annotated[str | None, typer.Option(
+            "--sparsity", help="also search a weight sparsity per layer: 'auto' (the sparsify "
+            "pass's values) or a list such as 0,0.5,0.75 (0 always included)")] = None,
         accel_latency: Annotated[str, typer.Option(
             help="accelerator targets: optimize 'total' (simulated accelerator + measured host "
                  "ops) or 'accel' (simulated accelerator only)")] = "total",
@@ -107,7 +113,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         settings = SearchSettings(strategy=strategy, budget=budget, max_acc_drop=max_acc_drop,
                                   speedup=speedup, latency_ms=latency_ms, size_mb=size_mb, seed=seed,
-                                  calib_samples=calib_samples)
+                                  calib_samples=calib_samples, bits=bits, sparsity=sparsity)
         prog = _Progress(budget, console)
         with prog.live:
             rep = run(model, target, data=data, calib=calib, settings=settings, device=device,

@@ -55,6 +55,7 @@ __all__ = [
     "compile_onnx",
     "kernel_model",
     "kernel_primfuncs",
+    "qdq_kernel_model",
 ]
 
 
@@ -74,7 +75,48 @@ class Measurement:
 
 # ----------------------------------------------------------------------------- kernel models
 def kernel_model(k: Kernel, seed: int = 0) -> onnx.ModelProto:
-    """A one-kernel ONNX model reproducing ``k`` (anchor op + epilogue)."""
+    """A one-kernel ONNX model reproducing ``k`` (anchor op + epilogue); a weighted
+    kernel with ``bits`` < 32 is the QDQ form of it (see :func:`qdq_kernel_model`)."""
+    if k.bits < 32 and k.op in ("conv", "dwconv", "gconv", "gemm"):
+        return qdq_kernel_model(k, seed)
+    return _float_kernel_model(k, seed)
+
+
+def qdq_kernel_model(k: Kernel, seed: int = 0) -> onnx.ModelProto:
+    """The integer form of weighted kernel ``k``: the float one-kernel model through the
+    quantize pass (weights at ``k.bits`` per channel, uint8 input calibrated on random
+    inputs), plus a QuantizeLinear -> DequantizeLinear at the output when the epilogue
+    is Relu / Clip only (as the next layer's input quantize is in a quantized model;
+    other epilogues run in float after the int32 accumulation, as they do there).
+    ``pfcompile.quantexec`` lowers it to an integer kernel. Its time also holds the
+    quantize of the float input (and the dequantize of the output), which a kernel in
+    a quantized model does not pay: it overestimates by one elementwise pass."""
+    from pfcompile.data import Dataset
+    from pfcompile.ir import to_proto
+    from pfcompile.passes.quantize import QuantConfig, quantize
+
+    if not 2 <= k.bits <= 8:
+        raise DeviceError(f"kernel {k.key}: no integer form for {k.bits}-bit weights (2..8)")
+    fm = _float_kernel_model(k, seed)
+    rng = np.random.default_rng(seed + 1)
+    feeds = {vi.name: rng.standard_normal(
+        [4] + [int(d.dim_value) for d in vi.type.tensor_type.shape.dim][1:]).astype(np.float32)
+        for vi in fm.graph.input}
+    q = to_proto(quantize(fm, QuantConfig(bits=k.bits, bias_correction=False),
+                          Dataset(feeds, None, "random")).model)
+    if k.epilogue and set(k.epilogue) <= {"Relu", "Clip"}:
+        out = q.graph.output[0]
+        y = out.name
+        q.graph.initializer.extend([numpy_helper.from_array(np.array(0.05, np.float32), "y_scale"),
+                                    numpy_helper.from_array(np.array(0, np.uint8), "y_zero_point")])
+        q.graph.node.extend([
+            helper.make_node("QuantizeLinear", [y, "y_scale", "y_zero_point"], ["y_q"]),
+            helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zero_point"], ["y_dq"])])
+        out.name = "y_dq"
+    return q
+
+
+def _float_kernel_model(k: Kernel, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(k.in_shape))]
     inits: list[TensorProto] = []
@@ -290,27 +332,32 @@ class RPCDevice:
         sess.upload(str(so), remote_name)
         return relax.VirtualMachine(sess.load_module(remote_name), sess.cpu())
 
-    def _check(self, vm, args, want: list[np.ndarray]) -> float:
+    def _check(self, vm, args, want: list[np.ndarray], atol: float | None = None) -> float:
+        """Max abs difference to onnxruntime's output; raises past the tolerance:
+        ``atol`` for a quantized model (``measure.quantized_tolerance``), else ``rtol``
+        of the output scale."""
         out = vm["main"](*args)
         got = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
         if not np.all(np.isfinite(got)):
             raise ValueError("output has NaN/Inf")
         diff = float(np.abs(got - want[0]).max())
         scale = float(np.abs(want[0]).max()) + 1e-6
-        if diff > self.rtol * scale + 1e-4:
+        limit = atol if atol is not None else self.rtol * scale + 1e-4
+        if diff > limit:
             raise ValueError(f"output differs from onnxruntime: max abs diff {diff:.3g} "
-                             f"(scale {scale:.3g})")
+                             f"(scale {scale:.3g}, tolerance {limit:.3g})")
         return diff
 
     def _run(self, sess, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray] | None,
-             number: int, repeat: int, min_repeat_ms: int) -> tuple[float, float | None]:
+             number: int, repeat: int, min_repeat_ms: int,
+             atol: float | None = None) -> tuple[float, float | None]:
         """Median over ``repeat`` timings of one library (unpaired)."""
         import tvm
 
         vm = self._load(sess, so)
         dev = sess.cpu()
         args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
-        diff = self._check(vm, args, want) if want is not None else None
+        diff = self._check(vm, args, want, atol) if want is not None else None
         f = vm.time_evaluator("main", dev, number=number, repeat=repeat,
                               min_repeat_ms=min_repeat_ms)
         res = f(*args)
@@ -324,8 +371,8 @@ class RPCDevice:
     def _rounds(self) -> int:
         return max(7, int(self.repeat))
 
-    def _paired(self, sess, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray]
-                ) -> tuple[float, float, float | None]:
+    def _paired(self, sess, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray],
+                atol: float | None = None) -> tuple[float, float, float | None]:
         """(latency_ms, raw_ms, diff): ABBA rounds of the candidate and the reference."""
         import tvm
 
@@ -333,7 +380,7 @@ class RPCDevice:
         dev = sess.cpu()
         vm = self._load(sess, so)
         args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
-        diff = self._check(vm, args, want)
+        diff = self._check(vm, args, want, atol)
         rvm = self._load(sess, Path(ref["so"]))
         rargs = [tvm.runtime.tensor(v, dev) for v in ref["feeds"].values()]
         rvm["main"](*rargs)
@@ -362,7 +409,14 @@ class RPCDevice:
             want = _ort_outputs(model, feeds)
         except Exception as exc:  # noqa: BLE001 - a failure is a value
             return Measurement(None, f"onnxruntime reference failed: {exc}", str(so))
-        return so, feeds, want
+        from pfcompile.measure import quantized_tolerance
+
+        src = Path(so).parent / "source.onnx"
+        try:
+            atol = quantized_tolerance(src, {"y": want[0]}) if src.exists() else None
+        except Exception:  # noqa: BLE001 - unreadable source: the float tolerance
+            atol = None
+        return so, feeds, want, atol
 
     def _failed(self, exc: Exception, so: Path) -> Measurement:
         self.failures += 1
@@ -387,13 +441,13 @@ class RPCDevice:
         prep = self._prepare(model, work_dir)
         if isinstance(prep, Measurement):
             return prep
-        so, feeds, want = prep
+        so, feeds, want, atol = prep
         try:
             sess = self._session(self.timeout_s)
             if self._ref is not None:
-                ms, raw, diff = self._paired(sess, so, feeds, want)
+                ms, raw, diff = self._paired(sess, so, feeds, want, atol)
             else:
-                ms, diff = self._run(sess, so, feeds, want, 1, self._rounds, self._round_ms)
+                ms, diff = self._run(sess, so, feeds, want, 1, self._rounds, self._round_ms, atol)
                 raw = ms
         except Exception as exc:  # noqa: BLE001 - a failure is a value
             return self._failed(exc, so)
@@ -403,28 +457,35 @@ class RPCDevice:
 
     # -- kernels -------------------------------------------------------------
     def measure_kernels(self, kernels: list[Kernel], work_dir: Path | None = None) -> list[float | None]:
-        """Each kernel's fused PrimFunc(s) timed on the device, paired with the
-        reference kernel (see the module docstring); ``None`` for a kernel that
-        cannot be built or run."""
+        """Each kernel timed on the device, paired with the reference kernel (see the
+        module docstring): a float kernel as its fused PrimFunc(s) (one library for
+        the batch); an integer one (``bits`` < 32, lowered by ``pfcompile.quantexec``
+        through another pipeline) as its whole one-kernel library, which also holds
+        the quantize/dequantize at its edges. ``None`` for a kernel that cannot be
+        built or run."""
         import tempfile
+
+        import tvm
 
         from pfcompile.codegen.kernels import _args
 
-        funcs: list = []
-        spans: list[tuple[int, int] | None] = []
-        ref_funcs = kernel_primfuncs(REFERENCE_KERNEL, self.target)
-        funcs.extend(ref_funcs)
-        for k in kernels:
-            try:
-                fs = kernel_primfuncs(k, self.target)
-            except Exception:  # noqa: BLE001 - a kernel that cannot be built is None
-                spans.append(None)
-                continue
-            spans.append((len(funcs), len(funcs) + len(fs)) if fs else None)
-            funcs.extend(fs)
-        out: list[float | None] = [None] * len(kernels)
+        funcs: list = list(kernel_primfuncs(REFERENCE_KERNEL, self.target))
+        nref = len(funcs)
+        plan: list[tuple[str, object] | None] = []   # ("funcs", (lo, hi)) | ("model", so)
         tmp = Path(tempfile.mkdtemp(prefix="pfk_", dir=work_dir))
+        out: list[float | None] = [None] * len(kernels)
         try:
+            for i, k in enumerate(kernels):
+                try:
+                    if k.bits < 32:
+                        plan.append(("model", compile_onnx(kernel_model(k), self.target, tmp / f"m{i}")))
+                        continue
+                    fs = kernel_primfuncs(k, self.target)
+                except Exception:  # noqa: BLE001 - a kernel that cannot be built is None
+                    plan.append(None)
+                    continue
+                plan.append(("funcs", (len(funcs), len(funcs) + len(fs))) if fs else None)
+                funcs.extend(fs)
             lib = _primfunc_library(funcs, self.target)
             so = tmp / "kernels.so"
             if self.target.cross_compiler:
@@ -442,24 +503,32 @@ class RPCDevice:
             evals = [rmod.time_evaluator(f"k{i}", dev, number=1, repeat=1, min_repeat_ms=ms)
                      for i in range(len(funcs))]
 
-            def t(lo: int, hi: int) -> float:
-                return sum(evals[i](*args[i]).mean for i in range(lo, hi))
+            def span_timer(lo: int, hi: int):
+                return lambda: sum(evals[i](*args[i]).mean for i in range(lo, hi))
 
-            nref = len(ref_funcs)
+            ref = span_timer(0, nref)
             if self.kernel_reference_ms is None:
-                t(0, nref)  # warm-up
-                self.kernel_reference_ms = 1e3 * float(np.median([t(0, nref) for _ in range(9)]))
-            for j, span in enumerate(spans):
-                if span is None:
+                ref()  # warm-up
+                self.kernel_reference_ms = 1e3 * float(np.median([ref() for _ in range(9)]))
+            for j, step in enumerate(plan):
+                if step is None:
                     continue
                 try:
-                    t(*span)  # warm-up
+                    if step[0] == "funcs":
+                        timed = span_timer(*step[1])
+                    else:
+                        m = kernel_model(kernels[j])
+                        vm = self._load(sess, step[1])
+                        vargs = [tvm.runtime.tensor(v, dev) for v in _random_feeds(m).values()]
+                        fe = vm.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=ms)
+                        timed = (lambda fe=fe, vargs=vargs: fe(*vargs).mean)
+                    timed()  # warm-up
                     ratios = []
                     for r in range(5):
                         if r % 2 == 0:
-                            tr, tk = t(0, nref), t(*span)
+                            tr, tk = ref(), timed()
                         else:
-                            tk, tr = t(*span), t(0, nref)
+                            tk, tr = timed(), ref()
                         ratios.append(tk / tr)
                     out[j] = float(np.median(ratios)) * self.kernel_reference_ms
                 except Exception:  # noqa: BLE001 - a kernel that fails to run is None

@@ -7,6 +7,16 @@ absorbs the chain of elementwise ops that only it feeds (bias, BatchNorm,
 Relu, a residual Add). Each kernel has a *workload key* that names its op,
 shapes and epilogue, so equal kernels in different candidates share one
 measurement.
+
+QDQ models (the quantize pass's output): QuantizeLinear / DequantizeLinear are
+not kernels of their own here. An anchor Conv / Gemm / MatMul whose input is a
+DequantizeLinear of an activation and whose weight is a DequantizeLinear of an
+int8 initializer runs as an integer kernel after ``pfcompile.quantexec``'s
+lowering (with or without a QuantizeLinear after it), so its kernel gets
+``bits`` = the weight's width (the node's ``pfcompile.bits`` metadata, else 8);
+every other anchor is float (``bits`` = 32). The requantise at a layer's output
+is part of the integer kernel; a standalone QuantizeLinear of a float tensor
+(e.g. after a residual Add) is not costed as a kernel.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ _BINARY = {"Add", "Mul", "Sub", "Div"}
 _ELEMENTWISE = _UNARY | _BINARY
 _SHAPE_OPS = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Shape", "Gather", "Constant",
               "Concat_shape"}
+_QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+_BITS_KEY = "pfcompile.bits"  # = pfcompile.passes.quantize.BITS_KEY
 
 
 def materialize_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -143,12 +155,33 @@ def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return cons
 
 
+def _anchor_bits(n: onnx.NodeProto, producers: dict[str, onnx.NodeProto],
+                 inits: dict[str, onnx.TensorProto]) -> int:
+    """The integer width an anchor runs at after QDQ lowering; 32 when it stays float."""
+    if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+        return 32
+    x, w = producers.get(n.input[0]), producers.get(n.input[1])
+    if x is None or w is None or x.op_type != "DequantizeLinear" or w.op_type != "DequantizeLinear":
+        return 32
+    if x.input[0] in inits or w.input[0] not in inits:
+        return 32  # a constant activation, or weights computed at run time
+    if inits[w.input[0]].data_type != onnx.TensorProto.INT8:
+        return 32
+    meta = {p.key: p.value for p in w.metadata_props}
+    try:
+        return int(meta.get(_BITS_KEY, 8))
+    except ValueError:
+        return 8
+
+
 def extract_kernels(model: onnx.ModelProto,
                     shapes: dict[str, tuple[int, ...]] | None = None) -> list[Kernel]:
     """The fused kernels of ``model`` in graph order (shape ops are free)."""
     model = materialize_constants(model)
     shapes = shapes if shapes is not None else tensor_shapes(model)
-    inits = {t.name for t in model.graph.initializer}
+    init_protos = {t.name: t for t in model.graph.initializer}
+    inits = set(init_protos)
+    producers = {o: n for n in model.graph.node for o in n.output}
     cons = _consumers(model)
     graph_outputs = {o.name for o in model.graph.output}
     fused: set[int] = set()
@@ -156,7 +189,7 @@ def extract_kernels(model: onnx.ModelProto,
     index = {id(n): i for i, n in enumerate(nodes)}
     kernels: list[Kernel] = []
     for i, n in enumerate(nodes):
-        if i in fused or n.op_type in _SHAPE_OPS or n.op_type == "Flatten":
+        if i in fused or n.op_type in _SHAPE_OPS or n.op_type in _QDQ_OPS:
             continue
         a = _attrs(n)
         ins = shapes.get(n.input[0], ())
@@ -206,5 +239,6 @@ def extract_kernels(model: onnx.ModelProto,
         if op == "ew":
             epilogue.insert(0, n.op_type)
         kernels.append(Kernel(op, tuple(ins), tuple(w_shape), tuple(outs), tuple(kernel),
-                              tuple(stride), tuple(pad), groups, tuple(epilogue), 32, tuple(names)))
+                              tuple(stride), tuple(pad), groups, tuple(epilogue),
+                              _anchor_bits(n, producers, init_protos), tuple(names)))
     return kernels

@@ -27,6 +27,7 @@ from pfcompile.errors import PfcompileError, SearchError
 from pfcompile.model import model_hash
 from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.graph import Kernel, extract_kernels
+from pfcompile.search.knobs import parse_bits, parse_sparsity
 from pfcompile.search.latency_model import FlopsModel, LatencyModel
 from pfcompile.search.space import SearchSpace, build_space, compress, config_hash
 from pfcompile.search.state import load_strategy_state, save_strategy_state
@@ -50,6 +51,10 @@ class SearchSettings:
     min_keep: float = 0.25
     kernels_per_trial: int = 8       # new kernels timed after each candidate (hw)
     calib_samples: int = 32          # LASSO pruning: calibration samples (time grows fast)
+    # per-layer knobs (off by default): "auto" (the target's / the sparsify pass's
+    # choices) or comma-separated values, see pfcompile.search.knobs
+    bits: str | tuple[int, ...] | None = None          # e.g. "8,32", (8, 32) or "auto"
+    sparsity: str | tuple[float, ...] | None = None    # e.g. "0,0.5,0.75" or "auto"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -62,6 +67,7 @@ class SearchSettings:
             raise SearchError("give at most one of --speedup, --latency-ms, --size-mb")
         if self.calib_samples < 1:
             raise SearchError(f"calib_samples must be >= 1, got {self.calib_samples}")
+        parse_sparsity(self.sparsity)  # syntax now; bit widths are checked against the target
 
 
 class Deployer(Protocol):
@@ -79,7 +85,28 @@ class Deployer(Protocol):
 
 
 def model_size_mb(model: onnx.ModelProto) -> float:
-    return sum(t.ByteSize() for t in model.graph.initializer) / 1e6
+    """What the model stores for its constants, in MB (1e6 bytes): each initializer
+    and ``Constant`` value at its element size, as stored in the ONNX model — float32
+    weights 4 bytes each, the quantize pass's int8 weights 1 byte each (plus their
+    float32 per-channel scales and zero points; weights narrower than 8 bits still
+    take a whole int8 byte, nothing is bit-packed). Zeros from the sparsify pass are
+    counted like any other value: the initializers are dense and no compiled
+    artifact here (TVM's CPU kernels, the accelerator simulator) stores or skips
+    them sparsely, so a sparse layer is as big as a dense one
+    (``pfcompile.passes.sparsify.sparsity_report`` says what CSR / BSR storage would
+    take). Names and protobuf framing are not counted."""
+    total = 0
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for t in tensors:
+        numel = int(np.prod(t.dims)) if len(t.dims) else 1
+        try:
+            item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        except (KeyError, TypeError, ValueError):
+            total += t.ByteSize()
+            continue
+        total += numel * item
+    return total / 1e6
 
 
 class TrialLog:
@@ -151,13 +178,25 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         raise SearchError(f"{run_dir} holds a run of model {meta['model_hash']} / strategy "
                           f"{meta['strategy']} / target {meta['target']}; resume it with the same "
                           "model, --strategy and --target, or use a new run folder")
+    if meta is not None:
+        old = meta.get("settings", {})
+        for key in ("bits", "sparsity"):
+            was, now = old.get(key), getattr(settings, key)
+            if (list(was) if isinstance(was, (list, tuple)) else was) != \
+                    (list(now) if isinstance(now, (list, tuple)) else now):
+                raise SearchError(f"{run_dir} holds a run with --{key} {old.get(key)}; resume it "
+                                  f"with the same --{key}, or use a new run folder")
     if meta is None:
         log.append({"type": "meta", "model_hash": mhash, "strategy": settings.strategy,
                     "target": target.name, "settings": asdict(settings), "time": time.time()})
 
-    space = build_space(model, target.hardware, min_keep=settings.min_keep)
+    space = build_space(model, target.hardware, min_keep=settings.min_keep,
+                        bits=parse_bits(settings.bits, target),
+                        sparsity=parse_sparsity(settings.sparsity))
     if deploy is not None:
         space = deploy.adapt_space(space)      # e.g. only the widths an accelerator runs
+    # bits knobs calibrate activation ranges on the calibration data, else on --data
+    qcalib = calib if calib is not None else data.subset(min(settings.calib_samples, len(data)))
     evaluator = Evaluator(model, data)
     sub = data.subset(min(settings.eval_subset, len(data)))
     cheap = Evaluator(model, sub)
@@ -207,7 +246,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
             lat_model.save(lm_path)
 
     compressed: dict[str, tuple[onnx.ModelProto, list[Kernel]]] = {}
-    shapes_only: dict[str, list[Kernel]] = {}
+    shapes_only: dict[str, tuple[list[Kernel], float | None]] = {}
 
     def candidate(cfg: dict) -> tuple[onnx.ModelProto, list[Kernel]]:
         """The candidate model (LASSO-pruned when there is calibration data) and its kernels."""
@@ -219,21 +258,36 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                 cm = deploy.candidate(model, space, cfg, calib, settings.calib_samples)
                 compressed[h] = (cm, deploy.kernels(model, space, cfg))
             else:
-                cm = compress(model, space, cfg, calib, calib_samples=settings.calib_samples)
+                cm = compress(model, space, cfg, calib, calib_samples=settings.calib_samples,
+                              quant_calib=qcalib)
                 compressed[h] = (cm, extract_kernels(cm))
         return compressed[h]
 
-    def shaped(cfg: dict) -> list[Kernel]:
-        """The candidate's kernels from the cheap L1 prune (same shapes as ``candidate``)."""
+    def shaped_model(cfg: dict) -> tuple[list[Kernel], float]:
+        """The candidate's kernels and stored size from the cheap L1 prune (same shapes
+        and dtypes as ``candidate``)."""
         h = config_hash(cfg)
         if h in compressed:
-            return compressed[h][1]
+            return compressed[h][1], model_size_mb(compressed[h][0])
         if h not in shapes_only:
             if len(shapes_only) > 1024:
                 shapes_only.clear()
-            shapes_only[h] = (deploy.kernels(model, space, cfg) if deploy is not None
-                              else extract_kernels(compress(model, space, cfg)))
+            if deploy is not None:   # sizes of deployed candidates: see size_of
+                shapes_only[h] = (deploy.kernels(model, space, cfg), None)
+            else:
+                cm = compress(model, space, cfg, quant_calib=qcalib)
+                shapes_only[h] = (extract_kernels(cm), model_size_mb(cm))
         return shapes_only[h]
+
+    def shaped(cfg: dict) -> list[Kernel]:
+        return shaped_model(cfg)[0]
+
+    def size_of(cfg: dict) -> float:
+        try:
+            size = shaped_model(cfg)[1]
+            return size if size is not None else model_size_mb(candidate(cfg)[0])
+        except PfcompileError:
+            return math.inf
 
     # ---- baseline (not counted in the budget)
     base = next((r for r in past if r.get("type") == "baseline"), None)
@@ -257,10 +311,15 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                          "deployed_score": dacc.score})
         log.append(base)
         if isinstance(lat_model, LatencyModel):  # seed with pruned shapes: one uniform candidate
-            try:
-                time_kernels(shaped(space.uniform(0.5)), None)
-            except PfcompileError:
-                pass
+            seeds = [space.uniform(0.5)]
+            if "bits" in space.kinds():  # ... and its integer kernels at the narrowest width
+                seeds.append({**seeds[0], **{k.name: k.choices[-1] for k in space.knobs
+                                             if k.kind == "bits"}})
+            for cfg in seeds:
+                try:
+                    time_kernels(shaped(cfg), None)
+                except PfcompileError:
+                    pass
     elif hasattr(device, "set_reference"):  # resumed: pair with the logged baseline's scale
         device.set_reference(base_model, run_dir / "artifacts" / model_hash(base_model),
                              given=base["latency_ms"])
@@ -285,7 +344,8 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
 
     strat = make_strategy(settings.strategy, space, goal, settings.seed, settings.budget,
                           latency_of, drop_of, settings.pool, settings.min_keep,
-                          latency_model=lat_model, kernels_of=lambda cfg: candidate(cfg)[1])
+                          latency_model=lat_model, kernels_of=lambda cfg: candidate(cfg)[1],
+                          size_of=size_of if settings.size_mb is not None else None)
     strat.seen.add(config_hash(space.default()))  # the baseline is measured already
     saved_state = load_strategy_state(run_dir)
     if saved_state is not None:
@@ -354,6 +414,9 @@ def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, 
     h = model_hash(cm)
     rec.update({"model_hash": h, "macs": sum(k.macs for k in kernels), "size_mb": model_size_mb(cm),
                 "keep": space.keep_ratios(c.config)})
+    for kind in ("bits", "sparsity"):  # the layers moved off their default, when searched
+        if kind in space.kinds():
+            rec[kind] = space.layer_values(c.config, kind)
     if rec["pred_ms"] is None and lat_model is not None:
         rec["pred_ms"] = lat_model.predict(kernels)
     acc = evaluator.score(cm)

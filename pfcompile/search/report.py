@@ -75,6 +75,9 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
                        "acc_drop": best["acc_drop"], "config": best["config"],
                        "keep": best.get("keep"), "macs": best.get("macs"),
                        "size_mb": best.get("size_mb"), "trial": best["id"]}
+        for kind in ("bits", "sparsity"):  # per-layer knobs moved off their default
+            if kind in best:
+                out["best"][kind] = best[kind]
         if simulated:
             out["best"].update({k: best[k] for k in _SIM_KEYS if k in best})
     return out

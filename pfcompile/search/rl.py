@@ -319,7 +319,12 @@ class DDPGStrategy(Strategy):
         if goal.size_mb is not None:
             raise ConfigError("strategy 'rl' supports --latency-ms / --speedup budgets and the "
                               "fastest-within-drop goal, not --size-mb; use hw, bo or tpe")
-        if not space.knobs or any(k.kind != "keep" for k in space.knobs):
+        other = sorted({k.kind for k in space.knobs} - {"keep"})
+        if other:
+            raise SearchError(f"strategy 'rl' (AMC-style, one keep ratio per channel group) cannot "
+                              f"search {'/'.join(other)} knobs; use --strategy hw, flops, random, "
+                              "tpe or bo with --bits / --sparsity")
+        if not space.knobs:
             raise ConfigError("strategy 'rl' needs a space of keep knobs (prunable channel groups)")
         cfg = settings or RLSettings()
         if episodes_per_round is not None and settings is None:

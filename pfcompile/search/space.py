@@ -7,8 +7,10 @@ one. :func:`compress` applies a config with the real pruning pass
 reconstruction when calibration data is given, L1 otherwise.
 
 A config is a plain ``dict`` knob name -> value, so it goes to JSON as is.
-``bits`` and ``sparsity`` knobs are declared the same way; they are added when
-the quantize / sparsify passes are importable (see :func:`build_space`).
+Per-layer ``bits:<layer>`` and ``sparsity:<layer>`` knobs (one per weighted
+Conv / Gemm / MatMul layer) are added when asked for (``build_space(bits=...,
+sparsity=...)``; choices and their meaning in :mod:`pfcompile.search.knobs`).
+:func:`compress` applies keep, then sparsity, then bits.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ import onnx
 
 from pfcompile.data import Dataset
 from pfcompile.errors import ConfigError, PassError
-from pfcompile.ir import to_proto
+from pfcompile.ir import to_ir, to_proto
 from pfcompile.passes.depgraph import dependency_groups
 from pfcompile.passes.prune import prune
 from pfcompile.passes.prune_config import PruneConfig
+from pfcompile.passes.qlayers import weighted_layers
+from pfcompile.search.knobs import FLOAT_BITS, apply_bits, apply_sparsity
 
 __all__ = ["Knob", "SearchSpace", "build_space", "compress", "config_hash", "prune_config"]
+
+_UNMODIFIED = {"bits": FLOAT_BITS, "sparsity": 0.0}  # the value that leaves a layer as it is
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,18 @@ class SearchSpace:
     def keep_ratios(self, config: dict) -> dict[str, float]:
         return {k.target: config[k.name] / k.full for k in self.knobs if k.kind == "keep"}
 
+    def layer_values(self, config: dict, kind: str) -> dict[str, object]:
+        """Layer -> value of the ``kind`` (``bits`` / ``sparsity``) knobs that change the
+        layer (not 32 bits / not 0.0 sparsity)."""
+        unmodified = _UNMODIFIED[kind]
+        return {k.target: config[k.name] for k in self.knobs
+                if k.kind == kind and k.name in config and config[k.name] != unmodified}
+
+    def kinds(self) -> tuple[str, ...]:
+        """The knob kinds present, in a fixed order."""
+        present = {k.kind for k in self.knobs}
+        return tuple(x for x in ("keep", "sparsity", "bits") if x in present)
+
     @staticmethod
     def _nearest(k: Knob, channels: float):
         return min(k.choices, key=lambda c: (abs(c - channels), -c))
@@ -132,13 +150,42 @@ def _keep_choices(channels: int, lanes: int, min_keep: float, partitions: int = 
 
 
 def build_space(model: onnx.ModelProto, hardware: dict | None = None, *,
-                min_keep: float = 0.25) -> SearchSpace:
+                min_keep: float = 0.25, bits: tuple[int, ...] | None = None,
+                sparsity: tuple[float, ...] | None = None) -> SearchSpace:
     """Knobs from the model's prunable channel groups (the passes' dependency
     analysis); keep counts are multiples of the target's fp32 lanes (half that
     for groups narrower than two vectors, and of the group's partitions for grouped
-    convs)."""
+    convs).
+
+    ``bits`` / ``sparsity``: the choices of one ``bits:<layer>`` / ``sparsity:<layer>``
+    knob per weighted layer (``pfcompile.search.knobs.parse_bits`` /
+    ``parse_sparsity`` / ``bit_choices`` make them); None = no such knobs. The
+    default is 32 (float) / 0.0 when it is a choice, else the first choice (then the
+    default config is not the unmodified model: ``compress`` applies it)."""
     if not 0 < min_keep <= 1:
         raise ConfigError(f"min_keep must be in (0, 1], got {min_keep}")
+    knobs = _keep_knobs(model, hardware, min_keep)
+    lanes = int((hardware or {}).get("fp32_lanes", 8))
+    if bits is not None or sparsity is not None:
+        layers = weighted_layers(to_ir(model))
+        for kind, choices in (("sparsity", sparsity), ("bits", bits)):
+            unmodified = _UNMODIFIED[kind]
+            if choices is None:
+                continue
+            choices = tuple(choices)
+            if not choices or len(set(choices)) != len(choices):
+                raise ConfigError(f"{kind} choices {list(choices)} must be non-empty and distinct")
+            if len(choices) < 2:
+                continue  # nothing to decide
+            default = unmodified if unmodified in choices else choices[0]
+            what = ("fraction of weights set to zero in layer" if kind == "sparsity"
+                    else "bit width (32 = float) of layer")
+            knobs += [Knob(f"{kind}:{x.name}", kind, x.name, choices, default, 0,
+                           f"{what} {x.name} ({x.op_type})") for x in layers]
+    return SearchSpace(tuple(knobs), lanes)
+
+
+def _keep_knobs(model: onnx.ModelProto, hardware: dict | None, min_keep: float) -> list[Knob]:
     lanes = int((hardware or {}).get("fp32_lanes", 8))
     knobs = []
     for g in dependency_groups(model):
@@ -149,7 +196,7 @@ def build_space(model: onnx.ModelProto, hardware: dict | None = None, *,
             continue
         knobs.append(Knob(f"keep:{g.id}", "keep", g.id, ch, g.channels, g.channels,
                           f"output channels kept in group {g.id} ({len(g.sources)} source(s))"))
-    return SearchSpace(tuple(knobs), lanes)
+    return knobs
 
 
 def prune_config(space: SearchSpace, config: dict, criterion: str = "l1",
@@ -163,20 +210,33 @@ def prune_config(space: SearchSpace, config: dict, criterion: str = "l1",
 
 
 def compress(model: onnx.ModelProto, space: SearchSpace, config: dict,
-             calib: Dataset | None = None, *, calib_samples: int = 32) -> onnx.ModelProto:
-    """Apply a config with the pruning pass: LASSO channel selection + least-squares
-    reconstruction on ``calib_samples`` samples of ``calib`` when given, else L1
-    (same shapes, so L1 is also the cheap way to get a candidate's kernels).
+             calib: Dataset | None = None, *, calib_samples: int = 32,
+             quant_calib: Dataset | None = None) -> onnx.ModelProto:
+    """Apply a config: keep (pruning pass: LASSO channel selection + least-squares
+    reconstruction on ``calib_samples`` samples of ``calib`` when given, else L1 —
+    same shapes, so L1 is also the cheap way to get a candidate's kernels), then
+    sparsity (sparsify pass), then bits (quantize pass to QDQ, activation ranges
+    calibrated on ``quant_calib``, else ``calib``). Deterministic.
 
-    The default config returns an unchanged copy; raises PassError / ConfigError
-    on a config the model cannot take.
+    The default config returns an unchanged copy; raises ConfigError on a value
+    that is not a knob's choice and PassError naming the knob(s) a pass could not
+    apply (e.g. bits without calibration data).
     """
-    other = [k.name for k in space.knobs if k.kind != "keep" and config.get(k.name) != k.default]
-    if other:
-        raise PassError(f"knobs {other} need the quantize/sparsify passes, not available here")
     pc = prune_config(space, config, "lasso" if calib is not None else "l1", calib_samples)
-    if not pc.group_ratios:
+    sparse = space.layer_values(config, "sparsity")
+    bits = space.layer_values(config, "bits")
+    if not pc.group_ratios and not sparse and not bits:
         m = onnx.ModelProto()
         m.CopyFrom(model)
         return m
-    return to_proto(prune(model, pc, calib).model)
+    cur = prune(model, pc, calib).model if pc.group_ratios else to_ir(model)
+    if sparse or bits:
+        present = {x.name for x in weighted_layers(cur)}
+        lost = sorted(f"{k.name}" for k in space.knobs if k.kind in ("sparsity", "bits")
+                      and k.target in {**sparse, **bits} and k.target not in present)
+        if lost:
+            raise PassError(f"knob(s) {lost}: the layer is not a weighted layer of the pruned model")
+    cur = apply_sparsity(cur, {n: float(v) for n, v in sparse.items()})
+    cur = apply_bits(cur, {n: int(v) for n, v in bits.items()},
+                     quant_calib if quant_calib is not None else calib)
+    return to_proto(cur)

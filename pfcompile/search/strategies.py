@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pfcompile.errors import ConfigError
+from pfcompile.errors import ConfigError, SearchError
 from pfcompile.search.space import SearchSpace, config_hash
 
 __all__ = [
@@ -105,6 +105,10 @@ class Uniform(Strategy):
 
     def __init__(self, space: SearchSpace, goal: Goal, seed: int = 0, budget: int = 20,
                  min_keep: float = 0.25) -> None:
+        other = sorted({k.kind for k in space.knobs} - {"keep"})
+        if other:
+            raise SearchError(f"strategy 'uniform' sweeps one keep ratio and cannot search "
+                              f"{'/'.join(other)} knobs; use --strategy hw, flops, random, tpe or bo")
         super().__init__(space, goal, seed)
         self.ratios = list(np.linspace(0.95, min_keep, max(2, budget * 2)))
 
@@ -137,10 +141,12 @@ class ModelGuided(Strategy):
 
     def __init__(self, space: SearchSpace, goal: Goal, seed: int, name: str,
                  latency_of: Callable[[dict], float], drop_of: Callable[[dict], float],
-                 pool: int = 32, drop_margin: float = 0.5) -> None:
+                 pool: int = 32, drop_margin: float = 0.5,
+                 size_of: Callable[[dict], float] | None = None) -> None:
         super().__init__(space, goal, seed)
         self.name = name
         self.latency_of, self.drop_of = latency_of, drop_of
+        self.size_of = size_of  # predicted stored MB (a --size-mb goal); None: not ranked by size
         self.pool, self.drop_margin = pool, drop_margin
         self._drop_cache: dict[str, float] = {}
 
@@ -175,7 +181,11 @@ class ModelGuided(Strategy):
             # the cheap accuracy is an estimate: allow a margin, then rank by the goal
             relaxed = Goal(self.goal.max_acc_drop + self.drop_margin, self.goal.latency_ms,
                            self.goal.size_mb)
-            scored.append((relaxed.cost(ms, drop, 0.0), cfg, ms, drop))
+            size = self.size_of(cfg) if self.size_of is not None else 0.0
+            cost = relaxed.cost(ms, drop, size)
+            if self.size_of is not None and self.goal.size_mb:  # over the size budget: nearer is better
+                cost += 1e4 * max(0.0, size / self.goal.size_mb - 1.0)
+            scored.append((cost, cfg, ms, drop))
         scored.sort(key=lambda t: t[0])
         picks = scored[:n]
         if n >= 2 and len(scored) > n:  # explore: swap the last pick for a random feasible one
@@ -234,11 +244,12 @@ def make_strategy(name: str, space: SearchSpace, goal: Goal, seed: int, budget: 
                   latency_of: Callable[[dict], float] | None = None,
                   drop_of: Callable[[dict], float] | None = None, pool: int = 32,
                   min_keep: float = 0.25, latency_model=None,
-                  kernels_of: Callable[[dict], list] | None = None) -> Strategy:
+                  kernels_of: Callable[[dict], list] | None = None,
+                  size_of: Callable[[dict], float] | None = None) -> Strategy:
     if name in ("hw", "flops"):
         if latency_of is None or drop_of is None:
             raise ConfigError(f"strategy '{name}' needs a latency model and an accuracy estimate")
-        return ModelGuided(space, goal, seed, name, latency_of, drop_of, pool)
+        return ModelGuided(space, goal, seed, name, latency_of, drop_of, pool, size_of=size_of)
     if name == "uniform":
         return Uniform(space, goal, seed, budget, min_keep)
     if name == "random":

@@ -1,0 +1,169 @@
+"""Per-layer bit-width and sparsity knobs: their choices (from the target and the
+passes' declared search values) and how a config's values are applied (with the
+real passes: :mod:`pfcompile.passes.sparsify`, :mod:`pfcompile.passes.quantize`).
+
+Bit widths. ``32`` means the layer stays float (the unmodified layer, so it is
+always a choice and the default). Any other width ``b`` is a QDQ layer from the
+quantize pass: int8-container weights clipped to ``b`` bits, per-channel
+symmetric, and the layer's input activation quantized to uint8 (8 bits) over
+the calibrated range. On CPU targets the only other choice is 8: pfcompile's
+compiler lowers an int8 QDQ layer to an integer kernel (``pfcompile.quantexec``),
+and narrower weights would run the same int8 kernel, slower than nothing and
+less accurate. On accelerator targets (``[accelerator]`` in the target file) the
+choices are the accelerator's ``weight_bits`` within what the quantize pass can
+write (2..8), widest first: :func:`bit_choices` is what ``pfcompile run
+--target fpga-*`` builds its knobs from.
+
+Sparsity. A layer's fraction of weights set to zero by the sparsify pass
+(unstructured, ``1x1`` blocks); ``0.0`` is the unmodified layer. The choices
+offered by ``--sparsity auto`` are the sparsify pass's declared search values
+(:meth:`SparsifyConfig.search_space`). The zeros stay in the dense ONNX
+initializers and no compiled artifact here has sparse kernels: sparsity changes
+accuracy, not latency or the stored size (see ``loop.model_size_mb``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from pfcompile.data import Dataset
+from pfcompile.errors import ConfigError, PassError, PfcompileError
+from pfcompile.passes.quantize import MAX_BITS, MIN_BITS, QuantConfig, quantize
+from pfcompile.passes.sparsify import SparsifyConfig, sparsify
+from pfcompile.targets import Target
+
+__all__ = [
+    "CPU_BITS",
+    "FLOAT_BITS",
+    "apply_bits",
+    "apply_sparsity",
+    "bit_choices",
+    "parse_bits",
+    "parse_sparsity",
+    "sparsity_choices",
+]
+
+FLOAT_BITS = 32
+CPU_BITS = (FLOAT_BITS, 8)
+
+
+def bit_choices(target: Target, *, include_float: bool = True) -> tuple[int, ...]:
+    """The per-layer bit widths ``target`` runs, widest first.
+
+    CPU targets: ``(32, 8)``. Accelerator targets: 32 (the layer runs on the host in
+    float) and the ``[accelerator] weight_bits`` the quantize pass can write (2..8).
+    ``include_float=False`` leaves out 32 (for a search where every layer must be
+    quantized; its knobs' default is then the widest integer width, so the space's
+    default config is the all-integer model, not the unmodified one: a caller
+    measuring the float model as its baseline should not mark the default as seen)."""
+    if target.is_accelerator:
+        from pfcompile.accel.config import AccelConfig
+
+        cfg = AccelConfig.from_target(target)
+        widths = sorted({int(b) for b in cfg.weight_bits if MIN_BITS <= int(b) <= MAX_BITS},
+                        reverse=True)
+        if not widths:
+            raise ConfigError(f"target '{target.name}': [accelerator] weight_bits "
+                              f"{list(cfg.weight_bits)} has no width the quantize pass can write "
+                              f"({MIN_BITS}..{MAX_BITS})")
+        out = tuple(widths)
+    else:
+        out = CPU_BITS[1:]
+    return ((FLOAT_BITS,) if include_float else ()) + out
+
+
+def _items(spec: str | Sequence, flag: str) -> list[str]:
+    if isinstance(spec, str):
+        items = [s.strip() for s in spec.split(",")]
+    else:
+        items = [str(s).strip() for s in spec]
+    if not items or any(not s for s in items):
+        raise ConfigError(f"{flag} {spec!r}: give comma-separated values (e.g. {flag} 8,32) or 'auto'")
+    return items
+
+
+def parse_bits(spec: str | Sequence[int] | None, target: Target) -> tuple[int, ...] | None:
+    """``--bits`` -> the knobs' choices (widest first, 32 always included), or None
+    when off. ``auto`` = :func:`bit_choices`; listed widths must be ones the target runs."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "off", "none")):
+        return None
+    allowed = bit_choices(target)
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        return allowed
+    vals = set()
+    for s in _items(spec, "--bits"):
+        try:
+            b = int(s)
+        except ValueError as exc:
+            raise ConfigError(f"--bits: '{s}' is not an integer bit width") from exc
+        if b not in allowed:
+            raise ConfigError(f"--bits: target '{target.name}' runs layers at {list(allowed)} bits "
+                              f"(32 = float), not {b}")
+        vals.add(b)
+    vals.add(FLOAT_BITS)
+    return tuple(sorted(vals, reverse=True))
+
+
+def sparsity_choices() -> tuple[float, ...]:
+    """The sparsify pass's declared per-layer search values."""
+    return tuple(float(s) for s in SparsifyConfig.search_space()["sparsity"]["search"])
+
+
+def parse_sparsity(spec: str | Sequence[float] | None) -> tuple[float, ...] | None:
+    """``--sparsity`` -> the knobs' choices (ascending, 0 always included), or None
+    when off; ``auto`` = :func:`sparsity_choices`."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "off", "none")):
+        return None
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        vals = set(sparsity_choices())
+    else:
+        vals = set()
+        for s in _items(spec, "--sparsity"):
+            try:
+                v = float(s)
+            except ValueError as exc:
+                raise ConfigError(f"--sparsity: '{s}' is not a number") from exc
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"--sparsity: {v} is not in [0, 1)")
+            vals.add(v)
+    vals.add(0.0)
+    return tuple(sorted(vals))
+
+
+def _knob_names(kind: str, layers) -> list[str]:
+    return [f"{kind}:{n}" for n in layers]
+
+
+def apply_sparsity(model: ir.Model, per_layer: dict[str, float]) -> ir.Model:
+    """Zero ``per_layer[name]`` of each named layer's weights (sparsify pass, 1x1)."""
+    todo = {n: float(s) for n, s in per_layer.items() if float(s) > 0}
+    if not todo:
+        return model
+    try:
+        cfg = SparsifyConfig(sparsity=0.0, block="1x1", layers=tuple(sorted(todo.items())))
+        return sparsify(model, cfg).model
+    except PfcompileError as exc:
+        raise PassError(f"knob(s) {_knob_names('sparsity', todo)}: the sparsify pass failed: {exc}") from exc
+
+
+def apply_bits(model: ir.Model, per_layer: dict[str, int], calib: Dataset | None) -> ir.Model:
+    """Quantize each named layer with bits < 32 to QDQ (quantize pass: per-channel
+    weights at its bits, uint8 input activations calibrated on ``calib``, bias
+    correction); the other weighted layers stay float."""
+    todo = {n: int(b) for n, b in per_layer.items() if int(b) != FLOAT_BITS}
+    if not todo:
+        return model
+    names = _knob_names("bits", todo)
+    if calib is None:
+        raise PassError(f"knob(s) {names} quantize layers and need calibration data for the "
+                        "activation ranges (pass --calib or --data)")
+    from pfcompile.passes.qlayers import weighted_layers
+
+    skip = tuple(x.name for x in weighted_layers(model) if x.name not in todo)
+    try:
+        cfg = QuantConfig(bits=8, layers=tuple(sorted(todo.items())), skip=skip)
+        return quantize(model, cfg, calib).model
+    except PfcompileError as exc:
+        raise PassError(f"knob(s) {names}: the quantize pass failed: {exc}") from exc
