@@ -157,16 +157,16 @@ def test_dead_device_is_a_failed_measurement(qdq8, tmp_path):
 
 
 def test_run_on_fpga_bitfusion_end_to_end(tmp_path):
-    """`pfcompile run --target fpga-bitfusion` (api.run, demo, budget 2): starts its own
-    simulator server, searches, writes DIST with the QDQ model and program.npz, and every
-    latency is labelled simulated."""
+    """`pfcompile run --target fpga-bitfusion --bits auto` (api.run, demo, budget 2):
+    starts its own simulator server, searches channels and per-layer widths, writes DIST
+    with the QDQ model and program.npz, and every latency is labelled simulated."""
     from pfcompile.search.api import run
     from pfcompile.search.loop import SearchSettings
 
     out = tmp_path / "dist"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rep = run(None, TARGET, settings=SearchSettings(budget=2, batch=2, pool=4),
+        rep = run(None, TARGET, settings=SearchSettings(budget=2, batch=2, pool=4, bits="auto"),
                   out_dir=out, cache_dir=tmp_path / "cache", port_range=(9570, 9599),
                   final_repeats=1)
     assert rep["simulated"] is True and rep["emulated"] is False
@@ -177,8 +177,13 @@ def test_run_on_fpga_bitfusion_end_to_end(tmp_path):
     trials = [json.loads(x) for x in (out / "run" / "trials.jsonl").read_text().splitlines()]
     done = [t for t in trials if t["type"] == "trial"]
     assert len(done) == 2 and all(t["status"] == "ok" and t["simulated"] for t in done)
-    kern = [k for t in trials if t["type"] == "kernels" for k in t["items"]]
-    assert kern and all(k["kernel"]["abits"] == 8 for k in kern)
+    # bits knobs: one per Conv/Gemm, only the widths the accelerator runs (no float 32)
+    bits_knobs = {k: v for t in done for k, v in t["config"].items() if k.startswith("bits:")}
+    assert len(bits_knobs) == 12 and set(bits_knobs.values()) <= {2, 4, 8}
+    assert rep["search_space"]["knobs"] == 7 + 12
+    # kernels timed on the simulator carry both widths (the loop seeds the narrowest, 2x2)
+    kern = [k["kernel"] for t in trials if t["type"] == "kernels" for k in t["items"]]
+    assert {(k["bits"], k["abits"]) for k in kern} >= {(8, 8), (2, 2)}
     files = {p.name for p in out.iterdir()}
     assert {"model.onnx", "program.npz", "model.json", "report.json", "report.html"} <= files
     assert "model.so" not in files

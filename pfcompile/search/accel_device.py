@@ -116,11 +116,12 @@ def _width_ok(v, accel_cfg) -> bool:
     return 2 <= w <= 8 and 2 <= a <= 8 and accel_cfg.operand_bits(w, a) is not None
 
 
-def _float_part(space: SearchSpace, config: dict) -> dict:
-    """The config with its ``bits`` knobs at their default: what ``compress`` applies before
+def _float_part(space: SearchSpace, config: dict) -> tuple[SearchSpace, dict]:
+    """The space and config without their ``bits`` knobs: what ``compress`` applies before
     the accelerator's quantization (pruning, sparsity)."""
-    return {k.name: (k.default if k.kind == "bits" else config.get(k.name, k.default))
-            for k in space.knobs}
+    knobs = tuple(k for k in space.knobs if k.kind != "bits")
+    return (replace(space, knobs=knobs),
+            {k.name: config.get(k.name, k.default) for k in knobs})
 
 
 def accel_kernels(model: onnx.ModelProto, bits: Bits, accel_cfg) -> list[Kernel]:
@@ -211,7 +212,7 @@ class AccelDeployer:
         from pfcompile.accel.mixed import apply_bits, quantize_qdq
 
         space.validate(config)
-        pruned = compress(model, space, _float_part(space, config), calib,
+        pruned = compress(model, *_float_part(space, config), calib,
                           calib_samples=calib_samples)
         bits = bits_of_config(space, config)
         with tempfile.TemporaryDirectory(prefix="pfq_") as tmp:
@@ -231,7 +232,7 @@ class AccelDeployer:
         if h not in self._kernels:
             if len(self._kernels) > 1024:
                 self._kernels.clear()
-            pruned = compress(model, space, _float_part(space, config))
+            pruned = compress(model, *_float_part(space, config))
             self._kernels[h] = accel_kernels(pruned, bits_of_config(space, config), self.accel)
         return self._kernels[h]
 
