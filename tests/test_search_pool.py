@@ -132,7 +132,7 @@ def test_count_devices_and_open_rpc_device(cluster):
     dev = open_rpc_device(host, cluster.addr, KEY)
     try:
         assert isinstance(dev, DevicePool) and dev.size == 2 and len(dev.slots) == 2
-        assert "2 devices 'pooltest'" in dev.status() and "0 busy, 2 idle" in dev.status()
+        assert dev.status() == f"'pooltest' at {cluster.addr} (real): 2 devices: 0 busy, 2 idle; 0 failures"
     finally:
         dev.close()
     one = open_rpc_device(host, cluster.addr, "no-such-key")
@@ -227,3 +227,33 @@ def test_a_server_killed_mid_run_fails_its_trial_and_the_run_goes_on(cluster, tm
     assert status.live == 1 and status.failures == 1
     logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]
     assert [x["status"] for x in logged] == [t["status"] for t in r.trials]
+
+
+def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from pfcompile.search.api import run
+    from pfcompile.search.cli import _Progress
+
+    cluster.ensure(KEY, 2)
+    onnx.save(small_cnn(seed=7, ch=48), str(tmp_path / "m.onnx"))
+    events: list[tuple[str, dict]] = []
+    rep = run(tmp_path / "m.onnx", "host", rpc=cluster.addr, key=KEY, out_dir=tmp_path / "dist",
+              settings=SearchSettings(strategy="random", budget=2, batch=2, max_acc_drop=100.0,
+                                      eval_subset=32),
+              cache_dir=tmp_path / "cache", final_repeats=0,
+              on_event=lambda kind, info: events.append((kind, info)))
+    assert rep["trials"] == 2 and rep["device_measurements"] == 2
+    assert (tmp_path / "dist" / "report.json").exists()
+    pool_events = [info for kind, info in events if kind == "devices"]
+    assert pool_events and all(e["size"] == 2 for e in pool_events)
+    assert max(e["busy"] for e in pool_events) == 2 and pool_events[-1]["busy"] == 0
+    out = io.StringIO()
+    prog = _Progress(2, Console(file=out, width=120))
+    for kind, info in events:
+        prog(kind, info)
+    Console(file=out, width=120).print(prog._table())
+    assert "2 devices: 0 busy, 2 idle; 0 failures" in out.getvalue()
+    assert "trials" in out.getvalue() and "2/2" in out.getvalue()

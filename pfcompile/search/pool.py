@@ -31,6 +31,7 @@ path; it is no way to speed up latency measurement on a 2-core machine.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -46,6 +47,8 @@ from pfcompile.search.graph import Kernel
 from pfcompile.targets import Target
 
 __all__ = ["DevicePool", "PoolStatus", "count_devices", "open_rpc_device"]
+
+_log = logging.getLogger(__name__)
 
 #: stages a slot goes through for one measurement
 IDLE, COMPILING, WAITING, ON_DEVICE = "idle", "compiling", "waiting", "on device"
@@ -76,6 +79,12 @@ class PoolStatus:
     @property
     def idle(self) -> int:
         return self.size - self.busy
+
+    @property
+    def text(self) -> str:
+        live = "" if self.live is None or self.live == self.size else f", {self.live} alive"
+        return (f"{self.size} devices{live}: {self.busy} busy, {self.idle} idle; "
+                f"{self.failures} failures")
 
     def to_json(self) -> dict:
         return {"size": self.size, "busy": self.busy, "idle": self.idle, "live": self.live,
@@ -138,7 +147,10 @@ class DevicePool:
         with self._state:
             self._stages[index] = stage
         if self.on_change is not None:
-            self.on_change(self.snapshot())
+            try:
+                self.on_change(self.snapshot())
+            except Exception:  # noqa: BLE001 - a display's error must not fail a measurement
+                _log.exception("device pool %s: on_change failed", self.name)
 
     def snapshot(self) -> PoolStatus:
         with self._state:
@@ -146,11 +158,8 @@ class DevicePool:
         return PoolStatus(self.size, stages, self._live, sum(s.failures for s in self.slots))
 
     def status(self) -> str:
-        s = self.snapshot()
-        live = "" if s.live is None or s.live == s.size else f", {s.live} alive"
         kind = "emulated" if self.emulated else "real"
-        return (f"{s.size} devices '{self.key}' at {self.tracker} ({kind}{live}): {s.busy} busy, "
-                f"{s.idle} idle; {s.failures} failures")
+        return f"'{self.key}' at {self.tracker} ({kind}): {self.snapshot().text}"
 
     def _acquire(self, limit: int) -> int:
         """A free slot, waiting while ``limit`` slots are busy."""
