@@ -18,6 +18,7 @@ from pfcompile.data import Dataset
 from pfcompile.device import DeviceProcess, free_port, query, serve, tracker, wait_ready
 from pfcompile.errors import DeviceError
 from pfcompile.search.devices import RPCDevice
+from pfcompile.search.graph import extract_kernels
 from pfcompile.search.loop import SearchSettings, TrialLog, run_search
 from pfcompile.search.pool import ON_DEVICE, DevicePool, PoolStatus, count_devices, open_rpc_device
 from pfcompile.targets import load_target
@@ -139,6 +140,19 @@ def test_count_devices_and_open_rpc_device(cluster):
     assert isinstance(one, RPCDevice) and not isinstance(one, DevicePool)
     with pytest.raises(DeviceError, match="lists no device under key 'no-such-key'"):
         DevicePool(host, tracker=cluster.addr, key="no-such-key")
+    # a pool whose servers are all gone fails every job at once (a tracker would queue
+    # a request for a key with no server forever)
+    empty = DevicePool(host, tracker=cluster.addr, key="no-such-key", size=2)
+    try:
+        t0 = time.monotonic()
+        res = empty.measure_many([(small_cnn(), Path("unused0")), (small_cnn(1), Path("unused1"))])
+        kernels = empty.measure_kernels(extract_kernels(small_cnn()))
+    finally:
+        empty.close()
+    assert time.monotonic() - t0 < 10
+    assert [m.ok for m in res] == [False, False]
+    assert all("lists no live device under key 'no-such-key'" in m.error for m in res)
+    assert kernels == [None] * len(extract_kernels(small_cnn()))
 
 
 def test_measure_many_uses_both_servers_in_submission_order(cluster, tmp_path):
@@ -193,6 +207,36 @@ def test_run_search_on_the_pool_logs_every_trial(cluster, tmp_path):
     assert events.count("measuring") == 2 and events.count("trial") == 4
 
 
+def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from pfcompile.search.api import run
+    from pfcompile.search.cli import _Progress
+
+    cluster.ensure(KEY, 2)
+    onnx.save(small_cnn(seed=7, ch=48), str(tmp_path / "m.onnx"))
+    events: list[tuple[str, dict]] = []
+    rep = run(tmp_path / "m.onnx", "host", rpc=cluster.addr, key=KEY, out_dir=tmp_path / "dist",
+              settings=SearchSettings(strategy="random", budget=2, batch=2, max_acc_drop=100.0,
+                                      eval_subset=32),
+              cache_dir=tmp_path / "cache", final_repeats=0,
+              on_event=lambda kind, info: events.append((kind, info)))
+    assert rep["trials"] == 2 and rep["device_measurements"] == 2
+    assert (tmp_path / "dist" / "report.json").exists()
+    pool_events = [info for kind, info in events if kind == "devices"]
+    assert pool_events and all(e["size"] == 2 for e in pool_events)
+    assert max(e["busy"] for e in pool_events) == 2 and pool_events[-1]["busy"] == 0
+    out = io.StringIO()
+    prog = _Progress(2, Console(file=out, width=120))
+    for kind, info in events:
+        prog(kind, info)
+    Console(file=out, width=120).print(prog._table())
+    assert "2 devices: 0 busy, 2 idle; 0 failures" in out.getvalue()
+    assert "trials" in out.getvalue() and "2/2" in out.getvalue()
+
+
 def test_a_server_killed_mid_run_fails_its_trial_and_the_run_goes_on(cluster, tmp_path):
     host = load_target("host")
     key = KEY
@@ -227,33 +271,3 @@ def test_a_server_killed_mid_run_fails_its_trial_and_the_run_goes_on(cluster, tm
     assert status.live == 1 and status.failures == 1
     logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]
     assert [x["status"] for x in logged] == [t["status"] for t in r.trials]
-
-
-def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_path):
-    import io
-
-    from rich.console import Console
-
-    from pfcompile.search.api import run
-    from pfcompile.search.cli import _Progress
-
-    cluster.ensure(KEY, 2)
-    onnx.save(small_cnn(seed=7, ch=48), str(tmp_path / "m.onnx"))
-    events: list[tuple[str, dict]] = []
-    rep = run(tmp_path / "m.onnx", "host", rpc=cluster.addr, key=KEY, out_dir=tmp_path / "dist",
-              settings=SearchSettings(strategy="random", budget=2, batch=2, max_acc_drop=100.0,
-                                      eval_subset=32),
-              cache_dir=tmp_path / "cache", final_repeats=0,
-              on_event=lambda kind, info: events.append((kind, info)))
-    assert rep["trials"] == 2 and rep["device_measurements"] == 2
-    assert (tmp_path / "dist" / "report.json").exists()
-    pool_events = [info for kind, info in events if kind == "devices"]
-    assert pool_events and all(e["size"] == 2 for e in pool_events)
-    assert max(e["busy"] for e in pool_events) == 2 and pool_events[-1]["busy"] == 0
-    out = io.StringIO()
-    prog = _Progress(2, Console(file=out, width=120))
-    for kind, info in events:
-        prog(kind, info)
-    Console(file=out, width=120).print(prog._table())
-    assert "2 devices: 0 busy, 2 idle; 0 failures" in out.getvalue()
-    assert "trials" in out.getvalue() and "2/2" in out.getvalue()

@@ -20,9 +20,10 @@ change to its measurement protocol applies here unchanged.
 * A server that dies mid-measurement fails the measurement in flight on it (a
   value with ``error`` set, as RPCDevice returns); the tracker drops the dead
   server, and :meth:`measure_many` asks the tracker how many servers are alive
-  before each batch and runs at most that many at once (a request for a key with
-  no free server would wait at the tracker forever). With none left, every job
-  fails at once with an error naming the tracker and key.
+  before each batch, and again before each session, and runs at most that many
+  at once (a request for a key with no server would wait at the tracker
+  forever). With none left, every job fails at once with an error naming the
+  tracker and key.
 
 Several servers on one machine share its cores: their latencies measured at the
 same time disturb each other. A pool of servers on one host checks the parallel
@@ -100,6 +101,9 @@ class _Slot(RPCDevice):
 
     def _session(self, seconds: float):
         self._pool._set_stage(self._index, WAITING)
+        # a tracker queues a request for a key with no server forever: ask first
+        if self._pool.live_devices() == 0:
+            raise DeviceError(f"tracker {self.tracker} lists no live device under key '{self.key}'")
         sess = super()._session(seconds)
         self._pool._set_stage(self._index, ON_DEVICE)
         return sess
@@ -179,6 +183,8 @@ class DevicePool:
         index = self._acquire(limit)
         slot = self.slots[index]
         try:
+            if self._closed:  # a caller gave up on this batch (an exception, a kill)
+                return Measurement(None, f"device pool {self.name} was closed before this job ran")
             self._set_stage(index, COMPILING)
             with self._compile:  # compile here so that RPCDevice finds model.so and skips it
                 if not (work_dir / "model.so").exists():
@@ -247,7 +253,9 @@ class DevicePool:
 
     def measure_kernels(self, kernels: list[Kernel], work_dir: Path | None = None) -> list[float | None]:
         """Time ``kernels`` on one slot (RPCDevice compiles one model per kernel, and
-        TVM compiles one model at a time)."""
+        TVM compiles one model at a time); all None when no device is left."""
+        if self.live_devices() == 0:
+            return [None] * len(kernels)
         index = self._acquire(self.size)
         try:
             self._set_stage(index, COMPILING)

@@ -1,0 +1,140 @@
+"""Measuring K candidates with a device pool of 1 vs 2 devices: a FUNCTIONAL check
+of the parallel path, not a speedup claim.
+
+    PYTHONPATH=. python tools/bench_pool.py [--k 4] [--rounds 3] [--with-compile]
+
+Starts a tracker and two host ``rpc_server`` processes (one TVM thread each)
+under one key on ports 9600-9649, compresses the model (default: the demo) at K
+uniform keep ratios, and measures the K candidates with
+``DevicePool(size=1).measure_many`` and ``DevicePool(size=2).measure_many``,
+interleaved round by round so that machine load hits both alike. Both pools use
+the same two servers; size 1 measures one candidate at a time, size 2 two.
+
+By default the candidates are compiled once before the first round (wall time =
+RPC + verification + timing only); ``--with-compile`` gives every round fresh
+work folders, so each measurement compiles too (compiles run one at a time in
+the pool, overlapping the other slot's measurement).
+
+Both servers run on THIS machine and share its cores (2 here, also used by other
+jobs): two measurements at once disturb each other, and the wall-time ratio says
+how the parallel path behaves here, not what N real boards would give. The
+"latency" column shows the median measured candidate latency per mode, so the
+disturbance is visible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from pfcompile.device import free_port, query, serve, tracker, wait_ready
+from pfcompile.model import load_onnx, model_hash
+from pfcompile.search.api import demo_paths
+from pfcompile.search.devices import compile_onnx
+from pfcompile.search.pool import DevicePool
+from pfcompile.search.space import build_space, compress
+from pfcompile.targets import load_target
+
+PORTS = (9600, 9649)
+KEY = "bench-pool"
+
+
+def candidates(model_path: Path, k: int, target) -> list:
+    model = load_onnx(model_path)
+    space = build_space(model, target.hardware)
+    out, seen = [], set()
+    for i in range(4 * k):
+        ratio = 1.0 - 0.75 * i / max(1, 4 * k - 1)
+        cm = compress(model, space, space.uniform(ratio))
+        h = model_hash(cm)
+        if h not in seen:
+            seen.add(h)
+            out.append(cm)
+        if len(out) == k:
+            break
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=demo_paths()[0])
+    ap.add_argument("--k", type=int, default=4, help="candidates per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--number", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--min-repeat-ms", type=int, default=100)
+    ap.add_argument("--with-compile", action="store_true",
+                    help="fresh work folders each round: every measurement compiles")
+    args = ap.parse_args()
+
+    host = load_target("host")
+    models = candidates(args.model, args.k, host)
+    print(f"{len(models)} candidates of {args.model.name}; starting a tracker and 2 servers ...")
+    used: list[int] = []
+
+    def port() -> int:
+        used.append(free_port("127.0.0.1", *PORTS, exclude=tuple(used)))
+        return used[-1]
+
+    trk = tracker("127.0.0.1", port(), wait=False)
+    servers = [serve(host, "127.0.0.1", port(), trk.addr, KEY, wait=False, threads=1)
+               for _ in range(2)]
+    try:
+        for p in [trk, *servers]:
+            wait_ready(p)
+        deadline = time.monotonic() + 60
+        while not any(d.key == KEY and d.free >= 2 for d in query(trk.addr)):
+            if time.monotonic() > deadline:
+                raise SystemExit("servers did not register at the tracker")
+            time.sleep(0.2)
+        with tempfile.TemporaryDirectory(prefix="bench_pool_") as tmp:
+            root = Path(tmp)
+            if not args.with_compile:
+                t0 = time.perf_counter()
+                for i, m in enumerate(models):
+                    compile_onnx(m, host, root / "shared" / str(i))
+                print(f"compiled {len(models)} candidates once in {time.perf_counter() - t0:.1f} s")
+            walls: dict[int, list[float]] = {1: [], 2: []}
+            lats: dict[int, list[float]] = {1: [], 2: []}
+            fails = {1: 0, 2: 0}
+            for r in range(args.rounds):
+                for size in (1, 2) if r % 2 == 0 else (2, 1):
+                    base = root / f"r{r}-n{size}" if args.with_compile else root / "shared"
+                    jobs = [(m, base / str(i)) for i, m in enumerate(models)]
+                    pool = DevicePool(host, tracker=trk.addr, key=KEY, size=size,
+                                      number=args.number, repeat=args.repeat,
+                                      min_repeat_ms=args.min_repeat_ms)
+                    try:
+                        t0 = time.perf_counter()
+                        res = pool.measure_many(jobs)
+                        walls[size].append(time.perf_counter() - t0)
+                    finally:
+                        pool.close()
+                    fails[size] += sum(not m.ok for m in res)
+                    lats[size] += [m.latency_ms for m in res if m.ok]
+                    print(f"  round {r} devices {size}: {walls[size][-1]:.2f} s")
+    finally:
+        for s in servers:
+            s.stop()
+        trk.stop()
+
+    mode = "compile + measure" if args.with_compile else "measure only (precompiled)"
+    print(f"\nK={len(models)} candidates, {args.rounds} rounds, {mode}; "
+          f"number={args.number} repeat={args.repeat} min_repeat_ms={args.min_repeat_ms}")
+    print("FUNCTIONAL CHECK: both servers share this machine's cores; not a speedup claim.\n")
+    print("| devices | wall s median | min | max | candidate latency ms median | failed |")
+    print("|---|---|---|---|---|---|")
+    for size in (1, 2):
+        w, lat = walls[size], lats[size]
+        print(f"| {size} | {statistics.median(w):.2f} | {min(w):.2f} | {max(w):.2f} | "
+              f"{statistics.median(lat) if lat else float('nan'):.3f} | {fails[size]} |")
+    if walls[1] and walls[2]:
+        print(f"\nwall-time ratio 1 device / 2 devices (medians): "
+              f"{statistics.median(walls[1]) / statistics.median(walls[2]):.2f}")
+
+
+if __name__ == "__main__":
+    main()
