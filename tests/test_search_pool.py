@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pfcompile.data import Dataset
 from pfcompile.device import DeviceProcess, free_port, query, serve, tracker, wait_ready
 from pfcompile.errors import DeviceError
-from pfcompile.search.devices import RPCDevice
+from pfcompile.search.devices import NullDevice, RPCDevice
 from pfcompile.search.graph import extract_kernels
 from pfcompile.search.loop import SearchSettings, TrialLog, run_search
 from pfcompile.search.pool import ON_DEVICE, DevicePool, PoolStatus, count_devices, open_rpc_device
@@ -54,6 +54,82 @@ def small_cnn(seed: int = 0, ch: int = 16) -> onnx.ModelProto:
     return model
 
 
+# ----------------------------------------------------------------------------- the loop, no RPC
+class _ReversedPool(NullDevice):
+    """A NULL device with ``measure_many`` that answers a batch last job first, as a
+    pool does when a later candidate finishes before an earlier one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def measure_many(self, jobs, on_result=None):
+        self.batches.append(len(jobs))
+        out = [self.measure_model(m, d) for m, d in jobs]
+        for i in reversed(range(len(jobs))):
+            if on_result is not None:
+                on_result(i, out[i])
+        return out
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from pfcompile.data import load_npz
+    from pfcompile.model import input_specs, load_onnx
+    from pfcompile.search.api import demo_paths
+
+    m = load_onnx(demo_paths()[0])
+    return m, load_npz(demo_paths()[1], input_specs(m)).subset(64)
+
+
+FAST = {"strategy": "random", "batch": 3, "pool": 6, "eval_subset": 64, "max_acc_drop": 3.0}
+
+
+def test_loop_measures_rounds_on_a_pool_and_logs_in_arrival_order(tmp_path, demo):
+    m, d = demo
+    host = load_target("host")
+    pool = _ReversedPool()
+    r = run_search(m, host, pool, d, tmp_path / "pool", SearchSettings(budget=5, **FAST))
+    seq = run_search(m, host, NullDevice(), d, tmp_path / "seq", SearchSettings(budget=5, **FAST))
+    assert pool.batches == [3, 2]                    # rounds of <= 3 (the baseline: measure_model)
+    assert [t["id"] for t in r.trials] == [0, 1, 2, 3, 4]
+    assert all(t["status"] == "ok" for t in r.trials)
+    # the same candidates as one at a time (random proposals do not depend on results),
+    # each round logged last-proposed first
+    cfgs = [t["config_hash"] for t in seq.trials]
+    assert [t["config_hash"] for t in r.trials] == cfgs[2::-1] + cfgs[:2:-1]
+    for t in r.trials:
+        assert t["latency_ms"] == pytest.approx(0.5 + 0.05 * t["macs"] / 1e6)
+    logged = [x for x in TrialLog(tmp_path / "pool" / "trials.jsonl").read() if x["type"] == "trial"]
+    assert [x["id"] for x in logged] == [0, 1, 2, 3, 4]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_mid_round_loses_only_the_trials_in_flight(tmp_path, demo):
+    m, d = demo
+    host = load_target("host")
+    settings = SearchSettings(budget=5, **FAST)
+
+    def kill_at_second_trial(kind, info):
+        if kind == "trial" and info["id"] == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_search(m, host, _ReversedPool(), d, tmp_path / "run", settings,
+                   on_event=kill_at_second_trial)
+    logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]
+    assert [x["id"] for x in logged] == [0, 1]       # the third of the round was lost
+    pool = _ReversedPool()
+    r = run_search(m, host, pool, d, tmp_path / "run", settings)
+    assert [t["id"] for t in r.trials] == [0, 1, 2, 3, 4]
+    assert len({t["config_hash"] for t in r.trials}) == 5
+    assert pool.calls == 3 and pool.batches == [3]   # no baseline again; 3 new trials
+
+
+# ----------------------------------------------------------------------------- over RPC
 class Cluster:
     """A tracker plus servers started by the tests (pfcompile.device helpers)."""
 
@@ -178,6 +254,10 @@ def test_measure_many_uses_both_servers_in_submission_order(cluster, tmp_path):
     assert sum(used) == 4 and all(u >= 1 for u in used), used
     assert max(s.busy for s in seen) == 2          # two slots worked at the same time
     assert seen[-1].busy == 0 and seen[-1].failures == 0
+    kernels = extract_kernels(small_cnn())
+    times = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2,
+                       min_repeat_ms=0).measure_kernels(kernels)
+    assert len(times) == len(kernels) and all(t is not None and t > 0 for t in times)
     with pytest.raises(DeviceError, match="closed"):
         pool.measure_many(jobs[:1])
 
