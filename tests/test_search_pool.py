@@ -104,6 +104,21 @@ def test_loop_measures_rounds_on_a_pool_and_logs_in_arrival_order(tmp_path, demo
     assert [x["id"] for x in logged] == [0, 1, 2, 3, 4]
 
 
+def test_hw_strategy_on_a_pool_times_kernels_after_each_round(tmp_path, demo):
+    m, d = demo
+    pool = _ReversedPool()
+    r = run_search(m, load_target("host"), pool, d, tmp_path / "run",
+                   SearchSettings(budget=4, **{**FAST, "strategy": "hw", "batch": 2}),
+                   cache_dir=tmp_path / "cache")
+    assert pool.batches == [2, 2] and [t["id"] for t in r.trials] == [0, 1, 2, 3]
+    assert all(t["status"] == "ok" and t["pred_ms"] is not None for t in r.trials)
+    kinds = [x["type"] for x in TrialLog(tmp_path / "run" / "trials.jsonl").read()]
+    # each round: two trials logged as they arrive, then the new kernels of the round
+    first = kinds.index("trial")
+    assert kinds[first:first + 3] == ["trial", "trial", "kernels"]
+    assert r.kernel_measurements > 0
+
+
 class _Killed(Exception):
     pass
 
