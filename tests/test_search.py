@@ -133,6 +133,10 @@ def test_latency_model_learns_kernels_and_saves(tmp_path, demo, host):
     assert len(warm.kernels) == len(lm.kernels)
     assert warm.kernel_sum(train[:5]) == pytest.approx(sum(dev.measure_kernels(train[:5])))
     assert len(LatencyModel.load(p, "arm64", 4).kernels) == 0  # another target starts cold
+    stale = json.loads(p.read_text())
+    stale["fingerprint"] = "measured-with-other-code"
+    p.write_text(json.dumps(stale))
+    assert len(LatencyModel.load(p, "host", 8).kernels) == 0  # other codegen: times are stale
 
 
 def test_kendall_tau_and_flops_model():

@@ -44,6 +44,39 @@ def test_rpc_device_killed_mid_run_gives_failed_trials(tmp_path):
     assert Path(r.trials[0]["so_path"]).exists()
 
 
+def test_paired_timing_and_kernel_primfuncs(tmp_path):
+    """Candidates are timed alternating with the reference (the unmodified model) in
+    one session; kernels are their fused PrimFuncs, timed against the reference kernel."""
+    from pfcompile.search.devices import REFERENCE_KERNEL, kernel_primfuncs
+    from pfcompile.search.graph import extract_kernels
+    from pfcompile.search.space import build_space, compress
+
+    m = load_onnx(demo_paths()[0])
+    host = load_target("host")
+    space = build_space(m, host.hardware)
+    small = compress(m, space, space.uniform(0.5))
+    ks = extract_kernels(small)
+    conv = next(k for k in ks if k.op == "conv" and k.kernel == (3, 3))
+    assert len(kernel_primfuncs(conv, host)) == 1   # conv + bias + ReLU fused, no edge transforms
+    srv = serve(host, "127.0.0.1", free_port("127.0.0.1", 9450, 9474))
+    try:
+        dev = RPCDevice(host, port=srv.port, repeat=3, min_repeat_ms=5)
+        unpaired = dev.measure_model(small, tmp_path / "a")
+        assert unpaired.ok and not unpaired.paired
+        ref = dev.set_reference(m, tmp_path / "ref")
+        assert ref.ok and ref.latency_ms == ref.raw_ms
+        paired = dev.measure_model(small, tmp_path / "a")
+        assert paired.ok and paired.paired and paired.raw_ms > 0
+        assert paired.max_abs_diff is not None          # verified against onnxruntime
+        again = dev.measure_model(m, tmp_path / "ref")  # the reference against itself
+        assert again.latency_ms == pytest.approx(ref.latency_ms, rel=0.25)
+        times = dev.measure_kernels([conv, REFERENCE_KERNEL])
+        assert dev.kernel_reference_ms > 0
+        assert times[0] > 0 and times[1] == pytest.approx(dev.kernel_reference_ms, rel=0.25)
+    finally:
+        srv.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (ARM64_DIR / ".stamp").exists() or not shutil.which("aarch64-linux-gnu-g++")
                     or not shutil.which("qemu-aarch64"),

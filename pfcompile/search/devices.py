@@ -2,11 +2,28 @@
 :class:`Measurement`; a failed compile, a dead device, a timeout or a NaN output
 is a value with ``error`` set, never an exception that stops a search.
 
-* :class:`RPCDevice` compiles with TVM (``pfcompile.compiler.compile_model`` when
-  the lead's compiler is present, else ``from_onnx`` + ``tvm.compile``), uploads
+* :class:`RPCDevice` compiles with ``pfcompile.compiler.compile_model``, uploads
   the library over TVM RPC, checks the output against onnxruntime and times it
-  with ``time_evaluator``. Kernels are timed as single-kernel ONNX models built
-  at the candidate's shapes, through the same compile path.
+  with ``time_evaluator``.
+
+  **Paired timing.** A shared machine (this project's CI/dev VM: 2 vCPUs with
+  noisy neighbours) runs the same library 1.5-2x slower for seconds at a time,
+  so a candidate timed alone can look faster or slower than it is. Once the
+  unmodified model is the *reference* (:meth:`RPCDevice.set_reference`), every
+  candidate is timed in the same session alternating with the reference
+  (ABBA rounds of >= ``min_repeat_ms`` each): its latency is the reference's
+  latency times the median of the per-round ratios (``latency_ms``), and the
+  candidate's own median is kept as ``raw_ms``. Slow phases hit both sides of
+  a ratio alike.
+
+  **Kernels** are the fused PrimFuncs TVM generates for each kernel (a
+  one-kernel ONNX model at the candidate's shapes, through pfcompile's codegen:
+  the same fused function, with the same schedule, as in the whole model; the
+  layout transforms at the one-kernel model's edges are left out). Each is
+  timed on its own on the device, in rounds alternating with a fixed reference
+  kernel (:data:`REFERENCE_KERNEL`), and reported as ratio x the reference
+  kernel's time (``kernel_reference_ms``, measured once and kept in the latency
+  model's cache so that kernels timed in different runs share one scale).
 * :class:`NullDevice` runs nothing: a deterministic latency from MACs, for fast
   tests of the search logic.
 
@@ -31,11 +48,13 @@ from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.targets import Target
 
 __all__ = [
+    "REFERENCE_KERNEL",
     "Measurement",
     "NullDevice",
     "RPCDevice",
     "compile_onnx",
     "kernel_model",
+    "kernel_primfuncs",
 ]
 
 
@@ -45,6 +64,8 @@ class Measurement:
     error: str | None = None
     so_path: str | None = None
     max_abs_diff: float | None = None
+    raw_ms: float | None = None      # the candidate's own median (paired timing)
+    paired: bool = False             # latency_ms = reference ms x median ratio
 
     @property
     def ok(self) -> bool:
@@ -111,6 +132,36 @@ def kernel_model(k: Kernel, seed: int = 0) -> onnx.ModelProto:
     out = helper.make_tensor_value_info(cur, TensorProto.FLOAT, out_shape)
     g = helper.make_graph(nodes, "kernel", inputs, [out], inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+#: The fixed kernel every kernel time is paired with (a mid-sized 3x3 conv + ReLU).
+REFERENCE_KERNEL = Kernel("conv", (1, 32, 16, 16), (32, 32, 3, 3), (1, 32, 16, 16), (3, 3), (1, 1),
+                          (1, 1, 1, 1), 1, ("Relu",))
+
+_EDGE_FUNCS = ("te_layout_transform", "layout_transform", "reshape")
+
+
+def kernel_primfuncs(k: Kernel, target: Target) -> list:
+    """The scheduled PrimFunc(s) pfcompile's codegen makes for kernel ``k`` (fused
+    anchor op + epilogue), without the layout transforms at the one-kernel
+    model's edges (inside a whole model activations stay blocked)."""
+    from tvm import tirx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from pfcompile.codegen.pipeline import fuse_to_tir, schedule_module
+    from pfcompile.codegen.records import RecordDB
+
+    mod = from_onnx(kernel_model(k), keep_params_in_input=False)
+    sched = schedule_module(fuse_to_tir(mod, target), target, RecordDB.for_target(None, target.name))
+    return [f for gv, f in sched.functions.items()
+            if isinstance(f, tirx.PrimFunc) and not gv.name_hint.startswith(_EDGE_FUNCS)]
+
+
+def _primfunc_library(funcs: list, target: Target):
+    import tvm
+
+    mod = tvm.IRModule({f"k{i}": f.with_attr("global_symbol", f"k{i}") for i, f in enumerate(funcs)})
+    return tvm.compile(mod, target=target.tvm_target())
 
 
 # ----------------------------------------------------------------------------- compile
@@ -216,6 +267,8 @@ class RPCDevice:
         self.emulated = target.emulated
         self.name = f"{tracker}/{self.key}" if tracker else f"{host}:{port}"
         self.failures = 0
+        self._ref: dict | None = None                 # set_reference: so, feeds, ms
+        self.kernel_reference_ms: float | None = None  # REFERENCE_KERNEL's time (ms)
 
     # -- session -------------------------------------------------------------
     def _session(self, seconds: float):
@@ -230,34 +283,74 @@ class RPCDevice:
         except Exception as exc:
             raise DeviceError(f"cannot reach device {self.name}: {exc}") from exc
 
-    def _run(self, sess, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray] | None,
-             number: int, repeat: int, min_repeat_ms: int) -> tuple[float, float | None]:
-        import tvm
+    def _load(self, sess, so: Path):
         from tvm import relax
 
         remote_name = f"pf_{uuid.uuid4().hex[:12]}.so"
         sess.upload(str(so), remote_name)
-        lib = sess.load_module(remote_name)
+        return relax.VirtualMachine(sess.load_module(remote_name), sess.cpu())
+
+    def _check(self, vm, args, want: list[np.ndarray]) -> float:
+        out = vm["main"](*args)
+        got = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
+        if not np.all(np.isfinite(got)):
+            raise ValueError("output has NaN/Inf")
+        diff = float(np.abs(got - want[0]).max())
+        scale = float(np.abs(want[0]).max()) + 1e-6
+        if diff > self.rtol * scale + 1e-4:
+            raise ValueError(f"output differs from onnxruntime: max abs diff {diff:.3g} "
+                             f"(scale {scale:.3g})")
+        return diff
+
+    def _run(self, sess, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray] | None,
+             number: int, repeat: int, min_repeat_ms: int) -> tuple[float, float | None]:
+        """Median over ``repeat`` timings of one library (unpaired)."""
+        import tvm
+
+        vm = self._load(sess, so)
         dev = sess.cpu()
-        vm = relax.VirtualMachine(lib, dev)
         args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
-        diff = None
-        if want is not None:
-            out = vm["main"](*args)
-            got = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
-            if not np.all(np.isfinite(got)):
-                raise ValueError("output has NaN/Inf")
-            diff = float(np.abs(got - want[0]).max())
-            scale = float(np.abs(want[0]).max()) + 1e-6
-            if diff > self.rtol * scale + 1e-4:
-                raise ValueError(f"output differs from onnxruntime: max abs diff {diff:.3g} "
-                                 f"(scale {scale:.3g})")
+        diff = self._check(vm, args, want) if want is not None else None
         f = vm.time_evaluator("main", dev, number=number, repeat=repeat,
                               min_repeat_ms=min_repeat_ms)
         res = f(*args)
         return float(np.median(res.results) * 1e3), diff
 
-    def measure_model(self, model: onnx.ModelProto, work_dir: Path) -> Measurement:
+    @property
+    def _round_ms(self) -> int:
+        return max(5, min(int(self.min_repeat_ms), 25))
+
+    @property
+    def _rounds(self) -> int:
+        return max(7, int(self.repeat))
+
+    def _paired(self, sess, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray]
+                ) -> tuple[float, float, float | None]:
+        """(latency_ms, raw_ms, diff): ABBA rounds of the candidate and the reference."""
+        import tvm
+
+        ref = self._ref
+        dev = sess.cpu()
+        vm = self._load(sess, so)
+        args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
+        diff = self._check(vm, args, want)
+        rvm = self._load(sess, Path(ref["so"]))
+        rargs = [tvm.runtime.tensor(v, dev) for v in ref["feeds"].values()]
+        rvm["main"](*rargs)
+        fc = vm.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=self._round_ms)
+        fr = rvm.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=self._round_ms)
+        ratios, raw = [], []
+        for i in range(self._rounds):
+            if i % 2 == 0:
+                tr, tc = fr(*rargs).mean, fc(*args).mean
+            else:
+                tc, tr = fc(*args).mean, fr(*rargs).mean
+            ratios.append(tc / tr)
+            raw.append(tc * 1e3)
+        return ref["ms"] * float(np.median(ratios)), float(np.median(raw)), diff
+
+    def _prepare(self, model: onnx.ModelProto, work_dir: Path):
+        """(so, feeds, want) or a failed Measurement."""
         try:
             so = work_dir / "model.so"
             if not so.exists():
@@ -269,36 +362,116 @@ class RPCDevice:
             want = _ort_outputs(model, feeds)
         except Exception as exc:  # noqa: BLE001 - a failure is a value
             return Measurement(None, f"onnxruntime reference failed: {exc}", str(so))
+        return so, feeds, want
+
+    def _failed(self, exc: Exception, so: Path) -> Measurement:
+        self.failures += 1
+        msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)
+        return Measurement(None, f"device {self.name}: {msg}", str(so))
+
+    def set_reference(self, model: onnx.ModelProto, work_dir: Path,
+                      given: float | None = None) -> Measurement:
+        """Measure ``model`` (the unmodified one) and time later candidates against it.
+        ``given``: the reference latency to scale by (a resumed run keeps its baseline's)."""
+        prep = self._prepare(model, work_dir)
+        if isinstance(prep, Measurement):
+            return prep
+        so, feeds, want = prep
         try:
             sess = self._session(self.timeout_s)
-            ms, diff = self._run(sess, so, feeds, want, self.number, self.repeat, self.min_repeat_ms)
+            ms, diff = self._run(sess, so, feeds, want, 1, self._rounds, self._round_ms)
         except Exception as exc:  # noqa: BLE001 - a failure is a value
-            self.failures += 1
-            msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)
-            return Measurement(None, f"device {self.name}: {msg}", str(so))
+            return self._failed(exc, so)
         if not math.isfinite(ms):
             return Measurement(None, "device returned a non-finite time", str(so))
-        return Measurement(ms, None, str(so), diff)
+        self._ref = {"so": str(so), "feeds": feeds, "ms": ms if given is None else float(given)}
+        return Measurement(self._ref["ms"], None, str(so), diff, raw_ms=ms)
 
+    def measure_model(self, model: onnx.ModelProto, work_dir: Path) -> Measurement:
+        prep = self._prepare(model, work_dir)
+        if isinstance(prep, Measurement):
+            return prep
+        so, feeds, want = prep
+        try:
+            sess = self._session(self.timeout_s)
+            if self._ref is not None:
+                ms, raw, diff = self._paired(sess, so, feeds, want)
+            else:
+                ms, diff = self._run(sess, so, feeds, want, self.number, self.repeat,
+                                     self.min_repeat_ms)
+                raw = ms
+        except Exception as exc:  # noqa: BLE001 - a failure is a value
+            return self._failed(exc, so)
+        if not math.isfinite(ms):
+            return Measurement(None, "device returned a non-finite time", str(so))
+        return Measurement(ms, None, str(so), diff, raw_ms=raw, paired=self._ref is not None)
+
+    # -- kernels -------------------------------------------------------------
     def measure_kernels(self, kernels: list[Kernel], work_dir: Path | None = None) -> list[float | None]:
+        """Each kernel's fused PrimFunc(s) timed on the device, paired with the
+        reference kernel (see the module docstring); ``None`` for a kernel that
+        cannot be built or run."""
         import tempfile
 
-        out: list[float | None] = []
+        from pfcompile.codegen.kernels import _args
+
+        funcs: list = []
+        spans: list[tuple[int, int] | None] = []
+        ref_funcs = kernel_primfuncs(REFERENCE_KERNEL, self.target)
+        funcs.extend(ref_funcs)
+        for k in kernels:
+            try:
+                fs = kernel_primfuncs(k, self.target)
+            except Exception:  # noqa: BLE001 - a kernel that cannot be built is None
+                spans.append(None)
+                continue
+            spans.append((len(funcs), len(funcs) + len(fs)) if fs else None)
+            funcs.extend(fs)
+        out: list[float | None] = [None] * len(kernels)
         tmp = Path(tempfile.mkdtemp(prefix="pfk_", dir=work_dir))
-        sess = None
         try:
-            for i, k in enumerate(kernels):
+            lib = _primfunc_library(funcs, self.target)
+            so = tmp / "kernels.so"
+            if self.target.cross_compiler:
+                from tvm.support import cc
+
+                lib.export_library(str(so), fcompile=cc.cross_compiler(self.target.cross_compiler))
+            else:
+                lib.export_library(str(so))
+            sess = self._session(self.timeout_s * max(1, len(kernels)))
+            sess.upload(str(so), so.name)
+            rmod = sess.load_module(so.name)
+            dev = sess.cpu()
+            args = [_args(f, dev) for f in funcs]
+            ms = max(1, self._round_ms // 5)
+            evals = [rmod.time_evaluator(f"k{i}", dev, number=1, repeat=1, min_repeat_ms=ms)
+                     for i in range(len(funcs))]
+
+            def t(lo: int, hi: int) -> float:
+                return sum(evals[i](*args[i]).mean for i in range(lo, hi))
+
+            nref = len(ref_funcs)
+            if self.kernel_reference_ms is None:
+                t(0, nref)  # warm-up
+                self.kernel_reference_ms = 1e3 * float(np.median([t(0, nref) for _ in range(9)]))
+            for j, span in enumerate(spans):
+                if span is None:
+                    continue
                 try:
-                    m = kernel_model(k)
-                    so = compile_onnx(m, self.target, tmp / str(i))
-                    if sess is None:
-                        sess = self._session(self.timeout_s * (len(kernels) - i))
-                    ms, _ = self._run(sess, so, _random_feeds(m), None, self.number,
-                                      max(3, self.repeat), self.min_repeat_ms)
-                    out.append(ms)
-                except Exception:  # noqa: BLE001 - a failed kernel is None
-                    sess = None
-                    out.append(None)
+                    t(*span)  # warm-up
+                    ratios = []
+                    for r in range(5):
+                        if r % 2 == 0:
+                            tr, tk = t(0, nref), t(*span)
+                        else:
+                            tk, tr = t(*span), t(0, nref)
+                        ratios.append(tk / tr)
+                    out[j] = float(np.median(ratios)) * self.kernel_reference_ms
+                except Exception:  # noqa: BLE001 - a kernel that fails to run is None
+                    out[j] = None
+        except Exception:  # noqa: BLE001 - library/session failure: every kernel is None
+            self.failures += 1
+            return [None] * len(kernels)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return out

@@ -22,7 +22,8 @@ import numpy as np
 
 from pfcompile.search.graph import Kernel
 
-__all__ = ["FEATURE_NAMES", "FlopsModel", "LatencyModel", "kendall_tau", "kernel_features"]
+__all__ = ["FEATURE_NAMES", "FlopsModel", "LatencyModel", "codegen_fingerprint", "kendall_tau",
+           "kernel_features"]
 
 _OPS = ("conv", "dwconv", "gconv", "gemm", "maxpool", "avgpool", "gpool", "ew")
 FEATURE_NAMES = [f"op_{o}" for o in _OPS] + [
@@ -30,6 +31,28 @@ FEATURE_NAMES = [f"op_{o}" for o in _OPS] + [
     "kh", "kw", "stride", "groups_log", "n_epilogue", "residual", "bits",
     "cout_mod_lanes", "cin_mod_lanes", "cout_lanes_frac", "cin_lanes_frac", "ow_mod_lanes",
     "layout_nchw", "arith_intensity"]
+
+
+_FINGERPRINT: str | None = None
+
+
+def codegen_fingerprint() -> str:
+    """Hash of the code that decides what a kernel costs (schedules, codegen,
+    integer lowering, the kernel timing protocol): cached kernel times measured
+    with other code are stale (a schedule fix changed some kernels 20x)."""
+    global _FINGERPRINT
+    if _FINGERPRINT is None:
+        import hashlib
+
+        root = Path(__file__).resolve().parents[1]
+        h = hashlib.sha256()
+        files = sorted([*root.glob("schedules/*.py"), *root.glob("codegen/*.py"),
+                        *root.glob("quantexec/*.py"), root / "search" / "devices.py"])
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        _FINGERPRINT = h.hexdigest()[:16]
+    return _FINGERPRINT
 
 
 def _l(x: float) -> float:
@@ -105,6 +128,7 @@ class LatencyModel:
     def __init__(self, target: str, lanes: int = 8, seed: int = 0) -> None:
         self.target, self.lanes, self.seed = target, lanes, seed
         self.kernels: dict[str, tuple[dict, float]] = {}   # workload key -> (kernel json, ms)
+        self.reference_ms: float | None = None  # the device's reference-kernel time (scale)
         self.fit_ = _LinearFit()
         self._booster = None
         self._dirty = True
@@ -176,6 +200,7 @@ class LatencyModel:
     # -- persistence -------------------------------------------------------------
     def to_json(self) -> dict:
         return {"kind": self.kind, "target": self.target, "lanes": self.lanes,
+                "fingerprint": codegen_fingerprint(), "reference_ms": self.reference_ms,
                 "kernels": {k: {"kernel": j, "ms": t} for k, (j, t) in self.kernels.items()},
                 "fit": {"a": self.fit_.a, "b": self.fit_.b, "points": self.fit_.points}}
 
@@ -189,7 +214,8 @@ class LatencyModel:
 
     @classmethod
     def load(cls, path: str | Path, target: str, lanes: int = 8) -> LatencyModel:
-        """A model warm from ``path`` if it exists and belongs to ``target``; else cold.
+        """A model warm from ``path`` if it exists, belongs to ``target`` and was
+        measured with this code generator (:func:`codegen_fingerprint`); else cold.
 
         Whole-model fit points are not carried over: they depend on the model."""
         m = cls(target, lanes)
@@ -199,8 +225,10 @@ class LatencyModel:
                 d = json.loads(p.read_text())
             except (OSError, json.JSONDecodeError):
                 return m
-            if d.get("target") == target and d.get("kind") == cls.kind:
+            if (d.get("target") == target and d.get("kind") == cls.kind
+                    and d.get("fingerprint") == codegen_fingerprint()):
                 m.kernels = {k: (v["kernel"], float(v["ms"])) for k, v in d.get("kernels", {}).items()}
+                m.reference_ms = d.get("reference_ms")
         return m
 
     @staticmethod

@@ -175,7 +175,10 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         if not todo:
             return
         emit("kernels", {"n": len(todo)})
+        if hasattr(device, "kernel_reference_ms") and lat_model.reference_ms is not None:
+            device.kernel_reference_ms = lat_model.reference_ms  # one scale across runs
         times = device.measure_kernels(todo)
+        lat_model.reference_ms = getattr(device, "kernel_reference_ms", None) or lat_model.reference_ms
         items = [{"key": k.key, "kernel": k.to_json(), "ms": t} for k, t in zip(todo, times)
                  if t is not None]
         lat_model.update_kernels(todo, times)
@@ -213,7 +216,8 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     if base is None:
         emit("baseline", {})
         time_kernels(base_kernels, None)
-        m = device.measure_model(model, run_dir / "artifacts" / mhash)
+        measure_base = getattr(device, "set_reference", device.measure_model)
+        m = measure_base(model, run_dir / "artifacts" / mhash)
         if not m.ok:
             raise SearchError(f"the unmodified model failed on device {device.name}: {m.error}")
         acc = evaluator.reference
@@ -227,6 +231,8 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                 time_kernels(shaped(space.uniform(0.5)), None)
             except PfcompileError:
                 pass
+    elif hasattr(device, "set_reference"):  # resumed: pair with the logged baseline's scale
+        device.set_reference(model, run_dir / "artifacts" / mhash, given=base["latency_ms"])
     if lat_model is not None:
         lat_model.update_model(base_kernels, base["latency_ms"])
     emit("baseline_done", base)
@@ -377,6 +383,8 @@ def _finish_trial(rec: dict, m, base, goal, t0: float) -> dict:
     else:
         rec["status"] = "ok"
         rec["latency_ms"] = m.latency_ms
+        rec["raw_ms"] = m.raw_ms
+        rec["paired"] = m.paired
         rec["speedup"] = base["latency_ms"] / m.latency_ms
         rec["feasible"] = goal.feasible(m.latency_ms, rec["acc_drop"], rec["size_mb"])
     rec["seconds"] = time.time() - t0
