@@ -295,6 +295,9 @@ def test_run_search_on_the_pool_logs_every_trial(cluster, tmp_path):
     assert len(r.trials) == 4 and r.device_measurements == 4
     assert all(t["status"] == "ok" for t in r.trials), [t["error"] for t in r.trials]
     assert [t["id"] for t in r.trials] == [0, 1, 2, 3]
+    # RPCDevice's paired timing carried over: every slot timed against the reference
+    assert all(t["paired"] and t["raw_ms"] > 0 for t in r.trials)
+    assert pool._has_reference == [True, True]
     assert len({t["config_hash"] for t in r.trials}) == 4
     logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]
     assert [x["id"] for x in logged] == [0, 1, 2, 3]
@@ -347,9 +350,10 @@ def test_a_server_killed_mid_run_fails_its_trial_and_the_run_goes_on(cluster, tm
             killed.set()
             victims[0].kill()
 
-    # each measurement lasts >= 2 x 1.5 s, longer than compiling the next candidate
-    pool = DevicePool(host, tracker=cluster.addr, key=key, number=1, repeat=2,
-                      min_repeat_ms=1500, on_change=kill_when_both_on_device)
+    # a candidate's measurement lasts >= 60 rounds x 25 ms (x 2 when paired with the
+    # reference), longer than compiling the next candidate
+    pool = DevicePool(host, tracker=cluster.addr, key=key, number=1, repeat=60,
+                      min_repeat_ms=25, on_change=kill_when_both_on_device)
     try:
         r = run_search(model, host, pool, data, tmp_path / "run",
                        SearchSettings(strategy="random", budget=4, batch=2, max_acc_drop=100.0,

@@ -15,8 +15,12 @@ change to its measurement protocol applies here unchanged.
 * Compilation runs in the workers, one at a time (TVM's ONNX importer is not
   thread-safe: two ``from_onnx`` calls in two threads fail), so the compile of
   one candidate overlaps the measurement of another. Kernel timing
-  (:meth:`DevicePool.measure_kernels`) compiles a model per kernel inside
-  RPCDevice, so it runs on one slot, under the same lock.
+  (:meth:`DevicePool.measure_kernels`) builds the kernels inside RPCDevice, so
+  it runs on one slot, under the same lock; ``kernel_reference_ms`` is one value
+  for all slots.
+* Paired timing (:meth:`RPCDevice.set_reference`) carries over: the pool
+  measures the reference on one slot, and each other slot measures it (scaled to
+  the first one's latency) before its first candidate.
 * A server that dies mid-measurement fails the measurement in flight on it (a
   value with ``error`` set, as RPCDevice returns); the tracker drops the dead
   server, and :meth:`measure_many` asks the tracker how many servers are alive
@@ -145,6 +149,9 @@ class DevicePool:
         self._executor = ThreadPoolExecutor(max_workers=self.size,
                                             thread_name_prefix="pfcompile-pool")
         self._closed = False
+        self._reference: tuple[onnx.ModelProto, Path, float] | None = None  # set_reference
+        self._has_reference = [False] * self.size
+        self._kernel_reference_ms: float | None = None
 
     # -- state --------------------------------------------------------------
     def _set_stage(self, index: int, stage: str) -> None:
@@ -193,6 +200,14 @@ class DevicePool:
                     except Exception as exc:  # noqa: BLE001 - a failure is a value
                         msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)
                         return Measurement(None, f"compile failed: {msg}")
+            ref = self._reference
+            if ref is not None and not self._has_reference[index]:
+                # this slot's first job since set_reference: pair it with the same
+                # reference, on the scale of the one measured first
+                m = slot.set_reference(ref[0], ref[1], given=ref[2])
+                if not m.ok:
+                    return m
+                self._has_reference[index] = True
             return slot.measure_model(model, work_dir)
         except Exception as exc:  # noqa: BLE001 - a failure is a value, never a crash
             return Measurement(None, f"device pool {self.name}, slot {index}: {exc!r}")
@@ -251,16 +266,58 @@ class DevicePool:
     def measure_model(self, model: onnx.ModelProto, work_dir: Path) -> Measurement:
         return self.measure_many([(model, work_dir)])[0]
 
+    def set_reference(self, model: onnx.ModelProto, work_dir: Path,
+                      given: float | None = None) -> Measurement:
+        """RPCDevice's paired timing across the pool: measure the reference (the
+        unmodified model) on one slot now; every other slot measures it too before
+        its first candidate, with ``given`` = the first one's latency, so that all
+        candidates share one scale. Candidates are then timed alternating with the
+        reference in their own session, on whichever server they get."""
+        work_dir = Path(work_dir)
+        index = self._acquire(self.size)
+        try:
+            self._set_stage(index, COMPILING)
+            with self._compile:
+                prep_error = None
+                if not (work_dir / "model.so").exists():
+                    try:
+                        compile_onnx(model, self.target, work_dir)
+                    except Exception as exc:  # noqa: BLE001 - a failure is a value
+                        prep_error = Measurement(None, f"compile failed: {exc}")
+            if prep_error is not None:
+                return prep_error
+            m = self.slots[index].set_reference(model, work_dir, given=given)
+        finally:
+            self._release(index)
+        if m.ok:
+            self._reference = (model, work_dir, float(m.latency_ms))
+            self._has_reference = [i == index for i in range(self.size)]
+        return m
+
+    @property
+    def kernel_reference_ms(self) -> float | None:
+        """The reference kernel's time, one value for every slot (RPCDevice's)."""
+        return self._kernel_reference_ms
+
+    @kernel_reference_ms.setter
+    def kernel_reference_ms(self, value: float | None) -> None:
+        self._kernel_reference_ms = value
+        for s in self.slots:
+            s.kernel_reference_ms = value
+
     def measure_kernels(self, kernels: list[Kernel], work_dir: Path | None = None) -> list[float | None]:
-        """Time ``kernels`` on one slot (RPCDevice compiles one model per kernel, and
-        TVM compiles one model at a time); all None when no device is left."""
+        """Time ``kernels`` on one slot (RPCDevice builds them into one library there,
+        and TVM compiles one model at a time); all None when no device is left."""
         if self.live_devices() == 0:
             return [None] * len(kernels)
         index = self._acquire(self.size)
         try:
             self._set_stage(index, COMPILING)
             with self._compile:
-                return self.slots[index].measure_kernels(kernels, work_dir)
+                out = self.slots[index].measure_kernels(kernels, work_dir)
+            if self._kernel_reference_ms is None:  # measured by this slot: share it
+                self.kernel_reference_ms = self.slots[index].kernel_reference_ms
+            return out
         finally:
             self._release(index)
 
