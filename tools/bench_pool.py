@@ -1,7 +1,7 @@
 """Measuring K candidates with a device pool of 1 vs 2 devices: a FUNCTIONAL check
 of the parallel path, not a speedup claim.
 
-    PYTHONPATH=. python tools/bench_pool.py [--k 4] [--rounds 3] [--with-compile]
+    PYTHONPATH=. python tools/bench_pool.py [--k 4] [--rounds 3] [--with-compile] [--paired]
 
 Starts a tracker and two host ``rpc_server`` processes (one TVM thread each)
 under one key on ports 9600-9649, compresses the model (default: the demo) at K
@@ -13,7 +13,11 @@ the same two servers; size 1 measures one candidate at a time, size 2 two.
 By default the candidates are compiled once before the first round (wall time =
 RPC + verification + timing only); ``--with-compile`` gives every round fresh
 work folders, so each measurement compiles too (compiles run one at a time in
-the pool, overlapping the other slot's measurement).
+the pool, overlapping the other slot's measurement). ``--paired`` sets the
+unmodified model as the reference first (``DevicePool.set_reference``, outside
+the timed part; the second slot pairs with it inside ``measure_many``, timed), so
+candidates are timed alternating with the reference (RPCDevice's paired timing)
+and the table adds their own medians (``raw``).
 
 Both servers run on THIS machine and share its cores (2 here, also used by other
 jobs): two measurements at once disturb each other, and the wall-time ratio says
@@ -68,10 +72,13 @@ def main() -> None:
     ap.add_argument("--min-repeat-ms", type=int, default=100)
     ap.add_argument("--with-compile", action="store_true",
                     help="fresh work folders each round: every measurement compiles")
+    ap.add_argument("--paired", action="store_true",
+                    help="time candidates against the unmodified model (set_reference)")
     args = ap.parse_args()
 
     host = load_target("host")
     models = candidates(args.model, args.k, host)
+    original = load_onnx(args.model)
     print(f"{len(models)} candidates of {args.model.name}; starting a tracker and 2 servers ...")
     used: list[int] = []
 
@@ -99,6 +106,8 @@ def main() -> None:
                 print(f"compiled {len(models)} candidates once in {time.perf_counter() - t0:.1f} s")
             walls: dict[int, list[float]] = {1: [], 2: []}
             lats: dict[int, list[float]] = {1: [], 2: []}
+            raws: dict[int, list[float]] = {1: [], 2: []}
+            per: dict[int, dict[int, list[float]]] = {1: {}, 2: {}}
             fails = {1: 0, 2: 0}
             for r in range(args.rounds):
                 for size in (1, 2) if r % 2 == 0 else (2, 1):
@@ -108,6 +117,10 @@ def main() -> None:
                                       number=args.number, repeat=args.repeat,
                                       min_repeat_ms=args.min_repeat_ms)
                     try:
+                        if args.paired:
+                            ref = pool.set_reference(original, root / "reference")
+                            if not ref.ok:
+                                raise SystemExit(f"reference failed: {ref.error}")
                         t0 = time.perf_counter()
                         res = pool.measure_many(jobs)
                         walls[size].append(time.perf_counter() - t0)
@@ -115,6 +128,10 @@ def main() -> None:
                         pool.close()
                     fails[size] += sum(not m.ok for m in res)
                     lats[size] += [m.latency_ms for m in res if m.ok]
+                    for i, m in enumerate(res):
+                        if m.ok:
+                            per[size].setdefault(i, []).append(m.latency_ms)
+                    raws[size] += [m.raw_ms for m in res if m.ok and m.raw_ms is not None]
                     print(f"  round {r} devices {size}: {walls[size][-1]:.2f} s")
     finally:
         for s in servers:
@@ -122,15 +139,26 @@ def main() -> None:
         trk.stop()
 
     mode = "compile + measure" if args.with_compile else "measure only (precompiled)"
+    mode += ", paired with the unmodified model" if args.paired else ", unpaired"
     print(f"\nK={len(models)} candidates, {args.rounds} rounds, {mode}; "
           f"number={args.number} repeat={args.repeat} min_repeat_ms={args.min_repeat_ms}")
     print("FUNCTIONAL CHECK: both servers share this machine's cores; not a speedup claim.\n")
-    print("| devices | wall s median | min | max | candidate latency ms median | failed |")
-    print("|---|---|---|---|---|---|")
+    print("| devices | wall s median | min | max | candidate latency ms median "
+          "| raw ms median | failed |")
+    print("|---|---|---|---|---|---|---|")
     for size in (1, 2):
-        w, lat = walls[size], lats[size]
+        w, lat, raw = walls[size], lats[size], raws[size]
         print(f"| {size} | {statistics.median(w):.2f} | {min(w):.2f} | {max(w):.2f} | "
-              f"{statistics.median(lat) if lat else float('nan'):.3f} | {fails[size]} |")
+              f"{statistics.median(lat) if lat else float('nan'):.3f} | "
+              f"{statistics.median(raw) if raw else float('nan'):.3f} | {fails[size]} |")
+    print("\nper candidate, median latency ms over rounds (like with like):\n")
+    print("| candidate | 1 device | 2 devices | 2 / 1 |")
+    print("|---|---|---|---|")
+    for i in range(len(models)):
+        a, b = per[1].get(i), per[2].get(i)
+        if a and b:
+            ma, mb = statistics.median(a), statistics.median(b)
+            print(f"| c{i} | {ma:.3f} | {mb:.3f} | {mb / ma:.2f} |")
     if walls[1] and walls[2]:
         print(f"\nwall-time ratio 1 device / 2 devices (medians): "
               f"{statistics.median(walls[1]) / statistics.median(walls[2]):.2f}")
