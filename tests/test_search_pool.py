@@ -224,6 +224,7 @@ def test_count_devices_and_open_rpc_device(cluster):
     dev = open_rpc_device(host, cluster.addr, KEY)
     try:
         assert isinstance(dev, DevicePool) and dev.size == 2 and len(dev.slots) == 2
+        assert dev.compile_first  # servers on loopback: compile a round, then measure it
         assert dev.status() == f"'pooltest' at {cluster.addr} (real): 2 devices: 0 busy, 2 idle; 0 failures"
     finally:
         dev.close()
@@ -283,7 +284,8 @@ def test_run_search_on_the_pool_logs_every_trial(cluster, tmp_path):
     model = small_cnn(seed=3, ch=48)
     x = np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32)
     data = Dataset({"x": x}, None, "random")
-    pool = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2, min_repeat_ms=0)
+    pool = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2, min_repeat_ms=0,
+                      compile_first=True)
     events: list[str] = []
     try:
         r = run_search(model, host, pool, data, tmp_path / "run",

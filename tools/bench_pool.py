@@ -1,7 +1,8 @@
 """Measuring K candidates with a device pool of 1 vs 2 devices: a FUNCTIONAL check
 of the parallel path, not a speedup claim.
 
-    PYTHONPATH=. python tools/bench_pool.py [--k 4] [--rounds 3] [--with-compile] [--paired]
+    PYTHONPATH=. python tools/bench_pool.py [--k 4] [--rounds 3] [--with-compile]
+        [--compile-first] [--paired]
 
 Starts a tracker and two host ``rpc_server`` processes (one TVM thread each)
 under one key on ports 9600-9649, compresses the model (default: the demo) at K
@@ -13,7 +14,9 @@ the same two servers; size 1 measures one candidate at a time, size 2 two.
 By default the candidates are compiled once before the first round (wall time =
 RPC + verification + timing only); ``--with-compile`` gives every round fresh
 work folders, so each measurement compiles too (compiles run one at a time in
-the pool, overlapping the other slot's measurement). ``--paired`` sets the
+the pool, overlapping the other slot's measurement; ``--compile-first``: all of
+a round's compiles before its measurements, what ``pfcompile run`` does when the
+servers are on this machine). ``--paired`` sets the
 unmodified model as the reference first (``DevicePool.set_reference``, outside
 the timed part; the second slot pairs with it inside ``measure_many``, timed), so
 candidates are timed alternating with the reference (RPCDevice's paired timing)
@@ -72,6 +75,8 @@ def main() -> None:
     ap.add_argument("--min-repeat-ms", type=int, default=100)
     ap.add_argument("--with-compile", action="store_true",
                     help="fresh work folders each round: every measurement compiles")
+    ap.add_argument("--compile-first", action="store_true",
+                    help="with --with-compile: compile a round's candidates before measuring any")
     ap.add_argument("--paired", action="store_true",
                     help="time candidates against the unmodified model (set_reference)")
     args = ap.parse_args()
@@ -115,7 +120,8 @@ def main() -> None:
                     jobs = [(m, base / str(i)) for i, m in enumerate(models)]
                     pool = DevicePool(host, tracker=trk.addr, key=KEY, size=size,
                                       number=args.number, repeat=args.repeat,
-                                      min_repeat_ms=args.min_repeat_ms)
+                                      min_repeat_ms=args.min_repeat_ms,
+                                      compile_first=args.compile_first)
                     try:
                         if args.paired:
                             ref = pool.set_reference(original, root / "reference")
@@ -140,6 +146,7 @@ def main() -> None:
 
     mode = "compile + measure" if args.with_compile else "measure only (precompiled)"
     mode += ", paired with the unmodified model" if args.paired else ", unpaired"
+    mode += ", compile first" if args.compile_first else ""
     print(f"\nK={len(models)} candidates, {args.rounds} rounds, {mode}; "
           f"number={args.number} repeat={args.repeat} min_repeat_ms={args.min_repeat_ms}")
     print("FUNCTIONAL CHECK: both servers share this machine's cores; not a speedup claim.\n")

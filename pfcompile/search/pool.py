@@ -14,7 +14,9 @@ change to its measurement protocol applies here unchanged.
   completes, so the caller can log it the moment it exists.
 * Compilation runs in the workers, one at a time (TVM's ONNX importer is not
   thread-safe: two ``from_onnx`` calls in two threads fail), so the compile of
-  one candidate overlaps the measurement of another. Kernel timing
+  one candidate overlaps the measurement of another; with ``compile_first``
+  (servers on this machine, where a compile disturbs a measurement beside it)
+  :meth:`DevicePool.measure_many` compiles every job before measuring any. Kernel timing
   (:meth:`DevicePool.measure_kernels`) builds the kernels inside RPCDevice, so
   it runs on one slot, under the same lock; ``kernel_reference_ms`` is one value
   for all slots.
@@ -120,20 +122,24 @@ class DevicePool:
 
     ``on_change(status)`` (optional) is called, from worker threads, whenever a
     slot changes stage; ``number`` / ``repeat`` / ``min_repeat_ms`` / ``rtol`` go
-    to each slot's RPCDevice.
+    to each slot's RPCDevice. ``compile_first``: :meth:`measure_many` compiles
+    every job before measuring any (servers on the compiling machine: a compile
+    beside a measurement disturbs it); otherwise compiles overlap measurements.
     """
 
     def __init__(self, target: Target, *, tracker: str, key: str | None = None,
                  size: int | None = None, number: int | None = None, repeat: int | None = None,
                  min_repeat_ms: int | None = None, rtol: float = 1e-3,
-                 on_change: Callable[[PoolStatus], None] | None = None) -> None:
+                 on_change: Callable[[PoolStatus], None] | None = None,
+                 compile_first: bool = False) -> None:
         self.target = target
+        self.compile_first = compile_first
         self.tracker = tracker
         self.key = key or target.rpc_key
         self.size = count_devices(tracker, self.key) if size is None else int(size)
         if self.size < 1:
             raise DeviceError(f"tracker {tracker} lists no device under key '{self.key}': start "
-                              f"servers with `pfcompile device serve --rpc {tracker} --key {self.key}`")
+                              f"servers with `pfcompile device serve --tracker {tracker} --key {self.key}`")
         self.emulated = target.emulated
         self.name = f"{tracker}/{self.key} x{self.size}"
         self.on_change = on_change
@@ -193,13 +199,9 @@ class DevicePool:
             if self._closed:  # a caller gave up on this batch (an exception, a kill)
                 return Measurement(None, f"device pool {self.name} was closed before this job ran")
             self._set_stage(index, COMPILING)
-            with self._compile:  # compile here so that RPCDevice finds model.so and skips it
-                if not (work_dir / "model.so").exists():
-                    try:
-                        compile_onnx(model, self.target, work_dir)
-                    except Exception as exc:  # noqa: BLE001 - a failure is a value
-                        msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)
-                        return Measurement(None, f"compile failed: {msg}")
+            failed = self._compile_job(model, work_dir)
+            if failed is not None:
+                return failed
             ref = self._reference
             if ref is not None and not self._has_reference[index]:
                 # this slot's first job since set_reference: pair it with the same
@@ -213,6 +215,19 @@ class DevicePool:
             return Measurement(None, f"device pool {self.name}, slot {index}: {exc!r}")
         finally:
             self._release(index)
+
+    def _compile_job(self, model: onnx.ModelProto, work_dir: Path) -> Measurement | None:
+        """Compile to ``work_dir/model.so`` unless it is there (RPCDevice then skips
+        its own compile), one compile at a time; a failed Measurement or None."""
+        with self._compile:
+            if (work_dir / "model.so").exists():
+                return None
+            try:
+                compile_onnx(model, self.target, work_dir)
+            except Exception as exc:  # noqa: BLE001 - a failure is a value
+                msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)
+                return Measurement(None, f"compile failed: {msg}")
+        return None
 
     def live_devices(self) -> int | None:
         """Servers the tracker lists under the key now (None when it does not answer)."""
@@ -245,9 +260,18 @@ class DevicePool:
                     on_result(i, m)
             return out
         limit = self.size if live is None else max(1, min(self.size, live))
-        futures: dict[Future, int] = {self._executor.submit(self._measure_one, m, d, limit): i
-                                      for i, (m, d) in enumerate(jobs)}
         results: list[Measurement | None] = [None] * len(jobs)
+        todo = list(range(len(jobs)))
+        if self.compile_first:
+            todo = []
+            for i, (m, d) in enumerate(jobs):
+                results[i] = self._compile_job(m, d)
+                if results[i] is None:
+                    todo.append(i)
+                elif on_result is not None:
+                    on_result(i, results[i])
+        futures: dict[Future, int] = {
+            self._executor.submit(self._measure_one, jobs[i][0], jobs[i][1], limit): i for i in todo}
         pending = set(futures)
         try:
             while pending:
@@ -277,15 +301,9 @@ class DevicePool:
         index = self._acquire(self.size)
         try:
             self._set_stage(index, COMPILING)
-            with self._compile:
-                prep_error = None
-                if not (work_dir / "model.so").exists():
-                    try:
-                        compile_onnx(model, self.target, work_dir)
-                    except Exception as exc:  # noqa: BLE001 - a failure is a value
-                        prep_error = Measurement(None, f"compile failed: {exc}")
-            if prep_error is not None:
-                return prep_error
+            failed = self._compile_job(model, work_dir)
+            if failed is not None:
+                return failed
             m = self.slots[index].set_reference(model, work_dir, given=given)
         finally:
             self._release(index)
@@ -333,10 +351,16 @@ def open_rpc_device(target: Target, tracker: str, key: str | None = None,
                     on_change: Callable[[PoolStatus], None] | None = None,
                     **measure: int | None) -> RPCDevice | DevicePool:
     """The device for ``--rpc TRACKER --key KEY``: a :class:`DevicePool` when the
-    tracker lists more than one server under the key, else one RPCDevice.
-    DeviceError when the tracker does not answer."""
+    tracker lists more than one server under the key (``compile_first`` when all
+    of them are on loopback), else one RPCDevice. DeviceError when the tracker
+    does not answer."""
     key = key or target.rpc_key
-    n = count_devices(tracker, key)
-    if n > 1:
-        return DevicePool(target, tracker=tracker, key=key, size=n, on_change=on_change, **measure)
+    info = next((d for d in query(tracker) if d.key == key), None)
+    if info is not None and info.total > 1:
+        # servers on this machine: compile a round before measuring it (compiling
+        # beside a measurement disturbs it); remote boards: overlap the two
+        local = bool(info.servers) and all(
+            s.rpartition(":")[0] in ("127.0.0.1", "localhost", "::1") for s in info.servers)
+        return DevicePool(target, tracker=tracker, key=key, size=info.total, on_change=on_change,
+                          compile_first=local, **measure)
     return RPCDevice(target, tracker=tracker, key=key, **measure)
