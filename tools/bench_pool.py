@@ -19,13 +19,12 @@ a round's compiles before its measurements, what ``pfcompile run`` does when the
 servers are on this machine). ``--paired`` sets the
 unmodified model as the reference first (``DevicePool.set_reference``, outside
 the timed part; the second slot pairs with it inside ``measure_many``, timed), so
-candidates are timed alternating with the reference (RPCDevice's paired timing)
-and the table adds their own medians (``raw``).
+candidates are timed alternating with the reference (RPCDevice's paired timing).
 
 Both servers run on THIS machine and share its cores (2 here, also used by other
 jobs): two measurements at once disturb each other, and the wall-time ratio says
 how the parallel path behaves here, not what N real boards would give. The
-"latency" column shows the median measured candidate latency per mode, so the
+second table gives each candidate's measured latency per mode, so the
 disturbance is visible.
 """
 
@@ -110,8 +109,6 @@ def main() -> None:
                     compile_onnx(m, host, root / "shared" / str(i))
                 print(f"compiled {len(models)} candidates once in {time.perf_counter() - t0:.1f} s")
             walls: dict[int, list[float]] = {1: [], 2: []}
-            lats: dict[int, list[float]] = {1: [], 2: []}
-            raws: dict[int, list[float]] = {1: [], 2: []}
             per: dict[int, dict[int, list[float]]] = {1: {}, 2: {}}
             fails = {1: 0, 2: 0}
             for r in range(args.rounds):
@@ -133,11 +130,9 @@ def main() -> None:
                     finally:
                         pool.close()
                     fails[size] += sum(not m.ok for m in res)
-                    lats[size] += [m.latency_ms for m in res if m.ok]
                     for i, m in enumerate(res):
                         if m.ok:
                             per[size].setdefault(i, []).append(m.latency_ms)
-                    raws[size] += [m.raw_ms for m in res if m.ok and m.raw_ms is not None]
                     print(f"  round {r} devices {size}: {walls[size][-1]:.2f} s")
     finally:
         for s in servers:
@@ -150,22 +145,24 @@ def main() -> None:
     print(f"\nK={len(models)} candidates, {args.rounds} rounds, {mode}; "
           f"number={args.number} repeat={args.repeat} min_repeat_ms={args.min_repeat_ms}")
     print("FUNCTIONAL CHECK: both servers share this machine's cores; not a speedup claim.\n")
-    print("| devices | wall s median | min | max | candidate latency ms median "
-          "| raw ms median | failed |")
-    print("|---|---|---|---|---|---|---|")
+    print("| devices | wall s median | min | max | failed |")
+    print("|---|---|---|---|---|")
     for size in (1, 2):
-        w, lat, raw = walls[size], lats[size], raws[size]
+        w = walls[size]
         print(f"| {size} | {statistics.median(w):.2f} | {min(w):.2f} | {max(w):.2f} | "
-              f"{statistics.median(lat) if lat else float('nan'):.3f} | "
-              f"{statistics.median(raw) if raw else float('nan'):.3f} | {fails[size]} |")
-    print("\nper candidate, median latency ms over rounds (like with like):\n")
-    print("| candidate | 1 device | 2 devices | 2 / 1 |")
+              f"{fails[size]} |")
+    print("\nper candidate, latency ms over rounds: median (min-max); like with like\n")
+    print("| candidate | 1 device | 2 devices | 2 / 1 (medians) |")
     print("|---|---|---|---|")
+
+    def cell(v: list[float]) -> str:
+        return f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})"
+
     for i in range(len(models)):
         a, b = per[1].get(i), per[2].get(i)
         if a and b:
-            ma, mb = statistics.median(a), statistics.median(b)
-            print(f"| c{i} | {ma:.3f} | {mb:.3f} | {mb / ma:.2f} |")
+            ratio = statistics.median(b) / statistics.median(a)
+            print(f"| c{i} | {cell(a)} | {cell(b)} | {ratio:.2f} |")
     if walls[1] and walls[2]:
         print(f"\nwall-time ratio 1 device / 2 devices (medians): "
               f"{statistics.median(walls[1]) / statistics.median(walls[2]):.2f}")
