@@ -6,8 +6,8 @@ Every baseline, trial and kernel measurement is appended to
 with the same RUN_DIR (``--resume``) replays the log and continues, so a kill
 loses at most the trial in flight (with a device that has ``measure_many``, a
 :class:`~pfcompile.search.pool.DevicePool`, the trials of a round are measured
-together, each logged as it arrives: a kill loses at most those in flight). Compiled libraries live under
-``RUN_DIR/artifacts/<model hash>/`` and are reused.
+together, each logged as it arrives: a kill loses at most those in flight).
+Compiled libraries live under ``RUN_DIR/artifacts/<model hash>/`` and are reused.
 """
 
 from __future__ import annotations
