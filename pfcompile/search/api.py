@@ -16,6 +16,7 @@ from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.search.devices import NullDevice, RPCDevice
 from pfcompile.search.loop import SearchSettings, run_search
+from pfcompile.search.pool import PoolStatus, open_rpc_device
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
 
@@ -43,6 +44,13 @@ def _random_data(model: onnx.ModelProto, n: int = 256) -> Dataset:
     rng = np.random.default_rng(0)
     inputs = {s.name: rng.standard_normal((n,) + tuple(s.shape[1:])).astype(s.dtype) for s in specs}
     return Dataset(inputs, None, "random")
+
+
+def _pool_events(on_event: Callable[[str, dict], None] | None) -> Callable[[PoolStatus], None] | None:
+    """A device pool's slot changes as ``devices`` events (size, busy, idle, text)."""
+    if on_event is None:
+        return None
+    return lambda st: on_event("devices", {**st.to_json(), "text": st.text})
 
 
 def run(model_path: str | Path | None = None, target: str = "host", *,
@@ -105,8 +113,9 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     elif tgt.is_accelerator:
         dev, server = _accel_device(tgt, rpc, key, device, port_range, accel_latency)
     elif rpc:
-        dev = RPCDevice(tgt, tracker=rpc, key=key or tgt.rpc_key)
         _parse_hostport(rpc, "--rpc")
+        # several servers under the key: a pool that measures a round's candidates at once
+        dev = open_rpc_device(tgt, rpc, key or tgt.rpc_key, on_change=_pool_events(on_event))
     elif device:
         h, p = _parse_hostport(device, "--device")
         dev = RPCDevice(tgt, host=h, port=p)

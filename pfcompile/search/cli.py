@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +23,8 @@ class _Progress:
         self.best: dict | None = None
         self.base: dict | None = None
         self.status = "starting"
+        self.devices: str | None = None  # a device pool's slots (several servers under --key)
+        self._lock = threading.Lock()    # a pool reports from its worker threads
         self.live = Live(self._table(), console=console, refresh_per_second=4, transient=False)
 
     def _table(self) -> Table:
@@ -33,10 +36,20 @@ class _Progress:
             t.add_row("best so far", f"{self.best['latency_ms']:.3f} ms ({self.best['speedup']:.2f}x), "
                                      f"drop {self.best['acc_drop']:.2f} pts")
         t.add_row("device", self.status)
+        if self.devices:
+            t.add_row("devices", self.devices)
         return t
 
     def __call__(self, kind: str, info: dict) -> None:
-        if kind == "baseline":
+        with self._lock:
+            self._on_event(kind, info)
+
+    def _on_event(self, kind: str, info: dict) -> None:
+        if kind == "devices":
+            self.devices = info["text"]
+        elif kind == "measuring":
+            self.status = f"measuring {info['n']} candidates at once"
+        elif kind == "baseline":
             self.status = "measuring the unmodified model"
         elif kind == "baseline_done":
             self.base = info

@@ -4,8 +4,10 @@ evaluate -> log -> retrain -> repeat, until ``budget`` device measurements.
 Every baseline, trial and kernel measurement is appended to
 ``RUN_DIR/trials.jsonl`` (flushed and fsynced) the moment it exists; a rerun
 with the same RUN_DIR (``--resume``) replays the log and continues, so a kill
-loses at most the trial in flight. Compiled libraries live under
-``RUN_DIR/artifacts/<model hash>/`` and are reused.
+loses at most the trial in flight (with a device that has ``measure_many``, a
+:class:`~pfcompile.search.pool.DevicePool`, the trials of a round are measured
+together, each logged as it arrives: a kill loses at most those in flight).
+Compiled libraries live under ``RUN_DIR/artifacts/<model hash>/`` and are reused.
 """
 
 from __future__ import annotations
@@ -358,6 +360,49 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     if trials:
         emit("resumed", {"trials": len(trials)})
 
+    def record(c, rec: dict, time_now: bool) -> None:
+        """Log a finished trial (its id: its place in the log), tell the strategy,
+        update the latency model; time its new kernels now or leave that to the caller."""
+        rec["id"] = len(trials)
+        log.append(rec)
+        trials.append(rec)
+        strat.tell(c.config, rec)
+        state = strat.state_dict()
+        if state is not None:
+            save_strategy_state(run_dir, state)
+        if rec["status"] == "ok":
+            kernels = candidate(c.config)[1]
+            if lat_model is not None:
+                lat_model.update_model(kernels, rec["latency_ms"])
+            if time_now:
+                time_kernels(kernels, settings.kernels_per_trial)
+        emit("trial", rec)
+
+    def measure_round(props: list) -> None:
+        """Compress and evaluate ``props`` here, measure them together on the pool;
+        each trial is logged as its measurement arrives, kernels timed after."""
+        ready = []
+        for c in props:
+            rec, cm, t0 = _prepare_trial(len(trials), c, model, space, evaluator, base,
+                                         lat_model, settings.strategy, candidate)
+            if cm is None:
+                record(c, rec, time_now=False)
+            else:
+                ready.append((c, rec, cm, t0))
+        if not ready:
+            return
+        emit("measuring", {"n": len(ready)})
+
+        def arrived(i: int, m) -> None:
+            c, rec, _, t0 = ready[i]
+            record(c, _finish_trial(rec, m, base, goal, t0), time_now=False)
+
+        device.measure_many([(cm, run_dir / "artifacts" / rec["model_hash"])
+                             for _, rec, cm, _ in ready], on_result=arrived)
+        for c, rec, _, _ in ready:
+            if rec["status"] == "ok":
+                time_kernels(candidate(c.config)[1], settings.kernels_per_trial)
+
     stall = 0
     while len(trials) < settings.budget:
         props = strat.propose(min(settings.batch, settings.budget - len(trials)))
@@ -367,23 +412,15 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                 emit("exhausted", {"trials": len(trials)})
                 break
             continue
+        if callable(getattr(device, "measure_many", None)):  # a device pool
+            measure_round(props[:settings.budget - len(trials)])
+            continue
         for c in props:
             if len(trials) >= settings.budget:
                 break
             rec = _run_trial(len(trials), c, model, space, device, evaluator, base, goal,
                              run_dir, lat_model, settings.strategy, candidate)
-            log.append(rec)
-            trials.append(rec)
-            strat.tell(c.config, rec)
-            state = strat.state_dict()
-            if state is not None:
-                save_strategy_state(run_dir, state)
-            if rec["status"] == "ok":
-                kernels = candidate(c.config)[1]
-                if lat_model is not None:
-                    lat_model.update_model(kernels, rec["latency_ms"])
-                time_kernels(kernels, settings.kernels_per_trial)
-            emit("trial", rec)
+            record(c, rec, time_now=True)
 
     ok = [t for t in trials if t["status"] == "ok"]
     feas = [t for t in ok if t["feasible"]]
@@ -401,6 +438,16 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
 
 def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, lat_model,
                strategy, candidate) -> dict:
+    rec, cm, t0 = _prepare_trial(i, c, model, space, evaluator, base, lat_model, strategy, candidate)
+    if cm is None:
+        return rec
+    m = device.measure_model(cm, run_dir / "artifacts" / rec["model_hash"])
+    return _finish_trial(rec, m, base, goal, t0)
+
+
+def _prepare_trial(i: int, c, model, space, evaluator, base, lat_model, strategy,
+                   candidate) -> tuple[dict, onnx.ModelProto | None, float]:
+    """Compress and evaluate: ``(record, compressed model or None when that failed, t0)``."""
     t0 = time.time()
     rec: dict = {"type": "trial", "id": i, "strategy": strategy, "config": c.config,
                  "config_hash": config_hash(c.config), "status": "failed", "error": None,
@@ -410,7 +457,7 @@ def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, 
         cm, kernels = candidate(c.config)
     except PfcompileError as exc:
         rec["error"] = f"compress failed: {exc}"
-        return rec
+        return rec, None, t0
     h = model_hash(cm)
     rec.update({"model_hash": h, "macs": sum(k.macs for k in kernels), "size_mb": model_size_mb(cm),
                 "keep": space.keep_ratios(c.config)})
@@ -422,7 +469,11 @@ def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, 
     acc = evaluator.score(cm)
     rec.update({"top1": acc.top1, "agreement": acc.agreement, "score": acc.score,
                 "acc_drop": _acc_drop(base["score"], acc.score)})
-    m = device.measure_model(cm, run_dir / "artifacts" / h)
+    return rec, cm, t0
+
+
+def _finish_trial(rec: dict, m, base, goal, t0: float) -> dict:
+    """Fill ``rec`` from the device's measurement ``m``."""
     rec["measured"] = True
     rec["so_path"] = m.so_path
     if not m.ok:

@@ -1,0 +1,374 @@
+"""The device pool over real TVM RPC: a tracker and two host servers under one key
+(ports 9600-9649 only). measure_many spreads candidates over both servers, the
+search loop measures a round on the pool and logs every trial, and a server
+killed mid-run yields a failed trial, not a crash."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pfcompile.data import Dataset
+from pfcompile.device import DeviceProcess, free_port, query, serve, tracker, wait_ready
+from pfcompile.errors import DeviceError
+from pfcompile.search.devices import NullDevice, RPCDevice
+from pfcompile.search.graph import extract_kernels
+from pfcompile.search.loop import SearchSettings, TrialLog, run_search
+from pfcompile.search.pool import ON_DEVICE, DevicePool, PoolStatus, count_devices, open_rpc_device
+from pfcompile.targets import load_target
+
+PORTS = (9600, 9649)
+KEY = "pooltest"
+
+
+def small_cnn(seed: int = 0, ch: int = 16) -> onnx.ModelProto:
+    """x[1,3,8,8] -> Conv(ch) -> Relu -> Conv(ch) -> Relu -> GlobalAveragePool -> Flatten -> Gemm(10)."""
+    rng = np.random.default_rng(seed)
+
+    def w(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["r1"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten", axis=1),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    inits = [w("w0", ch, 3, 3, 3), w("b0", ch), w("w1", ch, ch, 3, 3), w("b1", ch),
+             w("fw", 10, ch), w("fb", 10)]
+    graph = helper.make_graph(
+        nodes, "small_cnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+# ----------------------------------------------------------------------------- the loop, no RPC
+class _ReversedPool(NullDevice):
+    """A NULL device with ``measure_many`` that answers a batch last job first, as a
+    pool does when a later candidate finishes before an earlier one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def measure_many(self, jobs, on_result=None):
+        self.batches.append(len(jobs))
+        out = [self.measure_model(m, d) for m, d in jobs]
+        for i in reversed(range(len(jobs))):
+            if on_result is not None:
+                on_result(i, out[i])
+        return out
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from pfcompile.data import load_npz
+    from pfcompile.model import input_specs, load_onnx
+    from pfcompile.search.api import demo_paths
+
+    m = load_onnx(demo_paths()[0])
+    return m, load_npz(demo_paths()[1], input_specs(m)).subset(64)
+
+
+FAST = {"strategy": "random", "batch": 3, "pool": 6, "eval_subset": 64, "max_acc_drop": 3.0}
+
+
+def test_loop_measures_rounds_on_a_pool_and_logs_in_arrival_order(tmp_path, demo):
+    m, d = demo
+    host = load_target("host")
+    pool = _ReversedPool()
+    r = run_search(m, host, pool, d, tmp_path / "pool", SearchSettings(budget=5, **FAST))
+    seq = run_search(m, host, NullDevice(), d, tmp_path / "seq", SearchSettings(budget=5, **FAST))
+    assert pool.batches == [3, 2]                    # rounds of <= 3 (the baseline: measure_model)
+    assert [t["id"] for t in r.trials] == [0, 1, 2, 3, 4]
+    assert all(t["status"] == "ok" for t in r.trials)
+    # the same candidates as one at a time (random proposals do not depend on results),
+    # each round logged last-proposed first
+    cfgs = [t["config_hash"] for t in seq.trials]
+    assert [t["config_hash"] for t in r.trials] == cfgs[2::-1] + cfgs[:2:-1]
+    for t in r.trials:
+        assert t["latency_ms"] == pytest.approx(0.5 + 0.05 * t["macs"] / 1e6)
+    logged = [x for x in TrialLog(tmp_path / "pool" / "trials.jsonl").read() if x["type"] == "trial"]
+    assert [x["id"] for x in logged] == [0, 1, 2, 3, 4]
+
+
+def test_hw_strategy_on_a_pool_times_kernels_after_each_round(tmp_path, demo):
+    m, d = demo
+    pool = _ReversedPool()
+    r = run_search(m, load_target("host"), pool, d, tmp_path / "run",
+                   SearchSettings(budget=4, **{**FAST, "strategy": "hw", "batch": 2}),
+                   cache_dir=tmp_path / "cache")
+    assert pool.batches == [2, 2] and [t["id"] for t in r.trials] == [0, 1, 2, 3]
+    assert all(t["status"] == "ok" and t["pred_ms"] is not None for t in r.trials)
+    kinds = [x["type"] for x in TrialLog(tmp_path / "run" / "trials.jsonl").read()]
+    # each round: two trials logged as they arrive, then the new kernels of the round
+    first = kinds.index("trial")
+    assert kinds[first:first + 3] == ["trial", "trial", "kernels"]
+    assert r.kernel_measurements > 0
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_mid_round_loses_only_the_trials_in_flight(tmp_path, demo):
+    m, d = demo
+    host = load_target("host")
+    settings = SearchSettings(budget=5, **FAST)
+
+    def kill_at_second_trial(kind, info):
+        if kind == "trial" and info["id"] == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run_search(m, host, _ReversedPool(), d, tmp_path / "run", settings,
+                   on_event=kill_at_second_trial)
+    logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]
+    assert [x["id"] for x in logged] == [0, 1]       # the third of the round was lost
+    pool = _ReversedPool()
+    r = run_search(m, host, pool, d, tmp_path / "run", settings)
+    assert [t["id"] for t in r.trials] == [0, 1, 2, 3, 4]
+    assert len({t["config_hash"] for t in r.trials}) == 5
+    assert pool.calls == 3 and pool.batches == [3]   # no baseline again; 3 new trials
+
+
+# ----------------------------------------------------------------------------- over RPC
+class Cluster:
+    """A tracker plus servers started by the tests (pfcompile.device helpers)."""
+
+    def __init__(self) -> None:
+        self.tracker: DeviceProcess | None = None
+        self.servers: dict[str, list[DeviceProcess]] = {}
+        self.used: list[int] = []
+
+    @property
+    def addr(self) -> str:
+        assert self.tracker is not None
+        return self.tracker.addr
+
+    def _port(self) -> int:
+        p = free_port("127.0.0.1", *PORTS, exclude=tuple(self.used))
+        self.used.append(p)
+        return p
+
+    def start(self, key: str, n: int) -> list[DeviceProcess]:
+        """Start ``n`` more servers under ``key`` (and the tracker, the first time)."""
+        host = load_target("host")
+        if self.tracker is None:
+            self.tracker = tracker("127.0.0.1", self._port(), wait=False)
+        # one TVM thread each: two servers share this machine's cores
+        new = [serve(host, "127.0.0.1", self._port(), self.addr, key, wait=False, threads=1)
+               for _ in range(n)]
+        self.servers.setdefault(key, []).extend(new)
+        for p in [self.tracker, *new]:
+            wait_ready(p)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            want = len(self.servers[key])
+            if any(d.key == key and d.free >= want for d in query(self.addr)):
+                return new
+            time.sleep(0.2)
+        raise DeviceError(f"{n} servers did not register under '{key}' at {self.addr}")
+
+    def ensure(self, key: str, n: int) -> list[DeviceProcess]:
+        """``n`` live servers under ``key`` (restarting any a test killed)."""
+        alive = [s for s in self.servers.get(key, []) if s.alive()]
+        for s in self.servers.get(key, []):
+            if not s.alive():
+                s.stop()
+        self.servers[key] = alive
+        if len(alive) < n:
+            self.start(key, n - len(alive))
+        return self.servers[key]
+
+    def stop(self) -> None:
+        for group in self.servers.values():
+            for s in group:
+                s.stop()
+        if self.tracker is not None:
+            self.tracker.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    try:
+        c.ensure(KEY, 2)
+        yield c
+    finally:
+        c.stop()
+
+
+def _sessions(server: DeviceProcess) -> int:
+    """Models a server loaded (its log has a ``load_module`` line per upload)."""
+    return server.log_path.read_text(errors="replace").count("load_module")
+
+
+def test_count_devices_and_open_rpc_device(cluster):
+    host = load_target("host")
+    cluster.ensure(KEY, 2)
+    assert count_devices(cluster.addr, KEY) == 2
+    assert count_devices(cluster.addr, "no-such-key") == 0
+    dev = open_rpc_device(host, cluster.addr, KEY)
+    try:
+        assert isinstance(dev, DevicePool) and dev.size == 2 and len(dev.slots) == 2
+        assert dev.compile_first  # servers on loopback: compile a round, then measure it
+        assert dev.status() == f"'pooltest' at {cluster.addr} (real): 2 devices: 0 busy, 2 idle; 0 failures"
+    finally:
+        dev.close()
+    one = open_rpc_device(host, cluster.addr, "no-such-key")
+    assert isinstance(one, RPCDevice) and not isinstance(one, DevicePool)
+    with pytest.raises(DeviceError, match="lists no device under key 'no-such-key'"):
+        DevicePool(host, tracker=cluster.addr, key="no-such-key")
+    # a pool whose servers are all gone fails every job at once (a tracker would queue
+    # a request for a key with no server forever)
+    empty = DevicePool(host, tracker=cluster.addr, key="no-such-key", size=2)
+    try:
+        t0 = time.monotonic()
+        res = empty.measure_many([(small_cnn(), Path("unused0")), (small_cnn(1), Path("unused1"))])
+        kernels = empty.measure_kernels(extract_kernels(small_cnn()))
+    finally:
+        empty.close()
+    assert time.monotonic() - t0 < 10
+    assert [m.ok for m in res] == [False, False]
+    assert all("lists no live device under key 'no-such-key'" in m.error for m in res)
+    assert kernels == [None] * len(extract_kernels(small_cnn()))
+
+
+def test_measure_many_uses_both_servers_in_submission_order(cluster, tmp_path):
+    host = load_target("host")
+    servers = cluster.ensure(KEY, 2)
+    before = [_sessions(s) for s in servers]
+    seen: list[PoolStatus] = []
+    pool = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2, min_repeat_ms=0,
+                      on_change=seen.append)
+    jobs = [(small_cnn(seed=i, ch=8 * (1 + i % 2)), tmp_path / f"job{i}") for i in range(4)]
+    arrived: list[int] = []
+    try:
+        res = pool.measure_many(jobs, on_result=lambda i, m: arrived.append(i))
+    finally:
+        pool.close()
+    assert len(res) == 4 and sorted(arrived) == [0, 1, 2, 3]
+    for (_, work_dir), m in zip(jobs, res):
+        assert m.ok, m.error
+        assert m.latency_ms > 0
+        assert m.max_abs_diff is not None and m.max_abs_diff < 1e-3  # verified against onnxruntime
+        assert Path(m.so_path).parent == work_dir                    # submission order
+    used = [_sessions(s) - b for s, b in zip(servers, before)]
+    assert sum(used) == 4 and all(u >= 1 for u in used), used
+    assert max(s.busy for s in seen) == 2          # two slots worked at the same time
+    assert seen[-1].busy == 0 and seen[-1].failures == 0
+    kernels = extract_kernels(small_cnn())
+    times = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2,
+                       min_repeat_ms=0).measure_kernels(kernels)
+    assert len(times) == len(kernels) and all(t is not None and t > 0 for t in times)
+    with pytest.raises(DeviceError, match="closed"):
+        pool.measure_many(jobs[:1])
+
+
+def test_run_search_on_the_pool_logs_every_trial(cluster, tmp_path):
+    host = load_target("host")
+    cluster.ensure(KEY, 2)
+    model = small_cnn(seed=3, ch=48)
+    x = np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32)
+    data = Dataset({"x": x}, None, "random")
+    pool = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2, min_repeat_ms=0,
+                      compile_first=True)
+    events: list[str] = []
+    try:
+        r = run_search(model, host, pool, data, tmp_path / "run",
+                       SearchSettings(strategy="random", budget=4, batch=2, max_acc_drop=100.0,
+                                      eval_subset=32, min_keep=0.25),
+                       on_event=lambda kind, info: events.append(kind))
+    finally:
+        pool.close()
+    assert len(r.trials) == 4 and r.device_measurements == 4
+    assert all(t["status"] == "ok" for t in r.trials), [t["error"] for t in r.trials]
+    assert [t["id"] for t in r.trials] == [0, 1, 2, 3]
+    # RPCDevice's paired timing carried over: every slot timed against the reference
+    assert all(t["paired"] and t["raw_ms"] > 0 for t in r.trials)
+    assert pool._has_reference == [True, True]
+    assert len({t["config_hash"] for t in r.trials}) == 4
+    logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]
+    assert [x["id"] for x in logged] == [0, 1, 2, 3]
+    assert all(x["latency_ms"] > 0 and Path(x["so_path"]).exists() for x in logged)
+    assert events.count("measuring") == 2 and events.count("trial") == 4
+
+
+def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from pfcompile.search.api import run
+    from pfcompile.search.cli import _Progress
+
+    cluster.ensure(KEY, 2)
+    onnx.save(small_cnn(seed=7, ch=48), str(tmp_path / "m.onnx"))
+    events: list[tuple[str, dict]] = []
+    rep = run(tmp_path / "m.onnx", "host", rpc=cluster.addr, key=KEY, out_dir=tmp_path / "dist",
+              settings=SearchSettings(strategy="random", budget=2, batch=2, max_acc_drop=100.0,
+                                      eval_subset=32),
+              cache_dir=tmp_path / "cache", final_repeats=0,
+              on_event=lambda kind, info: events.append((kind, info)))
+    assert rep["trials"] == 2 and rep["device_measurements"] == 2
+    assert (tmp_path / "dist" / "report.json").exists()
+    pool_events = [info for kind, info in events if kind == "devices"]
+    assert pool_events and all(e["size"] == 2 for e in pool_events)
+    assert max(e["busy"] for e in pool_events) == 2 and pool_events[-1]["busy"] == 0
+    out = io.StringIO()
+    prog = _Progress(2, Console(file=out, width=120))
+    for kind, info in events:
+        prog(kind, info)
+    Console(file=out, width=120).print(prog._table())
+    assert "2 devices: 0 busy, 2 idle; 0 failures" in out.getvalue()
+    assert "trials" in out.getvalue() and "2/2" in out.getvalue()
+
+
+def test_a_server_killed_mid_run_fails_its_trial_and_the_run_goes_on(cluster, tmp_path):
+    host = load_target("host")
+    key = KEY
+    victims = cluster.ensure(key, 2)  # one is killed here: later tests restart it
+    model = small_cnn(seed=5, ch=48)
+    x = np.random.default_rng(1).standard_normal((32, 3, 8, 8)).astype(np.float32)
+    data = Dataset({"x": x}, None, "random")
+    killed = threading.Event()
+
+    def kill_when_both_on_device(s: PoolStatus) -> None:
+        # two sessions at once are on two different servers: kill one of them
+        if not killed.is_set() and s.stages.count(ON_DEVICE) == 2:
+            killed.set()
+            victims[0].kill()
+
+    # a candidate's measurement lasts >= 60 rounds x 25 ms (x 2 when paired with the
+    # reference), longer than compiling the next candidate
+    pool = DevicePool(host, tracker=cluster.addr, key=key, number=1, repeat=60,
+                      min_repeat_ms=25, on_change=kill_when_both_on_device)
+    try:
+        r = run_search(model, host, pool, data, tmp_path / "run",
+                       SearchSettings(strategy="random", budget=4, batch=2, max_acc_drop=100.0,
+                                      eval_subset=32))
+        status = pool.snapshot()
+    finally:
+        pool.close()
+    assert killed.is_set()
+    assert len(r.trials) == 4
+    failed = [t for t in r.trials if t["status"] == "failed"]
+    assert len(failed) == 1, [t["error"] for t in r.trials]
+    assert failed[0]["measured"] and f"device {cluster.addr}/{key}" in failed[0]["error"]
+    assert all(t["latency_ms"] > 0 for t in r.trials if t["status"] == "ok")
+    assert status.live == 1 and status.failures == 1
+    logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]
+    assert [x["status"] for x in logged] == [t["status"] for t in r.trials]
