@@ -476,6 +476,7 @@ def _finish_trial(rec: dict, m, base, goal, t0: float) -> dict:
     """Fill ``rec`` from the device's measurement ``m``."""
     rec["measured"] = True
     rec["so_path"] = m.so_path
+    rec.update(getattr(m, "details", {}))    # e.g. simulated / measured parts, also on failure
     if not m.ok:
         rec["error"] = m.error
     else:
@@ -483,7 +484,6 @@ def _finish_trial(rec: dict, m, base, goal, t0: float) -> dict:
         rec["latency_ms"] = m.latency_ms
         rec["raw_ms"] = m.raw_ms
         rec["paired"] = m.paired
-        rec.update(getattr(m, "details", {}))    # e.g. simulated / measured parts
         rec["speedup"] = base["latency_ms"] / m.latency_ms
         rec["feasible"] = goal.feasible(m.latency_ms, rec["acc_drop"], rec["size_mb"])
     rec["seconds"] = time.time() - t0
