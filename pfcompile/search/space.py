@@ -139,9 +139,9 @@ class SearchSpace:
 
 
 def _keep_choices(channels: int, lanes: int, min_keep: float, partitions: int = 1) -> tuple[int, ...]:
-    # a channel count that is not a multiple of the vector width gets much slower code
-    # (measured on the demo, AVX-512: 8 of 16 lanes made a 4x smaller model 3.5x
-    # slower), so half vectors are offered only for groups narrower than two vectors
+    # whole vectors, half vectors only for groups narrower than two vectors: fewer
+    # choices per knob; half vectors are vectorized as such by the schedules
+    # (schedules.base.vector_chunk: before that fix an 8-of-16-lane layer ran 20x slower)
     step = lanes if channels >= 2 * lanes else max(1, lanes // 2)
     step = step * partitions // math.gcd(step, partitions)  # grouped convs: equal per part
     lo = max(step, math.ceil(min_keep * channels / step) * step)
