@@ -77,6 +77,24 @@ def test_paired_timing_and_kernel_primfuncs(tmp_path):
         srv.stop()
 
 
+def test_rpc_device_verifies_every_output_of_a_two_output_model(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 8]) for n in ("y1", "y2")]
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y1"]),
+                           helper.make_node("Neg", ["x"], ["y2"])], "two", [x], outs)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    host = load_target("host")
+    srv = serve(host, "127.0.0.1", free_port("127.0.0.1", 9450, 9474))
+    try:
+        r = RPCDevice(host, port=srv.port, repeat=2, min_repeat_ms=1).measure_model(m, tmp_path / "a")
+    finally:
+        srv.stop()
+    assert r.ok, r.error
+    assert r.max_abs_diff == 0.0   # both outputs read back over RPC and compared
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (ARM64_DIR / ".stamp").exists() or not shutil.which("aarch64-linux-gnu-g++")
                     or not shutil.which("qemu-aarch64"),

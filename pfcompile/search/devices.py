@@ -236,6 +236,17 @@ def compile_onnx(model: onnx.ModelProto, target: Target, out_dir: Path) -> Path:
     return so
 
 
+def _read_outputs(out, sess, n: int) -> list[np.ndarray]:
+    """A VM result as numpy arrays: one tensor, or a tuple (over RPC a remote
+    object, read item by item with the runtime's ``ffi.Array*`` functions)."""
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    if sess is not None and type(out).__name__ == "RPCObjectRef":
+        size, item = sess.get_function("ffi.ArraySize"), sess.get_function("ffi.ArrayGetItem")
+        return [item(out, i).numpy() for i in range(int(size(out)))]
+    return [out[i].numpy() for i in range(n)]
+
+
 def _ort_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 
@@ -332,20 +343,23 @@ class RPCDevice:
         sess.upload(str(so), remote_name)
         return relax.VirtualMachine(sess.load_module(remote_name), sess.cpu())
 
-    def _check(self, vm, args, want: list[np.ndarray], atol: float | None = None) -> float:
-        """Max abs difference to onnxruntime's output; raises past the tolerance:
-        ``atol`` for a quantized model (``measure.quantized_tolerance``), else ``rtol``
-        of the output scale."""
-        out = vm["main"](*args)
-        got = out.numpy() if hasattr(out, "numpy") else out[0].numpy()
-        if not np.all(np.isfinite(got)):
-            raise ValueError("output has NaN/Inf")
-        diff = float(np.abs(got - want[0]).max())
-        scale = float(np.abs(want[0]).max()) + 1e-6
-        limit = atol if atol is not None else self.rtol * scale + 1e-4
-        if diff > limit:
-            raise ValueError(f"output differs from onnxruntime: max abs diff {diff:.3g} "
-                             f"(scale {scale:.3g}, tolerance {limit:.3g})")
+    def _check(self, vm, args, want: list[np.ndarray], atol: float | None = None,
+               sess=None) -> float:
+        """Max abs difference to onnxruntime's outputs (all of them); raises past the
+        tolerance: ``atol`` for a quantized model (``measure.quantized_tolerance``), else
+        ``rtol`` of each output's scale."""
+        got = _read_outputs(vm["main"](*args), sess, len(want))
+        diff = 0.0
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            if not np.all(np.isfinite(g)):
+                raise ValueError(f"output {i} has NaN/Inf")
+            d = float(np.abs(g - w).max()) if w.size else 0.0
+            scale = float(np.abs(w).max()) + 1e-6 if w.size else 1.0
+            limit = atol if atol is not None else self.rtol * scale + 1e-4
+            if d > limit:
+                raise ValueError(f"output {i} differs from onnxruntime: max abs diff {d:.3g} "
+                                 f"(scale {scale:.3g}, tolerance {limit:.3g})")
+            diff = max(diff, d)
         return diff
 
     def _run(self, sess, so: Path, feeds: dict[str, np.ndarray], want: list[np.ndarray] | None,
@@ -357,7 +371,7 @@ class RPCDevice:
         vm = self._load(sess, so)
         dev = sess.cpu()
         args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
-        diff = self._check(vm, args, want, atol) if want is not None else None
+        diff = self._check(vm, args, want, atol, sess) if want is not None else None
         f = vm.time_evaluator("main", dev, number=number, repeat=repeat,
                               min_repeat_ms=min_repeat_ms)
         res = f(*args)
@@ -380,7 +394,7 @@ class RPCDevice:
         dev = sess.cpu()
         vm = self._load(sess, so)
         args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
-        diff = self._check(vm, args, want, atol)
+        diff = self._check(vm, args, want, atol, sess)
         rvm = self._load(sess, Path(ref["so"]))
         rargs = [tvm.runtime.tensor(v, dev) for v in ref["feeds"].values()]
         rvm["main"](*rargs)
@@ -413,7 +427,7 @@ class RPCDevice:
 
         src = Path(so).parent / "source.onnx"
         try:
-            atol = quantized_tolerance(src, {"y": want[0]}) if src.exists() else None
+            atol = quantized_tolerance(src, {f"y{i}": w for i, w in enumerate(want)}) if src.exists() else None
         except Exception:  # noqa: BLE001 - unreadable source: the float tolerance
             atol = None
         return so, feeds, want, atol
