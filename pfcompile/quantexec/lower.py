@@ -158,19 +158,29 @@ def _dq_weight(g: _Graph, expr, out_axis: int) -> tuple[np.ndarray, np.ndarray]:
     return wq, sw
 
 
-def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray:
-    """Bias in accumulator units (int64), from a const, DQ(int32 const) or a reshape of one."""
+def _bias_const(g: _Graph, expr) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A bias (constant, DQ of constants, or a reshape of either): (values, scale, zero
+    point) for a DequantizeLinear, (values, None, None) for a plain constant."""
     v = g.value(expr)
     rs = g.call(v, "relax.reshape")
     if rs is not None:
         v = g.value(rs.args[0])
     dq = g.call(v, "relax.dequantize")
     if dq is not None:
-        bq = g.const(dq.args[0])
-        sb = g.const(dq.args[1])
-        zb = g.const(dq.args[2])
+        bq, sb, zb = (g.const(a) for a in dq.args[:3])
         if bq is None or sb is None or zb is None:
             raise _NoMatch("bias DequantizeLinear inputs are not constant")
+        return bq, sb, zb
+    c = g.const(v)
+    if c is None:
+        raise _NoMatch("bias is not a constant")
+    return c, None, None
+
+
+def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray:
+    """Bias in accumulator units (int64), from a const, DQ(int32 const) or a reshape of one."""
+    bq, sb, zb = _bias_const(g, expr)
+    if sb is not None:
         bq = bq.astype(np.int64).reshape(-1)
         sb = np.broadcast_to(sb.astype(np.float32).reshape(-1), bq.shape)
         zb = np.broadcast_to(zb.astype(np.int64).reshape(-1), bq.shape)
@@ -180,10 +190,7 @@ def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray:
             return bq  # already in accumulator units (what ORT writes)
         real = (bq - zb).astype(np.float64) * sb
     else:
-        c = g.const(v)
-        if c is None:
-            raise _NoMatch("bias is not a constant")
-        real = c.astype(np.float64).reshape(-1)
+        real = bq.astype(np.float64).reshape(-1)
         if real.size == 1:
             real = np.full(noc, real[0])
         if real.size != noc:
@@ -306,20 +313,9 @@ def _match_float(g: _Graph, top, target) -> _Plan:
 
 def _float_bias(g: _Graph, expr, noc: int) -> np.ndarray:
     """A float bias (constant, DQ of a constant, or a reshape of one) as float32 [noc]."""
-    v = g.value(expr)
-    rs = g.call(v, "relax.reshape")
-    if rs is not None:
-        v = g.value(rs.args[0])
-    dq = g.call(v, "relax.dequantize")
-    if dq is not None:
-        bq, sb, zb = (g.const(a) for a in dq.args[:3])
-        if bq is None or sb is None or zb is None:
-            raise _NoMatch("bias DequantizeLinear inputs are not constant")
-        real = (bq.astype(np.float64) - zb.astype(np.float64)) * sb.astype(np.float64)
-    else:
-        real = g.const(v)
-        if real is None:
-            raise _NoMatch("bias is not a constant")
+    bq, sb, zb = _bias_const(g, expr)
+    real = bq if sb is None else \
+        (bq.astype(np.float64) - zb.astype(np.float64)) * sb.astype(np.float64)
     real = np.asarray(real, np.float32).reshape(-1)
     if real.size == 1:
         real = np.full(noc, real[0], np.float32)
