@@ -23,6 +23,7 @@ __all__ = [
     "Workload",
     "block_iter_kinds",
     "inline_epilogue",
+    "match_conv_block",
     "params_from_dict",
     "params_to_dict",
     "root_blocks",
@@ -229,6 +230,23 @@ def conv_info(sch: s_tir.Schedule, block) -> dict[str, int] | None:
     if ann is None:
         return None
     return {str(k): int(v) for k, v in dict(ann).items()}
+
+
+def match_conv_block(func: tirx.PrimFunc, block: str) -> tuple[dict[str, int], int] | None:
+    """(dims with ``oh``/``ow``, number of epilogue blocks after it) of the pfcompile
+    conv block named ``block`` in ``func``; None when ``func`` has no such block."""
+    sch = s_tir.Schedule(func)
+    try:
+        blk = sch.get_sblock(block)
+    except Exception:  # noqa: BLE001 - no such block: not ours
+        return None
+    info = conv_info(sch, blk)
+    if info is None:
+        return None
+    names = [str(sch.get(b).name_hint) for b in root_blocks(sch)]
+    oh = (info["ih"] + info["pt"] + info["pb"] - (info["kh"] - 1) * info["dh"] - 1) // info["sh"] + 1
+    ow = (info["iw"] + info["pl"] + info["pr"] - (info["kw"] - 1) * info["dw"] - 1) // info["sw"] + 1
+    return dict(info, oh=oh, ow=ow), len(names) - names.index(block) - 1
 
 
 def dumps(obj: Any) -> str:

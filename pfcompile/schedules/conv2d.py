@@ -25,10 +25,9 @@ from pfcompile.codegen.te_ops import CONV_BLOCK, PAD_BLOCK
 from pfcompile.schedules.base import (
     Hardware,
     Workload,
-    conv_info,
     dims_tuple,
     inline_epilogue,
-    root_blocks,
+    match_conv_block,
     schedule_pad_rows,
     schedule_rest,
     vector_chunk,
@@ -56,23 +55,14 @@ class Conv2dTemplate:
     params_type = ConvParams
 
     def match(self, func: tirx.PrimFunc) -> Workload | None:
-        sch = s_tir.Schedule(func)
-        try:
-            blk = sch.get_sblock(CONV_BLOCK)
-        except Exception:  # noqa: BLE001 - no such block: not ours
+        found = match_conv_block(func, CONV_BLOCK)
+        if found is None:
             return None
-        info = conv_info(sch, blk)
-        if info is None:
-            return None
-        names = [str(sch.get(b).name_hint) for b in root_blocks(sch)]
-        epi = len(names) - names.index(CONV_BLOCK) - 1
-        oh = (info["ih"] + info["pt"] + info["pb"] - (info["kh"] - 1) * info["dh"] - 1) // info["sh"] + 1
-        ow = (info["iw"] + info["pl"] + info["pr"] - (info["kw"] - 1) * info["dw"] - 1) // info["sw"] + 1
-        d = dict(info, oh=oh, ow=ow)
-        macs = info["n"] * info["cout"] * oh * ow * info["cin"] * info["kh"] * info["kw"]
-        one = info["kh"] == info["kw"] == 1 and info["pt"] + info["pl"] + info["pb"] + info["pr"] == 0
+        d, epi = found
+        macs = d["n"] * d["cout"] * d["oh"] * d["ow"] * d["cin"] * d["kh"] * d["kw"]
+        one = d["kh"] == d["kw"] == 1 and d["pt"] + d["pl"] + d["pb"] + d["pr"] == 0
         fam = "conv2d_1x1" if one else "conv2d"
-        return Workload(fam, dims_tuple(d), macs, f"NCHW{info['ib']}c->NCHW{info['ob']}c", epi)
+        return Workload(fam, dims_tuple(d), macs, f"NCHW{d['ib']}c->NCHW{d['ob']}c", epi)
 
     # ------------------------------------------------------------------ parameters
     def _acc_budget(self, hw: Hardware) -> int:

@@ -11,10 +11,9 @@ from pfcompile.codegen.te_ops import DWCONV_BLOCK, PAD_BLOCK
 from pfcompile.schedules.base import (
     Hardware,
     Workload,
-    conv_info,
     dims_tuple,
     inline_epilogue,
-    root_blocks,
+    match_conv_block,
     schedule_pad_rows,
     schedule_rest,
     vector_chunk,
@@ -34,20 +33,12 @@ class DepthwiseTemplate:
     params_type = DepthwiseParams
 
     def match(self, func: tirx.PrimFunc) -> Workload | None:
-        sch = s_tir.Schedule(func)
-        try:
-            blk = sch.get_sblock(DWCONV_BLOCK)
-        except Exception:  # noqa: BLE001
+        found = match_conv_block(func, DWCONV_BLOCK)
+        if found is None:
             return None
-        info = conv_info(sch, blk)
-        if info is None:
-            return None
-        names = [str(sch.get(b).name_hint) for b in root_blocks(sch)]
-        oh = (info["ih"] + info["pt"] + info["pb"] - (info["kh"] - 1) * info["dh"] - 1) // info["sh"] + 1
-        ow = (info["iw"] + info["pl"] + info["pr"] - (info["kw"] - 1) * info["dw"] - 1) // info["sw"] + 1
-        macs = info["n"] * info["cout"] * oh * ow * info["kh"] * info["kw"]
-        return Workload(self.family, dims_tuple(dict(info, oh=oh, ow=ow)), macs,
-                        f"NCHW{info['ib']}c", len(names) - names.index(DWCONV_BLOCK) - 1)
+        d, epi = found
+        macs = d["n"] * d["cout"] * d["oh"] * d["ow"] * d["kh"] * d["kw"]
+        return Workload(self.family, dims_tuple(d), macs, f"NCHW{d['ib']}c", epi)
 
     def heuristic(self, wl: Workload, hw: Hardware) -> DepthwiseParams:
         d = wl.d
