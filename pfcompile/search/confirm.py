@@ -29,8 +29,8 @@ from pfcompile.errors import DataError, SearchError
 from pfcompile.model import model_hash
 from pfcompile.search.judge import AccuracyJudge
 
-__all__ = ["check_split", "confirm_finalists", "confirm_model", "select_finalists",
-           "split_for_confirmation"]
+__all__ = ["check_split", "confirm_finalists", "confirm_model", "confirmation_summary",
+           "select_finalists", "split_for_confirmation"]
 
 
 def _take(data: Dataset, idx: np.ndarray, tag: str) -> Dataset:
@@ -118,11 +118,18 @@ def confirm_model(judge: AccuracyJudge, model: onnx.ModelProto, **extra) -> dict
             "confirmed": f["acc_verdict"] == "ok", "time": time.time()}
 
 
+def confirmation_summary(rec: dict) -> dict:
+    """The fields of a ``confirm`` record that a report shows beside the search's."""
+    keys = ("top1", "agreement", "acc_drop", "acc_drop_lower", "acc_drop_upper", "acc_confidence",
+            "acc_n", "acc_losses", "acc_gains", "confirmed", "acc_refused", "model_hash")
+    return {k: rec.get(k) for k in keys}
+
+
 def confirm_finalists(finalists: list[dict], model_of: Callable[[dict], onnx.ModelProto],
                       judge: AccuracyJudge, log, past: list[dict],
                       emit: Callable[[str, dict], None]) -> tuple[dict | None, list[dict]]:
     """Re-score ``finalists`` (best first) on the confirmation part until one qualifies;
-    ``(the confirmed trial or None, the confirm records)``. Records already in the
+    ``(the confirmed trial with its ``confirmation`` summary, or None; the confirm records)``. Records already in the
     log (a resumed run) are reused."""
     done = {(r.get("trial"), r.get("model_hash")): r for r in past
             if r.get("type") == "confirm" and not r.get("finetuned")
@@ -139,5 +146,5 @@ def confirm_finalists(finalists: list[dict], model_of: Callable[[dict], onnx.Mod
         records.append(rec)
         emit("confirmed", rec)
         if rec["confirmed"]:
-            return t, records
+            return {**t, "confirmation": confirmation_summary(rec)}, records
     return None, records

@@ -170,6 +170,8 @@ class SearchResult:
     confirmation: list[dict] | None = None
     finalists: list[dict] = field(default_factory=list)   # feasible trials, best first
     confirm_judge: AccuracyJudge | None = field(default=None, repr=False)
+    judge: AccuracyJudge | None = field(default=None, repr=False)        # the search part's
+    finalist_model: onnx.ModelProto | None = field(default=None, repr=False)  # finalists[0]'s
 
 
 def _acc_drop(base: float, score: float) -> float:
@@ -459,12 +461,13 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         best, confirmation = confirm_finalists(ranked[:settings.finalists],
                                                lambda cfg: candidate(cfg)[0], cjudge, log, past, emit)
     best_model = candidate(best["config"])[0] if best else None
+    top_model = best_model if best is not None or not ranked else candidate(ranked[0]["config"])[0]
     n_dev = sum(1 for t in trials if t.get("measured"))
     return SearchResult(run_dir, base, best, trials, n_dev, n_kernel, space, goal,
                         bool(getattr(device, "emulated", False)), settings.strategy, best_model,
                         bool(getattr(device, "simulated", False)),
                         base_model if deploy is not None else None,
-                        confirmation, ranked[:settings.finalists], cjudge)
+                        confirmation, ranked[:settings.finalists], cjudge, judge, top_model)
 
 
 def _run_trial(i: int, c, model, space, device, judge, base, goal, run_dir, lat_model,
