@@ -5,11 +5,10 @@ A candidate qualifies when the upper ``--confidence`` bound of its drop is withi
 budget (``--confidence 0``: the plain estimate). It is refused, with the reason in its
 record (``acc_refused``, ``acc_verdict``), when
 
-* ``too_wide``: the upper bound lies more than the whole budget above the estimate, so
-  the data cannot tell a candidate within budget from one over it (a small validation
-  set: the reason names how many images would be needed even for a candidate that
-  matches the original on every one), or
-* ``over_budget``: the upper bound is over the budget.
+* ``too_wide``: the data cannot resolve the budget: on this many images even a
+  candidate that matches the original on every one has an upper bound over the budget
+  (a small validation set; the reason says how many images would be needed), or
+* ``over_budget``: the upper bound of this candidate's drop is over the budget.
 
 Strategies learn from the same rule: :func:`strategy_view` hands them a trial whose
 ``acc_drop`` is the upper bound, so a search does not steer towards candidates it
@@ -21,7 +20,12 @@ from __future__ import annotations
 import onnx
 
 from pfcompile.search.evaluation import Accuracy, Evaluator
-from pfcompile.search.stats import DropInterval, images_needed, paired_drop_interval
+from pfcompile.search.stats import (
+    DropInterval,
+    images_needed,
+    paired_drop_interval,
+    zero_discordance_upper,
+)
 
 __all__ = ["AccuracyJudge", "strategy_view"]
 
@@ -33,6 +37,7 @@ class AccuracyJudge:
                  what: str = "validation") -> None:
         self.evaluator, self.budget, self.confidence, self.what = evaluator, budget, confidence, what
         self._needed: int | None | bool = False   # computed on first use
+        self._floor: dict[int, float] = {}
 
     @property
     def n(self) -> int:
@@ -52,17 +57,23 @@ class AccuracyJudge:
         verdict, reason = self.verdict(iv)
         return acc, iv, reason, verdict
 
+    def floor(self, n: int) -> float:
+        """The narrowest upper bound ``n`` images give (a candidate equal to the original)."""
+        if n not in self._floor:
+            self._floor[n] = zero_discordance_upper(n, self.confidence)
+        return self._floor[n]
+
     def verdict(self, iv: DropInterval) -> tuple[str, str | None]:
         b, c = self.budget, iv.confidence
-        if c > 0 and iv.margin > b + 1e-9:
+        if c > 0 and self.floor(iv.n) > b + 1e-9:
             need = self.images_needed()
-            need_s = f"about {need}" if need else "more than 1,000,000"
+            need_s = f"about {need:,}" if need else "more than 1,000,000"
             return "too_wide", (
-                f"interval too wide: on {iv.n} {self.what} images the {c:.0%} upper bound lies "
-                f"{iv.margin:.2f} points above the estimate ({iv.estimate:.2f}), more than the whole "
-                f"{b:g}-point budget; {need_s} images are needed even for a candidate that "
-                f"matches the original on every one (give more data, a larger --max-acc-drop or a "
-                f"lower --confidence)")
+                f"interval too wide: on {iv.n} {self.what} images even a candidate that matches "
+                f"the original on every one has a {c:.0%} upper bound of {self.floor(iv.n):.2f} "
+                f"points, more than the {b:g}-point budget (this one: {iv.estimate:.2f}, interval "
+                f"[{iv.lower:.2f}, {iv.upper:.2f}]); {need_s} images are needed (give more data, a "
+                f"larger --max-acc-drop or a lower --confidence)")
         if iv.upper > b + 1e-9:
             what = (f"{c:.0%} upper bound {iv.upper:.2f}" if c > 0 else f"drop {iv.upper:.2f}")
             return "over_budget", (

@@ -42,7 +42,8 @@ import numpy as np
 
 from pfcompile.errors import SearchError
 
-__all__ = ["DropInterval", "check_confidence", "images_needed", "paired_drop_interval"]
+__all__ = ["DropInterval", "check_confidence", "images_needed", "paired_drop_interval",
+           "zero_discordance_upper"]
 
 _DRAWS = 20000
 
@@ -112,13 +113,20 @@ def paired_drop_interval(reference_correct: np.ndarray, candidate_correct: np.nd
     return DropInterval(est, min(lo, est), max(hi, est), confidence, n, losses, gains)
 
 
+def zero_discordance_upper(n: int, confidence: float) -> float:
+    """The upper bound (points) on ``n`` images for a candidate that matches the original
+    on every one: the narrowest interval ``n`` images can give."""
+    confidence = check_confidence(confidence)
+    return 0.0 if confidence == 0.0 else _bounds(0, 0, int(n), confidence, 0)[1]
+
+
 def images_needed(budget: float, confidence: float, limit: int = 1_000_000) -> int | None:
     """The fewest images on which a candidate that differs from the original on none of
     them has its upper bound within ``budget`` points (None: more than ``limit``)."""
     confidence = check_confidence(confidence)
     if confidence == 0.0:
         return 1
-    ok = lambda n: _bounds(0, 0, n, confidence, 0)[1] <= budget
+    ok = lambda n: zero_discordance_upper(n, confidence) <= budget
     if budget <= 0 or not ok(limit):
         return None
     lo, hi = 1, limit
