@@ -22,12 +22,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages: the aarch64 cross compiler and qemu-user for the emulated arm64 device.
+# Debian packages: the aarch64 cross compiler and qemu-user for the emulated arm64 device;
+# chromium renders report.html headless in tests/test_search_report.py.
 apt-deps:
-	@if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
-	  echo "installing qemu-user and g++-aarch64-linux-gnu"; \
+	@if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null \
+	    || ! command -v chromium >/dev/null; then \
+	  echo "installing qemu-user, g++-aarch64-linux-gnu and chromium"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q qemu-user g++-aarch64-linux-gnu gcc-aarch64-linux-gnu; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q qemu-user g++-aarch64-linux-gnu gcc-aarch64-linux-gnu chromium; \
 	fi
 
 arm64-device: apt-deps

@@ -139,14 +139,19 @@ def _pareto_svg(report: dict, runs: dict[str, list[dict]], acc_key: str, unit: s
         o.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{fill}" stroke="{c}" '
                  f'stroke-width="1.5"><title>trial {t.get("id")}: {_ms(x)} ms, {y:.2f} %, drop '
                  f'{_ci(t)}</title></circle>')
-    o.append(f'<rect x="{sx(base["latency_ms"]) - 5:.1f}" y="{sy(b_acc) - 5:.1f}" width="10" '
-             f'height="10" fill="#000"/><text x="{sx(base["latency_ms"]) + 8:.1f}" '
-             f'y="{sy(b_acc) - 7:.1f}" font-weight="bold">baseline (original)</text>')
+    def label(x: float, y: float, text: str, dy: float) -> str:
+        """Bold text beside (x, y), on the side with room."""
+        right = x < (L + W - R) / 2
+        return (f'<text x="{x + (8 if right else -8):.1f}" y="{y + dy:.1f}" font-weight="bold" '
+                f'text-anchor="{"start" if right else "end"}">{_e(text)}</text>')
+
+    bx0, by0 = sx(base["latency_ms"]), sy(b_acc)
+    o.append(f'<rect x="{bx0 - 5:.1f}" y="{by0 - 5:.1f}" width="10" height="10" fill="#000"/>'
+             + label(bx0, by0, "baseline (original)", -8))
     if best.get("latency_ms") is not None and best.get(acc_key) is not None:
         bx, by = sx(best["latency_ms"]), sy(100 * best[acc_key])
         o.append(f'<circle cx="{bx:.1f}" cy="{by:.1f}" r="9" fill="none" stroke="#000" '
-                 f'stroke-width="2"/><text x="{bx + 11:.1f}" y="{by + 16:.1f}" '
-                 f'font-weight="bold">deployed</text>')
+                 f'stroke-width="2"/>' + label(bx, by, "deployed", 20))
     ly = T + 8
     for i, name in enumerate(runs):
         c = _COLORS.get(name, "#ff7f0e")
@@ -204,7 +209,9 @@ def _bars(values: dict[str, float], title: str) -> str:
 # ----------------------------------------------------------------------------- tables
 def _table(head: list[str], rows: list[list[str]], cls: str = "") -> str:
     h = "".join(f"<th>{_e(x)}</th>" for x in head)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    # prose cells (reasons, verdicts) read left-aligned; numbers right-aligned
+    td = lambda c: f'<td class="t">{c}</td>' if len(c) > 24 and " " in c else f"<td>{c}</td>"
+    body = "".join("<tr>" + "".join(td(c) for c in r) + "</tr>" for r in rows)
     return f'<table class="{cls}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -336,7 +343,7 @@ def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
 <style>body{{font-family:sans-serif;max-width:1100px;margin:20px auto;color:#111}}
 pre{{background:#f4f4f4;padding:8px;font-size:11px}} .g{{display:flex;flex-wrap:wrap;gap:12px}}
 table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ccc;padding:3px 8px;
-text-align:right;font-size:13px}} th{{background:#eee}} td:first-child{{text-align:left}}
+text-align:right;font-size:13px}} th{{background:#eee}} td:first-child,td.t{{text-align:left}}
 .warn{{background:#fff3cd;padding:8px}}</style></head><body>
 <h1>pfcompile run report{_e(unit)}</h1>
 {f"<p><b>{_e(report['note'])}</b></p>" if report.get("note") else ""}
