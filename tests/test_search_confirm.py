@@ -89,7 +89,7 @@ def test_only_a_confirmed_finalist_is_chosen(tmp_path, demo):
     that fails there is passed over for the next, which qualifies."""
     m, d = demo
     host = load_target("host")
-    search, confirm = split_for_confirmation(d, 0.3, seed=0)
+    _, confirm = split_for_confirmation(d, 0.3, seed=0)
     space = build_space(m, host.hardware)
     bad = compress(m, space, space.uniform(0.25))          # L1, no reconstruction: ~chance
     models = {"bad": bad, "good": m}

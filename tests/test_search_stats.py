@@ -3,6 +3,8 @@ known drop, the judge's verdicts, and the seeded, stratified confirmation split.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -65,7 +67,7 @@ def test_without_labels_the_drop_is_disagreement_with_the_original():
 
 def test_zero_discordance_still_has_a_width_that_shrinks_with_n():
     ups = [zero_discordance_upper(n, 0.9) for n in (20, 100, 247, 1000)]
-    assert ups[0] > 4.0 and all(a > b for a, b in zip(ups, ups[1:]))
+    assert ups[0] > 4.0 and all(a > b for a, b in itertools.pairwise(ups))
     assert ups[2] == pytest.approx(0.41, abs=0.05)
     need = images_needed(1.0, 0.9)
     assert 90 <= need <= 115

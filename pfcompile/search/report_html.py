@@ -116,7 +116,7 @@ def _pareto_svg(report: dict, runs: dict[str, list[dict]], acc_key: str, unit: s
         ys.append(b_acc - budget)
     x0, x1 = _range(xs)
     y0, y1 = _range(ys)
-    W, H, L, R, T, B = 640, 400, 60, 130, 30, 45
+    W, H, L, R, T, B = 660, 400, 60, 150, 30, 45
     sx = lambda v: _scale(v, x0, x1, L, W - R)
     sy = lambda v: _scale(v, y0, y1, H - B, T)
     o = _axes(W, H, L, R, T, B, x0, x1, y0, y1, f"measured latency (ms){unit}", f"{acc_key} (%)",
@@ -139,29 +139,30 @@ def _pareto_svg(report: dict, runs: dict[str, list[dict]], acc_key: str, unit: s
         o.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{fill}" stroke="{c}" '
                  f'stroke-width="1.5"><title>trial {t.get("id")}: {_ms(x)} ms, {y:.2f} %, drop '
                  f'{_ci(t)}</title></circle>')
-    def label(x: float, y: float, text: str, dy: float) -> str:
-        """Bold text beside (x, y), on the side with room."""
-        right = x < (L + W - R) / 2
-        return (f'<text x="{x + (8 if right else -8):.1f}" y="{y + dy:.1f}" font-weight="bold" '
-                f'text-anchor="{"start" if right else "end"}">{_e(text)}</text>')
-
     bx0, by0 = sx(base["latency_ms"]), sy(b_acc)
-    o.append(f'<rect x="{bx0 - 5:.1f}" y="{by0 - 5:.1f}" width="10" height="10" fill="#000"/>'
-             + label(bx0, by0, "baseline (original)", -8))
-    if best.get("latency_ms") is not None and best.get(acc_key) is not None:
+    o.append(f'<rect x="{bx0 - 5:.1f}" y="{by0 - 5:.1f}" width="10" height="10" fill="#000">'
+             f'<title>baseline (original): {_ms(base["latency_ms"])} ms, {b_acc:.2f} %</title></rect>')
+    deployed = best.get("latency_ms") is not None and best.get(acc_key) is not None
+    if deployed:
         bx, by = sx(best["latency_ms"]), sy(100 * best[acc_key])
         o.append(f'<circle cx="{bx:.1f}" cy="{by:.1f}" r="9" fill="none" stroke="#000" '
-                 f'stroke-width="2"/>' + label(bx, by, "deployed", 20))
+                 f'stroke-width="2"/>')
     ly = T + 8
     for i, name in enumerate(runs):
         c = _COLORS.get(name, "#ff7f0e")
         o.append(f'<circle cx="{W - R + 12}" cy="{ly + 16 * i}" r="4" fill="{c}"/>'
                  f'<text x="{W - R + 20}" y="{ly + 4 + 16 * i}">{_e(name)}</text>')
     ly += 16 * len(runs) + 6
-    o.append(f'<circle cx="{W - R + 12}" cy="{ly}" r="4" fill="#fff" stroke="#555"/>'
-             f'<text x="{W - R + 20}" y="{ly + 4}">refused</text>'
-             f'<line x1="{W - R + 6}" y1="{ly + 18}" x2="{W - R + 18}" y2="{ly + 18}" stroke="#444" '
-             f'stroke-width="1.5"/><text x="{W - R + 20}" y="{ly + 22}">Pareto front</text>')
+    lx = W - R + 12
+    o.append(f'<circle cx="{lx}" cy="{ly}" r="4" fill="#fff" stroke="#555"/>'
+             f'<text x="{lx + 8}" y="{ly + 4}">refused</text>'
+             f'<line x1="{lx - 6}" y1="{ly + 18}" x2="{lx + 6}" y2="{ly + 18}" stroke="#444" '
+             f'stroke-width="1.5"/><text x="{lx + 8}" y="{ly + 22}">Pareto front</text>'
+             f'<rect x="{lx - 5}" y="{ly + 31}" width="10" height="10" fill="#000"/>'
+             f'<text x="{lx + 8}" y="{ly + 40}" font-weight="bold">baseline (original)</text>')
+    if deployed:
+        o.append(f'<circle cx="{lx}" cy="{ly + 54}" r="7" fill="none" stroke="#000" stroke-width="2"/>'
+                 f'<text x="{lx + 11}" y="{ly + 58}" font-weight="bold">deployed</text>')
     o.append("</svg>")
     return "".join(o)
 
