@@ -60,3 +60,18 @@ def test_stuck_student_is_detected_and_healthy_one_is_not(demo):
     ok = check_progress(finetune(m, None, train, val, cfg), train, 10)
     assert not ok.stuck and ok.reasons == () and ok.after_top1 > 0.9
     assert ok.final_ce < 0.5 * math.log(10)
+
+
+def test_flat_loss_under_a_weak_teacher_is_a_sign_not_a_verdict(demo):
+    """An undertrained teacher (17 % top-1) keeps the student's loss near ln(10); the student
+    at 26 % top-1 with live ReLUs is not stuck, but the sign is reported."""
+    from types import SimpleNamespace
+
+    m, train, _ = demo
+    res = SimpleNamespace(model=m, epochs=[SimpleNamespace(ce=2.2)], after_top1=0.26,
+                          teacher_top1=0.17)
+    p = check_progress(res, train, 10)
+    assert not p.stuck and len(p.reasons) == 1 and "ln(10)" in p.reasons[0]
+    chance = check_progress(SimpleNamespace(**{**vars(res), "after_top1": 0.11,
+                                               "teacher_top1": 0.95}), train, 10)
+    assert chance.stuck and any("near chance" in r for r in chance.reasons)

@@ -2,14 +2,18 @@
 constant: a heavily pruned model whose every ReLU is dead passes no gradient, its
 cross-entropy stays at ``ln(classes)`` (uniform guessing) and its top-1 at chance (seen:
 a 70 %-L1-pruned MobileNetV2-style model at 11 % top-1, loss ln 10 for 10 epochs).
-:func:`check_progress` looks for the three signs and says which it found, so a caller
-can report the student instead of keeping it.
+:func:`check_progress` looks for three signs and says which it found:
 
 * loss: the last epoch's cross-entropy is at least 90 % of ``ln(classes)``;
 * accuracy: validation top-1 at most 1.5x chance (``1 / classes``; 3 classes or more);
 * dead ReLUs: at least 90 % of the channels of the ReLU-like nodes (``Relu``, and
   ``Clip`` with a lower bound of 0, i.e. ReLU6) are <= 0 on every one of up to 64
   training images (onnxruntime, graph as written).
+
+The student is **stuck** (a caller must not keep it) when its ReLUs are dead, or its
+top-1 is at chance while the loss stayed flat or the teacher is better than chance. A
+flat loss alone is not enough: a teacher that is itself near chance (an undertrained
+model) leaves the student's loss high for a reason that is not the student's.
 """
 
 from __future__ import annotations
@@ -128,7 +132,13 @@ def check_progress(result, train: Dataset, classes: int) -> Progress:
         reasons.append(f"top-1 {100 * after:.1f} % is near chance ({100 / classes:.1f} % for "
                        f"{classes} classes)")
     frac, channels = dead_relu_fraction(result.model, train)
-    if frac is not None and frac >= DEAD_FRACTION:
+    dead = frac is not None and frac >= DEAD_FRACTION
+    if dead:
         reasons.append(f"{round(frac * channels)} of {channels} ReLU channels never fire on "
                        f"{min(64, len(train))} training images (dead)")
-    return Progress(bool(reasons), tuple(reasons), classes, ce, after, frac, channels)
+    flat = ce is not None and classes > 1 and ce >= LOSS_FRACTION * ln_c
+    chance = after is not None and classes >= 3 and after <= CHANCE_FACTOR / classes
+    teacher = getattr(result, "teacher_top1", None)
+    teacher_ok = teacher is None or teacher > CHANCE_FACTOR / classes
+    stuck = dead or (chance and (flat or teacher_ok))
+    return Progress(stuck, tuple(reasons), classes, ce, after, frac, channels)
