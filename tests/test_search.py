@@ -308,15 +308,15 @@ def test_cli_rejects_bad_settings(tmp_path):
 
 
 def test_run_finetune_records_before_and_after(tmp_path):
-    """`run --finetune` fine-tunes the finalist (distillation from the original on the
-    demo's calibration data), records top-1 before and after, checks that it learned and
-    re-confirms it on the confirmation part before deploying it."""
+    """`run --train T` fine-tunes the finalist by default (distillation from the original,
+    here on the demo's calibration data), records top-1 before and after, checks that it
+    learned and re-confirms it on the confirmation part before deploying it."""
     from pfcompile.search.api import run
     from pfcompile.search.loop import SearchSettings
 
     rep = run(None, "host", settings=SearchSettings(budget=3, max_acc_drop=3.0),
-              null_device=True, out_dir=tmp_path / "dist", finetune=True, finetune_epochs=2,
-              cache_dir=tmp_path / "cache")
+              null_device=True, out_dir=tmp_path / "dist", train=demo_paths()[2],
+              finetune_epochs=2, cache_dir=tmp_path / "cache")
     ft = rep["finetune"]
     assert rep["best"] is not None
     assert 0.0 < ft["before_top1"] <= 1.0 and 0.0 < ft["after_top1"] <= 1.0
