@@ -136,3 +136,31 @@ def test_search_with_confirmation_logs_it_and_resume_keeps_the_split(tmp_path, d
     with pytest.raises(SearchError, match="--confidence"):
         run_search(m, host, NullDevice(), search, tmp_path / "run",
                    SearchSettings(strategy="uniform", budget=3, confidence=0.95), confirm=confirm)
+
+
+def test_a_confirmation_part_too_small_for_the_budget_is_flagged_up_front(tmp_path, demo):
+    """247 images given, 74 in confirmation: nothing can be confirmed at 1 point / 90 %;
+    the run warns before searching, skips fine-tuning and the report says why."""
+    m, d = demo
+    search, confirm = split_for_confirmation(d.subset(247), 0.3, seed=0)
+    assert len(confirm) == 74
+    events = []
+    calib = load_npz(demo_paths()[2], input_specs(m)).subset(32)
+    r = run_search(m, load_target("host"), NullDevice(), search, tmp_path / "run",
+                   SearchSettings(strategy="uniform", budget=2, max_acc_drop=1.0, eval_subset=64),
+                   confirm=confirm, calib=calib, on_event=lambda k, i: events.append((k, i)))
+    warn = [i["text"] for k, i in events if k == "warning"]
+    assert len(warn) == 1 and "confirmation part has 74 images" in warn[0]
+    assert "images are needed" in warn[0] and events.index(("warning", {"text": warn[0]})) < 2
+    assert r.best is None
+    from pfcompile.search.finalist import finetune_finalist
+    from pfcompile.search.report import build_report
+
+    # a candidate qualified on the 173-image search part, but fine-tuning it cannot help
+    assert r.finalists and all(not x["confirmed"] for x in r.confirmation)
+    assert all(x["acc_verdict"] == "too_wide" for x in r.confirmation)
+    info = finetune_finalist(r, m, search, "search part", search, NullDevice(), tmp_path / "ft", 1)
+    assert info["deployed"] is False and info["error"].startswith("not fine-tuned: the confirmation")
+    assert not (tmp_path / "ft").exists()
+    rep = build_report(r)
+    assert rep["accuracy"]["warnings"] == warn

@@ -27,6 +27,7 @@ class _Progress:
         self.refused = {"too_wide": 0, "over_budget": 0}
         self.refusal: str | None = None  # the latest "interval too wide" reason, shown whole
         self.confirm: str | None = None
+        self.warnings: list[str] = []
         self._lock = threading.Lock()    # a pool reports from its worker threads
         self.live = Live(self._table(), console=console, refresh_per_second=4, transient=False)
 
@@ -38,6 +39,8 @@ class _Progress:
         if self.best:
             t.add_row("best so far", f"{self.best['latency_ms']:.3f} ms ({self.best['speedup']:.2f}x), "
                                      f"drop {self.best['acc_drop']:.2f} pts")
+        for w in self.warnings:
+            t.add_row("WARNING", w)
         if any(self.refused.values()):
             t.add_row("refused", f"{self.refused['over_budget']} over budget (upper bound), "
                                  f"{self.refused['too_wide']} interval too wide")
@@ -57,6 +60,8 @@ class _Progress:
     def _on_event(self, kind: str, info: dict) -> None:
         if kind == "devices":
             self.devices = info["text"]
+        elif kind == "warning":
+            self.warnings.append(info["text"])
         elif kind == "measuring":
             self.status = f"measuring {info['n']} candidates at once"
         elif kind == "baseline":

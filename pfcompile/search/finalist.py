@@ -50,6 +50,10 @@ def finetune_finalist(result, teacher: onnx.ModelProto, train: Dataset, train_na
         info["error"] = "no candidate qualified in the search: nothing to fine-tune"
         return info
     info["trial"] = trial["id"]
+    judge = result.confirm_judge or result.judge
+    if judge is not None and judge.too_small():
+        info["error"] = f"not fine-tuned: {judge.too_small()}"
+        return info
     work.mkdir(parents=True, exist_ok=True)
     val = val if val is not None and val.labels is not None else None
     res = finetune(student, teacher, train, val, FinetuneSettings(epochs=epochs))
@@ -70,7 +74,6 @@ def finetune_finalist(result, teacher: onnx.ModelProto, train: Dataset, train_na
     if before is not None and after is not None and after < before:
         info["error"] = "fine-tuning lowered top-1 on the validation data; kept the candidate"
         return info
-    judge = result.confirm_judge or result.judge
     if judge is not None:
         emit("confirm", {"trial": trial["id"], "n": judge.n, "finetuned": True})
         rec = confirm_model(judge, res.model, trial=trial["id"], finetuned=True)

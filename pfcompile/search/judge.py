@@ -63,6 +63,19 @@ class AccuracyJudge:
             self._floor[n] = zero_discordance_upper(n, self.confidence)
         return self._floor[n]
 
+    def too_small(self) -> str | None:
+        """Why this data cannot qualify any candidate at this budget, or None."""
+        if self.confidence == 0 or self.floor(self.n) <= self.budget + 1e-9:
+            return None
+        need = self.images_needed()
+        need_s = f"about {need:,}" if need else "more than 1,000,000"
+        can = "be confirmed" if self.what == "confirmation" else "qualify"
+        return (f"the {self.what} part has {self.n} images: even a candidate that matches the "
+                f"original on every one has a {self.confidence:.0%} upper bound of "
+                f"{self.floor(self.n):.2f} points, more than the {self.budget:g}-point budget, "
+                f"so no candidate can {can}; {need_s} images are needed (give more data, a larger "
+                f"--max-acc-drop or a lower --confidence)")
+
     def verdict(self, iv: DropInterval) -> tuple[str, str | None]:
         b, c = self.budget, iv.confidence
         if c > 0 and self.floor(iv.n) > b + 1e-9:

@@ -229,6 +229,11 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     evaluator = Evaluator(model, data)
     judge = AccuracyJudge(evaluator, settings.max_acc_drop, settings.confidence,
                           "search" if confirm is not None else "validation")
+    cjudge = None if confirm is None else AccuracyJudge(
+        Evaluator(model, confirm), settings.max_acc_drop, settings.confidence, "confirmation")
+    for j in (judge, cjudge):       # data too small for the budget: say so before searching
+        if j is not None and j.too_small():
+            emit("warning", {"text": j.too_small()})
     sub = data.subset(min(settings.eval_subset, len(data)))
     cheap = Evaluator(model, sub)
     base_kernels = deploy.kernels(model, space, space.default()) if deploy else extract_kernels(model)
@@ -454,10 +459,8 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     # feasible (qualified accuracy, goal met; faster than the original when fastest), best first
     ranked = select_finalists(trials, base, goal)
     best = ranked[0] if ranked else None
-    confirmation = cjudge = None
-    if confirm is not None:
-        cjudge = AccuracyJudge(Evaluator(model, confirm), settings.max_acc_drop,
-                               settings.confidence, "confirmation")
+    confirmation = None
+    if cjudge is not None:
         best, confirmation = confirm_finalists(ranked[:settings.finalists],
                                                lambda cfg: candidate(cfg)[0], cjudge, log, past, emit)
     best_model = candidate(best["config"])[0] if best else None

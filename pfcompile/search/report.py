@@ -137,6 +137,8 @@ def _accuracy_section(result) -> dict:
         "images_needed": judge.images_needed() if judge is not None else None,
         "finalists_tested": len(result.confirmation) if getattr(result, "confirmation", None)
         is not None else None,
+        # data too small to qualify / confirm anything at this budget and confidence
+        "warnings": [w for w in (j.too_small() for j in (judge, cjudge) if j is not None) if w],
     }
 
 

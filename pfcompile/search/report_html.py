@@ -264,6 +264,8 @@ def _headline(report: dict, acc_key: str) -> str:
                        f'<b id="speedup-ort">{ort["speedup"]:.2f}x</b></p>')
         out.append(f'<p class="warn"><b>Nothing deployed.</b> '
                    f'{_e(report.get("why_no_candidate") or "no candidate met the goal")}</p>')
+    for w in acc.get("warnings") or []:
+        out.append(f'<p class="warn"><b>Data too small:</b> {_e(w)}</p>')
     if ort.get("note"):
         out.append(f"<p>onnxruntime: {_e(ort['note'])}</p>")
     return "".join(out)
