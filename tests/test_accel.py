@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -22,6 +21,7 @@ from pfcompile.accel.reference import reference_layer
 from pfcompile.accel.sim import execute_program, time_program
 from pfcompile.accel.tiling import Tiling, TilingDB, candidates, footprint, search_tiling
 from pfcompile.errors import CompileError, ConfigError
+from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 
 DATA = Path(__file__).resolve().parents[1] / "pfcompile" / "data"
@@ -51,10 +51,8 @@ def _x(layer: QLayer, n: int = 2, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, hi, (n,) + layer.in_shape[1:]).astype(np.uint8)
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+def _session(model: onnx.ModelProto):
+    return reference_session(model)
 
 
 @pytest.fixture(scope="module")

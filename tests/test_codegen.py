@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +17,7 @@ from pfcompile import codegen, zoo
 from pfcompile.codegen.pipeline import channel_block
 from pfcompile.codegen.records import Record, RecordDB, records_path
 from pfcompile.errors import CompileError
+from pfcompile.reference import reference_session
 from pfcompile.schedules import Hardware
 from pfcompile.targets import load_target
 
@@ -41,7 +41,7 @@ def _run_both(path: Path, records_dir: Path, report: list | None = None,
     inp = model.graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
-    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+    ref = reference_session(path).run(
         None, {inp.name: x})[0]
     ex = codegen.build(from_onnx(model, keep_params_in_input=False), HOST,
                        records_dir=records_dir, report=report)

@@ -58,7 +58,7 @@ def int8_dot_kind(target) -> str:
 
 def _finish(func: tirx.PrimFunc) -> tirx.PrimFunc:
     # op_pattern 8 (opaque): FuseOps must not merge other ops into a scheduled kernel
-    return (func.with_attr("tir.is_scheduled", True).with_attr("tir.noalias", True)
+    return (func.with_attr("tirx.is_scheduled", True).with_attr("tir.noalias", True)
             .with_attr("op_pattern", 8))
 
 

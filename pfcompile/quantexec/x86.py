@@ -228,7 +228,7 @@ def _x86_conv_func(sp: QConvSpec, kg: int, intrin: str, tile_ow: int | None,
     rco, rci = sch.split(rc, [None, 8])
     sch.reorder(rco, rw, rci)
     sch.vectorize(rci)
-    return (sch.mod["main"].with_attr("tir.is_scheduled", True).with_attr("tir.noalias", True)
+    return (sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("tir.noalias", True)
             .with_attr("op_pattern", 8))
 
 
