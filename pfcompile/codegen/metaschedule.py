@@ -33,7 +33,7 @@ def metaschedule_dir(records_dir: Path | None, target_name: str) -> Path:
 
 
 def _tasks_macs(mod: tvm.IRModule) -> dict[str, int]:
-    from pfcompile.schedules import match
+    from pfcompile.codegen.templates import match
 
     out = {}
     for gv, f in mod.functions.items():

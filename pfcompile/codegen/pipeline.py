@@ -17,8 +17,8 @@ from pfcompile.codegen.layout import convert_layout_pass, fold_constant_layout_t
 from pfcompile.codegen.records import RecordDB
 from pfcompile.codegen.te_ops import legalize_conv2d
 from pfcompile.errors import CompileError
-from pfcompile.schedules import TEMPLATES, Hardware, Workload, match
-from pfcompile.schedules.base import params_from_dict, params_to_dict
+from pfcompile.codegen.templates import TEMPLATES, Hardware, Workload, match
+from pfcompile.codegen.templates.base import params_from_dict, params_to_dict
 
 __all__ = [
     "KernelWorkload",
