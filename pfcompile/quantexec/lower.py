@@ -26,7 +26,7 @@ from tvm import relax
 
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec
 from pfcompile.quantexec.requant import dtype_range, fixed_point
-from pfcompile.quantexec.schedules import Kernel, select_conv_kernel, select_dense_kernel
+from pfcompile.quantexec.kernel_choice import Kernel, select_conv_kernel, select_dense_kernel
 
 __all__ = ["LayerReport", "QuantFallbackWarning", "lower_qdq", "reports_to_json"]
 

@@ -257,13 +257,13 @@ def has_vnni(target) -> bool:
 
 
 def avx2_conv_kernel(sp: QConvSpec, target=None):
-    """The best x86 :class:`~pfcompile.quantexec.schedules.Kernel` for ``sp``, or None.
+    """The best x86 :class:`~pfcompile.quantexec.kernel_choice.Kernel` for ``sp``, or None.
 
     ``x86-vnni-vpdpbusd`` when the TVM target enables VNNI (see
     :func:`with_int8_features`) and the activations are uint8; else
     ``x86-avx2-pmaddwd``.
     """
-    from pfcompile.quantexec.schedules import Kernel
+    from pfcompile.quantexec.kernel_choice import Kernel
 
     if sp.groups != 1 or sp.n != 1:
         return None
