@@ -16,9 +16,9 @@ from torch import nn
 from pfcompile import codegen, zoo
 from pfcompile.codegen.pipeline import channel_block
 from pfcompile.codegen.records import Record, RecordDB, records_path
+from pfcompile.codegen.templates import Hardware
 from pfcompile.errors import CompileError
 from pfcompile.reference import reference_session
-from pfcompile.codegen.templates import Hardware
 from pfcompile.targets import load_target
 
 tvm = pytest.importorskip("tvm")

@@ -6,9 +6,9 @@ import pytest
 import tvm
 
 from pfcompile.quantexec import x86
+from pfcompile.quantexec.kernel_choice import _depthwise_conv, _generic_conv
 from pfcompile.quantexec.kernels import QConvSpec
 from pfcompile.quantexec.requant import fixed_point, requantize_ref
-from pfcompile.quantexec.kernel_choice import _depthwise_conv, _generic_conv
 from pfcompile.targets import cpu_flags, host_arch
 
 pytestmark = pytest.mark.skipif(host_arch() != "x86_64",

@@ -62,8 +62,8 @@ def server():
 
 @pytest.fixture(autouse=True)
 def _records_in_tmp(tmp_path, monkeypatch):
-    """Tiling records of pruned workloads go to a temporary schedules/ folder."""
-    monkeypatch.setattr("pfcompile.accel.tiling.schedules_dir", lambda: tmp_path / "schedules")
+    """Tiling records of pruned workloads go to a temporary cache folder."""
+    monkeypatch.setenv("PFCOMPILE_CACHE", str(tmp_path / "cache"))
 
 
 def test_kernels_carry_widths_and_unsupported_layers_leave(demo):

@@ -10,7 +10,7 @@ greedy, sensitivity-ranked; latency = the simulator's cycle model, accuracy =
 onnxruntime on the fake-quant QDQ model over the 540 validation images; constraint:
 within --max-drop points of the float model), cross-run each target's policy on the
 other target, then compile every policy and run the bit-exact integer simulator over
-the validation set for its accuracy. Tiling records go to schedules/<target>/.
+the validation set for its accuracy. Tiling records go to the cache's records/<target>/ (pfcompile.paths).
 
 Then the same question through ``pfcompile run --target fpga-bitfusion`` (the search
 loop every target uses: kernel-level XGBoost cost model, ``hw`` strategy, keep knobs =
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--max-drop", type=float, default=0.01, help="accuracy budget (fraction)")
     ap.add_argument("--schedules", type=Path, default=None,
-                    help="root for tiling records (default: the repo's schedules/)")
+                    help="root for tiling records (default: the cache's records/)")
     ap.add_argument("--val-images", type=int, default=0,
                     help="use only the first N validation images (smoke runs; 0 = all 540)")
     ap.add_argument("--run-budget", type=int, default=24,
