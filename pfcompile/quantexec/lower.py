@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from pfcompile.quantexec.kernel_choice import Kernel, select_conv_kernel, select_dense_kernel
+from pfcompile.quantexec.kernel_choice import IntKernel, select_conv_kernel, select_dense_kernel
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec
 from pfcompile.quantexec.requant import dtype_range, fixed_point
 
@@ -236,7 +236,7 @@ def _split_bias(g: _Graph, y):
 @dataclass
 class _Plan:
     layer_var: relax.Var
-    kernel: Kernel
+    kernel: IntKernel
     args: list
     out_shape: tuple[int, ...]
     out_dtype: str
