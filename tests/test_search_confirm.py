@@ -33,7 +33,7 @@ def demo():
 
 
 def _app() -> typer.Typer:
-    from pfcompile.search.cli import register
+    from pfcompile.cli.run import register
 
     app = typer.Typer()
     app.callback()(lambda: None)
@@ -69,7 +69,7 @@ def test_tiny_validation_set_refuses_wide_intervals_and_says_why(tmp_path, demo)
 
 
 def test_progress_shows_the_refusal(demo):
-    from pfcompile.search.cli import _Progress
+    from pfcompile.cli.run import _Progress
 
     prog = _Progress(3, Console(file=io.StringIO(), width=300))
     reason = "interval too wide: on 21 search images even a candidate ..."

@@ -8,7 +8,7 @@ a 70 %-L1-pruned MobileNetV2-style model at 11 % top-1, loss ln 10 for 10 epochs
 * accuracy: validation top-1 at most 1.5x chance (``1 / classes``; 3 classes or more);
 * dead ReLUs: at least 90 % of the channels of the ReLU-like nodes (``Relu``, and
   ``Clip`` with a lower bound of 0, i.e. ReLU6) are <= 0 on every one of up to 64
-  training images (onnxruntime, graph as written).
+  training images (the reference session, :mod:`pfcompile.reference`).
 
 The student is **stuck** (a caller must not keep it) when its ReLUs are dead, or its
 top-1 is at chance while the loss stayed flat or the teacher is better than chance. A
@@ -23,9 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from pfcompile.data import Dataset
+from pfcompile.reference import reference_session
 
 __all__ = ["Progress", "check_progress", "dead_relu_fraction"]
 
@@ -77,27 +78,10 @@ def _relu_outputs(model: onnx.ModelProto) -> list[str]:
 def dead_relu_fraction(model: onnx.ModelProto, data: Dataset, n: int = 64) -> tuple[float | None, int]:
     """``(fraction of ReLU channels <= 0 on all of the first n samples, channels)``;
     ``(None, 0)`` when the model has no ReLU-like node."""
-    import onnxruntime as ort
-
     names = _relu_outputs(model)
     if not names:
         return None, 0
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    try:
-        typed = {v.name: v.type.tensor_type.elem_type
-                 for v in onnx.shape_inference.infer_shapes(model).graph.value_info}
-    except Exception:  # noqa: BLE001 - inference is only for the element types; float otherwise
-        typed = {}
-    for name in names:
-        if name not in have:
-            m.graph.output.append(helper.make_tensor_value_info(
-                name, typed.get(name) or onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = reference_session(model, extra_outputs=names, threads=1)
     inits = {t.name for t in model.graph.initializer}
     inputs = [v.name for v in model.graph.input if v.name not in inits]
     k = min(n, len(data))
