@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pfcompile.errors import ConfigError
-from pfcompile.model import load_onnx
+from pfcompile.frontend import import_model
+from pfcompile.model import parse_input_shapes
 from pfcompile.passes.prune_config import CRITERIA, PruneConfig
 from pfcompile.passes.report import inspect_model, prune_file
 
@@ -24,6 +25,9 @@ def inspect_cmd(
     model: Annotated[Path, typer.Argument(help="ONNX model, or a compiled artifact folder")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (usable as a prune "
                                           "config)")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to 1)")] = None,
 ) -> None:
     """List layers, channel groups (prunable or frozen and why), MACs, params, bytes.
     On a compiled artifact folder: which layers run integer / on the accelerator and
@@ -31,7 +35,7 @@ def inspect_cmd(
     if model.is_dir():
         _inspect_artifact(model, as_json)
         return
-    rep = inspect_model(load_onnx(model))
+    rep = inspect_model(import_model(model, parse_input_shapes(input_shape)))
     if as_json:
         typer.echo(json.dumps(rep, indent=1))
         return
@@ -82,6 +86,9 @@ def prune_cmd(
     round_to: Annotated[int | None, typer.Option(
         "--round", help="keep channel counts multiples of M")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to 1)")] = None,
 ) -> None:
     """Remove channels (structured pruning); the output is a smaller, valid ONNX graph."""
     if config is None and ratio is None:
@@ -95,7 +102,7 @@ def prune_cmd(
     if round_to is not None:
         fields["round"] = round_to
     cfg = PruneConfig.from_json(fields, where="command line")
-    summary = prune_file(model, output, cfg, data)
+    summary = prune_file(model, output, cfg, data, parse_input_shapes(input_shape))
     if as_json:
         typer.echo(json.dumps(summary, indent=1))
         return

@@ -34,9 +34,17 @@ def _read_json(path: Path, what: str) -> dict:
 def _load_data(model, path: Path):
     from pfcompile.data import load_npz
     from pfcompile.ir import to_proto
-    from pfcompile.model import input_specs
+    from pfcompile.model import sample_specs
 
-    return load_npz(path, input_specs(to_proto(model)))
+    return load_npz(path, sample_specs(to_proto(model)))
+
+
+def _import(path: Path, input_shape: list[str] | None, batch: int | None = 1):
+    """The import front end (pfcompile.frontend) as an ``onnx_ir.Model``."""
+    from pfcompile.frontend import import_ir
+    from pfcompile.model import parse_input_shapes
+
+    return import_ir(path, parse_input_shapes(input_shape), batch=batch)
 
 
 def _jsonable(d):
@@ -56,6 +64,9 @@ def sparsify_cmd(
     config: Annotated[Path | None, typer.Option("--config", help="JSON: {sparsity, block, layers: {name: s}}")] = None,
     block: Annotated[str | None, typer.Option("--block", help="1x1 (unstructured) | 1x4 | 4x4")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the sparsity report as JSON")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to 1)")] = None,
 ) -> None:
     """Magnitude-prune weights (unstructured or in blocks); zeros are stored in the initializers."""
     from pfcompile import ir as pir
@@ -69,7 +80,7 @@ def sparsify_cmd(
             cfg = SparsifyConfig(cfg.sparsity, block, cfg.layers)
     else:
         cfg = SparsifyConfig(sparsity=sparsity, block=block or "1x1")
-    result = sparsify(pir.load(model), cfg)
+    result = sparsify(_import(model, input_shape), cfg)
     pir.save(result.model, output)
     report = sparsity_report(result.model)
     if as_json:
@@ -96,6 +107,9 @@ def quantize_cmd(
     codebook: Annotated[bool, typer.Option("--codebook", help="k-means codebook weights (2^bits centroids)")] = False,
     no_bias_correction: Annotated[bool, typer.Option("--no-bias-correction")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the quantization report as JSON")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to 1)")] = None,
 ) -> None:
     """Insert QDQ (per-channel int8 weights, calibrated uint8 activations), mixed 2-8 bits."""
     from pfcompile import ir as pir
@@ -118,7 +132,7 @@ def quantize_cmd(
     if no_bias_correction:
         cfg["bias_correction"] = False
     qc = QuantConfig.from_json(cfg)
-    m = pir.load(model)
+    m = _import(model, input_shape)
     calib_data = _load_data(m, data) if data is not None else None
     result = quantize(m, qc, calib_data)
     pir.save(result.model, output)
@@ -142,13 +156,16 @@ def evaluate_cmd(
     data: Annotated[Path, typer.Option("--data", help="validation .npz (x, optional labels y)")],
     reference: Annotated[Path | None, typer.Option("--reference", help="original .onnx to compare against")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to the data's batch)")] = None,
 ) -> None:
     """Top-1, agreement and output SNR vs a reference, MACs, params, size."""
-    from pfcompile import ir as pir
     from pfcompile.evaluate import evaluate
 
-    m = pir.load(model)
-    ref = pir.load(reference) if reference is not None else None
+    # evaluation keeps a dynamic batch free (the data is run in batches)
+    m = _import(model, input_shape, batch=None)
+    ref = _import(reference, input_shape, batch=None) if reference is not None else None
     result = evaluate(m, _load_data(m, data), ref)
     if as_json:
         print(json.dumps(_jsonable(result)))

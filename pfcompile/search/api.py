@@ -13,6 +13,7 @@ import onnx
 from pfcompile.data import Dataset, load_npz
 from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
+from pfcompile.frontend import import_model
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.search.devices import NullDevice, RPCDevice
 from pfcompile.search.loop import SearchSettings, run_search
@@ -62,13 +63,14 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         threads: int | None = None, final_repeats: int = 3,
         finetune: bool = False, train: str | Path | None = None, finetune_epochs: int = 10,
         on_event: Callable[[str, dict], None] | None = None,
-        accel_latency: str = "total") -> dict:
+        accel_latency: str = "total",
+        input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
     """Search, then write DIST; returns the report dict.
 
     ``finetune``: fine-tune the best candidate (cross-entropy on labels when ``train``
     has them, plus distillation from the original model) on ``train`` (default: the
     calibration data, else ``data``) before the final compile; the report records
-    top-1 before and after.
+    top-1 before and after. ``input_shapes`` binds dynamic input dims (``--input-shape``).
 
     Accelerator targets (``targets/fpga-*.toml``): candidates are quantized for the
     accelerator and measured on the simulator device (``--device``/``--rpc``, else one
@@ -80,7 +82,9 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         model_path, demo_val, demo_calib = demo_paths()
         data = data or demo_val
         calib = calib or demo_calib
-    model = load_onnx(model_path)
+    # the import front end: dynamic dims bound (--input-shape; a free batch -> 1),
+    # Constant weights lifted, shape sub-graphs folded (pfcompile.frontend)
+    model = import_model(model_path, input_shapes)
     specs = input_specs(model)
     tgt = load_target(target)
     dataset = load_npz(data, specs) if data else _random_data(model)
