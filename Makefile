@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pfcompile-installed
 PFCOMPILE_CACHE ?= $(HOME)/.cache/pfcompile
 export PFCOMPILE_CACHE
+ARCH := $(shell uname -m)
+# CPU builds of torch: 2.13.0 (a file on disk) on x86-64, 2.9.1 from the registry on aarch64
+TORCH := $(if $(filter aarch64 arm64,$(ARCH)),torch==2.9.1,torch==2.13.0)
 
 .PHONY: run test test-fast venv apt-deps arm64-device models lint bench clean
 
@@ -15,23 +18,26 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch 2.13.0 CPU first: a plain requirement could pull a multi-GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
+	# torch CPU build first: a plain requirement could pull a multi-GB CUDA build
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# Debian packages: the aarch64 cross compiler and qemu-user for the emulated arm64 device.
+# Debian packages: the aarch64 cross compiler and qemu-user for the emulated arm64 device
+# (on an aarch64 machine the arm64 targets run natively: neither is needed).
 apt-deps:
-	@if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
+	@if [ "$(ARCH)" = aarch64 ]; then echo "aarch64 machine: arm64 targets run natively (no qemu)"; \
+	elif ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
 	  echo "installing qemu-user and g++-aarch64-linux-gnu"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q qemu-user g++-aarch64-linux-gnu gcc-aarch64-linux-gnu; \
 	fi
 
 arm64-device: apt-deps
-	bash tools/setup_arm64_device.sh "$(PFCOMPILE_CACHE)/arm64-device"
+	@if [ "$(ARCH)" = aarch64 ]; then echo "aarch64 machine: no emulated arm64 device needed"; \
+	else bash tools/setup_arm64_device.sh "$(PFCOMPILE_CACHE)/arm64-device"; fi
 
 # the real-model suite (pfcompile/realmodels.py): the PP-OCR models inside the
 # rapidocr-onnxruntime wheel (pip download --no-deps) and the dynamo-exported models,

@@ -92,38 +92,26 @@ def build_executable(mod, target: Target, *, integer: bool = False,
     Float models go through pfcompile's code generation (:func:`pfcompile.codegen.build`:
     blocked layouts, schedule templates, tuning records from ``records_dir``).
     ``integer=True`` lowers DQ→Conv/MatMul/Gemm→Q patterns to integer kernels
-    (:func:`pfcompile.quantexec.lower_qdq`) and compiles with the integer pipeline;
-    unmatched layers keep the float path and say why in the reports. When some
-    layers stay float (a mixed-precision model) the lowered module goes through the
-    code generation instead, so those layers get pfcompile's float schedules.
+    (:func:`pfcompile.quantexec.lower_qdq`) first; unmatched layers keep the float path
+    and say why in the reports. Both then go through the same code generation.
     """
-    import tvm
+    from pfcompile import codegen
 
     reports: list = []
     try:
         if integer:
-            from pfcompile.quantexec import int8_pipeline, lower_qdq, with_int8_features
+            from pfcompile.quantexec import lower_qdq, with_int8_features
 
             target = with_int8_features(target)
             mod, reports = lower_qdq(mod, target, layer_names)
-            if any(r.path == "float" for r in reports):
-                # float conv / matmul layers left beside the integer kernels (a mixed-precision
-                # model) need pfcompile's float schedules: the integer pipeline leaves them to
-                # TVM's unscheduled defaults. Measured on the demo (one run, same load): 2 of 12
-                # layers int8: 28.6 ms that way, 0.86 ms with codegen. The price: codegen's
-                # blocked layouts around the NCHW integer kernels; with every layer int8 it
-                # would take 1.81 ms against the integer pipeline's 0.94 ms, hence the rule.
-                # A finer rule (by the float layers' share of MACs) is left open.
-                from pfcompile import codegen
-
-                ex = codegen.build(mod, target, records_dir=records_dir)
-            else:
-                ex = tvm.compile(mod, target=target.tvm_target(),
-                                 relax_pipeline=int8_pipeline(target.tvm_target()))
-        else:
-            from pfcompile import codegen
-
-            ex = codegen.build(mod, target, records_dir=records_dir)
+            # integer kernels (marked ``tirx.is_scheduled``, left alone) and every float
+            # leftover go through pfcompile's code generation. Measured on the demo, all 12
+            # layers int8, 2 threads (tools/bench_int8_paths.py, round-robin medians):
+            # codegen 0.245 ms vs TVM's integer pipeline 0.300 ms on AVX-512 VNNI, 0.258 vs
+            # 0.275 ms on host-avx2. (While the kernels carried the pre-0.25 name
+            # ``tir.is_scheduled``, codegen re-matched them: 0.363 ms, hence an old rule
+            # that sent only mixed int8/float models this way.)
+        ex = codegen.build(mod, target, records_dir=records_dir)
     except CompileError:
         raise
     except Exception as exc:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from pfcompile.errors import ConfigError, DeviceError
-from pfcompile.targets import Target
+from pfcompile.targets import Target, load_target
 
 __all__ = [
     "PORT_RANGE",
@@ -76,8 +76,9 @@ def free_port(host: str = "127.0.0.1", lo: int = PORT_RANGE[0], hi: int = PORT_R
 
 def default_device_dir() -> Path:
     """Where ``tools/setup_arm64_device.sh`` puts the emulated arm64 device by default."""
-    base = os.environ.get("PFCOMPILE_CACHE") or str(Path.home() / ".cache" / "pfcompile")
-    return Path(base) / "arm64-device"
+    from pfcompile.paths import cache_dir
+
+    return cache_dir() / "arm64-device"
 
 
 def emulated_python(device_dir: Path | str | None = None) -> tuple[Path, Path]:
@@ -233,6 +234,13 @@ def serve(target: Target, host: str = "127.0.0.1", port: int = 9090,
     ``TVM_NUM_THREADS`` of the server (1 is steadiest on a shared CPU).
     """
     key = key if key is not None else target.rpc_key
+    missing = target.missing_cpu_features()
+    if missing and target.serve == "local":
+        raise DeviceError(
+            f"target '{target.name}' ({target.path}) needs CPU features {', '.join(missing)} "
+            f"that this machine's CPU lacks: its code would stop with an illegal instruction. "
+            f"Use --target host (detected: int8 by "
+            f"{load_target('host').hardware.get('int8_dot')}) or a machine that has them")
     env = _clean_env()
     if threads:
         env["TVM_NUM_THREADS"] = str(int(threads))

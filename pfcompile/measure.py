@@ -25,6 +25,7 @@ import numpy as np
 from pfcompile.data import random_inputs
 from pfcompile.errors import ConfigError, DeviceError, MeasureError, ModelError
 from pfcompile.model import TensorSpec
+from pfcompile.reference import reference_outputs as _reference_outputs
 from pfcompile.runner import LocalRunner, RPCRunner, Runner, RunnerResult
 from pfcompile.targets import MeasureSettings, Target, load_target
 
@@ -92,21 +93,9 @@ def read_artifact(artifact_dir: str | Path) -> tuple[dict, list[TensorSpec], Pat
 
 
 def reference_outputs(source: str | Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """onnxruntime's outputs for *inputs* (CPU provider), keyed by output name.
-
-    The session is pfcompile's reference session: onnxruntime's WeightBiasQuantization
-    rewrite is off, so a QDQ model is run exactly as written.
-    """
-    import onnx
-
-    from pfcompile.passes.qlayers import ort_session
-
-    try:
-        sess = ort_session(onnx.load(str(source)))
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, inputs), strict=True))
-    except Exception as exc:
-        raise ModelError(f"onnxruntime could not run the source model {source}: {exc}") from exc
+    """The reference outputs for *inputs* (:mod:`pfcompile.reference`: onnxruntime, a
+    quantized model run as written), keyed by output name."""
+    return _reference_outputs(Path(source), inputs)
 
 
 def verify(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray],

@@ -7,15 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
+
+from pfcompile.reference import reference_session
 
 
 def run(model: onnx.ModelProto | ir.Model | str | Path, x: np.ndarray) -> np.ndarray:
     """Logits for every sample of ``x`` (N, ...), one sample per run."""
-    if isinstance(model, ir.Model):
-        model = ir.to_proto(model)
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    sess = reference_session(model)
     name = sess.get_inputs()[0].name
     return np.concatenate([sess.run(None, {name: xi[None]})[0] for xi in x])
 

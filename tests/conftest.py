@@ -23,6 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# CI (`.ci/run` sets CI=true) replays the same examples every run: a property test that
+# finds a new failing case does so on a developer's machine, where it becomes a regression
+# case, not in the CI run of an unrelated change.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 FIXTURE_MODELS = ("PlainCNN", "ResNetTiny", "MobileNetV2Tiny", "DenseNetTiny", "SENetTiny",
                   "FlattenGemmNet", "GroupedConvNet")
@@ -65,7 +73,7 @@ def train_fixture_model(name: str, out_dir: Path) -> TrainedModel:
 
     from pfcompile import zoo
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # one thread: the same weights on every run of this machine
     d = zoo.digits_splits(8)
     model = getattr(zoo, name)()
     zoo.train_classifier(model, d["x_train"], d["y_train"], **TRAIN_SETTINGS)
@@ -82,7 +90,7 @@ def _cache_key(name: str) -> str:
     from pfcompile import zoo
 
     src = Path(zoo.__file__).read_bytes()
-    blob = src + json.dumps([name, TRAIN_SETTINGS, torch.__version__]).encode()
+    blob = src + json.dumps([name, TRAIN_SETTINGS, torch.__version__, "1 thread"]).encode()
     return f"{name}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
@@ -126,6 +134,27 @@ def trained(tmp_path_factory, request) -> _Trainer:
     cache = getattr(request.config, "cache", None)
     persistent = Path(cache.mkdir("pfcompile-fixture-models")) if cache is not None else None
     return _Trainer(tmp_path_factory.mktemp("fixture_models"), persistent)
+
+
+def int8_host_targets() -> list[str]:
+    """The host's integer paths: on x86-64 both x86 kernels (``host-avx2``: vpmaddwd,
+    ``host-vnni``: vpdpbusd), whatever this CPU is; elsewhere the detected host."""
+    from pfcompile.targets import host_arch
+
+    return ["host-avx2", "host-vnni"] if host_arch() == "x86_64" else ["host"]
+
+
+@pytest.fixture(params=int8_host_targets())
+def int8_target(request):
+    """Each integer path of this machine's architecture, skipped (with the reason) where
+    this CPU lacks the instructions."""
+    from pfcompile.targets import load_target
+
+    t = load_target(request.param)
+    missing = t.missing_cpu_features()
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(missing)}: {t.name} kernels cannot run here")
+    return t
 
 
 # --- the emulated arm64 device (codegen and real-model tests) -------------------

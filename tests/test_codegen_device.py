@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
@@ -17,6 +16,7 @@ from torch import nn
 from pfcompile import codegen, zoo
 from pfcompile.codegen.api import import_onnx
 from pfcompile.codegen.kernels import RPCKernelTimer, time_kernels
+from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_arm64_model_matches_onnxruntime(arm_device, which, tmp_path):
     inp = model.graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     x = np.random.default_rng(1).standard_normal(shape).astype("float32")
-    ref = ort.InferenceSession(str(path)).run(None, {inp.name: x})[0]
+    ref = reference_session(path).run(None, {inp.name: x})[0]
     report: list = []
     ex = codegen.build(import_onnx(path), arm, records_dir=tmp_path, report=report)
     assert {"conv2d", "depthwise", "dense"} <= {r.family for r in report}

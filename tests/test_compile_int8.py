@@ -18,18 +18,20 @@ from pfcompile.measure import measure
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.passes.qlayers import as_proto, ort_session
 from pfcompile.passes.quantize import QuantConfig, quantize
-from pfcompile.targets import load_target
 
 DATA = Path(__file__).resolve().parents[1] / "pfcompile" / "data"
 
 
-def test_qdq_demo_compiles_integer_and_verifies(tmp_path):
+def test_qdq_demo_compiles_integer_and_verifies(tmp_path, int8_target):
+    """The demo (a small ResNet) quantized by pfcompile, on each integer path of this
+    machine's architecture (x86: AVX2 vpmaddwd and VNNI vpdpbusd): `measure` verifies it
+    against the exact reference."""
     m = load_onnx(DATA / "demo.onnx")
     calib = load_npz(DATA / "demo_calib.npz", input_specs(m))
     q = as_proto(quantize(m, QuantConfig(bits=8), calib).model)
     src = tmp_path / "demo_q8.onnx"
     onnx.save(q, src)
-    art = compile_model(src, "host", tmp_path / "int8")
+    art = compile_model(src, int8_target.name, tmp_path / "int8")
     paths = [la["path"] for la in art.meta["layers"]]
     n_layers = sum(n.op_type in ("Conv", "Gemm", "MatMul") for n in q.graph.node)
     assert len(paths) == n_layers and set(paths) <= {"int8", "float"}
@@ -38,16 +40,17 @@ def test_qdq_demo_compiles_integer_and_verifies(tmp_path):
     assert paths.count("int8") == n_layers, art.meta["layers"]
     assert any("float epilogue" in la["reason"] for la in art.meta["layers"])
     assert all(la["reason"] for la in art.meta["layers"])
-    res = measure(art.dir, load_target("host"))
+    res = measure(art.dir, int8_target)
     assert res["verified"] is True, res["detail"]
+    assert res["target"] == int8_target.name
     # the float path of the same model also verifies, and reports no integer layer
-    art_f = compile_model(src, "host", tmp_path / "float", integer=False)
+    art_f = compile_model(src, int8_target.name, tmp_path / "float", integer=False)
     assert all(la["path"] != "int8" for la in art_f.meta["layers"])
     # `inspect --json` on the artifact lists the per-layer paths
     r = subprocess.run([sys.executable, "-m", "pfcompile", "inspect", str(art.dir), "--json"],
                        capture_output=True, text=True, timeout=120, check=True)
     rep = json.loads(r.stdout)
-    assert rep["target"] == "host" and [la["path"] for la in rep["layers"]] == paths
+    assert rep["target"] == int8_target.name and [la["path"] for la in rep["layers"]] == paths
     assert np.isfinite(res["median_ms"]) and res["median_ms"] > 0
 
 

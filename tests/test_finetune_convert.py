@@ -9,7 +9,6 @@ import functools
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -22,6 +21,7 @@ from pfcompile.passes.prune import prune
 from pfcompile.passes.prune_config import PruneConfig
 from pfcompile.passes.quantize import QuantConfig, quantize
 from pfcompile.passes.sparsify import SparsifyConfig, sparsify
+from pfcompile.reference import reference_session
 
 DEMO = "pfcompile/data/demo.onnx"
 
@@ -39,13 +39,8 @@ def _ort(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     return _session(model).run(None, feeds)
 
 
-def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    # reference semantics: onnxruntime's graph optimizations rewrite Q -> Clip -> DQ
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+def _session(model: onnx.ModelProto):
+    return reference_session(model, threads=1)
 
 
 def _ort_per_sample(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -5,12 +5,12 @@ Functional only: nothing here is a latency. Needs tools/setup_arm64_device.sh.
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from pfcompile.quantexec import build
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.quantexec.qemu_check import arm64_device_root, qemu_rpc_server, run_on_remote
+from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 
 DATA = "pfcompile/data"
@@ -28,7 +28,7 @@ def test_demo_integer_on_emulated_arm64_matches_ort(tmp_path):
     path = ort_quantize_qdq(f"{DATA}/demo.onnx", tmp_path / "demo_qdq.onnx", calib)
     model = onnx.load(str(path))
     xs = [x[None] for x in np.load(f"{DATA}/demo_val.npz")["x"][:2].astype(np.float32)]
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = reference_session(path)
     ref = [sess.run(None, {"input": x})[0] for x in xs]
     step = 0.0
     init = {i.name: i for i in model.graph.initializer}

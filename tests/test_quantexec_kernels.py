@@ -1,15 +1,18 @@
 """Each integer conv template equals a numpy int64 reference bit for bit."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tvm
 
 from pfcompile.quantexec import x86
+from pfcompile.quantexec.kernel_choice import _depthwise_conv, _generic_conv
 from pfcompile.quantexec.kernels import QConvSpec
 from pfcompile.quantexec.requant import fixed_point, requantize_ref
-from pfcompile.quantexec.schedules import _depthwise_conv, _generic_conv
+from pfcompile.targets import cpu_flags, host_arch
+
+pytestmark = pytest.mark.skipif(host_arch() != "x86_64",
+                                reason="the x86 integer templates run on an x86-64 CPU only")
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2})
 
@@ -47,7 +50,7 @@ CASES = [
     (6, 9, 12, 3, 1, (1, 1, 1, 1), 1, 1, "uint8", 7, 3, 3, 255, "vnni"),
     (3, 13, 16, 7, 2, (3, 3, 3, 3), 1, 1, "uint8", 128, 0, 0, 255, "vnni"),
 ]
-HAS_VNNI = "avx512_vnni" in Path("/proc/cpuinfo").read_text()
+HAS_VNNI = "avx512_vnni" in cpu_flags()
 VNNI_TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"],
                                  "num-cores": 2})
 
@@ -88,7 +91,7 @@ def test_template_choice_follows_target_hardware():
     from dataclasses import replace
 
     from pfcompile.quantexec import with_int8_features
-    from pfcompile.quantexec.schedules import int8_dot_kind, select_conv_kernel
+    from pfcompile.quantexec.kernel_choice import int8_dot_kind, select_conv_kernel
     from pfcompile.targets import load_target
 
     host = load_target("host")

@@ -2,13 +2,13 @@
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import tvm
 
 from pfcompile.quantexec import build, lower_qdq, reports_to_json
 from pfcompile.quantexec.build import import_onnx, onnx_layer_names
 from pfcompile.quantexec.ortq import ort_quantize_qdq
+from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 from pfcompile.zoo import ResNetTiny, export_onnx
 
@@ -27,7 +27,7 @@ def _output_step(model: onnx.ModelProto) -> float:
 def _run_both(path, model, target, xs):
     ex, reports = build(model, target)
     vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = reference_session(path)
     name = sess.get_inputs()[0].name
     got = np.stack([vm["main"](tvm.runtime.tensor(x[None])).numpy() for x in xs])
     ref = np.stack([sess.run(None, {name: x[None]})[0] for x in xs])
@@ -52,10 +52,10 @@ def resnet_tiny_s8(tmp_path_factory):
     return ort_quantize_qdq(fp, d / "rt_qdq.onnx", calib, activation="int8")
 
 
-def test_demo_integer_matches_ort_within_one_step(demo_qdq):
+def test_demo_integer_matches_ort_within_one_step(demo_qdq, int8_target):
     model = onnx.load(str(demo_qdq))
     xs = np.load(f"{DATA}/demo_val.npz")["x"][:16].astype(np.float32)
-    got, ref, reports = _run_both(demo_qdq, model, load_target("host"), xs)
+    got, ref, reports = _run_both(demo_qdq, model, int8_target, xs)
     step = _output_step(model)
     assert np.abs(got - ref).max() <= step * 1.0001
     # every conv and the Gemm run integer: a chain of 12 integer layers
@@ -77,10 +77,10 @@ def test_lowered_module_has_no_float_conv(demo_qdq):
     assert len(prims) == 11
 
 
-def test_int8_activations_resnet_tiny(resnet_tiny_s8):
+def test_int8_activations_resnet_tiny(resnet_tiny_s8, int8_target):
     model = onnx.load(str(resnet_tiny_s8))
     xs = np.random.default_rng(1).standard_normal((8, 1, 16, 16)).astype(np.float32)
-    got, ref, reports = _run_both(resnet_tiny_s8, model, load_target("host"), xs)
+    got, ref, reports = _run_both(resnet_tiny_s8, model, int8_target, xs)
     assert np.abs(got - ref).max() <= _output_step(model) * 1.0001
     assert sum(r.path == "int8" for r in reports) == len(reports) >= 7
 
@@ -93,7 +93,7 @@ def test_plain_float_model_is_untouched():
     assert all(r.path == "float" and r.reason == "not quantised" for r in reports)
 
 
-def test_float_bias_is_rounded_into_accumulator_units(demo_qdq, tmp_path):
+def test_float_bias_is_rounded_into_accumulator_units(demo_qdq, tmp_path, int8_target):
     """pfcompile's quantize pass keeps biases float (no int32 DQ): still integer, within 1 step."""
     model = onnx.load(str(demo_qdq))
     init = {i.name: i for i in model.graph.initializer}
@@ -115,6 +115,6 @@ def test_float_bias_is_rounded_into_accumulator_units(demo_qdq, tmp_path):
     path = tmp_path / "float_bias.onnx"
     onnx.save(model, str(path))
     xs = np.load(f"{DATA}/demo_val.npz")["x"][:8].astype(np.float32)
-    got, ref, reports = _run_both(path, model, load_target("host"), xs)
+    got, ref, reports = _run_both(path, model, int8_target, xs)
     assert all(r.path == "int8" for r in reports)
     assert np.abs(got - ref).max() <= _output_step(model) * 1.0001

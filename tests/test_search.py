@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -16,6 +15,7 @@ from pfcompile.data import load_npz
 from pfcompile.errors import ConfigError, SearchError
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.passes.depgraph import dependency_groups
+from pfcompile.reference import reference_session
 from pfcompile.search import graph
 from pfcompile.search.api import demo_paths
 from pfcompile.search.devices import Measurement, NullDevice, kernel_model
@@ -42,8 +42,7 @@ def host():
 
 
 def _ort(model, x, name="input"):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, {name: x})[0]
+    return reference_session(model).run(None, {name: x})[0]
 
 
 # ----------------------------------------------------------------------------- space / pruner
@@ -275,7 +274,7 @@ def test_remeasure_round_robin_medians(tmp_path, demo, host):
 
 # ----------------------------------------------------------------------------- CLI
 def _app() -> typer.Typer:
-    from pfcompile.search.cli import register
+    from pfcompile.cli.run import register
 
     app = typer.Typer()
     app.callback()(lambda: None)  # a group, so the command keeps its name `run`

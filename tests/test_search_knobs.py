@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import typer
 from onnx import numpy_helper
@@ -20,6 +19,7 @@ from pfcompile.measure import QUANT_RANGE_FRACTION
 from pfcompile.model import input_specs, load_onnx, model_hash
 from pfcompile.passes.qlayers import as_ir, weighted_layers
 from pfcompile.passes.sparsify import SparsifyConfig, sparsity_report
+from pfcompile.reference import reference_session
 from pfcompile.search.api import demo_paths
 from pfcompile.search.devices import NullDevice, kernel_model
 from pfcompile.search.graph import extract_kernels
@@ -52,7 +52,7 @@ def space(demo, host):
 
 
 def _ort(model, x):
-    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    s = reference_session(model)
     return np.concatenate([s.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
 
 
@@ -225,7 +225,7 @@ def test_int8_kernel_models_are_qdq_and_keep_their_key(demo, space):
         assert len(back) == 1 and back[0].key == k.key  # the latency model sees the same kernel
         feeds = {i.name: np.ones([d.dim_value for d in i.type.tensor_type.shape.dim], np.float32)
                  for i in km.graph.input}
-        out = ort.InferenceSession(km.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+        out = reference_session(km).run(None, feeds)
         assert out[0].shape == k.out_shape
 
 

@@ -25,6 +25,7 @@ from pfcompile.accel.qgraph import HostSegment, Partition, QLayer, partition_mod
 from pfcompile.accel.sim import Timing, execute_program, time_program
 from pfcompile.accel.tiling import Tiling, TilingDB, search_tiling
 from pfcompile.errors import DataError, ModelError
+from pfcompile.reference import reference_session
 from pfcompile.targets import Target
 
 __all__ = ["AccelProgram", "CompiledLayer", "RunStats", "compile_accel", "load_program"]
@@ -80,14 +81,8 @@ class AccelProgram:
 
     # ------------------------------------------------------------------ running
     def _session(self, seg: HostSegment):
-        import onnxruntime as ort
-
         if seg.name not in self._sessions:
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            so.intra_op_num_threads = 1
-            self._sessions[seg.name] = ort.InferenceSession(
-                seg.model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            self._sessions[seg.name] = reference_session(seg.model, threads=1)
         return self._sessions[seg.name]
 
     def run(self, inputs: dict[str, np.ndarray], trace: dict[str, np.ndarray] | None = None

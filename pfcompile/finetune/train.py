@@ -32,7 +32,7 @@ from pfcompile.finetune.convert import onnx_to_torch
 from pfcompile.finetune.export import export_onnx
 from pfcompile.finetune.settings import FinetuneSettings
 from pfcompile.model import TensorSpec, input_specs, load_onnx
-from pfcompile.passes.qlayers import ORT_DISABLED_OPTIMIZERS
+from pfcompile.reference import reference_session
 
 __all__ = [
     "EpochStats",
@@ -92,21 +92,10 @@ def _as_model(m: onnx.ModelProto | str | Path, what: str) -> onnx.ModelProto:
     raise ModelError(f"{what} must be an ONNX ModelProto or a path, got {type(m).__name__}")
 
 
-def _has_clip_after_quantize(model: onnx.ModelProto) -> bool:
-    q_out = {o for n in model.graph.node if n.op_type == "QuantizeLinear" for o in n.output}
-    return any(n.op_type == "Clip" and n.input and n.input[0] in q_out for n in model.graph.node)
-
-
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if _has_clip_after_quantize(model):
-        # onnxruntime 1.32's graph optimizations (level BASIC and up) change the result of
-        # QuantizeLinear -> Clip -> DequantizeLinear (sub-8-bit activations); run it as written
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    # and WeightBiasQuantization off, as in pfcompile's reference sessions: the graph as written
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
+    # the reference session: a QDQ student (fake-quant, sub-8-bit Clip after Q included) runs
+    # as written, so validation scores it as `pfcompile evaluate` and the search do
+    return reference_session(model)
 
 
 def _feeds_for(model: onnx.ModelProto, data: Dataset, what: str) -> tuple[list[str], list[np.ndarray]]:

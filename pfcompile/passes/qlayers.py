@@ -18,9 +18,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from pfcompile.errors import ConfigError, ModelError
+from pfcompile.errors import ConfigError
 from pfcompile.ir import to_ir as as_ir
 from pfcompile.ir import to_proto as as_proto
+from pfcompile.reference import ORT_DISABLED_OPTIMIZERS, reference_session
 
 __all__ = [
     "ORT_DISABLED_OPTIMIZERS",
@@ -40,11 +41,6 @@ __all__ = [
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
-# onnxruntime's WeightBiasQuantization rewrites DequantizeLinear(x) -> Conv(x, float W) by
-# quantizing W (and the bias) itself, so a codebook layer (float W from Gather, after constant
-# folding) would be run with ORT's own int8 weights instead of the model's. Disabled so that
-# onnxruntime computes what the ONNX graph says (it then matches TVM and torch to 1e-6).
-ORT_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
 @dataclass(frozen=True)
@@ -170,30 +166,12 @@ def add_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
 
 
 def ort_session(model: ir.Model | onnx.ModelProto, extra_outputs: list[str] | None = None):
-    """An onnxruntime session (CPU, 2 threads, ``ORT_DISABLED_OPTIMIZERS`` off) for a model.
+    """pfcompile's reference session for a model (:func:`pfcompile.reference.reference_session`:
+    float graphs optimized, quantized graphs run as written).
 
     ``extra_outputs`` names intermediate values to expose as graph outputs.
     """
-    import onnxruntime as ort
-
-    proto = as_proto(model)
-    if extra_outputs:
-        p = onnx.ModelProto()
-        p.CopyFrom(proto)
-        have = {o.name for o in p.graph.output}
-        for name in extra_outputs:
-            if name not in have:
-                p.graph.output.append(onnx.ValueInfoProto(name=name))
-        proto = p
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(ORT_DISABLED_OPTIMIZERS))
-    except Exception as exc:
-        raise ModelError(f"onnxruntime could not load the model: {exc}") from exc
+    return reference_session(as_proto(model), extra_outputs)
 
 
 def _static_batch(sess) -> int | None:

@@ -5,7 +5,8 @@ quantise/dequantise) that TVM otherwise runs as single-threaded scalar loops.
 The leftover rule is deliberately small: parallelise the outermost spatial loop
 of each top-level block and vectorise the innermost loop when the schedule
 primitives accept it (they check legality, so a refusal just leaves the loop).
-The integer kernels carry ``tir.is_scheduled`` and are left alone.
+The integer kernels carry ``tirx.is_scheduled`` (the name TVM 0.27's passes read;
+``tir.is_scheduled`` is ignored since 0.25) and are left alone.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _schedule_func(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 fn(lp)
             except s_tir.ScheduleError:
                 continue  # the primitive found it illegal here: leave this loop as it is
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 @tvm.transform.module_pass(opt_level=0, name="pfcompile.ScheduleLeftovers")
@@ -43,7 +44,7 @@ def schedule_leftovers(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        if func.attrs is not None and "tir.is_scheduled" in func.attrs and func.attrs["tir.is_scheduled"]:
+        if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
             continue
         updates[gv] = _schedule_func(func)
     for gv, func in updates.items():

@@ -44,6 +44,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile.errors import DeviceError
+from pfcompile.reference import reference_outputs
 from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.targets import Target
 
@@ -248,12 +249,8 @@ def _read_outputs(out, sess, n: int) -> list[np.ndarray]:
 
 
 def _ort_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
+    """The reference outputs (:mod:`pfcompile.reference`), in the graph's output order."""
+    return list(reference_outputs(model, feeds, threads=1).values())
 
 
 def _random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ import onnx
 from pfcompile.batching import batch_free
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError
+from pfcompile.reference import reference_session
 
 __all__ = ["Accuracy", "Evaluator"]
 
@@ -44,12 +45,9 @@ class Evaluator:
         self.reference = self.score(reference)
 
     def _session(self, model: onnx.ModelProto):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        # the reference session: an int8 candidate is scored as written (as `pfcompile
+        # evaluate` scores it), not by onnxruntime's CPU-dependent fused int8 kernels
+        return reference_session(model, threads=1)
 
     def _predict(self, model: onnx.ModelProto, n: int | None = None) -> np.ndarray:
         n = len(self.data) if n is None else min(n, len(self.data))
