@@ -91,10 +91,9 @@ _TRAIN = {"MobileNetV3Tiny": {"epochs": 6, "lr": 0.05, "batch": 64, "seed": 0},
 
 def models_dir(root: str | Path | None = None) -> Path:
     """``root``, else ``$PFCOMPILE_CACHE/models``, else ``~/.cache/pfcompile/models``."""
-    if root is not None:
-        return Path(root)
-    base = os.environ.get("PFCOMPILE_CACHE") or str(Path.home() / ".cache" / "pfcompile")
-    return Path(base) / "models"
+    from pfcompile.paths import cache_dir
+
+    return Path(root) if root is not None else cache_dir() / "models"
 
 
 def suite_model(name: str) -> SuiteModel:
