@@ -15,7 +15,7 @@ from pfcompile.data import Dataset, load_npz
 from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.frontend import import_model
-from pfcompile.model import input_specs, load_onnx
+from pfcompile.model import input_specs
 from pfcompile.paths import demo_paths
 from pfcompile.search.confirm import split_for_confirmation
 from pfcompile.search.devices import NullDevice, RPCDevice
