@@ -12,10 +12,10 @@ import typer
 from typer.testing import CliRunner
 
 from pfcompile import zoo
-from pfcompile.codegen.api import import_onnx
 from pfcompile.codegen.kernels import KernelTimer, KernelTiming, LocalKernelTimer, time_kernels
 from pfcompile.codegen.records import RecordDB, records_path
 from pfcompile.codegen.tune import CostModel, TuneSettings, tunable_workloads, tune
+from pfcompile.compiler import import_onnx
 from pfcompile.errors import ConfigError
 from pfcompile.targets import load_target
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from pfcompile.quantexec import build
+from pfcompile.compiler import build
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.quantexec.qemu_check import arm64_device_root, qemu_rpc_server, run_on_remote
 from pfcompile.reference import reference_session

@@ -5,8 +5,8 @@ import onnx
 import pytest
 import tvm
 
-from pfcompile.quantexec import build, lower_qdq, reports_to_json
-from pfcompile.quantexec.build import import_onnx, onnx_layer_names
+from pfcompile.compiler import build, import_onnx
+from pfcompile.quantexec import lower_qdq, onnx_layer_names, reports_to_json
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.reference import reference_session
 from pfcompile.targets import load_target

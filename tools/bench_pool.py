@@ -36,10 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from pfcompile.compiler import compile_model
 from pfcompile.device import free_port, query, serve, tracker, wait_ready
 from pfcompile.model import load_onnx, model_hash
 from pfcompile.search.api import demo_paths
-from pfcompile.search.devices import compile_onnx
 from pfcompile.search.pool import DevicePool
 from pfcompile.search.space import build_space, compress
 from pfcompile.targets import load_target
@@ -106,7 +106,7 @@ def main() -> None:
             if not args.with_compile:
                 t0 = time.perf_counter()
                 for i, m in enumerate(models):
-                    compile_onnx(m, host, root / "shared" / str(i))
+                    compile_model(m, host, root / "shared" / str(i))
                 print(f"compiled {len(models)} candidates once in {time.perf_counter() - t0:.1f} s")
             walls: dict[int, list[float]] = {1: [], 2: []}
             per: dict[int, dict[int, list[float]]] = {1: {}, 2: {}}

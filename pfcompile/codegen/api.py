@@ -1,11 +1,9 @@
-"""Entry points the CLI calls: load a model, tune it."""
+"""The entry point ``pfcompile tune`` calls: import a model, tune its kernels."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-
-import tvm
 
 from pfcompile.codegen.kernels import make_timer
 from pfcompile.codegen.tune import TuneSettings, WorkloadResult, tune
@@ -13,15 +11,7 @@ from pfcompile.errors import ConfigError
 from pfcompile.model import input_specs, load_onnx, parse_input_shapes
 from pfcompile.targets import Target, load_target
 
-__all__ = ["import_onnx", "tune_model"]
-
-
-def import_onnx(path: str | Path, input_shapes: list[str] | None = None) -> tvm.IRModule:
-    """ONNX file → Relax module with weights as constants (pfcompile's importer)."""
-    from pfcompile.compiler import import_relax
-
-    model = load_onnx(path)
-    return import_relax(model, input_specs(model, parse_input_shapes(input_shapes)))
+__all__ = ["tune_model"]
 
 
 def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,
@@ -30,7 +20,10 @@ def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,
                input_shapes: list[str] | None = None, retune: bool = False,
                log: Callable[[str], None] | None = None) -> list[WorkloadResult]:
     tgt = target if isinstance(target, Target) else load_target(target)
-    mod = import_onnx(model, input_shapes)
+    from pfcompile.compiler import import_onnx
+
+    proto = load_onnx(model)
+    mod = import_onnx(proto, input_specs(proto, parse_input_shapes(input_shapes)))
     if tuner == "metaschedule":
         from pfcompile.codegen.metaschedule import tune_metaschedule
 

@@ -17,6 +17,7 @@ import numpy as np
 import tvm
 from tvm import tirx
 
+from pfcompile.compiler import build_primfuncs, export
 from pfcompile.errors import ConfigError, DeviceError
 
 __all__ = [
@@ -50,11 +51,6 @@ def _args(func: tirx.PrimFunc, dev: Any, seed: int = 0) -> list:
     return out
 
 
-def _library(funcs: list[tirx.PrimFunc], target: Any):
-    mod = tvm.IRModule({f"k{i}": f.with_attr("global_symbol", f"k{i}") for i, f in enumerate(funcs)})
-    return tvm.compile(mod, target=target.tvm_target())
-
-
 class KernelTimer:
     """Times a list of PrimFuncs; returns one KernelTiming per function."""
 
@@ -65,7 +61,7 @@ class KernelTimer:
 
     def time(self, funcs: list[tirx.PrimFunc], target: Any) -> list[KernelTiming]:
         try:
-            lib = _library(funcs, target)
+            lib = build_primfuncs(funcs, target)
         except Exception as exc:  # noqa: BLE001 - a bad candidate as a value
             if len(funcs) == 1:
                 return [KernelTiming(None, f"build: {type(exc).__name__}: {str(exc)[-200:]}")]
@@ -143,13 +139,7 @@ class RPCKernelTimer(KernelTimer):
     def _run(self, lib: Any, funcs: list[tirx.PrimFunc], target: Any) -> list[KernelTiming]:
         sess = self._session()
         with tempfile.TemporaryDirectory() as tmp:
-            so = Path(tmp) / f"pfk_{time.time_ns()}.so"
-            if target.cross_compiler:
-                from tvm.support import cc
-
-                lib.export_library(str(so), fcompile=cc.cross_compiler(target.cross_compiler))
-            else:
-                lib.export_library(str(so))
+            so = export(lib, target, Path(tmp) / f"pfk_{time.time_ns()}.so")
             sess.upload(str(so))
             rmod = sess.load_module(so.name)
         return self._eval(rmod, sess.cpu(), funcs)

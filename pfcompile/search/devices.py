@@ -2,7 +2,7 @@
 :class:`Measurement`; a failed compile, a dead device, a timeout or a NaN output
 is a value with ``error`` set, never an exception that stops a search.
 
-* :class:`RPCDevice` compiles with ``pfcompile.compiler.compile_model``, uploads
+* :class:`RPCDevice` compiles with :func:`pfcompile.compiler.compile_model`, uploads
   the library over TVM RPC, checks the output against onnxruntime and times it
   with ``time_evaluator``.
 
@@ -43,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pfcompile.compiler import build_primfuncs, compile_model, export, import_onnx
 from pfcompile.errors import DeviceError
 from pfcompile.reference import reference_outputs
 from pfcompile.search.graph import Kernel, extract_kernels
@@ -53,7 +54,6 @@ __all__ = [
     "Measurement",
     "NullDevice",
     "RPCDevice",
-    "compile_onnx",
     "kernel_model",
     "kernel_primfuncs",
     "qdq_kernel_model",
@@ -189,52 +189,14 @@ def kernel_primfuncs(k: Kernel, target: Target) -> list:
     anchor op + epilogue), without the layout transforms at the one-kernel
     model's edges (inside a whole model activations stay blocked)."""
     from tvm import tirx
-    from tvm.relax.frontend.onnx import from_onnx
 
     from pfcompile.codegen.pipeline import fuse_to_tir, schedule_module
     from pfcompile.codegen.records import RecordDB
 
-    mod = from_onnx(kernel_model(k), keep_params_in_input=False)
+    mod = import_onnx(kernel_model(k))
     sched = schedule_module(fuse_to_tir(mod, target), target, RecordDB.for_target(None, target.name))
     return [f for gv, f in sched.functions.items()
             if isinstance(f, tirx.PrimFunc) and not gv.name_hint.startswith(_EDGE_FUNCS)]
-
-
-def _primfunc_library(funcs: list, target: Target):
-    import tvm
-
-    mod = tvm.IRModule({f"k{i}": f.with_attr("global_symbol", f"k{i}") for i, f in enumerate(funcs)})
-    return tvm.compile(mod, target=target.tvm_target())
-
-
-# ----------------------------------------------------------------------------- compile
-def compile_onnx(model: onnx.ModelProto, target: Target, out_dir: Path) -> Path:
-    """Compile to ``out_dir/model.so`` for ``target`` (raises on failure)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        from pfcompile.compiler import compile_model  # the lead's compiler, when present
-    except ImportError:
-        compile_model = None
-    if compile_model is not None:
-        art = compile_model(model, target, out_dir)
-        return Path(art.so_path)
-    import tvm
-    from tvm.relax.frontend.onnx import from_onnx
-
-    mod = from_onnx(model, keep_params_in_input=False)
-    try:
-        from pfcompile import codegen  # fast schedules, when present
-        ex = codegen.build(mod, target)
-    except ImportError:
-        ex = tvm.compile(mod, target=target.tvm_target())
-    so = out_dir / "model.so"
-    if target.cross_compiler:
-        from tvm.support import cc
-
-        ex.export_library(str(so), fcompile=cc.cross_compiler(target.cross_compiler))
-    else:
-        ex.export_library(str(so))
-    return so
 
 
 def _read_outputs(out, sess, n: int) -> list[np.ndarray]:
@@ -412,7 +374,7 @@ class RPCDevice:
         try:
             so = work_dir / "model.so"
             if not so.exists():
-                so = compile_onnx(model, self.target, work_dir)
+                so = compile_model(model, self.target, work_dir).so_path
         except Exception as exc:  # noqa: BLE001 - a failure is a value
             return Measurement(None, f"compile failed: {str(exc).strip().splitlines()[-1][:300]}")
         feeds = _random_feeds(model)
@@ -489,7 +451,8 @@ class RPCDevice:
             for i, k in enumerate(kernels):
                 try:
                     if k.bits < 32:
-                        plan.append(("model", compile_onnx(kernel_model(k), self.target, tmp / f"m{i}")))
+                        plan.append(("model", compile_model(kernel_model(k), self.target,
+                                                          tmp / f"m{i}").so_path))
                         continue
                     fs = kernel_primfuncs(k, self.target)
                 except Exception:  # noqa: BLE001 - a kernel that cannot be built is None
@@ -497,14 +460,7 @@ class RPCDevice:
                     continue
                 plan.append(("funcs", (len(funcs), len(funcs) + len(fs))) if fs else None)
                 funcs.extend(fs)
-            lib = _primfunc_library(funcs, self.target)
-            so = tmp / "kernels.so"
-            if self.target.cross_compiler:
-                from tvm.support import cc
-
-                lib.export_library(str(so), fcompile=cc.cross_compiler(self.target.cross_compiler))
-            else:
-                lib.export_library(str(so))
+            so = export(build_primfuncs(funcs, self.target), self.target, tmp / "kernels.so")
             sess = self._session(self.timeout_s * max(1, len(kernels)))
             sess.upload(str(so), so.name)
             rmod = sess.load_module(so.name)

@@ -47,9 +47,10 @@ from pathlib import Path
 
 import onnx
 
+from pfcompile.compiler import compile_model
 from pfcompile.device import query
 from pfcompile.errors import DeviceError
-from pfcompile.search.devices import Measurement, RPCDevice, compile_onnx
+from pfcompile.search.devices import Measurement, RPCDevice
 from pfcompile.search.graph import Kernel
 from pfcompile.targets import Target
 
@@ -223,7 +224,7 @@ class DevicePool:
             if (work_dir / "model.so").exists():
                 return None
             try:
-                compile_onnx(model, self.target, work_dir)
+                compile_model(model, self.target, work_dir)
             except Exception as exc:  # noqa: BLE001 - a failure is a value
                 msg = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else repr(exc)
                 return Measurement(None, f"compile failed: {msg}")
