@@ -26,6 +26,31 @@ settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
 
+@dataclass(frozen=True)
+class Demo:
+    """The built-in demo model and its data, paths from the package (never the CWD)."""
+
+    path: Path
+    val_path: Path
+    calib_path: Path
+    model: object        # onnx.ModelProto
+    val: object          # pfcompile.data.Dataset (x, y)
+    calib: object        # pfcompile.data.Dataset (x)
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Demo:
+    """The one demo fixture: each test module takes the subsets it needs."""
+    from pfcompile.data import load_npz
+    from pfcompile.model import input_specs, load_onnx
+    from pfcompile.paths import demo_paths
+
+    path, val, calib = demo_paths()
+    model = load_onnx(path)
+    specs = input_specs(model)
+    return Demo(path, val, calib, model, load_npz(val, specs), load_npz(calib, specs))
+
+
 FIXTURE_MODELS = ("PlainCNN", "ResNetTiny", "MobileNetV2Tiny", "DenseNetTiny", "SENetTiny",
                   "FlattenGemmNet", "GroupedConvNet")
 

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from pfcompile import codegen, zoo
-from pfcompile.codegen.kernels import RPCKernelTimer, time_kernels
+from pfcompile.codegen.kernels import time_kernels
 from pfcompile.compiler import import_onnx
 from pfcompile.reference import reference_session
+from pfcompile.runner.kernels import RPCKernelTimer
 from pfcompile.targets import load_target
 
 pytestmark = pytest.mark.slow

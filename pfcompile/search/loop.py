@@ -235,10 +235,10 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         if not todo:
             return
         emit("kernels", {"n": len(todo)})
-        if hasattr(device, "kernel_reference_ms") and lat_model.reference_ms is not None:
+        if lat_model.reference_ms is not None:
             device.kernel_reference_ms = lat_model.reference_ms  # one scale across runs
         times = device.measure_kernels(todo)
-        lat_model.reference_ms = getattr(device, "kernel_reference_ms", None) or lat_model.reference_ms
+        lat_model.reference_ms = device.kernel_reference_ms or lat_model.reference_ms
         items = [{"key": k.key, "kernel": k.to_json(), "ms": t} for k, t in zip(todo, times)
                  if t is not None]
         lat_model.update_kernels(todo, times)
@@ -298,15 +298,14 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         emit("baseline", {})
         time_kernels(base_kernels, None)
         bhash = model_hash(base_model)
-        measure_base = getattr(device, "set_reference", device.measure_model)
-        m = measure_base(base_model, run_dir / "artifacts" / bhash)
+        m = device.set_reference(base_model, run_dir / "artifacts" / bhash)
         if not m.ok:
             raise SearchError(f"the unmodified model failed on device {device.name}: {m.error}")
         acc = evaluator.reference
         base = {"type": "baseline", "latency_ms": m.latency_ms, "top1": acc.top1,
                 "agreement": acc.agreement, "score": acc.score, "macs": sum(k.macs for k in base_kernels),
                 "size_mb": model_size_mb(model), "model_hash": mhash, "so_path": m.so_path,
-                "n_eval": acc.n, "time": time.time(), **getattr(m, "details", {})}
+                "n_eval": acc.n, "time": time.time(), **m.details}
         if deploy is not None:   # the deployed baseline (e.g. uniform 8-bit) is not the original
             dacc = evaluator.score(base_model)
             base.update({"deployed_model_hash": bhash, "deployed_top1": dacc.top1,
@@ -322,7 +321,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                     time_kernels(shaped(cfg), None)
                 except PfcompileError:
                     pass
-    elif hasattr(device, "set_reference"):  # resumed: pair with the logged baseline's scale
+    else:  # resumed: pair with the logged baseline's scale
         device.set_reference(base_model, run_dir / "artifacts" / model_hash(base_model),
                              given=base["latency_ms"])
     if lat_model is not None:
@@ -412,15 +411,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                 emit("exhausted", {"trials": len(trials)})
                 break
             continue
-        if callable(getattr(device, "measure_many", None)):  # a device pool
-            measure_round(props[:settings.budget - len(trials)])
-            continue
-        for c in props:
-            if len(trials) >= settings.budget:
-                break
-            rec = _run_trial(len(trials), c, model, space, device, evaluator, base, goal,
-                             run_dir, lat_model, settings.strategy, candidate)
-            record(c, rec, time_now=True)
+        measure_round(props[:settings.budget - len(trials)])
 
     ok = [t for t in trials if t["status"] == "ok"]
     feas = [t for t in ok if t["feasible"]]
@@ -431,18 +422,8 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     best_model = candidate(best["config"])[0] if best else None
     n_dev = sum(1 for t in trials if t.get("measured"))
     return SearchResult(run_dir, base, best, trials, n_dev, n_kernel, space, goal,
-                        bool(getattr(device, "emulated", False)), settings.strategy, best_model,
-                        bool(getattr(device, "simulated", False)),
+                        device.emulated, settings.strategy, best_model, device.simulated,
                         base_model if deploy is not None else None)
-
-
-def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, lat_model,
-               strategy, candidate) -> dict:
-    rec, cm, t0 = _prepare_trial(i, c, model, space, evaluator, base, lat_model, strategy, candidate)
-    if cm is None:
-        return rec
-    m = device.measure_model(cm, run_dir / "artifacts" / rec["model_hash"])
-    return _finish_trial(rec, m, base, goal, t0)
 
 
 def _prepare_trial(i: int, c, model, space, evaluator, base, lat_model, strategy,
@@ -476,7 +457,7 @@ def _finish_trial(rec: dict, m, base, goal, t0: float) -> dict:
     """Fill ``rec`` from the device's measurement ``m``."""
     rec["measured"] = True
     rec["so_path"] = m.so_path
-    rec.update(getattr(m, "details", {}))    # e.g. simulated / measured parts, also on failure
+    rec.update(m.details)    # e.g. simulated / measured parts, also on failure
     if not m.ok:
         rec["error"] = m.error
     else:

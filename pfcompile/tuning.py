@@ -1,14 +1,15 @@
-"""The entry point ``pfcompile tune`` calls: import a model, tune its kernels."""
+"""The entry point ``pfcompile tune`` calls: import a model, tune its kernels on a device
+(code generation's :func:`pfcompile.codegen.tune` with a timer of the device layer)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from pfcompile.codegen.kernels import make_timer
 from pfcompile.codegen.tune import TuneSettings, WorkloadResult, tune
 from pfcompile.errors import ConfigError
 from pfcompile.model import input_specs, load_onnx, parse_input_shapes
+from pfcompile.runner.kernels import make_timer
 from pfcompile.targets import Target, load_target
 
 __all__ = ["tune_model"]
