@@ -1,10 +1,19 @@
-"""Compile an ONNX model for a target into a deployable library.
+"""The one build module: ONNX -> Relax -> a library for a target, and the artifact on disk.
 
-``compile_model`` validates the model, imports it into Relax, lowers QDQ
-patterns to integer kernels when present, applies pfcompile's code generation
-and exports ``DIR/model.so`` (cross-compiled for ARM targets) with
-``DIR/model.json`` describing inputs, outputs, target, source hash and versions,
-and ``DIR/source.onnx`` (the model as compiled, for verification on the device).
+Every path from an ONNX model to something a device runs goes through here:
+
+- :func:`import_onnx`: ONNX -> Relax IRModule (weights bound as constants);
+- :func:`build`: an ONNX model -> ``(library, per-layer reports)`` for a target: float
+  models through pfcompile's code generation, QDQ models with their matching layers on
+  integer kernels (the rest float: a *mixed* model), FPGA-style targets as an
+  accelerator program; :func:`build_relax` is the same for a Relax module;
+- :func:`export`: a library -> a file: ``.so`` by the host compiler or the target's
+  cross compiler (an accelerator program: ``.npz``);
+- :func:`build_primfuncs`: PrimFuncs -> one library, ``k0`` .. ``kN`` (kernel timing);
+- :func:`compile_model`: all of the above into an artifact folder: ``DIR/model.so``
+  (or ``program.npz``), ``DIR/model.json`` (inputs, outputs, target, source hash,
+  versions, per-layer report) and ``DIR/source.onnx`` (the model as compiled, what the
+  device output is verified against).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -31,11 +41,14 @@ from pfcompile.targets import Target, load_target
 
 __all__ = [
     "CompiledArtifact",
-    "build_executable",
+    "build",
+    "build_primfuncs",
+    "build_relax",
     "check_supported_ops",
     "compile_model",
-    "export_executable",
-    "import_relax",
+    "export",
+    "has_qdq",
+    "import_onnx",
     "read_meta",
 ]
 
@@ -67,26 +80,37 @@ def check_supported_ops(model: onnx.ModelProto) -> None:
                                      "TVM 0.27's ONNX importer has no converter for it")
 
 
-def import_relax(model: onnx.ModelProto, specs: list[TensorSpec]):
-    """ONNX → Relax IRModule with weights bound as constants."""
+def import_onnx(model: onnx.ModelProto | str | Path, specs: list[TensorSpec] | None = None):
+    """ONNX (a model or a path) -> Relax IRModule with weights bound as constants.
+
+    A path goes through the import front end (:func:`pfcompile.frontend.import_model`:
+    a free batch set to 1, Constant weights lifted, shape sub-graphs folded); a model is
+    imported as given. ``specs`` fixes the input shapes and dtypes (see
+    :func:`pfcompile.model.input_specs`); None keeps what the model declares."""
     from tvm.relax.frontend.onnx import from_onnx
 
+    if not isinstance(model, onnx.ModelProto):
+        model = import_model(model)
     check_supported_ops(model)
+    kw: dict[str, Any] = {}
+    if specs is not None:
+        kw = {"shape_dict": {s.name: list(s.shape) for s in specs},
+              "dtype_dict": {s.name: s.dtype for s in specs}}
     try:
-        return from_onnx(model, shape_dict={s.name: list(s.shape) for s in specs},
-                         dtype_dict={s.name: s.dtype for s in specs}, keep_params_in_input=False)
+        return from_onnx(model, keep_params_in_input=False, **kw)
     except Exception as exc:
         raise CompileError(f"TVM could not import the model into Relax: {type(exc).__name__}: "
                            f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from exc
 
 
-def _has_qdq(model: onnx.ModelProto) -> bool:
+def has_qdq(model: onnx.ModelProto) -> bool:
+    """True when ``model`` holds QuantizeLinear / DequantizeLinear nodes."""
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-def build_executable(mod, target: Target, *, integer: bool = False,
-                     layer_names: list[str] | None = None,
-                     records_dir: Path | None = None) -> tuple[object, list]:
+def build_relax(mod, target: Target, *, integer: bool = False,
+                layer_names: list[str] | None = None,
+                records_dir: Path | None = None) -> tuple[Any, list]:
     """Relax IRModule → (TVM executable for ``target``, per-layer reports).
 
     Float models go through pfcompile's code generation (:func:`pfcompile.codegen.build`:
@@ -120,8 +144,60 @@ def build_executable(mod, target: Target, *, integer: bool = False,
     return ex, reports
 
 
-def export_executable(ex, target: Target, so_path: Path) -> None:
-    """Export a library: host compiler for host targets, the target's cross compiler otherwise."""
+def build(model: onnx.ModelProto, target: Target, *, integer: bool = True,
+          specs: list[TensorSpec] | None = None,
+          records_dir: Path | None = None) -> tuple[Any, list]:
+    """An ONNX model -> ``(library, per-layer reports)`` for ``target``.
+
+    - FPGA-style target: the accelerator program (:func:`pfcompile.accel.compile_accel`;
+      tilings from the records), reports as dicts;
+    - a QDQ model: made importable (:func:`pfcompile.quantexec.prepare_qdq`: blocked /
+      float8 / 4-bit weights), its DQ→op→Q layers on integer kernels unless
+      ``integer=False`` (then TVM's float fake-quant), the others float;
+    - a float model: pfcompile's code generation.
+    """
+    if target.is_accelerator:
+        from pfcompile.accel import compile_accel, load_accel_config
+        from pfcompile.accel.tiling import TilingDB
+
+        cfg = load_accel_config(target)
+        prog = compile_accel(model, cfg, records=TilingDB.for_target(cfg, records_dir))
+        reports = [{"node": c.layer.name, "path": "accelerator", "wbits": c.layer.wbits,
+                    "abits": c.layer.abits, "cycles_simulated": c.timing.cycles}
+                   for c in prog.layers]
+        reports += [{"node": n, "path": "host", "reason": why} for n, why in prog.fallbacks.items()]
+        return prog, reports
+    if not has_qdq(model):
+        return build_relax(import_onnx(model, specs), target, records_dir=records_dir)
+    from pfcompile.quantexec import onnx_layer_names, prepare_qdq
+
+    # TVM cannot import blocked / float8 DequantizeLinear: such weights become float
+    prepared, folded = prepare_qdq(model)
+    integer = integer and has_qdq(prepared)
+    ex, layers = build_relax(import_onnx(prepared, specs), target, integer=integer,
+                             layer_names=onnx_layer_names(prepared) if integer else None,
+                             records_dir=records_dir)
+    return ex, folded + layers
+
+
+def build_primfuncs(funcs: list, target: Target):
+    """PrimFuncs -> one library for ``target`` whose functions are ``k0`` .. ``kN`` (in
+    order): what kernel timing uploads and times one function at a time."""
+    import tvm
+
+    mod = tvm.IRModule({f"k{i}": f.with_attr("global_symbol", f"k{i}")
+                        for i, f in enumerate(funcs)})
+    return tvm.compile(mod, target=target.tvm_target())
+
+
+def export(lib: Any, target: Target, path: str | Path) -> Path:
+    """Write a library to ``path``: a TVM executable or module as a shared library, by the
+    host compiler for host targets and by the target's cross compiler otherwise (checked
+    to be on PATH); an accelerator program as its ``.npz``."""
+    path = Path(path)
+    if target.is_accelerator:
+        lib.save(path)
+        return path
     try:
         if target.cross_compiler:
             from tvm.support import cc
@@ -130,13 +206,14 @@ def export_executable(ex, target: Target, so_path: Path) -> None:
                 raise CompileError(
                     f"target '{target.name}' needs the cross compiler '{target.cross_compiler}', "
                     f"which is not on PATH (Debian: apt-get install g++-aarch64-linux-gnu)")
-            ex.export_library(str(so_path), fcompile=cc.cross_compiler(target.cross_compiler))
+            lib.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
         else:
-            ex.export_library(str(so_path))
+            lib.export_library(str(path))
     except CompileError:
         raise
     except Exception as exc:
-        raise CompileError(f"exporting {so_path} for target '{target.name}' failed: {exc}") from exc
+        raise CompileError(f"exporting {path} for target '{target.name}' failed: {exc}") from exc
+    return path
 
 
 def _versions() -> dict:
@@ -178,26 +255,13 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
         proto = fix_input_shapes(proto, specs)
     outs = output_specs(proto)
     out = Path(out_dir)
-    if tgt.is_accelerator:
-        return _compile_accelerator(proto, tgt, out, specs, outs, source, t0)
-
-    layer_report: list = []
-    compiled = proto
-    if _has_qdq(proto):
-        from pfcompile.quantexec import onnx_layer_names, prepare_qdq
-
-        # TVM cannot import blocked / float8 DequantizeLinear: such weights become float
-        compiled, layer_report = prepare_qdq(proto)
-    mod = import_relax(compiled, specs)
-    ex, reports = build_executable(mod, tgt, integer=integer and _has_qdq(compiled),
-                                   layer_names=onnx_layer_names(compiled) if _has_qdq(compiled) else None)
-    layer_report += reports
-
+    lib, reports = build(proto, tgt, integer=integer, specs=specs)
     out.mkdir(parents=True, exist_ok=True)
-    so_path = out / "model.so"
-    export_executable(ex, tgt, so_path)
-    return _write_artifact(out, so_path, proto, tgt, specs, outs, source, t0,
-                           {"layers": [r.to_json() for r in layer_report]})
+    path = export(lib, tgt, out / ("program.npz" if tgt.is_accelerator else "model.so"))
+    extra: dict = {"layers": [r if isinstance(r, dict) else r.to_json() for r in reports]}
+    if tgt.is_accelerator:
+        extra["accel_ms_simulated"] = lib.accel_ms
+    return _write_artifact(out, path, proto, tgt, specs, outs, source, t0, extra)
 
 
 def _write_artifact(out: Path, lib: Path, proto: onnx.ModelProto, tgt: Target,
@@ -218,26 +282,6 @@ def _write_artifact(out: Path, lib: Path, proto: onnx.ModelProto, tgt: Target,
     }
     (out / "model.json").write_text(json.dumps(meta, indent=2))
     return CompiledArtifact(out, lib, meta)
-
-
-def _compile_accelerator(proto: onnx.ModelProto, tgt: Target, out: Path, specs: list[TensorSpec],
-                         outs: list[TensorSpec], source: str, t0: float) -> CompiledArtifact:
-    """FPGA-style targets: partition, tile and emit the accelerator program
-    (``DIR/program.npz``; the simulator device runs it)."""
-    from pfcompile.accel import compile_accel, load_accel_config
-    from pfcompile.accel.tiling import TilingDB
-
-    cfg = load_accel_config(tgt)
-    prog = compile_accel(proto, cfg, records=TilingDB.for_target(cfg, None))
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "program.npz"
-    prog.save(path)
-    return _write_artifact(out, path, proto, tgt, specs, outs, source, t0, {
-        "layers": [{"node": c.layer.name, "path": "accelerator", "wbits": c.layer.wbits,
-                    "abits": c.layer.abits, "cycles_simulated": c.timing.cycles}
-                   for c in prog.layers]
-        + [{"node": n, "path": "host", "reason": why} for n, why in prog.fallbacks.items()],
-        "accel_ms_simulated": prog.accel_ms})
 
 
 def read_meta(artifact_dir: str | Path) -> dict:

@@ -1,9 +1,15 @@
-"""Devices: stock TVM RPC servers and trackers, started and stopped as processes.
+"""Devices: TVM RPC servers and trackers, started and stopped as processes.
 
-A *device* is a ``tvm.exec.rpc_server`` that pfcompile uploads compiled models to.
-For ``host`` it is a local process on this machine; for ``arm64`` it is the
-emulated device prepared by ``tools/setup_arm64_device.sh`` (an aarch64 Python
-under qemu-user). Latencies from an emulated device are functional checks only.
+A *device* is an RPC server that pfcompile uploads compiled models to: a stock
+``tvm.exec.rpc_server`` on this machine (``host``), the same server on the emulated
+arm64 device prepared by ``tools/setup_arm64_device.sh`` (an aarch64 Python under
+qemu-user; latencies are functional checks only), or the accelerator simulator
+(``python -m pfcompile.accel.serve``, FPGA-style targets). :func:`serve` starts the one
+a target names; talking to it is the runners' job (:mod:`pfcompile.runner`).
+
+Every process started here runs under a guard (:mod:`pfcompile._guard`) that leads
+its process group: stopping a device ends the server *and* its workers, and a device
+dies with the pfcompile process that started it, even one killed by SIGKILL.
 
 Everything binds to loopback unless told otherwise, and every wait is bounded:
 an unreachable tracker or server is a :class:`DeviceError` naming ``host:port``.
@@ -38,6 +44,7 @@ __all__ = [
     "emulated_python",
     "free_port",
     "parse_addr",
+    "parse_tracker",
     "query",
     "serve",
     "tracker",
@@ -72,6 +79,11 @@ def free_port(host: str = "127.0.0.1", lo: int = PORT_RANGE[0], hi: int = PORT_R
                 continue
             return port
     raise DeviceError(f"no free port in {lo}..{hi} on {host}")
+
+
+def parse_tracker(text: str | None, what: str = "--rpc") -> tuple[str, int] | None:
+    """:func:`parse_addr` of an optional tracker address (None stays None)."""
+    return None if text is None else parse_addr(text, what)
 
 
 def default_device_dir() -> Path:
@@ -171,13 +183,18 @@ def _stop_leftovers() -> None:
         dp.stop()
 
 
+_GUARD = Path(__file__).resolve().parent / "_guard.py"
+
+
 def _spawn(kind: str, cmd: list[str], env: dict[str, str], host: str, port: int,
            ready_s: float | None, **info: Any) -> DeviceProcess:
-    """Start *cmd* in its own process group, logging to a temp file; wait until it is
-    ready unless ``ready_s`` is None (the caller then calls ``_wait_ready``)."""
+    """Start *cmd* under the guard (:mod:`pfcompile._guard`: its own process group, ended
+    with this process), logging to a temp file; wait until it is ready unless
+    ``ready_s`` is None (the caller then calls ``_wait_ready``)."""
     fd, name = tempfile.mkstemp(prefix=f"pfcompile-{kind}-{port}-", suffix=".log")
+    guarded = [sys.executable, str(_GUARD), str(os.getpid()), *cmd]
     with os.fdopen(fd, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(guarded, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     dp = DeviceProcess(kind, host, port, proc, Path(name), **info)
     _LIVE.add(dp)
@@ -224,14 +241,16 @@ def serve(target: Target, host: str = "127.0.0.1", port: int = 9090,
           tracker_addr: str | None = None, key: str | None = None,
           device_dir: Path | str | None = None, ready_s: float | None = None,
           wait: bool = True, threads: int | None = None) -> DeviceProcess:
-    """Start a stock ``tvm.exec.rpc_server`` for *target* on exactly ``host:port``.
+    """Start the device server for *target* on exactly ``host:port``.
 
-    ``target.serve == "local"`` runs it with this Python; ``"qemu"`` runs it on the
-    emulated aarch64 Python from *device_dir* (``import tvm`` alone takes ~20 s
-    there). With *tracker_addr* the server registers under *key* (default: the
-    target's ``rpc_key``). Returns once the port is bound (DeviceError otherwise), or
-    at once with ``wait=False`` (then call ``wait_ready(proc)``). ``threads`` sets
-    ``TVM_NUM_THREADS`` of the server (1 is steadiest on a shared CPU).
+    ``target.serve == "local"`` runs a stock ``tvm.exec.rpc_server`` with this Python;
+    ``"qemu"`` runs it on the emulated aarch64 Python from *device_dir* (``import tvm``
+    alone takes ~20 s there); ``"accel-sim"`` runs the accelerator simulator
+    (``python -m pfcompile.accel.serve``). With *tracker_addr* the server registers
+    under *key* (default: the target's ``rpc_key``). Returns once the port is bound
+    (DeviceError otherwise), or at once with ``wait=False`` (then call
+    ``wait_ready(proc)``). ``threads`` sets ``TVM_NUM_THREADS`` of the server (1 is
+    steadiest on a shared CPU).
     """
     key = key if key is not None else target.rpc_key
     missing = target.missing_cpu_features()
@@ -244,6 +263,19 @@ def serve(target: Target, host: str = "127.0.0.1", port: int = 9090,
     env = _clean_env()
     if threads:
         env["TVM_NUM_THREADS"] = str(int(threads))
+    if tracker_addr:
+        parse_addr(tracker_addr, "--tracker")
+    if target.serve == "accel-sim":
+        # the simulator runs pfcompile's own code: the same pfcompile as this process
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+        cmd = [sys.executable, "-m", "pfcompile.accel.serve", "--target", target.path,
+               "--host", host, "--port", str(port)]
+        cmd += ["--tracker", tracker_addr, "--key", key] if tracker_addr else []
+        dp = _spawn("server", cmd, env, host, port, None, key=key, target=target.name)
+        dp.ready_s = 60.0 if ready_s is None else ready_s
+        if wait:
+            wait_ready(dp)
+        return dp
     if target.serve == "local":
         python = sys.executable
         ready_s = 60.0 if ready_s is None else ready_s
@@ -255,15 +287,14 @@ def serve(target: Target, host: str = "127.0.0.1", port: int = 9090,
     else:
         raise ConfigError(
             f"target '{target.name}' ({target.path}): device.serve = '{target.serve}' is not "
-            f"one pfcompile can start (local, qemu); start its rpc_server yourself"
+            f"one pfcompile can start (local, qemu, accel-sim); start its rpc_server yourself"
         )
     cmd = [python, "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port),
            "--port-end", str(port + 1)]
     if tracker_addr:
-        parse_addr(tracker_addr, "--tracker")
         cmd += ["--tracker", tracker_addr, "--key", key]
     dp = _spawn("server", cmd, env, host, port, None, key=key, target=target.name,
-                emulated=target.serve == "qemu")
+                emulated=target.emulated)
     dp.ready_s = ready_s
     if wait:
         wait_ready(dp)
@@ -407,43 +438,67 @@ def connect(rpc: str | None = None, key: str | None = None, device: str | None =
 
 
 class LocalRPC:
-    """A tracker and ``n_servers`` host servers on loopback, torn down on exit.
+    """A tracker and ``n_servers`` servers for ``target`` (default host) on loopback under
+    ``key``, torn down on exit; :meth:`ensure` restarts servers a test killed.
+    ``threads``: ``TVM_NUM_THREADS`` of each server (1: two servers share the cores);
+    ``ports``: the range to take free ports from.
 
     >>> with LocalRPC() as lrpc:           # doctest: +SKIP
     ...     sess = lrpc.connect()
     """
 
     def __init__(self, target: Target | None = None, key: str = "local", n_servers: int = 1,
-                 host: str = "127.0.0.1", device_dir: Path | str | None = None) -> None:
-        from pfcompile.targets import load_target
-
+                 host: str = "127.0.0.1", device_dir: Path | str | None = None,
+                 threads: int | None = None, ports: tuple[int, int] = PORT_RANGE) -> None:
         self.target = target or load_target("host")
         self.key = key
         self.n_servers = n_servers
         self.host = host
         self.device_dir = device_dir
+        self.threads = threads
+        self.ports = ports
         self.tracker: DeviceProcess | None = None
         self.servers: list[DeviceProcess] = []
+        self._used: list[int] = []
 
     @property
     def tracker_addr(self) -> str:
         assert self.tracker is not None, "LocalRPC used outside its with-block"
         return self.tracker.addr
 
+    def _port(self) -> int:
+        p = free_port(self.host, *self.ports, exclude=tuple(self._used))
+        self._used.append(p)
+        return p
+
+    def start(self, n: int) -> list[DeviceProcess]:
+        """Start ``n`` more servers (and the tracker, the first time); wait until all are
+        registered. Start everything, then wait: the slow imports overlap, and a server
+        retries its tracker connection until the tracker is up."""
+        if self.tracker is None:
+            self.tracker = tracker(self.host, self._port(), wait=False)
+        new = [serve(self.target, self.host, self._port(), self.tracker_addr, self.key,
+                     self.device_dir, wait=False, threads=self.threads) for _ in range(n)]
+        self.servers.extend(new)
+        for proc in [self.tracker, *new]:
+            wait_ready(proc)
+        self._wait_registered(60.0)
+        return new
+
+    def ensure(self, n: int | None = None) -> list[DeviceProcess]:
+        """``n`` (default ``n_servers``) live servers, restarting any that died."""
+        for s in self.servers:
+            if not s.alive():
+                s.stop()
+        self.servers = [s for s in self.servers if s.alive()]
+        want = self.n_servers if n is None else n
+        if len(self.servers) < want:
+            self.start(want - len(self.servers))
+        return self.servers
+
     def __enter__(self) -> Self:
         try:
-            # start everything, then wait: the slow imports overlap, and a server
-            # retries its tracker connection until the tracker is up
-            self.tracker = tracker(self.host, free_port(self.host), wait=False)
-            used = [self.tracker.port]
-            for _ in range(self.n_servers):
-                p = free_port(self.host, exclude=tuple(used))
-                used.append(p)
-                self.servers.append(serve(self.target, self.host, p, self.tracker_addr,
-                                          self.key, self.device_dir, wait=False))
-            for proc in [self.tracker, *self.servers]:
-                wait_ready(proc)
-            self._wait_registered(60.0)
+            self.start(self.n_servers)
         except BaseException:
             self.close()
             raise
@@ -453,7 +508,7 @@ class LocalRPC:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             for d in query(self.tracker_addr):
-                if d.key == self.key and d.free >= self.n_servers:
+                if d.key == self.key and d.free >= len(self.servers):
                     return
             time.sleep(0.2)
         raise DeviceError(f"servers did not register as '{self.key}' at tracker "

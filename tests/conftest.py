@@ -8,16 +8,10 @@ session copies them into its own temp dir."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +25,31 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+@dataclass(frozen=True)
+class Demo:
+    """The built-in demo model and its data, paths from the package (never the CWD)."""
+
+    path: Path
+    val_path: Path
+    calib_path: Path
+    model: object        # onnx.ModelProto
+    val: object          # pfcompile.data.Dataset (x, y)
+    calib: object        # pfcompile.data.Dataset (x)
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Demo:
+    """The one demo fixture: each test module takes the subsets it needs."""
+    from pfcompile.data import load_npz
+    from pfcompile.model import input_specs, load_onnx
+    from pfcompile.paths import demo_paths
+
+    path, val, calib = demo_paths()
+    model = load_onnx(path)
+    specs = input_specs(model)
+    return Demo(path, val, calib, model, load_npz(val, specs), load_npz(calib, specs))
+
 
 FIXTURE_MODELS = ("PlainCNN", "ResNetTiny", "MobileNetV2Tiny", "DenseNetTiny", "SENetTiny",
                   "FlattenGemmNet", "GroupedConvNet")
@@ -158,57 +177,33 @@ def int8_target(request):
 
 
 # --- the emulated arm64 device (codegen and real-model tests) -------------------
-ARM64_DEVICE_DIR = Path(os.environ.get("PFCOMPILE_CACHE") or Path.home() / ".cache" / "pfcompile") \
-    / "arm64-device"
-ARM64_PORTS = range(9210, 9230)   # codegen's share of 9200-9249
-
-
-def _free_port() -> int:
-    for p in ARM64_PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-                return p
-            except OSError:
-                continue
-    pytest.skip("no free port in 9210-9229")
+ARM64_PORTS = (9210, 9229)   # codegen's share of 9200-9249
 
 
 @pytest.fixture(scope="module")
 def arm_device():
-    """An emulated arm64 rpc_server (qemu-user) for the module's tests: ``HOST:PORT``."""
-    wrapper, site = ARM64_DEVICE_DIR / "root" / "usr" / "bin" / "python3", ARM64_DEVICE_DIR / "site"
-    if not wrapper.exists() or not (site / "tvm").is_dir() or shutil.which("qemu-aarch64") is None:
-        pytest.skip(f"emulated arm64 device not prepared in {ARM64_DEVICE_DIR}")
+    """An emulated arm64 rpc_server (qemu-user) for the module's tests: ``HOST:PORT``.
+
+    Started by :func:`pfcompile.device.serve`, so its process group (the server and the
+    workers it forks) dies with it, and with this process if pytest is killed."""
+    from pfcompile.device import emulated_python, free_port, serve
+    from pfcompile.errors import DeviceError
+    from pfcompile.targets import load_target
+
+    try:
+        emulated_python()
+    except DeviceError as exc:
+        pytest.skip(str(exc))
+    if shutil.which("qemu-aarch64") is None:
+        pytest.skip("qemu-aarch64 missing")
     if shutil.which("aarch64-linux-gnu-g++") is None:
         pytest.skip("cross compiler aarch64-linux-gnu-g++ missing")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = str(site)
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([str(wrapper), "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                             "--port", str(port), "--port-end", str(port + 1)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)   # its session workers die with it
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            log.seek(0)
-            if b"bind to" in log.read():
-                break
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"emulated rpc_server exited: {log.read()[-800:]!r}")
-            time.sleep(2)
-        time.sleep(2)
-        yield f"127.0.0.1:{port}"
+        port = free_port("127.0.0.1", *ARM64_PORTS)
+    except DeviceError:
+        pytest.skip(f"no free port in {ARM64_PORTS[0]}-{ARM64_PORTS[1]}")
+    server = serve(load_target("arm64"), "127.0.0.1", port)
+    try:
+        yield server.addr
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)   # the server and the workers it forked
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
+        server.stop()

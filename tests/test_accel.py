@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,10 +20,11 @@ from pfcompile.accel.reference import reference_layer
 from pfcompile.accel.sim import execute_program, time_program
 from pfcompile.accel.tiling import Tiling, TilingDB, candidates, footprint, search_tiling
 from pfcompile.errors import CompileError, ConfigError
+from pfcompile.paths import package_dir
 from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 
-DATA = Path(__file__).resolve().parents[1] / "pfcompile" / "data"
+DATA = package_dir() / "data"
 VTA = load_accel_config("fpga-vta")
 BF = load_accel_config("fpga-bitfusion")
 

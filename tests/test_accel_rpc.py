@@ -10,8 +10,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile.accel import compile_accel
-from pfcompile.accel.serve import measure_accel, serve_accel
-from pfcompile.errors import DeviceError
+from pfcompile.device import free_port, serve
+from pfcompile.runner import AccelRunner
+from pfcompile.targets import MeasureSettings, load_target
 
 
 def _qdq_conv_model() -> onnx.ModelProto:
@@ -37,9 +38,12 @@ def _qdq_conv_model() -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def server():
-    srv = serve_accel("fpga-vta", host="127.0.0.1", port=9350, port_end=9370, block=False)
+    srv = serve(load_target("fpga-vta"), "127.0.0.1", free_port("127.0.0.1", 9350, 9370))
     yield srv
-    srv.terminate()
+    srv.stop()
+
+
+ONCE = MeasureSettings(number=1, repeat=2, min_repeat_ms=0, timeout_s=120)
 
 
 def test_measure_over_rpc_equals_local_run(server, tmp_path: Path):
@@ -47,45 +51,45 @@ def test_measure_over_rpc_equals_local_run(server, tmp_path: Path):
     prog = compile_accel(model, "fpga-vta")
     x = np.random.default_rng(1).standard_normal((3, 16, 12, 12)).astype(np.float32)
     local, stats = prog.run({"x": x})
-    m = measure_accel(prog, "fpga-vta", {"x": x}, port=server.port, repeat=2)
-    assert np.array_equal(m.outputs["y"], local["y"])
-    assert m.accel_cycles == stats.accel_cycles == prog.layers[0].timing.cycles > 0
-    assert m.accel_ms_simulated == pytest.approx(stats.accel_cycles / 100e6 * 1e3)
-    assert len(m.host_ms_measured) == 2 and all(v > 0 for v in m.host_ms_measured)
-    assert "simulated" in m.to_json()["label"]
-    # a program file path works too
     path = prog.save(tmp_path / "p.npz")
-    m2 = measure_accel(str(path), "fpga-vta", {"x": x}, port=server.port, repeat=1)
-    assert np.array_equal(m2.outputs["y"], local["y"])
+    res = AccelRunner(load_target("fpga-vta"), device=server.addr).run(path, {"x": x}, ONCE)
+    assert res.ok, res.error
+    d = res.details
+    assert np.array_equal(res.outputs["y"], local["y"])
+    assert d["accel_cycles"] == stats.accel_cycles == prog.layers[0].timing.cycles > 0
+    assert d["accel_ms_simulated"] == pytest.approx(stats.accel_cycles / 100e6 * 1e3)
+    assert len(d["host_ms_measured"]) == 2 and all(v > 0 for v in d["host_ms_measured"])
+    assert d["simulated"] is True and "simulated" in d["label"]
+    assert res.latencies_ms == [d["accel_ms_simulated"] + h for h in d["host_ms_measured"]]
 
 
-def test_wrong_target_or_no_server_is_a_device_error(server):
+def test_wrong_target_or_no_server_is_an_error_result(server, tmp_path: Path):
     model = _qdq_conv_model()
     x = np.zeros((1, 16, 12, 12), np.float32)
-    with pytest.raises(DeviceError, match="fpga-bitfusion"):
-        measure_accel(compile_accel(model, "fpga-bitfusion"), "fpga-bitfusion", {"x": x},
-                      port=server.port)
-    with pytest.raises(DeviceError, match="cannot reach"):
-        measure_accel(compile_accel(model, "fpga-vta"), "fpga-vta", {"x": x}, port=9398)
+    bf = compile_accel(model, "fpga-bitfusion").save(tmp_path / "bf.npz")
+    wrong = AccelRunner(load_target("fpga-bitfusion"), device=server.addr).run(bf, {"x": x}, ONCE)
+    assert not wrong.ok and wrong.error_kind == "run" and "fpga-bitfusion" in wrong.error
+    vta = compile_accel(model, "fpga-vta").save(tmp_path / "vta.npz")
+    gone = AccelRunner(load_target("fpga-vta"), device="127.0.0.1:9398").run(vta, {"x": x}, ONCE)
+    assert not gone.ok and gone.error_kind == "device" and "unreachable" in gone.error
 
 
 def test_compile_and_measure_commands_on_accelerator_target(server, tmp_path: Path):
     """`pfcompile compile --target fpga-vta` writes a program; `pfcompile measure` runs it on
-    the simulator device, checks it against onnxruntime within one output step and labels
-    the latency simulated."""
+    the simulator device (one it starts itself when given none), checks it against the
+    reference within one output step and labels the latency simulated."""
     from pfcompile.compiler import compile_model
-    from pfcompile.measure import measure_accelerator
-    from pfcompile.targets import load_target
+    from pfcompile.measure import measure
 
     src = tmp_path / "q.onnx"
     onnx.save(_qdq_conv_model(), src)
     art = compile_model(src, "fpga-vta", tmp_path / "art", {"x": (1, 16, 12, 12)})
     assert art.so_path.name == "program.npz" and art.so_path.exists()
     assert [la["path"] for la in art.meta["layers"]] == ["accelerator"]
-    res = measure_accelerator(art.dir, load_target("fpga-vta"), device=f"127.0.0.1:{server.port}")
-    assert res["verified"] is True and res["simulated"] is True
-    assert res["tolerance"] >= 0.1  # at least one step of the dequantized output
-    assert res["max_abs_err"] <= res["tolerance"]
-    assert res["accel_ms_simulated"] > 0 and res["median_ms"] > res["accel_ms_simulated"]
-    with pytest.raises(DeviceError, match="device serve --target fpga-vta"):
-        measure_accelerator(art.dir, load_target("fpga-vta"))
+    for where in ({"device": server.addr}, {}):
+        res = measure(art.dir, "fpga-vta", **where)
+        assert res["verified"] is True and res["simulated"] is True
+        assert res["emulated"] is False                 # simulated, not emulated (qemu)
+        assert res["tolerance"] >= 0.1  # at least one step of the dequantized output
+        assert res["max_abs_err"] <= res["tolerance"]
+        assert res["accel_ms_simulated"] > 0 and res["median_ms"] > res["accel_ms_simulated"]

@@ -23,7 +23,8 @@ from pfcompile.targets import load_target
 
 tvm = pytest.importorskip("tvm")
 from tvm import relax
-from tvm.relax.frontend.onnx import from_onnx
+
+from pfcompile.compiler import import_onnx
 
 HOST = load_target("host")
 
@@ -43,7 +44,7 @@ def _run_both(path: Path, records_dir: Path, report: list | None = None,
     x = np.random.default_rng(seed).standard_normal(shape).astype("float32")
     ref = reference_session(path).run(
         None, {inp.name: x})[0]
-    ex = codegen.build(from_onnx(model, keep_params_in_input=False), HOST,
+    ex = codegen.build(import_onnx(model), HOST,
                        records_dir=records_dir, report=report)
     dev = tvm.cpu()
     out = relax.VirtualMachine(ex, dev)["main"](tvm.runtime.tensor(x, dev))
@@ -136,7 +137,7 @@ def test_demo_model_and_kernel_workloads(tmp_path):
     demo = Path(zoo.__file__).parent / "data" / "demo.onnx"
     out, ref = _run_both(demo, tmp_path / "records")
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
-    mod = from_onnx(onnx.load(str(demo)), keep_params_in_input=False)
+    mod = import_onnx(demo)
     kws = codegen.kernel_workloads(mod, HOST, records_dir=tmp_path / "records")
     convs = [k for k in kws if k.family.startswith("conv2d")]
     assert convs and all(k.macs > 0 and k.layout.startswith("NCHW") for k in convs)
@@ -168,7 +169,7 @@ def test_heuristic_reads_the_target_file():
 
 def test_records_are_used_and_transferred(tmp_path):
     demo = Path(zoo.__file__).parent / "data" / "demo.onnx"
-    mod = from_onnx(onnx.load(str(demo)), keep_params_in_input=False)
+    mod = import_onnx(demo)
     rdir = tmp_path / "records"
     kws = codegen.kernel_workloads(mod, HOST, records_dir=rdir)
     conv = next(k for k in kws if k.family == "conv2d")
@@ -201,7 +202,7 @@ def test_arm64_cross_build_compiles():
     """The same templates compile for NEON (4 lanes); run on the emulated device in
     tests/test_codegen_device.py."""
     path = Path(zoo.__file__).parent / "data" / "demo.onnx"
-    mod = from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+    mod = import_onnx(path)
     report: list = []
     ex = codegen.build(mod, load_target("arm64"), report=report, records_dir=None)
     assert ex is not None

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from pfcompile import codegen, zoo
-from pfcompile.codegen.api import import_onnx
-from pfcompile.codegen.kernels import RPCKernelTimer, time_kernels
+from pfcompile.codegen.kernels import time_kernels
+from pfcompile.compiler import import_onnx
 from pfcompile.reference import reference_session
+from pfcompile.runner.kernels import RPCKernelTimer
 from pfcompile.targets import load_target
 
 pytestmark = pytest.mark.slow
@@ -42,12 +43,12 @@ class OddNet(nn.Module):
 
 def _run_remote(addr: str, ex, target, x: np.ndarray) -> np.ndarray:
     from tvm import relax, rpc
-    from tvm.support import cc
+
+    from pfcompile.compiler import export
 
     host, port = addr.rsplit(":", 1)
     with tempfile.TemporaryDirectory() as tmp:
-        so = Path(tmp) / "model_arm64.so"
-        ex.export_library(str(so), fcompile=cc.cross_compiler(target.cross_compiler))
+        so = export(ex, target, Path(tmp) / "model_arm64.so")
         sess = rpc.connect(host, int(port), session_timeout=600)
         sess.upload(str(so))
         rmod = sess.load_module(so.name)

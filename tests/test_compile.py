@@ -14,8 +14,9 @@ from onnx import TensorProto, helper
 
 from pfcompile.compiler import compile_model
 from pfcompile.errors import ModelError, UnsupportedOpError
+from pfcompile.paths import demo_paths
 
-DEMO = Path(__file__).resolve().parents[1] / "pfcompile" / "data" / "demo.onnx"
+DEMO = demo_paths()[0]
 EM_X86_64, EM_AARCH64 = 62, 183
 
 

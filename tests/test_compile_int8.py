@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -18,8 +17,9 @@ from pfcompile.measure import measure
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.passes.qlayers import as_proto, ort_session
 from pfcompile.passes.quantize import QuantConfig, quantize
+from pfcompile.paths import package_dir
 
-DATA = Path(__file__).resolve().parents[1] / "pfcompile" / "data"
+DATA = package_dir() / "data"
 
 
 def test_qdq_demo_compiles_integer_and_verifies(tmp_path, int8_target):

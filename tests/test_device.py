@@ -228,8 +228,8 @@ def test_measure_rejects_bad_artifacts_and_targets(host_artifact: Path, tmp_path
     meta = json.loads((host_artifact / "model.json").read_text())
     (tmp_path / "model.json").write_text(json.dumps({**meta, "target": {"name": "arm64"}}))
     (tmp_path / "source.onnx").write_bytes((host_artifact / "source.onnx").read_bytes())
-    with pytest.raises(ConfigError, match="pfcompile device serve --target arm64"):
-        measure(tmp_path, "arm64")  # no device given, and arm64 is not started implicitly
+    with pytest.raises(ModelError, match="no compiled model"):
+        measure(tmp_path, "arm64")  # no library: refused before any device is started
     res = RPCRunner(device="127.0.0.1:9").run(tmp_path / "nothing", {}, FAST)
     assert res.error_kind == "artifact" and "model.so" in res.error
 

@@ -18,7 +18,7 @@ import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 
-from pfcompile.quantexec import build
+from pfcompile.compiler import build
 from pfcompile.reference import is_quantized, reference_outputs, reference_session
 from pfcompile.targets import host_arch, load_target
 

@@ -21,9 +21,10 @@ from pfcompile.passes.prune import prune
 from pfcompile.passes.prune_config import PruneConfig
 from pfcompile.passes.quantize import QuantConfig, quantize
 from pfcompile.passes.sparsify import SparsifyConfig, sparsify
+from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
 
-DEMO = "pfcompile/data/demo.onnx"
+DEMO, DEMO_VAL, DEMO_CALIB = demo_paths()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +67,7 @@ def _structure(m: onnx.ModelProto):
 
 def test_demo_round_trip_without_training_equals_student():
     student = onnx.load(DEMO)
-    x = np.load("pfcompile/data/demo_val.npz")["x"][:8]
+    x = np.load(DEMO_VAL)["x"][:8]
     mod = onnx_to_torch(student)
     assert len(mod.key_of) == 24  # every Conv/Gemm weight and bias is a trainable parameter
     out = export_onnx(mod, student)
@@ -211,7 +212,7 @@ def test_unsupported_attribute_is_a_clear_error():
 
 # ---------------------------------------------------------------- graphs from pfcompile's passes
 def _calib() -> Dataset:
-    return Dataset({"input": np.load("pfcompile/data/demo_calib.npz")["x"][:32]}, None, "demo_calib")
+    return Dataset({"input": np.load(DEMO_CALIB)["x"][:32]}, None, "demo_calib")
 
 
 def _compressed(kind: str) -> onnx.ModelProto:
@@ -247,7 +248,7 @@ def test_round_trip_of_pass_outputs_without_training(kind):
     """Converter == onnxruntime, and export without training == the student: same graph,
     bit-identical initializers, onnxruntime outputs within 1e-5."""
     student = _compressed(kind)
-    x = np.load("pfcompile/data/demo_val.npz")["x"][:6]
+    x = np.load(DEMO_VAL)["x"][:6]
     ref = _ort_per_sample(student, x)
     np.testing.assert_allclose(_torch(student, x)[0], ref, atol=1e-5, rtol=0)
     mod = onnx_to_torch(student)
@@ -279,7 +280,7 @@ def test_4bit_activations_saturate_at_the_uint8_container_like_onnxruntime():
     q4 = _compressed("q4")
     qs = [n for n in q4.graph.node if n.op_type == "QuantizeLinear"]
     assert qs and all({p.key: p.value for p in n.metadata_props}["pfcompile.bits"] == "4" for n in qs)
-    x = 4.0 * np.load("pfcompile/data/demo_val.npz")["x"][:4]  # far outside the calibrated range
+    x = 4.0 * np.load(DEMO_VAL)["x"][:4]  # far outside the calibrated range
     mod = onnx_to_torch(q4)
     with torch.no_grad():
         env = mod.run_all(torch.from_numpy(x))
@@ -299,7 +300,7 @@ def test_bits_metadata_that_does_not_fit_the_codes_is_a_clear_error():
 def test_codebook_training_moves_centroids_and_keeps_indices():
     cb = _compressed("codebook")
     mod = onnx_to_torch(cb)
-    x = torch.from_numpy(np.load("pfcompile/data/demo_val.npz")["x"][:16])
+    x = torch.from_numpy(np.load(DEMO_VAL)["x"][:16])
     opt = torch.optim.SGD(mod.parameters(), lr=1e-2)
     mod(x).square().mean().backward()
     opt.step()
@@ -317,7 +318,7 @@ def test_codebook_training_moves_centroids_and_keeps_indices():
 def test_training_a_sparsified_model_keeps_its_zeros(kind):
     student = _compressed(kind)
     mod = onnx_to_torch(student)
-    x = torch.from_numpy(np.load("pfcompile/data/demo_val.npz")["x"][:16])
+    x = torch.from_numpy(np.load(DEMO_VAL)["x"][:16])
     opt = torch.optim.SGD(mod.parameters(), lr=1e-3)
     for _ in range(2):
         opt.zero_grad()
@@ -381,7 +382,7 @@ def test_training_step_changes_exported_initializers_only():
     student = onnx.load(DEMO)
     mod = onnx_to_torch(student)
     opt = torch.optim.SGD(mod.parameters(), lr=1e-3)
-    x = torch.from_numpy(np.load("pfcompile/data/demo_val.npz")["x"][:16])
+    x = torch.from_numpy(np.load(DEMO_VAL)["x"][:16])
     mod(x).square().mean().backward()
     opt.step()
     out = export_onnx(mod, student)

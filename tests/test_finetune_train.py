@@ -23,8 +23,9 @@ from pfcompile.passes.prune import prune
 from pfcompile.passes.prune_config import PruneConfig
 from pfcompile.passes.quantize import QuantConfig, quantize
 from pfcompile.passes.stats import model_stats
+from pfcompile.paths import demo_paths
 
-DEMO = "pfcompile/data/demo.onnx"
+DEMO = demo_paths()[0]
 
 
 @pytest.fixture(scope="module", autouse=True)

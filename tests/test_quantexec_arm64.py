@@ -7,38 +7,42 @@ import numpy as np
 import onnx
 import pytest
 
-from pfcompile.quantexec import build
+from pfcompile.compiler import compile_model
+from pfcompile.device import default_device_dir, free_port, serve
+from pfcompile.paths import demo_paths
 from pfcompile.quantexec.ortq import ort_quantize_qdq
-from pfcompile.quantexec.qemu_check import arm64_device_root, qemu_rpc_server, run_on_remote
 from pfcompile.reference import reference_session
-from pfcompile.targets import load_target
-
-DATA = "pfcompile/data"
-PORT = 9260  # this suite's range is 9250-9299
+from pfcompile.runner import RPCRunner
+from pfcompile.targets import MeasureSettings, load_target
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (arm64_device_root() / "root" / "usr" / "bin" / "python3").exists(),
+    pytest.mark.skipif(not (default_device_dir() / "root" / "usr" / "bin" / "python3").exists(),
                        reason="no emulated arm64 device (run tools/setup_arm64_device.sh)"),
 ]
 
 
 def test_demo_integer_on_emulated_arm64_matches_ort(tmp_path):
-    calib = np.load(f"{DATA}/demo_calib.npz")["x"][:32]
-    path = ort_quantize_qdq(f"{DATA}/demo.onnx", tmp_path / "demo_qdq.onnx", calib)
+    demo, val, calib = demo_paths()
+    path = ort_quantize_qdq(demo, tmp_path / "demo_qdq.onnx", np.load(calib)["x"][:32])
     model = onnx.load(str(path))
-    xs = [x[None] for x in np.load(f"{DATA}/demo_val.npz")["x"][:2].astype(np.float32)]
+    xs = [x[None] for x in np.load(val)["x"][:2].astype(np.float32)]
     sess = reference_session(path)
     ref = [sess.run(None, {"input": x})[0] for x in xs]
-    step = 0.0
     init = {i.name: i for i in model.graph.initializer}
     last = next(n for n in model.graph.node if model.graph.output[0].name in n.output)
     step = float(onnx.numpy_helper.to_array(init[last.input[1]]))
-    with qemu_rpc_server(PORT, timeout_s=600) as remote:
+    once = MeasureSettings(number=1, repeat=1, min_repeat_ms=0, timeout_s=600)
+    server = serve(load_target("arm64"), "127.0.0.1", free_port("127.0.0.1", 9260, 9269))
+    try:
+        runner = RPCRunner(device=server.addr, connect_timeout_s=120)
         for name in ("arm64", "arm64-dotprod"):
-            target = load_target(name)
-            ex, reports = build(model, target)
-            assert all(r.path == "int8" for r in reports)
-            got = run_on_remote(remote, ex, target.cross_compiler, xs)
-            for a, b in zip(got, ref):
-                assert np.abs(a - b).max() <= step * 1.0001, name
+            art = compile_model(model, load_target(name), tmp_path / name)
+            assert all(r["path"] == "int8" for r in art.meta["layers"])
+            for x, want in zip(xs, ref):
+                res = runner.run(art.dir, {"input": x}, once)
+                assert res.ok, res.error
+                got = next(iter(res.outputs.values()))
+                assert np.abs(got - want).max() <= step * 1.0001, name
+    finally:
+        server.stop()

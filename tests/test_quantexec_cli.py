@@ -4,14 +4,15 @@ import numpy as np
 from typer.testing import CliRunner
 
 from pfcompile.cli import app
+from pfcompile.paths import demo_paths
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.quantexec.report import quant_report
 from pfcompile.targets import host_arch
 
 
 def test_quant_report_json_names_integer_layers(tmp_path):
-    calib = np.load("pfcompile/data/demo_calib.npz")["x"][:8]
-    path = ort_quantize_qdq("pfcompile/data/demo.onnx", tmp_path / "q.onnx", calib)
+    calib = np.load(demo_paths()[2])["x"][:8]
+    path = ort_quantize_qdq(demo_paths()[0], tmp_path / "q.onnx", calib)
     rep = quant_report(path, "host")
     assert rep["int8_layers"] == 12 and rep["float_layers"] == 0
     kernels = {r["kernel"] for r in rep["layers"]}
@@ -28,6 +29,6 @@ def test_quant_report_json_names_integer_layers(tmp_path):
 
 
 def test_quant_report_float_model_reports_float():
-    rep = quant_report("pfcompile/data/demo.onnx", "host")
+    rep = quant_report(demo_paths()[0], "host")
     assert rep["int8_layers"] == 0 and rep["float_layers"] == 12
     assert all(r["reason"] == "not quantised" for r in rep["layers"])

@@ -10,8 +10,9 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 from onnx.reference import ReferenceEvaluator
 
+from pfcompile.compiler import build
 from pfcompile.errors import UnsupportedOpError
-from pfcompile.quantexec import QuantFallbackWarning, build
+from pfcompile.quantexec import QuantFallbackWarning
 from pfcompile.quantexec.onnx_prep import prepare_qdq
 from pfcompile.targets import load_target
 

@@ -10,8 +10,8 @@ import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 
+from pfcompile.compiler import build
 from pfcompile.passes.qlayers import ort_session
-from pfcompile.quantexec import build
 from pfcompile.targets import load_target
 
 RNG = np.random.default_rng(0)

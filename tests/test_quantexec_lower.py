@@ -5,14 +5,15 @@ import onnx
 import pytest
 import tvm
 
-from pfcompile.quantexec import build, lower_qdq, reports_to_json
-from pfcompile.quantexec.build import import_onnx, onnx_layer_names
+from pfcompile.compiler import build, import_onnx
+from pfcompile.paths import demo_paths
+from pfcompile.quantexec import lower_qdq, onnx_layer_names, reports_to_json
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 from pfcompile.zoo import ResNetTiny, export_onnx
 
-DATA = "pfcompile/data"
+DEMO, DEMO_VAL, DEMO_CALIB = demo_paths()
 
 
 def _output_step(model: onnx.ModelProto) -> float:
@@ -36,9 +37,9 @@ def _run_both(path, model, target, xs):
 
 @pytest.fixture(scope="module")
 def demo_qdq(tmp_path_factory):
-    calib = np.load(f"{DATA}/demo_calib.npz")["x"][:32]
+    calib = np.load(DEMO_CALIB)["x"][:32]
     p = tmp_path_factory.mktemp("q") / "demo_qdq.onnx"
-    return ort_quantize_qdq(f"{DATA}/demo.onnx", p, calib)
+    return ort_quantize_qdq(DEMO, p, calib)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def resnet_tiny_s8(tmp_path_factory):
 
 def test_demo_integer_matches_ort_within_one_step(demo_qdq, int8_target):
     model = onnx.load(str(demo_qdq))
-    xs = np.load(f"{DATA}/demo_val.npz")["x"][:16].astype(np.float32)
+    xs = np.load(DEMO_VAL)["x"][:16].astype(np.float32)
     got, ref, reports = _run_both(demo_qdq, model, int8_target, xs)
     step = _output_step(model)
     assert np.abs(got - ref).max() <= step * 1.0001
@@ -86,7 +87,7 @@ def test_int8_activations_resnet_tiny(resnet_tiny_s8, int8_target):
 
 
 def test_plain_float_model_is_untouched():
-    model = onnx.load(f"{DATA}/demo.onnx")
+    model = onnx.load(str(DEMO))
     mod = import_onnx(model)
     out, reports = lower_qdq(mod, load_target("host"), onnx_layer_names(model))
     assert out is mod
@@ -114,7 +115,7 @@ def test_float_bias_is_rounded_into_accumulator_units(demo_qdq, tmp_path, int8_t
     assert n_folded == 12
     path = tmp_path / "float_bias.onnx"
     onnx.save(model, str(path))
-    xs = np.load(f"{DATA}/demo_val.npz")["x"][:8].astype(np.float32)
+    xs = np.load(DEMO_VAL)["x"][:8].astype(np.float32)
     got, ref, reports = _run_both(path, model, int8_target, xs)
     assert all(r.path == "int8" for r in reports)
     assert np.abs(got - ref).max() <= _output_step(model) * 1.0001

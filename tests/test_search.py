@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from pfcompile.data import load_npz
 from pfcompile.errors import ConfigError, SearchError
-from pfcompile.model import input_specs, load_onnx
+from pfcompile.model import input_specs
 from pfcompile.passes.depgraph import dependency_groups
 from pfcompile.reference import reference_session
 from pfcompile.search import graph
@@ -30,10 +30,8 @@ FAST = {"budget": 4, "batch": 2, "pool": 6, "eval_subset": 64, "max_acc_drop": 3
 
 
 @pytest.fixture(scope="module")
-def demo():
-    m = load_onnx(demo_paths()[0])
-    d = load_npz(demo_paths()[1], input_specs(m)).subset(160)
-    return m, d
+def demo(demo_data):
+    return demo_data.model, demo_data.val.subset(160)
 
 
 @pytest.fixture(scope="module")

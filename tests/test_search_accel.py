@@ -13,16 +13,13 @@ import pytest
 
 from pfcompile.accel import compile_accel, load_accel_config
 from pfcompile.accel.mixed import set_layer_bits
-from pfcompile.data import load_npz
 from pfcompile.errors import SearchError
-from pfcompile.model import input_specs, load_onnx
 from pfcompile.search.accel_device import (
     AccelDeployer,
     AccelSearchDevice,
     accel_kernels,
     bits_of_config,
 )
-from pfcompile.search.api import demo_paths
 from pfcompile.search.graph import Kernel
 from pfcompile.search.space import Knob, SearchSpace, build_space
 from pfcompile.targets import load_target
@@ -31,11 +28,8 @@ TARGET = "fpga-bitfusion"
 
 
 @pytest.fixture(scope="module")
-def demo():
-    path, val, calib = demo_paths()
-    model = load_onnx(path)
-    specs = input_specs(model)
-    return model, load_npz(val, specs), load_npz(calib, specs)
+def demo(demo_data):
+    return demo_data.model, demo_data.val, demo_data.calib
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +47,12 @@ def qdq8(demo, deployer):
 
 @pytest.fixture(scope="module")
 def server():
-    from pfcompile.accel.serve import serve_accel
+    from pfcompile.device import free_port, serve
+    from pfcompile.targets import load_target
 
-    srv = serve_accel(TARGET, host="127.0.0.1", port=9550, port_end=9569, block=False)
+    srv = serve(load_target(TARGET), "127.0.0.1", free_port("127.0.0.1", 9550, 9569))
     yield srv
-    srv.terminate()
+    srv.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -153,7 +148,7 @@ def test_unsupported_width_falls_back_to_host_with_a_warning(server, demo, qdq8,
 def test_dead_device_is_a_failed_measurement(qdq8, tmp_path):
     dev = AccelSearchDevice(load_target(TARGET), port=9598)
     m = dev.measure_model(qdq8, tmp_path / "c")
-    assert not m.ok and "cannot reach" in m.error and dev.failures == 1
+    assert not m.ok and "is unreachable" in m.error and dev.failures == 1
 
 
 def test_run_on_fpga_bitfusion_end_to_end(tmp_path):

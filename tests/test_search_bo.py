@@ -8,9 +8,6 @@ import math
 import numpy as np
 import pytest
 
-from pfcompile.data import load_npz
-from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths
 from pfcompile.search.bo import GPBayesOpt
 from pfcompile.search.devices import NullDevice
 from pfcompile.search.loop import SearchSettings, run_search
@@ -23,10 +20,8 @@ FAST = {"strategy": "bo", "budget": 3, "batch": 1, "pool": 4, "eval_subset": 48,
 
 
 @pytest.fixture(scope="module")
-def demo():
-    m = load_onnx(demo_paths()[0])
-    d = load_npz(demo_paths()[1], input_specs(m)).subset(96)
-    return m, d
+def demo(demo_data):
+    return demo_data.model, demo_data.val.subset(96)
 
 
 @pytest.fixture(scope="module")

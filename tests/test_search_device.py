@@ -34,7 +34,8 @@ def test_rpc_device_killed_mid_run_gives_failed_trials(tmp_path):
 
     try:
         r = run_search(m, host, dev, d, tmp_path / "run",
-                       SearchSettings(strategy="uniform", budget=3, max_acc_drop=5.0),
+                       # one candidate a round: the kill lands between two measurements
+                       SearchSettings(strategy="uniform", budget=3, batch=1, max_acc_drop=5.0),
                        on_event=kill_after_first)
     finally:
         srv.stop()

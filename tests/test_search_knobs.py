@@ -13,10 +13,9 @@ import typer
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from pfcompile.data import load_npz
 from pfcompile.errors import ConfigError, PassError, SearchError
 from pfcompile.measure import QUANT_RANGE_FRACTION
-from pfcompile.model import input_specs, load_onnx, model_hash
+from pfcompile.model import load_onnx, model_hash
 from pfcompile.passes.qlayers import as_ir, weighted_layers
 from pfcompile.passes.sparsify import SparsifyConfig, sparsity_report
 from pfcompile.reference import reference_session
@@ -33,12 +32,8 @@ FAST = {"budget": 3, "batch": 3, "pool": 6, "eval_subset": 64, "max_acc_drop": 5
 
 
 @pytest.fixture(scope="module")
-def demo():
-    m = load_onnx(demo_paths()[0])
-    specs = input_specs(m)
-    val = load_npz(demo_paths()[1], specs).subset(160)
-    cal = load_npz(demo_paths()[2], specs).subset(32)
-    return m, val, cal
+def demo(demo_data):
+    return demo_data.model, demo_data.val.subset(160), demo_data.calib.subset(32)
 
 
 @pytest.fixture(scope="module")

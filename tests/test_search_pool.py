@@ -15,12 +15,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile.data import Dataset
-from pfcompile.device import DeviceProcess, free_port, query, serve, tracker, wait_ready
+from pfcompile.device import DeviceProcess, LocalRPC
 from pfcompile.errors import DeviceError
-from pfcompile.search.devices import NullDevice, RPCDevice
+from pfcompile.runner import PoolStatus
+from pfcompile.runner.pool import ON_DEVICE
+from pfcompile.search.devices import NullDevice, RPCDevice, count_devices, open_rpc_device
 from pfcompile.search.graph import extract_kernels
 from pfcompile.search.loop import SearchSettings, TrialLog, run_search
-from pfcompile.search.pool import ON_DEVICE, DevicePool, PoolStatus, count_devices, open_rpc_device
 from pfcompile.targets import load_target
 
 PORTS = (9600, 9649)
@@ -73,13 +74,8 @@ class _ReversedPool(NullDevice):
 
 
 @pytest.fixture(scope="module")
-def demo():
-    from pfcompile.data import load_npz
-    from pfcompile.model import input_specs, load_onnx
-    from pfcompile.search.api import demo_paths
-
-    m = load_onnx(demo_paths()[0])
-    return m, load_npz(demo_paths()[1], input_specs(m)).subset(64)
+def demo(demo_data):
+    return demo_data.model, demo_data.val.subset(64)
 
 
 FAST = {"strategy": "random", "batch": 3, "pool": 6, "eval_subset": 64, "max_acc_drop": 3.0}
@@ -145,70 +141,12 @@ def test_resume_after_a_kill_mid_round_loses_only_the_trials_in_flight(tmp_path,
 
 
 # ----------------------------------------------------------------------------- over RPC
-class Cluster:
-    """A tracker plus servers started by the tests (pfcompile.device helpers)."""
-
-    def __init__(self) -> None:
-        self.tracker: DeviceProcess | None = None
-        self.servers: dict[str, list[DeviceProcess]] = {}
-        self.used: list[int] = []
-
-    @property
-    def addr(self) -> str:
-        assert self.tracker is not None
-        return self.tracker.addr
-
-    def _port(self) -> int:
-        p = free_port("127.0.0.1", *PORTS, exclude=tuple(self.used))
-        self.used.append(p)
-        return p
-
-    def start(self, key: str, n: int) -> list[DeviceProcess]:
-        """Start ``n`` more servers under ``key`` (and the tracker, the first time)."""
-        host = load_target("host")
-        if self.tracker is None:
-            self.tracker = tracker("127.0.0.1", self._port(), wait=False)
-        # one TVM thread each: two servers share this machine's cores
-        new = [serve(host, "127.0.0.1", self._port(), self.addr, key, wait=False, threads=1)
-               for _ in range(n)]
-        self.servers.setdefault(key, []).extend(new)
-        for p in [self.tracker, *new]:
-            wait_ready(p)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            want = len(self.servers[key])
-            if any(d.key == key and d.free >= want for d in query(self.addr)):
-                return new
-            time.sleep(0.2)
-        raise DeviceError(f"{n} servers did not register under '{key}' at {self.addr}")
-
-    def ensure(self, key: str, n: int) -> list[DeviceProcess]:
-        """``n`` live servers under ``key`` (restarting any a test killed)."""
-        alive = [s for s in self.servers.get(key, []) if s.alive()]
-        for s in self.servers.get(key, []):
-            if not s.alive():
-                s.stop()
-        self.servers[key] = alive
-        if len(alive) < n:
-            self.start(key, n - len(alive))
-        return self.servers[key]
-
-    def stop(self) -> None:
-        for group in self.servers.values():
-            for s in group:
-                s.stop()
-        if self.tracker is not None:
-            self.tracker.stop()
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    c = Cluster()
-    try:
-        c.ensure(KEY, 2)
+    """A tracker and two host servers (one TVM thread each: they share this machine's
+    cores) under KEY; tests call ``cluster.ensure()`` to restart one a test killed."""
+    with LocalRPC(load_target("host"), key=KEY, n_servers=2, threads=1, ports=PORTS) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def _sessions(server: DeviceProcess) -> int:
@@ -218,23 +156,24 @@ def _sessions(server: DeviceProcess) -> int:
 
 def test_count_devices_and_open_rpc_device(cluster):
     host = load_target("host")
-    cluster.ensure(KEY, 2)
-    assert count_devices(cluster.addr, KEY) == 2
-    assert count_devices(cluster.addr, "no-such-key") == 0
-    dev = open_rpc_device(host, cluster.addr, KEY)
+    cluster.ensure()
+    assert count_devices(cluster.tracker_addr, KEY) == 2
+    assert count_devices(cluster.tracker_addr, "no-such-key") == 0
+    dev = open_rpc_device(host, cluster.tracker_addr, KEY)
     try:
-        assert isinstance(dev, DevicePool) and dev.size == 2 and len(dev.slots) == 2
+        assert dev.size == 2 and len(dev.runner.slots) == 2
         assert dev.compile_first  # servers on loopback: compile a round, then measure it
-        assert dev.status() == f"'pooltest' at {cluster.addr} (real): 2 devices: 0 busy, 2 idle; 0 failures"
+        assert dev.status() == f"'pooltest' at {cluster.tracker_addr} (real): 2 devices: 0 busy, 2 idle; 0 failures"
     finally:
         dev.close()
-    one = open_rpc_device(host, cluster.addr, "no-such-key")
-    assert isinstance(one, RPCDevice) and not isinstance(one, DevicePool)
+    one = open_rpc_device(host, cluster.tracker_addr, "no-such-key")
+    assert one.size == 1 and not one.compile_first   # a single device: a pool of one
+    one.close()
     with pytest.raises(DeviceError, match="lists no device under key 'no-such-key'"):
-        DevicePool(host, tracker=cluster.addr, key="no-such-key")
+        RPCDevice(host, tracker=cluster.tracker_addr, key="no-such-key")
     # a pool whose servers are all gone fails every job at once (a tracker would queue
     # a request for a key with no server forever)
-    empty = DevicePool(host, tracker=cluster.addr, key="no-such-key", size=2)
+    empty = RPCDevice(host, tracker=cluster.tracker_addr, key="no-such-key", size=2)
     try:
         t0 = time.monotonic()
         res = empty.measure_many([(small_cnn(), Path("unused0")), (small_cnn(1), Path("unused1"))])
@@ -249,11 +188,11 @@ def test_count_devices_and_open_rpc_device(cluster):
 
 def test_measure_many_uses_both_servers_in_submission_order(cluster, tmp_path):
     host = load_target("host")
-    servers = cluster.ensure(KEY, 2)
+    servers = cluster.ensure()
     before = [_sessions(s) for s in servers]
     seen: list[PoolStatus] = []
-    pool = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2, min_repeat_ms=0,
-                      on_change=seen.append)
+    pool = RPCDevice(host, tracker=cluster.tracker_addr, key=KEY, number=2, repeat=2, min_repeat_ms=0,
+                     on_change=seen.append, compile_first=True)
     jobs = [(small_cnn(seed=i, ch=8 * (1 + i % 2)), tmp_path / f"job{i}") for i in range(4)]
     arrived: list[int] = []
     try:
@@ -271,7 +210,7 @@ def test_measure_many_uses_both_servers_in_submission_order(cluster, tmp_path):
     assert max(s.busy for s in seen) == 2          # two slots worked at the same time
     assert seen[-1].busy == 0 and seen[-1].failures == 0
     kernels = extract_kernels(small_cnn())
-    times = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2,
+    times = RPCDevice(host, tracker=cluster.tracker_addr, key=KEY, number=2, repeat=2,
                        min_repeat_ms=0).measure_kernels(kernels)
     assert len(times) == len(kernels) and all(t is not None and t > 0 for t in times)
     with pytest.raises(DeviceError, match="closed"):
@@ -280,11 +219,11 @@ def test_measure_many_uses_both_servers_in_submission_order(cluster, tmp_path):
 
 def test_run_search_on_the_pool_logs_every_trial(cluster, tmp_path):
     host = load_target("host")
-    cluster.ensure(KEY, 2)
+    cluster.ensure()
     model = small_cnn(seed=3, ch=48)
     x = np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32)
     data = Dataset({"x": x}, None, "random")
-    pool = DevicePool(host, tracker=cluster.addr, key=KEY, number=2, repeat=2, min_repeat_ms=0,
+    pool = RPCDevice(host, tracker=cluster.tracker_addr, key=KEY, number=2, repeat=2, min_repeat_ms=0,
                       compile_first=True)
     events: list[str] = []
     try:
@@ -297,9 +236,8 @@ def test_run_search_on_the_pool_logs_every_trial(cluster, tmp_path):
     assert len(r.trials) == 4 and r.device_measurements == 4
     assert all(t["status"] == "ok" for t in r.trials), [t["error"] for t in r.trials]
     assert [t["id"] for t in r.trials] == [0, 1, 2, 3]
-    # RPCDevice's paired timing carried over: every slot timed against the reference
+    # paired timing on every session: each candidate timed against the reference
     assert all(t["paired"] and t["raw_ms"] > 0 for t in r.trials)
-    assert pool._has_reference == [True, True]
     assert len({t["config_hash"] for t in r.trials}) == 4
     logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]
     assert [x["id"] for x in logged] == [0, 1, 2, 3]
@@ -315,10 +253,10 @@ def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_pat
     from pfcompile.cli.run import _Progress
     from pfcompile.search.api import run
 
-    cluster.ensure(KEY, 2)
+    cluster.ensure()
     onnx.save(small_cnn(seed=7, ch=48), str(tmp_path / "m.onnx"))
     events: list[tuple[str, dict]] = []
-    rep = run(tmp_path / "m.onnx", "host", rpc=cluster.addr, key=KEY, out_dir=tmp_path / "dist",
+    rep = run(tmp_path / "m.onnx", "host", rpc=cluster.tracker_addr, key=KEY, out_dir=tmp_path / "dist",
               settings=SearchSettings(strategy="random", budget=2, batch=2, max_acc_drop=100.0,
                                       eval_subset=32),
               cache_dir=tmp_path / "cache", final_repeats=0,
@@ -340,7 +278,7 @@ def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_pat
 def test_a_server_killed_mid_run_fails_its_trial_and_the_run_goes_on(cluster, tmp_path):
     host = load_target("host")
     key = KEY
-    victims = cluster.ensure(key, 2)  # one is killed here: later tests restart it
+    victims = cluster.ensure()  # one is killed here: later tests restart it
     model = small_cnn(seed=5, ch=48)
     x = np.random.default_rng(1).standard_normal((32, 3, 8, 8)).astype(np.float32)
     data = Dataset({"x": x}, None, "random")
@@ -354,7 +292,7 @@ def test_a_server_killed_mid_run_fails_its_trial_and_the_run_goes_on(cluster, tm
 
     # a candidate's measurement lasts >= 60 rounds x 25 ms (x 2 when paired with the
     # reference), longer than compiling the next candidate
-    pool = DevicePool(host, tracker=cluster.addr, key=key, number=1, repeat=60,
+    pool = RPCDevice(host, tracker=cluster.tracker_addr, key=key, number=1, repeat=60,
                       min_repeat_ms=25, on_change=kill_when_both_on_device)
     try:
         r = run_search(model, host, pool, data, tmp_path / "run",
@@ -367,7 +305,7 @@ def test_a_server_killed_mid_run_fails_its_trial_and_the_run_goes_on(cluster, tm
     assert len(r.trials) == 4
     failed = [t for t in r.trials if t["status"] == "failed"]
     assert len(failed) == 1, [t["error"] for t in r.trials]
-    assert failed[0]["measured"] and f"device {cluster.addr}/{key}" in failed[0]["error"]
+    assert failed[0]["measured"] and f"device {cluster.tracker_addr}/{key}" in failed[0]["error"]
     assert all(t["latency_ms"] > 0 for t in r.trials if t["status"] == "ok")
     assert status.live == 1 and status.failures == 1
     logged = [x for x in TrialLog(tmp_path / "run" / "trials.jsonl").read() if x["type"] == "trial"]

@@ -7,11 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pfcompile.data import load_npz
 from pfcompile.errors import ConfigError, SearchError
-from pfcompile.model import input_specs, load_onnx
 from pfcompile.search import graph
-from pfcompile.search.api import demo_paths
 from pfcompile.search.devices import NullDevice
 from pfcompile.search.latency_model import LatencyModel
 from pfcompile.search.loop import SearchSettings, run_search
@@ -24,10 +21,8 @@ FAST = {"strategy": "rl", "budget": 4, "batch": 2, "pool": 5, "eval_subset": 48,
 
 
 @pytest.fixture(scope="module")
-def demo():
-    m = load_onnx(demo_paths()[0])
-    d = load_npz(demo_paths()[1], input_specs(m)).subset(96)
-    return m, d
+def demo(demo_data):
+    return demo_data.model, demo_data.val.subset(96)
 
 
 @pytest.fixture(scope="module")

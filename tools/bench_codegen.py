@@ -30,10 +30,10 @@ from torch import nn
 from tvm import relax
 
 from pfcompile import codegen, zoo
-from pfcompile.codegen.api import import_onnx
-from pfcompile.codegen.kernels import LocalKernelTimer
 from pfcompile.codegen.metaschedule import metaschedule_dir, tune_metaschedule
 from pfcompile.codegen.tune import TuneSettings, tune
+from pfcompile.compiler import import_onnx
+from pfcompile.runner.kernels import LocalKernelTimer
 from pfcompile.targets import load_target
 
 console = Console(width=160)

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 
 from pfcompile import zoo
-from pfcompile.compiler import import_relax
+from pfcompile.compiler import import_onnx
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.targets import load_target
 
@@ -48,7 +48,7 @@ def bench_tvm_untuned(path: Path, x: np.ndarray, repeat: int) -> float:
     from tvm import relax
 
     model = load_onnx(path)
-    mod = import_relax(model, input_specs(model))
+    mod = import_onnx(model, input_specs(model))
     ex = tvm.compile(mod, target=load_target("host").tvm_target())
     dev = tvm.cpu()
     vm = relax.VirtualMachine(ex, dev)

@@ -33,7 +33,7 @@ import onnx
 import onnxruntime as ort
 import tvm
 
-from pfcompile.quantexec.build import build
+from pfcompile.compiler import build
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.targets import load_target
 

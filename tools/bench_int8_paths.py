@@ -25,8 +25,8 @@ import onnx
 import tvm
 
 from pfcompile import codegen
-from pfcompile.quantexec import int8_pipeline, lower_qdq, with_int8_features
-from pfcompile.quantexec.build import import_onnx, onnx_layer_names
+from pfcompile.compiler import import_onnx
+from pfcompile.quantexec import int8_pipeline, lower_qdq, onnx_layer_names, with_int8_features
 from pfcompile.quantexec.onnx_prep import prepare_qdq
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.search.api import demo_paths

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python tools/bench_measure.py [--model pfcompile/data/demo.onnx] [--rounds 5]
 
-Compiles the model for ``host`` (untuned ``tvm.compile``), then, interleaved
+Compiles the model for ``host`` (``pfcompile compile``), then, interleaved
 round by round so that machine load hits all alike:
 
 - ``tvm in-process``: the same ``model.so`` loaded here, ``time_evaluator``;
@@ -23,32 +23,10 @@ from pathlib import Path
 
 
 def compile_host(model_path: Path, out: Path) -> Path:
-    """compile_model when this checkout has it, else a minimal onnx -> tvm.compile."""
-    try:
-        from pfcompile.compiler import compile_model
+    """The model compiled for ``host`` (:func:`pfcompile.compiler.compile_model`)."""
+    from pfcompile.compiler import compile_model
 
-        return compile_model(model_path, "host", out).dir
-    except ImportError:
-        import json
-
-        import onnx
-        import tvm
-        from tvm.relax.frontend.onnx import from_onnx
-
-        from pfcompile.model import input_specs, output_specs
-        from pfcompile.targets import load_target
-
-        model = onnx.load(str(model_path))
-        tgt = load_target("host")
-        out.mkdir(parents=True, exist_ok=True)
-        ex = tvm.compile(from_onnx(model, keep_params_in_input=False), target=tgt.tvm_target())
-        ex.export_library(str(out / "model.so"))
-        onnx.save(model, str(out / "source.onnx"))
-        (out / "model.json").write_text(json.dumps({
-            "inputs": [s.to_json() for s in input_specs(model)],
-            "outputs": [s.to_json() for s in output_specs(model)],
-            "target": tgt.to_json(), "source_model": str(model_path)}))
-        return out
+    return compile_model(model_path, "host", out).dir
 
 
 def main() -> None:

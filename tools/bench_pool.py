@@ -7,7 +7,7 @@ of the parallel path, not a speedup claim.
 Starts a tracker and two host ``rpc_server`` processes (one TVM thread each)
 under one key on ports 9600-9649, compresses the model (default: the demo) at K
 uniform keep ratios, and measures the K candidates with
-``DevicePool(size=1).measure_many`` and ``DevicePool(size=2).measure_many``,
+``RPCDevice(size=1).measure_many`` and ``RPCDevice(size=2).measure_many``,
 interleaved round by round so that machine load hits both alike. Both pools use
 the same two servers; size 1 measures one candidate at a time, size 2 two.
 
@@ -17,7 +17,7 @@ work folders, so each measurement compiles too (compiles run one at a time in
 the pool, overlapping the other slot's measurement; ``--compile-first``: all of
 a round's compiles before its measurements, what ``pfcompile run`` does when the
 servers are on this machine). ``--paired`` sets the
-unmodified model as the reference first (``DevicePool.set_reference``, outside
+unmodified model as the reference first (``RPCDevice.set_reference``, outside
 the timed part; the second slot pairs with it inside ``measure_many``, timed), so
 candidates are timed alternating with the reference (RPCDevice's paired timing).
 
@@ -36,11 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from pfcompile.compiler import compile_model
 from pfcompile.device import free_port, query, serve, tracker, wait_ready
 from pfcompile.model import load_onnx, model_hash
 from pfcompile.search.api import demo_paths
-from pfcompile.search.devices import compile_onnx
-from pfcompile.search.pool import DevicePool
+from pfcompile.search.devices import RPCDevice
 from pfcompile.search.space import build_space, compress
 from pfcompile.targets import load_target
 
@@ -106,7 +106,7 @@ def main() -> None:
             if not args.with_compile:
                 t0 = time.perf_counter()
                 for i, m in enumerate(models):
-                    compile_onnx(m, host, root / "shared" / str(i))
+                    compile_model(m, host, root / "shared" / str(i))
                 print(f"compiled {len(models)} candidates once in {time.perf_counter() - t0:.1f} s")
             walls: dict[int, list[float]] = {1: [], 2: []}
             per: dict[int, dict[int, list[float]]] = {1: {}, 2: {}}
@@ -115,7 +115,7 @@ def main() -> None:
                 for size in (1, 2) if r % 2 == 0 else (2, 1):
                     base = root / f"r{r}-n{size}" if args.with_compile else root / "shared"
                     jobs = [(m, base / str(i)) for i, m in enumerate(models)]
-                    pool = DevicePool(host, tracker=trk.addr, key=KEY, size=size,
+                    pool = RPCDevice(host, tracker=trk.addr, key=KEY, size=size,
                                       number=args.number, repeat=args.repeat,
                                       min_repeat_ms=args.min_repeat_ms,
                                       compile_first=args.compile_first)

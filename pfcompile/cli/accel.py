@@ -73,10 +73,13 @@ def measure_cmd(
     batch: int = typer.Option(1, "--batch", help="images per run"),
 ) -> None:
     """Run on the accelerator RPC device: simulated accelerator ms + measured host-op ms."""
+    import tempfile
+
     import numpy as np
 
-    from pfcompile.accel.serve import measure_accel
-    from pfcompile.errors import DataError
+    from pfcompile.errors import DataError, DeviceError, MeasureError
+    from pfcompile.runner import AccelRunner
+    from pfcompile.targets import MeasureSettings, load_target
 
     with np.load(data) as z:
         arrays = {k: z[k] for k in z.files if k != "y"}
@@ -97,11 +100,26 @@ def measure_cmd(
             raise DataError(f"{data} stores one array 'x' but the model has inputs {names}")
         arrays = {names[0]: arrays["x"]}
     feed = {k: v[:batch] for k, v in arrays.items()}
-    m = measure_accel(str(model), target, feed, host=host, port=port, tracker=tracker,
-                      repeat=repeat)
-    console.print(f"{m.target}: accelerator {m.accel_cycles} cycles = {m.accel_ms_simulated:.3f} ms "
-                  f"(SIMULATED); host ops {m.host_ms_median:.3f} ms per image (measured, median "
-                  f"of {len(m.host_ms_measured)})")
+    tgt = load_target(target)
+    runner = AccelRunner(tgt, rpc=tracker) if tracker else AccelRunner(tgt, device=f"{host}:{port}")
+    settings = MeasureSettings(number=1, repeat=repeat, min_repeat_ms=0,
+                               timeout_s=tgt.measure.timeout_s)
+    with tempfile.TemporaryDirectory(prefix="pfaccel_") as tmp:
+        prog = Path(model)
+        if not str(model).endswith(".npz"):
+            from pfcompile.compiler import build, export
+            from pfcompile.model import load_onnx
+
+            prog = export(build(load_onnx(model), tgt)[0], tgt, Path(tmp) / "program.npz")
+        res = runner.run(prog, feed, settings)
+    if not res.ok:
+        cls = DeviceError if res.error_kind in ("device", "timeout") else MeasureError
+        raise cls(f"accelerator run on '{tgt.name}' ({res.device}) failed: {res.error}")
+    d = res.details
+    console.print(f"{d['target']}: accelerator {d['accel_cycles']} cycles = "
+                  f"{d['accel_ms_simulated']:.3f} ms (SIMULATED); host ops "
+                  f"{d['host_ms_measured_median']:.3f} ms per image (measured, median of "
+                  f"{len(d['host_ms_measured'])})")
 
 
 def register(app: typer.Typer) -> None:

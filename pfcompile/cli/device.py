@@ -44,7 +44,8 @@ def _run_foreground(proc_handle: object, what: str) -> None:
 @device_app.command("serve")
 def serve_cmd(
     target: Annotated[
-        str, typer.Option("--target", "-t", help="host, arm64 (emulated) or a .toml")
+        str, typer.Option("--target", "-t",
+                          help="host, arm64 (emulated), fpga-vta (simulated), ... or a .toml")
     ] = "host",
     host: Annotated[
         str, typer.Option("--host", help="address to bind (loopback by default)")
@@ -68,12 +69,8 @@ def serve_cmd(
 
     tgt = load_target(target)
     if tgt.is_accelerator:
-        from pfcompile.accel.serve import serve_accel
-
         console.print(f"serving the SIMULATED accelerator '{tgt.name}' at {host}:{port} "
                       f"(latencies are cycle-model estimates)")
-        serve_accel(tgt, host, port, port + 1, tracker=tracker, key=key, block=True)
-        return
     if tgt.serve == "qemu":
         console.print("starting the emulated device (import tvm under qemu takes ~20-80 s); "
                       "its latencies are functional checks only")

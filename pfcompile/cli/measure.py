@@ -19,9 +19,11 @@ console = Console(width=120)
 
 def measure_cmd(
     artifact: Annotated[
-        Path, typer.Argument(help="compiled artifact folder (model.so, model.json)")
+        Path, typer.Argument(help="compiled artifact folder (model.so or program.npz, "
+                             "model.json): `pfcompile compile -o DIR`, or `pfcompile run`'s DIST")
     ],
-    target: Annotated[str, typer.Option("--target", "-t", help="target name or .toml")] = "host",
+    target: Annotated[str | None, typer.Option(
+        "--target", "-t", help="target name or .toml (default: the artifact's)")] = None,
     rpc: Annotated[str | None, typer.Option("--rpc", help="tracker HOST:PORT (with --key)")] = None,
     key: Annotated[
         str | None, typer.Option("--key", help="device key at the tracker "
@@ -41,29 +43,16 @@ def measure_cmd(
         Path | None, typer.Option("--log", help="append the result as a JSON line to this file")
     ] = None,
 ) -> None:
-    """Run ARTIFACT on a device, verify it against onnxruntime and time it. Without
-    --rpc/--device, a host target gets a local server started for it. Exit code 1 when
-    the outputs do not match onnxruntime, 2 on an error (unreachable device, ...)."""
+    """Run ARTIFACT on a device, verify it against the reference and time it. Without
+    --rpc/--device, the target's own device is started (a host server, the emulated arm64
+    server, the accelerator simulator). Exit code 1 when the outputs do not match the
+    reference, 2 on an error (unreachable device, ...)."""
     from dataclasses import replace
 
-    from pfcompile.measure import append_jsonl, measure, measure_accelerator
+    from pfcompile.measure import append_jsonl, artifact_target, measure
     from pfcompile.targets import load_target
 
-    tgt = load_target(target)
-    if tgt.is_accelerator:
-        res = measure_accelerator(artifact, tgt, rpc=rpc, key=key, device=device)
-        if log is not None:
-            append_jsonl(log, {"time": time.time(), "artifact": str(artifact), **res})
-        if as_json:
-            print(json.dumps(res))
-        else:
-            console.print(f"{tgt.name}: accelerator {res['accel_ms_simulated']:.3f} ms (SIMULATED, "
-                          f"cycle model); host ops {res['host_ms_measured_median']:.3f} ms "
-                          f"(measured); verified={res['verified']} "
-                          f"(max abs err {res['max_abs_err']:.3g})")
-        if not res["verified"]:
-            sys.exit(1)
-        return
+    tgt = load_target(target or artifact_target(artifact))
     over = {k: v for k, v in {"number": number, "repeat": repeat, "min_repeat_ms": min_repeat_ms,
                               "timeout_s": timeout}.items() if v is not None}
     res = measure(artifact, tgt, rpc=rpc, key=key, device=device,
@@ -72,6 +61,11 @@ def measure_cmd(
         append_jsonl(log, {"time": time.time(), "artifact": str(artifact), **res})
     if as_json:
         print(json.dumps(res))
+    elif res["simulated"]:
+        console.print(f"{tgt.name}: accelerator {res['accel_ms_simulated']:.3f} ms (SIMULATED, "
+                      f"cycle model); host ops {res['host_ms_measured_median']:.3f} ms "
+                      f"(measured); verified={res['verified']} "
+                      f"(max abs err {res['max_abs_err']:.3g})")
     else:
         table = Table(title=f"{artifact} on {res['device']} (target {res['target']})")
         table.add_column("field")
@@ -87,7 +81,6 @@ def measure_cmd(
         console.print(table)
     if not res["verified"]:
         sys.exit(1)
-
 
 
 def register(app: typer.Typer) -> None:

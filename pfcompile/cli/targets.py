@@ -30,7 +30,7 @@ def targets_cmd() -> None:
         table.add_row(t.name, tvm_s, str(t.hardware.get("fp32_lanes", "-")),
                       str(t.hardware.get("int8_dot", "-")), t.cross_compiler or "(host)",
                       t.rpc_key, f"{m.number}/{m.repeat}/{m.min_repeat_ms}",
-                      "yes" if t.emulated else "no")
+                      "yes" if t.emulated else "simulated" if t.simulated else "no")
     console.print(table)
     for line in notes:
         console.print(line)

@@ -1,4 +1,4 @@
-"""``pfcompile tune``: thin typer layer over :func:`pfcompile.codegen.api.tune_model`."""
+"""``pfcompile tune``: thin typer layer over :func:`pfcompile.tuning.tune_model`."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def tune_cmd(
     """Refine schedule-template parameters per workload by measurement; records
     go to RECORDS/TARGET/records.jsonl (default: $PFCOMPILE_CACHE/records) and serve every
     later compile."""
-    from pfcompile.codegen.api import tune_model
+    from pfcompile.tuning import tune_model
 
     results = tune_model(model, target, trials=trials, tuner=tuner, device=device, rpc=rpc,
                          key=key, records_dir=records, input_shapes=input_shape, retune=retune,

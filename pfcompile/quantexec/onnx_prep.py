@@ -27,7 +27,16 @@ from onnx import TensorProto, helper, numpy_helper
 from pfcompile.errors import UnsupportedOpError
 from pfcompile.quantexec.lower import LayerReport, QuantFallbackWarning
 
-__all__ = ["prepare_qdq"]
+__all__ = ["onnx_layer_names", "prepare_qdq"]
+
+_LAYER_ONNX_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def onnx_layer_names(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/MatMul/Gemm nodes in graph order (as Relax imports them)."""
+    return [n.name or f"{n.op_type}_{i}" for i, n in enumerate(model.graph.node)
+            if n.op_type in _LAYER_ONNX_OPS]
+
 
 _TVM_QTYPES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT32}
 _WIDEN = {TensorProto.INT4: TensorProto.INT8, TensorProto.UINT4: TensorProto.UINT8}

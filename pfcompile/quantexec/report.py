@@ -11,10 +11,10 @@ __all__ = ["quant_report"]
 
 def quant_report(model: str | Path, target: str = "host") -> dict:
     """Per-layer integer/float decision for ``model`` on ``target`` (no build)."""
+    from pfcompile.compiler import import_onnx
     from pfcompile.model import load_onnx
-    from pfcompile.quantexec.build import import_onnx, onnx_layer_names
     from pfcompile.quantexec.lower import lower_qdq, reports_to_json
-    from pfcompile.quantexec.onnx_prep import prepare_qdq
+    from pfcompile.quantexec.onnx_prep import onnx_layer_names, prepare_qdq
     from pfcompile.quantexec.x86 import with_int8_features
     from pfcompile.targets import load_target
 

@@ -54,23 +54,25 @@ from __future__ import annotations
 import math
 import tempfile
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from pfcompile.compiler import compile_model
 from pfcompile.data import Dataset
 from pfcompile.errors import DeviceError, PfcompileError, SearchError
-from pfcompile.search.devices import Measurement
+from pfcompile.measure import verify
+from pfcompile.runner import AccelRunner, Runner, RunnerResult
+from pfcompile.search.devices import Measurement, RPCDevice
 from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.search.space import SearchSpace, compress, config_hash
-from pfcompile.targets import Target
+from pfcompile.targets import MeasureSettings, Target
 
 __all__ = [
     "LATENCY_KINDS",
     "AccelDeployer",
-    "AccelMeasurement",
     "AccelSearchDevice",
     "accel_kernels",
     "bits_of_config",
@@ -83,13 +85,6 @@ LATENCY_KINDS = ("total", "accel")
 
 #: a config's per-layer widths: layer (Conv/Gemm node name) -> (weight bits, activation bits)
 Bits = dict[str, tuple[int, int]]
-
-
-@dataclass(frozen=True)
-class AccelMeasurement(Measurement):
-    """A :class:`Measurement` with the simulated / measured parts (go to the trial record)."""
-
-    details: dict = field(default_factory=dict, compare=False)
 
 
 def bits_of_config(space: SearchSpace, config: dict) -> Bits:
@@ -237,12 +232,14 @@ class AccelDeployer:
         return self._kernels[h]
 
 
-class AccelSearchDevice:
+class AccelSearchDevice(RPCDevice):
     """The simulated accelerator device (``pfcompile device serve --target fpga-...``)
-    as a search device: ``host:port`` of its RPC server, or a tracker + key."""
+    as a search device: ``host:port`` of its server, or a tracker + key; one
+    :class:`~pfcompile.runner.accel.AccelRunner` session per server (see
+    :class:`~pfcompile.search.devices.RPCDevice`). No paired timing: simulated cycles
+    do not drift."""
 
     simulated = True
-    emulated = False           # "emulated" means qemu; this device is simulated
 
     def __init__(self, target: Target, *, host: str = "127.0.0.1", port: int = 9350,
                  tracker: str | None = None, key: str | None = None,
@@ -255,76 +252,73 @@ class AccelSearchDevice:
         if not target.is_accelerator:
             raise DeviceError(f"target '{target.name}' has no [accelerator] table: use the "
                               f"CPU search device for it")
-        self.target = target
         self.accel = load_accel_config(target)
-        self.host, self.port, self.tracker = host, port, tracker
-        self.key = key or target.rpc_key
-        self.repeat = repeat or target.measure.repeat
-        self.timeout_s = target.measure.timeout_s
-        self.name = f"{tracker}/{self.key}" if tracker else f"{host}:{port}"
         self.latency = latency
-        self.failures = 0
+        super().__init__(target, host=host, port=port, tracker=tracker, key=key,
+                         size=1 if tracker else None, repeat=repeat or target.measure.repeat)
+        self.emulated = False      # "emulated" means qemu; this device is simulated
 
-    # -- whole models ---------------------------------------------------------------
-    def measure_model(self, model: onnx.ModelProto, work_dir: Path) -> AccelMeasurement:
-        from pfcompile.accel.serve import measure_accel
-        from pfcompile.compiler import compile_model
-        from pfcompile.measure import quantized_tolerance, random_inputs, reference_outputs
-        from pfcompile.model import input_specs
+    def make_slot(self, *, rpc: str | None = None, key: str | None = None,
+                  device: str | None = None) -> Runner:
+        return AccelRunner(self.target, rpc=rpc, key=key, device=device)
 
-        work_dir = Path(work_dir)
-        prog = work_dir / "program.npz"
-        try:
-            if not prog.exists() or not (work_dir / "source.onnx").exists():
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    compile_model(model, self.target, work_dir)
-                for w in caught:       # layers the accelerator cannot run fall back to the host
-                    if issubclass(w.category, UserWarning) and "host" in str(w.message):
-                        warnings.warn(str(w.message), UserWarning, stacklevel=2)
-        except Exception as exc:  # noqa: BLE001 - a failure is a value
-            return AccelMeasurement(None, f"compile failed: {_last_line(exc)}")
-        fallbacks = _host_fallbacks(work_dir)
-        source = work_dir / "source.onnx"
-        try:
-            inputs = random_inputs(input_specs(model), seed=0)
-            ref = reference_outputs(source, inputs)
-        except Exception as exc:  # noqa: BLE001
-            return AccelMeasurement(None, f"onnxruntime reference failed: {_last_line(exc)}",
-                                    str(prog))
-        try:
-            m = measure_accel(str(prog), self.target, inputs, host=self.host, port=self.port,
-                              tracker=self.tracker, key=self.key, repeat=self.repeat,
-                              timeout_s=self.timeout_s)
-        except Exception as exc:  # noqa: BLE001 - a dead device is a failed trial
-            self.failures += 1
-            return AccelMeasurement(None, f"device {self.name}: {_last_line(exc)}", str(prog))
-        errs = []
-        outs = list(m.outputs.values())
-        for i, (name, r) in enumerate(ref.items()):
-            o = m.outputs.get(name, outs[i] if i < len(outs) else None)
-            if o is None or np.shape(o) != np.shape(r):
-                errs.append(math.inf)
-                continue
-            errs.append(float(np.max(np.abs(np.asarray(o, np.float64) - r))))
-        tol = quantized_tolerance(source, ref) or 1e-4
-        max_err = max(errs) if errs else math.inf
-        details = {"simulated": True, "accel_ms_simulated": m.accel_ms_simulated,
-                   "host_ms_measured": m.host_ms_median, "accel_cycles": m.accel_cycles,
-                   "layers_on_accel": len(m.layer_cycles), "max_abs_err": max_err,
-                   "tolerance": tol, "latency_kind": self.latency, "host_fallbacks": fallbacks}
-        if not (math.isfinite(max_err) and max_err <= tol):
-            return AccelMeasurement(None, f"accelerator output differs from onnxruntime: max abs "
-                                    f"error {max_err:.3g} > tolerance {tol:.3g}", str(prog),
-                                    max_abs_diff=max_err, details=details)
-        ms = m.accel_ms_simulated + (m.host_ms_median if self.latency == "total" else 0.0)
-        return AccelMeasurement(ms, None, str(prog), max_abs_diff=max_err, details=details)
+    @property
+    def settings(self) -> MeasureSettings:
+        return MeasureSettings(number=1, repeat=int(self.repeat), min_repeat_ms=0,
+                               timeout_s=self.timeout_s)
+
+    def _lib(self, artifact: Path) -> str:
+        return str(artifact / "program.npz")
+
+    def build(self, model: onnx.ModelProto, work_dir: Path) -> Path:
+        if not (work_dir / "program.npz").exists() or not (work_dir / "source.onnx").exists():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                compile_model(model, self.target, work_dir)
+            for w in caught:       # layers the accelerator cannot run fall back to the host
+                if issubclass(w.category, UserWarning) and "host" in str(w.message):
+                    warnings.warn(str(w.message), UserWarning, stacklevel=2)
+        return work_dir
+
+    def prepare(self, model: onnx.ModelProto, work_dir: Path):
+        prep = super().prepare(model, work_dir)
+        if not isinstance(prep, Measurement) and prep.quant_atol is None:
+            prep.quant_atol = 1e-4     # the accuracy contract is absolute here
+        return prep
+
+    def finish(self, prep, res: RunnerResult) -> Measurement:
+        prog = self._lib(prep.artifact)
+        if not res.ok:
+            return Measurement(None, f"device {self.label}: {res.error}", prog)
+        d = res.details
+        check = verify(res.outputs or {}, prep.reference, prep.quant_atol)
+        max_err = check.max_abs_err if check.max_abs_err is not None else math.inf
+        details = {"simulated": True, "accel_ms_simulated": d["accel_ms_simulated"],
+                   "host_ms_measured": d["host_ms_measured_median"],
+                   "accel_cycles": d["accel_cycles"], "layers_on_accel": len(d["layer_cycles"]),
+                   "max_abs_err": max_err, "tolerance": prep.quant_atol,
+                   "latency_kind": self.latency, "host_fallbacks": _host_fallbacks(prep.artifact)}
+        if not check.verified:
+            return Measurement(None, f"accelerator output differs from the reference: "
+                                    f"{check.detail}", prog, max_abs_diff=max_err,
+                                    details=details)
+        ms = d["accel_ms_simulated"] + (d["host_ms_measured_median"]
+                                        if self.latency == "total" else 0.0)
+        return Measurement(ms, None, prog, max_abs_diff=max_err, details=details)
+
+    def set_reference(self, model: onnx.ModelProto, work_dir: Path,
+                      given: float | None = None) -> Measurement:
+        """No paired timing here: measure the model, or take ``given`` as it is (a
+        resumed run)."""
+        if given is not None:
+            return Measurement(float(given), None, self._lib(Path(work_dir)))
+        return self.measure_model(model, work_dir)
 
     # -- kernels --------------------------------------------------------------------
     def measure_kernels(self, kernels: list[Kernel]) -> list[float | None]:
         """Simulated ms per image of each accelerator kernel: the cycle model of its best
         tiling at its widths (None for a kernel that is not a conv / gemm or cannot be
-        tiled)."""
+        tiled); computed here with the same code the device runs."""
         from pfcompile.accel.tiling import search_tiling
 
         out: list[float | None] = []
@@ -338,9 +332,6 @@ class AccelSearchDevice:
 
     def status(self) -> str:
         return f"{self.name} (SIMULATED accelerator '{self.target.name}'; {self.failures} failures)"
-
-    def close(self) -> None:
-        pass
 
 
 def _host_fallbacks(artifact: Path) -> dict[str, str]:

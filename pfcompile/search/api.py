@@ -12,17 +12,16 @@ import onnx
 
 from pfcompile import paths
 from pfcompile.data import Dataset, load_npz
-from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.frontend import import_model
 from pfcompile.model import input_specs
 from pfcompile.paths import demo_paths
+from pfcompile.runner import PoolStatus
 from pfcompile.search.confirm import split_for_confirmation
-from pfcompile.search.devices import NullDevice, RPCDevice
+from pfcompile.search.device_spec import DeviceSpec
 from pfcompile.search.finalist import finetune_finalist
 from pfcompile.search.loop import SearchSettings, TrialLog, run_search
 from pfcompile.search.ort_compare import OrtTimer, default_threads
-from pfcompile.search.pool import PoolStatus, open_rpc_device
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
 
@@ -32,13 +31,6 @@ __all__ = ["default_cache_dir", "demo_paths", "run"]
 def default_cache_dir() -> Path:
     """The cache folder (:func:`pfcompile.paths.cache_dir`)."""
     return paths.cache_dir()
-
-
-def _parse_hostport(s: str, what: str) -> tuple[str, int]:
-    host, sep, port = s.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"{what} '{s}' must look like HOST:PORT")
-    return host, int(port)
 
 
 def _random_data(model: onnx.ModelProto, n: int = 256) -> Dataset:
@@ -89,7 +81,11 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     accelerator and measured on the simulator device (``--device``/``--rpc``, else one
     started here); ``accel_latency`` is what is optimized: ``total`` (simulated
     accelerator + measured host ops) or ``accel`` (simulated accelerator only); see
-    :mod:`pfcompile.search.accel_device`."""
+    :mod:`pfcompile.search.accel_device`.
+
+    The device: :class:`~pfcompile.search.device_spec.DeviceSpec` of ``device`` / ``rpc``
+    / ``key`` / ``null_device`` / ``port_range`` / ``threads`` (without ``device`` or
+    ``rpc``, the target's own device is started here and stopped at the end)."""
     settings = settings or SearchSettings()
     if model_path is None:
         model_path, demo_val, demo_calib = demo_paths()
@@ -115,7 +111,6 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     if not resume and (run_dir / "trials.jsonl").exists():
         raise SearchError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
                           "or choose another -o")
-    server = None
     deploy = None
     do_finetune = finetune if finetune is not None else train is not None
     if tgt.is_accelerator:
@@ -129,25 +124,9 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         do_finetune = False
         deploy = AccelDeployer(tgt, calib_set if calib_set is not None else dataset,
                                settings.calib_samples)
-    if null_device:
-        dev = NullDevice()
-    elif tgt.is_accelerator:
-        dev, server = _accel_device(tgt, rpc, key, device, port_range, accel_latency)
-    elif rpc:
-        _parse_hostport(rpc, "--rpc")
-        # several servers under the key: a pool that measures a round's candidates at once
-        dev = open_rpc_device(tgt, rpc, key or tgt.rpc_key, on_change=_pool_events(on_event))
-    elif device:
-        h, p = _parse_hostport(device, "--device")
-        dev = RPCDevice(tgt, host=h, port=p)
-    elif tgt.is_host:
-        server = serve(tgt, "127.0.0.1", free_port("127.0.0.1", port_range[0], port_range[1] - 1),
-                       threads=threads)
-        dev = RPCDevice(tgt, port=server.port)
-    else:
-        raise DeviceError(f"target '{tgt.name}' is not this machine: start its device (for the "
-                          f"emulated one: `pfcompile device serve --target {tgt.name}`) and pass "
-                          "--device HOST:PORT or --rpc TRACKER:PORT --key KEY")
+    spec = DeviceSpec(device=device, rpc=rpc, key=key, null=null_device, port_range=port_range,
+                      threads=threads, accel_latency=accel_latency)
+    dev, server = spec.open(tgt, on_change=_pool_events(on_event))
     final = None
     ft_info = None
     ort_info = None
@@ -196,10 +175,7 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     finally:
         dev.close()
         if server is not None:
-            if hasattr(server, "terminate"):     # the accelerator simulator's tvm.rpc.Server
-                server.terminate()
-            else:
-                server.stop()
+            server.stop()
     out.mkdir(parents=True, exist_ok=True)
     # no candidate won: the original, as deployed (accelerators: its uniform 8-bit QDQ)
     best_model = result.best_model or result.baseline_model or model
@@ -211,9 +187,12 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         if (out / stale).exists() and (lib is None or lib.name != stale):
             (out / stale).unlink()
     if so and Path(so).exists():
+        # DIST is itself an artifact (`pfcompile measure DIST`): the library, its
+        # model.json and the model it was compiled from
         shutil.copy(so, lib)
-        if (Path(so).parent / "model.json").exists():
-            shutil.copy(Path(so).parent / "model.json", out / "model.json")
+        for name in ("model.json", "source.onnx"):
+            if (Path(so).parent / name).exists():
+                shutil.copy(Path(so).parent / name, out / name)
     return write_report(result, out, final=final, finetune=ft_info, onnxruntime=ort_info)
 
 
@@ -236,26 +215,6 @@ def _ort_summary(final: dict, timer: OrtTimer) -> dict:
             "how": "the original model, onnxruntime default session (all graph optimizations), "
                    "intra-op threads = the device's TVM threads, inter-op 1, in its own process, "
                    "alternating with the compiled models' re-measurement rounds (medians)"}
-
-
-def _accel_device(tgt, rpc: str | None, key: str | None, device: str | None,
-                  port_range: tuple[int, int], latency: str):
-    """The simulator device for an accelerator target: ``--rpc``/``--device``, else a
-    simulator RPC server started here (returned second, to be terminated)."""
-    from pfcompile.accel.serve import serve_accel
-    from pfcompile.search.accel_device import AccelSearchDevice
-
-    if rpc:
-        _parse_hostport(rpc, "--rpc")
-        return AccelSearchDevice(tgt, tracker=rpc, key=key or tgt.rpc_key, latency=latency), None
-    if device:
-        h, p = _parse_hostport(device, "--device")
-        return AccelSearchDevice(tgt, host=h, port=p, latency=latency), None
-    dev = AccelSearchDevice(tgt, latency=latency)    # checks the arguments before a server starts
-    port = free_port("127.0.0.1", port_range[0], port_range[1] - 1)
-    server = serve_accel(tgt, "127.0.0.1", port, port_range[1], block=False)
-    dev.port, dev.name = server.port, f"127.0.0.1:{server.port}"
-    return dev, server
 
 
 def remeasure(dev, models: dict[str, onnx.ModelProto], work: Path, repeats: int,

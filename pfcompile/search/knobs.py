@@ -19,7 +19,7 @@ Sparsity. A layer's fraction of weights set to zero by the sparsify pass
 offered by ``--sparsity auto`` are the sparsify pass's declared search values
 (:meth:`SparsifyConfig.search_space`). The zeros stay in the dense ONNX
 initializers and no compiled artifact here has sparse kernels: sparsity changes
-accuracy, not latency or the stored size (see ``loop.model_size_mb``).
+accuracy, not latency or the stored size (see ``candidates.model_size_mb``).
 """
 
 from __future__ import annotations

@@ -44,6 +44,10 @@ class Target:
     name: str
     description: str
     arch: str
+    #: the one meaning of "emulated": the target's code runs under qemu-user on this
+    #: machine (``device.serve = "qemu"`` and another architecture), so its latencies are
+    #: functional checks only. An accelerator target is *simulated* (:attr:`simulated`),
+    #: not emulated.
     emulated: bool
     tvm: dict[str, Any]
     cross_compiler: str
@@ -67,6 +71,11 @@ class Target:
     def is_accelerator(self) -> bool:
         """True for FPGA-style targets served by the accelerator simulator."""
         return bool(self.accelerator)
+
+    @property
+    def simulated(self) -> bool:
+        """True when latencies come from the accelerator simulator's cycle model."""
+        return self.is_accelerator
 
     @property
     def runs_here(self) -> bool:
@@ -93,6 +102,7 @@ class Target:
     def to_json(self) -> dict:
         return {"name": self.name, "tvm": dict(self.tvm), "cross_compiler": self.cross_compiler,
                 "rpc_key": self.rpc_key, "emulated": self.emulated,
+                "simulated": self.simulated,
                 "int8_dot": self.hardware.get("int8_dot", "")}
 
 
@@ -212,10 +222,10 @@ def load_target(name_or_path: str) -> Target:
             description = _host_description(tvm, hardware)
         cross = d.get("compile", {}).get("cross_compiler", "")
         serve = d.get("device", {}).get("serve", "local")
-        emulated = bool(d.get("emulated", False))
         if serve == "qemu" and arch == host_arch():
             # an ARM board's target on an ARM machine: its code runs natively, no emulator
-            serve, emulated, cross = "local", False, ""
+            serve, cross = "local", ""
+        emulated = serve == "qemu"
         return Target(
             name=d.get("name", p.stem),
             description=description,

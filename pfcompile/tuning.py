@@ -1,28 +1,19 @@
-"""Entry points the CLI calls: load a model, tune it."""
+"""The entry point ``pfcompile tune`` calls: import a model, tune its kernels on a device
+(code generation's :func:`pfcompile.codegen.tune` with a timer of the device layer)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-import tvm
-
-from pfcompile.codegen.kernels import make_timer
 from pfcompile.codegen.tune import TuneSettings, WorkloadResult, tune
 from pfcompile.errors import ConfigError
 from pfcompile.frontend import import_model
 from pfcompile.model import input_specs, parse_input_shapes
+from pfcompile.runner.kernels import make_timer
 from pfcompile.targets import Target, load_target
 
-__all__ = ["import_onnx", "tune_model"]
-
-
-def import_onnx(path: str | Path, input_shapes: list[str] | None = None) -> tvm.IRModule:
-    """ONNX file → Relax module with weights as constants (pfcompile's importer)."""
-    from pfcompile.compiler import import_relax
-
-    model = import_model(path, parse_input_shapes(input_shapes))
-    return import_relax(model, input_specs(model))
+__all__ = ["tune_model"]
 
 
 def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,
@@ -31,7 +22,10 @@ def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,
                input_shapes: list[str] | None = None, retune: bool = False,
                log: Callable[[str], None] | None = None) -> list[WorkloadResult]:
     tgt = target if isinstance(target, Target) else load_target(target)
-    mod = import_onnx(model, input_shapes)
+    from pfcompile.compiler import import_onnx
+
+    proto = import_model(model, parse_input_shapes(input_shapes))
+    mod = import_onnx(proto, input_specs(proto))
     if tuner == "metaschedule":
         from pfcompile.codegen.metaschedule import tune_metaschedule
 
