@@ -7,7 +7,7 @@ import tvm
 
 from pfcompile.quantexec import x86
 from pfcompile.quantexec.kernels import QConvSpec
-from pfcompile.quantexec.requant import fixed_point, requantize_ref
+from pfcompile.quantexec.requant import requant_scale, requantize_ref
 from pfcompile.quantexec.schedules import _depthwise_conv, _generic_conv
 from pfcompile.targets import cpu_flags, host_arch
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(host_arch() != "x86_64",
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v3", "num-cores": 2})
 
 
-def _reference(sp: QConvSpec, x, w, bias, m0, sh):
+def _reference(sp: QConvSpec, x, w, bias, scale):
     pt, pl, pb, pr = sp.padding
     xp = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=sp.zx)
     icg, ocg = sp.c // sp.groups, sp.oc // sp.groups
@@ -34,7 +34,7 @@ def _reference(sp: QConvSpec, x, w, bias, m0, sh):
     # the kernels fold -zx*sum(w) into the bias; the reference subtracts zx explicitly
     wsum = w.reshape(sp.oc, -1).astype(np.int64).sum(1)
     acc = acc - sp.zx * wsum[None, :, None, None] + bias[None, :, None, None]
-    return requantize_ref(acc, m0, sh, sp.zy, sp.qmin, sp.qmax).astype(sp.y_dtype)
+    return requantize_ref(acc, scale, sp.zy, sp.qmin, sp.qmax).astype(sp.y_dtype)
 
 
 CASES = [
@@ -67,7 +67,8 @@ def test_conv_template_bit_exact(case):
     x = rng.integers(info.min, info.max + 1, (1, c, h, h)).astype(xdt)
     w = rng.integers(-127, 128, (oc, c // g, k, k)).astype(np.int8)
     bias = rng.integers(-5000, 5000, oc).astype(np.int32)
-    m0, sh = fixed_point(rng.uniform(2e-4, 3e-3, oc))
+    scale = requant_scale(rng.uniform(2e-4, 3e-3, oc))
+    offset = np.full(oc, zy, np.float32)
     wsum = w.reshape(oc, -1).astype(np.int64).sum(1)
     bias_k = (bias - zx * wsum).astype(np.int32)
     if tmpl == "avx2":
@@ -78,10 +79,10 @@ def test_conv_template_bit_exact(case):
         func, wk = (_depthwise_conv(sp) if tmpl == "depthwise" else _generic_conv(sp)), w
     ex = tvm.compile(tvm.IRModule({"main": func}), target=VNNI_TARGET if tmpl == "vnni" else TARGET)
     out = np.zeros((1, oc, sp.oh, sp.ow), sp.y_dtype)
-    args = [tvm.runtime.tensor(a) for a in (x, wk, bias_k, m0, sh, out)]
+    args = [tvm.runtime.tensor(a) for a in (x, wk, bias_k, scale, offset, out)]
     ex.mod["main"](*args)
     got = args[-1].numpy()
-    ref = _reference(sp, x, w, bias, m0, sh)
+    ref = _reference(sp, x, w, bias, scale)
     assert got.shape == ref.shape
     np.testing.assert_array_equal(got, ref)
     assert len(np.unique(got)) > 3  # not saturated to a constant: the check has teeth

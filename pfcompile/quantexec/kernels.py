@@ -2,17 +2,19 @@
 
 Each kernel takes the quantised activation (uint8/int8, zero point ``zx``),
 int8 weights, an int32 bias already in accumulator units (with the
-``-zx * sum(w)`` correction folded in), and per-channel fixed-point
-``(m0, shift)``; it accumulates in int32 and requantises to the next layer's
-``(sy, zy)`` with round-half-to-even and saturation to ``[qmin, qmax]`` (which
-also applies a fused ReLU / Clip).
+``-zx * sum(w)`` correction folded in), and two per-channel float32 inputs
+``(scale, offset)``; it accumulates in int32 and ends in one of two epilogues:
 
-When no QuantizeLinear follows the layer (``y_dtype == "float32"``), the same
-int32 accumulation ends in a float *dequantise* epilogue instead:
-``y = float(acc + bias) * scale[c] + fbias[c]`` with ``scale = sx * sw[c]`` and
-the model's float bias, then ``clamp(y, fmin, fmax)`` for a fused ReLU / Clip.
-The two per-channel inputs ``m0, shift`` are then float32 ``scale, fbias``. Padding uses ``zx`` so that a padded element
-contributes ``(zx - zx) * w = 0``, exactly as the float model's zero padding.
+* requantise (``y_dtype`` uint8/int8): ``y = clip(rint(float32(acc) * scale[c]) +
+  offset[c], qmin, qmax)`` with ``scale = sx * sw[c] / sy`` and ``offset = zy``
+  (round half to even; the bounds also apply a fused ReLU / Clip). See
+  :mod:`pfcompile.quantexec.requant` for why float32.
+* dequantise (``y_dtype == "float32"``, no QuantizeLinear after the layer):
+  ``y = clamp(float32(acc) * scale[c] + offset[c], fmin, fmax)`` with
+  ``scale = sx * sw[c]`` and ``offset`` the model's float bias.
+
+Padding uses ``zx`` so that a padded element contributes ``(zx - zx) * w = 0``,
+exactly as the float model's zero padding.
 
 Schedules live in :mod:`pfcompile.quantexec.schedules`.
 """
@@ -88,37 +90,27 @@ class QDenseSpec:
     fmax: float = math.inf
 
 
-def requant_expr(acc, m0, shift, zy: int, qmin: int, qmax: int, out_dtype: str):
-    """TIR expression: int32 ``acc`` -> saturated ``out_dtype`` (round half to even).
-
-    ``acc`` (bias included) is int32, so ``acc * m0`` is a 32x32->64 multiply.
-    """
-    prod = acc.astype("int64") * m0.astype("int64")
-    s = shift.astype("int64")
-    q = tirx.shift_right(prod, s)
-    rem = prod - tirx.shift_left(q, s)
-    half = tirx.shift_left(tirx.const(1, "int64"), s - 1)
-    up = tirx.Or(rem > half, tirx.And(rem == half, tirx.bitwise_and(q, tirx.const(1, "int64")) == 1))
-    q = q + tirx.Select(up, tirx.const(1, "int64"), tirx.const(0, "int64")) + zy
-    q = tirx.max(tirx.min(q, tirx.const(qmax, "int64")), tirx.const(qmin, "int64"))
-    return q.astype(out_dtype)
+def requant_expr(acc, scale, offset, qmin: int, qmax: int, out_dtype: str):
+    """TIR expression: int32 ``acc`` -> ``clip(rint(float32(acc) * scale) + offset, qmin,
+    qmax)`` as ``out_dtype`` (round half to even; :func:`~pfcompile.quantexec.requant.
+    requantize_ref` is its numpy twin)."""
+    q = tirx.nearbyint(acc.astype("float32") * scale) + offset
+    q = tirx.max(tirx.min(q, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
+    return q.astype("int32").astype(out_dtype)
 
 
 def epilogue_params(sp, channels: int) -> tuple[te.Tensor, te.Tensor]:
-    """The two per-channel epilogue inputs: int32 ``m0, shift`` (requantise) or float32
-    ``scale, fbias`` (float dequantise epilogue, ``sp.y_dtype == "float32"``)."""
-    if sp.y_dtype == "float32":
-        return (te.placeholder((channels,), "float32", name="scale"),
-                te.placeholder((channels,), "float32", name="fbias"))
-    return (te.placeholder((channels,), "int32", name="m0"),
-            te.placeholder((channels,), "int32", name="shift"))
+    """The two per-channel float32 epilogue inputs ``scale, offset`` (offset: the output
+    zero point when requantising, the float bias when dequantising)."""
+    return (te.placeholder((channels,), "float32", name="scale"),
+            te.placeholder((channels,), "float32", name="offset"))
 
 
 def epilogue_expr(sp, acc, p0, p1):
     """``acc`` (int32, integer bias included) -> the layer output: :func:`requant_expr` for
-    integer outputs, else ``clamp(float(acc) * scale + fbias, fmin, fmax)`` in float32."""
+    integer outputs, else ``clamp(float(acc) * scale + offset, fmin, fmax)`` in float32."""
     if sp.y_dtype != "float32":
-        return requant_expr(acc, p0, p1, sp.zy, sp.qmin, sp.qmax, sp.y_dtype)
+        return requant_expr(acc, p0, p1, sp.qmin, sp.qmax, sp.y_dtype)
     y = acc.astype("float32") * p0 + p1
     if math.isfinite(sp.fmin):
         y = tirx.max(y, tirx.const(sp.fmin, "float32"))
@@ -128,13 +120,13 @@ def epilogue_expr(sp, acc, p0, p1):
 
 
 def qconv2d_compute(sp: QConvSpec):
-    """Plain NCHW integer conv2d; returns the TE tensors ``[x, w, bias, m0, shift, y]``."""
+    """Plain NCHW integer conv2d; returns the TE tensors ``[x, w, bias, scale, offset, y]``."""
     x = te.placeholder((sp.n, sp.c, sp.h, sp.w), sp.x_dtype, name="x")
     icg = sp.c // sp.groups
     ocg = sp.oc // sp.groups
     wt = te.placeholder((sp.oc, icg, sp.kh, sp.kw), "int8", name="w")
     bias = te.placeholder((sp.oc,), "int32", name="bias")
-    m0, shift = epilogue_params(sp, sp.oc)
+    p0, p1 = epilogue_params(sp, sp.oc)
     pt, pl, pb, pr = sp.padding
     hp, wp = sp.h + pt + pb, sp.w + pl + pr
     zx = tirx.const(sp.zx, sp.x_dtype)
@@ -158,17 +150,17 @@ def qconv2d_compute(sp: QConvSpec):
         name="acc")
     y = te.compute(
         (sp.n, sp.oc, sp.oh, sp.ow),
-        lambda n, o, i, j: epilogue_expr(sp, acc[n, o, i, j] + bias[o], m0[o], shift[o]),
+        lambda n, o, i, j: epilogue_expr(sp, acc[n, o, i, j] + bias[o], p0[o], p1[o]),
         name="requant")
-    return [x, wt, bias, m0, shift, y]
+    return [x, wt, bias, p0, p1, y]
 
 
 def qdense_compute(sp: QDenseSpec):
-    """Integer dense; returns the TE tensors ``[x, w, bias, m0, shift, y]``."""
+    """Integer dense; returns the TE tensors ``[x, w, bias, scale, offset, y]``."""
     x = te.placeholder((sp.m, sp.k), sp.x_dtype, name="x")
     wt = te.placeholder((sp.o, sp.k), "int8", name="w")
     bias = te.placeholder((sp.o,), "int32", name="bias")
-    m0, shift = epilogue_params(sp, sp.o)
+    p0, p1 = epilogue_params(sp, sp.o)
     rk = te.reduce_axis((0, sp.k), name="rk")
     acc = te.compute(
         (sp.m, sp.o),
@@ -176,6 +168,6 @@ def qdense_compute(sp: QDenseSpec):
         name="acc")
     y = te.compute(
         (sp.m, sp.o),
-        lambda i, j: epilogue_expr(sp, acc[i, j] + bias[j], m0[j], shift[j]),
+        lambda i, j: epilogue_expr(sp, acc[i, j] + bias[j], p0[j], p1[j]),
         name="requant")
-    return [x, wt, bias, m0, shift, y]
+    return [x, wt, bias, p0, p1, y]

@@ -6,7 +6,7 @@ before legalisation, where ONNX QDQ appears as ``R.dequantize`` /
 ``conv2d|matmul(dequantize(xq), dequantize(Wq)) [+ bias]``, the quantize
 binding is replaced by one ``call_tir`` of an integer kernel reading ``xq``
 (uint8/int8) and int8 weights, accumulating in int32 and requantising with a
-fixed-point multiplier to the quantize's scale. The float ops it replaced
+float32 multiplier (round half to even) to the quantize's scale. The float ops it replaced
 become dead and are removed; the next layer's ``dequantize`` then reads the
 integer kernel's output, so a chain of quantised layers stays in integers.
 
@@ -25,7 +25,7 @@ import tvm
 from tvm import relax
 
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec
-from pfcompile.quantexec.requant import dtype_range, fixed_point
+from pfcompile.quantexec.requant import dtype_range, requant_scale
 from pfcompile.quantexec.schedules import Kernel, select_conv_kernel, select_dense_kernel
 
 __all__ = ["LayerReport", "QuantFallbackWarning", "lower_qdq", "reports_to_json"]
@@ -245,8 +245,7 @@ class _Plan:
 
 def _requant_params(sx: float, sw: np.ndarray, sy: float):
     acc_scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
-    m0, sh = fixed_point(acc_scale.astype(np.float64) / float(sy))
-    return acc_scale, m0, sh
+    return acc_scale, requant_scale(acc_scale.astype(np.float64) / float(sy))
 
 
 @dataclass(frozen=True)
@@ -265,16 +264,17 @@ class _Out:
 def _epilogue(g: _Graph, out: _Out, sx: float, sw: np.ndarray, bias_expr, noc: int):
     """Per-channel epilogue inputs and the integer bias (accumulator units, int64).
 
-    Requantised output: ``(m0, shift)`` and the bias rounded into accumulator units.
+    Requantised output: ``(scale = sx * sw / sy, offset = zy)`` (float32) and the bias
+    rounded into accumulator units.
     Float output: ``(scale = sx * sw, float bias)`` and an integer bias of 0 (the float bias
     is added after scaling, as the float model does)."""
     if out.dtype == "float32":
         acc_scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
         fb = np.zeros(noc, np.float32) if bias_expr is None else _float_bias(g, bias_expr, noc)
         return acc_scale, fb, np.zeros(noc, np.int64)
-    acc_scale, m0, sh = _requant_params(sx, sw, out.sy)
+    acc_scale, mult = _requant_params(sx, sw, out.sy)
     bias = np.zeros(noc, np.int64) if bias_expr is None else _bias(g, bias_expr, noc, acc_scale)
-    return m0, sh, bias
+    return mult, np.full(noc, out.zy, np.float32), bias
 
 
 def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:
@@ -441,6 +441,32 @@ def _float_chain_top(g: _Graph, users: dict, v):
     return top
 
 
+def _shared_below(g: _Graph, users: dict, top, layer_var) -> bool:
+    """Whether any binding from ``top`` (the quantize's input) down to ``layer_var`` has a
+    user besides the next one up the chain."""
+    v = top
+    while True:
+        if len(users.get(v, [])) > 1:
+            return True
+        if v.same_as(layer_var):
+            return False
+        val = g.defs.get(v)
+        if not isinstance(val, relax.Call) or not val.args:
+            return False
+        name = getattr(val.op, "name", "")
+        if name == "relax.add":
+            lhs = g.value(val.args[0])
+            nxt = val.args[0] if isinstance(lhs, relax.Call) and \
+                getattr(lhs.op, "name", "") in _LAYER_OPS else val.args[1]
+        elif name in ("relax.nn.relu", "relax.clip"):
+            nxt = val.args[0]
+        else:
+            return False
+        if not isinstance(nxt, relax.Var):
+            return False
+        v = nxt
+
+
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
               *, func_name: str = "main") -> tuple[tvm.IRModule, list[LayerReport]]:
@@ -460,11 +486,19 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
              for i, v in enumerate(layers)}
     plans: dict = {}
     reasons: dict = {}
+    users = _users(func)
     for var, val in g.defs.items():
         if not (isinstance(val, relax.Call) and getattr(val.op, "name", "") == "relax.quantize"):
             continue
         try:
-            plans[var] = _match(g, val, target, "")
+            plan = _match(g, val, target, "")
+            if _shared_below(g, users, val.args[0], plan.layer_var):
+                # the conv (or its bias add / ReLU) also feeds a float op (a residual Add):
+                # lowering the Q path alone would keep the float conv alive for that user,
+                # computing the layer twice. The float-epilogue match below takes the layer
+                # once; this QuantizeLinear stays a float op on its output.
+                continue
+            plans[var] = plan
         except _NoMatch as exc:
             if str(exc):
                 # attribute the reason to the layer under this quantize, if any
@@ -477,7 +511,6 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     lowered = {p.layer_var: p for p in plans.values()}
     # layers with quantised inputs and no QuantizeLinear after them: integer accumulation with
     # a float epilogue, replacing the binding at the top of conv/matmul [+bias] [+ReLU/Clip]
-    users = _users(func)
     float_out: set = set()
     for v in layers:
         if v in lowered or not _layer_has_qdq(g, g.defs[v]):

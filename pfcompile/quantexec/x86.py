@@ -138,7 +138,7 @@ def _compute(sp: QConvSpec, kg: int = 2):
     x = te.placeholder((sp.n, sp.c, sp.h, sp.w), sp.x_dtype, name="x")
     wt = te.placeholder((ocb, icp, sp.kh, sp.kw, 8, kg), wdt, name="w")
     bias = te.placeholder((sp.oc,), "int32", name="bias")
-    m0, shift = epilogue_params(sp, sp.oc)
+    p0, p1 = epilogue_params(sp, sp.oc)
     zx = tirx.const(sp.zx, xdt)
 
     def _pack(n, p, i, j, q):
@@ -160,10 +160,10 @@ def _compute(sp: QConvSpec, kg: int = 2):
         name="acc")
     y = te.compute(
         (sp.n, sp.oc, sp.oh, sp.ow),
-        lambda n, o, i, j: epilogue_expr(sp, acc[n, o // 8, i, j, o % 8] + bias[o], m0[o],
-                                         shift[o]),
+        lambda n, o, i, j: epilogue_expr(sp, acc[n, o // 8, i, j, o % 8] + bias[o], p0[o],
+                                         p1[o]),
         name="requant")
-    return [x, wt, bias, m0, shift, y]
+    return [x, wt, bias, p0, p1, y]
 
 
 def _divisor_at_most(n: int, cap: int) -> int:
