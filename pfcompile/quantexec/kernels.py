@@ -16,6 +16,12 @@ int8 weights, an int32 bias already in accumulator units (with the
 Padding uses ``zx`` so that a padded element contributes ``(zx - zx) * w = 0``,
 exactly as the float model's zero padding.
 
+Activations between integer layers are either plain ``NCHW`` or channel-blocked
+``NCHW8c`` (``[N, C/8, H, W, 8]``: the 8 channels of one pixel contiguous, so a kernel
+vectorised over channels loads and stores 8 bytes per pixel); :func:`act_shape` /
+:func:`act_read` hide which. :func:`pfcompile.quantexec.lower.lower_qdq` picks the
+layout of each tensor (blocked between kernels that take it, plain at float ops).
+
 Schedules live in :mod:`pfcompile.quantexec.schedules`.
 """
 
@@ -26,8 +32,46 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-__all__ = ["QConvSpec", "QDenseSpec", "epilogue_expr", "epilogue_params", "qconv2d_compute",
-           "qdense_compute", "requant_expr"]
+__all__ = ["BLOCK", "QConvSpec", "QDenseSpec", "act_read", "act_shape", "clamp_cast",
+           "epilogue_expr", "epilogue_params", "out_compute", "padded_read", "qconv2d_compute",
+           "qdense_compute", "requant_expr", "round_half_even"]
+
+BLOCK = 8  # channels per block of the NCHW8c activation layout
+BLOCKED = f"NCHW{BLOCK}c"
+
+
+def act_shape(n: int, c: int, h: int, w: int, layout: str) -> tuple[int, ...]:
+    """Buffer shape of an activation in ``layout`` (``NCHW`` or ``NCHW8c``)."""
+    if layout == "NCHW":
+        return (n, c, h, w)
+    return (n, -(-c // BLOCK), h, w, BLOCK)
+
+
+def act_read(x, layout: str, n, c, h, w):
+    """``x[n, c, h, w]`` of an activation stored in ``layout``."""
+    if layout == "NCHW":
+        return x[n, c, h, w]
+    return x[n, c // BLOCK, h, w, c % BLOCK]
+
+
+def padded_read(sp, x, n, b, c, i, j, pad_value):
+    """Channel ``b * 8 + c``, row ``i - pt``, column ``j - pl`` of the input ``x`` of ``sp``
+    (in ``sp.x_layout``), or ``pad_value`` outside it. The condition tests channels only
+    when ``sp.c`` is not a multiple of 8, so that a loop over ``c`` vectorises with one
+    uniform branch per pixel."""
+    pt, pl = sp.padding[0], sp.padding[1]
+    conds = []
+    if pt or sp.padding[2]:
+        conds += [i >= pt, i < pt + sp.h]
+    if pl or sp.padding[3]:
+        conds += [j >= pl, j < pl + sp.w]
+    if sp.x_layout == "NCHW":
+        v = x[n, tirx.min(b * BLOCK + c, sp.c - 1), i - pt, j - pl]
+    else:
+        v = x[n, b, i - pt, j - pl, c]
+    if sp.c % BLOCK:
+        conds.append(b * BLOCK + c < sp.c)
+    return tirx.if_then_else(tirx.all(*conds), v, pad_value) if conds else v
 
 
 @dataclass(frozen=True)
@@ -53,6 +97,8 @@ class QConvSpec:
     qmax: int
     fmin: float = -math.inf  # float epilogue (y_dtype float32) only: fused ReLU / Clip
     fmax: float = math.inf
+    x_layout: str = "NCHW"   # NCHW | NCHW8c (see act_shape)
+    y_layout: str = "NCHW"
 
     @property
     def oh(self) -> int:
@@ -94,7 +140,23 @@ def requant_expr(acc, scale, offset, qmin: int, qmax: int, out_dtype: str):
     """TIR expression: int32 ``acc`` -> ``clip(rint(float32(acc) * scale) + offset, qmin,
     qmax)`` as ``out_dtype`` (round half to even; :func:`~pfcompile.quantexec.requant.
     requantize_ref` is its numpy twin)."""
-    q = tirx.nearbyint(acc.astype("float32") * scale) + offset
+    return clamp_cast(round_half_even(acc.astype("float32") * scale) + offset, qmin, qmax,
+                      out_dtype)
+
+
+def round_half_even(f):
+    """``rint(f)`` for float32 ``f``: ``llvm.roundeven`` (``vroundps $8`` on x86, ``frintn``
+    on AArch64).
+
+    Why not ``tirx.nearbyint``: TVM's vectoriser does not vectorise it (no
+    ``TVectorizable``), so an epilogue with it ran one lane at a time; nor the
+    ``(f + 1.5 * 2**23) - 1.5 * 2**23`` trick, which TVM's simplifier folds to ``f``.
+    """
+    return tirx.call_llvm_pure_intrin("float32", "llvm.roundeven", f)
+
+
+def clamp_cast(q, qmin: int, qmax: int, out_dtype: str):
+    """Float ``q`` (integer-valued) saturated to ``[qmin, qmax]`` and cast to ``out_dtype``."""
     q = tirx.max(tirx.min(q, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
     return q.astype("int32").astype(out_dtype)
 
@@ -117,6 +179,25 @@ def epilogue_expr(sp, acc, p0, p1):
     if math.isfinite(sp.fmax):
         y = tirx.min(y, tirx.const(sp.fmax, "float32"))
     return y
+
+
+def out_compute(sp: QConvSpec, acc, bias, p0, p1):
+    """The output stage of a blocked-accumulator conv: ``acc[n, oc/8, oh, ow, 8]`` (int32)
+    -> ``y`` in ``sp.y_layout`` through :func:`epilogue_expr` (block ``requant``)."""
+    if sp.y_layout != "NCHW" and sp.oc % BLOCK:
+        raise ValueError(f"a blocked output needs a multiple of {BLOCK} channels (got {sp.oc})")
+    if sp.y_layout == "NCHW":
+        return te.compute(
+            (sp.n, sp.oc, sp.oh, sp.ow),
+            lambda n, o, i, j: epilogue_expr(sp, acc[n, o // BLOCK, i, j, o % BLOCK] + bias[o],
+                                             p0[o], p1[o]),
+            name="requant")
+
+    def _blocked(n, b, i, j, o):
+        c = b * BLOCK + o
+        return epilogue_expr(sp, acc[n, b, i, j, o] + bias[c], p0[c], p1[c])
+
+    return te.compute(act_shape(sp.n, sp.oc, sp.oh, sp.ow, sp.y_layout), _blocked, name="requant")
 
 
 def qconv2d_compute(sp: QConvSpec):

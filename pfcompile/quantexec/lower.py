@@ -18,15 +18,20 @@ pattern is not supported also raises a :class:`QuantFallbackWarning` naming it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec
+from pfcompile.quantexec.kernels import BLOCK, QConvSpec, QDenseSpec, act_shape
 from pfcompile.quantexec.requant import dtype_range, requant_scale
-from pfcompile.quantexec.schedules import Kernel, select_conv_kernel, select_dense_kernel
+from pfcompile.quantexec.schedules import (
+    Kernel,
+    select_conv_kernel,
+    select_dense_kernel,
+    supports_blocked,
+)
 
 __all__ = ["LayerReport", "QuantFallbackWarning", "lower_qdq", "reports_to_json"]
 
@@ -235,12 +240,43 @@ def _split_bias(g: _Graph, y):
 # ----------------------------------------------------------------------------- matching
 @dataclass
 class _Plan:
+    """A matched layer; the kernel is chosen once the activation layouts are known."""
+
     layer_var: relax.Var
-    kernel: Kernel
-    args: list
-    out_shape: tuple[int, ...]
-    out_dtype: str
+    sp: QConvSpec | QDenseSpec
+    xq: relax.Expr
+    wq: np.ndarray             # int8, OIHW or [O, K]
+    bias: np.ndarray           # int64, accumulator units, before the zero-point correction
+    p0: np.ndarray
+    p1: np.ndarray
     op: str
+    kernel: Kernel | None = None
+
+    @property
+    def out_dtype(self) -> str:
+        return self.sp.y_dtype
+
+    def build(self, target) -> None:
+        """Select the kernel for ``self.sp`` (layouts final) and pack its weights."""
+        if isinstance(self.sp, QConvSpec):
+            self.kernel = select_conv_kernel(self.sp, target)
+        else:
+            self.kernel = select_dense_kernel(self.sp, target)
+
+    def out_shape(self) -> tuple[int, ...]:
+        if isinstance(self.sp, QConvSpec):
+            return act_shape(self.sp.n, self.sp.oc, self.sp.oh, self.sp.ow, self.sp.y_layout)
+        return (self.sp.m, self.sp.o)
+
+    def args(self) -> list:
+        k = self.kernel
+        wsum = self.wq.reshape(self.wq.shape[0], -1).astype(np.int64).sum(axis=1)
+        bias_total = self.bias - (self.sp.zx + k.x_offset) * wsum
+        if np.any(np.abs(bias_total) >= 2**31):
+            raise _NoMatch("bias with zero-point correction does not fit int32")
+        return [self.xq, relax.const(k.pack_weight(self.wq)),
+                relax.const(bias_total.astype(np.int32)), relax.const(self.p0),
+                relax.const(self.p1)]
 
 
 def _requant_params(sx: float, sw: np.ndarray, sy: float):
@@ -354,10 +390,6 @@ def _match_layer(g: _Graph, y, target, out: _Out) -> _Plan:
         p0, p1, bias = _epilogue(g, out, sx, sw, bias_expr, sp.oc)
         if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
             raise _NoMatch("bias add broadcasts the conv output")
-        wsum = wq.reshape(sp.oc, -1).astype(np.int64).sum(axis=1)
-        kernel = select_conv_kernel(sp, target)
-        wpacked = kernel.pack_weight(wq)
-        out_shape = (sp.n, sp.oc, sp.oh, sp.ow)
     elif op == "relax.matmul":
         xq, sx, zx, xdt = _dq_activation(g, layer.args[0])
         xs = _shape(xq)
@@ -379,18 +411,12 @@ def _match_layer(g: _Graph, y, target, out: _Out) -> _Plan:
         p0, p1, bias = _epilogue(g, out, sx, sw, bias_expr, sp.o)
         if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
             raise _NoMatch("bias add broadcasts the matmul output")
-        wsum = wq.astype(np.int64).sum(axis=1)
-        kernel = select_dense_kernel(sp, target)
-        wpacked = kernel.pack_weight(wq)
-        out_shape = (sp.m, sp.o)
     else:  # pragma: no cover - _split_bias only returns layer ops
         raise _NoMatch(f"{op} is not an integer layer")
-    bias_total = bias - zx * wsum
-    if np.any(np.abs(bias_total) >= 2**31):
+    wsum = wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
+    if np.any(np.abs(bias - zx * wsum) >= 2**31):
         raise _NoMatch("bias with zero-point correction does not fit int32")
-    args = [xq, relax.const(wpacked), relax.const(bias_total.astype(np.int32)),
-            relax.const(p0), relax.const(p1)]
-    return _Plan(layer_var, kernel, args, out_shape, out_dtype, op)
+    return _Plan(layer_var, sp, xq, wq, bias, p0, p1, op)
 
 
 def _layer_has_qdq(g: _Graph, layer: relax.Call) -> bool:
@@ -467,6 +493,37 @@ def _shared_below(g: _Graph, users: dict, top, layer_var) -> bool:
         v = nxt
 
 
+_B = f"NCHW{BLOCK}c"
+
+
+def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
+    """The integer conv outputs to keep blocked (``NCHW8c``): uint8/int8, channels a multiple
+    of 8, and read only through DequantizeLinear ops that feed integer convs (as their
+    activation) whose templates take the blocked layout. Everything else stays NCHW."""
+    out = set()
+    for v, p in plans.items():
+        sp = p.sp
+        if not isinstance(sp, QConvSpec) or sp.y_dtype == "float32" or sp.oc % BLOCK \
+                or not supports_blocked(sp, target) or not users.get(v):
+            continue
+        ok = True
+        for u in users[v]:
+            if u is None or g.call(u, "relax.dequantize") is None or not users.get(u):
+                ok = False
+                break
+            for layer in users[u]:
+                lp = lowered.get(layer)
+                if lp is None or not isinstance(lp.sp, QConvSpec) or not lp.xq.same_as(v) \
+                        or not supports_blocked(lp.sp, target):
+                    ok = False
+                    break
+            if not ok:
+                break
+        if ok:
+            out.add(v)
+    return out
+
+
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
               *, func_name: str = "main") -> tuple[tvm.IRModule, list[LayerReport]]:
@@ -527,6 +584,12 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
         plans[top] = plan
         lowered[v] = plan
         float_out.add(v)
+    blocked = _blocked_outputs(g, users, plans, lowered, target)
+    for v, p in plans.items():
+        if isinstance(p.sp, QConvSpec):
+            p.sp = replace(p.sp, x_layout=_B if p.xq in blocked else "NCHW",
+                           y_layout=_B if v in blocked else "NCHW")
+        p.build(target)
     reports: list[LayerReport] = []
     for v in layers:
         layer = g.defs[v]
@@ -552,13 +615,27 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
         kname = f"q{p.op.split('.')[-1]}_{i}"
         gvars[qvar] = bb.add_func(p.kernel.func.with_attr("global_symbol", kname), kname)
     new_blocks = []
+    renamed: dict = {}  # a blocked kernel output: NCHW var -> its blocked var
     for block in func.body.blocks:
         new_bindings = []
         for b in block.bindings:
             if isinstance(b, relax.VarBinding) and b.var in plans:
                 p = plans[b.var]
-                call = relax.call_tir(gvars[b.var], relax.Tuple(p.args), relax.TensorType(p.out_shape, p.out_dtype))
-                new_bindings.append(relax.VarBinding(b.var, call))
+                args = p.args()
+                args[0] = renamed.get(args[0], args[0])
+                call = relax.call_tir(gvars[b.var], relax.Tuple(args),
+                                      relax.TensorType(p.out_shape(), p.out_dtype))
+                if b.var in blocked:
+                    # the NCHW name stays bound (to a layout_transform that DCE removes, as
+                    # every user reads the blocked var)
+                    nv = type(b.var)(f"{b.var.name}_nchw{BLOCK}c",
+                                     relax.TensorType(p.out_shape(), p.out_dtype))
+                    new_bindings.append(relax.VarBinding(nv, call))
+                    new_bindings.append(relax.VarBinding(b.var, relax.op.layout_transform(
+                        nv, lambda n, cb, h, w, c: (n, cb * BLOCK + c, h, w))))
+                    renamed[b.var] = nv
+                else:
+                    new_bindings.append(relax.VarBinding(b.var, call))
             else:
                 new_bindings.append(b)
         new_blocks.append(type(block)(new_bindings))
