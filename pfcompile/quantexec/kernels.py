@@ -17,10 +17,13 @@ Padding uses ``zx`` so that a padded element contributes ``(zx - zx) * w = 0``,
 exactly as the float model's zero padding.
 
 Activations between integer layers are either plain ``NCHW`` or channel-blocked
-``NCHW8c`` (``[N, C/8, H, W, 8]``: the 8 channels of one pixel contiguous, so a kernel
-vectorised over channels loads and stores 8 bytes per pixel); :func:`act_shape` /
-:func:`act_read` hide which. :func:`pfcompile.quantexec.lower.lower_qdq` picks the
-layout of each tensor (blocked between kernels that take it, plain at float ops).
+``NCHW8c``, stored ``[N, C/8, H*W, 8]``: the 8 channels of one pixel contiguous, so a
+kernel vectorised over channels loads and stores 8 bytes per pixel, and the pixels of a
+block flat, so a 1x1 kernel tiles them across rows. The TE computes index a blocked
+tensor as ``[N, C/8, H, W, 8]`` (:func:`te_shape`); :func:`io_layouts` then maps the
+kernel's input and output buffers to the stored shapes (:func:`act_shape`).
+:func:`pfcompile.quantexec.lower.lower_qdq` picks the layout of each tensor (blocked
+between kernels that take it, plain at float ops).
 
 Schedules live in :mod:`pfcompile.quantexec.schedules`.
 """
@@ -32,31 +35,55 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-__all__ = ["BLOCK", "QConvSpec", "QDenseSpec", "act_read", "act_shape", "clamp_cast",
-           "epilogue_expr", "epilogue_params", "out_compute", "padded_read", "qconv2d_compute",
-           "qdense_compute", "requant_expr", "round_half_even"]
+__all__ = ["BLOCK", "QConvSpec", "QDenseSpec", "act_shape", "clamp_cast", "epilogue_expr",
+           "epilogue_params", "io_layouts", "out_compute", "padded_read", "qconv2d_compute",
+           "qdense_compute", "requant_expr", "round_half_even", "te_shape"]
 
 BLOCK = 8  # channels per block of the NCHW8c activation layout
 BLOCKED = f"NCHW{BLOCK}c"
 
 
 def act_shape(n: int, c: int, h: int, w: int, layout: str) -> tuple[int, ...]:
-    """Buffer shape of an activation in ``layout`` (``NCHW`` or ``NCHW8c``)."""
+    """Stored shape of an activation in ``layout``: ``[N, C, H, W]`` or ``[N, C/8, H*W, 8]``."""
+    if layout == "NCHW":
+        return (n, c, h, w)
+    return (n, -(-c // BLOCK), h * w, BLOCK)
+
+
+def te_shape(n: int, c: int, h: int, w: int, layout: str) -> tuple[int, ...]:
+    """Shape a TE compute indexes an activation with: ``[N, C, H, W]`` or
+    ``[N, C/8, H, W, 8]`` (mapped to :func:`act_shape` by :func:`io_layouts`)."""
     if layout == "NCHW":
         return (n, c, h, w)
     return (n, -(-c // BLOCK), h, w, BLOCK)
 
 
-def act_read(x, layout: str, n, c, h, w):
-    """``x[n, c, h, w]`` of an activation stored in ``layout``."""
+def _io_map(layout: str, h: int, w: int, flat: bool):
+    """Index map from a TE view of an activation to its stored shape. ``flat``: the TE
+    view is ``h = 1, w = H*W`` (a 1x1 kernel that tiles pixels across rows)."""
     if layout == "NCHW":
-        return x[n, c, h, w]
-    return x[n, c // BLOCK, h, w, c % BLOCK]
+        if not flat:
+            return None
+        return lambda n, c, i, p: (n, c, p // w, p % w)
+    if flat:
+        return lambda n, b, i, p, c: (n, b, p, c)
+    return lambda n, b, i, j, c: (n, b, i * w + j, c)
+
+
+def io_layouts(sch, sp, x_block: str, flat: bool = False) -> None:
+    """Map the ``x`` buffer (read by block ``x_block``) and the ``requant`` output buffer of a
+    scheduled kernel for ``sp`` from their TE views to the stored activation shapes
+    (``flat``: the TE computed ``sp`` as a ``1 x H*W`` image, for a 1x1 stride-1 conv)."""
+    for buf, block, layout, h, w in (("x", x_block, sp.x_layout, sp.h, sp.w),
+                                     ("requant", "requant", sp.y_layout, sp.oh, sp.ow)):
+        imap = _io_map(layout, h, w, flat)
+        if imap is not None:
+            sch.transform_layout(sch.get_sblock(block), buf, imap)
 
 
 def padded_read(sp, x, n, b, c, i, j, pad_value):
     """Channel ``b * 8 + c``, row ``i - pt``, column ``j - pl`` of the input ``x`` of ``sp``
-    (in ``sp.x_layout``), or ``pad_value`` outside it. The condition tests channels only
+    (a :func:`te_shape` view in ``sp.x_layout``), or ``pad_value`` outside it. The condition tests channels only
     when ``sp.c`` is not a multiple of 8, so that a loop over ``c`` vectorises with one
     uniform branch per pixel."""
     pt, pl = sp.padding[0], sp.padding[1]
@@ -97,7 +124,7 @@ class QConvSpec:
     qmax: int
     fmin: float = -math.inf  # float epilogue (y_dtype float32) only: fused ReLU / Clip
     fmax: float = math.inf
-    x_layout: str = "NCHW"   # NCHW | NCHW8c (see act_shape)
+    x_layout: str = "NCHW"   # NCHW | NCHW8c (see act_shape / te_shape)
     y_layout: str = "NCHW"
 
     @property
@@ -197,7 +224,7 @@ def out_compute(sp: QConvSpec, acc, bias, p0, p1):
         c = b * BLOCK + o
         return epilogue_expr(sp, acc[n, b, i, j, o] + bias[c], p0[c], p1[c])
 
-    return te.compute(act_shape(sp.n, sp.oc, sp.oh, sp.ow, sp.y_layout), _blocked, name="requant")
+    return te.compute(te_shape(sp.n, sp.oc, sp.oh, sp.ow, sp.y_layout), _blocked, name="requant")
 
 
 def qconv2d_compute(sp: QConvSpec):

@@ -496,6 +496,11 @@ def _shared_below(g: _Graph, users: dict, top, layer_var) -> bool:
 _B = f"NCHW{BLOCK}c"
 
 
+def _unblock_map(ow: int):
+    """Index map of a stored blocked activation ``[N, C/8, H*W, 8]`` back to NCHW."""
+    return lambda n, cb, px, c: (n, cb * BLOCK + c, px // ow, px % ow)
+
+
 def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
     """The integer conv outputs to keep blocked (``NCHW8c``): uint8/int8, channels a multiple
     of 8, and read only through DequantizeLinear ops that feed integer convs (as their
@@ -631,8 +636,8 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
                     nv = type(b.var)(f"{b.var.name}_nchw{BLOCK}c",
                                      relax.TensorType(p.out_shape(), p.out_dtype))
                     new_bindings.append(relax.VarBinding(nv, call))
-                    new_bindings.append(relax.VarBinding(b.var, relax.op.layout_transform(
-                        nv, lambda n, cb, h, w, c: (n, cb * BLOCK + c, h, w))))
+                    new_bindings.append(relax.VarBinding(
+                        b.var, relax.op.layout_transform(nv, _unblock_map(p.sp.ow))))
                     renamed[b.var] = nv
                 else:
                     new_bindings.append(relax.VarBinding(b.var, call))

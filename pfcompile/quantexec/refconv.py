@@ -22,18 +22,18 @@ __all__ = ["KernelCase", "conv_reference", "from_blocked", "kernel_case", "to_bl
 
 
 def to_blocked(x: np.ndarray) -> np.ndarray:
-    """NCHW -> ``[N, C/8, H, W, 8]`` (zero-filled extra channels)."""
+    """NCHW -> the stored ``NCHW8c`` layout ``[N, C/8, H*W, 8]`` (zero-filled extra channels)."""
     n, c, h, w = x.shape
     cb = -(-c // BLOCK)
     full = np.zeros((n, cb * BLOCK, h, w), x.dtype)
     full[:, :c] = x
-    return np.ascontiguousarray(full.reshape(n, cb, BLOCK, h, w).transpose(0, 1, 3, 4, 2))
+    return np.ascontiguousarray(full.reshape(n, cb, BLOCK, h * w).transpose(0, 1, 3, 2))
 
 
-def from_blocked(y: np.ndarray, c: int) -> np.ndarray:
-    """``[N, C/8, H, W, 8]`` -> NCHW with ``c`` channels."""
-    n, cb, h, w, _ = y.shape
-    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * BLOCK, h, w)[:, :c]
+def from_blocked(y: np.ndarray, c: int, h: int, w: int) -> np.ndarray:
+    """``[N, C/8, H*W, 8]`` -> NCHW with ``c`` channels."""
+    n, cb, _, _ = y.shape
+    return y.transpose(0, 1, 3, 2).reshape(n, cb * BLOCK, h, w)[:, :c]
 
 
 def _accumulate(sp: QConvSpec, x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:

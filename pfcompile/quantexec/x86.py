@@ -31,6 +31,8 @@ writes either; the epilogue stores 8 bytes per pixel into a blocked output.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
@@ -38,10 +40,11 @@ from tvm.script import tirx as T
 from pfcompile.quantexec.kernels import (
     BLOCK,
     QConvSpec,
-    act_shape,
     epilogue_params,
+    io_layouts,
     out_compute,
     padded_read,
+    te_shape,
 )
 
 __all__ = ["DW_PAIR_INTRIN", "DW_QUAD_INTRIN", "PMADDWD_INTRIN", "VPDPBUSD_INTRIN",
@@ -266,7 +269,7 @@ def _conv_compute(sp: QConvSpec, kg: int):
     ocb, cb = -(-sp.oc // BLOCK), -(-sp.c // BLOCK)
     pt, pl, pb, pr = sp.padding
     hp, wp = sp.h + pt + pb, sp.w + pl + pr
-    x = te.placeholder(act_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
+    x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
     wt = te.placeholder((ocb, cb, sp.kh, sp.kw, BLOCK // kg, BLOCK, kg), wdt, name="w")
     bias = te.placeholder((sp.oc,), "int32", name="bias")
     p0, p1 = epilogue_params(sp, sp.oc)
@@ -325,10 +328,13 @@ def vnni_conv_func(sp: QConvSpec, tile_ow: int | None = None,
     return _x86_conv_func(sp, 4, VPDPBUSD_INTRIN, tile_ow, tile_oc, 32)
 
 
-def _schedule_out(sch: s_tir.Schedule, sp: QConvSpec, req, depth: int) -> None:
-    """Vectorise the epilogue (placed under the ``depth`` outer loops of a tile) over the 8
-    channels of a block: 8-byte stores when blocked, a scatter into NCHW otherwise."""
-    inner = sch.get_loops(req)[depth:]  # unit-extent loops are elided
+def _schedule_out(sch: s_tir.Schedule, sp: QConvSpec, req, anchor) -> None:
+    """Vectorise the epilogue (placed under loop ``anchor`` by ``reverse_compute_at``) over
+    the 8 channels of a block: 8-byte stores when blocked, a scatter into NCHW otherwise."""
+    loops = sch.get_loops(req)
+    at = sch.get(anchor)
+    depth = next(k for k, lp in enumerate(loops) if sch.get(lp).same_as(at)) + 1
+    inner = loops[depth:]  # unit-extent loops are elided
     if sp.y_layout == "NCHW":
         rco, rci = sch.split(inner[0], [None, BLOCK])
         if len(inner) > 1:
@@ -338,17 +344,27 @@ def _schedule_out(sch: s_tir.Schedule, sp: QConvSpec, req, depth: int) -> None:
         sch.vectorize(inner[-1])
 
 
+def _flat(sp: QConvSpec) -> bool:
+    """A 1x1 stride-1 unpadded conv: computed as a ``1 x H*W`` image, so that its pixel
+    tiles run across rows (any divisor of H*W, not of W)."""
+    return (sp.kh, sp.kw, sp.stride) == (1, 1, (1, 1)) and not any(sp.padding)
+
+
 def _x86_conv_func(sp: QConvSpec, kg: int, intrin: str, tile_ow: int | None,
                    tile_oc: int | None, registers: int) -> tirx.PrimFunc:
     _register()
-    d_ow, d_oc = default_tiles(sp, registers)
+    flat = _flat(sp)
+    csp = replace(sp, h=1, w=sp.h * sp.w) if flat else sp  # the spec the TE computes
+    d_ow, d_oc = default_tiles(csp, registers)
     ocb = -(-sp.oc // BLOCK)
     t_oc = _divisor_at_most(ocb, tile_oc or d_oc)
-    t_ow = _divisor_at_most(sp.ow, tile_ow or d_ow)
-    sch = s_tir.Schedule(te.create_prim_func(_conv_compute(sp, kg)))
+    t_ow = _divisor_at_most(csp.ow, tile_ow or d_ow)
+    sch = s_tir.Schedule(te.create_prim_func(_conv_compute(csp, kg)))
+    direct = _direct(csp, kg)
+    io_layouts(sch, sp, "acc" if direct else "pack", flat)
     acc = sch.get_sblock("acc")
     req = sch.get_sblock("requant")
-    if not _direct(sp, kg):
+    if not direct:
         # pack: parallel over (n, channel block, row), 8 channels per vector
         pn, pb, pi, _pj, pc = sch.get_loops(sch.get_sblock("pack"))
         sch.parallel(sch.fuse(pn, pb, pi))
@@ -357,8 +373,13 @@ def _x86_conv_func(sp: QConvSpec, kg: int, intrin: str, tile_ow: int | None,
     n, b, i, j, o, rb, ry, rx, rk, rq = sch.get_loops(acc)
     bo, bi = sch.split(b, [None, t_oc])
     jo, ji = sch.split(j, [None, t_ow])
-    sch.reorder(n, bo, i, jo, rb, ry, rx, rk, bi, ji, o, rq)
-    sch.parallel(sch.fuse(n, bo, i))
+    if flat:  # parallel over (oc tile, pixel chunk): i has extent 1
+        jc, jo = sch.split(jo, [None, _chunk(csp.ow // t_ow)])
+        sch.reorder(n, bo, i, jc, jo, rb, ry, rx, rk, bi, ji, o, rq)
+        sch.parallel(sch.fuse(n, bo, i, jc))
+    else:
+        sch.reorder(n, bo, i, jo, rb, ry, rx, rk, bi, ji, o, rq)
+        sch.parallel(sch.fuse(n, bo, i))
     sch.set_scope(acc, 0, "local")  # accumulators: registers after unrolling
     sch.reverse_compute_at(req, jo)
     init = sch.decompose_reduction(acc, rb)
@@ -366,8 +387,13 @@ def _x86_conv_func(sp: QConvSpec, kg: int, intrin: str, tile_ow: int | None,
     sch.unroll(bi)
     sch.unroll(ji)
     sch.tensorize(o, intrin)
-    _schedule_out(sch, sp, req, 3)
+    _schedule_out(sch, csp, req, jo)
     return _finish(sch.mod["main"])
+
+
+def _chunk(tiles: int) -> int:
+    """Pixel tiles per parallel task of a flat 1x1 conv: about 8 (a row of a 56-wide image)."""
+    return _divisor_at_most(tiles, 8)
 
 
 # ----------------------------------------------------------------------------- depthwise
@@ -384,7 +410,7 @@ def _dw_compute(sp: QConvSpec, kg: int):
     sh, sw = sp.stride
     hp = sp.h + pt + pb
     wq = max(sp.w + pl + sp.padding[3], (sp.ow - 1) * sw + g * kg)  # the zero-weight taps
-    x = te.placeholder(act_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
+    x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
     wt = te.placeholder((cb, sp.kh, g, BLOCK, kg), wdt, name="w")
     bias = te.placeholder((sp.oc,), "int32", name="bias")
     p0, p1 = epilogue_params(sp, sp.oc)
@@ -420,6 +446,7 @@ def _x86_dw_func(sp: QConvSpec, kg: int, intrin: str, tile_ow: int | None) -> ti
     t_ow = _divisor_at_most(sp.ow, tile_ow or 8)
     rows = _rows_per_task(sp, cb)
     sch = s_tir.Schedule(te.create_prim_func(_dw_compute(sp, kg)))
+    io_layouts(sch, sp, "pad")
     pad, acc, req = (sch.get_sblock(b) for b in ("pad", "acc", "requant"))
     n, b, i, j, c, ry, rg, rq = sch.get_loops(acc)
     io, ii = sch.split(i, [None, rows])
@@ -435,7 +462,7 @@ def _x86_dw_func(sp: QConvSpec, kg: int, intrin: str, tile_ow: int | None) -> ti
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(ji)
     sch.tensorize(c, intrin)
-    _schedule_out(sch, sp, req, 3)
+    _schedule_out(sch, sp, req, jo)
     return _finish(sch.mod["main"])
 
 
