@@ -127,6 +127,11 @@ def test_template_choice_follows_target_hardware():
     assert supports_blocked(dw, vt) and not supports_blocked(dilated, vt)
     assert int8_dot_kind(load_target("arm64")) == "neon"
     assert int8_dot_kind(load_target("arm64-dotprod")) == "sdot"
-    assert select_conv_kernel(sp, load_target("arm64")).name == "generic"
+    assert select_conv_kernel(sp, load_target("arm64")).name == "arm-neon-smlal"
+    sdot = select_conv_kernel(sp, load_target("arm64-dotprod"))
+    assert sdot.name == "arm-sdot" and sdot.x_offset == -128  # uint8 data -> signed dot
+    assert select_conv_kernel(replace(sp, x_dtype="int8"), load_target("arm64-dotprod")).x_offset == 0
+    assert select_conv_kernel(dw, load_target("arm64-dotprod")).name == "arm-sdot-dw"
+    assert select_conv_kernel(replace(sp, groups=2, oc=8), load_target("arm64")).name == "generic"
     with pytest.raises(ValueError, match="blocked"):
         select_conv_kernel(replace(dilated, y_layout=B), vt)

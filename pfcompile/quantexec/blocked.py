@@ -130,14 +130,22 @@ def _conv_compute(sp: QConvSpec, isa: Isa):
     rx = te.reduce_axis((0, sp.kw), name="rx")
     # fewer than 8 input channels (an RGB stem): only the lane groups that hold channels
     rk = te.reduce_axis((0, min(BLOCK, -(-sp.c // kg) * kg) // kg), name="rk")
-    rq = te.reduce_axis((0, kg), name="rq")
     (sh, sw), (dh, dw) = sp.stride, sp.dilation
-    acc = te.compute(
-        (sp.n, ocb, sp.oh, sp.ow, BLOCK),
-        lambda n, b, i, j, o: te.sum(
-            src[n, rb, i * sh + ry * dh, j * sw + rx * dw, rk * kg + rq].astype("int32")
-            * wt[b, rb, ry, rx, rk, o, rq].astype("int32"), axis=[rb, ry, rx, rk, rq]),
-        name="acc")
+    if kg == 1:  # one input channel per lane: no inner reduction axis
+        acc = te.compute(
+            (sp.n, ocb, sp.oh, sp.ow, BLOCK),
+            lambda n, b, i, j, o: te.sum(
+                src[n, rb, i * sh + ry * dh, j * sw + rx * dw, rk].astype("int32")
+                * wt[b, rb, ry, rx, rk, o, 0].astype("int32"), axis=[rb, ry, rx, rk]),
+            name="acc")
+    else:
+        rq = te.reduce_axis((0, kg), name="rq")
+        acc = te.compute(
+            (sp.n, ocb, sp.oh, sp.ow, BLOCK),
+            lambda n, b, i, j, o: te.sum(
+                src[n, rb, i * sh + ry * dh, j * sw + rx * dw, rk * kg + rq].astype("int32")
+                * wt[b, rb, ry, rx, rk, o, rq].astype("int32"), axis=[rb, ry, rx, rk, rq]),
+            name="acc")
     y = out_compute(sp, acc, bias, p0, p1)
     return [x, wt, bias, p0, p1, y]
 
@@ -203,15 +211,15 @@ def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
         pn, pb, pi, _pj, pc = sch.get_loops(sch.get_sblock("pack"))
         sch.parallel(sch.fuse(pn, pb, pi))
         sch.vectorize(pc)
-    n, b, i, j, o, rb, ry, rx, rk, rq = sch.get_loops(acc)
+    n, b, i, j, o, rb, ry, rx, rk, *rq = sch.get_loops(acc)
     bo, bi = sch.split(b, [None, t_oc])
     jo, ji = sch.split(j, [None, t_ow])
     if flat:  # parallel over (oc tile, pixel chunk): i has extent 1
         jc, jo = sch.split(jo, [None, _chunk(csp.ow // t_ow)])
-        sch.reorder(n, bo, i, jc, jo, rb, ry, rx, rk, bi, ji, o, rq)
+        sch.reorder(n, bo, i, jc, jo, rb, ry, rx, rk, bi, ji, o, *rq)
         sch.parallel(sch.fuse(n, bo, i, jc))
     else:
-        sch.reorder(n, bo, i, jo, rb, ry, rx, rk, bi, ji, o, rq)
+        sch.reorder(n, bo, i, jo, rb, ry, rx, rk, bi, ji, o, *rq)
         sch.parallel(sch.fuse(n, bo, i))
     sch.set_scope(acc, 0, "local")  # accumulators: registers after unrolling
     sch.reverse_compute_at(req, jo)
@@ -254,13 +262,21 @@ def _dw_compute(sp: QConvSpec, isa: Isa):
         name="pad")
     ry = te.reduce_axis((0, sp.kh), name="ry")
     rg = te.reduce_axis((0, g), name="rg")
-    rq = te.reduce_axis((0, kg), name="rq")
-    acc = te.compute(
-        (sp.n, cb, sp.oh, sp.ow, BLOCK),
-        lambda n, b, i, j, c: te.sum(
-            xp[n, b, i * sh + ry, j * sw + rg * kg + rq, c].astype("int32")
-            * wt[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
-        name="acc")
+    if kg == 1:  # one tap per lane: no inner reduction axis
+        acc = te.compute(
+            (sp.n, cb, sp.oh, sp.ow, BLOCK),
+            lambda n, b, i, j, c: te.sum(
+                xp[n, b, i * sh + ry, j * sw + rg, c].astype("int32")
+                * wt[b, ry, rg, c, 0].astype("int32"), axis=[ry, rg]),
+            name="acc")
+    else:
+        rq = te.reduce_axis((0, kg), name="rq")
+        acc = te.compute(
+            (sp.n, cb, sp.oh, sp.ow, BLOCK),
+            lambda n, b, i, j, c: te.sum(
+                xp[n, b, i * sh + ry, j * sw + rg * kg + rq, c].astype("int32")
+                * wt[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
+            name="acc")
     y = out_compute(sp, acc, bias, p0, p1)
     return [x, wt, bias, p0, p1, y]
 
@@ -282,10 +298,10 @@ def depthwise_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None) -> tirx.
     sch = s_tir.Schedule(te.create_prim_func(_dw_compute(sp, isa)))
     io_layouts(sch, sp, "pad")
     pad, acc, req = (sch.get_sblock(b) for b in ("pad", "acc", "requant"))
-    n, b, i, j, c, ry, rg, rq = sch.get_loops(acc)
+    n, b, i, j, c, ry, rg, *rq = sch.get_loops(acc)
     io, ii = sch.split(i, [None, rows])
     jo, ji = sch.split(j, [None, t_ow])
-    sch.reorder(n, b, io, ii, jo, ry, rg, ji, c, rq)
+    sch.reorder(n, b, io, ii, jo, ry, rg, ji, c, *rq)
     task = sch.fuse(n, b, io)
     sch.parallel(task)
     sch.set_scope(acc, 0, "local")

@@ -10,9 +10,12 @@ Templates:
   :mod:`pfcompile.quantexec.x86`).
 * ``x86-avx2-dw-pmaddwd`` / ``x86-vnni-dw-vpdpbusd``: depthwise, 8 channels per vector,
   horizontal taps in pairs / quads.
-* ``depthwise``: per-channel 2-D loops vectorised along the output row (other targets).
+* ``arm-neon-smlal`` / ``arm-sdot`` and ``arm-neon-dw-smlal`` / ``arm-sdot-dw``: the same
+  templates on AArch64 (see :mod:`pfcompile.quantexec.arm`).
+* ``depthwise``: per-channel 2-D loops vectorised along the output row (anything else:
+  dilated or wide depthwise kernels, batch > 1).
 
-The x86 templates read and write both activation layouts (``NCHW`` and the blocked
+The x86 and AArch64 templates read and write both activation layouts (``NCHW`` and the blocked
 ``NCHW8c``); :func:`supports_blocked` says whether a layer's template does.
 """
 
@@ -127,22 +130,28 @@ def _generic_dense(sp: QDenseSpec) -> tirx.PrimFunc:
 def supports_blocked(sp: QConvSpec, target) -> bool:
     """Whether the template :func:`select_conv_kernel` picks for ``sp`` reads and writes
     the blocked ``NCHW8c`` layout (else both sides must be ``NCHW``)."""
-    if int8_dot_kind(target) == "x86":
-        from pfcompile.quantexec import x86
+    from pfcompile.quantexec.blocked import dw_supported
 
-        return sp.n == 1 and (sp.groups == 1 or x86.dw_supported(sp))
+    if int8_dot_kind(target) in ("x86", "neon", "sdot"):
+        return sp.n == 1 and (sp.groups == 1 or dw_supported(sp))
     return False
 
 
 def select_conv_kernel(sp: QConvSpec, target) -> Kernel:
     kind = int8_dot_kind(target)
+    k = None
     if kind == "x86":
         from pfcompile.quantexec import x86
 
         k = x86.avx2_conv_kernel(sp, target) if sp.groups == 1 else \
             x86.x86_depthwise_kernel(sp, target)
-        if k is not None:
-            return k
+    elif kind in ("neon", "sdot"):
+        from pfcompile.quantexec import arm
+
+        k = arm.arm_conv_kernel(sp, kind) if sp.groups == 1 else \
+            arm.arm_depthwise_kernel(sp, kind)
+    if k is not None:
+        return k
     if sp.x_layout != "NCHW" or sp.y_layout != "NCHW":
         raise ValueError(f"no {kind} template for {sp} reads or writes a blocked layout")
     if sp.depthwise:
