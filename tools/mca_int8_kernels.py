@@ -74,7 +74,7 @@ def inner_loop(asm: str, mnemonic: str) -> str:
 def analyse(isa_name: str, layer, mca: str, iterations: int = 200) -> dict:
     import tvm
 
-    from pfcompile.quantexec import arm, x86
+    from pfcompile.quantexec import arm, with_int8_features, x86
     from pfcompile.quantexec.blocked import conv_func, default_tiles, depthwise_func
     from pfcompile.quantexec.kernels import QConvSpec
     from pfcompile.targets import load_target
@@ -84,7 +84,7 @@ def analyse(isa_name: str, layer, mca: str, iterations: int = 200) -> dict:
     name, c, hw, oc, k, s, g = layer
     sp = QConvSpec(1, c, hw, hw, oc, k, k, (s, s), (k // 2,) * 4, (1, 1), g, "uint8", "uint8",
                    3, 0, 0, 255, x_layout=B, y_layout=B)
-    target = load_target(tname)
+    target = with_int8_features(load_target(tname))
     if g == 1:
         func = conv_func(sp, isa)
         flat = k == 1 and s == 1
