@@ -120,9 +120,10 @@ def main() -> None:
                                         "llvm-mca-16", "llvm-mca") if shutil.which(m)), None)
     if mca is None:
         raise SystemExit("llvm-mca not found (Debian: apt-get install llvm)")
-    version = subprocess.run([mca, "--version"], capture_output=True, text=True).stdout
-    print(f"llvm-mca: {mca} ({' '.join(version.split()[-3:])}); predictions of its scheduling "
-          "models, not measurements")
+    version = subprocess.run([mca, "--version"], check=False, capture_output=True,
+                             text=True).stdout
+    line = next((v.strip() for v in version.splitlines() if "version" in v.lower()), "")
+    print(f"llvm-mca: {mca} ({line}); predictions of its scheduling models, not measurements")
     print("| layer | isa | -mcpu | tile (px x oc) | MAC instr / iter | cycles / iter | "
           "cycles / output | MACs / cycle |")
     print("|---|---|---|---|---|---|---|---|")
