@@ -70,13 +70,17 @@ def _io_map(layout: str, h: int, w: int, flat: bool):
     return lambda n, b, i, j, c: (n, b, i * w + j, c)
 
 
-def io_layouts(sch, sp, x_block: str, flat: bool = False) -> None:
+def io_layouts(sch, sp, x_block: str, flat: bool = False, y_flat: bool | None = None) -> None:
     """Map the ``x`` buffer (read by block ``x_block``) and the ``requant`` output buffer of a
-    scheduled kernel for ``sp`` from their TE views to the stored activation shapes
-    (``flat``: the TE computed ``sp`` as a ``1 x H*W`` image, for a 1x1 stride-1 conv)."""
-    for buf, block, layout, h, w in (("x", x_block, sp.x_layout, sp.h, sp.w),
-                                     ("requant", "requant", sp.y_layout, sp.oh, sp.ow)):
-        imap = _io_map(layout, h, w, flat)
+    scheduled kernel for ``sp`` from their TE views to the stored activation shapes.
+    ``flat`` / ``y_flat``: the TE views the input / output as a ``1 x H*W`` image (a 1x1
+    stride-1 conv reads and writes flat pixels; a conv tiling its output pixels across rows
+    writes them); ``y_flat`` defaults to ``flat``."""
+    y_flat = flat if y_flat is None else y_flat
+    for buf, block, layout, h, w, fl in (("x", x_block, sp.x_layout, sp.h, sp.w, flat),
+                                         ("requant", "requant", sp.y_layout, sp.oh, sp.ow,
+                                          y_flat)):
+        imap = _io_map(layout, h, w, fl)
         if imap is not None:
             sch.transform_layout(sch.get_sblock(block), buf, imap)
 
