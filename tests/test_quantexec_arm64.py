@@ -10,6 +10,7 @@ import onnx
 import pytest
 
 from pfcompile.quantexec import build
+from pfcompile.quantexec.kernel_choice import select_conv_kernel
 from pfcompile.quantexec.kernels import QConvSpec
 from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.quantexec.qemu_check import (
@@ -19,7 +20,6 @@ from pfcompile.quantexec.qemu_check import (
     run_on_remote,
 )
 from pfcompile.quantexec.refconv import kernel_case
-from pfcompile.quantexec.schedules import select_conv_kernel
 from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 

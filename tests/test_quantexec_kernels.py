@@ -8,9 +8,9 @@ import pytest
 import tvm
 
 from pfcompile.quantexec import x86
+from pfcompile.quantexec.kernel_choice import _depthwise_conv, _generic_conv, _identity
 from pfcompile.quantexec.kernels import QConvSpec
 from pfcompile.quantexec.refconv import kernel_case
-from pfcompile.quantexec.schedules import _depthwise_conv, _generic_conv, _identity
 from pfcompile.targets import cpu_flags, host_arch
 
 pytestmark = pytest.mark.skipif(host_arch() != "x86_64",
@@ -104,7 +104,11 @@ def test_float_epilogue_bit_exact(tmpl):
 
 def test_template_choice_follows_target_hardware():
     from pfcompile.quantexec import with_int8_features
-    from pfcompile.quantexec.schedules import int8_dot_kind, select_conv_kernel, supports_blocked
+    from pfcompile.quantexec.kernel_choice import (
+        int8_dot_kind,
+        select_conv_kernel,
+        supports_blocked,
+    )
     from pfcompile.targets import load_target
 
     host = load_target("host")

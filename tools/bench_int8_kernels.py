@@ -1,7 +1,7 @@
 """Per-layer benchmark: each integer conv kernel vs pfcompile's fp32 kernel for the same layer.
 
 For every distinct conv layer of MobileNetV2 / ResNet-18 (224x224, batch 1) it builds
-the integer kernel that :func:`pfcompile.quantexec.schedules.select_conv_kernel` picks
+the integer kernel that :func:`pfcompile.quantexec.kernel_choice.select_conv_kernel` picks
 (with the layouts :func:`pfcompile.quantexec.lower_qdq` gives that layer in the network)
 and the float kernel pfcompile's code generation makes for ``conv2d + bias + ReLU``,
 each on its own, and times them in ONE process in alternating rounds (so that load
@@ -137,7 +137,7 @@ def _timer(func, target, number: int):
 
 def run(net: str, target_name: str, rounds: int, number: int, blocked: bool = True) -> list[Row]:
     from pfcompile.quantexec import with_int8_features
-    from pfcompile.quantexec.schedules import select_conv_kernel
+    from pfcompile.quantexec.kernel_choice import select_conv_kernel
     from pfcompile.targets import load_target
 
     target = load_target(target_name)

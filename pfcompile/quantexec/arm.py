@@ -232,24 +232,24 @@ def _isa(kind: str) -> Isa:
 
 
 def arm_conv_kernel(sp: QConvSpec, kind: str):
-    """The AArch64 conv :class:`~pfcompile.quantexec.schedules.Kernel` (``kind``: ``neon``
+    """The AArch64 conv :class:`~pfcompile.quantexec.kernel_choice.IntKernel` (``kind``: ``neon``
     or ``sdot``, see ``int8_dot_kind``), or None for batch > 1 / grouped convs."""
-    from pfcompile.quantexec.schedules import Kernel
+    from pfcompile.quantexec.kernel_choice import IntKernel
 
     if sp.groups != 1 or sp.n != 1:
         return None
     isa = _isa(kind)
-    return Kernel(isa.conv_name, conv_func(sp, isa), _pack_conv(isa), x_offset(isa, sp.x_dtype))
+    return IntKernel(isa.conv_name, conv_func(sp, isa), _pack_conv(isa), x_offset(isa, sp.x_dtype))
 
 
 def arm_depthwise_kernel(sp: QConvSpec, kind: str):
     """The AArch64 depthwise kernel, or None where the template does not apply."""
-    from pfcompile.quantexec.schedules import Kernel
+    from pfcompile.quantexec.kernel_choice import IntKernel
 
     if not dw_supported(sp):
         return None
     isa = _isa(kind)
-    return Kernel(isa.dw_name, depthwise_func(sp, isa), _pack_dw(isa), x_offset(isa, sp.x_dtype))
+    return IntKernel(isa.dw_name, depthwise_func(sp, isa), _pack_dw(isa), x_offset(isa, sp.x_dtype))
 
 
 _ = tirx  # tirx: the PrimFunc type the templates return

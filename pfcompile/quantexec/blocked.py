@@ -61,7 +61,7 @@ class Isa:
 
 
 def x_offset(isa: Isa, x_dtype: str) -> int:
-    """What the kernel adds to every activation (see ``Kernel.x_offset``)."""
+    """What the kernel adds to every activation (see ``IntKernel.x_offset``)."""
     return -128 if isa.signed_dot and x_dtype == "uint8" else 0
 
 

@@ -25,7 +25,7 @@ kernel's input and output buffers to the stored shapes (:func:`act_shape`).
 :func:`pfcompile.quantexec.lower.lower_qdq` picks the layout of each tensor (blocked
 between kernels that take it, plain at float ops).
 
-Schedules live in :mod:`pfcompile.quantexec.schedules`.
+Which kernel runs a layer (and its schedule) is chosen in :mod:`pfcompile.quantexec.kernel_choice`.
 """
 
 from __future__ import annotations

@@ -24,14 +24,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from pfcompile.quantexec.kernels import BLOCK, QConvSpec, QDenseSpec, act_shape
-from pfcompile.quantexec.requant import dtype_range, requant_scale
-from pfcompile.quantexec.schedules import (
-    Kernel,
+from pfcompile.quantexec.kernel_choice import (
+    IntKernel,
     select_conv_kernel,
     select_dense_kernel,
     supports_blocked,
 )
+from pfcompile.quantexec.kernels import BLOCK, QConvSpec, QDenseSpec, act_shape
+from pfcompile.quantexec.requant import dtype_range, requant_scale
 
 __all__ = ["LayerReport", "QuantFallbackWarning", "lower_qdq", "reports_to_json"]
 
@@ -250,7 +250,7 @@ class _Plan:
     p0: np.ndarray
     p1: np.ndarray
     op: str
-    kernel: Kernel | None = None
+    kernel: IntKernel | None = None
 
     @property
     def out_dtype(self) -> str:

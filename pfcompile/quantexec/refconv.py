@@ -1,6 +1,6 @@
 """Numpy int64 reference of one integer conv kernel, and the inputs to check one with.
 
-Every template in :mod:`pfcompile.quantexec.schedules` computes, bit for bit,
+Every template in :mod:`pfcompile.quantexec.kernel_choice` computes, bit for bit,
 :func:`conv_reference`: an int64 accumulation of ``(x - zx) * w`` (padding = ``zx``),
 plus the bias, then :func:`~pfcompile.quantexec.requant.requantize_ref` (or, for a float
 output, the float32 dequantise epilogue). :func:`kernel_case` draws random inputs for a

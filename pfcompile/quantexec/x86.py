@@ -299,28 +299,28 @@ def _vnni_ok(sp: QConvSpec, target) -> bool:
 
 
 def avx2_conv_kernel(sp: QConvSpec, target=None):
-    """The best x86 conv :class:`~pfcompile.quantexec.schedules.Kernel` for ``sp``, or None.
+    """The best x86 conv :class:`~pfcompile.quantexec.kernel_choice.IntKernel` for ``sp``, or None.
 
     ``x86-vnni-vpdpbusd`` when the TVM target enables VNNI (see
     :func:`with_int8_features`) and the activations are uint8; else
     ``x86-avx2-pmaddwd``.
     """
-    from pfcompile.quantexec.schedules import Kernel
+    from pfcompile.quantexec.kernel_choice import IntKernel
 
     if sp.groups != 1 or sp.n != 1:
         return None
     if _vnni_ok(sp, target):
-        return Kernel(VNNI.conv_name, vnni_conv_func(sp), pack_weight_vnni)
-    return Kernel(AVX2.conv_name, avx2_conv_func(sp), pack_weight_avx2)
+        return IntKernel(VNNI.conv_name, vnni_conv_func(sp), pack_weight_vnni)
+    return IntKernel(AVX2.conv_name, avx2_conv_func(sp), pack_weight_avx2)
 
 
 def x86_depthwise_kernel(sp: QConvSpec, target=None):
-    """The x86 depthwise :class:`~pfcompile.quantexec.schedules.Kernel`, or None where
+    """The x86 depthwise :class:`~pfcompile.quantexec.kernel_choice.IntKernel`, or None where
     the template does not apply (dilation, kernel wider than 8, batch > 1)."""
-    from pfcompile.quantexec.schedules import Kernel
+    from pfcompile.quantexec.kernel_choice import IntKernel
 
     if not dw_supported(sp):
         return None
     if _vnni_ok(sp, target):
-        return Kernel(VNNI.dw_name, vnni_depthwise_func(sp), pack_weight_dw_vnni)
-    return Kernel(AVX2.dw_name, avx2_depthwise_func(sp), pack_weight_dw_avx2)
+        return IntKernel(VNNI.dw_name, vnni_depthwise_func(sp), pack_weight_dw_vnni)
+    return IntKernel(AVX2.dw_name, avx2_depthwise_func(sp), pack_weight_dw_avx2)

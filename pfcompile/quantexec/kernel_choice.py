@@ -1,6 +1,6 @@
 """Kernel selection: which integer template runs a layer on a target.
 
-A :class:`Kernel` is a scheduled TIR PrimFunc plus the numpy function that
+A :class:`IntKernel` is a scheduled TIR PrimFunc plus the numpy function that
 lays the int8 weights out the way it reads them (done once, at compile time).
 Templates:
 
@@ -29,12 +29,12 @@ from tvm import s_tir, te, tirx
 
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec, qconv2d_compute, qdense_compute
 
-__all__ = ["Kernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel",
+__all__ = ["IntKernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel",
            "supports_blocked"]
 
 
 @dataclass(frozen=True)
-class Kernel:
+class IntKernel:
     name: str  # template name, reported per layer
     func: tirx.PrimFunc
     pack_weight: Callable[[np.ndarray], np.ndarray]
@@ -137,7 +137,7 @@ def supports_blocked(sp: QConvSpec, target) -> bool:
     return False
 
 
-def select_conv_kernel(sp: QConvSpec, target) -> Kernel:
+def select_conv_kernel(sp: QConvSpec, target) -> IntKernel:
     kind = int8_dot_kind(target)
     k = None
     if kind == "x86":
@@ -155,9 +155,9 @@ def select_conv_kernel(sp: QConvSpec, target) -> Kernel:
     if sp.x_layout != "NCHW" or sp.y_layout != "NCHW":
         raise ValueError(f"no {kind} template for {sp} reads or writes a blocked layout")
     if sp.depthwise:
-        return Kernel("depthwise", _depthwise_conv(sp), _identity)
-    return Kernel("generic", _generic_conv(sp), _identity)
+        return IntKernel("depthwise", _depthwise_conv(sp), _identity)
+    return IntKernel("generic", _generic_conv(sp), _identity)
 
 
-def select_dense_kernel(sp: QDenseSpec, target) -> Kernel:
-    return Kernel("generic", _generic_dense(sp), _identity)
+def select_dense_kernel(sp: QDenseSpec, target) -> IntKernel:
+    return IntKernel("generic", _generic_dense(sp), _identity)
