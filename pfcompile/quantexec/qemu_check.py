@@ -20,7 +20,7 @@ import numpy as np
 
 from pfcompile.errors import DeviceError
 
-__all__ = ["arm64_device_root", "qemu_rpc_server", "run_on_remote"]
+__all__ = ["arm64_device_root", "qemu_rpc_server", "run_kernels_on_remote", "run_on_remote"]
 
 
 def arm64_device_root() -> Path:
@@ -76,3 +76,27 @@ def run_on_remote(sess, ex, cross_compiler: str, inputs: list[np.ndarray]) -> li
     dev = sess.cpu()
     vm = tvm.relax.VirtualMachine(rmod, dev)
     return [vm["main"](tvm.runtime.tensor(x, dev)).numpy() for x in inputs]
+
+
+def run_kernels_on_remote(sess, funcs: list, tvm_target, cross_compiler: str,
+                          args: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Build the PrimFuncs ``funcs`` into one library for ``tvm_target``, upload it, call
+    each once with its ``args`` (output buffer last); returns each output."""
+    import tvm
+    from tvm.support import cc
+
+    mod = tvm.IRModule({f"k{i}": f.with_attr("global_symbol", f"k{i}")
+                        for i, f in enumerate(funcs)})
+    ex = tvm.compile(mod, target=tvm_target)
+    with tempfile.TemporaryDirectory() as d:
+        lib = Path(d) / f"kernels_{os.getpid()}_{time.monotonic_ns()}.so"
+        ex.export_library(str(lib), fcompile=cc.cross_compiler(cross_compiler))
+        sess.upload(str(lib))
+    rmod = sess.load_module(lib.name)
+    dev = sess.cpu()
+    outs = []
+    for i, a in enumerate(args):
+        tensors = [tvm.runtime.tensor(x, dev) for x in a]
+        rmod[f"k{i}"](*tensors)
+        outs.append(tensors[-1].numpy())
+    return outs
