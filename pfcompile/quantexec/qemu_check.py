@@ -72,7 +72,9 @@ def run_on_remote(sess, ex, cross_compiler: str, inputs: list[np.ndarray]) -> li
         lib = Path(d) / f"model_{os.getpid()}_{time.monotonic_ns()}.so"
         ex.export_library(str(lib), fcompile=cc.cross_compiler(cross_compiler))
         sess.upload(str(lib))
+    from pfcompile.deploy import prepare
+
     rmod = sess.load_module(lib.name)
     dev = sess.cpu()
-    vm = tvm.relax.VirtualMachine(rmod, dev)
-    return [vm["main"](tvm.runtime.tensor(x, dev)).numpy() for x in inputs]
+    model = prepare(tvm.relax.VirtualMachine(rmod, dev))
+    return [model(tvm.runtime.tensor(x, dev)).numpy() for x in inputs]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir.expr import Constant
@@ -239,4 +238,3 @@ def pack_weights_pass(report: StorageReport | None = None, *, min_saving: int = 
     return _pass
 
 
-_ = np  # numpy arrays flow through relax.const
