@@ -11,6 +11,12 @@
   whole first output; ``inf`` when the outputs are identical; None without a
   reference.
 - ``macs``, ``params``, ``size_bytes``: :func:`pfcompile.passes.stats.model_stats`.
+
+``model`` may also be a compiled artifact folder (``pfcompile compile -o DIR``): the
+accuracy figures are then those of ``DIR/source.onnx`` (the exact reference its
+library is verified against), and ``size_bytes`` is the bytes of the deployed files
+(:func:`pfcompile.artifact_size.artifact_size`), with ``code_bytes`` and
+``weight_bytes`` apart.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pfcompile import ir as pir
+from pfcompile.artifact_size import artifact_size
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError, ModelError
 from pfcompile.ir import ModelLike
@@ -35,7 +42,8 @@ EVAL_FIELDS = ("top1", "agreement", "output_snr_db", "macs", "params", "size_byt
 
 def _model(model: ModelLike | str | Path) -> ModelLike:
     if isinstance(model, (str, Path)):
-        return pir.load(model)
+        p = Path(model)
+        return pir.load(p / "source.onnx" if p.is_dir() else p)
     return model
 
 
@@ -79,4 +87,8 @@ def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike 
         result["output_snr_db"] = output_snr_db(out, ref)
     stats = model_stats(m)
     result.update(macs=int(stats.macs), params=int(stats.params), size_bytes=int(stats.size_bytes))
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        size = artifact_size(model)
+        result.update(size_bytes=size.size_bytes, code_bytes=size.code_bytes,
+                      weight_bytes=size.weight_bytes)
     return result

@@ -138,7 +138,8 @@ def quantize_cmd(
 
 
 def evaluate_cmd(
-    model: Annotated[Path, typer.Argument(help=".onnx to evaluate")],
+    model: Annotated[Path, typer.Argument(help=".onnx to evaluate, or a compiled artifact "
+                                          "folder (its source.onnx; size = the deployed files)")],
     data: Annotated[Path, typer.Option("--data", help="validation .npz (x, optional labels y)")],
     reference: Annotated[Path | None, typer.Option("--reference", help="original .onnx to compare against")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -147,9 +148,9 @@ def evaluate_cmd(
     from pfcompile import ir as pir
     from pfcompile.evaluate import evaluate
 
-    m = pir.load(model)
+    m = pir.load(model / "source.onnx" if model.is_dir() else model)
     ref = pir.load(reference) if reference is not None else None
-    result = evaluate(m, _load_data(m, data), ref)
+    result = evaluate(model if model.is_dir() else m, _load_data(m, data), ref)
     if as_json:
         print(json.dumps(_jsonable(result)))
         return

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pfcompile.artifact_size import artifact_size
+from pfcompile.errors import PfcompileError
 from pfcompile.search.latency_model import kendall_tau
 
 __all__ = ["build_report", "cost_model_stats", "render_html", "write_report"]
@@ -37,7 +39,7 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
     out = {
         "baseline": {"latency_ms": b["latency_ms"], "top1": b.get("top1"),
                      "agreement": b.get("agreement"), "macs": b.get("macs"),
-                     "size_mb": b.get("size_mb")},
+                     "size_mb": b.get("size_mb"), **_size_fields(b)},
         "best": None,
         "trials": len(result.trials),
         "failed_trials": sum(1 for t in result.trials if t["status"] != "ok"),
@@ -74,13 +76,22 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
                        "agreement": best.get("agreement"), "speedup": best["speedup"],
                        "acc_drop": best["acc_drop"], "config": best["config"],
                        "keep": best.get("keep"), "macs": best.get("macs"),
-                       "size_mb": best.get("size_mb"), "trial": best["id"]}
+                       "size_mb": best.get("size_mb"), **_size_fields(best),
+                       "trial": best["id"]}
         for kind in ("bits", "sparsity"):  # per-layer knobs moved off their default
             if kind in best:
                 out["best"][kind] = best[kind]
         if simulated:
             out["best"].update({k: best[k] for k in _SIM_KEYS if k in best})
     return out
+
+
+def _size_fields(rec: dict) -> dict:
+    """``size_bytes`` (+ code and weights apart) of the compiled files, when measured;
+    ``size_mb`` is then the same bytes (else the prediction, ``size_measured`` False)."""
+    size = rec.get("size") or {}
+    return {"size_bytes": size.get("size_bytes"), "code_bytes": size.get("code_bytes"),
+            "weight_bytes": size.get("weight_bytes"), "size_measured": bool(size)}
 
 
 #: per-measurement fields of the simulated accelerator device (accel_device.py)
@@ -151,6 +162,13 @@ def _bars(values: dict[str, float], title: str) -> str:
     return "".join(o)
 
 
+def _mb(entry: dict) -> str:
+    """Deployed size for the summary line: measured bytes, else the prediction."""
+    if entry.get("size_bytes") is not None:
+        return f"{entry['size_bytes'] / 1e6:.3f} MB deployed"
+    return f"~{entry['size_mb']:.3f} MB predicted" if entry.get("size_mb") is not None else "size ?"
+
+
 def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
     """``runs``: strategy name -> its trial records (all drawn on the Pareto plot)."""
     acc_key = "top1" if report["baseline"].get("top1") is not None else "agreement"
@@ -167,7 +185,7 @@ def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
         unit = " (SIMULATED: accelerator cycle model + host ops)"
     best = report.get("best")
     summary = (f"best: {best['latency_ms']:.3f} ms, {best['speedup']:.2f}x, accuracy drop "
-               f"{best['acc_drop']:.2f} points" if best else "no candidate met the goal")
+               f"{best['acc_drop']:.2f} points, {_mb(best)}" if best else "no candidate met the goal")
     cm = report.get("cost_model", {})
     rm = report.get("remeasured")
     if rm and rm.get("speedup"):
@@ -178,7 +196,7 @@ def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
 .g{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>
 <h1>pfcompile run report{html.escape(unit)}</h1>
 {f"<p><b>{html.escape(report['note'])}</b></p>" if report.get("note") else ""}
-<p>baseline {base['latency_ms']:.3f} ms, {acc_key} {100 * (base.get(acc_key) or 0):.2f}%; {html.escape(summary)};
+<p>baseline {base['latency_ms']:.3f} ms, {acc_key} {100 * (base.get(acc_key) or 0):.2f}%, {_mb(base)}; {html.escape(summary)};
 {report['trials']} trials, {report['device_measurements']} device measurements,
 {report.get('kernel_measurements', 0)} kernel measurements.
 Cost model on held-out candidates: within 10%: {cm.get('within_10pct')}, Kendall tau: {cm.get('kendall_tau')}
@@ -197,6 +215,10 @@ def write_report(result, out_dir: str | Path, other_runs: dict[str, list[dict]] 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rep = build_report(result, final, finetune)
+    try:  # what DIST/ ships (model.so / program.npz + any weight file), from the files
+        rep["deployed"] = artifact_size(out).to_json()
+    except PfcompileError:
+        rep["deployed"] = None
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     runs = dict(other_runs or {})
     runs[result.strategy] = result.trials
