@@ -274,7 +274,7 @@ def test_remeasure_round_robin_medians(tmp_path, demo, host):
 
 # ----------------------------------------------------------------------------- CLI
 def _app() -> typer.Typer:
-    from pfcompile.search.cli import register
+    from pfcompile.cli.run import register
 
     app = typer.Typer()
     app.callback()(lambda: None)  # a group, so the command keeps its name `run`

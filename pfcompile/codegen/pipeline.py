@@ -17,9 +17,9 @@ from tvm import relax, tirx
 from pfcompile.codegen.layout import convert_layout_pass, fold_constant_layout_transforms
 from pfcompile.codegen.records import RecordDB
 from pfcompile.codegen.te_ops import legalize_conv2d
+from pfcompile.codegen.templates import TEMPLATES, Hardware, Workload, match
+from pfcompile.codegen.templates.base import params_from_dict, params_to_dict
 from pfcompile.errors import CompileError
-from pfcompile.schedules import TEMPLATES, Hardware, Workload, match
-from pfcompile.schedules.base import params_from_dict, params_to_dict
 
 __all__ = [
     "KernelWorkload",
@@ -184,8 +184,8 @@ def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
           templates: bool = True, post_passes: Sequence[tvm.transform.Pass] = ()):
     """Relax IRModule → TVM Executable for ``target`` with pfcompile's schedules.
 
-    ``records_dir`` holds ``<target>/records.jsonl`` (default: the repository's
-    ``schedules/``); workloads without a record use the nearest tuned neighbour
+    ``records_dir`` holds ``<target>/records.jsonl`` (default: the records shipped in
+    ``pfcompile/records/`` plus the cache's, :mod:`pfcompile.paths`); workloads without a record use the nearest tuned neighbour
     or the analytic heuristic. ``metaschedule_dir``: apply a MetaSchedule
     database first (comparison); ``templates=False``: no pfcompile schedules;
     ``post_passes``: see :func:`relax_pipeline`."""

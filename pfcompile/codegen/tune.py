@@ -24,9 +24,9 @@ from tvm import tirx
 from pfcompile.codegen.kernels import KernelTimer
 from pfcompile.codegen.pipeline import choose_params, fuse_to_tir
 from pfcompile.codegen.records import Record, RecordDB
+from pfcompile.codegen.templates import Hardware, Workload, match
+from pfcompile.codegen.templates.base import params_to_dict
 from pfcompile.errors import ConfigError, SearchError
-from pfcompile.schedules import Hardware, Workload, match
-from pfcompile.schedules.base import params_to_dict
 
 __all__ = ["CostModel", "TuneSettings", "WorkloadResult", "tunable_workloads", "tune"]
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pfcompile import paths
 from pfcompile.data import Dataset, load_npz
 from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.model import input_specs, load_onnx
+from pfcompile.paths import demo_paths
 from pfcompile.search.devices import NullDevice, RPCDevice
 from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.search.pool import PoolStatus, open_rpc_device
@@ -23,13 +25,9 @@ from pfcompile.targets import load_target
 __all__ = ["default_cache_dir", "demo_paths", "run"]
 
 
-def demo_paths() -> tuple[Path, Path, Path]:
-    d = Path(__file__).resolve().parents[1] / "data"
-    return d / "demo.onnx", d / "demo_val.npz", d / "demo_calib.npz"
-
-
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "pfcompile"
+    """The cache folder (:func:`pfcompile.paths.cache_dir`)."""
+    return paths.cache_dir()
 
 
 def _parse_hostport(s: str, what: str) -> tuple[str, int]:

@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[Path | None, typer.Option(help="RUN_DIR of a killed run")] = None,
         seed: int = 0,
         cache_dir: Annotated[Path | None, typer.Option(
-            help="latency models per target (default ~/.cache/pfcompile)")] = None,
+            help="latency models per target (default $PFCOMPILE_CACHE or ~/.cache/pfcompile)")] = None,
         null_device: Annotated[bool, typer.Option(help="measure nothing (testing)")] = False,
         threads: Annotated[int | None, typer.Option(help="TVM threads of the local host device")] = None,
         finetune: Annotated[bool, typer.Option(

@@ -22,12 +22,14 @@ def tune_cmd(
     device: Annotated[str | None, typer.Option(help="RPC server HOST:PORT (direct)")] = None,
     rpc: Annotated[str | None, typer.Option(help="RPC tracker HOST:PORT")] = None,
     key: Annotated[str | None, typer.Option(help="device key at the tracker")] = None,
-    records: Annotated[Path | None, typer.Option(help="records folder (default: schedules/)")] = None,
+    records: Annotated[Path | None, typer.Option(
+        help="records folder (default: the cache's records/, the shipped ones read too)")] = None,
     input_shape: Annotated[list[str] | None, typer.Option(help="name:1x3x224x224")] = None,
     retune: Annotated[bool, typer.Option(help="tune workloads that have records")] = False,
 ) -> None:
     """Refine schedule-template parameters per workload by measurement; records
-    go to schedules/<target>/records.jsonl and serve every later compile."""
+    go to RECORDS/TARGET/records.jsonl (default: $PFCOMPILE_CACHE/records) and serve every
+    later compile."""
     from pfcompile.codegen.api import tune_model
 
     results = tune_model(model, target, trials=trials, tuner=tuner, device=device, rpc=rpc,

@@ -1,5 +1,6 @@
-"""Targets are data: ``targets/*.toml`` (TVM target dict, cross compiler, RPC key,
-measurement settings, hardware facts). A new board is a new file."""
+"""Targets are data: ``pfcompile/targets/*.toml`` (TVM target dict, cross compiler, RPC
+key, measurement settings, hardware facts), shipped with the package. A new board is a
+new file (or a ``.toml`` anywhere, passed by path)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,8 @@ __all__ = [
 
 
 def targets_dir() -> Path:
-    """``targets/`` beside the package (source checkout) or inside it (installed)."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "targets", here / "targets"):
-        if cand.is_dir():
-            return cand
-    raise ConfigError(f"no targets/ folder found beside {here}")
+    """The folder of the shipped target files: this package (``pfcompile/targets/``)."""
+    return Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -192,7 +189,7 @@ def _resolve_hardware(hw: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_target(name_or_path: str) -> Target:
-    """Load a target by name (``targets/NAME.toml``) or by path to a .toml."""
+    """Load a target by name (``pfcompile/targets/NAME.toml``) or by path to a .toml."""
     p = Path(name_or_path)
     if p.suffix != ".toml":
         p = targets_dir() / f"{name_or_path}.toml"

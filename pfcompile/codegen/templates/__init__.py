@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from tvm import tirx
 
-from pfcompile.schedules.base import Hardware, Template, Workload
-from pfcompile.schedules.conv2d import Conv2dTemplate, ConvParams
-from pfcompile.schedules.dense import DenseParams, DenseTemplate
-from pfcompile.schedules.depthwise import DepthwiseParams, DepthwiseTemplate
-from pfcompile.schedules.generic import GenericParams, GenericTemplate
+from pfcompile.codegen.templates.base import Hardware, Template, Workload
+from pfcompile.codegen.templates.conv2d import Conv2dTemplate, ConvParams
+from pfcompile.codegen.templates.dense import DenseParams, DenseTemplate
+from pfcompile.codegen.templates.depthwise import DepthwiseParams, DepthwiseTemplate
+from pfcompile.codegen.templates.generic import GenericParams, GenericTemplate
 
 __all__ = [
     "TEMPLATES",

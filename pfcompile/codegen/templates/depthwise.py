@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 
 from pfcompile.codegen.te_ops import DWCONV_BLOCK, PAD_BLOCK
-from pfcompile.schedules.base import (
+from pfcompile.codegen.templates.base import (
     Hardware,
     Workload,
     dims_tuple,

@@ -1,8 +1,8 @@
 """The ``pfcompile`` command line: a thin typer layer. Each command parses its
 arguments, calls one library function and prints; no logic lives here.
 
-Command groups live beside the code they drive and register themselves in
-:func:`_register`.
+One module per command (or command group) in this package, each with a
+``register(app)``; :func:`_register` calls them in the order ``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -27,17 +27,10 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 
-_COMMAND_MODULES = (
-    "pfcompile.compile_cli",
-    "pfcompile.device_cli",
-    "pfcompile.passes.cli_prune",
-    "pfcompile.passes.cli_quant",
-    "pfcompile.finetune.cli",
-    "pfcompile.accel.cli",
-    "pfcompile.quantexec.cli",
-    "pfcompile.codegen.cli",
-    "pfcompile.search.cli",
-)
+_COMMAND_MODULES = tuple(f"pfcompile.cli.{m}" for m in (
+    "targets", "compile", "device", "measure", "inspect", "prune", "sparsify", "quantize",
+    "evaluate", "finetune", "accel", "quant_report", "tune", "run",
+))
 
 
 def _register() -> None:

@@ -22,7 +22,7 @@ def compile_cmd(
     target: str = typer.Option("fpga-vta", "--target", "-t", help="fpga-vta | fpga-bitfusion | a .toml"),
     out: Path = typer.Option(Path("out/accel_program.npz"), "-o", "--out", help="program file"),
     records: Path | None = typer.Option(None, "--records",
-                                           help="tiling records root (default schedules/)"),
+                                           help="tiling records folder (default: shipped records + the cache's records/)"),
 ) -> None:
     """Partition, tile and emit MODEL for TARGET; print the per-layer plan."""
     from pfcompile.accel import compile_accel, load_accel_config

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 
-from pfcompile.schedules.base import (
+from pfcompile.codegen.templates.base import (
     Hardware,
     Workload,
     block_iter_kinds,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 
 from pfcompile.codegen.te_ops import GCONV_BLOCK
-from pfcompile.schedules.base import (
+from pfcompile.codegen.templates.base import (
     Hardware,
     Workload,
     block_iter_kinds,

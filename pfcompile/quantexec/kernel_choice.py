@@ -1,6 +1,6 @@
 """Kernel selection: which integer template runs a layer on a target.
 
-A :class:`Kernel` is a scheduled TIR PrimFunc plus the numpy function that
+A :class:`IntKernel` is a scheduled TIR PrimFunc plus the numpy function that
 lays the int8 weights out the way it reads them (done once, at compile time).
 Templates:
 
@@ -21,11 +21,11 @@ from tvm import s_tir, te, tirx
 
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec, qconv2d_compute, qdense_compute
 
-__all__ = ["Kernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel"]
+__all__ = ["IntKernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel"]
 
 
 @dataclass(frozen=True)
-class Kernel:
+class IntKernel:
     name: str  # template name, reported per layer
     func: tirx.PrimFunc
     pack_weight: Callable[[np.ndarray], np.ndarray]
@@ -114,7 +114,7 @@ def _generic_dense(sp: QDenseSpec) -> tirx.PrimFunc:
     return _finish(sch.mod["main"])
 
 
-def select_conv_kernel(sp: QConvSpec, target) -> Kernel:
+def select_conv_kernel(sp: QConvSpec, target) -> IntKernel:
     kind = int8_dot_kind(target)
     if kind == "x86" and sp.groups == 1:
         from pfcompile.quantexec import x86
@@ -123,9 +123,9 @@ def select_conv_kernel(sp: QConvSpec, target) -> Kernel:
         if k is not None:
             return k
     if sp.depthwise:
-        return Kernel("depthwise", _depthwise_conv(sp), _identity)
-    return Kernel("generic", _generic_conv(sp), _identity)
+        return IntKernel("depthwise", _depthwise_conv(sp), _identity)
+    return IntKernel("generic", _generic_conv(sp), _identity)
 
 
-def select_dense_kernel(sp: QDenseSpec, target) -> Kernel:
-    return Kernel("generic", _generic_dense(sp), _identity)
+def select_dense_kernel(sp: QDenseSpec, target) -> IntKernel:
+    return IntKernel("generic", _generic_dense(sp), _identity)
