@@ -18,7 +18,8 @@ console = Console()
 
 
 def evaluate_cmd(
-    model: Annotated[Path, typer.Argument(help=".onnx to evaluate")],
+    model: Annotated[Path, typer.Argument(help=".onnx to evaluate, or a compiled artifact "
+                                          "folder (its source.onnx; size = the deployed files)")],
     data: Annotated[Path, typer.Option("--data", help="validation .npz (x, optional labels y)")],
     reference: Annotated[Path | None, typer.Option("--reference", help="original .onnx to compare against")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -27,9 +28,9 @@ def evaluate_cmd(
     from pfcompile import ir as pir
     from pfcompile.evaluate import evaluate
 
-    m = pir.load(model)
+    m = pir.load(model / "source.onnx" if model.is_dir() else model)
     ref = pir.load(reference) if reference is not None else None
-    result = evaluate(m, load_data(m, data), ref)
+    result = evaluate(model if model.is_dir() else m, load_data(m, data), ref)
     if as_json:
         print(json.dumps(jsonable(result)))
         return
