@@ -236,3 +236,32 @@ def test_layers_with_the_same_kernel_share_its_code(digits, tmp_path):
     kernels = {str(c.args[0]) for c in calls}
     assert sum(r.path == "int8" for r in reports) == len(calls) == 22
     assert len(kernels) == 12, kernels
+
+
+def test_int8_weights_are_stored_once(trained, digits):
+    """MobileNetV2Tiny at 8 bits: a projection conv whose output feeds the next block
+    (through a QuantizeLinear) and a residual Add runs once, integer, with a float
+    epilogue; no float copy of the conv or of its weights is left in the library."""
+    from pfcompile.quantexec import lower_qdq, onnx_layer_names, prepare_qdq, with_int8_features
+    from pfcompile.storage import StorageReport
+
+    m = load_onnx(trained("MobileNetV2Tiny").onnx)
+    q, _ = prepare_qdq(as_proto(quantize(m, QuantConfig(bits=8),
+                                         load_npz(digits.calib_npz, input_specs(m))).model))
+    target = load_target("host-avx2")
+    mod, reports = lower_qdq(import_relax(q, input_specs(q)), with_int8_features(target),
+                             onnx_layer_names(q))
+    ops = {getattr(getattr(b.value, "op", None), "name", "") for blk in mod["main"].body.blocks
+           for b in blk.bindings}
+    assert "relax.nn.conv2d" not in ops and "relax.matmul" not in ops
+    assert all(r.path == "int8" for r in reports)
+    st = StorageReport()
+    build_executable(import_relax(q, input_specs(q)), target, integer=True,
+                     layer_names=onnx_layer_names(q), storage=st)
+    weights = [t for t in st.tensors if len(t.shape) > 1]
+    assert weights and all(t.dtype in ("int8", "int16") for t in weights), \
+        [t for t in weights if t.dtype not in ("int8", "int16")]
+    n_weights = sum(int(np.prod(t.dims)) for t in q.graph.initializer if t.data_type == 3)  # INT8
+    # once, one byte each: vpmaddwd's int16 pairs are stored as 8-bit (decoded at load);
+    # channel padding of the blocked layouts is all the rest
+    assert sum(t.stored_bytes for t in weights) <= 1.1 * n_weights

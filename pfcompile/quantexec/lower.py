@@ -425,6 +425,26 @@ def _is_const_bias(g: _Graph, expr) -> bool:
     return g.const(v) is not None
 
 
+def _private_chain(g: _Graph, users: dict, top, layer_var) -> bool:
+    """Whether every value from ``top`` (what a QuantizeLinear reads) down to the layer's
+    output (through a ReLU / Clip and a bias add) has one reader: the next op up."""
+    v = top
+    for _ in range(4):
+        if not isinstance(v, relax.Var) or len(users.get(v, [])) != 1:
+            return False
+        if v.same_as(layer_var):
+            return True
+        e = g.defs.get(v)
+        op = getattr(getattr(e, "op", None), "name", "")
+        if op in ("relax.nn.relu", "relax.clip"):
+            v = e.args[0]
+        elif op == "relax.add" and any(a.same_as(layer_var) for a in e.args):
+            v = layer_var
+        else:
+            return False
+    return False
+
+
 def _float_chain_top(g: _Graph, users: dict, v):
     """Walk up from layer var ``v`` through a sole-user bias add, then a sole-user ReLU/Clip."""
     top = v
@@ -461,11 +481,19 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
              for i, v in enumerate(layers)}
     plans: dict = {}
     reasons: dict = {}
+    users = _users(func)
     for var, val in g.defs.items():
         if not (isinstance(val, relax.Call) and getattr(val.op, "name", "") == "relax.quantize"):
             continue
         try:
-            plans[var] = _match(g, val, target, "")
+            plan = _match(g, val, target, "")
+            if not _private_chain(g, users, val.args[0], plan.layer_var):
+                # the float value is also read elsewhere (a residual Add): a requantising
+                # kernel here would leave the float conv (and a float copy of its weights)
+                # in the module for that reader. Lowered below with a float epilogue instead;
+                # this QuantizeLinear then reads the kernel's float output.
+                continue
+            plans[var] = plan
         except _NoMatch as exc:
             if str(exc):
                 # attribute the reason to the layer under this quantize, if any
@@ -478,7 +506,6 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     lowered = {p.layer_var: p for p in plans.values()}
     # layers with quantised inputs and no QuantizeLinear after them: integer accumulation with
     # a float epilogue, replacing the binding at the top of conv/matmul [+bias] [+ReLU/Clip]
-    users = _users(func)
     float_out: set = set()
     for v in layers:
         if v in lowered or not _layer_has_qdq(g, g.defs[v]):
