@@ -26,6 +26,7 @@ from tvm import relax
 
 from pfcompile.compiler import compile_model
 from pfcompile.data import load_npz
+from pfcompile.deploy import prepare
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.search.api import demo_paths
 from pfcompile.search.loop import model_size_mb
@@ -75,8 +76,8 @@ def main() -> None:
             cm = compress(m, sp, cfg, cal)
             art = compile_model(cm, host, Path(tmp) / str(i))
             layers = json.loads((Path(tmp) / str(i) / "model.json").read_text()).get("layers", [])
-            vm = relax.VirtualMachine(tvm.runtime.load_module(str(art.so_path)), tvm.cpu())
-            vms[name] = (vm, vm.time_evaluator("main", tvm.cpu(), number=20, repeat=1, min_repeat_ms=50))
+            vm = prepare(relax.VirtualMachine(tvm.runtime.load_module(str(art.so_path)), tvm.cpu()))
+            vms[name] = (vm, vm.time_evaluator(tvm.cpu(), number=20, repeat=1, min_repeat_ms=50))
             rows[name] = {"size_mb": model_size_mb(cm), "top1": _top1(cm, val.inputs["input"], val.labels),
                           "int8_layers": sum(x["path"] == "int8" for x in layers), "ms": []}
         arg = tvm.runtime.tensor(x)
