@@ -15,7 +15,8 @@ For a CIFAR-style ResNet-20 and a MobileNetV2-style model trained on the digits
   acceptance), and whether ``after`` is within it;
 - ``top-1``: the compiled library's own outputs (host, in process) on the 540
   validation digits;
-- ``ms``: `pfcompile measure` median on this machine (host rows), and ``verified``
+- ``ms`` (and ``before ms``): `pfcompile measure` median on this machine (host rows),
+  and ``verified``
   against the exact reference (host; arm64 on the emulated device with
   ``--arm64-verify``: functional only, its latency is not reported).
 
@@ -196,11 +197,16 @@ def main() -> None:
                            "weights": size.weight_bytes, "limit": limit,
                            "within": size.size_bytes <= limit,
                            "packed": sorted({p["encoding"] for p in art.meta["storage"]["packed"]})}
+                    bdir = None
                     if args.before is not None:
                         bdir = args.out / "before" / tag
                         compile_before(args.before, paths[v], tname, bdir)
                         row["before"] = (bdir / "model.so").stat().st_size
                     if tgt.is_host:
+                        if bdir is not None:
+                            res = measure(bdir, tgt, runner=runner, settings=MeasureSettings(
+                                number=20, repeat=7, min_repeat_ms=20))
+                            row["before_ms"] = res["median_ms"]
                         row["top1"] = top1(art.dir, data["x_val"], data["y_val"])
                         res = measure(art.dir, tgt, runner=runner,
                                       settings=MeasureSettings(number=20, repeat=7, min_repeat_ms=20))
@@ -221,14 +227,15 @@ def main() -> None:
                 lrpc.__exit__(None, None, None)
     mb = lambda b: "" if b is None else f"{b / 1e6:.3f}"
     print("\n| model | build | target | report MB | before MB | after MB (code + weights) | "
-          "limit MB | within | top-1 | ms | verified |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "limit MB | within | top-1 | before ms | ms | verified |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ms = f"{r['ms']:.3f}" if "ms" in r else ("emulated" if r["target"] != "host" else "")
         t1 = f"{r['top1']:.4f}" if "top1" in r else ""
+        bms = f"{r['before_ms']:.3f}" if "before_ms" in r else ""
         print(f"| {r['model']} | {r['variant']} | {r['target']} | {mb(r['report'])} | "
               f"{mb(r.get('before'))} | {mb(r['after'])} ({mb(r['code'])} + {mb(r['weights'])}) | "
-              f"{mb(r['limit'])} | {'yes' if r['within'] else 'NO'} | {t1} | {ms} | "
+              f"{mb(r['limit'])} | {'yes' if r['within'] else 'NO'} | {t1} | {bms} | {ms} | "
               f"{r.get('verified', '')} |")
     for r in rows:
         if r.get("load_step"):
