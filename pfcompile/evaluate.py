@@ -12,7 +12,8 @@
   reference.
 - ``macs``, ``params``, ``size_bytes``: :func:`pfcompile.passes.stats.model_stats`.
 
-``model`` may also be a compiled artifact folder (``pfcompile compile -o DIR``): the
+``model`` may also be a compiled artifact folder (``pfcompile compile -o DIR``, or
+``artifact=DIR`` with its ``source.onnx`` loaded): the
 accuracy figures are then those of ``DIR/source.onnx`` (the exact reference its
 library is verified against), and ``size_bytes`` is the bytes of the deployed files
 (:func:`pfcompile.artifact_size.artifact_size`), with ``code_bytes`` and
@@ -28,6 +29,7 @@ import numpy as np
 
 from pfcompile import ir as pir
 from pfcompile.artifact_size import artifact_size
+from pfcompile.batching import batch_free
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError, ModelError
 from pfcompile.ir import ModelLike
@@ -67,12 +69,19 @@ def output_snr_db(out: np.ndarray, ref: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def _batched(model: ModelLike) -> ModelLike:
+    """``model`` with a free batch where provably safe (pfcompile.batching); otherwise
+    ``model`` itself, which ``run_ort`` runs at its fixed batch (one sample at a time)."""
+    return batch_free(pir.to_proto(model)) or model
+
+
 def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike | str | Path | None = None,
-             batch: int = 256) -> dict:
-    """Evaluate ``model`` on ``data`` (and against ``reference``); see the module docstring."""
+             batch: int = 256, *, artifact: str | Path | None = None) -> dict:
+    """Evaluate ``model`` on ``data`` (and against ``reference``); see the module docstring.
+    ``artifact``: the compiled folder ``model`` came from (its size is then the files')."""
     m = _model(model)
     check_calib_data(m, data, "evaluation data")
-    out = run_ort(m, data.inputs, batch)[0]
+    out = run_ort(_batched(m), data.inputs, batch)[0]
     pred = top1_classes(out)
     result: dict = dict.fromkeys(EVAL_FIELDS)
     if data.labels is not None:
@@ -82,13 +91,15 @@ def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike 
     if reference is not None:
         r = _model(reference)
         check_calib_data(r, data, "evaluation data (for the reference model)")
-        ref = run_ort(r, data.inputs, batch)[0]
+        ref = run_ort(_batched(r), data.inputs, batch)[0]
         result["agreement"] = float(np.mean(pred == top1_classes(ref)))
         result["output_snr_db"] = output_snr_db(out, ref)
     stats = model_stats(m)
     result.update(macs=int(stats.macs), params=int(stats.params), size_bytes=int(stats.size_bytes))
-    if isinstance(model, (str, Path)) and Path(model).is_dir():
-        size = artifact_size(model)
+    if artifact is None and isinstance(model, (str, Path)) and Path(model).is_dir():
+        artifact = model
+    if artifact is not None:
+        size = artifact_size(artifact)
         result.update(size_bytes=size.size_bytes, code_bytes=size.code_bytes,
                       weight_bytes=size.weight_bytes)
     return result

@@ -74,5 +74,6 @@ def test_run_size_goal_best_candidate_measures_within_it(tmp_path):
         if t.get("type") == "trial" and t.get("status") == "ok":
             assert t["size_measured"] and t["feasible"] == (t["size_mb"] <= s_mb and
                                                               t["acc_drop"] <= 10.0)
-    assert "MB deployed" in (tmp_path / "dist" / "report.html").read_text()
+    # report.html's headline: the deployed size beside latency and accuracy
+    assert f"{dist.size_bytes / 1e6:.3f} MB" in (tmp_path / "dist" / "report.html").read_text()
     assert onnx.load(str(tmp_path / "dist" / "model.onnx")) is not None

@@ -24,6 +24,10 @@ class _Progress:
         self.base: dict | None = None
         self.status = "starting"
         self.devices: str | None = None  # a device pool's slots (several servers under --key)
+        self.refused = {"too_wide": 0, "over_budget": 0}
+        self.refusal: str | None = None  # the latest "interval too wide" reason, shown whole
+        self.confirm: str | None = None
+        self.warnings: list[str] = []
         self._lock = threading.Lock()    # a pool reports from its worker threads
         self.live = Live(self._table(), console=console, refresh_per_second=4, transient=False)
 
@@ -35,6 +39,15 @@ class _Progress:
         if self.best:
             t.add_row("best so far", f"{self.best['latency_ms']:.3f} ms ({self.best['speedup']:.2f}x), "
                                      f"drop {self.best['acc_drop']:.2f} pts")
+        for w in self.warnings:
+            t.add_row("WARNING", w)
+        if any(self.refused.values()):
+            t.add_row("refused", f"{self.refused['over_budget']} over budget (upper bound), "
+                                 f"{self.refused['too_wide']} interval too wide")
+        if self.refusal:
+            t.add_row("why", self.refusal)
+        if self.confirm:
+            t.add_row("confirmation", self.confirm)
         t.add_row("device", self.status)
         if self.devices:
             t.add_row("devices", self.devices)
@@ -47,6 +60,8 @@ class _Progress:
     def _on_event(self, kind: str, info: dict) -> None:
         if kind == "devices":
             self.devices = info["text"]
+        elif kind == "warning":
+            self.warnings.append(info["text"])
         elif kind == "measuring":
             self.status = f"measuring {info['n']} candidates at once"
         elif kind == "baseline":
@@ -57,7 +72,16 @@ class _Progress:
         elif kind == "final":
             self.status = "re-measuring baseline and best, round-robin"
         elif kind == "finetune":
-            self.status = "fine-tuning the best candidate (CE + distillation)"
+            self.status = "fine-tuning the finalist (CE + distillation)"
+        elif kind == "confirm":
+            self.status = (f"confirming {'the fine-tuned ' if info.get('finetuned') else ''}"
+                           f"trial {info['trial']} on {info['n']} unseen images")
+        elif kind == "confirmed":
+            tag = " (fine-tuned)" if info.get("finetuned") else ""
+            self.confirm = (f"trial {info.get('trial')}{tag}: drop {info['acc_drop']:.2f} "
+                            f"[{info['acc_drop_lower']:.2f}, {info['acc_drop_upper']:.2f}] on "
+                            f"{info['acc_n']} images: "
+                            + ("confirmed" if info["confirmed"] else str(info.get("acc_refused"))))
         elif kind == "kernels":
             self.status = f"timing {info['n']} kernels"
         elif kind == "resumed":
@@ -69,6 +93,12 @@ class _Progress:
                 self.status = f"trial {info['id']} failed: {str(info.get('error'))[:80]}"
             else:
                 self.status = f"trial {info['id']}: {info['latency_ms']:.3f} ms"
+                verdict = info.get("acc_verdict")
+                if verdict in self.refused:
+                    self.refused[verdict] += 1
+                    self.status += f", refused: {info['acc_refused']}"[:160]
+                    if verdict == "too_wide":
+                        self.refusal = info["acc_refused"]
                 if info["feasible"] and (self.best is None or info["latency_ms"] < self.best["latency_ms"]):
                     self.best = info
         self.live.update(self._table())
@@ -102,11 +132,22 @@ def register(app: typer.Typer) -> None:
             help="latency models per target (default $PFCOMPILE_CACHE or ~/.cache/pfcompile)")] = None,
         null_device: Annotated[bool, typer.Option(help="measure nothing (testing)")] = False,
         threads: Annotated[int | None, typer.Option(help="TVM threads of the local host device")] = None,
-        finetune: Annotated[bool, typer.Option(
-            "--finetune", help="fine-tune the best candidate (CE + distillation from MODEL) "
-            "before the final compile")] = False,
+        finetune: Annotated[bool | None, typer.Option(
+            "--finetune/--no-finetune", help="fine-tune the finalist (CE + distillation from "
+            "MODEL) and re-confirm it before the final compile (default: on when --train is "
+            "given)")] = None,
         train: Annotated[Path | None, typer.Option(
-            "--train", help="training data for --finetune (default: --calib, else --data)")] = None,
+            "--train", help="training data for fine-tuning the finalist (turns --finetune on; "
+            "--finetune alone uses --calib, else the search part of --data)")] = None,
+        confidence: Annotated[float, typer.Option(
+            help="a candidate qualifies when the upper bound of its accuracy drop at this "
+                 "confidence (paired, per image vs the original) is within --max-acc-drop; "
+                 "0: the plain estimate")] = 0.9,
+        confirm_fraction: Annotated[float, typer.Option(
+            help="fraction of --data split off (seeded, stratified) to confirm the finalists "
+                 "on images the search never saw; 0: no confirmation split")] = 0.3,
+        finalists: Annotated[int, typer.Option(
+            help="top candidates re-scored on the confirmation part")] = 3,
         finetune_epochs: Annotated[int, typer.Option(help="epochs of --finetune")] = 10,
         bits: Annotated[str | None, typer.Option(
             "--bits", help="also search a bit width per layer: 'auto' (the target's widths; "
@@ -118,22 +159,29 @@ def register(app: typer.Typer) -> None:
         accel_latency: Annotated[str, typer.Option(
             help="accelerator targets: optimize 'total' (simulated accelerator + measured host "
                  "ops) or 'accel' (simulated accelerator only)")] = "total",
+        input_shape: Annotated[list[str] | None, typer.Option(
+            "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+            "(a dynamic batch alone defaults to 1)")] = None,
     ) -> None:
         """Search compressed variants of MODEL for the fastest (or most accurate) one,
         measured on the target device."""
+        from pfcompile.model import parse_input_shapes
         from pfcompile.search.api import run
         from pfcompile.search.loop import SearchSettings
 
         console = Console()
         settings = SearchSettings(strategy=strategy, budget=budget, max_acc_drop=max_acc_drop,
                                   speedup=speedup, latency_ms=latency_ms, size_mb=size_mb, seed=seed,
-                                  calib_samples=calib_samples, bits=bits, sparsity=sparsity)
+                                  calib_samples=calib_samples, bits=bits, sparsity=sparsity,
+                                  confidence=confidence, confirm_fraction=confirm_fraction,
+                                  finalists=finalists)
         prog = _Progress(budget, console)
         with prog.live:
             rep = run(model, target, data=data, calib=calib, settings=settings, device=device,
                       rpc=rpc, key=key, out_dir=out, resume=resume, cache_dir=cache_dir,
                       null_device=null_device, threads=threads, finetune=finetune, train=train,
-                      finetune_epochs=finetune_epochs, on_event=prog, accel_latency=accel_latency)
+                      finetune_epochs=finetune_epochs, on_event=prog, accel_latency=accel_latency,
+                      input_shapes=parse_input_shapes(input_shape))
         b, best = rep["baseline"], rep["best"]
         tag = " [EMULATED: functional only]" if rep["emulated"] else ""
         if rep.get("simulated"):
@@ -141,14 +189,20 @@ def register(app: typer.Typer) -> None:
         console.print(f"baseline {b['latency_ms']:.3f} ms{tag}, {b.get('size_mb') or 0:.3f} MB")
         if best:
             console.print(f"best {best['latency_ms']:.3f} ms ({best['speedup']:.2f}x), accuracy drop "
-                          f"{best['acc_drop']:.2f} points -> {out}/")
+                          f"{best['acc_drop']:.2f} points [{best['acc_drop_lower']:.2f}, "
+                          f"{best['acc_drop_upper']:.2f}] on the search part -> {out}/")
+            cf = best.get("confirmation")
+            if cf:
+                console.print(f"confirmed on {cf['acc_n']} images the search never saw: drop "
+                              f"{cf['acc_drop']:.2f} [{cf['acc_drop_lower']:.2f}, "
+                              f"{cf['acc_drop_upper']:.2f}] points")
+        else:
+            console.print(f"nothing deployed: {rep.get('why_no_candidate')}; {out}/model.onnx is "
+                          "the original model")
         if rep.get("deployed"):
             d = rep["deployed"]
             console.print(f"deployed {out}/: {d['size_bytes'] / 1e6:.3f} MB (code "
                           f"{d['code_bytes'] / 1e6:.3f}, weights {d['weight_bytes'] / 1e6:.3f})")
-        else:
-            console.print(f"no candidate met the goal (within the accuracy drop and faster than "
-                          f"the original on the device); {out}/model.onnx is the original model")
         ft = rep.get("finetune")
         if ft:
             console.print(f"fine-tuned the best candidate: top-1 {ft['before_top1']} -> "
@@ -159,6 +213,11 @@ def register(app: typer.Typer) -> None:
             console.print(f"re-measured round-robin ({rm['repeats']}x, medians): baseline "
                           f"{rm['baseline_ms']:.3f} ms, best {rm['best_ms']:.3f} ms, "
                           f"{rm['speedup']:.2f}x{tag}")
+        ort = rep.get("onnxruntime") or {}
+        if ort.get("ms") is not None and ort.get("speedup"):
+            console.print(f"original in onnxruntime ({ort['threads']} threads, own process): "
+                          f"{ort['ms']:.3f} ms; deployed model {ort['speedup']:.2f}x vs onnxruntime"
+                          + (" (SLOWER than onnxruntime)" if ort["speedup"] < 1 else "") + tag)
         cm = rep["cost_model"]
         console.print(f"cost model: within 10% {cm['within_10pct']}, Kendall tau {cm['kendall_tau']} "
                       f"(n={cm['n_heldout']})")

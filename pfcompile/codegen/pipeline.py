@@ -64,12 +64,17 @@ def channel_block(hw: Hardware) -> int:
 def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
     """Relax module → blocked layout, legalized, fused (PrimFuncs not yet scheduled)."""
     hw = Hardware.from_target(target)
-    pre = tvm.transform.Sequential([
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.Normalize(),
-        convert_layout_pass(channel_block(hw)),
-        relax.transform.Normalize(),
-    ])
+    decompose = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                          relax.transform.Normalize()])
+    blocked = tvm.transform.Sequential([convert_layout_pass(channel_block(hw)),
+                                        relax.transform.Normalize()])
+
+    def pre(m: tvm.IRModule) -> tvm.IRModule:
+        m = decompose(m)
+        try:
+            return blocked(m)
+        except Exception:  # noqa: BLE001 - a layout TVM cannot convert: plain NCHW, correct
+            return m
     seq = tvm.transform.Sequential([
         relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
         relax.transform.AnnotateTIROpPattern(),
