@@ -28,6 +28,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from pfcompile.deploy import prepare
 from pfcompile.errors import DeviceError, PfcompileError
 from pfcompile.targets import MeasureSettings, Target
 
@@ -167,8 +168,6 @@ class RPCRunner(Runner):
         """``(model, dev)``: the library loaded and its load-time step run
         (:func:`pfcompile.deploy.prepare`)."""
         from tvm import relax
-
-        from pfcompile.deploy import prepare
 
         rmod = sess.load_module(remote_name)
         dev = sess.cpu()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pfcompile.deploy import prepare
 from pfcompile.errors import DeviceError
 
 __all__ = ["arm64_device_root", "qemu_rpc_server", "run_on_remote"]
@@ -72,8 +73,6 @@ def run_on_remote(sess, ex, cross_compiler: str, inputs: list[np.ndarray]) -> li
         lib = Path(d) / f"model_{os.getpid()}_{time.monotonic_ns()}.so"
         ex.export_library(str(lib), fcompile=cc.cross_compiler(cross_compiler))
         sess.upload(str(lib))
-    from pfcompile.deploy import prepare
-
     rmod = sess.load_module(lib.name)
     dev = sess.cpu()
     model = prepare(tvm.relax.VirtualMachine(rmod, dev))

@@ -43,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pfcompile.deploy import prepare
 from pfcompile.errors import DeviceError
 from pfcompile.reference import reference_outputs
 from pfcompile.search.graph import Kernel, extract_kernels
@@ -335,8 +336,6 @@ class RPCDevice:
 
     def _load(self, sess, so: Path):
         from tvm import relax
-
-        from pfcompile.deploy import prepare
 
         remote_name = f"pf_{uuid.uuid4().hex[:12]}.so"
         sess.upload(str(so), remote_name)
