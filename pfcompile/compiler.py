@@ -18,6 +18,7 @@ from pathlib import Path
 
 import onnx
 
+from pfcompile.artifact_size import artifact_size
 from pfcompile.errors import CompileError, ModelError, UnsupportedOpError
 from pfcompile.frontend import import_model
 from pfcompile.model import (
@@ -27,6 +28,7 @@ from pfcompile.model import (
     model_hash,
     output_specs,
 )
+from pfcompile.storage import StorageReport, pack_weights_pass
 from pfcompile.targets import Target, load_target
 
 __all__ = [
@@ -86,7 +88,9 @@ def _has_qdq(model: onnx.ModelProto) -> bool:
 
 def build_executable(mod, target: Target, *, integer: bool = False,
                      layer_names: list[str] | None = None,
-                     records_dir: Path | None = None) -> tuple[object, list]:
+                     records_dir: Path | None = None,
+                     storage: StorageReport | None = None,
+                     pack: bool = True) -> tuple[object, list]:
     """Relax IRModule → (TVM executable for ``target``, per-layer reports).
 
     Float models go through pfcompile's code generation (:func:`pfcompile.codegen.build`:
@@ -94,6 +98,8 @@ def build_executable(mod, target: Target, *, integer: bool = False,
     ``integer=True`` lowers DQ→Conv/MatMul/Gemm→Q patterns to integer kernels
     (:func:`pfcompile.quantexec.lower_qdq`) first; unmatched layers keep the float path
     and say why in the reports. Both then go through the same code generation.
+    ``pack`` stores the weight constants compactly, decoded once at load
+    (:func:`pfcompile.storage.pack_weights`; ``storage`` receives what it did).
     """
     from pfcompile import codegen
 
@@ -111,13 +117,20 @@ def build_executable(mod, target: Target, *, integer: bool = False,
             # 0.275 ms on host-avx2. (While the kernels carried the pre-0.25 name
             # ``tir.is_scheduled``, codegen re-matched them: 0.363 ms, hence an old rule
             # that sent only mixed int8/float models this way.)
-        ex = codegen.build(mod, target, records_dir=records_dir)
+        post = [pack_weights_pass(storage)] if pack else []
+        ex = codegen.build(mod, target, records_dir=records_dir, post_passes=post)
     except CompileError:
         raise
     except Exception as exc:
         raise CompileError(f"TVM failed to compile for target '{target.name}': "
                            f"{type(exc).__name__}: {str(exc).strip()[-400:]}") from exc
     return ex, reports
+
+
+#: linker options of every exported library: drop the debug sections and the static
+#: symbol table (a quarter of an int8 ResNet-20 library); the dynamic symbols the TVM
+#: runtime looks up stay.
+LINK_OPTIONS = ("-s",)
 
 
 def export_executable(ex, target: Target, so_path: Path) -> None:
@@ -130,9 +143,10 @@ def export_executable(ex, target: Target, so_path: Path) -> None:
                 raise CompileError(
                     f"target '{target.name}' needs the cross compiler '{target.cross_compiler}', "
                     f"which is not on PATH (Debian: apt-get install g++-aarch64-linux-gnu)")
-            ex.export_library(str(so_path), fcompile=cc.cross_compiler(target.cross_compiler))
+            ex.export_library(str(so_path), fcompile=cc.cross_compiler(
+                target.cross_compiler, options=list(LINK_OPTIONS)))
         else:
-            ex.export_library(str(so_path))
+            ex.export_library(str(so_path), options=list(LINK_OPTIONS))
     except CompileError:
         raise
     except Exception as exc:
@@ -189,15 +203,18 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
         # TVM cannot import blocked / float8 DequantizeLinear: such weights become float
         compiled, layer_report = prepare_qdq(proto)
     mod = import_relax(compiled, specs)
+    storage = StorageReport()
     ex, reports = build_executable(mod, tgt, integer=integer and _has_qdq(compiled),
-                                   layer_names=onnx_layer_names(compiled) if _has_qdq(compiled) else None)
+                                   layer_names=onnx_layer_names(compiled) if _has_qdq(compiled) else None,
+                                   storage=storage)
     layer_report += reports
 
     out.mkdir(parents=True, exist_ok=True)
     so_path = out / "model.so"
     export_executable(ex, tgt, so_path)
     return _write_artifact(out, so_path, proto, tgt, specs, outs, source, t0,
-                           {"layers": [r.to_json() for r in layer_report]})
+                           {"layers": [r.to_json() for r in layer_report],
+                            "storage": storage.to_json()})
 
 
 def _write_artifact(out: Path, lib: Path, proto: onnx.ModelProto, tgt: Target,
@@ -212,6 +229,8 @@ def _write_artifact(out: Path, lib: Path, proto: onnx.ModelProto, tgt: Target,
         "source_model": source,
         "source_hash": model_hash(proto),
         "library": lib.name,
+        "deployed": [lib.name],
+        "size": artifact_size(lib).to_json(),
         **extra,
         "compile_seconds": round(time.perf_counter() - t0, 3),
         "versions": _versions(),

@@ -28,6 +28,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from pfcompile.deploy import prepare
 from pfcompile.errors import DeviceError, PfcompileError
 from pfcompile.targets import MeasureSettings, Target
 
@@ -164,11 +165,13 @@ class RPCRunner(Runner):
         return name
 
     def load(self, sess: Any, remote_name: str) -> tuple[Any, Any]:
+        """``(model, dev)``: the library loaded and its load-time step run
+        (:func:`pfcompile.deploy.prepare`)."""
         from tvm import relax
 
         rmod = sess.load_module(remote_name)
         dev = sess.cpu()
-        return relax.VirtualMachine(rmod, dev), dev
+        return prepare(relax.VirtualMachine(rmod, dev)), dev
 
     def _set_inputs(self, vm: Any, dev: Any, art: Artifact,
                     inputs: dict[str, np.ndarray]) -> None:
@@ -179,20 +182,20 @@ class RPCRunner(Runner):
         if missing:
             raise PfcompileError(f"inputs lack {missing} (the model takes {names})")
         args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), dev) for n in names]
-        vm.set_input("main", *args)
+        vm.set_input(*args)
 
     def run_once(self, vm: Any, art: Artifact) -> dict[str, np.ndarray]:
-        vm.invoke_stateful("main")
-        arrays = _to_numpy(vm.get_outputs("main"))
+        vm.invoke_stateful()
+        arrays = _to_numpy(vm.get_outputs())
         names = list(art.output_names)
         if len(names) != len(arrays):
             names = [f"output_{i}" for i in range(len(arrays))]
         return dict(zip(names, arrays, strict=True))
 
     def evaluate(self, vm: Any, dev: Any, settings: MeasureSettings) -> list[float]:
-        ftimer = vm.time_evaluator("invoke_stateful", dev, number=settings.number,
-                                   repeat=settings.repeat, min_repeat_ms=settings.min_repeat_ms)
-        return [float(s) * 1e3 for s in ftimer("main").results]
+        ftimer = vm.stateful_timer(dev, number=settings.number, repeat=settings.repeat,
+                                   min_repeat_ms=settings.min_repeat_ms)
+        return [float(s) * 1e3 for s in ftimer().results]
 
     def cleanup(self, sess: Any, remote_name: str) -> None:
         # best effort: the server's workspace is temporary anyway

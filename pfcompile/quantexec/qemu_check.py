@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pfcompile.deploy import prepare
 from pfcompile.errors import DeviceError
 
 __all__ = ["arm64_device_root", "qemu_rpc_server", "run_kernels_on_remote", "run_on_remote"]
@@ -74,8 +75,8 @@ def run_on_remote(sess, ex, cross_compiler: str, inputs: list[np.ndarray]) -> li
         sess.upload(str(lib))
     rmod = sess.load_module(lib.name)
     dev = sess.cpu()
-    vm = tvm.relax.VirtualMachine(rmod, dev)
-    return [vm["main"](tvm.runtime.tensor(x, dev)).numpy() for x in inputs]
+    model = prepare(tvm.relax.VirtualMachine(rmod, dev))
+    return [model(tvm.runtime.tensor(x, dev)).numpy() for x in inputs]
 
 
 def run_kernels_on_remote(sess, funcs: list, tvm_target, cross_compiler: str,

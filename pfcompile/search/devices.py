@@ -43,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pfcompile.deploy import prepare
 from pfcompile.errors import DeviceError
 from pfcompile.reference import reference_outputs
 from pfcompile.search.graph import Kernel, extract_kernels
@@ -338,14 +339,14 @@ class RPCDevice:
 
         remote_name = f"pf_{uuid.uuid4().hex[:12]}.so"
         sess.upload(str(so), remote_name)
-        return relax.VirtualMachine(sess.load_module(remote_name), sess.cpu())
+        return prepare(relax.VirtualMachine(sess.load_module(remote_name), sess.cpu()))
 
     def _check(self, vm, args, want: list[np.ndarray], atol: float | None = None,
                sess=None) -> float:
         """Max abs difference to onnxruntime's outputs (all of them); raises past the
         tolerance: ``atol`` for a quantized model (``measure.quantized_tolerance``), else
         ``rtol`` of each output's scale."""
-        got = _read_outputs(vm["main"](*args), sess, len(want))
+        got = _read_outputs(vm(*args), sess, len(want))
         diff = 0.0
         for i, (g, w) in enumerate(zip(got, want, strict=True)):
             if not np.all(np.isfinite(g)):
@@ -369,8 +370,7 @@ class RPCDevice:
         dev = sess.cpu()
         args = [tvm.runtime.tensor(v, dev) for v in feeds.values()]
         diff = self._check(vm, args, want, atol, sess) if want is not None else None
-        f = vm.time_evaluator("main", dev, number=number, repeat=repeat,
-                              min_repeat_ms=min_repeat_ms)
+        f = vm.time_evaluator(dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
         res = f(*args)
         return float(np.median(res.results) * 1e3), diff
 
@@ -394,9 +394,9 @@ class RPCDevice:
         diff = self._check(vm, args, want, atol, sess)
         rvm = self._load(sess, Path(ref["so"]))
         rargs = [tvm.runtime.tensor(v, dev) for v in ref["feeds"].values()]
-        rvm["main"](*rargs)
-        fc = vm.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=self._round_ms)
-        fr = rvm.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=self._round_ms)
+        rvm(*rargs)
+        fc = vm.time_evaluator(dev, number=1, repeat=1, min_repeat_ms=self._round_ms)
+        fr = rvm.time_evaluator(dev, number=1, repeat=1, min_repeat_ms=self._round_ms)
         ratios, raw = [], []
         for i in range(self._rounds):
             if i % 2 == 0:
@@ -531,7 +531,7 @@ class RPCDevice:
                         m = kernel_model(kernels[j])
                         vm = self._load(sess, step[1])
                         vargs = [tvm.runtime.tensor(v, dev) for v in _random_feeds(m).values()]
-                        fe = vm.time_evaluator("main", dev, number=1, repeat=1, min_repeat_ms=ms)
+                        fe = vm.time_evaluator(dev, number=1, repeat=1, min_repeat_ms=ms)
                         timed = (lambda fe=fe, vargs=vargs: fe(*vargs).mean)
                     timed()  # warm-up
                     ratios = []

@@ -33,6 +33,7 @@ from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.search.judge import AccuracyJudge, strategy_view
 from pfcompile.search.knobs import parse_bits, parse_sparsity
 from pfcompile.search.latency_model import FlopsModel, LatencyModel
+from pfcompile.search.sizing import SizeModel, measured_size, size_kind
 from pfcompile.search.space import SearchSpace, build_space, compress, config_hash
 from pfcompile.search.state import load_strategy_state, save_strategy_state
 from pfcompile.search.stats import check_confidence
@@ -100,16 +101,13 @@ class Deployer(Protocol):
 
 
 def model_size_mb(model: onnx.ModelProto) -> float:
-    """What the model stores for its constants, in MB (1e6 bytes): each initializer
-    and ``Constant`` value at its element size, as stored in the ONNX model — float32
-    weights 4 bytes each, the quantize pass's int8 weights 1 byte each (plus their
-    float32 per-channel scales and zero points; weights narrower than 8 bits still
-    take a whole int8 byte, nothing is bit-packed). Zeros from the sparsify pass are
-    counted like any other value: the initializers are dense and no compiled
-    artifact here (TVM's CPU kernels, the accelerator simulator) stores or skips
-    them sparsely, so a sparse layer is as big as a dense one
-    (``pfcompile.passes.sparsify.sparsity_report`` says what CSR / BSR storage would
-    take). Names and protobuf framing are not counted."""
+    """What the ONNX model stores for its constants, in MB (1e6 bytes): each initializer
+    and ``Constant`` value at its element size — float32 weights 4 bytes each, the
+    quantize pass's int8 weights 1 byte each (plus their float32 per-channel scales and
+    zero points; narrower weights also take an int8 byte in ONNX), zeros from the
+    sparsify pass like any other value. Names and protobuf framing are not counted.
+    The search judges ``--size-mb`` on the deployed files instead
+    (:mod:`pfcompile.search.sizing`: measured, or predicted before compiling)."""
     total = 0
     tensors = list(model.graph.initializer) + [
         a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
@@ -220,7 +218,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         log.append(split_rec)
 
     space = build_space(model, target.hardware, min_keep=settings.min_keep,
-                        bits=parse_bits(settings.bits, target),
+                        bits=parse_bits(settings.bits, target, size_goal=settings.size_mb is not None),
                         sparsity=parse_sparsity(settings.sparsity))
     if deploy is not None:
         space = deploy.adapt_space(space)      # e.g. only the widths an accelerator runs
@@ -283,6 +281,10 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
 
     compressed: dict[str, tuple[onnx.ModelProto, list[Kernel]]] = {}
     shapes_only: dict[str, tuple[list[Kernel], float | None]] = {}
+    sizes = SizeModel()   # code bytes per kind from the measured artifacts
+    for r in past:
+        if r.get("type") in ("baseline", "trial") and r.get("size"):
+            sizes.observe(r.get("size_kind", "float"), r["size"]["code_bytes"])
 
     def candidate(cfg: dict) -> tuple[onnx.ModelProto, list[Kernel]]:
         """The candidate model (LASSO-pruned when there is calibration data) and its kernels."""
@@ -304,7 +306,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         and dtypes as ``candidate``)."""
         h = config_hash(cfg)
         if h in compressed:
-            return compressed[h][1], model_size_mb(compressed[h][0])
+            return compressed[h][1], sizes.predict_mb(compressed[h][0])
         if h not in shapes_only:
             if len(shapes_only) > 1024:
                 shapes_only.clear()
@@ -312,7 +314,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                 shapes_only[h] = (deploy.kernels(model, space, cfg), None)
             else:
                 cm = compress(model, space, cfg, quant_calib=qcalib)
-                shapes_only[h] = (extract_kernels(cm), model_size_mb(cm))
+                shapes_only[h] = (extract_kernels(cm), sizes.predict_mb(cm))
         return shapes_only[h]
 
     def shaped(cfg: dict) -> list[Kernel]:
@@ -321,7 +323,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     def size_of(cfg: dict) -> float:
         try:
             size = shaped_model(cfg)[1]
-            return size if size is not None else model_size_mb(candidate(cfg)[0])
+            return size if size is not None else sizes.predict_mb(candidate(cfg)[0])
         except PfcompileError:
             return math.inf
 
@@ -339,8 +341,12 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         acc = evaluator.reference
         base = {"type": "baseline", "latency_ms": m.latency_ms, "top1": acc.top1,
                 "agreement": acc.agreement, "score": acc.score, "macs": sum(k.macs for k in base_kernels),
-                "size_mb": model_size_mb(model), "model_hash": mhash, "so_path": m.so_path,
+                "size_mb": sizes.predict_mb(base_model), "size_kind": size_kind(base_model),
+                "model_hash": mhash, "so_path": m.so_path,
                 "n_eval": acc.n, "time": time.time(), **getattr(m, "details", {})}
+        _set_measured_size(base, m.so_path)
+        if base.get("size"):
+            sizes.observe(base["size_kind"], base["size"]["code_bytes"])
         if deploy is not None:   # the deployed baseline (e.g. uniform 8-bit) is not the original
             dacc = evaluator.score(base_model)
             base.update({"deployed_model_hash": bhash, "deployed_top1": dacc.top1,
@@ -398,6 +404,8 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         """Log a finished trial (its id: its place in the log), tell the strategy,
         update the latency model; time its new kernels now or leave that to the caller."""
         rec["id"] = len(trials)
+        if rec.get("size"):
+            sizes.observe(rec.get("size_kind", "float"), rec["size"]["code_bytes"])
         log.append(rec)
         trials.append(rec)
         strat.tell(c.config, strategy_view(rec))
@@ -418,7 +426,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         ready = []
         for c in props:
             rec, cm, t0 = _prepare_trial(len(trials), c, model, space, judge, base,
-                                         lat_model, settings.strategy, candidate)
+                                         lat_model, settings.strategy, candidate, sizes)
             if cm is None:
                 record(c, rec, time_now=False)
             else:
@@ -453,7 +461,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
             if len(trials) >= settings.budget:
                 break
             rec = _run_trial(len(trials), c, model, space, device, judge, base, goal,
-                             run_dir, lat_model, settings.strategy, candidate)
+                             run_dir, lat_model, settings.strategy, candidate, sizes)
             record(c, rec, time_now=True)
 
     # feasible (qualified accuracy, goal met; faster than the original when fastest), best first
@@ -474,8 +482,9 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
 
 
 def _run_trial(i: int, c, model, space, device, judge, base, goal, run_dir, lat_model,
-               strategy, candidate) -> dict:
-    rec, cm, t0 = _prepare_trial(i, c, model, space, judge, base, lat_model, strategy, candidate)
+               strategy, candidate, sizes: SizeModel) -> dict:
+    rec, cm, t0 = _prepare_trial(i, c, model, space, judge, base, lat_model, strategy,
+                                 candidate, sizes)
     if cm is None:
         return rec
     m = device.measure_model(cm, run_dir / "artifacts" / rec["model_hash"])
@@ -483,7 +492,7 @@ def _run_trial(i: int, c, model, space, device, judge, base, goal, run_dir, lat_
 
 
 def _prepare_trial(i: int, c, model, space, judge: AccuracyJudge, base, lat_model, strategy,
-                   candidate) -> tuple[dict, onnx.ModelProto | None, float]:
+                   candidate, sizes: SizeModel) -> tuple[dict, onnx.ModelProto | None, float]:
     """Compress and evaluate (the drop with its interval and verdict, ``judge``):
     ``(record, compressed model or None when that failed, t0)``."""
     t0 = time.time()
@@ -497,7 +506,8 @@ def _prepare_trial(i: int, c, model, space, judge: AccuracyJudge, base, lat_mode
         rec["error"] = f"compress failed: {exc}"
         return rec, None, t0
     h = model_hash(cm)
-    rec.update({"model_hash": h, "macs": sum(k.macs for k in kernels), "size_mb": model_size_mb(cm),
+    rec.update({"model_hash": h, "macs": sum(k.macs for k in kernels),
+                "size_mb": sizes.predict_mb(cm), "size_kind": size_kind(cm),
                 "keep": space.keep_ratios(c.config)})
     for kind in ("bits", "sparsity"):  # the layers moved off their default, when searched
         if kind in space.kinds():
@@ -508,10 +518,22 @@ def _prepare_trial(i: int, c, model, space, judge: AccuracyJudge, base, lat_mode
     return rec, cm, t0
 
 
+def _set_measured_size(rec: dict, so_path: str | None) -> None:
+    """``size_mb`` from the compiled files when there are some (``size``: the bytes,
+    code and weights apart); else it stays the prediction (``size_measured`` False)."""
+    size = measured_size(so_path)
+    rec["size_measured"] = size is not None
+    if size is not None:
+        rec["size_predicted_mb"] = rec.get("size_mb")
+        rec["size_mb"] = size.size_mb
+        rec["size"] = size.to_json()
+
+
 def _finish_trial(rec: dict, m, base, goal, t0: float) -> dict:
     """Fill ``rec`` from the device's measurement ``m``."""
     rec["measured"] = True
     rec["so_path"] = m.so_path
+    _set_measured_size(rec, m.so_path)
     rec.update(getattr(m, "details", {}))    # e.g. simulated / measured parts, also on failure
     if not m.ok:
         rec["error"] = m.error
