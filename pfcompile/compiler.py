@@ -28,6 +28,7 @@ from typing import Any
 
 import onnx
 
+from pfcompile.artifact_size import artifact_size
 from pfcompile.errors import CompileError, ModelError, UnsupportedOpError
 from pfcompile.frontend import import_model
 from pfcompile.model import (
@@ -37,6 +38,7 @@ from pfcompile.model import (
     model_hash,
     output_specs,
 )
+from pfcompile.storage import StorageReport, pack_weights_pass
 from pfcompile.targets import Target, load_target
 
 __all__ = [
@@ -110,7 +112,9 @@ def has_qdq(model: onnx.ModelProto) -> bool:
 
 def build_relax(mod, target: Target, *, integer: bool = False,
                 layer_names: list[str] | None = None,
-                records_dir: Path | None = None) -> tuple[Any, list]:
+                records_dir: Path | None = None,
+                storage: StorageReport | None = None,
+                pack: bool = True) -> tuple[Any, list]:
     """Relax IRModule → (TVM executable for ``target``, per-layer reports).
 
     Float models go through pfcompile's code generation (:func:`pfcompile.codegen.build`:
@@ -118,6 +122,8 @@ def build_relax(mod, target: Target, *, integer: bool = False,
     ``integer=True`` lowers DQ→Conv/MatMul/Gemm→Q patterns to integer kernels
     (:func:`pfcompile.quantexec.lower_qdq`) first; unmatched layers keep the float path
     and say why in the reports. Both then go through the same code generation.
+    ``pack`` stores the weight constants compactly, decoded once at load
+    (:func:`pfcompile.storage.pack_weights`; ``storage`` receives what it did).
     """
     from pfcompile import codegen
 
@@ -135,7 +141,8 @@ def build_relax(mod, target: Target, *, integer: bool = False,
             # 0.275 ms on host-avx2. (While the kernels carried the pre-0.25 name
             # ``tir.is_scheduled``, codegen re-matched them: 0.363 ms, hence an old rule
             # that sent only mixed int8/float models this way.)
-        ex = codegen.build(mod, target, records_dir=records_dir)
+        post = [pack_weights_pass(storage)] if pack else []
+        ex = codegen.build(mod, target, records_dir=records_dir, post_passes=post)
     except CompileError:
         raise
     except Exception as exc:
@@ -146,7 +153,8 @@ def build_relax(mod, target: Target, *, integer: bool = False,
 
 def build(model: onnx.ModelProto, target: Target, *, integer: bool = True,
           specs: list[TensorSpec] | None = None,
-          records_dir: Path | None = None) -> tuple[Any, list]:
+          records_dir: Path | None = None,
+          storage: StorageReport | None = None, pack: bool = True) -> tuple[Any, list]:
     """An ONNX model -> ``(library, per-layer reports)`` for ``target``.
 
     - FPGA-style target: the accelerator program (:func:`pfcompile.accel.compile_accel`;
@@ -155,6 +163,9 @@ def build(model: onnx.ModelProto, target: Target, *, integer: bool = True,
       float8 / 4-bit weights), its DQ→op→Q layers on integer kernels unless
       ``integer=False`` (then TVM's float fake-quant), the others float;
     - a float model: pfcompile's code generation.
+
+    CPU libraries store their weight constants compactly, decoded once at load
+    (``pack``; :mod:`pfcompile.storage`, ``storage`` receives what it did).
     """
     if target.is_accelerator:
         from pfcompile.accel import compile_accel, load_accel_config
@@ -168,7 +179,8 @@ def build(model: onnx.ModelProto, target: Target, *, integer: bool = True,
         reports += [{"node": n, "path": "host", "reason": why} for n, why in prog.fallbacks.items()]
         return prog, reports
     if not has_qdq(model):
-        return build_relax(import_onnx(model, specs), target, records_dir=records_dir)
+        return build_relax(import_onnx(model, specs), target, records_dir=records_dir,
+                           storage=storage, pack=pack)
     from pfcompile.quantexec import onnx_layer_names, prepare_qdq
 
     # TVM cannot import blocked / float8 DequantizeLinear: such weights become float
@@ -176,7 +188,7 @@ def build(model: onnx.ModelProto, target: Target, *, integer: bool = True,
     integer = integer and has_qdq(prepared)
     ex, layers = build_relax(import_onnx(prepared, specs), target, integer=integer,
                              layer_names=onnx_layer_names(prepared) if integer else None,
-                             records_dir=records_dir)
+                             records_dir=records_dir, storage=storage, pack=pack)
     return ex, folded + layers
 
 
@@ -188,6 +200,12 @@ def build_primfuncs(funcs: list, target: Target):
     mod = tvm.IRModule({f"k{i}": f.with_attr("global_symbol", f"k{i}")
                         for i, f in enumerate(funcs)})
     return tvm.compile(mod, target=target.tvm_target())
+
+
+#: linker options of every exported library: drop the debug sections and the static
+#: symbol table (a quarter of an int8 ResNet-20 library); the dynamic symbols the TVM
+#: runtime looks up stay.
+LINK_OPTIONS = ("-s",)
 
 
 def export(lib: Any, target: Target, path: str | Path) -> Path:
@@ -206,9 +224,10 @@ def export(lib: Any, target: Target, path: str | Path) -> Path:
                 raise CompileError(
                     f"target '{target.name}' needs the cross compiler '{target.cross_compiler}', "
                     f"which is not on PATH (Debian: apt-get install g++-aarch64-linux-gnu)")
-            lib.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
+            lib.export_library(str(path), fcompile=cc.cross_compiler(
+                target.cross_compiler, options=list(LINK_OPTIONS)))
         else:
-            lib.export_library(str(path))
+            lib.export_library(str(path), options=list(LINK_OPTIONS))
     except CompileError:
         raise
     except Exception as exc:
@@ -255,12 +274,15 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
         proto = fix_input_shapes(proto, specs)
     outs = output_specs(proto)
     out = Path(out_dir)
-    lib, reports = build(proto, tgt, integer=integer, specs=specs)
+    storage = StorageReport()
+    lib, reports = build(proto, tgt, integer=integer, specs=specs, storage=storage)
     out.mkdir(parents=True, exist_ok=True)
     path = export(lib, tgt, out / ("program.npz" if tgt.is_accelerator else "model.so"))
     extra: dict = {"layers": [r if isinstance(r, dict) else r.to_json() for r in reports]}
     if tgt.is_accelerator:
         extra["accel_ms_simulated"] = lib.accel_ms
+    else:
+        extra["storage"] = storage.to_json()
     return _write_artifact(out, path, proto, tgt, specs, outs, source, t0, extra)
 
 
@@ -276,6 +298,8 @@ def _write_artifact(out: Path, lib: Path, proto: onnx.ModelProto, tgt: Target,
         "source_model": source,
         "source_hash": model_hash(proto),
         "library": lib.name,
+        "deployed": [lib.name],
+        "size": artifact_size(lib).to_json(),
         **extra,
         "compile_seconds": round(time.perf_counter() - t0, 3),
         "versions": _versions(),

@@ -11,6 +11,13 @@
   whole first output; ``inf`` when the outputs are identical; None without a
   reference.
 - ``macs``, ``params``, ``size_bytes``: :func:`pfcompile.passes.stats.model_stats`.
+
+``model`` may also be a compiled artifact folder (``pfcompile compile -o DIR``, or
+``artifact=DIR`` with its ``source.onnx`` loaded): the
+accuracy figures are then those of ``DIR/source.onnx`` (the exact reference its
+library is verified against), and ``size_bytes`` is the bytes of the deployed files
+(:func:`pfcompile.artifact_size.artifact_size`), with ``code_bytes`` and
+``weight_bytes`` apart.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pfcompile import ir as pir
+from pfcompile.artifact_size import artifact_size
 from pfcompile.batching import batch_free
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError, ModelError
@@ -36,7 +44,8 @@ EVAL_FIELDS = ("top1", "agreement", "output_snr_db", "macs", "params", "size_byt
 
 def _model(model: ModelLike | str | Path) -> ModelLike:
     if isinstance(model, (str, Path)):
-        return pir.load(model)
+        p = Path(model)
+        return pir.load(p / "source.onnx" if p.is_dir() else p)
     return model
 
 
@@ -67,8 +76,9 @@ def _batched(model: ModelLike) -> ModelLike:
 
 
 def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike | str | Path | None = None,
-             batch: int = 256) -> dict:
-    """Evaluate ``model`` on ``data`` (and against ``reference``); see the module docstring."""
+             batch: int = 256, *, artifact: str | Path | None = None) -> dict:
+    """Evaluate ``model`` on ``data`` (and against ``reference``); see the module docstring.
+    ``artifact``: the compiled folder ``model`` came from (its size is then the files')."""
     m = _model(model)
     check_calib_data(m, data, "evaluation data")
     out = run_ort(_batched(m), data.inputs, batch)[0]
@@ -86,4 +96,10 @@ def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike 
         result["output_snr_db"] = output_snr_db(out, ref)
     stats = model_stats(m)
     result.update(macs=int(stats.macs), params=int(stats.params), size_bytes=int(stats.size_bytes))
+    if artifact is None and isinstance(model, (str, Path)) and Path(model).is_dir():
+        artifact = model
+    if artifact is not None:
+        size = artifact_size(artifact)
+        result.update(size_bytes=size.size_bytes, code_bytes=size.code_bytes,
+                      weight_bytes=size.weight_bytes)
     return result

@@ -74,13 +74,13 @@ def test_front_end_folds_lifts_upgrades(tmp_path):
 
 
 def test_front_end_output_imports_into_tvm(tmp_path):
-    from pfcompile.compiler import import_relax
+    from pfcompile.compiler import import_onnx
     from pfcompile.model import input_specs
 
     p = tmp_path / "paddle.onnx"
     onnx.save(paddle_like(), p)
     m = import_model(p, {"x": (1, 3, 8, 8)})
-    mod = import_relax(m, input_specs(m))
+    mod = import_onnx(m, input_specs(m))
     assert "main" in [gv.name_hint for gv in mod.get_global_vars()]
 
 

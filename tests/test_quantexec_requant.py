@@ -4,34 +4,34 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pfcompile.errors import PassError
-from pfcompile.quantexec.requant import fixed_point, requantize_ref
+from pfcompile.quantexec.requant import requant_scale, requantize_ref
 
 
 @given(st.floats(min_value=1e-6, max_value=100.0), st.integers(-(2**24), 2**24))
 @settings(max_examples=300, deadline=None)
-def test_fixed_point_matches_float_rounding_within_one(m, acc):
-    m0, sh = fixed_point(np.array([m]))
-    assert 2**30 <= int(m0[0]) < 2**31
-    got = int(requantize_ref(np.array([[acc]]), m0, sh, 0, -(2**40), 2**40)[0, 0])
+def test_float32_requant_matches_exact_rounding_within_float_error(m, acc):
+    s = requant_scale(np.array([m]))
+    assert s.dtype == np.float32
+    got = int(requantize_ref(np.array([[acc]]), s, 0, -(2**40), 2**40)[0, 0])
     exact = acc * m
     assert abs(got - exact) <= 0.5 + 1e-6 * max(1.0, abs(exact))
 
 
 def test_round_half_to_even_on_exact_ties():
-    m0, sh = fixed_point(np.array([0.5]))  # exact in fixed point
+    s = requant_scale(np.array([0.5]))  # exact in float32
     acc = np.array([[1, 3, 5, -1, -3, 7]])
-    got = requantize_ref(acc, m0, sh, 0, -100, 100)
+    got = requantize_ref(acc, s, 0, -100, 100)
     np.testing.assert_array_equal(got, np.round(acc * 0.5))  # numpy rounds half to even
     np.testing.assert_array_equal(got[0], [0, 2, 2, 0, -2, 4])
 
 
 def test_saturates_and_adds_zero_point():
-    m0, sh = fixed_point(np.array([1.0, 1.0]))
+    s = requant_scale(np.array([1.0, 1.0]))
     acc = np.array([[300, -300]]).reshape(1, 2)
-    got = requantize_ref(acc, m0, sh, 10, 0, 255)
+    got = requantize_ref(acc, s, 10, 0, 255)
     np.testing.assert_array_equal(got, [[255, 0]])
 
 
 def test_bad_scales_raise():
     with pytest.raises(PassError, match="channel 1"):
-        fixed_point(np.array([0.5, -1.0]))
+        requant_scale(np.array([0.5, -1.0]))

@@ -65,8 +65,15 @@ def test_bit_choices_come_from_the_target(host):
     assert parse_bits("auto", bf) == (32, 8, 4, 2)
     assert parse_bits("8,32", host) == parse_bits("8", host) == parse_bits([8], host) == (32, 8)
     assert parse_bits(None, host) is None and parse_bits("off", host) is None
-    with pytest.raises(ConfigError, match=r"'host' runs layers at \[32, 8\].*not 4"):
-        parse_bits("4,32", host)
+    # narrower widths run the int8 kernels but are stored packed: listed, or offered by
+    # auto when the search has a size goal
+    assert parse_bits("4,32", host) == (32, 4)
+    assert parse_bits("auto", host) == (32, 8)
+    assert parse_bits("auto", host, size_goal=True) == bit_choices(host, size_goal=True) == (32, 8, 4)
+    with pytest.raises(ConfigError, match=r"'host' runs layers at \[32, 8, 7, 6, 5, 4, 3, 2\].*not 1"):
+        parse_bits("1,32", host)
+    with pytest.raises(ConfigError, match=r"'fpga-bitfusion' runs layers at \[32, 8, 4, 2\].*not 3"):
+        parse_bits("3", bf)
     with pytest.raises(ConfigError, match="'eight' is not an integer"):
         parse_bits("eight", host)
     with pytest.raises(ConfigError, match="comma-separated"):
@@ -336,8 +343,8 @@ def test_cli_bits_and_sparsity_flags(tmp_path):
     meta = trials[0]
     assert meta["settings"]["bits"] == "auto" and meta["settings"]["sparsity"] == "0,0.5"
     assert sum(t["type"] == "trial" for t in trials) == 2
-    bad = CliRunner().invoke(_app(), ["run", "--null-device", "--bits", "4", "-o", str(tmp_path / "x")])
-    assert isinstance(bad.exception, ConfigError) and "not 4" in str(bad.exception)
+    bad = CliRunner().invoke(_app(), ["run", "--null-device", "--bits", "9", "-o", str(tmp_path / "x")])
+    assert isinstance(bad.exception, ConfigError) and "not 9" in str(bad.exception)
 
 
 # ----------------------------------------------------------------------------- real device (slow)

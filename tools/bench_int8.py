@@ -81,9 +81,10 @@ def _qdq_model(name: str, fp32: Path, shape: tuple[int, ...], quantizer: str) ->
 
 def _tvm_runner(ex, x: np.ndarray):
     dev = tvm.cpu()
-    vm = tvm.relax.VirtualMachine(ex, dev)
+    from pfcompile.deploy import prepare
+
+    f = prepare(tvm.relax.VirtualMachine(ex, dev))  # compact weights decoded once, here
     arg = tvm.runtime.tensor(x, dev)
-    f = vm["main"]
     return lambda: f(arg).numpy()
 
 

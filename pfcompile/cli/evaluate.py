@@ -18,7 +18,8 @@ console = Console()
 
 
 def evaluate_cmd(
-    model: Annotated[Path, typer.Argument(help=".onnx to evaluate")],
+    model: Annotated[Path, typer.Argument(help=".onnx to evaluate, or a compiled artifact "
+                                          "folder (its source.onnx; size = the deployed files)")],
     data: Annotated[Path, typer.Option("--data", help="validation .npz (x, optional labels y)")],
     reference: Annotated[Path | None, typer.Option("--reference", help="original .onnx to compare against")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
@@ -29,10 +30,12 @@ def evaluate_cmd(
     """Top-1, agreement and output SNR vs a reference, MACs, params, size."""
     from pfcompile.evaluate import evaluate
 
-    # evaluation keeps a dynamic batch free (the data is run in batches)
-    m = import_ir(model, input_shape, batch=None)
+    # evaluation keeps a dynamic batch free (the data is run in batches); a compiled
+    # artifact folder is evaluated on its source.onnx, its size measured from its files
+    src = model / "source.onnx" if model.is_dir() else model
+    m = import_ir(src, input_shape, batch=None)
     ref = import_ir(reference, input_shape, batch=None) if reference is not None else None
-    result = evaluate(m, load_data(m, data), ref)
+    result = evaluate(m, load_data(m, data), ref, artifact=model if model.is_dir() else None)
     if as_json:
         print(json.dumps(jsonable(result)))
         return

@@ -53,11 +53,16 @@ def inspect_cmd(
 
 
 def _inspect_artifact(artifact: Path, as_json: bool) -> None:
+    from pfcompile.artifact_size import artifact_size
     from pfcompile.compiler import read_meta
 
     meta = read_meta(artifact)
+    size = artifact_size(artifact)
     rep = {"artifact": str(artifact), "target": meta["target"]["name"],
-           "library": meta.get("library"), "layers": meta.get("layers", [])}
+           "library": meta.get("library"), "layers": meta.get("layers", []),
+           "size_bytes": size.size_bytes, "code_bytes": size.code_bytes,
+           "weight_bytes": size.weight_bytes, "files": size.files,
+           "storage": meta.get("storage")}
     if as_json:
         typer.echo(json.dumps(rep, indent=1))
         return
@@ -66,6 +71,12 @@ def _inspect_artifact(artifact: Path, as_json: bool) -> None:
         t.add_row(la.get("node", ""), la.get("path", ""),
                   la.get("reason") or la.get("kernel") or "")
     console.print(t if rep["layers"] else f"{artifact}: float model, no quantized layers")
+    st = rep["storage"] or {}
+    packed = sorted({p["encoding"] for p in st.get("packed", [])})
+    console.print(f"deployed {size.size_bytes:,} bytes ({', '.join(size.files)}): code "
+                  f"{size.code_bytes:,}, weights {size.weight_bytes:,}"
+                  + (f"; weights stored {st['stored_bytes']:,} of {st['constant_bytes']:,} bytes "
+                     f"({', '.join(packed)}), decoded once at load" if packed else ""))
 
 
 

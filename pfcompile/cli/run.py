@@ -151,7 +151,8 @@ def register(app: typer.Typer) -> None:
         finetune_epochs: Annotated[int, typer.Option(help="epochs of --finetune")] = 10,
         bits: Annotated[str | None, typer.Option(
             "--bits", help="also search a bit width per layer: 'auto' (the target's widths; "
-            "host: 32,8) or a list such as 8,32 (32 = float, always included)")] = None,
+            "host: 32,8, and 4 with --size-mb) or a list such as 8,32 (32 = float, always "
+            "included)")] = None,
         sparsity: Annotated[str | None, typer.Option(
             "--sparsity", help="also search a weight sparsity per layer: 'auto' (the sparsify "
             "pass's values) or a list such as 0,0.5,0.75 (0 always included)")] = None,
@@ -185,7 +186,7 @@ def register(app: typer.Typer) -> None:
         tag = " [EMULATED: functional only]" if rep["emulated"] else ""
         if rep.get("simulated"):
             tag = " [SIMULATED: accelerator cycle model + host ops]"
-        console.print(f"baseline {b['latency_ms']:.3f} ms{tag}")
+        console.print(f"baseline {b['latency_ms']:.3f} ms{tag}, {b.get('size_mb') or 0:.3f} MB")
         if best:
             console.print(f"best {best['latency_ms']:.3f} ms ({best['speedup']:.2f}x), accuracy drop "
                           f"{best['acc_drop']:.2f} points [{best['acc_drop_lower']:.2f}, "
@@ -198,6 +199,10 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"nothing deployed: {rep.get('why_no_candidate')}; {out}/model.onnx is "
                           "the original model")
+        if rep.get("deployed"):
+            d = rep["deployed"]
+            console.print(f"deployed {out}/: {d['size_bytes'] / 1e6:.3f} MB (code "
+                          f"{d['code_bytes'] / 1e6:.3f}, weights {d['weight_bytes'] / 1e6:.3f})")
         ft = rep.get("finetune")
         if ft:
             console.print(f"fine-tuned the best candidate: top-1 {ft['before_top1']} -> "

@@ -6,6 +6,7 @@ TVM's default CPU lowering and ``tvm.compile``."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,10 @@ def schedule_module(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
 
 
 def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
-                   metaschedule_dir: Path | None = None, templates: bool = True):
-    """A ``relax_pipeline`` for ``tvm.compile``."""
+                   metaschedule_dir: Path | None = None, templates: bool = True,
+                   post_passes: Sequence[tvm.transform.Pass] = ()):
+    """A ``relax_pipeline`` for ``tvm.compile``. ``post_passes`` run on the fused,
+    scheduled module (constants final) before TVM's lowering (e.g. weight storage)."""
     from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
 
     tvm_target = target.tvm_target()
@@ -172,6 +175,8 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
             mod = apply_database(mod, metaschedule_dir, target)
         if templates:
             mod = schedule_module(mod, target, db, report=report)
+        for p in post_passes:
+            mod = p(mod)
         with tvm_target:
             return tvm.transform.Sequential(dataflow_lower_passes(tvm_target)
                                             + finalize_passes(tvm_target))(mod)
@@ -181,13 +186,14 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
 
 def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
           report: list | None = None, metaschedule_dir: Path | None = None,
-          templates: bool = True):
+          templates: bool = True, post_passes: Sequence[tvm.transform.Pass] = ()):
     """Relax IRModule → TVM Executable for ``target`` with pfcompile's schedules.
 
     ``records_dir`` holds ``<target>/records.jsonl`` (default: the records shipped in
     ``pfcompile/records/`` plus the cache's, :mod:`pfcompile.paths`); workloads without a record use the nearest tuned neighbour
     or the analytic heuristic. ``metaschedule_dir``: apply a MetaSchedule
-    database first (comparison); ``templates=False``: no pfcompile schedules."""
+    database first (comparison); ``templates=False``: no pfcompile schedules;
+    ``post_passes``: see :func:`relax_pipeline`."""
     if not isinstance(mod, tvm.IRModule) or not any(
             isinstance(f, relax.Function) for f in mod.functions.values()):
         raise CompileError(f"pfcompile codegen for target '{target.name}' needs a Relax IRModule "
@@ -197,7 +203,8 @@ def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
     try:
         return tvm.compile(mod, target=target.tvm_target(),
                            relax_pipeline=relax_pipeline(target, db, report,
-                                                          metaschedule_dir, templates))
+                                                          metaschedule_dir, templates,
+                                                          post_passes))
     except CompileError:
         raise
     except Exception as exc:

@@ -5,10 +5,18 @@ lays the int8 weights out the way it reads them (done once, at compile time).
 Templates:
 
 * ``generic``: plain NCHW loops, parallel over output channels; any target.
-* ``x86-avx2-pmaddwd``: NCHW[2c] int16 pairs x OIHW[8o2i] int16 weights,
-  ``vpmaddwd`` (16 exact int16 MACs per instruction, no saturation), register
-  tile of output columns x 8 channels (see :mod:`pfcompile.quantexec.x86`).
-* ``depthwise``: per-channel 2-D loops vectorised along the output row.
+* ``x86-avx2-pmaddwd`` / ``x86-vnni-vpdpbusd``: groups-1 convs, 8 output channels per
+  vector, ``vpmaddwd`` on int16 channel pairs or ``vpdpbusd`` on uint8 quads (see
+  :mod:`pfcompile.quantexec.x86`).
+* ``x86-avx2-dw-pmaddwd`` / ``x86-vnni-dw-vpdpbusd``: depthwise, 8 channels per vector,
+  horizontal taps in pairs / quads.
+* ``arm-neon-smlal`` / ``arm-sdot`` and ``arm-neon-dw-smlal`` / ``arm-sdot-dw``: the same
+  templates on AArch64 (see :mod:`pfcompile.quantexec.arm`).
+* ``depthwise``: per-channel 2-D loops vectorised along the output row (anything else:
+  dilated or wide depthwise kernels, batch > 1).
+
+The x86 and AArch64 templates read and write both activation layouts (``NCHW`` and the blocked
+``NCHW8c``); :func:`supports_blocked` says whether a layer's template does.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from tvm import s_tir, te, tirx
 
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec, qconv2d_compute, qdense_compute
 
-__all__ = ["IntKernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel"]
+__all__ = ["IntKernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel",
+           "supports_blocked"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,10 @@ class IntKernel:
     name: str  # template name, reported per layer
     func: tirx.PrimFunc
     pack_weight: Callable[[np.ndarray], np.ndarray]
+    #: added to every activation (and the zero point) inside the kernel, e.g. -128 where
+    #: uint8 data feeds a signed dot product; the caller folds ``-(zx + x_offset) * sum(w)``
+    #: into the bias instead of ``-zx * sum(w)``
+    x_offset: int = 0
 
 
 def _identity(w: np.ndarray) -> np.ndarray:
@@ -114,14 +127,33 @@ def _generic_dense(sp: QDenseSpec) -> tirx.PrimFunc:
     return _finish(sch.mod["main"])
 
 
+def supports_blocked(sp: QConvSpec, target) -> bool:
+    """Whether the template :func:`select_conv_kernel` picks for ``sp`` reads and writes
+    the blocked ``NCHW8c`` layout (else both sides must be ``NCHW``)."""
+    from pfcompile.quantexec.blocked import dw_supported
+
+    if int8_dot_kind(target) in ("x86", "neon", "sdot"):
+        return sp.n == 1 and (sp.groups == 1 or dw_supported(sp))
+    return False
+
+
 def select_conv_kernel(sp: QConvSpec, target) -> IntKernel:
     kind = int8_dot_kind(target)
-    if kind == "x86" and sp.groups == 1:
+    k = None
+    if kind == "x86":
         from pfcompile.quantexec import x86
 
-        k = x86.avx2_conv_kernel(sp, target)
-        if k is not None:
-            return k
+        k = x86.avx2_conv_kernel(sp, target) if sp.groups == 1 else \
+            x86.x86_depthwise_kernel(sp, target)
+    elif kind in ("neon", "sdot"):
+        from pfcompile.quantexec import arm
+
+        k = arm.arm_conv_kernel(sp, kind) if sp.groups == 1 else \
+            arm.arm_depthwise_kernel(sp, kind)
+    if k is not None:
+        return k
+    if sp.x_layout != "NCHW" or sp.y_layout != "NCHW":
+        raise ValueError(f"no {kind} template for {sp} reads or writes a blocked layout")
     if sp.depthwise:
         return IntKernel("depthwise", _depthwise_conv(sp), _identity)
     return IntKernel("generic", _generic_conv(sp), _identity)

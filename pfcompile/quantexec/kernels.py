@@ -2,17 +2,28 @@
 
 Each kernel takes the quantised activation (uint8/int8, zero point ``zx``),
 int8 weights, an int32 bias already in accumulator units (with the
-``-zx * sum(w)`` correction folded in), and per-channel fixed-point
-``(m0, shift)``; it accumulates in int32 and requantises to the next layer's
-``(sy, zy)`` with round-half-to-even and saturation to ``[qmin, qmax]`` (which
-also applies a fused ReLU / Clip).
+``-zx * sum(w)`` correction folded in), and two per-channel float32 inputs
+``(scale, offset)``; it accumulates in int32 and ends in one of two epilogues:
 
-When no QuantizeLinear follows the layer (``y_dtype == "float32"``), the same
-int32 accumulation ends in a float *dequantise* epilogue instead:
-``y = float(acc + bias) * scale[c] + fbias[c]`` with ``scale = sx * sw[c]`` and
-the model's float bias, then ``clamp(y, fmin, fmax)`` for a fused ReLU / Clip.
-The two per-channel inputs ``m0, shift`` are then float32 ``scale, fbias``. Padding uses ``zx`` so that a padded element
-contributes ``(zx - zx) * w = 0``, exactly as the float model's zero padding.
+* requantise (``y_dtype`` uint8/int8): ``y = clip(rint(float32(acc) * scale[c]) +
+  offset[c], qmin, qmax)`` with ``scale = sx * sw[c] / sy`` and ``offset = zy``
+  (round half to even; the bounds also apply a fused ReLU / Clip). See
+  :mod:`pfcompile.quantexec.requant` for why float32.
+* dequantise (``y_dtype == "float32"``, no QuantizeLinear after the layer):
+  ``y = clamp(float32(acc) * scale[c] + offset[c], fmin, fmax)`` with
+  ``scale = sx * sw[c]`` and ``offset`` the model's float bias.
+
+Padding uses ``zx`` so that a padded element contributes ``(zx - zx) * w = 0``,
+exactly as the float model's zero padding.
+
+Activations between integer layers are either plain ``NCHW`` or channel-blocked
+``NCHW8c``, stored ``[N, C/8, H*W, 8]``: the 8 channels of one pixel contiguous, so a
+kernel vectorised over channels loads and stores 8 bytes per pixel, and the pixels of a
+block flat, so a 1x1 kernel tiles them across rows. The TE computes index a blocked
+tensor as ``[N, C/8, H, W, 8]`` (:func:`te_shape`); :func:`io_layouts` then maps the
+kernel's input and output buffers to the stored shapes (:func:`act_shape`).
+:func:`pfcompile.quantexec.lower.lower_qdq` picks the layout of each tensor (blocked
+between kernels that take it, plain at float ops).
 
 Which kernel runs a layer (and its schedule) is chosen in :mod:`pfcompile.quantexec.kernel_choice`.
 """
@@ -24,8 +35,74 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-__all__ = ["QConvSpec", "QDenseSpec", "epilogue_expr", "epilogue_params", "qconv2d_compute",
-           "qdense_compute", "requant_expr"]
+__all__ = ["BLOCK", "QConvSpec", "QDenseSpec", "act_shape", "clamp_cast", "epilogue_expr",
+           "epilogue_params", "io_layouts", "out_compute", "padded_read", "qconv2d_compute",
+           "qdense_compute", "requant_expr", "round_half_even", "te_shape"]
+
+BLOCK = 8  # channels per block of the NCHW8c activation layout
+BLOCKED = f"NCHW{BLOCK}c"
+
+
+def act_shape(n: int, c: int, h: int, w: int, layout: str) -> tuple[int, ...]:
+    """Stored shape of an activation in ``layout``: ``[N, C, H, W]`` or ``[N, C/8, H*W, 8]``."""
+    if layout == "NCHW":
+        return (n, c, h, w)
+    return (n, -(-c // BLOCK), h * w, BLOCK)
+
+
+def te_shape(n: int, c: int, h: int, w: int, layout: str) -> tuple[int, ...]:
+    """Shape a TE compute indexes an activation with: ``[N, C, H, W]`` or
+    ``[N, C/8, H, W, 8]`` (mapped to :func:`act_shape` by :func:`io_layouts`)."""
+    if layout == "NCHW":
+        return (n, c, h, w)
+    return (n, -(-c // BLOCK), h, w, BLOCK)
+
+
+def _io_map(layout: str, h: int, w: int, flat: bool):
+    """Index map from a TE view of an activation to its stored shape. ``flat``: the TE
+    view is ``h = 1, w = H*W`` (a 1x1 kernel that tiles pixels across rows)."""
+    if layout == "NCHW":
+        if not flat:
+            return None
+        return lambda n, c, i, p: (n, c, p // w, p % w)
+    if flat:
+        return lambda n, b, i, p, c: (n, b, p, c)
+    return lambda n, b, i, j, c: (n, b, i * w + j, c)
+
+
+def io_layouts(sch, sp, x_block: str, flat: bool = False, y_flat: bool | None = None) -> None:
+    """Map the ``x`` buffer (read by block ``x_block``) and the ``requant`` output buffer of a
+    scheduled kernel for ``sp`` from their TE views to the stored activation shapes.
+    ``flat`` / ``y_flat``: the TE views the input / output as a ``1 x H*W`` image (a 1x1
+    stride-1 conv reads and writes flat pixels; a conv tiling its output pixels across rows
+    writes them); ``y_flat`` defaults to ``flat``."""
+    y_flat = flat if y_flat is None else y_flat
+    for buf, block, layout, h, w, fl in (("x", x_block, sp.x_layout, sp.h, sp.w, flat),
+                                         ("requant", "requant", sp.y_layout, sp.oh, sp.ow,
+                                          y_flat)):
+        imap = _io_map(layout, h, w, fl)
+        if imap is not None:
+            sch.transform_layout(sch.get_sblock(block), buf, imap)
+
+
+def padded_read(sp, x, n, b, c, i, j, pad_value):
+    """Channel ``b * 8 + c``, row ``i - pt``, column ``j - pl`` of the input ``x`` of ``sp``
+    (a :func:`te_shape` view in ``sp.x_layout``), or ``pad_value`` outside it. The condition tests channels only
+    when ``sp.c`` is not a multiple of 8, so that a loop over ``c`` vectorises with one
+    uniform branch per pixel."""
+    pt, pl = sp.padding[0], sp.padding[1]
+    conds = []
+    if pt or sp.padding[2]:
+        conds += [i >= pt, i < pt + sp.h]
+    if pl or sp.padding[3]:
+        conds += [j >= pl, j < pl + sp.w]
+    if sp.x_layout == "NCHW":
+        v = x[n, tirx.min(b * BLOCK + c, sp.c - 1), i - pt, j - pl]
+    else:
+        v = x[n, b, i - pt, j - pl, c]
+    if sp.c % BLOCK:
+        conds.append(b * BLOCK + c < sp.c)
+    return tirx.if_then_else(tirx.all(*conds), v, pad_value) if conds else v
 
 
 @dataclass(frozen=True)
@@ -51,6 +128,8 @@ class QConvSpec:
     qmax: int
     fmin: float = -math.inf  # float epilogue (y_dtype float32) only: fused ReLU / Clip
     fmax: float = math.inf
+    x_layout: str = "NCHW"   # NCHW | NCHW8c (see act_shape / te_shape)
+    y_layout: str = "NCHW"
 
     @property
     def oh(self) -> int:
@@ -88,37 +167,43 @@ class QDenseSpec:
     fmax: float = math.inf
 
 
-def requant_expr(acc, m0, shift, zy: int, qmin: int, qmax: int, out_dtype: str):
-    """TIR expression: int32 ``acc`` -> saturated ``out_dtype`` (round half to even).
+def requant_expr(acc, scale, offset, qmin: int, qmax: int, out_dtype: str):
+    """TIR expression: int32 ``acc`` -> ``clip(rint(float32(acc) * scale) + offset, qmin,
+    qmax)`` as ``out_dtype`` (round half to even; :func:`~pfcompile.quantexec.requant.
+    requantize_ref` is its numpy twin)."""
+    return clamp_cast(round_half_even(acc.astype("float32") * scale) + offset, qmin, qmax,
+                      out_dtype)
 
-    ``acc`` (bias included) is int32, so ``acc * m0`` is a 32x32->64 multiply.
+
+def round_half_even(f):
+    """``rint(f)`` for float32 ``f``: ``llvm.roundeven`` (``vroundps $8`` on x86, ``frintn``
+    on AArch64).
+
+    Why not ``tirx.nearbyint``: TVM's vectoriser does not vectorise it (no
+    ``TVectorizable``), so an epilogue with it ran one lane at a time; nor the
+    ``(f + 1.5 * 2**23) - 1.5 * 2**23`` trick, which TVM's simplifier folds to ``f``.
     """
-    prod = acc.astype("int64") * m0.astype("int64")
-    s = shift.astype("int64")
-    q = tirx.shift_right(prod, s)
-    rem = prod - tirx.shift_left(q, s)
-    half = tirx.shift_left(tirx.const(1, "int64"), s - 1)
-    up = tirx.Or(rem > half, tirx.And(rem == half, tirx.bitwise_and(q, tirx.const(1, "int64")) == 1))
-    q = q + tirx.Select(up, tirx.const(1, "int64"), tirx.const(0, "int64")) + zy
-    q = tirx.max(tirx.min(q, tirx.const(qmax, "int64")), tirx.const(qmin, "int64"))
-    return q.astype(out_dtype)
+    return tirx.call_llvm_pure_intrin("float32", "llvm.roundeven", f)
+
+
+def clamp_cast(q, qmin: int, qmax: int, out_dtype: str):
+    """Float ``q`` (integer-valued) saturated to ``[qmin, qmax]`` and cast to ``out_dtype``."""
+    q = tirx.max(tirx.min(q, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
+    return q.astype("int32").astype(out_dtype)
 
 
 def epilogue_params(sp, channels: int) -> tuple[te.Tensor, te.Tensor]:
-    """The two per-channel epilogue inputs: int32 ``m0, shift`` (requantise) or float32
-    ``scale, fbias`` (float dequantise epilogue, ``sp.y_dtype == "float32"``)."""
-    if sp.y_dtype == "float32":
-        return (te.placeholder((channels,), "float32", name="scale"),
-                te.placeholder((channels,), "float32", name="fbias"))
-    return (te.placeholder((channels,), "int32", name="m0"),
-            te.placeholder((channels,), "int32", name="shift"))
+    """The two per-channel float32 epilogue inputs ``scale, offset`` (offset: the output
+    zero point when requantising, the float bias when dequantising)."""
+    return (te.placeholder((channels,), "float32", name="scale"),
+            te.placeholder((channels,), "float32", name="offset"))
 
 
 def epilogue_expr(sp, acc, p0, p1):
     """``acc`` (int32, integer bias included) -> the layer output: :func:`requant_expr` for
-    integer outputs, else ``clamp(float(acc) * scale + fbias, fmin, fmax)`` in float32."""
+    integer outputs, else ``clamp(float(acc) * scale + offset, fmin, fmax)`` in float32."""
     if sp.y_dtype != "float32":
-        return requant_expr(acc, p0, p1, sp.zy, sp.qmin, sp.qmax, sp.y_dtype)
+        return requant_expr(acc, p0, p1, sp.qmin, sp.qmax, sp.y_dtype)
     y = acc.astype("float32") * p0 + p1
     if math.isfinite(sp.fmin):
         y = tirx.max(y, tirx.const(sp.fmin, "float32"))
@@ -127,14 +212,33 @@ def epilogue_expr(sp, acc, p0, p1):
     return y
 
 
+def out_compute(sp: QConvSpec, acc, bias, p0, p1):
+    """The output stage of a blocked-accumulator conv: ``acc[n, oc/8, oh, ow, 8]`` (int32)
+    -> ``y`` in ``sp.y_layout`` through :func:`epilogue_expr` (block ``requant``)."""
+    if sp.y_layout != "NCHW" and sp.oc % BLOCK:
+        raise ValueError(f"a blocked output needs a multiple of {BLOCK} channels (got {sp.oc})")
+    if sp.y_layout == "NCHW":
+        return te.compute(
+            (sp.n, sp.oc, sp.oh, sp.ow),
+            lambda n, o, i, j: epilogue_expr(sp, acc[n, o // BLOCK, i, j, o % BLOCK] + bias[o],
+                                             p0[o], p1[o]),
+            name="requant")
+
+    def _blocked(n, b, i, j, o):
+        c = b * BLOCK + o
+        return epilogue_expr(sp, acc[n, b, i, j, o] + bias[c], p0[c], p1[c])
+
+    return te.compute(te_shape(sp.n, sp.oc, sp.oh, sp.ow, sp.y_layout), _blocked, name="requant")
+
+
 def qconv2d_compute(sp: QConvSpec):
-    """Plain NCHW integer conv2d; returns the TE tensors ``[x, w, bias, m0, shift, y]``."""
+    """Plain NCHW integer conv2d; returns the TE tensors ``[x, w, bias, scale, offset, y]``."""
     x = te.placeholder((sp.n, sp.c, sp.h, sp.w), sp.x_dtype, name="x")
     icg = sp.c // sp.groups
     ocg = sp.oc // sp.groups
     wt = te.placeholder((sp.oc, icg, sp.kh, sp.kw), "int8", name="w")
     bias = te.placeholder((sp.oc,), "int32", name="bias")
-    m0, shift = epilogue_params(sp, sp.oc)
+    p0, p1 = epilogue_params(sp, sp.oc)
     pt, pl, pb, pr = sp.padding
     hp, wp = sp.h + pt + pb, sp.w + pl + pr
     zx = tirx.const(sp.zx, sp.x_dtype)
@@ -158,17 +262,17 @@ def qconv2d_compute(sp: QConvSpec):
         name="acc")
     y = te.compute(
         (sp.n, sp.oc, sp.oh, sp.ow),
-        lambda n, o, i, j: epilogue_expr(sp, acc[n, o, i, j] + bias[o], m0[o], shift[o]),
+        lambda n, o, i, j: epilogue_expr(sp, acc[n, o, i, j] + bias[o], p0[o], p1[o]),
         name="requant")
-    return [x, wt, bias, m0, shift, y]
+    return [x, wt, bias, p0, p1, y]
 
 
 def qdense_compute(sp: QDenseSpec):
-    """Integer dense; returns the TE tensors ``[x, w, bias, m0, shift, y]``."""
+    """Integer dense; returns the TE tensors ``[x, w, bias, scale, offset, y]``."""
     x = te.placeholder((sp.m, sp.k), sp.x_dtype, name="x")
     wt = te.placeholder((sp.o, sp.k), "int8", name="w")
     bias = te.placeholder((sp.o,), "int32", name="bias")
-    m0, shift = epilogue_params(sp, sp.o)
+    p0, p1 = epilogue_params(sp, sp.o)
     rk = te.reduce_axis((0, sp.k), name="rk")
     acc = te.compute(
         (sp.m, sp.o),
@@ -176,6 +280,6 @@ def qdense_compute(sp: QDenseSpec):
         name="acc")
     y = te.compute(
         (sp.m, sp.o),
-        lambda i, j: epilogue_expr(sp, acc[i, j] + bias[j], m0[j], shift[j]),
+        lambda i, j: epilogue_expr(sp, acc[i, j] + bias[j], p0[j], p1[j]),
         name="requant")
-    return [x, wt, bias, m0, shift, y]
+    return [x, wt, bias, p0, p1, y]

@@ -6,7 +6,7 @@ before legalisation, where ONNX QDQ appears as ``R.dequantize`` /
 ``conv2d|matmul(dequantize(xq), dequantize(Wq)) [+ bias]``, the quantize
 binding is replaced by one ``call_tir`` of an integer kernel reading ``xq``
 (uint8/int8) and int8 weights, accumulating in int32 and requantising with a
-fixed-point multiplier to the quantize's scale. The float ops it replaced
+float32 multiplier (round half to even) to the quantize's scale. The float ops it replaced
 become dead and are removed; the next layer's ``dequantize`` then reads the
 integer kernel's output, so a chain of quantised layers stays in integers.
 
@@ -18,15 +18,21 @@ pattern is not supported also raises a :class:`QuantFallbackWarning` naming it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import tvm
-from tvm import relax
+import tvm_ffi
+from tvm import relax, tirx
 
-from pfcompile.quantexec.kernel_choice import IntKernel, select_conv_kernel, select_dense_kernel
-from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec
-from pfcompile.quantexec.requant import dtype_range, fixed_point
+from pfcompile.quantexec.kernel_choice import (
+    IntKernel,
+    select_conv_kernel,
+    select_dense_kernel,
+    supports_blocked,
+)
+from pfcompile.quantexec.kernels import BLOCK, QConvSpec, QDenseSpec, act_shape
+from pfcompile.quantexec.requant import dtype_range, requant_scale
 
 __all__ = ["LayerReport", "QuantFallbackWarning", "lower_qdq", "reports_to_json"]
 
@@ -64,18 +70,6 @@ class _NoMatch(Exception):
 
 
 # ----------------------------------------------------------------------------- helpers
-def _kernel(select, sp, target) -> IntKernel:
-    """The integer kernel for ``sp``, or _NoMatch (the layer stays float) when its
-    schedule cannot be built for this shape: a correct, slower layer, never a failed
-    compile."""
-    try:
-        return select(sp, target)
-    except (ValueError, RuntimeError) as exc:   # s_tir.ScheduleError is a RuntimeError
-        first = str(exc).strip().splitlines()
-        raise _NoMatch(f"no integer kernel schedule for this shape ({type(exc).__name__}: "
-                       f"{first[0][:120] if first else ''})") from exc
-
-
 def _ty(expr):
     return getattr(expr, "struct_info", None) or expr.ty
 
@@ -247,18 +241,48 @@ def _split_bias(g: _Graph, y):
 # ----------------------------------------------------------------------------- matching
 @dataclass
 class _Plan:
+    """A matched layer; the kernel is chosen once the activation layouts are known."""
+
     layer_var: relax.Var
-    kernel: IntKernel
-    args: list
-    out_shape: tuple[int, ...]
-    out_dtype: str
+    sp: QConvSpec | QDenseSpec
+    xq: relax.Expr
+    wq: np.ndarray             # int8, OIHW or [O, K]
+    bias: np.ndarray           # int64, accumulator units, before the zero-point correction
+    p0: np.ndarray
+    p1: np.ndarray
     op: str
+    kernel: IntKernel | None = None
+
+    @property
+    def out_dtype(self) -> str:
+        return self.sp.y_dtype
+
+    def build(self, target) -> None:
+        """Select the kernel for ``self.sp`` (layouts final) and pack its weights."""
+        if isinstance(self.sp, QConvSpec):
+            self.kernel = select_conv_kernel(self.sp, target)
+        else:
+            self.kernel = select_dense_kernel(self.sp, target)
+
+    def out_shape(self) -> tuple[int, ...]:
+        if isinstance(self.sp, QConvSpec):
+            return act_shape(self.sp.n, self.sp.oc, self.sp.oh, self.sp.ow, self.sp.y_layout)
+        return (self.sp.m, self.sp.o)
+
+    def args(self) -> list:
+        k = self.kernel
+        wsum = self.wq.reshape(self.wq.shape[0], -1).astype(np.int64).sum(axis=1)
+        bias_total = self.bias - (self.sp.zx + k.x_offset) * wsum
+        if np.any(np.abs(bias_total) >= 2**31):
+            raise _NoMatch("bias with zero-point correction does not fit int32")
+        return [self.xq, relax.const(k.pack_weight(self.wq)),
+                relax.const(bias_total.astype(np.int32)), relax.const(self.p0),
+                relax.const(self.p1)]
 
 
 def _requant_params(sx: float, sw: np.ndarray, sy: float):
     acc_scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
-    m0, sh = fixed_point(acc_scale.astype(np.float64) / float(sy))
-    return acc_scale, m0, sh
+    return acc_scale, requant_scale(acc_scale.astype(np.float64) / float(sy))
 
 
 @dataclass(frozen=True)
@@ -277,16 +301,17 @@ class _Out:
 def _epilogue(g: _Graph, out: _Out, sx: float, sw: np.ndarray, bias_expr, noc: int):
     """Per-channel epilogue inputs and the integer bias (accumulator units, int64).
 
-    Requantised output: ``(m0, shift)`` and the bias rounded into accumulator units.
+    Requantised output: ``(scale = sx * sw / sy, offset = zy)`` (float32) and the bias
+    rounded into accumulator units.
     Float output: ``(scale = sx * sw, float bias)`` and an integer bias of 0 (the float bias
     is added after scaling, as the float model does)."""
     if out.dtype == "float32":
         acc_scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
         fb = np.zeros(noc, np.float32) if bias_expr is None else _float_bias(g, bias_expr, noc)
         return acc_scale, fb, np.zeros(noc, np.int64)
-    acc_scale, m0, sh = _requant_params(sx, sw, out.sy)
+    acc_scale, mult = _requant_params(sx, sw, out.sy)
     bias = np.zeros(noc, np.int64) if bias_expr is None else _bias(g, bias_expr, noc, acc_scale)
-    return m0, sh, bias
+    return mult, np.full(noc, out.zy, np.float32), bias
 
 
 def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:
@@ -366,10 +391,6 @@ def _match_layer(g: _Graph, y, target, out: _Out) -> _Plan:
         p0, p1, bias = _epilogue(g, out, sx, sw, bias_expr, sp.oc)
         if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
             raise _NoMatch("bias add broadcasts the conv output")
-        wsum = wq.reshape(sp.oc, -1).astype(np.int64).sum(axis=1)
-        kernel = _kernel(select_conv_kernel, sp, target)
-        wpacked = kernel.pack_weight(wq)
-        out_shape = (sp.n, sp.oc, sp.oh, sp.ow)
     elif op == "relax.matmul":
         xq, sx, zx, xdt = _dq_activation(g, layer.args[0])
         xs = _shape(xq)
@@ -391,18 +412,12 @@ def _match_layer(g: _Graph, y, target, out: _Out) -> _Plan:
         p0, p1, bias = _epilogue(g, out, sx, sw, bias_expr, sp.o)
         if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
             raise _NoMatch("bias add broadcasts the matmul output")
-        wsum = wq.astype(np.int64).sum(axis=1)
-        kernel = _kernel(select_dense_kernel, sp, target)
-        wpacked = kernel.pack_weight(wq)
-        out_shape = (sp.m, sp.o)
     else:  # pragma: no cover - _split_bias only returns layer ops
         raise _NoMatch(f"{op} is not an integer layer")
-    bias_total = bias - zx * wsum
-    if np.any(np.abs(bias_total) >= 2**31):
+    wsum = wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
+    if np.any(np.abs(bias - zx * wsum) >= 2**31):
         raise _NoMatch("bias with zero-point correction does not fit int32")
-    args = [xq, relax.const(wpacked), relax.const(bias_total.astype(np.int32)),
-            relax.const(p0), relax.const(p1)]
-    return _Plan(layer_var, kernel, args, out_shape, out_dtype, op)
+    return _Plan(layer_var, sp, xq, wq, bias, p0, p1, op)
 
 
 def _layer_has_qdq(g: _Graph, layer: relax.Call) -> bool:
@@ -453,6 +468,68 @@ def _float_chain_top(g: _Graph, users: dict, v):
     return top
 
 
+def _shared_below(g: _Graph, users: dict, top, layer_var) -> bool:
+    """Whether any binding from ``top`` (the quantize's input) down to ``layer_var`` has a
+    user besides the next one up the chain."""
+    v = top
+    while True:
+        if len(users.get(v, [])) > 1:
+            return True
+        if v.same_as(layer_var):
+            return False
+        val = g.defs.get(v)
+        if not isinstance(val, relax.Call) or not val.args:
+            return False
+        name = getattr(val.op, "name", "")
+        if name == "relax.add":
+            lhs = g.value(val.args[0])
+            nxt = val.args[0] if isinstance(lhs, relax.Call) and \
+                getattr(lhs.op, "name", "") in _LAYER_OPS else val.args[1]
+        elif name in ("relax.nn.relu", "relax.clip"):
+            nxt = val.args[0]
+        else:
+            return False
+        if not isinstance(nxt, relax.Var):
+            return False
+        v = nxt
+
+
+_B = f"NCHW{BLOCK}c"
+
+
+def _unblock_map(ow: int):
+    """Index map of a stored blocked activation ``[N, C/8, H*W, 8]`` back to NCHW."""
+    return lambda n, cb, px, c: (n, cb * BLOCK + c, px // ow, px % ow)
+
+
+def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
+    """The integer conv outputs to keep blocked (``NCHW8c``): uint8/int8, channels a multiple
+    of 8, and read only through DequantizeLinear ops that feed integer convs (as their
+    activation) whose templates take the blocked layout. Everything else stays NCHW."""
+    out = set()
+    for v, p in plans.items():
+        sp = p.sp
+        if not isinstance(sp, QConvSpec) or sp.y_dtype == "float32" or sp.oc % BLOCK \
+                or not supports_blocked(sp, target) or not users.get(v):
+            continue
+        ok = True
+        for u in users[v]:
+            if u is None or g.call(u, "relax.dequantize") is None or not users.get(u):
+                ok = False
+                break
+            for layer in users[u]:
+                lp = lowered.get(layer)
+                if lp is None or not isinstance(lp.sp, QConvSpec) or not lp.xq.same_as(v) \
+                        or not supports_blocked(lp.sp, target):
+                    ok = False
+                    break
+            if not ok:
+                break
+        if ok:
+            out.add(v)
+    return out
+
+
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
               *, func_name: str = "main") -> tuple[tvm.IRModule, list[LayerReport]]:
@@ -472,11 +549,19 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
              for i, v in enumerate(layers)}
     plans: dict = {}
     reasons: dict = {}
+    users = _users(func)
     for var, val in g.defs.items():
         if not (isinstance(val, relax.Call) and getattr(val.op, "name", "") == "relax.quantize"):
             continue
         try:
-            plans[var] = _match(g, val, target, "")
+            plan = _match(g, val, target, "")
+            if _shared_below(g, users, val.args[0], plan.layer_var):
+                # the conv (or its bias add / ReLU) also feeds a float op (a residual Add):
+                # lowering the Q path alone would keep the float conv alive for that user,
+                # computing the layer twice. The float-epilogue match below takes the layer
+                # once; this QuantizeLinear stays a float op on its output.
+                continue
+            plans[var] = plan
         except _NoMatch as exc:
             if str(exc):
                 # attribute the reason to the layer under this quantize, if any
@@ -489,7 +574,6 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     lowered = {p.layer_var: p for p in plans.values()}
     # layers with quantised inputs and no QuantizeLinear after them: integer accumulation with
     # a float epilogue, replacing the binding at the top of conv/matmul [+bias] [+ReLU/Clip]
-    users = _users(func)
     float_out: set = set()
     for v in layers:
         if v in lowered or not _layer_has_qdq(g, g.defs[v]):
@@ -506,6 +590,30 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
         plans[top] = plan
         lowered[v] = plan
         float_out.add(v)
+    while True:
+        # an integer kernel whose schedule cannot be built for a layer's shape leaves that
+        # layer float, with the reason: a correct, slower layer, never a failed compile (seen:
+        # 18 of 54 layers of a pruned PP-OCR classifier with the earlier templates). Layouts
+        # depend on which neighbours run integer, so they are chosen again without it.
+        blocked = _blocked_outputs(g, users, plans, lowered, target)
+        failed: dict = {}
+        for v, p in plans.items():
+            if isinstance(p.sp, QConvSpec):
+                p.sp = replace(p.sp, x_layout=_B if p.xq in blocked else "NCHW",
+                               y_layout=_B if v in blocked else "NCHW")
+            try:
+                p.build(target)
+            except (ValueError, RuntimeError) as exc:  # s_tir.ScheduleError is a RuntimeError
+                failed[v] = exc
+        if not failed:
+            break
+        for v, exc in failed.items():
+            p = plans.pop(v)
+            lowered.pop(p.layer_var, None)
+            float_out.discard(p.layer_var)
+            first = str(exc).strip().splitlines()
+            reasons[p.layer_var] = (f"no integer kernel schedule for this shape "
+                                    f"({type(exc).__name__}: {first[0][:120] if first else ''})")
     reports: list[LayerReport] = []
     for v in layers:
         layer = g.defs[v]
@@ -527,17 +635,39 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
 
     bb = relax.BlockBuilder(mod)
     gvars = {}
+    # layers whose kernels are the same function (same shapes, zero points and bounds;
+    # 22 layers -> 12 kernels in ResNet-20) share one: each copy costs ~9 KB of code
+    shared: list[tuple[tirx.PrimFunc, relax.GlobalVar]] = []
     for i, (qvar, p) in enumerate(plans.items()):
-        kname = f"q{p.op.split('.')[-1]}_{i}"
-        gvars[qvar] = bb.add_func(p.kernel.func.with_attr("global_symbol", kname), kname)
+        same = next((gv for f, gv in shared
+                     if tvm_ffi.structural_equal(f, p.kernel.func, map_free_vars=True)), None)
+        if same is None:
+            kname = f"q{p.op.split('.')[-1]}_{i}"
+            same = bb.add_func(p.kernel.func.with_attr("global_symbol", kname), kname)
+            shared.append((p.kernel.func, same))
+        gvars[qvar] = same
     new_blocks = []
+    renamed: dict = {}  # a blocked kernel output: NCHW var -> its blocked var
     for block in func.body.blocks:
         new_bindings = []
         for b in block.bindings:
             if isinstance(b, relax.VarBinding) and b.var in plans:
                 p = plans[b.var]
-                call = relax.call_tir(gvars[b.var], relax.Tuple(p.args), relax.TensorType(p.out_shape, p.out_dtype))
-                new_bindings.append(relax.VarBinding(b.var, call))
+                args = p.args()
+                args[0] = renamed.get(args[0], args[0])
+                call = relax.call_tir(gvars[b.var], relax.Tuple(args),
+                                      relax.TensorType(p.out_shape(), p.out_dtype))
+                if b.var in blocked:
+                    # the NCHW name stays bound (to a layout_transform that DCE removes, as
+                    # every user reads the blocked var)
+                    nv = type(b.var)(f"{b.var.name}_nchw{BLOCK}c",
+                                     relax.TensorType(p.out_shape(), p.out_dtype))
+                    new_bindings.append(relax.VarBinding(nv, call))
+                    new_bindings.append(relax.VarBinding(
+                        b.var, relax.op.layout_transform(nv, _unblock_map(p.sp.ow))))
+                    renamed[b.var] = nv
+                else:
+                    new_bindings.append(relax.VarBinding(b.var, call))
             else:
                 new_bindings.append(b)
         new_blocks.append(type(block)(new_bindings))

@@ -1,37 +1,54 @@
-"""x86 integer conv template: AVX2 ``vpmaddwd`` on int16 channel pairs.
+"""x86 integer kernels: AVX2 ``vpmaddwd`` (int16 pairs) and AVX-512 VNNI ``vpdpbusd``.
 
 Why int16 pairs and not ``vpmaddubsw`` (u8 x s8): ``vpmaddubsw`` adds two
 u8*s8 products into a *saturating* int16, and 255*127*2 > 32767, so it can
 give wrong numbers on real activations unless weights are cut to 7 bits.
 ``vpmaddwd`` multiplies 16 int16 pairs and adds each pair into an int32 lane
-exactly: 16 MACs per instruction (an fp32 FMA does 8), with weights at half the
-bytes of fp32.
+exactly: 16 MACs per instruction (an fp32 FMA does 8). ``vpdpbusd`` (VNNI) adds
+four u8*s8 products into each int32 lane exactly: 32 MACs per instruction.
 
-Layout: activations are packed (inside the kernel) into ``[N, C/2, Hp, Wp, 2]``
-int16 with the zero point as padding; weights are packed once at compile time
-into ``[OC/8, C/2, KH, KW, 8, 2]`` int16. The inner 8x2 block is one
-``vpmaddwd`` (tensor intrinsic ``pf_avx2_pmaddwd_8x2``): the two activations of
-a channel pair are broadcast as one int32 across 8 lanes. A register tile of
-``tile_ow`` output columns x ``tile_oc`` blocks of 8 channels accumulates in
-``local`` (registers after unrolling); the requantisation to uint8/int8 NCHW
-runs right after each tile.
+This module holds the tensor intrinsics and the two :class:`~pfcompile.quantexec.blocked.Isa`
+descriptions; the templates themselves are in :mod:`pfcompile.quantexec.blocked`.
+
+* conv: ``pf_avx2_pmaddwd_8x2`` (a channel pair of one pixel broadcast as one int32,
+  times ``[8 oc, 2 ic]`` int16 weights), ``pf_vnni_vpdpbusd_8x4`` (a uint8 quad, times
+  ``[8, 4]`` int8). On x86 a 256-bit ``vpbroadcastd`` and the ``vpaddd`` after each
+  ``vpmaddwd`` share the four FP pipes with it (Zen), which is why AVX2 int8 gains less
+  over fp32 FMA than the MAC count says; ``vpdpbusd`` accumulates in place.
+* depthwise: ``pf_avx2_dw_pair_{u8,i8}`` (2 taps x 8 channels loaded as 16 bytes,
+  interleaved, widened to int16, one ``vpmaddwd``), ``pf_vnni_dw_quad`` (4 taps x 8
+  channels, 32 bytes, interleaved, one ``vpdpbusd``).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import s_tir, te, tirx
+from tvm import s_tir, tirx
 from tvm.script import tirx as T
 
-from pfcompile.quantexec.kernels import QConvSpec, epilogue_expr, epilogue_params
+from pfcompile.quantexec.blocked import (
+    Isa,
+    conv_func,
+    depthwise_func,
+    dw_supported,
+    pack_weight_conv,
+    pack_weight_dw,
+)
+from pfcompile.quantexec.kernels import QConvSpec
 
-__all__ = ["PMADDWD_INTRIN", "VPDPBUSD_INTRIN", "avx2_conv_func", "avx2_conv_kernel",
-           "default_tiles", "has_vnni", "pack_weight_avx2", "pack_weight_vnni", "vnni_conv_func",
-           "with_int8_features"]
+__all__ = ["AVX2", "DW_PAIR_INTRIN", "DW_QUAD_INTRIN", "PMADDWD_INTRIN", "VNNI",
+           "VPDPBUSD_INTRIN", "avx2_conv_func", "avx2_conv_kernel", "avx2_depthwise_func",
+           "dw_supported", "has_vnni", "pack_weight_avx2", "pack_weight_dw_avx2",
+           "pack_weight_dw_vnni", "pack_weight_vnni", "vnni_conv_func", "vnni_depthwise_func",
+           "with_int8_features", "x86_depthwise_kernel"]
 
 PMADDWD_INTRIN = "pf_avx2_pmaddwd_8x2"
+VPDPBUSD_INTRIN = "pf_vnni_vpdpbusd_8x4"
+DW_PAIR_INTRIN = "pf_avx2_dw_pair_{}"   # .format(x dtype)
+DW_QUAD_INTRIN = "pf_vnni_dw_quad"
 
 
+# ----------------------------------------------------------------------------- intrinsics
 @T.prim_func(s_tir=True)
 def _pmaddwd_desc(
     A: T.Buffer((2,), "int16", offset_factor=1),
@@ -97,7 +114,76 @@ def _vpdpbusd_impl(
             C.vload([0], dtype="int32x8"), a8, b8, dtype="int32x8")
 
 
-VPDPBUSD_INTRIN = "pf_vnni_vpdpbusd_8x4"
+_PAIR_IDX = [q * 8 + c for c in range(8) for q in range(2)]   # [tap][ch] -> [ch][tap]
+_QUAD_IDX = [q * 8 + c for c in range(8) for q in range(4)]
+
+
+def _dw_pair(xdt: str):
+    """Depthwise, 2 taps x 8 channels: C[c] += A[0, c] * B[c, 0] + A[1, c] * B[c, 1]."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((2, 8), xdt, offset_factor=1),
+        B: T.Buffer((8, 2), "int16", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2, 0:8], B[0:8, 0:2])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(
+        A: T.Buffer((2, 8), xdt, offset_factor=1),
+        B: T.Buffer((8, 2), "int16", offset_factor=1),
+        C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:2, 0:8], B[0:8, 0:2])
+            T.writes(C[0:8])
+            a = T.Shuffle([A.vload([0, 0], dtype=xdt + "x16")], _PAIR_IDX)
+            a16 = T.Cast("int16x16", a)
+            C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a16,
+                B.vload([0, 0], dtype="int16x16"), dtype="int32x8")
+
+    return desc, impl
+
+
+@T.prim_func(s_tir=True)
+def _dw_quad_desc(
+    A: T.Buffer((4, 8), "uint8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4, 0:8], B[0:8, 0:4])
+        T.writes(C[0:8])
+        for i in T.serial(0, 8):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dw_quad_impl(
+    A: T.Buffer((4, 8), "uint8", offset_factor=1),
+    B: T.Buffer((8, 4), "int8", offset_factor=1),
+    C: T.Buffer((8,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4, 0:8], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a = T.Shuffle([A.vload([0, 0], dtype="uint8x32")], _QUAD_IDX)
+        C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+            C.vload([0], dtype="int32x8"), a, B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+
 
 _registered = False
 
@@ -107,131 +193,83 @@ def _register() -> None:
     if not _registered:
         s_tir.TensorIntrin.register(PMADDWD_INTRIN, _pmaddwd_desc, _pmaddwd_impl, override=True)
         s_tir.TensorIntrin.register(VPDPBUSD_INTRIN, _vpdpbusd_desc, _vpdpbusd_impl, override=True)
+        for xdt in ("uint8", "int8"):
+            s_tir.TensorIntrin.register(DW_PAIR_INTRIN.format(xdt), *_dw_pair(xdt), override=True)
+        s_tir.TensorIntrin.register(DW_QUAD_INTRIN, _dw_quad_desc, _dw_quad_impl, override=True)
         _registered = True
 
 
-def _pack_weight(w: np.ndarray, kg: int, dtype) -> np.ndarray:
-    oc, c, kh, kw = w.shape
-    ocb, icp = -(-oc // 8), -(-c // kg)
-    full = np.zeros((ocb * 8, icp * kg, kh, kw), dtype)
-    full[:oc, :c] = w
-    return np.ascontiguousarray(
-        full.reshape(ocb, 8, icp, kg, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+# ----------------------------------------------------------------------------- ISAs
+AVX2 = Isa(
+    conv_name="x86-avx2-pmaddwd", dw_name="x86-avx2-dw-pmaddwd",
+    # register tiles, best first: llvm-mca (znver3) cycles per vpmaddwd of the inner loop on
+    # 1x1 and 3x3 layers of MobileNetV2 / ResNet-18: 2x4, 2x3, 2x2, 4x2 reach 0.63-0.66,
+    # 4x1 / 7x1 0.8, 4x3 / 7x2 spill (0.8-0.9) with 16 registers
+    tiles=((2, 4), (2, 3), (4, 2), (2, 2), (1, 6), (1, 4), (1, 3), (7, 1), (4, 1), (2, 1),
+           (1, 2), (8, 1), (1, 1)),
+    conv_kg=2, conv_act="int16", conv_w="int16", conv_intrin=PMADDWD_INTRIN,
+    dw_kg=2, dw_act="x", dw_w="int16", dw_intrin=DW_PAIR_INTRIN.replace("{}", "{x}"),
+    signed_dot=False, register=_register)
+VNNI = Isa(
+    conv_name="x86-vnni-vpdpbusd", dw_name="x86-vnni-dw-vpdpbusd",
+    # llvm-mca (icelake-server), 32 registers: 4x4, 7x2, 4x3, 7x3, 2x6 reach 0.50 cycles per
+    # vpdpbusd (two per cycle)
+    tiles=((4, 4), (7, 2), (4, 3), (7, 3), (2, 6), (8, 2), (2, 4), (4, 2), (1, 6), (1, 4),
+           (2, 3), (7, 1), (8, 1), (4, 1), (1, 3), (2, 2), (2, 1), (1, 2), (1, 1)),
+    conv_kg=4, conv_act="uint8", conv_w="int8", conv_intrin=VPDPBUSD_INTRIN,
+    dw_kg=4, dw_act="uint8", dw_w="int8", dw_intrin=DW_QUAD_INTRIN,
+    signed_dot=False, register=_register)
 
 
 def pack_weight_avx2(w: np.ndarray) -> np.ndarray:
-    """OIHW int8 -> ``[OC/8, C/2, KH, KW, 8, 2]`` int16 (zero-padded channels)."""
-    return _pack_weight(w, 2, np.int16)
+    """OIHW int8 -> ``[OC/8, C/8, KH, KW, 4, 8, 2]`` int16 (zero-padded channels)."""
+    return pack_weight_conv(w, 2, np.int16)
 
 
 def pack_weight_vnni(w: np.ndarray) -> np.ndarray:
-    """OIHW int8 -> ``[OC/8, C/4, KH, KW, 8, 4]`` int8 (zero-padded channels)."""
-    return _pack_weight(w, 4, np.int8)
+    """OIHW int8 -> ``[OC/8, C/8, KH, KW, 2, 8, 4]`` int8 (zero-padded channels)."""
+    return pack_weight_conv(w, 4, np.int8)
 
 
-def _compute(sp: QConvSpec, kg: int = 2):
-    """``kg`` input channels per group: 2 (int16 pairs, vpmaddwd) or 4 (uint8, vpdpbusd)."""
-    xdt, wdt = ("int16", "int16") if kg == 2 else ("uint8", "int8")
-    ocb, icp = -(-sp.oc // 8), -(-sp.c // kg)
-    pt, pl, pb, pr = sp.padding
-    hp, wp = sp.h + pt + pb, sp.w + pl + pr
-    x = te.placeholder((sp.n, sp.c, sp.h, sp.w), sp.x_dtype, name="x")
-    wt = te.placeholder((ocb, icp, sp.kh, sp.kw, 8, kg), wdt, name="w")
-    bias = te.placeholder((sp.oc,), "int32", name="bias")
-    m0, shift = epilogue_params(sp, sp.oc)
-    zx = tirx.const(sp.zx, xdt)
-
-    def _pack(n, p, i, j, q):
-        c = p * kg + q
-        inside = tirx.all(i >= pt, i < pt + sp.h, j >= pl, j < pl + sp.w, c < sp.c)
-        return tirx.if_then_else(inside, x[n, tirx.min(c, sp.c - 1), i - pt, j - pl].astype(xdt), zx)
-
-    xp = te.compute((sp.n, icp, hp, wp, kg), _pack, name="pack")
-    rp = te.reduce_axis((0, icp), name="rp")
-    ry = te.reduce_axis((0, sp.kh), name="ry")
-    rx = te.reduce_axis((0, sp.kw), name="rx")
-    rq = te.reduce_axis((0, kg), name="rq")
-    (sh, sw), (dh, dw) = sp.stride, sp.dilation
-    acc = te.compute(
-        (sp.n, ocb, sp.oh, sp.ow, 8),
-        lambda n, b, i, j, o: te.sum(
-            xp[n, rp, i * sh + ry * dh, j * sw + rx * dw, rq].astype("int32")
-            * wt[b, rp, ry, rx, o, rq].astype("int32"), axis=[rp, ry, rx, rq]),
-        name="acc")
-    y = te.compute(
-        (sp.n, sp.oc, sp.oh, sp.ow),
-        lambda n, o, i, j: epilogue_expr(sp, acc[n, o // 8, i, j, o % 8] + bias[o], m0[o],
-                                         shift[o]),
-        name="requant")
-    return [x, wt, bias, m0, shift, y]
+def pack_weight_dw_avx2(w: np.ndarray) -> np.ndarray:
+    """Depthwise ``[C, 1, KH, KW]`` int8 -> ``[C/8, KH, KW/2, 8, 2]`` int16 (taps in pairs)."""
+    return pack_weight_dw(w, 2, np.int16)
 
 
-def _divisor_at_most(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
-
-
-def default_tiles(sp: QConvSpec) -> tuple[int, int]:
-    """Register tile: the widest output-column tile (a divisor of OW, <= 8) and 2 channel
-    blocks while the accumulators fit 14 vector registers (measured best on 56x56x64)."""
-    t_ow = _divisor_at_most(sp.ow, 8)
-    if t_ow == 8:
-        t_ow = 4  # 4 x 2 beat 8 x 1 on the 3x3 64->64 56x56 layer
-    return t_ow, (2 if t_ow <= 7 else 1)
+def pack_weight_dw_vnni(w: np.ndarray) -> np.ndarray:
+    """Depthwise ``[C, 1, KH, KW]`` int8 -> ``[C/8, KH, KW/4, 8, 4]`` int8 (taps in quads)."""
+    return pack_weight_dw(w, 4, np.int8)
 
 
 def avx2_conv_func(sp: QConvSpec, tile_ow: int | None = None,
                    tile_oc: int | None = None) -> tirx.PrimFunc:
     """The scheduled PrimFunc (weights already packed with :func:`pack_weight_avx2`)."""
-    return _x86_conv_func(sp, 2, PMADDWD_INTRIN, tile_ow, tile_oc)
+    return conv_func(sp, AVX2, tile_ow, tile_oc)
 
 
 def vnni_conv_func(sp: QConvSpec, tile_ow: int | None = None,
                    tile_oc: int | None = None) -> tirx.PrimFunc:
     """uint8 activations only; weights packed with :func:`pack_weight_vnni`. Needs a
-    target with AVX512-VNNI + AVX512VL or AVX-VNNI (``vpdpbusd`` on 256-bit registers)."""
+    target with AVX512-VNNI + AVX512VL (``vpdpbusd`` on 256-bit registers, 32 of them)."""
     if sp.x_dtype != "uint8":
         raise ValueError("the VNNI template takes uint8 activations")
-    return _x86_conv_func(sp, 4, VPDPBUSD_INTRIN, tile_ow, tile_oc)
+    return conv_func(sp, VNNI, tile_ow, tile_oc)
 
 
-def _x86_conv_func(sp: QConvSpec, kg: int, intrin: str, tile_ow: int | None,
-                   tile_oc: int | None) -> tirx.PrimFunc:
-    _register()
-    d_ow, d_oc = default_tiles(sp)
-    ocb = -(-sp.oc // 8)
-    t_oc = _divisor_at_most(ocb, tile_oc or d_oc)
-    t_ow = _divisor_at_most(sp.ow, tile_ow or d_ow)
-    sch = s_tir.Schedule(te.create_prim_func(_compute(sp, kg)))
-    pack = sch.get_sblock("pack")
-    acc = sch.get_sblock("acc")
-    req = sch.get_sblock("requant")
-    # pack: parallel over (n, channel pair)
-    pn, pp, _, pj, pq = sch.get_loops(pack)
-    sch.parallel(sch.fuse(pn, pp))
-    sch.vectorize(sch.fuse(pj, pq))
-    # conv: register tile (t_ow columns x t_oc blocks of 8 channels)
-    n, b, i, j, o, rp, ry, rx, rq = sch.get_loops(acc)
-    bo, bi = sch.split(b, [None, t_oc])
-    jo, ji = sch.split(j, [None, t_ow])
-    sch.reorder(n, bo, i, jo, rp, ry, rx, bi, ji, o, rq)
-    outer = sch.fuse(n, bo, i)
-    sch.parallel(outer)
-    sch.set_scope(acc, 0, "local")  # accumulators: registers after unrolling
-    sch.reverse_compute_at(req, jo)
-    init = sch.decompose_reduction(acc, rp)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(bi)
-    sch.unroll(ji)
-    sch.tensorize(o, intrin)
-    # requantise each tile straight from the accumulators: 8 channels per vector
-    rc, rw = sch.get_loops(req)[-2:]
-    rco, rci = sch.split(rc, [None, 8])
-    sch.reorder(rco, rw, rci)
-    sch.vectorize(rci)
-    return (sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("tir.noalias", True)
-            .with_attr("op_pattern", 8))
+def avx2_depthwise_func(sp: QConvSpec, tile_ow: int | None = None) -> tirx.PrimFunc:
+    """Depthwise by ``vpmaddwd`` on tap pairs; weights from :func:`pack_weight_dw_avx2`."""
+    return depthwise_func(sp, AVX2, tile_ow)
 
 
+def vnni_depthwise_func(sp: QConvSpec, tile_ow: int | None = None) -> tirx.PrimFunc:
+    """Depthwise by ``vpdpbusd`` on tap quads (uint8 activations); weights from
+    :func:`pack_weight_dw_vnni`."""
+    if sp.x_dtype != "uint8":
+        raise ValueError("the VNNI template takes uint8 activations")
+    return depthwise_func(sp, VNNI, tile_ow)
+
+
+# ----------------------------------------------------------------------------- selection
 _VNNI_MATTR = {"avx512-vnni": ["+avx512vnni", "+avx512vl"], "avx-vnni": ["+avxvnni"]}
 _VNNI_FLAGS = ("+avx512vnni", "+avxvnni")
 
@@ -256,8 +294,12 @@ def has_vnni(target) -> bool:
     return any(str(a) in _VNNI_FLAGS for a in (getattr(target, "tvm", {}) or {}).get("mattr", []))
 
 
+def _vnni_ok(sp: QConvSpec, target) -> bool:
+    return target is not None and sp.x_dtype == "uint8" and has_vnni(target)
+
+
 def avx2_conv_kernel(sp: QConvSpec, target=None):
-    """The best x86 :class:`~pfcompile.quantexec.kernel_choice.IntKernel` for ``sp``, or None.
+    """The best x86 conv :class:`~pfcompile.quantexec.kernel_choice.IntKernel` for ``sp``, or None.
 
     ``x86-vnni-vpdpbusd`` when the TVM target enables VNNI (see
     :func:`with_int8_features`) and the activations are uint8; else
@@ -267,6 +309,18 @@ def avx2_conv_kernel(sp: QConvSpec, target=None):
 
     if sp.groups != 1 or sp.n != 1:
         return None
-    if target is not None and sp.x_dtype == "uint8" and has_vnni(target):
-        return IntKernel("x86-vnni-vpdpbusd", vnni_conv_func(sp), pack_weight_vnni)
-    return IntKernel("x86-avx2-pmaddwd", avx2_conv_func(sp), pack_weight_avx2)
+    if _vnni_ok(sp, target):
+        return IntKernel(VNNI.conv_name, vnni_conv_func(sp), pack_weight_vnni)
+    return IntKernel(AVX2.conv_name, avx2_conv_func(sp), pack_weight_avx2)
+
+
+def x86_depthwise_kernel(sp: QConvSpec, target=None):
+    """The x86 depthwise :class:`~pfcompile.quantexec.kernel_choice.IntKernel`, or None where
+    the template does not apply (dilation, kernel wider than 8, batch > 1)."""
+    from pfcompile.quantexec.kernel_choice import IntKernel
+
+    if not dw_supported(sp):
+        return None
+    if _vnni_ok(sp, target):
+        return IntKernel(VNNI.dw_name, vnni_depthwise_func(sp), pack_weight_dw_vnni)
+    return IntKernel(AVX2.dw_name, avx2_depthwise_func(sp), pack_weight_dw_avx2)

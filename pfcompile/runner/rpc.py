@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pfcompile.deploy import prepare
 from pfcompile.errors import DeviceError, PfcompileError
 from pfcompile.runner.base import (
     Artifact,
@@ -96,11 +97,13 @@ class RPCRunner(Runner):
         return name
 
     def load(self, sess: Any, remote_name: str) -> tuple[Any, Any]:
+        """``(model, dev)``: the library loaded and its load-time step run
+        (:func:`pfcompile.deploy.prepare`)."""
         from tvm import relax
 
         rmod = sess.load_module(remote_name)
         dev = sess.cpu()
-        return relax.VirtualMachine(rmod, dev), dev
+        return prepare(relax.VirtualMachine(rmod, dev)), dev
 
     def set_inputs(self, vm: Any, dev: Any, art: Artifact,
                    inputs: dict[str, np.ndarray]) -> None:
@@ -111,35 +114,33 @@ class RPCRunner(Runner):
         if missing:
             raise PfcompileError(f"inputs lack {missing} (the model takes {names})")
         args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[n]), dev) for n in names]
-        vm.set_input("main", *args)
+        vm.set_input(*args)
 
     def run_once(self, sess: Any, vm: Any, art: Artifact) -> dict[str, np.ndarray]:
-        vm.invoke_stateful("main")
-        arrays = read_outputs(vm.get_outputs("main"), sess)
+        vm.invoke_stateful()
+        arrays = read_outputs(vm.get_outputs(), sess)
         names = list(art.output_names)
         if len(names) != len(arrays):
             names = [f"output_{i}" for i in range(len(arrays))]
         return dict(zip(names, arrays, strict=True))
 
     def evaluate(self, vm: Any, dev: Any, settings: MeasureSettings) -> list[float]:
-        ftimer = vm.time_evaluator("invoke_stateful", dev, number=settings.number,
-                                   repeat=settings.repeat, min_repeat_ms=settings.min_repeat_ms)
-        return [float(s) * 1e3 for s in ftimer("main").results]
+        ftimer = vm.stateful_timer(dev, number=settings.number, repeat=settings.repeat,
+                                   min_repeat_ms=settings.min_repeat_ms)
+        return [float(s) * 1e3 for s in ftimer().results]
 
     def evaluate_paired(self, vm: Any, ref_vm: Any, dev: Any,
                         settings: MeasureSettings) -> tuple[list[float], list[float]]:
         """``settings.repeat`` ABBA rounds of the candidate and the reference, each side
         ``settings.min_repeat_ms`` long: (candidate ms per round, ratios per round)."""
-        fc = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1,
-                               min_repeat_ms=settings.min_repeat_ms)
-        fr = ref_vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1,
-                                   min_repeat_ms=settings.min_repeat_ms)
+        fc = vm.stateful_timer(dev, number=1, repeat=1, min_repeat_ms=settings.min_repeat_ms)
+        fr = ref_vm.stateful_timer(dev, number=1, repeat=1, min_repeat_ms=settings.min_repeat_ms)
         raw, ratios = [], []
         for i in range(max(1, settings.repeat)):
             if i % 2 == 0:
-                tr, tc = fr("main").mean, fc("main").mean
+                tr, tc = fr().mean, fc().mean
             else:
-                tc, tr = fc("main").mean, fr("main").mean
+                tc, tr = fc().mean, fr().mean
             ratios.append(tc / tr)
             raw.append(tc * 1e3)
         return raw, ratios
@@ -177,7 +178,7 @@ class RPCRunner(Runner):
             names.append(self.upload(sess, ref.so_path))
             ref_vm, _ = self.load(sess, names[-1])
             self.set_inputs(ref_vm, dev, ref, paired.inputs)
-            ref_vm.invoke_stateful("main")
+            ref_vm.invoke_stateful()
             self._step(stage, "paired time_evaluator")
             raw, ratios = self.evaluate_paired(vm, ref_vm, dev, settings)
             return outputs, raw, ratios
@@ -263,10 +264,10 @@ class RPCRunner(Runner):
                     vm, _ = self.load(sess, names[-1])
                     vargs = [tvm.runtime.tensor(np.ascontiguousarray(v), dev)
                              for v in (call.inputs or {}).values()]
-                    fe = vm.time_evaluator("main", dev, number=number, repeat=repeat,
+                    fe = vm.time_evaluator(dev, number=number, repeat=repeat,
                                            min_repeat_ms=min_ms)
                     return (lambda: float(np.median(fe(*vargs).results))), (
-                        lambda: read_outputs(vm["main"](*vargs), sess)[-1])
+                        lambda: read_outputs(vm(*vargs), sess)[-1])
                 assert rmod is not None, "functions to time need a library"
                 parts = []
                 for fname, specs in call.functions:

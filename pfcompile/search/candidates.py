@@ -18,22 +18,20 @@ import onnx
 from pfcompile.data import Dataset
 from pfcompile.errors import PfcompileError
 from pfcompile.search.graph import Kernel, extract_kernels
+from pfcompile.search.sizing import SizeModel
 from pfcompile.search.space import SearchSpace, compress, config_hash
 
 __all__ = ["CandidateFactory", "model_size_mb"]
 
 
 def model_size_mb(model: onnx.ModelProto) -> float:
-    """What the model stores for its constants, in MB (1e6 bytes): each initializer
-    and ``Constant`` value at its element size, as stored in the ONNX model — float32
-    weights 4 bytes each, the quantize pass's int8 weights 1 byte each (plus their
-    float32 per-channel scales and zero points; weights narrower than 8 bits still
-    take a whole int8 byte, nothing is bit-packed). Zeros from the sparsify pass are
-    counted like any other value: the initializers are dense and no compiled
-    artifact here (TVM's CPU kernels, the accelerator simulator) stores or skips
-    them sparsely, so a sparse layer is as big as a dense one
-    (``pfcompile.passes.sparsify.sparsity_report`` says what CSR / BSR storage would
-    take). Names and protobuf framing are not counted."""
+    """What the ONNX model stores for its constants, in MB (1e6 bytes): each initializer
+    and ``Constant`` value at its element size — float32 weights 4 bytes each, the
+    quantize pass's int8 weights 1 byte each (plus their float32 per-channel scales and
+    zero points; narrower weights also take an int8 byte in ONNX), zeros from the
+    sparsify pass like any other value. Names and protobuf framing are not counted.
+    The search judges ``--size-mb`` on the deployed files instead
+    (:mod:`pfcompile.search.sizing`: measured, or predicted before compiling)."""
     total = 0
     tensors = list(model.graph.initializer) + [
         a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
@@ -53,8 +51,11 @@ class CandidateFactory:
     cheap prune; ``size_mb(config)``; ``base_model()`` (the deployed baseline)."""
 
     def __init__(self, model: onnx.ModelProto, space: SearchSpace, *, calib: Dataset | None,
-                 quant_calib: Dataset | None, calib_samples: int, deploy: Any = None) -> None:
+                 quant_calib: Dataset | None, calib_samples: int, deploy: Any = None,
+                 sizes: SizeModel | None = None) -> None:
         self.model, self.space, self.deploy = model, space, deploy
+        #: deployed-size predictions (stored weights + the code bytes measured so far)
+        self.sizes = sizes if sizes is not None else SizeModel()
         self.calib, self.quant_calib, self.calib_samples = calib, quant_calib, calib_samples
         self._full: dict[str, tuple[onnx.ModelProto, list[Kernel]]] = {}
         self._shapes: dict[str, tuple[list[Kernel], float | None]] = {}
@@ -78,7 +79,7 @@ class CandidateFactory:
     def _shaped(self, cfg: dict) -> tuple[list[Kernel], float | None]:
         h = config_hash(cfg)
         if h in self._full:
-            return self._full[h][1], model_size_mb(self._full[h][0])
+            return self._full[h][1], self.sizes.predict_mb(self._full[h][0])
         if h not in self._shapes:
             if len(self._shapes) > 1024:
                 self._shapes.clear()
@@ -86,7 +87,7 @@ class CandidateFactory:
                 self._shapes[h] = (self.deploy.kernels(self.model, self.space, cfg), None)
             else:
                 cm = compress(self.model, self.space, cfg, quant_calib=self.quant_calib)
-                self._shapes[h] = (extract_kernels(cm), model_size_mb(cm))
+                self._shapes[h] = (extract_kernels(cm), self.sizes.predict_mb(cm))
         return self._shapes[h]
 
     def shaped(self, cfg: dict) -> list[Kernel]:
@@ -94,10 +95,10 @@ class CandidateFactory:
         return self._shaped(cfg)[0]
 
     def size_mb(self, cfg: dict) -> float:
-        """The candidate's stored size (inf when it cannot be made)."""
+        """The candidate's predicted deployed size in MB (inf when it cannot be made)."""
         try:
             size = self._shaped(cfg)[1]
-            return size if size is not None else model_size_mb(self.candidate(cfg)[0])
+            return size if size is not None else self.sizes.predict_mb(self.candidate(cfg)[0])
         except PfcompileError:
             return math.inf
 

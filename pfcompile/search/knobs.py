@@ -6,10 +6,11 @@ Bit widths. ``32`` means the layer stays float (the unmodified layer, so it is
 always a choice and the default). Any other width ``b`` is a QDQ layer from the
 quantize pass: int8-container weights clipped to ``b`` bits, per-channel
 symmetric, and the layer's input activation quantized to uint8 (8 bits) over
-the calibrated range. On CPU targets the only other choice is 8: pfcompile's
-compiler lowers an int8 QDQ layer to an integer kernel (``pfcompile.quantexec``),
-and narrower weights would run the same int8 kernel, slower than nothing and
-less accurate. On accelerator targets (``[accelerator]`` in the target file) the
+the calibrated range. On CPU targets ``auto`` offers 8: pfcompile's compiler
+lowers an int8 QDQ layer to an integer kernel (``pfcompile.quantexec``);
+narrower weights run the same kernel (no faster, less accurate) but are stored
+bit-packed in the library (``pfcompile.storage``), so with a ``--size-mb`` goal
+``auto`` offers 4 bits too, and any width 2..8 may be listed. On accelerator targets (``[accelerator]`` in the target file) the
 choices are the accelerator's ``weight_bits`` within what the quantize pass can
 write (2..8), widest first: :func:`bit_choices` is what ``pfcompile run
 --target fpga-*`` builds its knobs from.
@@ -18,8 +19,9 @@ Sparsity. A layer's fraction of weights set to zero by the sparsify pass
 (unstructured, ``1x1`` blocks); ``0.0`` is the unmodified layer. The choices
 offered by ``--sparsity auto`` are the sparsify pass's declared search values
 (:meth:`SparsifyConfig.search_space`). The zeros stay in the dense ONNX
-initializers and no compiled artifact here has sparse kernels: sparsity changes
-accuracy, not latency or the stored size (see ``candidates.model_size_mb``).
+initializers and the kernels are dense (no latency change), but the library
+stores a sparse layer as a bitmap + its non-zeros (``pfcompile.storage``): sparsity
+buys deployed size.
 """
 
 from __future__ import annotations
@@ -47,12 +49,19 @@ __all__ = [
 
 FLOAT_BITS = 32
 CPU_BITS = (FLOAT_BITS, 8)
+CPU_SIZE_BITS = (4,)  #: also offered by ``auto`` on CPU targets with a size goal
 
 
-def bit_choices(target: Target, *, include_float: bool = True) -> tuple[int, ...]:
+def _cpu_widths(size_goal: bool) -> tuple[int, ...]:
+    return CPU_BITS[1:] + (CPU_SIZE_BITS if size_goal else ())
+
+
+def bit_choices(target: Target, *, include_float: bool = True,
+                size_goal: bool = False) -> tuple[int, ...]:
     """The per-layer bit widths ``target`` runs, widest first.
 
-    CPU targets: ``(32, 8)``. Accelerator targets: 32 (the layer runs on the host in
+    CPU targets: ``(32, 8)``, and 4 with ``size_goal`` (a ``--size-mb`` search: 4-bit
+    weights are stored packed, half the bytes of 8-bit). Accelerator targets: 32 (the layer runs on the host in
     float) and the ``[accelerator] weight_bits`` the quantize pass can write (2..8).
     ``include_float=False`` leaves out 32 (for a search where every layer must be
     quantized; its knobs' default is then the widest integer width, so the space's
@@ -70,7 +79,7 @@ def bit_choices(target: Target, *, include_float: bool = True) -> tuple[int, ...
                               f"({MIN_BITS}..{MAX_BITS})")
         out = tuple(widths)
     else:
-        out = CPU_BITS[1:]
+        out = _cpu_widths(size_goal)
     return ((FLOAT_BITS,) if include_float else ()) + out
 
 
@@ -84,14 +93,17 @@ def _items(spec: str | Sequence, flag: str) -> list[str]:
     return items
 
 
-def parse_bits(spec: str | Sequence[int] | None, target: Target) -> tuple[int, ...] | None:
+def parse_bits(spec: str | Sequence[int] | None, target: Target, *,
+               size_goal: bool = False) -> tuple[int, ...] | None:
     """``--bits`` -> the knobs' choices (widest first, 32 always included), or None
-    when off. ``auto`` = :func:`bit_choices`; listed widths must be ones the target runs."""
+    when off. ``auto`` = :func:`bit_choices`; listed widths must be ones the target runs
+    (on CPU targets: any width the quantize pass writes, 2..8)."""
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "off", "none")):
         return None
-    allowed = bit_choices(target)
     if isinstance(spec, str) and spec.strip().lower() == "auto":
-        return allowed
+        return bit_choices(target, size_goal=size_goal)
+    allowed = bit_choices(target) if target.is_accelerator else \
+        (FLOAT_BITS, *range(MAX_BITS, MIN_BITS - 1, -1))
     vals = set()
     for s in _items(spec, "--bits"):
         try:

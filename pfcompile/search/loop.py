@@ -40,6 +40,7 @@ from pfcompile.search.judge import AccuracyJudge, strategy_view
 from pfcompile.search.knobs import parse_bits, parse_sparsity
 from pfcompile.search.latency_model import FlopsModel, LatencyModel
 from pfcompile.search.runlog import RunLog, TrialLog
+from pfcompile.search.sizing import SizeModel, set_measured_size, size_kind
 from pfcompile.search.space import SearchSpace, build_space, config_hash
 from pfcompile.search.state import load_strategy_state
 from pfcompile.search.stats import check_confidence
@@ -151,14 +152,18 @@ def run_search(model: onnx.ModelProto, target, device: SearchDevice, data: Datas
     log.start(mhash, settings.strategy, target.name, settings, data, confirm)
 
     space = build_space(model, target.hardware, min_keep=settings.min_keep,
-                        bits=parse_bits(settings.bits, target),
+                        bits=parse_bits(settings.bits, target, size_goal=settings.size_mb is not None),
                         sparsity=parse_sparsity(settings.sparsity))
     if deploy is not None:
         space = deploy.adapt_space(space)      # e.g. only the widths an accelerator runs
     # bits knobs calibrate activation ranges on the calibration data, else on --data
     qcalib = calib if calib is not None else data.subset(min(settings.calib_samples, len(data)))
+    sizes = SizeModel()   # code bytes per kind, from the artifacts measured (also before a resume)
+    for r in log.past:
+        if r.get("type") in ("baseline", "trial") and r.get("size"):
+            sizes.observe(r.get("size_kind", "float"), r["size"]["code_bytes"])
     cands = CandidateFactory(model, space, calib=calib, quant_calib=qcalib,
-                             calib_samples=settings.calib_samples, deploy=deploy)
+                             calib_samples=settings.calib_samples, deploy=deploy, sizes=sizes)
     evaluator = Evaluator(model, data)
     judge = AccuracyJudge(evaluator, settings.max_acc_drop, settings.confidence,
                           "search" if confirm is not None else "validation")
@@ -271,9 +276,13 @@ def _baseline(log: RunLog, cands: CandidateFactory, device: SearchDevice, evalua
     acc = evaluator.reference
     base = {"type": "baseline", "latency_ms": m.latency_ms, "top1": acc.top1,
             "agreement": acc.agreement, "score": acc.score,
-            "macs": sum(k.macs for k in base_kernels), "size_mb": model_size_mb(model),
+            "macs": sum(k.macs for k in base_kernels),
+            "size_mb": cands.sizes.predict_mb(base_model), "size_kind": size_kind(base_model),
             "model_hash": mhash, "so_path": m.so_path, "n_eval": acc.n, "time": time.time(),
             **m.details}
+    set_measured_size(base, m.so_path)
+    if base.get("size"):
+        cands.sizes.observe(base["size_kind"], base["size"]["code_bytes"])
     if cands.deploy is not None:   # the deployed baseline (e.g. uniform 8-bit) is not the original
         dacc = evaluator.score(base_model)
         base.update({"deployed_model_hash": model_hash(base_model), "deployed_top1": dacc.top1,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pfcompile.artifact_size import artifact_size
+from pfcompile.errors import PfcompileError
 from pfcompile.search.latency_model import kendall_tau
 from pfcompile.search.report_html import render_html
 
@@ -45,7 +47,7 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
     out = {
         "baseline": {"latency_ms": b["latency_ms"], "top1": b.get("top1"),
                      "agreement": b.get("agreement"), "macs": b.get("macs"),
-                     "size_mb": b.get("size_mb")},
+                     "size_mb": b.get("size_mb"), **_size_fields(b)},
         "best": None,
         "trials": len(result.trials),
         "failed_trials": sum(1 for t in result.trials if t["status"] != "ok"),
@@ -82,7 +84,8 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
                        "agreement": best.get("agreement"), "speedup": best["speedup"],
                        "acc_drop": best["acc_drop"], "config": best["config"],
                        "keep": best.get("keep"), "macs": best.get("macs"),
-                       "size_mb": best.get("size_mb"), "trial": best["id"]}
+                       "size_mb": best.get("size_mb"), **_size_fields(best),
+                       "trial": best["id"]}
         for kind in ("bits", "sparsity"):  # per-layer knobs moved off their default
             if kind in best:
                 out["best"][kind] = best[kind]
@@ -106,6 +109,14 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
     out["onnxruntime"] = onnxruntime
     out["speedup_vs_onnxruntime"] = (onnxruntime or {}).get("speedup")
     return out
+
+
+def _size_fields(rec: dict) -> dict:
+    """``size_bytes`` (+ code and weights apart) of the compiled files, when measured;
+    ``size_mb`` is then the same bytes (else the prediction, ``size_measured`` False)."""
+    size = rec.get("size") or {}
+    return {"size_bytes": size.get("size_bytes"), "code_bytes": size.get("code_bytes"),
+            "weight_bytes": size.get("weight_bytes"), "size_measured": bool(size)}
 
 
 def _decisions(space, config: dict) -> list[dict]:
@@ -188,6 +199,10 @@ def write_report(result, out_dir: str | Path, other_runs: dict[str, list[dict]] 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rep = build_report(result, final, finetune, onnxruntime)
+    try:  # what DIST/ ships (model.so / program.npz + any weight file), from the files
+        rep["deployed"] = artifact_size(out).to_json()
+    except PfcompileError:
+        rep["deployed"] = None
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     runs = dict(other_runs or {})
     runs[result.strategy] = result.trials

@@ -25,12 +25,13 @@ import onnx
 
 from pfcompile.errors import PfcompileError
 from pfcompile.model import model_hash
-from pfcompile.search.candidates import CandidateFactory, model_size_mb
+from pfcompile.search.candidates import CandidateFactory
 from pfcompile.search.devices import Measurement, SearchDevice
 from pfcompile.search.graph import Kernel
 from pfcompile.search.judge import AccuracyJudge, strategy_view
 from pfcompile.search.latency_model import LatencyModel
 from pfcompile.search.runlog import RunLog
+from pfcompile.search.sizing import set_measured_size, size_kind
 from pfcompile.search.space import config_hash
 from pfcompile.search.state import save_strategy_state
 
@@ -106,6 +107,8 @@ class TrialRunner:
         """Log a finished trial (its id: its place in the log), tell the strategy,
         update the latency model."""
         rec["id"] = len(self.trials)
+        if rec.get("size"):
+            self.candidates.sizes.observe(rec.get("size_kind", "float"), rec["size"]["code_bytes"])
         self.log.append(rec)
         self.trials.append(rec)
         self.strat.tell(c.config, strategy_view(rec))
@@ -156,7 +159,8 @@ class TrialRunner:
             rec["error"] = f"compress failed: {exc}"
             return rec, None, t0
         rec.update({"model_hash": model_hash(cm), "macs": sum(k.macs for k in kernels),
-                    "size_mb": model_size_mb(cm), "keep": self.space.keep_ratios(c.config)})
+                    "size_mb": self.candidates.sizes.predict_mb(cm), "size_kind": size_kind(cm),
+                    "keep": self.space.keep_ratios(c.config)})
         for kind in ("bits", "sparsity"):  # the layers moved off their default, when searched
             if kind in self.space.kinds():
                 rec[kind] = self.space.layer_values(c.config, kind)
@@ -169,6 +173,7 @@ class TrialRunner:
         """Fill ``rec`` from the device's measurement ``m``."""
         rec["measured"] = True
         rec["so_path"] = m.so_path
+        set_measured_size(rec, m.so_path)
         rec.update(m.details)    # e.g. simulated / measured parts, also on failure
         if not m.ok:
             rec["error"] = m.error

@@ -1,0 +1,343 @@
+"""Integer conv and depthwise templates vectorised over 8 output channels, shared by every
+instruction set; :class:`Isa` says which dot-product instruction does the inner block.
+
+* **conv** (groups 1, any kernel size): the input is packed inside the kernel into a
+  zero-point-padded ``[N, C/8, Hp, Wp, 8]`` buffer of the instruction's operand type
+  (int16 for ``vpmaddwd`` / ``smlal``, uint8 for ``vpdpbusd``, int8 for ``sdot``; uint8
+  data feeding a signed dot product is stored as ``x - 128``, the kernel's ``x_offset``);
+  a blocked, unpadded input already of that type is read in place. Weights are packed once
+  into ``[OC/8, C/8, KH, KW, 8/g, 8, g]`` with ``g`` input channels per lane. The inner
+  ``8 x g`` block is one tensor intrinsic: ``g`` input channels of one pixel broadcast
+  against 8 output channels. A register tile of ``t_ow`` output columns x ``t_oc`` blocks
+  accumulates in registers; the epilogue runs per tile. A 1x1 stride-1 conv is computed as
+  a ``1 x H*W`` image so that its pixel tiles run across rows.
+* **depthwise** (kernel width <= 8, dilation 1): vectorised over the 8 channels of a
+  block, with ``g`` horizontal taps per lane (``g = 1`` for ``smlal``, 2 for ``vpmaddwd``,
+  4 for ``vpdpbusd`` / ``sdot``). The taps of one row are adjacent pixels whatever the
+  stride, so the ``g x 8`` values are one contiguous load, interleaved in registers by the
+  intrinsic. A 3x3 layer takes 6 ``vpmaddwd`` or 3 ``vpdpbusd`` / 6 ``sdot`` per 8 outputs
+  (the missing taps have weight 0). Weights ``[C/8, KH, ceil(KW/g), 8, g]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from tvm import s_tir, te, tirx
+
+from pfcompile.quantexec.kernels import (
+    BLOCK,
+    QConvSpec,
+    epilogue_params,
+    io_layouts,
+    out_compute,
+    padded_read,
+    te_shape,
+)
+
+__all__ = ["Isa", "conv_func", "default_tiles", "depthwise_func", "dw_supported",
+           "pack_weight_conv", "pack_weight_dw", "x_offset"]
+
+
+@dataclass(frozen=True)
+class Isa:
+    """One instruction set's way of doing the blocked templates."""
+
+    conv_name: str            # template names reported per layer
+    dw_name: str
+    tiles: tuple              # register tiles (output columns, channel blocks), best first
+    conv_kg: int              # input channels per lane
+    conv_act: str             # dtype of the packed activations
+    conv_w: str               # dtype of the packed weights
+    conv_intrin: str
+    dw_kg: int                # horizontal taps per lane
+    dw_act: str               # dtype of the padded depthwise input ("x": the input's own)
+    dw_w: str
+    dw_intrin: str            # may hold "{x}" for the input dtype
+    signed_dot: bool          # uint8 activations go in as int8 (x - 128)
+    register: Callable[[], None]  # registers the tensor intrinsics
+
+
+def x_offset(isa: Isa, x_dtype: str) -> int:
+    """What the kernel adds to every activation (see ``IntKernel.x_offset``)."""
+    return -128 if isa.signed_dot and x_dtype == "uint8" else 0
+
+
+def _to_operand(v, x_dtype: str, dtype: str, offset: int):
+    if offset:
+        return (v.astype("int16") + offset).astype(dtype)
+    return v if dtype == x_dtype else v.astype(dtype)
+
+
+# ----------------------------------------------------------------------------- weights
+def pack_weight_conv(w: np.ndarray, kg: int, dtype) -> np.ndarray:
+    """OIHW int8 -> ``[OC/8, C/8, KH, KW, 8/kg, 8, kg]`` (zero-padded channels)."""
+    oc, c, kh, kw = w.shape
+    ocb, cb = -(-oc // BLOCK), -(-c // BLOCK)
+    full = np.zeros((ocb * BLOCK, cb * BLOCK, kh, kw), dtype)
+    full[:oc, :c] = w
+    # [ob, o, cb, k, q, ky, kx] -> [ob, cb, ky, kx, k, o, q]
+    return np.ascontiguousarray(
+        full.reshape(ocb, BLOCK, cb, BLOCK // kg, kg, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4))
+
+
+def pack_weight_dw(w: np.ndarray, kg: int, dtype) -> np.ndarray:
+    """Depthwise ``[C, 1, KH, KW]`` int8 -> ``[C/8, KH, ceil(KW/kg), 8, kg]`` (zero taps)."""
+    c, _, kh, kw = w.shape
+    cb, g = -(-c // BLOCK), -(-kw // kg)
+    full = np.zeros((cb * BLOCK, kh, g * kg), dtype)
+    full[:c, :, :kw] = w[:, 0]
+    # [cb, c, ky, g, q] -> [cb, ky, g, c, q]
+    return np.ascontiguousarray(full.reshape(cb, BLOCK, kh, g, kg).transpose(0, 2, 3, 1, 4))
+
+
+# ----------------------------------------------------------------------------- conv
+def _finish(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    # op_pattern 8 (opaque): FuseOps must not merge other ops into a scheduled kernel
+    return (func.with_attr("tirx.is_scheduled", True).with_attr("tir.noalias", True)
+            .with_attr("op_pattern", 8))
+
+
+def _direct(sp: QConvSpec, isa: Isa) -> bool:
+    """A blocked, unpadded input already of the operand type is read in place (no pack)."""
+    return (isa.conv_act == sp.x_dtype and x_offset(isa, sp.x_dtype) == 0
+            and sp.x_layout != "NCHW" and not any(sp.padding) and sp.c % BLOCK == 0)
+
+
+def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False):
+    """``out_flat``: accumulate over flat output pixels ``p = i * OW + j`` (the output TE
+    view ``1 x OH*OW``), so that a register tile of pixels may span rows."""
+    kg = isa.conv_kg
+    ocb, cb = -(-sp.oc // BLOCK), -(-sp.c // BLOCK)
+    pt, pl, pb, pr = sp.padding
+    hp, wp = sp.h + pt + pb, sp.w + pl + pr
+    x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
+    wt = te.placeholder((ocb, cb, sp.kh, sp.kw, BLOCK // kg, BLOCK, kg), isa.conv_w, name="w")
+    bias = te.placeholder((sp.oc,), "int32", name="bias")
+    p0, p1 = epilogue_params(sp, sp.oc)
+    if _direct(sp, isa):
+        src = x
+    else:
+        zx = tirx.const(sp.zx, sp.x_dtype)
+        off = x_offset(isa, sp.x_dtype)
+        src = te.compute(
+            (sp.n, cb, hp, wp, BLOCK),
+            lambda n, b, i, j, c: _to_operand(padded_read(sp, x, n, b, c, i, j, zx), sp.x_dtype,
+                                              isa.conv_act, off),
+            name="pack")
+    rb = te.reduce_axis((0, cb), name="rb")
+    ry = te.reduce_axis((0, sp.kh), name="ry")
+    rx = te.reduce_axis((0, sp.kw), name="rx")
+    # fewer than 8 input channels (an RGB stem): only the lane groups that hold channels
+    rk = te.reduce_axis((0, min(BLOCK, -(-sp.c // kg) * kg) // kg), name="rk")
+    (sh, sw), (dh, dw) = sp.stride, sp.dilation
+    if out_flat:
+        oshape = (sp.n, ocb, 1, sp.oh * sp.ow, BLOCK)
+
+        def pix(i, j):  # (i = 0, j = flat pixel) -> output row, column
+            return j // sp.ow, j % sp.ow
+    else:
+        oshape = (sp.n, ocb, sp.oh, sp.ow, BLOCK)
+
+        def pix(i, j):
+            return i, j
+    if kg == 1:  # one input channel per lane: no inner reduction axis
+        def body(n, b, i, j, o):
+            r, q = pix(i, j)
+            return te.sum(src[n, rb, r * sh + ry * dh, q * sw + rx * dw, rk].astype("int32")
+                          * wt[b, rb, ry, rx, rk, o, 0].astype("int32"), axis=[rb, ry, rx, rk])
+    else:
+        rq = te.reduce_axis((0, kg), name="rq")
+
+        def body(n, b, i, j, o):
+            r, q = pix(i, j)
+            return te.sum(
+                src[n, rb, r * sh + ry * dh, q * sw + rx * dw, rk * kg + rq].astype("int32")
+                * wt[b, rb, ry, rx, rk, o, rq].astype("int32"), axis=[rb, ry, rx, rk, rq])
+    acc = te.compute(oshape, body, name="acc")
+    y = out_compute(_flat_out_view(sp) if out_flat else sp, acc, bias, p0, p1)
+    return [x, wt, bias, p0, p1, y]
+
+
+def _flat_out_view(sp: QConvSpec) -> QConvSpec:
+    """A spec with ``sp``'s output as a ``1 x OH*OW`` image (for the output shape and the
+    tiles of a conv that tiles output pixels across rows)."""
+    return replace(sp, h=1, w=sp.oh * sp.ow, kh=1, kw=1, stride=(1, 1), padding=(0, 0, 0, 0),
+                   dilation=(1, 1))
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, cap) + 1) if n % d == 0)
+
+
+def default_tiles(sp: QConvSpec, isa: Isa) -> tuple[int, int]:
+    """The first register tile of ``isa.tiles`` that divides the output width (the pixel
+    count for a flat 1x1) and the channel blocks."""
+    ocb = -(-sp.oc // BLOCK)
+    for t_ow, t_oc in isa.tiles:
+        if sp.ow % t_ow == 0 and ocb % t_oc == 0:
+            return t_ow, t_oc
+    return 1, 1
+
+
+def _schedule_out(sch: s_tir.Schedule, sp: QConvSpec, req, anchor) -> None:
+    """Vectorise the epilogue (placed under loop ``anchor`` by ``reverse_compute_at``) over
+    the 8 channels of a block: 8-byte stores when blocked, a scatter into NCHW otherwise."""
+    loops = sch.get_loops(req)
+    at = sch.get(anchor)
+    depth = next(k for k, lp in enumerate(loops) if sch.get(lp).same_as(at)) + 1
+    inner = loops[depth:]  # unit-extent loops are elided
+    if sp.y_layout == "NCHW":
+        rco, rci = sch.split(inner[0], [None, BLOCK])
+        if len(inner) > 1:
+            sch.reorder(rco, *inner[1:], rci)
+        sch.vectorize(rci)
+    else:
+        sch.vectorize(inner[-1])
+
+
+def _flat(sp: QConvSpec) -> bool:
+    """A 1x1 stride-1 unpadded conv: computed as a ``1 x H*W`` image, so that its pixel
+    tiles run across rows (any divisor of H*W, not of W)."""
+    return (sp.kh, sp.kw, sp.stride) == (1, 1, (1, 1)) and not any(sp.padding)
+
+
+def _chunk(tiles: int) -> int:
+    """Pixel tiles per parallel task of a flat 1x1 conv: about 8 (a row of a 56-wide image)."""
+    return _divisor_at_most(tiles, 8)
+
+
+def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
+              tile_oc: int | None = None, out_flat: bool | None = None) -> tirx.PrimFunc:
+    """The scheduled conv PrimFunc; weights from ``pack_weight_conv(w, isa.conv_kg, ...)``.
+    ``out_flat`` tiles output pixels across rows; by default where rows are short (OW < 16,
+    stride 1): measured in one process on AVX2, 512->512 3x3 on 7x7 0.93x and 256->256 on
+    14x14 0.88x the time of row tiles, but 64->64 on 56x56 1.38x and a stride-2 layer 2.2x
+    (per-pixel input addresses)."""
+    isa.register()
+    flat = _flat(sp)
+    if out_flat is None:
+        out_flat = sp.ow < 16 and sp.stride == (1, 1)
+    out_flat = flat or out_flat
+    csp = replace(sp, h=1, w=sp.h * sp.w) if flat else sp  # the spec the TE computes
+    tsp = _flat_out_view(csp) if out_flat and not flat else csp  # output view (tiles)
+    d_ow, d_oc = default_tiles(tsp, isa)
+    ocb = -(-sp.oc // BLOCK)
+    t_oc = _divisor_at_most(ocb, tile_oc or d_oc)
+    t_ow = _divisor_at_most(tsp.ow, tile_ow or d_ow)
+    sch = s_tir.Schedule(te.create_prim_func(_conv_compute(csp, isa, out_flat and not flat)))
+    direct = _direct(csp, isa)
+    io_layouts(sch, sp, "acc" if direct else "pack", flat, out_flat)
+    flat = out_flat
+    acc = sch.get_sblock("acc")
+    req = sch.get_sblock("requant")
+    if not direct:
+        # pack: parallel over (n, channel block, row), 8 channels per vector
+        pn, pb, pi, _pj, pc = sch.get_loops(sch.get_sblock("pack"))
+        sch.parallel(sch.fuse(pn, pb, pi))
+        sch.vectorize(pc)
+    n, b, i, j, o, rb, ry, rx, rk, *rq = sch.get_loops(acc)
+    bo, bi = sch.split(b, [None, t_oc])
+    jo, ji = sch.split(j, [None, t_ow])
+    if flat:  # parallel over (oc tile, pixel chunk): i has extent 1
+        jc, jo = sch.split(jo, [None, _chunk(tsp.ow // t_ow)])
+        sch.reorder(n, bo, i, jc, jo, rb, ry, rx, rk, bi, ji, o, *rq)
+        sch.parallel(sch.fuse(n, bo, i, jc))
+    else:
+        sch.reorder(n, bo, i, jo, rb, ry, rx, rk, bi, ji, o, *rq)
+        sch.parallel(sch.fuse(n, bo, i))
+    sch.set_scope(acc, 0, "local")  # accumulators: registers after unrolling
+    sch.reverse_compute_at(req, jo)
+    init = sch.decompose_reduction(acc, rb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(bi)
+    sch.unroll(ji)
+    sch.tensorize(o, isa.conv_intrin)
+    _schedule_out(sch, tsp, req, jo)
+    return _finish(sch.mod["main"])
+
+
+# ----------------------------------------------------------------------------- depthwise
+def dw_supported(sp: QConvSpec) -> bool:
+    """Whether the blocked depthwise template takes ``sp``."""
+    return sp.depthwise and sp.dilation == (1, 1) and sp.kw <= 8 and sp.n == 1
+
+
+def _dw_compute(sp: QConvSpec, isa: Isa):
+    kg = isa.dw_kg
+    act = sp.x_dtype if isa.dw_act == "x" else isa.dw_act
+    cb = -(-sp.c // BLOCK)
+    g = -(-sp.kw // kg)
+    pt, pl, pb, _pr = sp.padding
+    sh, sw = sp.stride
+    hp = sp.h + pt + pb
+    wq = max(sp.w + pl + sp.padding[3], (sp.ow - 1) * sw + g * kg)  # the zero-weight taps
+    x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
+    wt = te.placeholder((cb, sp.kh, g, BLOCK, kg), isa.dw_w, name="w")
+    bias = te.placeholder((sp.oc,), "int32", name="bias")
+    p0, p1 = epilogue_params(sp, sp.oc)
+    zx = tirx.const(sp.zx, sp.x_dtype)
+    off = x_offset(isa, sp.x_dtype)
+    # the extra zero-weight tap columns past the right edge read zx too
+    wide = QConvSpec(**{**sp.__dict__, "padding": (pt, pl, pb, wq - sp.w - pl)})
+    xp = te.compute(
+        (sp.n, cb, hp, wq, BLOCK),
+        lambda n, b, i, j, c: _to_operand(padded_read(wide, x, n, b, c, i, j, zx), sp.x_dtype,
+                                          act, off),
+        name="pad")
+    ry = te.reduce_axis((0, sp.kh), name="ry")
+    rg = te.reduce_axis((0, g), name="rg")
+    if kg == 1:  # one tap per lane: no inner reduction axis
+        acc = te.compute(
+            (sp.n, cb, sp.oh, sp.ow, BLOCK),
+            lambda n, b, i, j, c: te.sum(
+                xp[n, b, i * sh + ry, j * sw + rg, c].astype("int32")
+                * wt[b, ry, rg, c, 0].astype("int32"), axis=[ry, rg]),
+            name="acc")
+    else:
+        rq = te.reduce_axis((0, kg), name="rq")
+        acc = te.compute(
+            (sp.n, cb, sp.oh, sp.ow, BLOCK),
+            lambda n, b, i, j, c: te.sum(
+                xp[n, b, i * sh + ry, j * sw + rg * kg + rq, c].astype("int32")
+                * wt[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
+            name="acc")
+    y = out_compute(sp, acc, bias, p0, p1)
+    return [x, wt, bias, p0, p1, y]
+
+
+def _rows_per_task(sp: QConvSpec, cb: int, threads: int = 16) -> int:
+    """Output rows per parallel task: enough tasks for ``threads``, few recomputed pad rows."""
+    for r in (8, 4, 2, 1):
+        if sp.oh % r == 0 and cb * (sp.oh // r) >= 4 * threads:
+            return r
+    return 1
+
+
+def depthwise_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None) -> tirx.PrimFunc:
+    """The scheduled depthwise PrimFunc; weights from ``pack_weight_dw(w, isa.dw_kg, ...)``."""
+    isa.register()
+    cb = -(-sp.c // BLOCK)
+    t_ow = _divisor_at_most(sp.ow, tile_ow or 8)
+    rows = _rows_per_task(sp, cb)
+    sch = s_tir.Schedule(te.create_prim_func(_dw_compute(sp, isa)))
+    io_layouts(sch, sp, "pad")
+    pad, acc, req = (sch.get_sblock(b) for b in ("pad", "acc", "requant"))
+    n, b, i, j, c, ry, rg, *rq = sch.get_loops(acc)
+    io, ii = sch.split(i, [None, rows])
+    jo, ji = sch.split(j, [None, t_ow])
+    sch.reorder(n, b, io, ii, jo, ry, rg, ji, c, *rq)
+    task = sch.fuse(n, b, io)
+    sch.parallel(task)
+    sch.set_scope(acc, 0, "local")
+    sch.reverse_compute_at(req, jo)
+    sch.compute_at(pad, task)
+    sch.vectorize(sch.get_loops(pad)[-1])
+    init = sch.decompose_reduction(acc, ry)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(ji)
+    sch.tensorize(c, isa.dw_intrin.format(x=sp.x_dtype))
+    _schedule_out(sch, sp, req, jo)
+    return _finish(sch.mod["main"])

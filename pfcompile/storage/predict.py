@@ -1,0 +1,35 @@
+"""The bytes a compiled library will store for an ONNX model's constants, before
+compiling it: each initializer (and ``Constant``) at the exact encoding
+:func:`pfcompile.storage.encode.choose` gives it (2-4-bit weights bit-packed, a
+codebook's indices at their width, sparse weights as a bitmap + non-zeros). The
+library applies the same encodings to the constants its kernels read, so this is
+the weight part of the deployed size up to layout padding and the kernels'
+per-channel parameters; the code part has to be measured (see
+``pfcompile.search.sizing``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from pfcompile.storage.encode import choose
+
+__all__ = ["stored_weight_bytes"]
+
+
+def stored_weight_bytes(model: onnx.ModelProto, min_saving: int = 1024) -> int:
+    total = 0
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
+        if a.name == "value"]
+    for t in tensors:
+        try:
+            arr = numpy_helper.to_array(t)
+        except Exception:  # noqa: BLE001 - a type numpy cannot hold: count its protobuf bytes
+            total += t.ByteSize()
+            continue
+        arr = np.asarray(arr)
+        enc = choose(arr, min_saving) if arr.dtype.kind in "iuf" else None
+        total += int(arr.nbytes) if enc is None else enc.nbytes
+    return total
