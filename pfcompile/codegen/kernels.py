@@ -177,7 +177,7 @@ def time_kernels(mod: tvm.IRModule, target: Any, timer: KernelTimer | None = Non
 
     timer = timer or make_timer(target)
     db = RecordDB.for_target(records_dir, target.name)
-    sched = schedule_module(fuse_to_tir(mod, target), target, db)
+    sched = schedule_module(fuse_to_tir(mod, target, db), target, db)
     names, funcs = [], []
     for gv, f in sched.functions.items():
         if isinstance(f, tirx.PrimFunc):

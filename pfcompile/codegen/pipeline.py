@@ -15,10 +15,10 @@ from tvm import relax, tirx
 
 from pfcompile.codegen.layout import convert_layout_pass, fold_constant_layout_transforms
 from pfcompile.codegen.records import RecordDB
-from pfcompile.codegen.te_ops import legalize_conv2d
 from pfcompile.errors import CompileError
 from pfcompile.schedules import TEMPLATES, Hardware, Workload, match
 from pfcompile.schedules.base import params_from_dict, params_to_dict
+from pfcompile.schedules.winograd import conv2d_legalizer
 
 __all__ = [
     "KernelWorkload",
@@ -60,8 +60,13 @@ def channel_block(hw: Hardware) -> int:
     return 2 * lanes if lanes < 8 and hw.vector_registers >= 32 else lanes
 
 
-def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
-    """Relax module → blocked layout, legalized, fused (PrimFuncs not yet scheduled)."""
+def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
+                winograd: int | None = None) -> tvm.IRModule:
+    """Relax module → blocked layout, legalized, fused (PrimFuncs not yet scheduled).
+    Each 3×3 stride-1 conv is legalized as direct or Winograd convolution, whichever
+    ``db``'s records measured faster, else by the heuristic
+    (:func:`pfcompile.schedules.winograd.choose_algorithm`); ``winograd`` = 0 turns
+    Winograd off, 2 or 4 forces that tile size on every eligible conv."""
     hw = Hardware.from_target(target)
     pre = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
@@ -70,7 +75,7 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
         relax.transform.Normalize(),
     ])
     seq = tvm.transform.Sequential([
-        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
+        relax.transform.LegalizeOps({"relax.nn.conv2d": conv2d_legalizer(hw, db, force=winograd)}),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -152,7 +157,8 @@ def schedule_module(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
 
 
 def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
-                   metaschedule_dir: Path | None = None, templates: bool = True):
+                   metaschedule_dir: Path | None = None, templates: bool = True,
+                   winograd: int | None = None):
     """A ``relax_pipeline`` for ``tvm.compile``."""
     from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
 
@@ -160,7 +166,7 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
 
     @tvm.transform.module_pass(opt_level=0, name="pfcompile_codegen")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = fuse_to_tir(mod, target)
+        mod = fuse_to_tir(mod, target, db, winograd)
         if metaschedule_dir is not None:
             from pfcompile.codegen.metaschedule import apply_database
 
@@ -176,13 +182,14 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
 
 def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
           report: list | None = None, metaschedule_dir: Path | None = None,
-          templates: bool = True):
+          templates: bool = True, winograd: int | None = None):
     """Relax IRModule → TVM Executable for ``target`` with pfcompile's schedules.
 
     ``records_dir`` holds ``<target>/records.jsonl`` (default: the repository's
     ``schedules/``); workloads without a record use the nearest tuned neighbour
     or the analytic heuristic. ``metaschedule_dir``: apply a MetaSchedule
-    database first (comparison); ``templates=False``: no pfcompile schedules."""
+    database first (comparison); ``templates=False``: no pfcompile schedules;
+    ``winograd``: None chooses per 3×3 stride-1 conv, 0 never, 2 or 4 that tile size."""
     if not isinstance(mod, tvm.IRModule) or not any(
             isinstance(f, relax.Function) for f in mod.functions.values()):
         raise CompileError(f"pfcompile codegen for target '{target.name}' needs a Relax IRModule "
@@ -192,7 +199,7 @@ def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
     try:
         return tvm.compile(mod, target=target.tvm_target(),
                            relax_pipeline=relax_pipeline(target, db, report,
-                                                          metaschedule_dir, templates))
+                                                          metaschedule_dir, templates, winograd))
     except CompileError:
         raise
     except Exception as exc:
@@ -207,5 +214,5 @@ def kernel_workloads(mod: tvm.IRModule, target: Any, *,
     the template params ``build`` would use (and where they came from)."""
     db = RecordDB.for_target(records_dir, target.name)
     report: list[KernelWorkload] = []
-    schedule_module(fuse_to_tir(mod, target), target, db, report=report, apply=False)
+    schedule_module(fuse_to_tir(mod, target, db), target, db, report=report, apply=False)
     return report

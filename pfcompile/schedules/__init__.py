@@ -10,6 +10,7 @@ from pfcompile.schedules.conv2d import Conv2dTemplate, ConvParams
 from pfcompile.schedules.dense import DenseParams, DenseTemplate
 from pfcompile.schedules.depthwise import DepthwiseParams, DepthwiseTemplate
 from pfcompile.schedules.generic import GenericParams, GenericTemplate
+from pfcompile.schedules.winograd import WinogradParams, WinogradTemplate
 
 __all__ = [
     "TEMPLATES",
@@ -23,13 +24,16 @@ __all__ = [
     "GenericTemplate",
     "Hardware",
     "Template",
+    "WinogradParams",
+    "WinogradTemplate",
     "Workload",
     "match",
     "template_for",
 ]
 
 #: tried in order; the generic template takes whatever is left
-TEMPLATES: tuple = (Conv2dTemplate(), DepthwiseTemplate(), DenseTemplate(), GenericTemplate())
+TEMPLATES: tuple = (Conv2dTemplate(), WinogradTemplate(), DepthwiseTemplate(), DenseTemplate(),
+                    GenericTemplate())
 
 
 def match(func: tirx.PrimFunc):

@@ -195,7 +195,8 @@ def kernel_primfuncs(k: Kernel, target: Target) -> list:
     from pfcompile.codegen.records import RecordDB
 
     mod = from_onnx(kernel_model(k), keep_params_in_input=False)
-    sched = schedule_module(fuse_to_tir(mod, target), target, RecordDB.for_target(None, target.name))
+    db = RecordDB.for_target(None, target.name)
+    sched = schedule_module(fuse_to_tir(mod, target, db), target, db)
     return [f for gv, f in sched.functions.items()
             if isinstance(f, tirx.PrimFunc) and not gv.name_hint.startswith(_EDGE_FUNCS)]
 
