@@ -54,7 +54,6 @@ from pfcompile.schedules.base import (
     Workload,
     dims_tuple,
     root_blocks,
-    schedule_injective,
     schedule_rest,
     vector_chunk,
 )
@@ -316,9 +315,10 @@ def _vec_o(d: dict, hw: Hardware) -> bool:
 
 
 def schedule_input(sch: s_tir.Schedule, d: dict, hw: Hardware) -> None:
-    """Padding: a parallel copy; Bᵀ d B per (channel chunk, tile), rows computed
-    under the tile loop, position loops unrolled, channel chunk vectorized."""
-    schedule_injective(sch, sch.get_sblock(WINO_PAD), hw)
+    """Bᵀ d B per (channel chunk, tile) in one parallel loop: the padded α×α
+    patch and the rows computed under it (measured: a separate parallel padding
+    pass cost up to 1.3× on small layers), position loops unrolled, channel chunk
+    vectorized."""
     v = sch.get_sblock(WINO_V)
     e, nu, c, t, i = sch.get_loops(v)
     sch.reorder(c, t, e, nu, i)
@@ -327,6 +327,13 @@ def schedule_input(sch: s_tir.Schedule, d: dict, hw: Hardware) -> None:
     dt = sch.get_sblock(WINO_DTMP)
     sch.compute_at(dt, par)
     vec = vector_chunk(d["ib"], hw)
+    pb = sch.get_sblock(WINO_PAD)
+    sch.compute_at(pb, par)
+    lo = sch.get_loops(pb)
+    for lp in lo[1:-1]:
+        sch.unroll(lp)
+    if vec:
+        sch.vectorize(lo[-1])
     for blk in (dt, v):
         lo = sch.get_loops(blk)
         sch.unroll(lo[1])
@@ -445,14 +452,24 @@ def wino_key(d: dict[str, int], m: int) -> str:
 
 
 def heuristic_algorithm(d: dict[str, int], hw: Hardware) -> int:
-    """0 (direct) or the tile size m, from the shape alone. See the module
-    docstring of ``tools/bench_winograd.py`` for the measurements behind it."""
+    """0 (direct) or the tile size m, from the shape alone.
+
+    Measured with ``tools/bench_winograd.py layers`` (one process, alternating
+    rounds; the table is in docs/codegen.md): Winograd beat the direct template
+    on every eligible layer with at least ~3 M MACs, F(4×4) by 0.39–0.57× on
+    ResNet stages with ≥ 14×14 outputs, F(2×2) where F(4×4) has few tiles (7×7:
+    4 tiles, each weight element used 4 times, 37.7 MB of transformed weights
+    for 512 channels) or wastes many outputs on partial tiles (10×10: 44 %).
+    Below ~3 M MACs the extra passes and parallel regions cost more than the
+    multiplications saved."""
     if not eligible(d, hw):
         return 0
-    if min(d["cin"], d["cout"]) < 16:
+    macs = d["n"] * d["oh"] * d["ow"] * d["cin"] * d["cout"] * 9
+    if macs < 3_000_000:
         return 0
-    waste4 = (-(-d["oh"] // 4) * -(-d["ow"] // 4) * 16) / (d["oh"] * d["ow"])
-    if min(d["oh"], d["ow"]) >= 8 and waste4 <= 1.3:
+    tiles4 = d["n"] * -(-d["oh"] // 4) * -(-d["ow"] // 4)
+    waste4 = tiles4 * 16 / (d["n"] * d["oh"] * d["ow"])
+    if tiles4 >= 12 and waste4 <= 1.35 and min(d["cin"], d["cout"]) >= 24:
         return 4
     return 2
 
