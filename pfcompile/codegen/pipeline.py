@@ -18,6 +18,8 @@ from pfcompile.codegen.records import RecordDB
 from pfcompile.errors import CompileError
 from pfcompile.schedules import TEMPLATES, Hardware, Workload, match
 from pfcompile.schedules.base import params_from_dict, params_to_dict
+from pfcompile.schedules.matmul import pad_matmul_columns
+from pfcompile.schedules.norm import FAST_MATH_LEGALIZE, fuse_layer_norm
 from pfcompile.schedules.winograd import conv2d_legalizer
 
 __all__ = [
@@ -69,13 +71,16 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     Winograd off, 2 or 4 forces that tile size on every eligible conv."""
     hw = Hardware.from_target(target)
     pre = tvm.transform.Sequential([
+        tvm.transform.module_pass(lambda m, _c: fuse_layer_norm(m), opt_level=0,
+                                  name="pfcompile_fuse_layer_norm"),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.Normalize(),
         convert_layout_pass(channel_block(hw)),
         relax.transform.Normalize(),
     ])
     seq = tvm.transform.Sequential([
-        relax.transform.LegalizeOps({"relax.nn.conv2d": conv2d_legalizer(hw, db, force=winograd)}),
+        relax.transform.LegalizeOps({"relax.nn.conv2d": conv2d_legalizer(hw, db, force=winograd),
+                                     **FAST_MATH_LEGALIZE}),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -83,7 +88,7 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
         relax.transform.DeadCodeElimination(),
     ])
     with target.tvm_target():
-        return seq(fold_constant_layout_transforms(pre(mod)))
+        return seq(pad_matmul_columns(fold_constant_layout_transforms(pre(mod)), hw))
 
 
 def _clamp(params: Any, wl: Workload) -> Any:

@@ -10,6 +10,8 @@ from pfcompile.schedules.conv2d import Conv2dTemplate, ConvParams
 from pfcompile.schedules.dense import DenseParams, DenseTemplate
 from pfcompile.schedules.depthwise import DepthwiseParams, DepthwiseTemplate
 from pfcompile.schedules.generic import GenericParams, GenericTemplate
+from pfcompile.schedules.matmul import MatmulParams, MatmulTemplate
+from pfcompile.schedules.norm import NormParams, NormTemplate
 from pfcompile.schedules.winograd import WinogradParams, WinogradTemplate
 
 __all__ = [
@@ -23,6 +25,10 @@ __all__ = [
     "GenericParams",
     "GenericTemplate",
     "Hardware",
+    "MatmulParams",
+    "MatmulTemplate",
+    "NormParams",
+    "NormTemplate",
     "Template",
     "WinogradParams",
     "WinogradTemplate",
@@ -32,8 +38,8 @@ __all__ = [
 ]
 
 #: tried in order; the generic template takes whatever is left
-TEMPLATES: tuple = (Conv2dTemplate(), WinogradTemplate(), DepthwiseTemplate(), DenseTemplate(),
-                    GenericTemplate())
+TEMPLATES: tuple = (Conv2dTemplate(), WinogradTemplate(), DepthwiseTemplate(), MatmulTemplate(),
+                    DenseTemplate(), NormTemplate(), GenericTemplate())
 
 
 def match(func: tirx.PrimFunc):
