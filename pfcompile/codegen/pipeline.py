@@ -13,7 +13,11 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
-from pfcompile.codegen.layout import convert_layout_pass, fold_constant_layout_transforms
+from pfcompile.codegen.layout import (
+    canonicalize_for_layout,
+    convert_layout_pass,
+    fold_constant_layout_transforms,
+)
 from pfcompile.codegen.records import RecordDB
 from pfcompile.errors import CompileError
 from pfcompile.schedules import TEMPLATES, Hardware, Workload, match
@@ -71,8 +75,8 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     Winograd off, 2 or 4 forces that tile size on every eligible conv."""
     hw = Hardware.from_target(target)
     pre = tvm.transform.Sequential([
-        tvm.transform.module_pass(lambda m, _c: fuse_layer_norm(m), opt_level=0,
-                                  name="pfcompile_fuse_layer_norm"),
+        tvm.transform.module_pass(lambda m, _c: canonicalize_for_layout(fuse_layer_norm(m)),
+                                  opt_level=0, name="pfcompile_canonicalize"),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.Normalize(),
         convert_layout_pass(channel_block(hw)),
