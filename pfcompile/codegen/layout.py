@@ -166,8 +166,9 @@ def canonicalize_for_layout(mod):
       as PaddlePaddle exports ``x * 0.2``) becomes a rank-0 constant (same
       broadcast result, but a (1,)-shaped operand has no channel axis to block);
     - ``Clip`` with constant bounds, which TVM's ONNX importer emits as ``call_tir``
-      to TOPI ``maximum`` / ``minimum`` kernels (opaque to layout inference),
-      becomes ``relax.maximum`` / ``relax.minimum`` with scalar constants.
+      to TOPI ``maximum`` / ``minimum`` kernels (opaque to layout inference), and
+      ``relax.clip`` (HardSigmoid, HardSwish; it has no layout rule) become
+      ``relax.maximum`` / ``relax.minimum`` with scalar constants.
 
     Measured on PP-OCRv4's recogniser: 18 layout conversions around each
     hard-swish (Clip) left the graph, 0.8 ms of 11.8 ms at one thread."""
@@ -199,6 +200,14 @@ def canonicalize_for_layout(mod):
                 if changed:
                     return relax.Call(op, args, call.attrs)
                 return call
+            if isinstance(op, tvm.ir.Op) and op.name == "relax.clip":
+                try:
+                    lo, hi = (float(getattr(a.value, "value", a.value)) for a in call.args[1:3])
+                    dtype = str(call.args[0].ty.dtype)
+                except (AttributeError, TypeError, ValueError):
+                    return call
+                return relax.op.minimum(relax.op.maximum(call.args[0], relax.const(lo, dtype)),
+                                        relax.const(hi, dtype))
             if isinstance(op, tvm.ir.Op) and op.name == "relax.call_tir":
                 gv = call.args[0]
                 name = getattr(gv, "name_hint", "")
