@@ -257,19 +257,28 @@ class WinogradTemplate:
         return max(1, wl.d["ob"] // hw.fp32_lanes)
 
     def heuristic(self, wl: Workload, hw: Hardware) -> WinogradParams:
-        """The register tile that fills most of the register file (2 registers left
-        for the weight vectors, 1 for the broadcast), tiles dividing P preferred."""
+        """The GEMM register tile with the fewest loads per FMA whose accumulators
+        plus live broadcasts fit the register file (the rule of the conv2d
+        template's heuristic), tile counts that divide P preferred."""
         d = wl.d
         occ = d["cout"] // d["ob"]
         vpo = self._vpo(wl, hw)
-        oc_tile = 2 if occ % 2 == 0 and vpo == 1 else 1
-        budget = max(2, hw.vector_registers - 1 - oc_tile * vpo)
-        cap = max(1, budget // (oc_tile * vpo))
-        divs = [t for t in _divisors(d["tiles"]) if t <= cap]
-        best = max(divs)
-        if best < max(2, cap // 2):
-            best = min(cap, d["tiles"])
-        return WinogradParams(p_tile=best, oc_tile=oc_tile)
+        budget = hw.vector_registers - 2
+        choice: tuple[float, WinogradParams] | None = None
+        for oc_tile in (1, 2, 3, 4):
+            if occ % oc_tile:
+                continue
+            for t in range(1, min(d["tiles"], 16) + 1):
+                acc = t * oc_tile * vpo
+                live = acc + (t if oc_tile > 1 else 2)
+                if acc > budget or live > hw.vector_registers:
+                    break
+                loads = (t + oc_tile * vpo) / acc
+                tail = 1.0 if d["tiles"] % t else 0.0
+                score = loads + tail - 0.001 * acc
+                if choice is None or score < choice[0]:
+                    choice = (score, WinogradParams(t, oc_tile))
+        return choice[1] if choice else WinogradParams(1, 1)
 
     def space(self, wl: Workload, hw: Hardware) -> list[WinogradParams]:
         d = wl.d
