@@ -55,9 +55,11 @@ def test_tunable_workloads_are_distinct(demo_mod):
 
 def test_tune_writes_records_then_reuses_them(demo_mod, tmp_path):
     timer = FakeTimer()
-    settings = TuneSettings(trials=30, batch=3)
+    # enough for every workload (Winograd alternatives included) to get 2 or more
+    trials = 2 * len(tunable_workloads(demo_mod, HOST)) + 4
+    settings = TuneSettings(trials=trials, batch=3)
     res = tune(demo_mod, HOST, timer, settings=settings, records_dir=tmp_path)
-    assert sum(r.trials for r in res) >= 30 - len(res)
+    assert sum(r.trials for r in res) >= trials - len(res)
     assert all(r.best_ms is not None and r.best_ms <= r.heuristic_ms for r in res)
     path = records_path(tmp_path, HOST.name)
     lines = [json.loads(x) for x in path.read_text().splitlines()]
@@ -102,8 +104,9 @@ def test_local_tuning_measures_real_kernels(tmp_path):
     """A real (small) tuning run on this CPU: kernels built, run, checked, timed."""
     path = zoo.export_onnx(zoo.PlainCNN(), tmp_path / "plain.onnx", (1, 1, 8, 8))
     mod = import_onnx(path)
+    trials = 2 * len(tunable_workloads(mod, HOST))
     res = tune(mod, HOST, LocalKernelTimer(number=2, repeat=2, min_repeat_ms=0),
-               settings=TuneSettings(trials=8, batch=4), records_dir=tmp_path)
+               settings=TuneSettings(trials=trials, batch=4), records_dir=tmp_path)
     assert res and all(r.best_ms and r.best_ms > 0 for r in res)
     timings = time_kernels(mod, HOST, LocalKernelTimer(number=2, repeat=1, min_repeat_ms=0),
                            records_dir=tmp_path)
