@@ -26,7 +26,7 @@ def tune_cmd(
     input_shape: Annotated[list[str] | None, typer.Option(help="name:1x3x224x224")] = None,
     retune: Annotated[bool, typer.Option(help="tune workloads that have records")] = False,
     time_limit: Annotated[float, typer.Option(
-        "--time-limit", help="seconds after which no new measurement starts (0: none)")] = 100.0,
+        "--time-limit", help="seconds after which no new measurement starts (0: none)")] = 90.0,
 ) -> None:
     """Refine schedule-template parameters per workload by measurement; records
     go to schedules/<target>/records.jsonl and serve every later compile."""

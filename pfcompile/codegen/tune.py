@@ -164,12 +164,12 @@ def tune(mod: tvm.IRModule, target: Any, timer: KernelTimer, *, settings: TuneSe
     rng = random.Random(settings.seed)
     cost = CostModel(settings.seed)
     say = log or (lambda _m: None)
+    deadline = (time.monotonic() + settings.time_limit_s) if settings.time_limit_s else None
     wls = tunable_workloads(mod, target)
     if not wls:
         raise SearchError("no tunable kernel (conv2d, depthwise, dense, winograd, matmul) in "
                           "this model")
     budgets = _split_budget(wls, settings)
-    deadline = (time.monotonic() + settings.time_limit_s) if settings.time_limit_s else None
     results: list[WorkloadResult] = []
     for (template, wl, func, count), budget in zip(wls, budgets, strict=True):
         if budget == 0:
