@@ -92,6 +92,9 @@ class Conv2dTemplate:
             if best < max(2, cap // 2):
                 best = min(cap, ow)
             return ConvParams(ow_tile=best, oc_tile=1, pad_stage=pad, unroll_kw=unroll_kw)
+        # a width tail costs little in a 1x1 conv (measured: 4-wide tiles on 7-wide
+        # rows, 0.8x the 7x1 tile) and much in a kxk one (up to 2x)
+        one = d["kh"] == d["kw"] == 1
         choice: tuple[float, ConvParams] | None = None
         for oc_tile in (1, 2, 3, 4):
             if occ % oc_tile:
@@ -104,7 +107,7 @@ class Conv2dTemplate:
                 if acc > budget or live > hw.vector_registers:
                     break
                 loads = (t + oc_tile * vpo) / acc          # per FMA
-                tail = 1.0 if ow % t else 0.0
+                tail = (0.15 if one else 1.0) if ow % t else 0.0
                 score = loads + tail - 0.001 * acc
                 if choice is None or score < choice[0]:
                     choice = (score, ConvParams(t, oc_tile, pad, unroll_kw))
