@@ -26,13 +26,19 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages: the aarch64 cross compiler and qemu-user for the emulated arm64 device
-# (on an aarch64 machine the arm64 targets run natively: neither is needed).
+# (on an aarch64 machine the arm64 targets run natively: neither is needed); chromium
+# renders report.html headless in tests/test_search_report.py (on every machine).
 apt-deps:
-	@if [ "$(ARCH)" = aarch64 ]; then echo "aarch64 machine: arm64 targets run natively (no qemu)"; \
+	@PKGS=""; \
+	if [ "$(ARCH)" = aarch64 ]; then echo "aarch64 machine: arm64 targets run natively (no qemu)"; \
 	elif ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
-	  echo "installing qemu-user and g++-aarch64-linux-gnu"; \
+	  PKGS=" qemu-user g++-aarch64-linux-gnu gcc-aarch64-linux-gnu"; \
+	fi; \
+	command -v chromium >/dev/null || PKGS="$$PKGS chromium"; \
+	if [ -n "$$PKGS" ]; then \
+	  echo "installing:$$PKGS"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q qemu-user g++-aarch64-linux-gnu gcc-aarch64-linux-gnu; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$PKGS; \
 	fi
 
 arm64-device: apt-deps

@@ -76,8 +76,9 @@ def free_port(host: str = "127.0.0.1", lo: int = PORT_RANGE[0], hi: int = PORT_R
 
 def default_device_dir() -> Path:
     """Where ``tools/setup_arm64_device.sh`` puts the emulated arm64 device by default."""
-    base = os.environ.get("PFCOMPILE_CACHE") or str(Path.home() / ".cache" / "pfcompile")
-    return Path(base) / "arm64-device"
+    from pfcompile.paths import cache_dir
+
+    return cache_dir() / "arm64-device"
 
 
 def emulated_python(device_dir: Path | str | None = None) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile.accel import AccelConfig, compile_accel, load_accel_config, load_program
 from pfcompile.accel.isa import emit_layer
-from pfcompile.accel.mixed import apply_bits, make_batch_dynamic, quant_layers, quantize_qdq
+from pfcompile.accel.mixed import make_batch_dynamic, quant_layers, quantize_qdq, set_layer_bits
 from pfcompile.accel.qgraph import BITS_METADATA_KEY, QLayer, partition_model
 from pfcompile.accel.reference import reference_layer
 from pfcompile.accel.sim import execute_program, time_program
@@ -205,7 +205,7 @@ def test_model_bit_exact_and_within_one_step_of_onnxruntime(demo_qdq, val, targe
     model = demo_qdq
     if mixed:
         names = quant_layers(model)
-        model = apply_bits(model, {names[1]: (4, 4), names[2]: (2, 8), names[4]: (4, 8)})
+        model = set_layer_bits(model, {names[1]: (4, 4), names[2]: (2, 8), names[4]: (4, 8)})
     prog = compile_accel(model, target)
     assert len(prog.layers) >= 8 and prog.fallbacks            # the depthwise conv stays on host
     assert any("grouped" in why for why in prog.fallbacks.values())
@@ -236,7 +236,7 @@ def test_model_bit_exact_and_within_one_step_of_onnxruntime(demo_qdq, val, targe
 
 def test_mixed_precision_is_faster_on_bitfusion_only(demo_qdq):
     names = quant_layers(demo_qdq)
-    low = apply_bits(demo_qdq, {n: (4, 4) for n in names})
+    low = set_layer_bits(demo_qdq, {n: (4, 4) for n in names})
     c8 = {t: compile_accel(demo_qdq, t).accel_cycles for t in ("fpga-vta", "fpga-bitfusion")}
     c4 = {t: compile_accel(low, t).accel_cycles for t in ("fpga-vta", "fpga-bitfusion")}
     assert c4["fpga-bitfusion"] < 0.7 * c8["fpga-bitfusion"]
@@ -328,7 +328,7 @@ def _fake_accuracy(model: onnx.ModelProto) -> float:
 
 
 def test_bit_search_respects_budget_and_targets_differ(tmp_path, demo_qdq):
-    from pfcompile.accel.bitsearch import BitSearchSettings, CostModel, search_bits
+    from pfcompile.accel.bitsearch import AccelCostModel, BitSearchSettings, search_bits
 
     settings = BitSearchSettings(weight_options=(4,), act_options=(4,), max_drop=0.011)
     res = {}
@@ -346,7 +346,7 @@ def test_bit_search_respects_budget_and_targets_differ(tmp_path, demo_qdq):
     assert not any(h.get("move", ["?"])[0] == "a" for h in vta.history)
     assert bf.uniform8.cycles / bf.best.cycles > 1.2
     # cross-check: each policy is no faster on the other target than that target's own
-    cost = {c.name: CostModel(demo_qdq, c) for c in (BF, VTA)}
+    cost = {c.name: AccelCostModel(demo_qdq, c) for c in (BF, VTA)}
     assert cost["fpga-bitfusion"].cycles(vta.best.bits) > bf.best.cycles
     assert cost["fpga-vta"].cycles(bf.best.bits) >= vta.best.cycles
     lines = (tmp_path / "log.jsonl").read_text().splitlines()

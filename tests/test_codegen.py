@@ -16,9 +16,9 @@ from torch import nn
 from pfcompile import codegen, zoo
 from pfcompile.codegen.pipeline import channel_block
 from pfcompile.codegen.records import Record, RecordDB, records_path
+from pfcompile.codegen.templates import Hardware
 from pfcompile.errors import CompileError
 from pfcompile.reference import reference_session
-from pfcompile.schedules import Hardware
 from pfcompile.targets import load_target
 
 tvm = pytest.importorskip("tvm")
@@ -150,8 +150,8 @@ def test_heuristic_reads_the_target_file():
     h_host = Hardware(fp32_lanes=8, vector_registers=16)             # an AVX2 host
     assert channel_block(h_host) == 8 and channel_block(h_arm) == 8
     assert channel_block(Hardware(fp32_lanes=16, vector_registers=32)) == 16  # AVX-512
-    from pfcompile.schedules import Conv2dTemplate, Workload
-    from pfcompile.schedules.base import dims_tuple
+    from pfcompile.codegen.templates import Conv2dTemplate, Workload
+    from pfcompile.codegen.templates.base import dims_tuple
 
     dims = {"n": 1, "cin": 64, "cout": 64, "ih": 60, "iw": 60, "kh": 3, "kw": 3, "sh": 1,
             "sw": 1, "dh": 1, "dw": 1, "pt": 1, "pl": 1, "pb": 1, "pr": 1, "groups": 1,
@@ -222,8 +222,8 @@ def test_half_vector_channel_chunks_stay_vectorized_on_wide_targets():
     """A pruned 8-channel layer on a 16-lane AVX-512 target: the channel chunk
     (NCHW8c) is vectorized as a half vector, not by gathering along the width
     (that schedule was measured 20x slower than the half-vector one)."""
-    from pfcompile.schedules import Conv2dTemplate, Workload
-    from pfcompile.schedules.base import dims_tuple, vector_chunk
+    from pfcompile.codegen.templates import Conv2dTemplate, Workload
+    from pfcompile.codegen.templates.base import dims_tuple, vector_chunk
 
     avx512 = Hardware(fp32_lanes=16, vector_registers=32)
     assert vector_chunk(8, avx512) and vector_chunk(4, avx512) and vector_chunk(32, avx512)

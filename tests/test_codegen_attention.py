@@ -19,8 +19,8 @@ from torch import nn
 
 from pfcompile import codegen, zoo
 from pfcompile.codegen.pipeline import fuse_to_tir
+from pfcompile.codegen.templates.norm import fuse_layer_norm
 from pfcompile.reference import reference_session
-from pfcompile.schedules.norm import fuse_layer_norm
 from pfcompile.targets import load_target
 
 tvm = pytest.importorskip("tvm")

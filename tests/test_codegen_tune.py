@@ -114,7 +114,7 @@ def test_local_tuning_measures_real_kernels(tmp_path):
 
 
 def test_cli_tune(tmp_path):
-    from pfcompile.codegen.cli import register
+    from pfcompile.cli.tune import register
 
     app = typer.Typer()
 

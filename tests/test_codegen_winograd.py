@@ -15,9 +15,8 @@ from torch import nn
 
 from pfcompile import codegen, zoo
 from pfcompile.codegen.records import Record, RecordDB, records_path
-from pfcompile.reference import reference_session
-from pfcompile.schedules import Hardware
-from pfcompile.schedules.winograd import (
+from pfcompile.codegen.templates import Hardware
+from pfcompile.codegen.templates.winograd import (
     at_rows,
     bt_rows,
     choose_algorithm,
@@ -27,6 +26,7 @@ from pfcompile.schedules.winograd import (
     wino_key,
     winograd_matrices,
 )
+from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 
 tvm = pytest.importorskip("tvm")

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from pfcompile import zoo
 from pfcompile.cli import app
+from pfcompile.cli import finetune as finetune_cli
 from pfcompile.data import Dataset, load_npz
 from pfcompile.errors import ConfigError, DataError, ModelError
 from pfcompile.finetune import FinetuneSettings, data_specs, finetune, onnx_top1
-from pfcompile.finetune import cli as finetune_cli
 from pfcompile.passes.prune import prune
 from pfcompile.passes.prune_config import PruneConfig
 from pfcompile.passes.quantize import QuantConfig, quantize

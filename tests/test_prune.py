@@ -226,6 +226,26 @@ def test_cli_inspect_json_is_a_config_skeleton(trained, digits, tmp_path):
     assert run(out, digits.x_val[:2]).shape == (2, 10)
 
 
+def test_cli_prune_with_data_defaults_to_lasso(trained, digits, tmp_path):
+    """`prune --data` prunes as `pfcompile run` does (LASSO); without data, L1; an explicit
+    --criterion or a config file's criterion wins."""
+    src = str(trained("PlainCNN").onnx)
+    crit = {}
+    for name, extra in (("data", ["--data", str(digits.calib_npz)]), ("none", []),
+                        ("explicit", ["--data", str(digits.calib_npz), "--criterion", "l1"])):
+        res = runner.invoke(app, ["prune", src, "--ratio", "0.5", "-o", str(tmp_path / f"{name}.onnx"),
+                                  "--json", *extra])
+        assert res.exit_code == 0, res.output
+        crit[name] = json.loads(res.output)["config"]["criterion"]
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"ratio": 0.5, "criterion": "l1"}))
+    res = runner.invoke(app, ["prune", src, "--config", str(cfg), "--data", str(digits.calib_npz),
+                              "-o", str(tmp_path / "cfg.onnx"), "--json"])
+    assert res.exit_code == 0, res.output
+    crit["config"] = json.loads(res.output)["config"]["criterion"]
+    assert crit == {"data": "lasso", "none": "l1", "explicit": "l1", "config": "l1"}
+
+
 def test_prune_config_declares_its_search_space():
     space = PruneConfig.search_space()
     assert set(space) == {"ratio", "group_ratios", "criterion", "round_to", "calib_samples"}

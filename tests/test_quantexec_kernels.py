@@ -6,9 +6,9 @@ import pytest
 import tvm
 
 from pfcompile.quantexec import x86
+from pfcompile.quantexec.kernel_choice import _depthwise_conv, _generic_conv
 from pfcompile.quantexec.kernels import QConvSpec
 from pfcompile.quantexec.requant import fixed_point, requantize_ref
-from pfcompile.quantexec.schedules import _depthwise_conv, _generic_conv
 from pfcompile.targets import cpu_flags, host_arch
 
 pytestmark = pytest.mark.skipif(host_arch() != "x86_64",
@@ -91,7 +91,7 @@ def test_template_choice_follows_target_hardware():
     from dataclasses import replace
 
     from pfcompile.quantexec import with_int8_features
-    from pfcompile.quantexec.schedules import int8_dot_kind, select_conv_kernel
+    from pfcompile.quantexec.kernel_choice import int8_dot_kind, select_conv_kernel
     from pfcompile.targets import load_target
 
     host = load_target("host")

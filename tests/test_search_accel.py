@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from pfcompile.accel import compile_accel, load_accel_config
-from pfcompile.accel.mixed import apply_bits
+from pfcompile.accel.mixed import set_layer_bits
 from pfcompile.data import load_npz
 from pfcompile.errors import SearchError
 from pfcompile.model import input_specs, load_onnx
@@ -62,8 +62,8 @@ def server():
 
 @pytest.fixture(autouse=True)
 def _records_in_tmp(tmp_path, monkeypatch):
-    """Tiling records of pruned workloads go to a temporary schedules/ folder."""
-    monkeypatch.setattr("pfcompile.accel.tiling.schedules_dir", lambda: tmp_path / "schedules")
+    """Tiling records of pruned workloads go to a temporary cache folder."""
+    monkeypatch.setenv("PFCOMPILE_CACHE", str(tmp_path / "cache"))
 
 
 def test_kernels_carry_widths_and_unsupported_layers_leave(demo):
@@ -112,7 +112,7 @@ def test_kernel_times_are_the_programs_simulated_cycles(demo, deployer, qdq8):
     assert sum(times) == pytest.approx(compile_accel(qdq8, cfg).accel_ms, rel=1e-9)
     bits = {ks[1].nodes[0]: (2, 4), ks[4].nodes[0]: (4, 8)}
     low = accel_kernels(model, bits, cfg)
-    prog = compile_accel(apply_bits(qdq8, bits, model), cfg)
+    prog = compile_accel(set_layer_bits(qdq8, bits, model), cfg)
     assert sum(dev.measure_kernels(low)) == pytest.approx(prog.accel_ms, rel=1e-9)
     assert prog.accel_ms < compile_accel(qdq8, cfg).accel_ms
     assert dev.measure_kernels([Kernel("maxpool", (1, 8, 8, 8), (), (1, 8, 4, 4))]) == [None]
@@ -140,7 +140,7 @@ def test_unsupported_width_falls_back_to_host_with_a_warning(server, demo, qdq8,
     run says so, and the candidate still verifies against onnxruntime."""
     model = demo[0]
     layer = "/b1/c1/c1.0/Conv"
-    cand = apply_bits(qdq8, {layer: (16, 8)}, model)
+    cand = set_layer_bits(qdq8, {layer: (16, 8)}, model)
     dev = AccelSearchDevice(load_target(TARGET), port=server.port)
     with pytest.warns(UserWarning, match=f"layer '{layer}'.*runs on the host"):
         m = dev.measure_model(cand, tmp_path / "b")

@@ -312,8 +312,8 @@ def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_pat
 
     from rich.console import Console
 
+    from pfcompile.cli.run import _Progress
     from pfcompile.search.api import run
-    from pfcompile.search.cli import _Progress
 
     cluster.ensure(KEY, 2)
     onnx.save(small_cnn(seed=7, ch=48), str(tmp_path / "m.onnx"))

@@ -10,7 +10,7 @@ greedy, sensitivity-ranked; latency = the simulator's cycle model, accuracy =
 onnxruntime on the fake-quant QDQ model over the 540 validation images; constraint:
 within --max-drop points of the float model), cross-run each target's policy on the
 other target, then compile every policy and run the bit-exact integer simulator over
-the validation set for its accuracy. Tiling records go to schedules/<target>/.
+the validation set for its accuracy. Tiling records go to the cache's records/<target>/ (pfcompile.paths).
 
 Then the same question through ``pfcompile run --target fpga-bitfusion`` (the search
 loop every target uses: kernel-level XGBoost cost model, ``hw`` strategy, keep knobs =
@@ -40,8 +40,8 @@ import onnx
 import onnxruntime as ort
 
 from pfcompile.accel import compile_accel, load_accel_config
-from pfcompile.accel.bitsearch import BitSearchSettings, CostModel, search_bits
-from pfcompile.accel.mixed import apply_bits, make_batch_dynamic, quantize_qdq
+from pfcompile.accel.bitsearch import AccelCostModel, BitSearchSettings, search_bits
+from pfcompile.accel.mixed import make_batch_dynamic, quantize_qdq, set_layer_bits
 from pfcompile.accel.tiling import TilingDB
 
 TARGETS = ("fpga-bitfusion", "fpga-vta")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--max-drop", type=float, default=0.01, help="accuracy budget (fraction)")
     ap.add_argument("--schedules", type=Path, default=None,
-                    help="root for tiling records (default: the repo's schedules/)")
+                    help="root for tiling records (default: the cache's records/)")
     ap.add_argument("--val-images", type=int, default=0,
                     help="use only the first N validation images (smoke runs; 0 = all 540)")
     ap.add_argument("--run-budget", type=int, default=24,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
           f">= {float_acc - args.max_drop:.4f}")
     cfgs = {t: load_accel_config(t) for t in TARGETS}
     dbs = {t: TilingDB.for_target(cfgs[t], args.schedules) for t in TARGETS}
-    costs = {t: CostModel(qdq, cfgs[t], dbs[t]) for t in TARGETS}
+    costs = {t: AccelCostModel(qdq, cfgs[t], dbs[t]) for t in TARGETS}
     log = args.work / "bitsearch.jsonl"
     results = {}
     for t in TARGETS:
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     policies = {"uniform 8/8": {n: (8, 8) for n in costs[TARGETS[0]].layers}}
     for t in TARGETS:
         policies[f"searched on {t}"] = results[t].best.bits
-    models = {p: apply_bits(qdq, {k: v for k, v in b.items() if v != (8, 8)}, fmodel)
+    models = {p: set_layer_bits(qdq, {k: v for k, v in b.items() if v != (8, 8)}, fmodel)
               for p, b in policies.items()}
     run_info = None
     if args.run_budget > 0:

@@ -1,7 +1,7 @@
 """Direct vs Winograd F(2x2,3x3) vs F(4x4,3x3), per layer and per model, in ONE
 process with alternating rounds (ratios, not absolute ms, are the result on a
 shared machine). The per-layer table is the evidence behind
-:func:`pfcompile.schedules.winograd.heuristic_algorithm`.
+:func:`pfcompile.codegen.templates.winograd.heuristic_algorithm`.
 
 Layers: each conv (3x3, stride 1, pad 1, + bias + ReLU, fused as in a model)
 built three ways with the templates' heuristic parameters, outputs checked
@@ -41,8 +41,8 @@ def _layer_funcs(cin: int, cout: int, hh: int, hw, tgt):
     from pfcompile.codegen.layout import channel_chunk
     from pfcompile.codegen.pipeline import channel_block
     from pfcompile.codegen.te_ops import conv2d_nchwc
-    from pfcompile.schedules import Conv2dTemplate, WinogradTemplate
-    from pfcompile.schedules.winograd import conv2d_winograd_nchwc, transform_weights
+    from pfcompile.codegen.templates import Conv2dTemplate, WinogradTemplate
+    from pfcompile.codegen.templates.winograd import conv2d_winograd_nchwc, transform_weights
 
     blk = channel_block(hw)
     ib, ob = channel_chunk(cin, blk), channel_chunk(cout, blk)
@@ -124,9 +124,9 @@ def _time_py(call, args) -> float:
 def layers(args) -> None:
     import tvm
 
-    import pfcompile.codegen  # noqa: F401 - before pfcompile.schedules (import order)
-    from pfcompile.schedules import Hardware
-    from pfcompile.schedules.winograd import heuristic_algorithm
+    import pfcompile.codegen  # noqa: F401 - before pfcompile.codegen.templates (import order)
+    from pfcompile.codegen.templates import Hardware
+    from pfcompile.codegen.templates.winograd import heuristic_algorithm
     from pfcompile.targets import load_target
 
     tgt = load_target(args.target)

@@ -4,7 +4,7 @@ emit a VTA-like instruction stream per layer, and run it in a bit-exact simulato
 counts cycles. Every accelerator latency here is *simulated*.
 
 Modules: ``config`` (the ``[accelerator]`` table), ``qgraph`` (QDQ pattern, partition),
-``tiling`` (tilings, search, records under ``schedules/<target>/``), ``isa`` (instruction
+``tiling`` (tilings, search, records under ``<records>/<target>/``, see :mod:`pfcompile.paths`), ``isa`` (instruction
 stream), ``sim`` (execution + cycle model), ``reference`` (numpy integer reference),
 ``program`` (compile / save / load / run), ``serve`` (TVM RPC device), ``mixed``
 (per-layer bit-width QDQ models), ``bitsearch`` (per-layer bit-width search).

@@ -28,12 +28,12 @@ from pathlib import Path
 import onnx
 
 from pfcompile.accel.config import AccelConfig
-from pfcompile.accel.mixed import apply_bits
+from pfcompile.accel.mixed import set_layer_bits
 from pfcompile.accel.qgraph import QLayer, partition_model
 from pfcompile.accel.tiling import TilingDB, search_tiling
 from pfcompile.errors import SearchError
 
-__all__ = ["BitPolicy", "BitSearchResult", "BitSearchSettings", "CostModel", "search_bits"]
+__all__ = ["AccelCostModel", "BitPolicy", "BitSearchResult", "BitSearchSettings", "search_bits"]
 
 Bits = dict[str, tuple[int, int]]
 
@@ -67,7 +67,7 @@ class BitSearchResult:
     history: list[dict] = field(default_factory=list)
 
 
-class CostModel:
+class AccelCostModel:
     """Cycles of a bit policy on one accelerator: per layer, best tiling at its widths."""
 
     def __init__(self, qdq: onnx.ModelProto, cfg: AccelConfig, db: TilingDB | None = None) -> None:
@@ -112,7 +112,7 @@ def search_bits(qdq: onnx.ModelProto, cfg: AccelConfig,
                 ) -> BitSearchResult:
     """Greedy sensitivity-ranked search; see the module docstring."""
     t0 = time.perf_counter()
-    cost = CostModel(qdq, cfg, db)
+    cost = AccelCostModel(qdq, cfg, db)
     floor = reference_accuracy - settings.max_drop
     history: list[dict] = []
     log = Path(log_path) if log_path else None
@@ -129,7 +129,7 @@ def search_bits(qdq: onnx.ModelProto, cfg: AccelConfig,
                 f.write(json.dumps(rec) + "\n")
 
     def acc_of(bits: Bits) -> float:
-        return float(evaluate(apply_bits(qdq, bits, float_model)))
+        return float(evaluate(set_layer_bits(qdq, bits, float_model)))
 
     base: Bits = {n: (8, 8) for n in cost.layers}
     base_cyc = cost.cycles(base)

@@ -2,7 +2,7 @@
 
 A local stand-in until the quantize pass (``pfcompile/passes``, quant branch) lands:
 :func:`quantize_qdq` runs onnxruntime's static QDQ quantizer (per-channel int8 weights,
-uint8 activations); :func:`apply_bits` then narrows chosen layers:
+uint8 activations); :func:`set_layer_bits` then narrows chosen layers:
 
 * weights to ``w`` bits: per output channel, ``s = max|w| / (2**(w-1) - 1)``,
   ``w_q = round(w / s)`` (from the float weights when the float model is given,
@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper
 from pfcompile.accel.qgraph import BITS_METADATA_KEY
 from pfcompile.errors import PassError
 
-__all__ = ["apply_bits", "make_batch_dynamic", "quant_layers", "quantize_qdq"]
+__all__ = ["make_batch_dynamic", "quant_layers", "quantize_qdq", "set_layer_bits"]
 
 
 def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -83,7 +83,7 @@ def _through_identity(prod: dict, name: str) -> str:
     return name
 
 
-def apply_bits(qdq: onnx.ModelProto, bits: dict[str, tuple[int, int]],
+def set_layer_bits(qdq: onnx.ModelProto, bits: dict[str, tuple[int, int]],
                float_model: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """A copy of ``qdq`` with layer ``name`` at ``bits[name] = (wbits, abits)`` (8 = as is)."""
     m = onnx.ModelProto.FromString(qdq.SerializeToString())
@@ -99,7 +99,7 @@ def apply_bits(qdq: onnx.ModelProto, bits: dict[str, tuple[int, int]],
     layers = quant_layers(m)
     unknown = sorted(set(bits) - set(layers))
     if unknown:
-        raise PassError(f"apply_bits: {unknown} are not quantized Conv/Gemm layers of the model "
+        raise PassError(f"set_layer_bits: {unknown} are not quantized Conv/Gemm layers of the model "
                         f"(known: {layers[:5]}...)")
 
     def arr(name: str) -> np.ndarray:
@@ -130,10 +130,10 @@ def apply_bits(qdq: onnx.ModelProto, bits: dict[str, tuple[int, int]],
             continue
         q = prod.get(xq)
         if q is None or q.op_type != "QuantizeLinear":
-            raise PassError(f"apply_bits: activation '{xq}' is not made by a QuantizeLinear")
+            raise PassError(f"set_layer_bits: activation '{xq}' is not made by a QuantizeLinear")
         s, z = float(arr(q.input[1])), int(arr(q.input[2]))
         if arr(q.input[2]).dtype != np.uint8:
-            raise PassError(f"apply_bits: activation '{xq}' is not uint8")
+            raise PassError(f"set_layer_bits: activation '{xq}' is not uint8")
         lo, hi = (0 - z) * s, (255 - z) * s
         levels = 2 ** a - 1
         s_b = (hi - lo) / levels

@@ -11,8 +11,9 @@ Footprints (bytes): input tile ``ic * ((rows-1)*stride + KH) * ((OW-1)*stride + 
 
 :func:`search_tiling` times every fitting candidate with the cycle model and keeps the
 fastest; :class:`TilingDB` stores the winners as JSON lines under
-``schedules/<target>/accel_tiling.jsonl`` keyed by (accelerator config, workload), so a
-later compile reads the record instead of searching.
+``<target>/accel_tiling.jsonl`` keyed by (accelerator config, workload), so a later
+compile reads the record instead of searching: the records shipped in
+``pfcompile/records/`` and those appended to the cache's ``records/``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pfcompile import paths
 from pfcompile.accel.config import AccelConfig
 from pfcompile.accel.qgraph import QLayer
 from pfcompile.errors import CompileError
@@ -34,7 +36,6 @@ __all__ = [
     "config_key",
     "footprint",
     "layer_dims",
-    "schedules_dir",
     "search_tiling",
 ]
 
@@ -132,23 +133,18 @@ def config_key(cfg: AccelConfig) -> str:
     return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def schedules_dir() -> Path:
-    """``schedules/`` beside the package (source checkout) or inside it (installed)."""
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here.parent / "schedules", here / "schedules"):
-        if cand.is_dir():
-            return cand
-    return here.parent / "schedules"
 
 
 class TilingDB:
     """Append-only JSON-lines records of the best tiling per (config, workload)."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, also_read: tuple[Path, ...] = ()) -> None:
         self.path = Path(path) if path else None
         self._best: dict[str, dict] = {}
-        if self.path and self.path.exists():
-            for line in self.path.read_text().splitlines():
+        for src in (*also_read, *([self.path] if self.path else [])):
+            if not Path(src).exists():
+                continue
+            for line in Path(src).read_text().splitlines():
                 if not line.strip():
                     continue
                 try:
@@ -161,8 +157,12 @@ class TilingDB:
 
     @staticmethod
     def for_target(cfg: AccelConfig, root: str | Path | None = None) -> TilingDB:
-        base = Path(root) if root else schedules_dir()
-        return TilingDB(base / cfg.name / "accel_tiling.jsonl")
+        """``root`` given: that folder only. None: the records shipped with the package
+        plus the cache's, new ones appended to the cache's (:mod:`pfcompile.paths`)."""
+        name = f"{cfg.name}/accel_tiling.jsonl"
+        if root:
+            return TilingDB(Path(root) / name)
+        return TilingDB(paths.records_dir() / name, also_read=(paths.shipped_records_dir() / name,))
 
     @staticmethod
     def _key(config: str, workload: dict) -> str:

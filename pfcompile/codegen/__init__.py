@@ -5,7 +5,7 @@ analytic or recorded parameters, measured refinement, per-kernel timing.
 - :func:`kernel_workloads` — the fused kernels with family, dims, MACs, layout
   and the template params ``build`` would use (cost-model features).
 - :func:`time_kernels` — each fused kernel built and timed on its own.
-- :func:`tune` — measured refinement, records in ``schedules/<target>/``.
+- :func:`tune` — measured refinement, records in the cache's ``records/<target>/`` (:mod:`pfcompile.paths`).
 """
 
 from pfcompile.codegen.kernels import (

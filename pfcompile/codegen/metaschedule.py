@@ -4,7 +4,7 @@ It tunes the same fused kernels (pfcompile's blocked layout, unscheduled
 PrimFuncs of the conv/dense kernels), configured to work on a small shared
 machine: builder timeout 300 s (the default 30 s kills every build on 2 cores),
 2 build workers, a local runner, a small evolutionary population. Its database lives in
-``schedules/<target>/metaschedule/``; :func:`pfcompile.codegen.build` applies it
+``<records>/<target>/metaschedule/``; :func:`pfcompile.codegen.build` applies it
 when given ``metaschedule_dir``. Host only (MetaSchedule's own RPC runner is not
 wired here).
 """
@@ -33,7 +33,7 @@ def metaschedule_dir(records_dir: Path | None, target_name: str) -> Path:
 
 
 def _tasks_macs(mod: tvm.IRModule) -> dict[str, int]:
-    from pfcompile.schedules import match
+    from pfcompile.codegen.templates import match
 
     out = {}
     for gv, f in mod.functions.items():

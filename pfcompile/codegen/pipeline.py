@@ -19,12 +19,12 @@ from pfcompile.codegen.layout import (
     fold_constant_layout_transforms,
 )
 from pfcompile.codegen.records import RecordDB
+from pfcompile.codegen.templates import TEMPLATES, Hardware, Workload, match
+from pfcompile.codegen.templates.base import params_from_dict, params_to_dict
+from pfcompile.codegen.templates.matmul import pad_matmul_columns
+from pfcompile.codegen.templates.norm import FAST_MATH_LEGALIZE, fuse_layer_norm
+from pfcompile.codegen.templates.winograd import conv2d_legalizer
 from pfcompile.errors import CompileError
-from pfcompile.schedules import TEMPLATES, Hardware, Workload, match
-from pfcompile.schedules.base import params_from_dict, params_to_dict
-from pfcompile.schedules.matmul import pad_matmul_columns
-from pfcompile.schedules.norm import FAST_MATH_LEGALIZE, fuse_layer_norm
-from pfcompile.schedules.winograd import conv2d_legalizer
 
 __all__ = [
     "KernelWorkload",
@@ -71,7 +71,7 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     """Relax module → blocked layout, legalized, fused (PrimFuncs not yet scheduled).
     Each 3×3 stride-1 conv is legalized as direct or Winograd convolution, whichever
     ``db``'s records measured faster, else by the heuristic
-    (:func:`pfcompile.schedules.winograd.choose_algorithm`); ``winograd`` = 0 turns
+    (:func:`pfcompile.codegen.templates.winograd.choose_algorithm`); ``winograd`` = 0 turns
     Winograd off, 2 or 4 forces that tile size on every eligible conv."""
     hw = Hardware.from_target(target)
     pre = tvm.transform.Sequential([
@@ -194,8 +194,8 @@ def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
           templates: bool = True, winograd: int | None = None):
     """Relax IRModule → TVM Executable for ``target`` with pfcompile's schedules.
 
-    ``records_dir`` holds ``<target>/records.jsonl`` (default: the repository's
-    ``schedules/``); workloads without a record use the nearest tuned neighbour
+    ``records_dir`` holds ``<target>/records.jsonl`` (default: the records shipped in
+    ``pfcompile/records/`` plus the cache's, :mod:`pfcompile.paths`); workloads without a record use the nearest tuned neighbour
     or the analytic heuristic. ``metaschedule_dir``: apply a MetaSchedule
     database first (comparison); ``templates=False``: no pfcompile schedules;
     ``winograd``: None chooses per 3×3 stride-1 conv, 0 never, 2 or 4 that tile size."""

@@ -1,5 +1,7 @@
-"""Tuning records: append-only JSON lines under ``schedules/<target>/records.jsonl``,
-keyed by workload (MetaSchedule-database style), read by every compile.
+"""Tuning records: append-only JSON lines ``<target>/records.jsonl``, keyed by workload
+(MetaSchedule-database style), read by every compile: those shipped with the package
+(``pfcompile/records/``, read only) and those measured here (the cache's ``records/``,
+where new records are appended; see :mod:`pfcompile.paths`).
 
 A lookup returns the best record for the exact workload; failing that,
 :meth:`RecordDB.nearest` returns the record of the nearest tuned workload of the
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pfcompile import paths
 from pfcompile.errors import ConfigError
 
 __all__ = ["Record", "RecordDB", "default_records_dir", "records_path"]
@@ -25,9 +28,8 @@ _SHAPE_CLASS = ("kh", "kw", "sh", "sw", "dh", "dw", "groups", "ob", "ib")
 
 
 def default_records_dir() -> Path:
-    """``schedules/`` beside the package (source checkout)."""
-    here = Path(__file__).resolve().parent.parent
-    return here.parent / "schedules"
+    """Where measured records are appended: the cache's ``records/`` folder."""
+    return paths.records_dir()
 
 
 def records_path(records_dir: Path, target_name: str) -> Path:
@@ -64,25 +66,31 @@ class Record:
 
 
 class RecordDB:
-    """Best record per workload for one target, backed by a JSON-lines file."""
+    """Best record per workload for one target, backed by a JSON-lines file (appended
+    to) and any number of read-only ones (``also_read``: the records shipped)."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, also_read: tuple[Path, ...] = ()) -> None:
         self.path = Path(path) if path is not None else None
         self.best: dict[str, Record] = {}
-        if self.path is not None and self.path.exists():
-            for i, line in enumerate(self.path.read_text().splitlines(), 1):
+        for src in (*also_read, *([self.path] if self.path is not None else [])):
+            if not Path(src).exists():
+                continue
+            for i, line in enumerate(Path(src).read_text().splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
                     self._keep(Record.from_json(line))
                 except (KeyError, ValueError, TypeError) as exc:
-                    raise ConfigError(f"{self.path}:{i}: not a tuning record: {exc}") from exc
+                    raise ConfigError(f"{src}:{i}: not a tuning record: {exc}") from exc
 
     @classmethod
     def for_target(cls, records_dir: Path | None, target_name: str) -> RecordDB:
-        if records_dir is None:
-            records_dir = default_records_dir()
-        return cls(records_path(records_dir, target_name))
+        """``records_dir`` given: that folder only. None: the records shipped with the
+        package plus the cache's, new ones appended to the cache's."""
+        if records_dir is not None:
+            return cls(records_path(records_dir, target_name))
+        return cls(records_path(default_records_dir(), target_name),
+                   also_read=(records_path(paths.shipped_records_dir(), target_name),))
 
     def _keep(self, rec: Record) -> None:
         old = self.best.get(rec.workload)

@@ -25,9 +25,9 @@ from tvm import tirx
 from pfcompile.codegen.kernels import KernelTimer
 from pfcompile.codegen.pipeline import choose_params, fuse_to_tir
 from pfcompile.codegen.records import Record, RecordDB
+from pfcompile.codegen.templates import Hardware, Workload, match
+from pfcompile.codegen.templates.base import params_to_dict
 from pfcompile.errors import ConfigError, SearchError
-from pfcompile.schedules import Hardware, Workload, match
-from pfcompile.schedules.base import params_to_dict
 
 __all__ = ["CostModel", "TuneSettings", "WorkloadResult", "tunable_workloads", "tune"]
 
@@ -109,7 +109,7 @@ def tunable_workloads(mod: tvm.IRModule, target: Any) -> list[tuple[Any, Workloa
     heaviest first (MACs × occurrences). Every 3×3 stride-1 conv that Winograd can
     take appears three times — direct, F(2×2,3×3) and F(4×4,3×3) — so that the
     records let the compiler choose the algorithm per layer by measurement
-    (:func:`pfcompile.schedules.winograd.choose_algorithm`)."""
+    (:func:`pfcompile.codegen.templates.winograd.choose_algorithm`)."""
     seen: dict[str, list] = {}
     for variant in (None, 0, 2, 4):
         fused = fuse_to_tir(mod, target, winograd=variant)

@@ -14,7 +14,7 @@ the model's float bias, then ``clamp(y, fmin, fmax)`` for a fused ReLU / Clip.
 The two per-channel inputs ``m0, shift`` are then float32 ``scale, fbias``. Padding uses ``zx`` so that a padded element
 contributes ``(zx - zx) * w = 0``, exactly as the float model's zero padding.
 
-Schedules live in :mod:`pfcompile.quantexec.schedules`.
+Which kernel runs a layer (and its schedule) is chosen in :mod:`pfcompile.quantexec.kernel_choice`.
 """
 
 from __future__ import annotations

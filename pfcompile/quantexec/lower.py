@@ -24,9 +24,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from pfcompile.quantexec.kernel_choice import IntKernel, select_conv_kernel, select_dense_kernel
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec
 from pfcompile.quantexec.requant import dtype_range, fixed_point
-from pfcompile.quantexec.schedules import Kernel, select_conv_kernel, select_dense_kernel
 
 __all__ = ["LayerReport", "QuantFallbackWarning", "lower_qdq", "reports_to_json"]
 
@@ -236,7 +236,7 @@ def _split_bias(g: _Graph, y):
 @dataclass
 class _Plan:
     layer_var: relax.Var
-    kernel: Kernel
+    kernel: IntKernel
     args: list
     out_shape: tuple[int, ...]
     out_dtype: str

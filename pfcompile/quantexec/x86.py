@@ -257,16 +257,16 @@ def has_vnni(target) -> bool:
 
 
 def avx2_conv_kernel(sp: QConvSpec, target=None):
-    """The best x86 :class:`~pfcompile.quantexec.schedules.Kernel` for ``sp``, or None.
+    """The best x86 :class:`~pfcompile.quantexec.kernel_choice.IntKernel` for ``sp``, or None.
 
     ``x86-vnni-vpdpbusd`` when the TVM target enables VNNI (see
     :func:`with_int8_features`) and the activations are uint8; else
     ``x86-avx2-pmaddwd``.
     """
-    from pfcompile.quantexec.schedules import Kernel
+    from pfcompile.quantexec.kernel_choice import IntKernel
 
     if sp.groups != 1 or sp.n != 1:
         return None
     if target is not None and sp.x_dtype == "uint8" and has_vnni(target):
-        return Kernel("x86-vnni-vpdpbusd", vnni_conv_func(sp), pack_weight_vnni)
-    return Kernel("x86-avx2-pmaddwd", avx2_conv_func(sp), pack_weight_avx2)
+        return IntKernel("x86-vnni-vpdpbusd", vnni_conv_func(sp), pack_weight_vnni)
+    return IntKernel("x86-avx2-pmaddwd", avx2_conv_func(sp), pack_weight_avx2)

@@ -9,7 +9,7 @@ Three pieces plug the simulated accelerator into the same search loop
   :func:`pfcompile.search.space.compress`, then static QDQ quantization
   (onnxruntime, per-channel int8 weights, uint8 activations, calibrated on the
   calibration data; :func:`pfcompile.accel.mixed.quantize_qdq`), then the per-layer bit
-  widths of the config's ``bits:<layer>`` knobs (:func:`pfcompile.accel.mixed.apply_bits`;
+  widths of the config's ``bits:<layer>`` knobs (:func:`pfcompile.accel.mixed.set_layer_bits`;
   a width applies to the layer's weights and its input activation; 8/8 where the config
   says nothing). Not the quantize pass that ``compress`` applies on CPU targets: its QDQ
   form leaves residual Adds (and tensors read by several nodes) in float, so those
@@ -209,7 +209,7 @@ class AccelDeployer:
 
     def candidate(self, model: onnx.ModelProto, space: SearchSpace, config: dict,
                   calib: Dataset | None, calib_samples: int) -> onnx.ModelProto:
-        from pfcompile.accel.mixed import apply_bits, quantize_qdq
+        from pfcompile.accel.mixed import quantize_qdq, set_layer_bits
 
         space.validate(config)
         pruned = compress(model, *_float_part(space, config), calib,
@@ -225,7 +225,7 @@ class AccelDeployer:
                 except Exception as exc:
                     raise SearchError(f"static QDQ quantization of the candidate failed: "
                                       f"{exc}") from exc
-        return apply_bits(qdq, bits, pruned) if bits else qdq
+        return set_layer_bits(qdq, bits, pruned) if bits else qdq
 
     def kernels(self, model: onnx.ModelProto, space: SearchSpace, config: dict) -> list[Kernel]:
         h = config_hash(config)

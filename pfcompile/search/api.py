@@ -10,12 +10,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pfcompile import paths
 from pfcompile.data import Dataset, load_npz
 from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.model import input_specs, load_onnx
+from pfcompile.paths import demo_paths
+from pfcompile.search.confirm import split_for_confirmation
 from pfcompile.search.devices import NullDevice, RPCDevice
-from pfcompile.search.loop import SearchSettings, run_search
+from pfcompile.search.finalist import finetune_finalist
+from pfcompile.search.loop import SearchSettings, TrialLog, run_search
+from pfcompile.search.ort_compare import OrtTimer, default_threads
 from pfcompile.search.pool import PoolStatus, open_rpc_device
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
@@ -23,13 +28,9 @@ from pfcompile.targets import load_target
 __all__ = ["default_cache_dir", "demo_paths", "run"]
 
 
-def demo_paths() -> tuple[Path, Path, Path]:
-    d = Path(__file__).resolve().parents[1] / "data"
-    return d / "demo.onnx", d / "demo_val.npz", d / "demo_calib.npz"
-
-
 def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "pfcompile"
+    """The cache folder (:func:`pfcompile.paths.cache_dir`)."""
+    return paths.cache_dir()
 
 
 def _parse_hostport(s: str, what: str) -> tuple[str, int]:
@@ -60,15 +61,25 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         resume: str | Path | None = None, cache_dir: str | Path | None = None,
         null_device: bool = False, port_range: tuple[int, int] = (9300, 9350),
         threads: int | None = None, final_repeats: int = 3,
-        finetune: bool = False, train: str | Path | None = None, finetune_epochs: int = 10,
+        finetune: bool | None = None, train: str | Path | None = None, finetune_epochs: int = 10,
         on_event: Callable[[str, dict], None] | None = None,
         accel_latency: str = "total") -> dict:
     """Search, then write DIST; returns the report dict.
 
-    ``finetune``: fine-tune the best candidate (cross-entropy on labels when ``train``
-    has them, plus distillation from the original model) on ``train`` (default: the
-    calibration data, else ``data``) before the final compile; the report records
-    top-1 before and after.
+    ``data`` is split once (``settings.confirm_fraction``, seeded by ``settings.seed``,
+    stratified by label) into a search part, on which every candidate is scored, and a
+    confirmation part, on which only the finalists are re-scored; only a candidate whose
+    drop qualifies there is deployed (:mod:`pfcompile.search.confirm`).
+
+    ``finetune`` (default: on when ``train`` is given): fine-tune the finalist
+    (cross-entropy on labels when the training data has them, plus distillation from
+    the original model) on ``train`` (default: the calibration data, else the search
+    part of ``data``), check that it learned, re-confirm it, and deploy it only then
+    (:mod:`pfcompile.search.finalist`); the report records what happened.
+
+    Host targets with the device started here: the original model is also timed in
+    onnxruntime (own process, same thread count), alternating with the final
+    re-measurement: ``onnxruntime`` and ``speedup_vs_onnxruntime`` in the report.
 
     Accelerator targets (``targets/fpga-*.toml``): candidates are quantized for the
     accelerator and measured on the simulator device (``--device``/``--rpc``, else one
@@ -84,8 +95,10 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     specs = input_specs(model)
     tgt = load_target(target)
     dataset = load_npz(data, specs) if data else _random_data(model)
-    # LASSO pruning calibrates on --calib, else on the first samples of --data;
-    # with neither (random inputs) candidates are pruned by L1 weight norm
+    # one seeded split: candidates are scored on the search part, finalists confirmed on the rest
+    dataset, confirm_set = split_for_confirmation(dataset, settings.confirm_fraction, settings.seed)
+    # LASSO pruning calibrates on --calib, else on the first samples of the search part of
+    # --data; with neither (random inputs) candidates are pruned by L1 weight norm
     calib_set = load_npz(calib, specs) if calib else (dataset if data else None)
     if calib_set is not None:
         calib_set = calib_set.subset(min(settings.calib_samples, len(calib_set)))
@@ -98,6 +111,7 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
                           "or choose another -o")
     server = None
     deploy = None
+    do_finetune = finetune if finetune is not None else train is not None
     if tgt.is_accelerator:
         # candidates are quantized for the accelerator (uniform 8-bit baseline, per-layer
         # widths from the config) and measured on the simulator device: see accel_device
@@ -106,6 +120,7 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         if finetune:
             raise ConfigError(f"--finetune is not supported on accelerator targets "
                               f"('{tgt.name}') yet: run the search without it")
+        do_finetune = False
         deploy = AccelDeployer(tgt, calib_set if calib_set is not None else dataset,
                                settings.calib_samples)
     if null_device:
@@ -129,21 +144,49 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
                           "--device HOST:PORT or --rpc TRACKER:PORT --key KEY")
     final = None
     ft_info = None
+    ort_info = None
     try:
         result = run_search(model, tgt, dev, dataset, run_dir, settings,
                             cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
-                            calib=calib_set, on_event=on_event, deploy=deploy)
-        if finetune and result.best_model is not None:
+                            calib=calib_set, on_event=on_event, deploy=deploy, confirm=confirm_set)
+        if do_finetune and (result.best is not None or result.finalists):
             if on_event:
                 on_event("finetune", {})
-            ft_info = _finetune_best(result, model_path, train or calib or data, data, dev,
-                                     run_dir / "finetune", finetune_epochs)
-        if result.best_model is not None and not null_device and final_repeats > 0:
+            train_set, train_name = _training_data(train, calib, data, dataset, specs)
+            ft_info = finetune_finalist(result, model, train_set, train_name, dataset, dev,
+                                        run_dir / "finetune", finetune_epochs,
+                                        log=TrialLog(run_dir / "trials.jsonl"), emit=on_event)
+        # the user's alternative: the original in onnxruntime on this machine (host device
+        # started here), timed in its own process between the re-measurement rounds
+        timer = None
+        if not (tgt.is_host and server is not None and not null_device and final_repeats > 0):
+            ort_info = {"ms": None, "note": "not measured: " + (
+                "the null device measures nothing" if null_device else
+                "no final re-measurement (final_repeats 0)" if final_repeats <= 0 else
+                "onnxruntime is timed on this machine, and the device is not a host device "
+                "started here")}
+        else:
+            ort_info = {"threads": threads or default_threads()}
+            try:
+                timer = OrtTimer(model, ort_info["threads"], run_dir / "final" / "onnxruntime")
+                ort_info["version"] = timer.version
+            except DeviceError as exc:
+                ort_info["error"] = str(exc)
+        if (result.best_model is not None or timer is not None) and not null_device \
+                and final_repeats > 0:
             if on_event:
                 on_event("final", {})
-            final = remeasure(dev, {"baseline": result.baseline_model or model,
-                                    "best": result.best_model},
-                              run_dir / "final", final_repeats)
+            models = {"baseline": result.baseline_model or model}
+            if result.best_model is not None:
+                models["best"] = result.best_model
+            try:
+                final = remeasure(dev, models, run_dir / "final", final_repeats,
+                                  others={"onnxruntime": timer.measure} if timer else None)
+            finally:
+                if timer is not None:
+                    timer.close()
+            if timer is not None:
+                ort_info.update(_ort_summary(final, timer))
     finally:
         dev.close()
         if server is not None:
@@ -165,7 +208,28 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         shutil.copy(so, lib)
         if (Path(so).parent / "model.json").exists():
             shutil.copy(Path(so).parent / "model.json", out / "model.json")
-    return write_report(result, out, final=final, finetune=ft_info)
+    return write_report(result, out, final=final, finetune=ft_info, onnxruntime=ort_info)
+
+
+def _training_data(train, calib, data, search_part: Dataset, specs) -> tuple[Dataset, str]:
+    """Fine-tuning data: ``--train``, else ``--calib``, else the search part of ``--data``
+    (never its confirmation part, which must stay unseen)."""
+    if train is not None:
+        return load_npz(train, specs), str(train)
+    if calib is not None:
+        return load_npz(calib, specs), str(calib)
+    return search_part, f"{data or 'random inputs'} (search part)"
+
+
+def _ort_summary(final: dict, timer: OrtTimer) -> dict:
+    ms = final.get("onnxruntime_ms")
+    ours = final.get("best_ms") or final.get("baseline_ms")
+    return {"ms": ms, "repeats": final.get("repeats"), "calls_per_round": timer.calls,
+            "deployed_ms": ours, "deployed": "best" if final.get("best_ms") else "baseline",
+            "speedup": ms / ours if ms and ours else None,
+            "how": "the original model, onnxruntime default session (all graph optimizations), "
+                   "intra-op threads = the device's TVM threads, inter-op 1, in its own process, "
+                   "alternating with the compiled models' re-measurement rounds (medians)"}
 
 
 def _accel_device(tgt, rpc: str | None, key: str | None, device: str | None,
@@ -188,48 +252,23 @@ def _accel_device(tgt, rpc: str | None, key: str | None, device: str | None,
     return dev, server
 
 
-def _finetune_best(result, teacher_path: str | Path, train_npz: str | Path | None,
-                   val_npz: str | Path | None, dev, work: Path, epochs: int) -> dict:
-    """Fine-tune ``result.best_model`` and, when the fine-tuned graph is at least as
-    accurate and compiles and verifies on the device, make it the deployed best (same
-    shapes, same latency); otherwise keep the candidate and say why."""
-    from pfcompile.finetune import FinetuneSettings
-    from pfcompile.finetune.run import run_finetune
-
-    if train_npz is None:
-        raise SearchError("--finetune needs training data: pass --train (or --calib / --data)")
-    work.mkdir(parents=True, exist_ok=True)
-    cand = work / "candidate.onnx"
-    onnx.save(result.best_model, str(cand))
-    res = run_finetune(cand, teacher_path, train_npz, val_npz, FinetuneSettings(epochs=epochs),
-                       out_path=work / "finetuned.onnx")
-    info = {"before_top1": res.get("before_top1"), "after_top1": res.get("after_top1"),
-            "teacher_top1": res.get("teacher_top1"), "epochs": epochs,
-            "train_data": str(train_npz), "deployed": False}
-    before, after = res.get("before_top1"), res.get("after_top1")
-    if before is not None and after is not None and after < before:
-        info["error"] = "fine-tuning lowered top-1 on the validation data; kept the candidate"
-        return info
-    tuned = load_onnx(res["model_path"])
-    m = dev.measure_model(tuned, work / "compiled")
-    if m.ok:
-        result.best_model = tuned
-        result.best = {**result.best, "so_path": m.so_path, "finetuned": True}
-        info["deployed"] = True
-    else:
-        info["error"] = m.error
-    return info
-
-
-def remeasure(dev, models: dict[str, onnx.ModelProto], work: Path, repeats: int) -> dict:
+def remeasure(dev, models: dict[str, onnx.ModelProto], work: Path, repeats: int,
+              others: dict[str, Callable[[], float]] | None = None) -> dict:
     """Measure ``models`` round-robin ``repeats`` times (drift on a shared machine hits
-    all alike); medians in ms."""
-    times: dict[str, list[float]] = {k: [] for k in models}
+    all alike); medians in ms. ``others``: more timings taken in the same rounds, after
+    the models (e.g. the original in onnxruntime, :class:`OrtTimer`), as ``<name>_ms``."""
+    others = others or {}
+    times: dict[str, list[float]] = {k: [] for k in (*models, *others)}
     for _ in range(repeats):
         for name, m in models.items():
             r = dev.measure_model(m, work / name)
             if r.ok:  # the model's own median (paired timing keeps it as raw_ms)
                 times[name].append(r.raw_ms if r.raw_ms is not None else r.latency_ms)
+        for name, fn in others.items():
+            try:
+                times[name].append(float(fn()))
+            except DeviceError:
+                pass
     med = {k: float(np.median(v)) if v else None for k, v in times.items()}
     out = {f"{k}_ms": v for k, v in med.items()}
     out["repeats"] = repeats

@@ -84,3 +84,19 @@ class Evaluator:
         if self.data.labels is not None:
             top1 = float((pred == self.data.labels[:k]).mean())
         return Accuracy(top1, agree, k)
+
+    def outcomes(self, model: onnx.ModelProto, n: int | None = None
+                 ) -> tuple[Accuracy, np.ndarray, np.ndarray]:
+        """``(accuracy, reference right, candidate right)``: one bool per image for the
+        paired statistics of :mod:`pfcompile.search.stats`. Right = the label when the
+        data has labels; without labels the original is always right and the candidate
+        is right where it agrees with the original's arg-max."""
+        pred = self._predict(model, n)
+        k = len(pred)
+        agree = pred == self.ref_pred[:k]
+        if self.data.labels is None:
+            return Accuracy(None, float(agree.mean()), k), np.ones(k, bool), agree
+        y = self.data.labels[:k]
+        right = pred == y
+        return (Accuracy(float(right.mean()), float(agree.mean()), k),
+                self.ref_pred[:k] == y, right)

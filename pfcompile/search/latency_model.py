@@ -47,7 +47,7 @@ def codegen_fingerprint() -> str:
 
         root = Path(__file__).resolve().parents[1]
         h = hashlib.sha256()
-        files = sorted([*root.glob("schedules/*.py"), *root.glob("codegen/*.py"),
+        files = sorted([*root.glob("codegen/templates/*.py"), *root.glob("codegen/*.py"),
                         *root.glob("quantexec/*.py"), root / "search" / "devices.py",
                         *root.glob("accel/*.py"), root / "search" / "accel_device.py"])
         for f in files:

@@ -27,12 +27,15 @@ import onnx
 from pfcompile.data import Dataset
 from pfcompile.errors import PfcompileError, SearchError
 from pfcompile.model import model_hash
+from pfcompile.search.confirm import check_split, confirm_finalists, select_finalists
 from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.graph import Kernel, extract_kernels
+from pfcompile.search.judge import AccuracyJudge, strategy_view
 from pfcompile.search.knobs import parse_bits, parse_sparsity
 from pfcompile.search.latency_model import FlopsModel, LatencyModel
 from pfcompile.search.space import SearchSpace, build_space, compress, config_hash
 from pfcompile.search.state import load_strategy_state, save_strategy_state
+from pfcompile.search.stats import check_confidence
 from pfcompile.search.strategies import STRATEGIES, Goal, make_strategy
 
 __all__ = ["Deployer", "SearchResult", "SearchSettings", "TrialLog", "model_size_mb", "run_search"]
@@ -57,6 +60,11 @@ class SearchSettings:
     # choices) or comma-separated values, see pfcompile.search.knobs
     bits: str | tuple[int, ...] | None = None          # e.g. "8,32", (8, 32) or "auto"
     sparsity: str | tuple[float, ...] | None = None    # e.g. "0,0.5,0.75" or "auto"
+    # accuracy under noise (pfcompile.search.stats / judge / confirm): a candidate qualifies
+    # when the upper `confidence` bound of its drop is within max_acc_drop (0: the estimate)
+    confidence: float = 0.9
+    confirm_fraction: float = 0.3    # of --data, split off for confirming finalists (0: none)
+    finalists: int = 3               # top candidates re-scored on the confirmation part
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -70,6 +78,11 @@ class SearchSettings:
         if self.calib_samples < 1:
             raise SearchError(f"calib_samples must be >= 1, got {self.calib_samples}")
         parse_sparsity(self.sparsity)  # syntax now; bit widths are checked against the target
+        check_confidence(self.confidence)
+        if not 0 <= self.confirm_fraction < 1:
+            raise SearchError(f"--confirm-fraction must be in [0, 1), got {self.confirm_fraction}")
+        if self.finalists < 1:
+            raise SearchError(f"--finalists must be at least 1, got {self.finalists}")
 
 
 class Deployer(Protocol):
@@ -152,6 +165,13 @@ class SearchResult:
     best_model: onnx.ModelProto | None = field(default=None, repr=False)
     simulated: bool = False          # latencies from a simulator's cycle model (FPGA targets)
     baseline_model: onnx.ModelProto | None = field(default=None, repr=False)  # None: the original
+    # the confirmation split (pfcompile.search.confirm): finalists re-scored on the
+    # confirmation part (None: no split); ``best`` is then the first confirmed finalist
+    confirmation: list[dict] | None = None
+    finalists: list[dict] = field(default_factory=list)   # feasible trials, best first
+    confirm_judge: AccuracyJudge | None = field(default=None, repr=False)
+    judge: AccuracyJudge | None = field(default=None, repr=False)        # the search part's
+    finalist_model: onnx.ModelProto | None = field(default=None, repr=False)  # finalists[0]'s
 
 
 def _acc_drop(base: float, score: float) -> float:
@@ -162,13 +182,15 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                settings: SearchSettings = SearchSettings(), *, cache_dir: str | Path | None = None,
                calib: Dataset | None = None,
                on_event: Callable[[str, dict], None] | None = None,
-               deploy: Deployer | None = None) -> SearchResult:
+               deploy: Deployer | None = None, confirm: Dataset | None = None) -> SearchResult:
     """Search ``model``'s compression space on ``device``; see the module docstring.
 
     Candidates are pruned with LASSO + reconstruction on ``calib`` when given
     (else L1); latency predictions use the L1 prune of the same config (only the
     shapes matter there, and it is ~30x cheaper). ``deploy``: see :class:`Deployer`
-    (the baseline is then ``deploy.candidate`` of the default config)."""
+    (the baseline is then ``deploy.candidate`` of the default config). ``confirm``: the
+    confirmation part of the data (:mod:`pfcompile.search.confirm`); the best is then the
+    first finalist whose drop qualifies on it, else None."""
     run_dir = Path(run_dir)
     log = TrialLog(run_dir / "trials.jsonl")
     emit = on_event or (lambda kind, info: None)
@@ -182,15 +204,20 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
                           "model, --strategy and --target, or use a new run folder")
     if meta is not None:
         old = meta.get("settings", {})
-        for key in ("bits", "sparsity"):
+        for key in ("bits", "sparsity", "confidence"):
+            if key == "confidence" and key not in old:   # a run from before intervals
+                continue
             was, now = old.get(key), getattr(settings, key)
             if (list(was) if isinstance(was, (list, tuple)) else was) != \
                     (list(now) if isinstance(now, (list, tuple)) else now):
                 raise SearchError(f"{run_dir} holds a run with --{key} {old.get(key)}; resume it "
                                   f"with the same --{key}, or use a new run folder")
+    split_rec = check_split(past, data, confirm, run_dir)
     if meta is None:
         log.append({"type": "meta", "model_hash": mhash, "strategy": settings.strategy,
                     "target": target.name, "settings": asdict(settings), "time": time.time()})
+    if split_rec is not None:
+        log.append(split_rec)
 
     space = build_space(model, target.hardware, min_keep=settings.min_keep,
                         bits=parse_bits(settings.bits, target),
@@ -200,6 +227,13 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
     # bits knobs calibrate activation ranges on the calibration data, else on --data
     qcalib = calib if calib is not None else data.subset(min(settings.calib_samples, len(data)))
     evaluator = Evaluator(model, data)
+    judge = AccuracyJudge(evaluator, settings.max_acc_drop, settings.confidence,
+                          "search" if confirm is not None else "validation")
+    cjudge = None if confirm is None else AccuracyJudge(
+        Evaluator(model, confirm), settings.max_acc_drop, settings.confidence, "confirmation")
+    for j in (judge, cjudge):       # data too small for the budget: say so before searching
+        if j is not None and j.too_small():
+            emit("warning", {"text": j.too_small()})
     sub = data.subset(min(settings.eval_subset, len(data)))
     cheap = Evaluator(model, sub)
     base_kernels = deploy.kernels(model, space, space.default()) if deploy else extract_kernels(model)
@@ -354,7 +388,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         strat.load_state_dict(saved_state)
     trials = [r for r in past if r.get("type") == "trial"]
     for r in trials:
-        strat.tell(r["config"], r)
+        strat.tell(r["config"], strategy_view(r))
         if lat_model is not None and r["status"] == "ok":
             lat_model.update_model(shaped(r["config"]), r["latency_ms"])
     if trials:
@@ -366,7 +400,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         rec["id"] = len(trials)
         log.append(rec)
         trials.append(rec)
-        strat.tell(c.config, rec)
+        strat.tell(c.config, strategy_view(rec))
         state = strat.state_dict()
         if state is not None:
             save_strategy_state(run_dir, state)
@@ -383,7 +417,7 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         each trial is logged as its measurement arrives, kernels timed after."""
         ready = []
         for c in props:
-            rec, cm, t0 = _prepare_trial(len(trials), c, model, space, evaluator, base,
+            rec, cm, t0 = _prepare_trial(len(trials), c, model, space, judge, base,
                                          lat_model, settings.strategy, candidate)
             if cm is None:
                 record(c, rec, time_now=False)
@@ -418,36 +452,40 @@ def run_search(model: onnx.ModelProto, target, device, data: Dataset, run_dir: s
         for c in props:
             if len(trials) >= settings.budget:
                 break
-            rec = _run_trial(len(trials), c, model, space, device, evaluator, base, goal,
+            rec = _run_trial(len(trials), c, model, space, device, judge, base, goal,
                              run_dir, lat_model, settings.strategy, candidate)
             record(c, rec, time_now=True)
 
-    ok = [t for t in trials if t["status"] == "ok"]
-    feas = [t for t in ok if t["feasible"]]
-    if goal.mode == "fastest" and base.get("latency_ms"):
-        # a compressed model measured slower than the original is never the answer
-        feas = [t for t in feas if t["latency_ms"] < base["latency_ms"]]
-    best = min(feas, key=lambda t: goal.cost(t["latency_ms"], t["acc_drop"], t["size_mb"])) if feas else None
+    # feasible (qualified accuracy, goal met; faster than the original when fastest), best first
+    ranked = select_finalists(trials, base, goal)
+    best = ranked[0] if ranked else None
+    confirmation = None
+    if cjudge is not None:
+        best, confirmation = confirm_finalists(ranked[:settings.finalists],
+                                               lambda cfg: candidate(cfg)[0], cjudge, log, past, emit)
     best_model = candidate(best["config"])[0] if best else None
+    top_model = best_model if best is not None or not ranked else candidate(ranked[0]["config"])[0]
     n_dev = sum(1 for t in trials if t.get("measured"))
     return SearchResult(run_dir, base, best, trials, n_dev, n_kernel, space, goal,
                         bool(getattr(device, "emulated", False)), settings.strategy, best_model,
                         bool(getattr(device, "simulated", False)),
-                        base_model if deploy is not None else None)
+                        base_model if deploy is not None else None,
+                        confirmation, ranked[:settings.finalists], cjudge, judge, top_model)
 
 
-def _run_trial(i: int, c, model, space, device, evaluator, base, goal, run_dir, lat_model,
+def _run_trial(i: int, c, model, space, device, judge, base, goal, run_dir, lat_model,
                strategy, candidate) -> dict:
-    rec, cm, t0 = _prepare_trial(i, c, model, space, evaluator, base, lat_model, strategy, candidate)
+    rec, cm, t0 = _prepare_trial(i, c, model, space, judge, base, lat_model, strategy, candidate)
     if cm is None:
         return rec
     m = device.measure_model(cm, run_dir / "artifacts" / rec["model_hash"])
     return _finish_trial(rec, m, base, goal, t0)
 
 
-def _prepare_trial(i: int, c, model, space, evaluator, base, lat_model, strategy,
+def _prepare_trial(i: int, c, model, space, judge: AccuracyJudge, base, lat_model, strategy,
                    candidate) -> tuple[dict, onnx.ModelProto | None, float]:
-    """Compress and evaluate: ``(record, compressed model or None when that failed, t0)``."""
+    """Compress and evaluate (the drop with its interval and verdict, ``judge``):
+    ``(record, compressed model or None when that failed, t0)``."""
     t0 = time.time()
     rec: dict = {"type": "trial", "id": i, "strategy": strategy, "config": c.config,
                  "config_hash": config_hash(c.config), "status": "failed", "error": None,
@@ -466,9 +504,7 @@ def _prepare_trial(i: int, c, model, space, evaluator, base, lat_model, strategy
             rec[kind] = space.layer_values(c.config, kind)
     if rec["pred_ms"] is None and lat_model is not None:
         rec["pred_ms"] = lat_model.predict(kernels)
-    acc = evaluator.score(cm)
-    rec.update({"top1": acc.top1, "agreement": acc.agreement, "score": acc.score,
-                "acc_drop": _acc_drop(base["score"], acc.score)})
+    rec.update(judge.fields(cm))
     return rec, cm, t0
 
 
@@ -485,7 +521,10 @@ def _finish_trial(rec: dict, m, base, goal, t0: float) -> dict:
         rec["raw_ms"] = m.raw_ms
         rec["paired"] = m.paired
         rec["speedup"] = base["latency_ms"] / m.latency_ms
-        rec["feasible"] = goal.feasible(m.latency_ms, rec["acc_drop"], rec["size_mb"])
+        # accuracy: the upper bound of the drop must be within budget and the interval narrow
+        # enough to tell (pfcompile.search.judge); latency / size: the goal's budgets
+        rec["feasible"] = (goal.feasible(m.latency_ms, rec.get("acc_drop_upper", rec["acc_drop"]),
+                                         rec["size_mb"]) and not rec.get("acc_refused"))
     rec["seconds"] = time.time() - t0
     rec["time"] = time.time()
     return rec

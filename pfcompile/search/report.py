@@ -1,21 +1,28 @@
-"""``report.json`` and a self-contained ``report.html`` (inline SVG, no scripts):
-Pareto scatter of measured latency vs accuracy for every strategy given,
-per-group keep ratios of the best candidate, predicted vs measured latency."""
+"""``report.json`` and a self-contained ``report.html`` (inline SVG, no scripts;
+drawn by :mod:`pfcompile.search.report_html`).
+
+Beyond the search's numbers the report says how far to trust them: each point's drop
+with its interval (``acc_drop_lower`` / ``acc_drop_upper`` at ``accuracy.confidence``),
+the deployed candidate's scores on the search part and on the confirmation part
+(``best.search``, ``best.confirmation``), every finalist's confirmation, how many
+candidates were refused and why, why nothing was deployed when nothing was, and the
+original model in onnxruntime on the same machine (``onnxruntime``,
+``speedup_vs_onnxruntime``)."""
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 
 import numpy as np
 
 from pfcompile.search.latency_model import kendall_tau
+from pfcompile.search.report_html import render_html
 
 __all__ = ["build_report", "cost_model_stats", "render_html", "write_report"]
 
-_COLORS = {"hw": "#d62728", "flops": "#1f77b4", "uniform": "#2ca02c", "random": "#7f7f7f",
-           "tpe": "#9467bd", "rl": "#ff7f0e", "bo": "#8c564b"}
+_ACC_KEYS = ("top1", "agreement", "acc_drop", "acc_drop_lower", "acc_drop_upper", "acc_confidence",
+             "acc_n", "acc_losses", "acc_gains", "acc_verdict", "acc_refused")
 
 
 def cost_model_stats(trials: list[dict]) -> dict:
@@ -31,7 +38,8 @@ def cost_model_stats(trials: list[dict]) -> dict:
             "n_heldout": len(pts), "mape": float(np.mean(np.abs(p - m) / m))}
 
 
-def build_report(result, final: dict | None = None, finetune: dict | None = None) -> dict:
+def build_report(result, final: dict | None = None, finetune: dict | None = None,
+                 onnxruntime: dict | None = None) -> dict:
     b = result.baseline
     best = result.best
     out = {
@@ -80,7 +88,93 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
                 out["best"][kind] = best[kind]
         if simulated:
             out["best"].update({k: best[k] for k in _SIM_KEYS if k in best})
+        # both scores: the search part (what the search chose by) and the confirmation part
+        out["best"].update({k: best.get(k) for k in ("acc_drop_lower", "acc_drop_upper",
+                                                     "acc_confidence", "acc_n")})
+        out["best"]["search"] = {k: best.get(k) for k in _ACC_KEYS}
+        out["best"]["confirmation"] = best.get("confirmation")
+        out["best"]["finetuned"] = bool(best.get("finetuned"))
+        out["best"]["decisions"] = _decisions(result.space, best["config"])
+    out["accuracy"] = _accuracy_section(result)
+    if getattr(result, "confirmation", None) is not None:
+        out["finalists"] = [{"trial": r.get("trial"), "finetuned": bool(r.get("finetuned")),
+                             **{k: r.get(k) for k in _ACC_KEYS}, "confirmed": r.get("confirmed")}
+                            for r in result.confirmation]
+    out["refused"] = _refusals(result.trials)
+    if best is None:
+        out["why_no_candidate"] = _why_none(result, out)
+    out["onnxruntime"] = onnxruntime
+    out["speedup_vs_onnxruntime"] = (onnxruntime or {}).get("speedup")
     return out
+
+
+def _decisions(space, config: dict) -> list[dict]:
+    """Per-group / per-layer decisions of ``config``: every knob, its value and default."""
+    rows = []
+    for k in space.knobs:
+        if k.name not in config:
+            continue
+        row = {"knob": k.name, "kind": k.kind, "target": k.target, "value": config[k.name],
+               "default": k.default}
+        if k.kind == "keep" and k.full:
+            row["full"] = k.full
+            row["keep_ratio"] = config[k.name] / k.full
+        rows.append(row)
+    return rows
+
+
+def _accuracy_section(result) -> dict:
+    judge, cjudge = getattr(result, "judge", None), getattr(result, "confirm_judge", None)
+    conf = judge.confidence if judge is not None else None
+    return {
+        "method": "paired drop vs the original on the same images; one-sided bounds from a "
+                  "Bayesian paired bootstrap (Jeffreys prior), pfcompile.search.stats",
+        "confidence": conf,
+        "max_acc_drop": result.goal.max_acc_drop,
+        "search_n": judge.n if judge is not None else None,
+        "confirm_n": cjudge.n if cjudge is not None else None,
+        # images on which a candidate equal to the original everywhere just qualifies
+        "images_needed": judge.images_needed() if judge is not None else None,
+        "finalists_tested": len(result.confirmation) if getattr(result, "confirmation", None)
+        is not None else None,
+        # data too small to qualify / confirm anything at this budget and confidence
+        "warnings": [w for w in (j.too_small() for j in (judge, cjudge) if j is not None) if w],
+    }
+
+
+def _refusals(trials: list[dict]) -> dict:
+    ok = [t for t in trials if t.get("status") == "ok"]
+    too_wide = [t for t in ok if t.get("acc_verdict") == "too_wide"]
+    over = [t for t in ok if t.get("acc_verdict") == "over_budget"]
+    out = {"too_wide": len(too_wide), "over_budget": len(over)}
+    if too_wide:
+        out["too_wide_reason"] = too_wide[0]["acc_refused"]
+    return out
+
+
+def _why_none(result, rep: dict) -> str:
+    trials = result.trials
+    ok = [t for t in trials if t.get("status") == "ok"]
+    if not ok:
+        return f"all {len(trials)} trials failed; the original model is deployed"
+    ref = rep["refused"]
+    parts = []
+    if ref["too_wide"]:
+        parts.append(f"{ref['too_wide']} of {len(ok)} measured candidates were refused because "
+                     f"their accuracy interval is wider than the budget ({ref['too_wide_reason']})")
+    if ref["over_budget"]:
+        parts.append(f"{ref['over_budget']} had the upper bound of their drop over the "
+                     f"{result.goal.max_acc_drop:g}-point budget")
+    conf = getattr(result, "confirmation", None)
+    if conf:
+        first = next((r for r in conf if not r.get("confirmed")), None)
+        parts.append(f"none of the {len(conf)} finalists was confirmed on the "
+                     f"{conf[0].get('acc_n')} confirmation images"
+                     + (f" (first: {first['acc_refused']})" if first else ""))
+    if not parts:
+        parts.append("no qualified candidate met the latency / size goal and was faster than the "
+                     "original")
+    return "; ".join(parts) + "; the original model is deployed"
 
 
 #: per-measurement fields of the simulated accelerator device (accel_device.py)
@@ -88,115 +182,12 @@ _SIM_KEYS = ("accel_ms_simulated", "host_ms_measured", "accel_cycles", "latency_
              "layers_on_accel")
 
 
-# ----------------------------------------------------------------------------- svg
-def _scale(v, lo, hi, a, b):
-    return a + (b - a) * ((v - lo) / (hi - lo) if hi > lo else 0.5)
-
-
-def _scatter(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
-             title: str, diagonal: bool = False, extra: list[tuple[float, float, str]] = ()) -> str:
-    W, H, L, R, T, B = 520, 340, 60, 20, 30, 45
-    pts = [p for s in series.values() for p in s] + [(x, y) for x, y, _ in extra]
-    if not pts:
-        return f"<p>{html.escape(title)}: no data</p>"
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
-    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
-    if diagonal:
-        x0 = y0 = min(x0, y0)
-        x1 = y1 = max(x1, y1)
-    px = (x1 - x0) * 0.05 or 1
-    py = (y1 - y0) * 0.05 or 1
-    x0, x1, y0, y1 = x0 - px, x1 + px, y0 - py, y1 + py
-    sx = lambda v: _scale(v, x0, x1, L, W - R)
-    sy = lambda v: _scale(v, y0, y1, H - B, T)
-    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
-         f'<text x="{W / 2}" y="18" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
-         f'<line x1="{L}" y1="{H - B}" x2="{W - R}" y2="{H - B}" stroke="#000"/>',
-         f'<line x1="{L}" y1="{T}" x2="{L}" y2="{H - B}" stroke="#000"/>',
-         f'<text x="{W / 2}" y="{H - 8}" text-anchor="middle">{html.escape(xlabel)}</text>',
-         f'<text x="14" y="{H / 2}" text-anchor="middle" transform="rotate(-90 14 {H / 2})">{html.escape(ylabel)}</text>']
-    for v in np.linspace(x0, x1, 5):
-        o.append(f'<text x="{sx(v):.1f}" y="{H - B + 14}" text-anchor="middle">{v:.3g}</text>')
-    for v in np.linspace(y0, y1, 5):
-        o.append(f'<text x="{L - 4}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
-    if diagonal:
-        o.append(f'<line x1="{sx(x0):.1f}" y1="{sy(y0):.1f}" x2="{sx(x1):.1f}" y2="{sy(y1):.1f}" '
-                 'stroke="#999" stroke-dasharray="4"/>')
-    for i, (name, s) in enumerate(series.items()):
-        c = _COLORS.get(name, "#ff7f0e")
-        for x, y in s:
-            o.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{c}" fill-opacity="0.7"/>')
-        o.append(f'<circle cx="{W - R - 90}" cy="{T + 8 + 14 * i}" r="4" fill="{c}"/>'
-                 f'<text x="{W - R - 82}" y="{T + 12 + 14 * i}">{html.escape(name)}</text>')
-    for x, y, label in extra:
-        o.append(f'<rect x="{sx(x) - 4:.1f}" y="{sy(y) - 4:.1f}" width="8" height="8" fill="#000"/>'
-                 f'<text x="{sx(x) + 7:.1f}" y="{sy(y) - 5:.1f}">{html.escape(label)}</text>')
-    o.append("</svg>")
-    return "".join(o)
-
-
-def _bars(values: dict[str, float], title: str) -> str:
-    if not values:
-        return f"<p>{html.escape(title)}: no data</p>"
-    W, row = 520, 16
-    H = 40 + row * len(values)
-    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="10">',
-         f'<text x="{W / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>']
-    for i, (k, v) in enumerate(values.items()):
-        y = 28 + i * row
-        o.append(f'<text x="230" y="{y + 11}" text-anchor="end">{html.escape(k[-40:])}</text>'
-                 f'<rect x="235" y="{y}" width="{240 * v:.1f}" height="{row - 3}" fill="#d62728"/>'
-                 f'<text x="{240 + 240 * v:.1f}" y="{y + 11}">{v:.2f}</text>')
-    o.append("</svg>")
-    return "".join(o)
-
-
-def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
-    """``runs``: strategy name -> its trial records (all drawn on the Pareto plot)."""
-    acc_key = "top1" if report["baseline"].get("top1") is not None else "agreement"
-    pareto = {s: [(t["latency_ms"], 100 * t[acc_key]) for t in ts
-                  if t.get("status") == "ok" and t.get(acc_key) is not None] for s, ts in runs.items()}
-    base = report["baseline"]
-    extra = [(base["latency_ms"], 100 * base[acc_key], "baseline")] if base.get(acc_key) is not None else []
-    pvm = {s: [(t["latency_ms"], t["pred_ms"]) for t in ts
-               if t.get("status") == "ok" and t.get("pred_ms") is not None] for s, ts in runs.items()}
-    pvm = {k: v for k, v in pvm.items() if v}
-    keep = (report.get("best") or {}).get("keep") or {}
-    unit = " (EMULATED: functional only)" if report.get("emulated") else ""
-    if report.get("simulated"):
-        unit = " (SIMULATED: accelerator cycle model + host ops)"
-    best = report.get("best")
-    summary = (f"best: {best['latency_ms']:.3f} ms, {best['speedup']:.2f}x, accuracy drop "
-               f"{best['acc_drop']:.2f} points" if best else "no candidate met the goal")
-    cm = report.get("cost_model", {})
-    rm = report.get("remeasured")
-    if rm and rm.get("speedup"):
-        summary += (f"; re-measured round-robin ({rm['repeats']}x, medians): baseline "
-                    f"{rm['baseline_ms']:.3f} ms, best {rm['best_ms']:.3f} ms, {rm['speedup']:.2f}x")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>pfcompile run report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:20px auto}} pre{{background:#f4f4f4;padding:8px}}
-.g{{display:flex;flex-wrap:wrap;gap:12px}}</style></head><body>
-<h1>pfcompile run report{html.escape(unit)}</h1>
-{f"<p><b>{html.escape(report['note'])}</b></p>" if report.get("note") else ""}
-<p>baseline {base['latency_ms']:.3f} ms, {acc_key} {100 * (base.get(acc_key) or 0):.2f}%; {html.escape(summary)};
-{report['trials']} trials, {report['device_measurements']} device measurements,
-{report.get('kernel_measurements', 0)} kernel measurements.
-Cost model on held-out candidates: within 10%: {cm.get('within_10pct')}, Kendall tau: {cm.get('kendall_tau')}
-(n={cm.get('n_heldout')}).</p>
-<div class="g">
-{_scatter(pareto, 'measured latency (ms)' + unit, acc_key + ' (%)', 'Measured latency vs accuracy', extra=extra)}
-{_scatter(pvm, 'measured latency (ms)', 'predicted latency (ms)', 'Predicted vs measured latency', diagonal=True)}
-{_bars(keep, 'Best candidate: keep ratio per channel group')}
-</div>
-<h2>report.json</h2><pre>{html.escape(json.dumps(report, indent=1))}</pre>
-</body></html>"""
-
-
 def write_report(result, out_dir: str | Path, other_runs: dict[str, list[dict]] | None = None,
-                 final: dict | None = None, finetune: dict | None = None) -> dict:
+                 final: dict | None = None, finetune: dict | None = None,
+                 onnxruntime: dict | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rep = build_report(result, final, finetune)
+    rep = build_report(result, final, finetune, onnxruntime)
     (out / "report.json").write_text(json.dumps(rep, indent=1))
     runs = dict(other_runs or {})
     runs[result.strategy] = result.trials

@@ -141,7 +141,7 @@ class SearchSpace:
 def _keep_choices(channels: int, lanes: int, min_keep: float, partitions: int = 1) -> tuple[int, ...]:
     # whole vectors, half vectors only for groups narrower than two vectors: fewer
     # choices per knob; half vectors are vectorized as such by the schedules
-    # (schedules.base.vector_chunk: before that fix an 8-of-16-lane layer ran 20x slower)
+    # (codegen.templates.base.vector_chunk: before that fix an 8-of-16-lane layer ran 20x slower)
     step = lanes if channels >= 2 * lanes else max(1, lanes // 2)
     step = step * partitions // math.gcd(step, partitions)  # grouped convs: equal per part
     lo = max(step, math.ceil(min_keep * channels / step) * step)

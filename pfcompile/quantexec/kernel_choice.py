@@ -1,0 +1,131 @@
+"""Kernel selection: which integer template runs a layer on a target.
+
+A :class:`IntKernel` is a scheduled TIR PrimFunc plus the numpy function that
+lays the int8 weights out the way it reads them (done once, at compile time).
+Templates:
+
+* ``generic``: plain NCHW loops, parallel over output channels; any target.
+* ``x86-avx2-pmaddwd``: NCHW[2c] int16 pairs x OIHW[8o2i] int16 weights,
+  ``vpmaddwd`` (16 exact int16 MACs per instruction, no saturation), register
+  tile of output columns x 8 channels (see :mod:`pfcompile.quantexec.x86`).
+* ``depthwise``: per-channel 2-D loops vectorised along the output row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import s_tir, te, tirx
+
+from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec, qconv2d_compute, qdense_compute
+
+__all__ = ["IntKernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel"]
+
+
+@dataclass(frozen=True)
+class IntKernel:
+    name: str  # template name, reported per layer
+    func: tirx.PrimFunc
+    pack_weight: Callable[[np.ndarray], np.ndarray]
+
+
+def _identity(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.astype(np.int8))
+
+
+_X86_INT8 = ("avx2", "avx-vnni", "avx512-vnni", "vnni")
+
+
+def int8_dot_kind(target) -> str:
+    """``x86`` / ``neon`` / ``sdot`` / ``generic`` from a pfcompile Target.
+
+    Every x86 ``hardware.int8_dot`` value (``avx2``, ``avx-vnni``,
+    ``avx512-vnni``) implies AVX2, which is all the x86 template needs.
+    """
+    hw = getattr(target, "hardware", {}) or {}
+    kind = str(hw.get("int8_dot", "")).lower()
+    if kind in _X86_INT8:
+        return "x86"
+    mattr = [str(a) for a in (getattr(target, "tvm", {}) or {}).get("mattr", [])]
+    if kind == "sdot" or "+dotprod" in mattr:
+        return "sdot"
+    if kind == "neon" or getattr(target, "arch", "") == "aarch64":
+        return "neon"
+    return "generic"
+
+
+def _finish(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    # op_pattern 8 (opaque): FuseOps must not merge other ops into a scheduled kernel
+    return (func.with_attr("tirx.is_scheduled", True).with_attr("tir.noalias", True)
+            .with_attr("op_pattern", 8))
+
+
+def _generic_conv(sp: QConvSpec) -> tirx.PrimFunc:
+    func = te.create_prim_func(qconv2d_compute(sp))
+    sch = s_tir.Schedule(func)
+    if any(sp.padding):
+        sch.compute_inline(sch.get_sblock("pad"))
+    acc = sch.get_sblock("acc")
+    req = sch.get_sblock("requant")
+    n, o, i, _j = sch.get_loops(req)
+    fused = sch.fuse(n, o)
+    sch.parallel(fused)
+    sch.compute_at(acc, i)
+    return _finish(sch.mod["main"])
+
+
+def _depthwise_conv(sp: QConvSpec) -> tirx.PrimFunc:
+    """Depthwise: one output row at a time, taps outside, the row vectorised."""
+    func = te.create_prim_func(qconv2d_compute(sp))
+    sch = s_tir.Schedule(func)
+    if any(sp.padding):
+        pad = sch.get_sblock("pad")
+        pn, pc, _, pj = sch.get_loops(pad)
+        sch.parallel(sch.fuse(pn, pc))
+        sch.vectorize(pj)
+    acc = sch.get_sblock("acc")
+    req = sch.get_sblock("requant")
+    n, o, i, _j = sch.get_loops(req)
+    sch.parallel(sch.fuse(n, o))
+    sch.compute_at(acc, i)
+    aj, *taps = sch.get_loops(acc)[2:]  # the channel loop (extent 1) is gone
+    sch.reorder(*taps, aj)
+    sch.unroll(taps[-1])
+    lanes = 16 if sp.ow % 16 == 0 else (8 if sp.ow % 8 == 0 else 0)
+    if lanes:
+        _, ji = sch.split(aj, [None, lanes])
+        sch.vectorize(ji)
+        _, rj = sch.split(sch.get_loops(req)[-1], [None, lanes])
+        sch.vectorize(rj)
+    sch.decompose_reduction(acc, taps[0])
+    return _finish(sch.mod["main"])
+
+
+def _generic_dense(sp: QDenseSpec) -> tirx.PrimFunc:
+    func = te.create_prim_func(qdense_compute(sp))
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    req = sch.get_sblock("requant")
+    i, j = sch.get_loops(req)
+    sch.parallel(j if sp.m == 1 else i)
+    sch.compute_at(acc, j)
+    return _finish(sch.mod["main"])
+
+
+def select_conv_kernel(sp: QConvSpec, target) -> IntKernel:
+    kind = int8_dot_kind(target)
+    if kind == "x86" and sp.groups == 1:
+        from pfcompile.quantexec import x86
+
+        k = x86.avx2_conv_kernel(sp, target)
+        if k is not None:
+            return k
+    if sp.depthwise:
+        return IntKernel("depthwise", _depthwise_conv(sp), _identity)
+    return IntKernel("generic", _generic_conv(sp), _identity)
+
+
+def select_dense_kernel(sp: QDenseSpec, target) -> IntKernel:
+    return IntKernel("generic", _generic_dense(sp), _identity)
