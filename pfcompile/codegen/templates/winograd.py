@@ -271,7 +271,7 @@ class WinogradTemplate:
             for t in range(1, min(d["tiles"], 16) + 1):
                 acc = t * oc_tile * vpo
                 live = acc + (t if oc_tile > 1 else 2)
-                if acc > budget or live > hw.vector_registers:
+                if acc > budget or live > hw.vector_registers - 1:
                     break
                 loads = (t + oc_tile * vpo) / acc
                 tail = 1.0 if d["tiles"] % t else 0.0
