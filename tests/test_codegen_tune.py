@@ -141,3 +141,24 @@ def test_budget_is_a_hard_limit(demo_mod, tmp_path):
     tuned = [r for r in res if r.trials]
     # the heaviest workloads are the ones measured
     assert max(r.macs * r.count for r in tuned) == max(r.macs * r.count for r in res)
+
+
+def test_time_limit_stops_new_measurements(demo_mod, tmp_path):
+    timer = FakeTimer()
+    res = tune(demo_mod, HOST, timer, settings=TuneSettings(trials=100, time_limit_s=1e-3),
+               records_dir=tmp_path)
+    # the limit had passed before the first measurement: nothing measured, all said why
+    assert timer.calls == 0 and sum(r.trials for r in res) == 0
+    assert {r.skipped for r in res} == {"time limit reached"}
+    with pytest.raises(ConfigError, match="time-limit"):
+        TuneSettings(time_limit_s=0)
+
+
+def test_winograd_alternatives_are_tunable(demo_mod):
+    wls = tunable_workloads(demo_mod, HOST)
+    fams = [wl.family for _t, wl, _f, _c in wls]
+    # every Winograd-eligible 3x3 conv appears as direct, F(2x2) and F(4x4)
+    wino = [wl for _t, wl, _f, _c in wls if wl.family == "winograd"]
+    assert {wl.d["m"] for wl in wino} == {2, 4} and fams.count("conv2d") >= len(wino) // 2
+    weights = [wl.macs * c for _t, wl, _f, c in wls]
+    assert weights == sorted(weights, reverse=True)          # heaviest first
