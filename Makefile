@@ -12,7 +12,7 @@ ARCH := $(shell uname -m)
 # CPU builds of torch: 2.13.0 (a file on disk) on x86-64, 2.9.1 from the registry on aarch64
 TORCH := $(if $(filter aarch64 arm64,$(ARCH)),torch==2.9.1,torch==2.13.0)
 
-.PHONY: run test test-fast venv apt-deps arm64-device lint bench clean
+.PHONY: run test test-fast venv apt-deps arm64-device models lint bench clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -45,13 +45,19 @@ arm64-device: apt-deps
 	@if [ "$(ARCH)" = aarch64 ]; then echo "aarch64 machine: no emulated arm64 device needed"; \
 	else bash tools/setup_arm64_device.sh "$(PFCOMPILE_CACHE)/arm64-device"; fi
 
+# the real-model suite (pfcompile/realmodels.py): the PP-OCR models inside the
+# rapidocr-onnxruntime wheel (pip download --no-deps) and the dynamo-exported models,
+# cached in $(PFCOMPILE_CACHE)/models; the tests run offline afterwards
+models: $(STAMP)
+	$(PY) -m pfcompile.realmodels || echo "real-model suite unavailable: its tests will skip"
+
 run: $(STAMP)
 	$(VENV)/bin/pfcompile run
 
-test: $(STAMP) apt-deps arm64-device
+test: $(STAMP) apt-deps arm64-device models
 	$(PY) -m pytest -q -ra
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) models
 	$(PY) -m pytest -q -ra -m "not slow"
 
 lint: $(STAMP)

@@ -19,11 +19,11 @@ from pathlib import Path
 import onnx
 
 from pfcompile.errors import CompileError, ModelError, UnsupportedOpError
+from pfcompile.frontend import import_model
 from pfcompile.model import (
     TensorSpec,
     fix_input_shapes,
     input_specs,
-    load_onnx,
     model_hash,
     output_specs,
 )
@@ -154,14 +154,18 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
                   integer: bool = True) -> CompiledArtifact:
     """Compile ``model`` for ``target`` into ``out_dir`` (created).
 
-    ``input_shapes`` fixes dynamic input dims (``--input-shape``). QDQ models take
-    the integer path unless ``integer=False``.
+    ``input_shapes`` fixes dynamic input dims (``--input-shape``). A model file goes
+    through the import front end (:mod:`pfcompile.frontend`: dims bound, a dynamic
+    batch alone set to 1, Constant weights lifted, shape sub-graphs folded); an
+    in-memory model (pfcompile's own output) only has its dims bound. QDQ models
+    take the integer path unless ``integer=False``.
     """
     t0 = time.perf_counter()
     tgt = load_target(target) if isinstance(target, str) else target
     if isinstance(model, (str, Path)):
         source = str(model)
-        proto = load_onnx(model)
+        proto = import_model(model, input_shapes)
+        input_shapes = None
     else:
         source = "<in-memory>"
         proto = model

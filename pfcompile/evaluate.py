@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pfcompile import ir as pir
+from pfcompile.batching import batch_free
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError, ModelError
 from pfcompile.ir import ModelLike
@@ -59,12 +60,18 @@ def output_snr_db(out: np.ndarray, ref: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
+def _batched(model: ModelLike) -> ModelLike:
+    """``model`` with a free batch where provably safe (pfcompile.batching); otherwise
+    ``model`` itself, which ``run_ort`` runs at its fixed batch (one sample at a time)."""
+    return batch_free(pir.to_proto(model)) or model
+
+
 def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike | str | Path | None = None,
              batch: int = 256) -> dict:
     """Evaluate ``model`` on ``data`` (and against ``reference``); see the module docstring."""
     m = _model(model)
     check_calib_data(m, data, "evaluation data")
-    out = run_ort(m, data.inputs, batch)[0]
+    out = run_ort(_batched(m), data.inputs, batch)[0]
     pred = top1_classes(out)
     result: dict = dict.fromkeys(EVAL_FIELDS)
     if data.labels is not None:
@@ -74,7 +81,7 @@ def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike 
     if reference is not None:
         r = _model(reference)
         check_calib_data(r, data, "evaluation data (for the reference model)")
-        ref = run_ort(r, data.inputs, batch)[0]
+        ref = run_ort(_batched(r), data.inputs, batch)[0]
         result["agreement"] = float(np.mean(pred == top1_classes(ref)))
         result["output_snr_db"] = output_snr_db(out, ref)
     stats = model_stats(m)

@@ -26,6 +26,7 @@ __all__ = [
     "model_hash",
     "output_specs",
     "parse_input_shapes",
+    "sample_specs",
 ]
 
 
@@ -159,6 +160,20 @@ def input_specs(
             f"{[s.name for s in specs]}"
         )
     return specs
+
+
+def sample_specs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """Input specs for loading data (only the per-sample shape is checked): a dynamic
+    batch dim counts as 1; any other dynamic dim is an error naming --input-shape."""
+    inits = _initializer_names(model)
+    fixed = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        _, dims, _ = _value_info_spec(vi)
+        if dims and not isinstance(dims[0], int) and all(isinstance(d, int) for d in dims[1:]):
+            fixed[vi.name] = (1, *dims[1:])
+    return input_specs(model, fixed)
 
 
 def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:

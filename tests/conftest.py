@@ -8,10 +8,16 @@ session copies them into its own temp dir."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +155,60 @@ def int8_target(request):
     if missing:
         pytest.skip(f"this CPU lacks {', '.join(missing)}: {t.name} kernels cannot run here")
     return t
+
+
+# --- the emulated arm64 device (codegen and real-model tests) -------------------
+ARM64_DEVICE_DIR = Path(os.environ.get("PFCOMPILE_CACHE") or Path.home() / ".cache" / "pfcompile") \
+    / "arm64-device"
+ARM64_PORTS = range(9210, 9230)   # codegen's share of 9200-9249
+
+
+def _free_port() -> int:
+    for p in ARM64_PORTS:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return p
+            except OSError:
+                continue
+    pytest.skip("no free port in 9210-9229")
+
+
+@pytest.fixture(scope="module")
+def arm_device():
+    """An emulated arm64 rpc_server (qemu-user) for the module's tests: ``HOST:PORT``."""
+    wrapper, site = ARM64_DEVICE_DIR / "root" / "usr" / "bin" / "python3", ARM64_DEVICE_DIR / "site"
+    if not wrapper.exists() or not (site / "tvm").is_dir() or shutil.which("qemu-aarch64") is None:
+        pytest.skip(f"emulated arm64 device not prepared in {ARM64_DEVICE_DIR}")
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("cross compiler aarch64-linux-gnu-g++ missing")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONPATH"] = str(site)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen([str(wrapper), "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
+                             "--port", str(port), "--port-end", str(port + 1)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)   # its session workers die with it
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            log.seek(0)
+            if b"bind to" in log.read():
+                break
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"emulated rpc_server exited: {log.read()[-800:]!r}")
+            time.sleep(2)
+        time.sleep(2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)   # the server and the workers it forked
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()

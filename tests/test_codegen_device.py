@@ -4,14 +4,7 @@ latencies under qemu are not ARM latencies."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,61 +20,6 @@ from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 
 pytestmark = pytest.mark.slow
-
-DEVICE_DIR = Path(os.environ.get("PFCOMPILE_CACHE") or Path.home() / ".cache" / "pfcompile") \
-    / "arm64-device"
-PORTS = range(9210, 9230)   # codegen's share of 9200-9249
-
-
-def _free_port() -> int:
-    for p in PORTS:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-                return p
-            except OSError:
-                continue
-    pytest.skip("no free port in 9210-9229")
-
-
-@pytest.fixture(scope="module")
-def arm_device():
-    wrapper, site = DEVICE_DIR / "root" / "usr" / "bin" / "python3", DEVICE_DIR / "site"
-    if not wrapper.exists() or not (site / "tvm").is_dir() or shutil.which("qemu-aarch64") is None:
-        pytest.skip(f"emulated arm64 device not prepared in {DEVICE_DIR}")
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("cross compiler aarch64-linux-gnu-g++ missing")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONPATH"] = str(site)
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([str(wrapper), "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                             "--port", str(port), "--port-end", str(port + 1)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)   # its session workers die with it
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            log.seek(0)
-            if b"bind to" in log.read():
-                break
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"emulated rpc_server exited: {log.read()[-800:]!r}")
-            time.sleep(2)
-        time.sleep(2)
-        yield f"127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)   # the server and the workers it forked
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-
 
 class OddNet(nn.Module):
     """Shapes pruning produces: 37 channels, stride 2, depthwise, a dense head."""

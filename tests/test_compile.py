@@ -83,13 +83,23 @@ def test_unsupported_op_names_node_and_op(tmp_path):
 
 def test_dynamic_shape_needs_input_shape(tmp_path):
     p = tmp_path / "dyn.onnx"
-    onnx.save(_tiny_model(dynamic=True), p)
-    with pytest.raises(ModelError, match="--input-shape x:1x3x8x8"):
+    m = _tiny_model(dynamic=True)
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"   # height dynamic too
+    onnx.save(m, p)
+    with pytest.raises(ModelError, match="--input-shape x:1x3x1x8"):
         compile_model(p, "host", tmp_path / "o")
     art = compile_model(p, "host", tmp_path / "o", {"x": (2, 3, 8, 8)})
     assert art.meta["inputs"][0]["shape"] == [2, 3, 8, 8]
     with pytest.raises(ModelError, match="unknown input"):
         compile_model(p, "host", tmp_path / "o2", {"x": (1, 3, 8, 8), "nope": (1, 3, 8, 8)})
+
+
+def test_dynamic_batch_alone_defaults_to_one(tmp_path):
+    p = tmp_path / "dynb.onnx"
+    onnx.save(_tiny_model(dynamic=True), p)
+    art = compile_model(p, "host", tmp_path / "o")
+    assert art.meta["inputs"][0]["shape"] == [1, 3, 8, 8]
+    assert art.meta["outputs"][0]["shape"] == [1, 4, 8, 8]
 
 
 def test_unknown_target(tmp_path):

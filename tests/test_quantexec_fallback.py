@@ -99,3 +99,24 @@ def test_asymmetric_uint8_weights_warn_and_stay_float():
         got, ref, reports = _run(m)
     assert reports[0].path == "float" and "uint8" in reports[0].reason
     assert np.abs(got - ref).max() <= SY * 1.0001
+
+
+def test_integer_kernel_schedule_failure_falls_back_to_float(monkeypatch):
+    """A kernel whose schedule cannot be built for a layer's shape (seen on pruned PP-OCR
+    layers): the layer runs float, named with the reason; the model still compiles."""
+    from tvm import s_tir
+
+    from pfcompile.quantexec import lower
+
+    def broken(sp, target):
+        raise s_tir.ScheduleError("An error occurred in the schedule primitive 'reorder'.")
+
+    monkeypatch.setattr(lower, "select_conv_kernel", broken)
+    m = _conv_model(nh.from_array(W8, "wq"),
+                    nh.from_array(RNG.uniform(0.01, 0.02, 8).astype(np.float32), "sw"),
+                    {"axis": 0})
+    with pytest.warns(QuantFallbackWarning, match="no integer kernel schedule"):
+        got, ref, reports = _run(m)
+    assert np.abs(got - ref).max() <= SY * 1.0001
+    assert [r.path for r in reports] == ["float"]
+    assert "reorder" in reports[0].reason

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pfcompile.errors import ConfigError
 
-__all__ = ["jsonable", "load_data", "read_json"]
+__all__ = ["import_ir", "jsonable", "load_data", "read_json"]
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -24,9 +24,17 @@ def read_json(path: Path, what: str) -> dict:
 def load_data(model, path: Path):
     from pfcompile.data import load_npz
     from pfcompile.ir import to_proto
-    from pfcompile.model import input_specs
+    from pfcompile.model import sample_specs
 
-    return load_npz(path, input_specs(to_proto(model)))
+    return load_npz(path, sample_specs(to_proto(model)))
+
+
+def import_ir(path: Path, input_shape: list[str] | None, batch: int | None = 1):
+    """The import front end (pfcompile.frontend) as an ``onnx_ir.Model``."""
+    from pfcompile.frontend import import_ir as _import_ir
+    from pfcompile.model import parse_input_shapes
+
+    return _import_ir(path, parse_input_shapes(input_shape), batch=batch)
 
 
 def jsonable(d):

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pfcompile.cli._common import jsonable, load_data
+from pfcompile.cli._common import import_ir, jsonable, load_data
 
 __all__ = ["register"]
 
@@ -22,13 +22,16 @@ def evaluate_cmd(
     data: Annotated[Path, typer.Option("--data", help="validation .npz (x, optional labels y)")],
     reference: Annotated[Path | None, typer.Option("--reference", help="original .onnx to compare against")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to the data's batch)")] = None,
 ) -> None:
     """Top-1, agreement and output SNR vs a reference, MACs, params, size."""
-    from pfcompile import ir as pir
     from pfcompile.evaluate import evaluate
 
-    m = pir.load(model)
-    ref = pir.load(reference) if reference is not None else None
+    # evaluation keeps a dynamic batch free (the data is run in batches)
+    m = import_ir(model, input_shape, batch=None)
+    ref = import_ir(reference, input_shape, batch=None) if reference is not None else None
     result = evaluate(m, load_data(m, data), ref)
     if as_json:
         print(json.dumps(jsonable(result)))

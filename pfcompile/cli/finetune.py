@@ -43,6 +43,9 @@ def finetune_cmd(
     seed: Annotated[int, typer.Option(help="random seed (shuffling)")] = _D.seed,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the result as JSON here")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0 = torch's default)")] = 0,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to the training batch)")] = None,
 ) -> None:
     """Fine-tune STUDENT with labels and the teacher's softened outputs; write OUT
     with the same graph, names and (pruned) shapes."""
@@ -51,13 +54,16 @@ def finetune_cmd(
 
     from pfcompile.data import load_npz
     from pfcompile.finetune.train import EpochStats, data_specs, finetune
-    from pfcompile.model import load_onnx
+    from pfcompile.frontend import import_model
+    from pfcompile.model import parse_input_shapes
 
     settings = FinetuneSettings(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
                                 alpha=alpha, temperature=temperature, max_grad_norm=max_grad_norm,
                                 seed=seed)
-    s_model = load_onnx(student)
-    t_model = load_onnx(teacher) if teacher is not None else None
+    # the import front end; a dynamic batch stays free for batched training
+    shapes = parse_input_shapes(input_shape)
+    s_model = import_model(student, shapes, batch=None)
+    t_model = import_model(teacher, shapes, batch=None) if teacher is not None else None
     specs = data_specs(s_model)
     train = load_npz(data, specs)
     val_set = load_npz(val, specs) if val is not None else None

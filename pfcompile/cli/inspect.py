@@ -10,7 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pfcompile.model import load_onnx
+from pfcompile.frontend import import_model
+from pfcompile.model import parse_input_shapes
 from pfcompile.passes.report import inspect_model
 
 __all__ = ["register"]
@@ -22,6 +23,9 @@ def inspect_cmd(
     model: Annotated[Path, typer.Argument(help="ONNX model, or a compiled artifact folder")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON (usable as a prune "
                                           "config)")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to 1)")] = None,
 ) -> None:
     """List layers, channel groups (prunable or frozen and why), MACs, params, bytes.
     On a compiled artifact folder: which layers run integer / on the accelerator and
@@ -29,7 +33,7 @@ def inspect_cmd(
     if model.is_dir():
         _inspect_artifact(model, as_json)
         return
-    rep = inspect_model(load_onnx(model))
+    rep = inspect_model(import_model(model, parse_input_shapes(input_shape)))
     if as_json:
         typer.echo(json.dumps(rep, indent=1))
         return

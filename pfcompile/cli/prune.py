@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from pfcompile.errors import ConfigError
+from pfcompile.model import parse_input_shapes
 from pfcompile.passes.prune_config import CRITERIA, PruneConfig
 from pfcompile.passes.report import prune_file
 
@@ -35,6 +36,9 @@ def prune_cmd(
     round_to: Annotated[int | None, typer.Option(
         "--round", help="keep channel counts multiples of M")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to 1)")] = None,
 ) -> None:
     """Remove channels (structured pruning); the output is a smaller, valid ONNX graph."""
     if config is None and ratio is None:
@@ -50,7 +54,7 @@ def prune_cmd(
     if round_to is not None:
         fields["round"] = round_to
     cfg = PruneConfig.from_json(fields, where="command line")
-    summary = prune_file(model, output, cfg, data)
+    summary = prune_file(model, output, cfg, data, parse_input_shapes(input_shape))
     if as_json:
         typer.echo(json.dumps(summary, indent=1))
         return

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pfcompile.cli._common import load_data, read_json
+from pfcompile.cli._common import import_ir, load_data, read_json
 from pfcompile.errors import ConfigError
 
 __all__ = ["register"]
@@ -34,6 +34,9 @@ def quantize_cmd(
     codebook: Annotated[bool, typer.Option("--codebook", help="k-means codebook weights (2^bits centroids)")] = False,
     no_bias_correction: Annotated[bool, typer.Option("--no-bias-correction")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the quantization report as JSON")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to 1)")] = None,
 ) -> None:
     """Insert QDQ (per-channel int8 weights, calibrated uint8 activations), mixed 2-8 bits."""
     from pfcompile import ir as pir
@@ -56,7 +59,7 @@ def quantize_cmd(
     if no_bias_correction:
         cfg["bias_correction"] = False
     qc = QuantConfig.from_json(cfg)
-    m = pir.load(model)
+    m = import_ir(model, input_shape)
     calib_data = load_data(m, data) if data is not None else None
     result = quantize(m, qc, calib_data)
     pir.save(result.model, output)

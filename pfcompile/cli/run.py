@@ -158,9 +158,13 @@ def register(app: typer.Typer) -> None:
         accel_latency: Annotated[str, typer.Option(
             help="accelerator targets: optimize 'total' (simulated accelerator + measured host "
                  "ops) or 'accel' (simulated accelerator only)")] = "total",
+        input_shape: Annotated[list[str] | None, typer.Option(
+            "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+            "(a dynamic batch alone defaults to 1)")] = None,
     ) -> None:
         """Search compressed variants of MODEL for the fastest (or most accurate) one,
         measured on the target device."""
+        from pfcompile.model import parse_input_shapes
         from pfcompile.search.api import run
         from pfcompile.search.loop import SearchSettings
 
@@ -175,7 +179,8 @@ def register(app: typer.Typer) -> None:
             rep = run(model, target, data=data, calib=calib, settings=settings, device=device,
                       rpc=rpc, key=key, out_dir=out, resume=resume, cache_dir=cache_dir,
                       null_device=null_device, threads=threads, finetune=finetune, train=train,
-                      finetune_epochs=finetune_epochs, on_event=prog, accel_latency=accel_latency)
+                      finetune_epochs=finetune_epochs, on_event=prog, accel_latency=accel_latency,
+                      input_shapes=parse_input_shapes(input_shape))
         b, best = rep["baseline"], rep["best"]
         tag = " [EMULATED: functional only]" if rep["emulated"] else ""
         if rep.get("simulated"):

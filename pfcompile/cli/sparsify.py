@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pfcompile.cli._common import read_json
+from pfcompile.cli._common import import_ir, read_json
 from pfcompile.errors import ConfigError
 
 __all__ = ["register"]
@@ -29,6 +29,9 @@ def sparsify_cmd(
     config: Annotated[Path | None, typer.Option("--config", help="JSON: {sparsity, block, layers: {name: s}}")] = None,
     block: Annotated[str | None, typer.Option("--block", help="1x1 (unstructured) | 1x4 | 4x4")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the sparsity report as JSON")] = False,
+    input_shape: Annotated[list[str] | None, typer.Option(
+        "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
+        "(a dynamic batch alone defaults to 1)")] = None,
 ) -> None:
     """Magnitude-prune weights (unstructured or in blocks); zeros are stored in the initializers."""
     from pfcompile import ir as pir
@@ -42,7 +45,7 @@ def sparsify_cmd(
             cfg = SparsifyConfig(cfg.sparsity, block, cfg.layers)
     else:
         cfg = SparsifyConfig(sparsity=sparsity, block=block or "1x1")
-    result = sparsify(pir.load(model), cfg)
+    result = sparsify(import_ir(model, input_shape), cfg)
     pir.save(result.model, output)
     report = sparsity_report(result.model)
     if as_json:

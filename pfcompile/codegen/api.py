@@ -10,7 +10,8 @@ import tvm
 from pfcompile.codegen.kernels import make_timer
 from pfcompile.codegen.tune import TuneSettings, WorkloadResult, tune
 from pfcompile.errors import ConfigError
-from pfcompile.model import input_specs, load_onnx, parse_input_shapes
+from pfcompile.frontend import import_model
+from pfcompile.model import input_specs, parse_input_shapes
 from pfcompile.targets import Target, load_target
 
 __all__ = ["import_onnx", "tune_model"]
@@ -20,8 +21,8 @@ def import_onnx(path: str | Path, input_shapes: list[str] | None = None) -> tvm.
     """ONNX file → Relax module with weights as constants (pfcompile's importer)."""
     from pfcompile.compiler import import_relax
 
-    model = load_onnx(path)
-    return import_relax(model, input_specs(model, parse_input_shapes(input_shapes)))
+    model = import_model(path, parse_input_shapes(input_shapes))
+    return import_relax(model, input_specs(model))
 
 
 def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,

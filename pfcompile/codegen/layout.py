@@ -2,15 +2,27 @@
 NeoCPU approach) chosen per call, and ``relax.transform.ConvertLayout``
 propagates it through elementwise ops and pooling so that activations stay
 blocked between layers; only weights (constants, folded at compile time) and
-the graph's edges are transformed."""
+the graph's edges are transformed.
+
+Tensors that meet in one op (a Concat of 16 + 12 channels, an Add, a Split)
+must share a channel chunk, or ConvertLayout fails ("Invalid layout axis 8b").
+:func:`layout_classes` groups every conv's input and output into classes of
+tensors connected through non-conv ops and gives each class one chunk that
+divides every channel count in it (a power of two <= the vector block, or the
+count itself when the class has a single count <= the block). Ops whose layout
+TVM cannot convert (``conv2d_transpose``) keep NCHW: ConvertLayout inserts the
+transforms around them. If ConvertLayout still fails, the pipeline compiles
+the graph in plain NCHW (correct, slower; see ``pipeline.fuse_to_tir``)."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 from tvm import relax
 
 __all__ = ["canonicalize_for_layout", "channel_chunk", "conv_layouts", "convert_layout_pass",
-           "fold_constant_layout_transforms"]
+           "fold_constant_layout_transforms", "layout_classes"]
 
 
 def channel_chunk(channels: int, block: int) -> int:
@@ -25,9 +37,109 @@ def channel_chunk(channels: int, block: int) -> int:
     return max(b, 1)
 
 
-def conv_layouts(cin: int, cout: int, groups: int, block: int) -> list[str]:
-    """[data, kernel, out] layouts for one conv2d."""
-    ib, ob = channel_chunk(cin, block), channel_chunk(cout, block)
+def _class_chunk(counts: set[int], block: int) -> int:
+    """One chunk for a class of tensors with these channel counts."""
+    if len(counts) == 1:
+        return channel_chunk(next(iter(counts)), block)
+    b = block
+    while b > 1 and any(c % b for c in counts):
+        b //= 2
+    return max(b, 1)
+
+
+_NEW_LAYOUT_OPS = ("relax.nn.conv2d", "relax.nn.conv2d_transpose")
+
+
+def layout_classes(func: relax.Function, block: int) -> dict[relax.Call, tuple[int, int]]:
+    """Per conv2d call: (data chunk, output chunk) such that every tensor class
+    (tensors joined by non-conv ops: Concat, Add, Split, activations, pooling...)
+    has one chunk. Over-joining (e.g. through a reshape) only makes chunks smaller."""
+    parent: dict[object, object] = {}
+
+    def find(a):
+        parent.setdefault(a, a)
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(a, b):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+
+    def channels(e) -> int | None:
+        try:
+            shape = e.ty.shape
+            if len(shape) == 4:
+                return int(shape[1])
+        except (AttributeError, TypeError, ValueError):
+            return None
+        return None
+
+    counts: dict[object, int] = {}
+    convs: list[tuple[relax.Call, relax.Var]] = []
+
+    def tensor_args(call: relax.Call) -> list:
+        out = []
+        for a in call.args:
+            if isinstance(a, relax.Tuple):
+                out.extend(x for x in a.fields if isinstance(x, relax.Var))
+            elif isinstance(a, relax.Var):
+                out.append(a)
+        return out
+
+    for block_ in func.body.blocks:
+        for b in block_.bindings:
+            v, val = b.var, b.value
+            c = channels(v)
+            if c is not None:
+                counts[v] = c
+            find(v)
+            if isinstance(val, relax.Call) and hasattr(val.op, "name"):
+                args = tensor_args(val)
+                for a in args:
+                    c = channels(a)
+                    if c is not None:
+                        counts[a] = c
+                if val.op.name in _NEW_LAYOUT_OPS:
+                    if val.op.name == "relax.nn.conv2d":
+                        convs.append((val, v))
+                        ws = val.args[1].ty.shape
+                        xs = val.args[0].ty.shape
+                        try:
+                            dw = int(val.attrs.groups) == int(xs[1]) == int(ws[0])
+                        except (TypeError, ValueError):
+                            dw = False
+                        if dw and args:  # depthwise: one layout for input and output
+                            union(args[0], v)
+                    continue
+                for a in args:
+                    union(a, v)
+            elif isinstance(val, (relax.Var, relax.TupleGetItem, relax.Tuple)):
+                srcs = [val] if isinstance(val, relax.Var) else (
+                    [val.tuple_value] if isinstance(val, relax.TupleGetItem) else
+                    [x for x in val.fields if isinstance(x, relax.Var)])
+                for a in srcs:
+                    if isinstance(a, relax.Var):
+                        union(a, v)
+    per_class: dict[object, set[int]] = {}
+    for t, c in counts.items():
+        per_class.setdefault(find(t), set()).add(c)
+    chunk = {r: _class_chunk(cs, block) for r, cs in per_class.items()}
+    out: dict[relax.Call, tuple[int, int]] = {}
+    for call, v in convs:
+        x = call.args[0]
+        out[call] = (chunk.get(find(x), 1) if isinstance(x, relax.Var) else 1,
+                     chunk.get(find(v), 1))
+    return out
+
+
+def conv_layouts(cin: int, cout: int, groups: int, block: int,
+                 chunks: tuple[int, int] | None = None) -> list[str]:
+    """[data, kernel, out] layouts for one conv2d (``chunks``: from :func:`layout_classes`)."""
+    ib, ob = chunks if chunks is not None else (channel_chunk(cin, block),
+                                                channel_chunk(cout, block))
     if groups == 1:
         return [f"NCHW{ib}c", f"OIHW{ib}i{ob}o", f"NCHW{ob}c"]
     if groups == cin == cout:
@@ -36,22 +148,74 @@ def conv_layouts(cin: int, cout: int, groups: int, block: int) -> list[str]:
 
 
 def convert_layout_pass(block: int):
-    """``ConvertLayout`` with a per-call callback (NCHW convs only)."""
+    """``ConvertLayout`` with a per-call callback (NCHW convs only), chunks chosen per
+    tensor class (:func:`layout_classes`); ``conv2d_transpose`` stays NCHW."""
+    import tvm
 
-    def cb(call: relax.Call) -> dict:
-        if call.op.name != "relax.nn.conv2d":
-            return {}
-        a = call.attrs
-        if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW":
-            return {}
-        xs, ws = call.args[0].ty.shape, call.args[1].ty.shape
-        try:
-            cin, cout = int(xs[1]), int(ws[0])
-        except TypeError:  # symbolic channels: leave as is
-            return {}
-        return {"relax.nn.conv2d": conv_layouts(cin, cout, int(a.groups), block)}
+    @tvm.transform.module_pass(opt_level=0, name="PfcompileConvertLayout")
+    def _pass(mod, ctx):
+        chunks: dict = {}
+        for f in mod.functions.values():
+            if isinstance(f, relax.Function):
+                chunks.update(layout_classes(f, block))
 
-    return relax.transform.ConvertLayout({}, cb)
+        def cb(call: relax.Call) -> dict:
+            if call.op.name == "relax.nn.conv2d_transpose":
+                return {"relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
+            if call.op.name != "relax.nn.conv2d":
+                return {}
+            a = call.attrs
+            if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW":
+                return {}
+            xs, ws = call.args[0].ty.shape, call.args[1].ty.shape
+            try:
+                cin, cout = int(xs[1]), int(ws[0])
+            except TypeError:  # symbolic channels: leave as is
+                return {}
+            return {"relax.nn.conv2d": conv_layouts(cin, cout, int(a.groups), block,
+                                                    chunks.get(call))}
+
+        return relax.transform.ConvertLayout({}, cb)(split_to_slices(mod))
+
+    return _pass
+
+
+def split_to_slices(mod):
+    """``split`` on the channel axis -> one ``strided_slice`` per part. TVM 0.27's
+    ConvertLayout moves a channel split into NCHW[x]c without scaling its indices
+    (the second part comes out empty); slices convert correctly."""
+    import tvm
+
+    @relax.expr_functor.mutator
+    class _Splitter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+                    and call.op.name == "relax.split"):
+                return call
+            try:
+                shape = [int(d) for d in call.args[0].ty.shape]
+            except (TypeError, ValueError, AttributeError):
+                return call
+            axis = int(call.attrs.axis) % len(shape)
+            if axis != 1:
+                return call
+            ind = call.attrs.indices_or_sections
+            if not hasattr(ind, "__len__"):   # a number of equal sections
+                n = int(ind)
+                step = shape[1] // n
+                bounds = [i * step for i in range(n + 1)]
+            else:
+                bounds = [0, *[int(i) for i in ind], shape[1]]
+            parts = [relax.op.strided_slice(call.args[0], [1], [lo], [hi])
+                     for lo, hi in itertools.pairwise(bounds)]
+            return relax.Tuple([self.builder_.emit(p) for p in parts])
+
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = _Splitter().visit_expr(func)
+    return relax.transform.Normalize()(out)
 
 
 _OPS = {"FloorDiv": lambda a, b: a // b, "FloorMod": lambda a, b: a % b,

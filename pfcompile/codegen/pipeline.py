@@ -74,14 +74,20 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     (:func:`pfcompile.codegen.templates.winograd.choose_algorithm`); ``winograd`` = 0 turns
     Winograd off, 2 or 4 forces that tile size on every eligible conv."""
     hw = Hardware.from_target(target)
-    pre = tvm.transform.Sequential([
-        tvm.transform.module_pass(lambda m, _c: canonicalize_for_layout(fuse_layer_norm(m)),
-                                  opt_level=0, name="pfcompile_canonicalize"),
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.Normalize(),
-        convert_layout_pass(channel_block(hw)),
-        relax.transform.Normalize(),
-    ])
+    canonical = tvm.transform.module_pass(
+        lambda m, _c: canonicalize_for_layout(fuse_layer_norm(m)), opt_level=0,
+        name="pfcompile_canonicalize")
+    decompose = tvm.transform.Sequential([canonical, relax.transform.DecomposeOpsForInference(),
+                                          relax.transform.Normalize()])
+    blocked = tvm.transform.Sequential([convert_layout_pass(channel_block(hw)),
+                                        relax.transform.Normalize()])
+
+    def pre(m: tvm.IRModule) -> tvm.IRModule:
+        m = decompose(m)
+        try:
+            return blocked(m)
+        except Exception:  # noqa: BLE001 - a layout TVM cannot convert: plain NCHW, correct
+            return m
     seq = tvm.transform.Sequential([
         relax.transform.LegalizeOps({"relax.nn.conv2d": conv2d_legalizer(hw, db, force=winograd),
                                      **FAST_MATH_LEGALIZE}),

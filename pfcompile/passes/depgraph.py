@@ -3,8 +3,11 @@
 Every channel a Conv / Gemm / MatMul produces is an *atom*. Each value with a
 channel axis (axis 1) gets a *layout*: the atom behind each position of that
 axis. Ops move layouts along: activations, BatchNorm, pooling, Resize, Pad
-copy them; depthwise Conv repeats them; Concat concatenates and Split slices
-them; Flatten / Reshape into a Gemm repeats each atom H*W times (a channel
+copy them; depthwise Conv repeats them; ConvTranspose (group 1) reads them
+through its weight's axis 0 and produces new ones on axis 1; Softmax over a
+non-channel axis and LayerNormalization over spatial axes copy them (over the
+channel axis they freeze: the statistics change with the channel count);
+Concat concatenates and Split slices them; Flatten / Reshape into a Gemm repeats each atom H*W times (a channel
 owns H*W features). Ops that combine tensors element-wise (Add, Sub, Mul with
 broadcasting, e.g. squeeze-excitation) make the atoms at the same position
 equal (union-find). Atoms that end up equal form a *channel*; channels whose
@@ -15,7 +18,9 @@ Anything the analysis cannot reason about freezes the atoms it touches: graph
 inputs and outputs, constants concatenated on the channel axis, and every
 node of an op not handled here (or handled but used in a way we cannot
 follow, e.g. a Concat on another axis with mismatched layouts). A frozen group
-is never pruned; its ``frozen_reason`` names the node and op.
+is never pruned; its ``frozen_reason`` names the node and op. Token layouts
+([N, T, C] with channels last: attention, transformer MLPs, LayerNorm over the
+last axis) are not followed yet: they freeze with a reason that says so.
 
 Grouped (non-depthwise) Conv needs the same number of channels removed from
 each of its groups, on its input and its output, and so does a channel Split
@@ -281,6 +286,49 @@ class _Analyzer:
             self.constraints.append((x, np.arange(cin) // (cin // g), node, True))
             self.constraints.append((out, np.arange(cout) // (cout // g), node, True))
 
+    def op_ConvTranspose(self, node: ir.Node) -> None:
+        """Weight [C_in, C_out/group, k...]: input channels are read through axis 0, output
+        channels produced along axis 1 (a new source, like Conv)."""
+        w = node.inputs[1]
+        wshape = static_shape(w)
+        x = self.layout(node.inputs[0])
+        if w is None or w.const_value is None or wshape is None or x is None \
+                or len(wshape) < 3 or wshape[0] != len(x):
+            self.unhandled(node, "weight is not a constant or input shape unknown")
+            return
+        if len(node.inputs) > 2 and node.inputs[2] is not None \
+                and node.inputs[2].const_value is None:
+            self.unhandled(node, "bias is not a constant")
+            return
+        if attr_int(node, "group", 1) != 1:
+            self.unhandled(node, "grouped ConvTranspose is not followed")
+            return
+        self.layouts[node.outputs[0]] = self.new_atoms(wshape[1], node, node.name)
+
+    def op_Softmax(self, node: ir.Node) -> None:
+        shape = static_shape(node.inputs[0])
+        axis = attr_int(node, "axis", -1)
+        if shape is None or len(shape) < 2:
+            self.unhandled(node, "input shape unknown")
+        elif axis % len(shape) == 1:
+            self.unhandled(node, "normalises over the channel axis (removing a channel "
+                                 "changes every other channel's value)")
+        else:
+            self.op_passthrough(node)
+
+    op_LogSoftmax = op_Softmax
+
+    def op_LayerNormalization(self, node: ir.Node) -> None:
+        shape = static_shape(node.inputs[0])
+        axis = attr_int(node, "axis", -1)
+        if shape is None or len(shape) < 2:
+            self.unhandled(node, "input shape unknown")
+        elif axis % len(shape) <= 1:
+            self.unhandled(node, "normalises over the channel axis (its statistics would "
+                                 "change with the channel count)")
+        else:  # statistics and scale over spatial axes only, per channel (like InstanceNorm)
+            self.op_passthrough(node)
+
     def op_Gemm(self, node: ir.Node) -> None:
         x = self.layout(node.inputs[0])
         b = node.inputs[1]
@@ -303,7 +351,11 @@ class _Analyzer:
         x = self.layout(node.inputs[0])
         if x is None or b is None or b.const_value is None or a_shape is None \
                 or len(a_shape) != 2 or len(b.const_value.shape) != 2:
-            self.unhandled(node, "needs a 2-D input and a constant 2-D B")
+            why = "needs a 2-D input and a constant 2-D B"
+            if a_shape is not None and len(a_shape) == 3:
+                why = ("a token layout [N, T, C] (channels on the last axis, as in attention "
+                       "and transformer MLPs) is not followed yet")
+            self.unhandled(node, why)
             return
         self.sinks.append(Sink(node, "matmul"))
         self.layouts[node.outputs[0]] = self.new_atoms(b.const_value.shape[1], node, node.name)

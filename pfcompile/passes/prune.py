@@ -168,6 +168,12 @@ def _rewrite(dg: DepGraph, removed: list[np.ndarray],
             continue
         if op == "Conv":
             _rewrite_conv(dg, graph, node, kin, kout, recon)
+        elif op == "ConvTranspose":  # weight [C_in, C_out, k...], group 1
+            w = const_array(node.inputs[1])
+            kin_ = np.ones(w.shape[0], bool) if kin is None else kin
+            kout_ = np.ones(w.shape[1], bool) if kout is None else kout
+            set_initializer(graph, node, 1, np.ascontiguousarray(w[kin_][:, kout_]))
+            _bias(graph, node, 2, kout_)
         elif op in ("Gemm", "MatMul"):
             _rewrite_gemm(dg, graph, node, kin, kout, recon)
         elif op in ("BatchNormalization", "InstanceNormalization"):

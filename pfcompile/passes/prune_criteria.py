@@ -28,10 +28,14 @@ def l1_scores(dg: DepGraph) -> list[np.ndarray]:
         w = np.abs(w.astype(np.float64))
         if node.op_type == "Conv":
             norms = w.reshape(n, -1).mean(1)
+        elif node.op_type == "ConvTranspose":  # [C_in, C_out, k...]: filters on axis 1
+            norms = np.moveaxis(w, 1, 0).reshape(w.shape[1], -1).mean(1)
         elif node.op_type == "Gemm" and attr_int(node, "transB", 0):
             norms = w.mean(1)
         else:  # Gemm transB=0 and MatMul: B is [K, N]
             norms = w.mean(0)
+        if norms.shape != (n,):
+            continue  # a frozen layer whose weight the analysis did not follow
         norms = norms / max(norms.mean(), 1e-12)
         atoms = np.arange(first, first + n)
         for gi, ch, s in zip(dg.atom_group[atoms], dg.atom_channel[atoms], norms):

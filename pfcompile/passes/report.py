@@ -10,7 +10,8 @@ import onnx_ir as ir
 from pfcompile import ir as pir
 from pfcompile.data import Dataset, load_npz
 from pfcompile.errors import ConfigError
-from pfcompile.model import input_specs, load_onnx
+from pfcompile.frontend import import_model
+from pfcompile.model import input_specs
 from pfcompile.passes.canonical import canonical_passes, canonicalize
 from pfcompile.passes.canonical_bn import FoldBatchNormPass
 from pfcompile.passes.depgraph import analyze
@@ -40,12 +41,14 @@ def inspect_model(model: pir.ModelLike) -> dict[str, Any]:
 
 
 def prune_file(model_path: str | Path, out_path: str | Path, config: PruneConfig,
-               data_path: str | Path | None = None) -> dict[str, Any]:
-    """Load, canonicalise (BN kept for the bn criterion), prune, fold BN, save.
+               data_path: str | Path | None = None,
+               input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Import (:mod:`pfcompile.frontend`), canonicalise (BN kept for the bn
+    criterion), prune, fold BN, save.
 
     Nothing is written unless every step succeeded.
     """
-    proto = load_onnx(model_path)
+    proto = import_model(model_path, input_shapes)
     calib: Dataset | None = None
     if data_path is not None:
         calib = load_npz(data_path, input_specs(proto))

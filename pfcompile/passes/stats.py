@@ -5,7 +5,10 @@ ConvTranspose, Gemm and MatMul, from the shapes in the graph (so a pruned
 model's smaller tensors give smaller numbers, and a sparsified model whose
 zeros are still stored gives the same numbers: sparsity is reported by the
 sparsify pass). Parameters are the elements of every initializer and Constant
-tensor; bytes are their storage in the ONNX file (int8 weights count 1 byte).
+tensor except int64 ones (shapes, axes, indices: not weights); bytes are their
+storage in the ONNX file (int8 weights count 1 byte). A shape that is not static
+(a dynamic dim) gives no MACs rather than a negative count: run the model through
+the import front end (``--input-shape``) first.
 A layer's parameters include weights reached through DequantizeLinear, Cast or
 Identity, so a QDQ model's Conv owns its int8 weight, scale and zero point.
 """
@@ -66,9 +69,10 @@ def _shape(v: ir.Value | None) -> tuple[int, ...] | None:
     if v.shape is None:
         return None
     try:
-        return tuple(int(d) for d in v.shape)
+        dims = tuple(int(d) for d in v.shape)
     except (TypeError, ValueError):
         return None
+    return dims if all(d >= 0 for d in dims) else None  # -1: a dynamic dim written as a value
 
 
 def _tensor_size(t: ir.TensorProtocol) -> tuple[int, int]:
@@ -139,6 +143,9 @@ def model_stats(model: ModelLike) -> ModelStats:
     total_params = total_bytes = 0
     sizes: dict[int, tuple[int, int]] = {}
     for key, v in const_values.items():
+        if v.const_value.dtype == ir.DataType.INT64:
+            sizes[key] = (0, 0)   # a shape / axes / indices constant, not a weight
+            continue
         sizes[key] = _tensor_size(v.const_value)
         total_params += sizes[key][0]
         total_bytes += sizes[key][1]

@@ -64,6 +64,18 @@ class _NoMatch(Exception):
 
 
 # ----------------------------------------------------------------------------- helpers
+def _kernel(select, sp, target) -> IntKernel:
+    """The integer kernel for ``sp``, or _NoMatch (the layer stays float) when its
+    schedule cannot be built for this shape: a correct, slower layer, never a failed
+    compile."""
+    try:
+        return select(sp, target)
+    except (ValueError, RuntimeError) as exc:   # s_tir.ScheduleError is a RuntimeError
+        first = str(exc).strip().splitlines()
+        raise _NoMatch(f"no integer kernel schedule for this shape ({type(exc).__name__}: "
+                       f"{first[0][:120] if first else ''})") from exc
+
+
 def _ty(expr):
     return getattr(expr, "struct_info", None) or expr.ty
 
@@ -355,7 +367,7 @@ def _match_layer(g: _Graph, y, target, out: _Out) -> _Plan:
         if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
             raise _NoMatch("bias add broadcasts the conv output")
         wsum = wq.reshape(sp.oc, -1).astype(np.int64).sum(axis=1)
-        kernel = select_conv_kernel(sp, target)
+        kernel = _kernel(select_conv_kernel, sp, target)
         wpacked = kernel.pack_weight(wq)
         out_shape = (sp.n, sp.oc, sp.oh, sp.ow)
     elif op == "relax.matmul":
@@ -380,7 +392,7 @@ def _match_layer(g: _Graph, y, target, out: _Out) -> _Plan:
         if bias_expr is not None and _shape(g.value(y)) != _shape(layer):
             raise _NoMatch("bias add broadcasts the matmul output")
         wsum = wq.astype(np.int64).sum(axis=1)
-        kernel = select_dense_kernel(sp, target)
+        kernel = _kernel(select_dense_kernel, sp, target)
         wpacked = kernel.pack_weight(wq)
         out_shape = (sp.m, sp.o)
     else:  # pragma: no cover - _split_bias only returns layer ops

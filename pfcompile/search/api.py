@@ -14,7 +14,8 @@ from pfcompile import paths
 from pfcompile.data import Dataset, load_npz
 from pfcompile.device import free_port, serve
 from pfcompile.errors import ConfigError, DeviceError, SearchError
-from pfcompile.model import input_specs, load_onnx
+from pfcompile.frontend import import_model
+from pfcompile.model import input_specs
 from pfcompile.paths import demo_paths
 from pfcompile.search.confirm import split_for_confirmation
 from pfcompile.search.devices import NullDevice, RPCDevice
@@ -63,7 +64,8 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         threads: int | None = None, final_repeats: int = 3,
         finetune: bool | None = None, train: str | Path | None = None, finetune_epochs: int = 10,
         on_event: Callable[[str, dict], None] | None = None,
-        accel_latency: str = "total") -> dict:
+        accel_latency: str = "total",
+        input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
     """Search, then write DIST; returns the report dict.
 
     ``data`` is split once (``settings.confirm_fraction``, seeded by ``settings.seed``,
@@ -81,6 +83,8 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
     onnxruntime (own process, same thread count), alternating with the final
     re-measurement: ``onnxruntime`` and ``speedup_vs_onnxruntime`` in the report.
 
+    ``input_shapes`` binds dynamic input dims (``--input-shape``).
+
     Accelerator targets (``targets/fpga-*.toml``): candidates are quantized for the
     accelerator and measured on the simulator device (``--device``/``--rpc``, else one
     started here); ``accel_latency`` is what is optimized: ``total`` (simulated
@@ -91,7 +95,9 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         model_path, demo_val, demo_calib = demo_paths()
         data = data or demo_val
         calib = calib or demo_calib
-    model = load_onnx(model_path)
+    # the import front end: dynamic dims bound (--input-shape; a free batch -> 1),
+    # Constant weights lifted, shape sub-graphs folded (pfcompile.frontend)
+    model = import_model(model_path, input_shapes)
     specs = input_specs(model)
     tgt = load_target(target)
     dataset = load_npz(data, specs) if data else _random_data(model)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from pfcompile.batching import batch_free
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError
 from pfcompile.reference import reference_session
@@ -33,21 +34,6 @@ class Accuracy:
         return self.top1 if self.top1 is not None else self.agreement
 
 
-def _dynamic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inits = {t.name for t in m.graph.initializer}
-    for vi in list(m.graph.input) + list(m.graph.output):
-        if vi.name in inits:
-            continue
-        d = vi.type.tensor_type.shape.dim
-        if len(d):
-            d[0].Clear()
-            d[0].dim_param = "N"
-    del m.graph.value_info[:]
-    return m
-
-
 class Evaluator:
     """Holds the data and the original model's outputs; scores candidates."""
 
@@ -58,19 +44,19 @@ class Evaluator:
         self.ref_pred = self._predict(reference)
         self.reference = self.score(reference)
 
-    def _session(self, model: onnx.ModelProto, dynamic: bool):
+    def _session(self, model: onnx.ModelProto):
         # the reference session: an int8 candidate is scored as written (as `pfcompile
         # evaluate` scores it), not by onnxruntime's CPU-dependent fused int8 kernels
-        return reference_session(_dynamic_batch(model) if dynamic else model, threads=1)
+        return reference_session(model, threads=1)
 
     def _predict(self, model: onnx.ModelProto, n: int | None = None) -> np.ndarray:
         n = len(self.data) if n is None else min(n, len(self.data))
-        try:
-            s, step = self._session(model, True), self.batch
-            outs = [s.run(None, self.data.batch(i, min(n, i + step)))[0] for i in range(0, n, step)]
-        except Exception:  # noqa: BLE001 - a batch-1-only graph (hard-coded Reshape): one sample at a time
-            s = self._session(model, False)
-            outs = [s.run(None, self.data.batch(i, i + 1))[0] for i in range(n)]
+        # batched only where provably per-sample identical (pfcompile.batching); a graph
+        # that fixes its batch (e.g. Reshape constants [1, 200]) runs one sample at a time
+        free = batch_free(model)
+        s, step = (self._session(free), self.batch) if free is not None \
+            else (self._session(model), 1)
+        outs = [s.run(None, self.data.batch(i, min(n, i + step)))[0] for i in range(0, n, step)]
         y = np.concatenate(outs)
         if not np.all(np.isfinite(y)):
             return np.full(n, -1)
