@@ -161,22 +161,22 @@ def layers(args) -> None:
 
 
 def models(args) -> None:
-    import onnx
     import tvm
     from bench_vs_ort import resolve_model
     from tvm import relax
 
     from pfcompile import codegen
     from pfcompile.compiler import import_relax
-    from pfcompile.model import input_specs, parse_input_shapes
+    from pfcompile.frontend import import_model
+    from pfcompile.model import input_specs
     from pfcompile.targets import load_target
 
     tgt = load_target(args.target)
     dev = tvm.cpu()
     for name in args.models:
         path, shapes = resolve_model(name, args.input_shape)
-        model = onnx.load(str(path))
-        specs = input_specs(model, shapes or parse_input_shapes(None))
+        model = import_model(path, shapes)     # the compiler's front end
+        specs = input_specs(model)
         mod = import_relax(model, specs)
         variants = {"direct only": 0, "per-layer choice": None}
         vms, xs = {}, None
