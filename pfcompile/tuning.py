@@ -20,6 +20,7 @@ def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,
                tuner: str = "pfcompile", device: str | None = None, rpc: str | None = None,
                key: str | None = None, records_dir: Path | None = None,
                input_shapes: list[str] | None = None, retune: bool = False,
+               time_limit_s: float | None = None,
                log: Callable[[str], None] | None = None) -> list[WorkloadResult]:
     tgt = target if isinstance(target, Target) else load_target(target)
     from pfcompile.compiler import import_onnx
@@ -37,7 +38,8 @@ def tune_model(model: str | Path, target: str | Target, *, trials: int = 32,
                           "(--device HOST:PORT or --rpc TRACKER --key KEY)")
     timer = make_timer(tgt, device=device, rpc=rpc, key=key)
     try:
-        return tune(mod, tgt, timer, settings=TuneSettings(trials=trials, retune=retune),
+        return tune(mod, tgt, timer, settings=TuneSettings(trials=trials, retune=retune,
+                                                        time_limit_s=time_limit_s),
                     records_dir=records_dir, log=log)
     finally:
         timer.close()

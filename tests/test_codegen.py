@@ -160,11 +160,15 @@ def test_heuristic_reads_the_target_file():
     wl = Workload("conv2d", dims_tuple(dims), 1, "NCHW8c->NCHW8c")
     p_host = Conv2dTemplate().heuristic(wl, h_host)
     p_arm = Conv2dTemplate().heuristic(wl, h_arm)
-    # AVX2: 8 lanes = one vector per 8 channels, 16 registers → ≤ 14 accumulators:
-    # the largest divisor of 60 that fits is 12
-    assert (p_host.ow_tile, p_host.oc_tile) == (12, 1)
-    # NEON: two vectors per 8 channels, 32 registers → ≤ 30 accumulators: 15 × 2
-    assert (p_arm.ow_tile, p_arm.oc_tile) == (15, 1)
+    # fewest loads per FMA with accumulators + live input broadcasts ≤ the register file
+    # and a width tile that divides 60. AVX2 (one vector per 8 channels, 16 registers):
+    # 3 columns x 4 channel chunks = 12 accumulators + 3 broadcasts = 15, 7 loads / 12 FMAs
+    assert (p_host.ow_tile, p_host.oc_tile) == (3, 4)
+    # NEON (two vectors per 8 channels, 32 registers): 6 x 2 = 24 accumulators + 6 = 30
+    assert (p_arm.ow_tile, p_arm.oc_tile) == (6, 2)
+    for p, h in ((p_host, h_host), (p_arm, h_arm)):
+        vpo = 8 // h.fp32_lanes
+        assert p.ow_tile * p.oc_tile * vpo + p.ow_tile <= h.vector_registers
 
 
 def test_records_are_used_and_transferred(tmp_path):

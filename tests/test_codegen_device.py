@@ -87,3 +87,51 @@ def test_arm64_kernels_time_over_rpc(arm_device, tmp_path):
     timer = RPCKernelTimer(device=arm_device, number=1, repeat=1, min_repeat_ms=0)
     res = time_kernels(import_onnx(path), load_target("arm64"), timer, records_dir=tmp_path)
     assert res and all(t.ms is not None and t.ms > 0 for t in res.values()), res
+
+
+class WinoNet(nn.Module):
+    """Two 3x3 stride-1 convs (Winograd-eligible with 8-channel NEON chunks) and a residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(16, 16, 3, 1, 1), nn.Conv2d(16, 16, 3, 1, 1)
+
+    def forward(self, x):
+        return torch.relu(self.c2(torch.relu(self.c1(x))) + x)
+
+
+class TinyEncoder(nn.Module):
+    """LayerNorm, one attention head (MatMul / Softmax), GELU MLP."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.n = nn.LayerNorm(dim)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        h = self.n(x)
+        att = torch.softmax(self.q(h) @ self.k(h).transpose(-2, -1) * 0.25, -1)
+        return x + self.fc(torch.nn.functional.gelu(att @ self.v(h)))
+
+
+@pytest.mark.parametrize("which", ["winograd2", "winograd4", "encoder"])
+def test_arm64_winograd_and_attention_match_onnxruntime(arm_device, which, tmp_path):
+    arm = load_target("arm64")
+    torch.manual_seed(0)
+    if which == "encoder":
+        path = zoo.export_onnx(TinyEncoder().eval(), tmp_path / "enc.onnx", (1, 12, 16), opset=17)
+        wino, want = None, {"matmul", "norm"}
+    else:
+        path = zoo.export_onnx(WinoNet(), tmp_path / "w.onnx", (1, 16, 10, 10))
+        wino, want = int(which[-1]), {"winograd"}
+    model = onnx.load(str(path))
+    inp = model.graph.input[0]
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    x = np.random.default_rng(1).standard_normal(shape).astype("float32")
+    ref = reference_session(path).run(None, {inp.name: x})[0]
+    report: list = []
+    ex = codegen.build(import_onnx(path), arm, records_dir=tmp_path, report=report, winograd=wino)
+    assert want <= {r.family for r in report}
+    out = _run_remote(arm_device, ex, arm, x)
+    np.testing.assert_allclose(out, ref, rtol=2e-4, atol=2e-4 * max(1.0, float(np.abs(ref).max())))

@@ -57,9 +57,11 @@ def test_tunable_workloads_are_distinct(demo_mod):
 
 def test_tune_writes_records_then_reuses_them(demo_mod, tmp_path):
     timer = FakeTimer()
-    settings = TuneSettings(trials=30, batch=3)
+    # enough for every workload (Winograd alternatives included) to get 2 or more
+    trials = 2 * len(tunable_workloads(demo_mod, HOST)) + 4
+    settings = TuneSettings(trials=trials, batch=3)
     res = tune(demo_mod, HOST, timer, settings=settings, records_dir=tmp_path)
-    assert sum(r.trials for r in res) >= 30 - len(res)
+    assert sum(r.trials for r in res) >= trials - len(res)
     assert all(r.best_ms is not None and r.best_ms <= r.heuristic_ms for r in res)
     path = records_path(tmp_path, HOST.name)
     lines = [json.loads(x) for x in path.read_text().splitlines()]
@@ -104,8 +106,9 @@ def test_local_tuning_measures_real_kernels(tmp_path):
     """A real (small) tuning run on this CPU: kernels built, run, checked, timed."""
     path = zoo.export_onnx(zoo.PlainCNN(), tmp_path / "plain.onnx", (1, 1, 8, 8))
     mod = import_onnx(path)
+    trials = 2 * len(tunable_workloads(mod, HOST))
     res = tune(mod, HOST, LocalKernelTimer(number=2, repeat=2, min_repeat_ms=0),
-               settings=TuneSettings(trials=8, batch=4), records_dir=tmp_path)
+               settings=TuneSettings(trials=trials, batch=4), records_dir=tmp_path)
     assert res and all(r.best_ms and r.best_ms > 0 for r in res)
     timings = time_kernels(mod, HOST, LocalKernelTimer(number=2, repeat=1, min_repeat_ms=0),
                            records_dir=tmp_path)
@@ -140,3 +143,24 @@ def test_budget_is_a_hard_limit(demo_mod, tmp_path):
     tuned = [r for r in res if r.trials]
     # the heaviest workloads are the ones measured
     assert max(r.macs * r.count for r in tuned) == max(r.macs * r.count for r in res)
+
+
+def test_time_limit_stops_new_measurements(demo_mod, tmp_path):
+    timer = FakeTimer()
+    res = tune(demo_mod, HOST, timer, settings=TuneSettings(trials=100, time_limit_s=1e-3),
+               records_dir=tmp_path)
+    # the limit had passed before the first measurement: nothing measured, all said why
+    assert timer.calls == 0 and sum(r.trials for r in res) == 0
+    assert {r.skipped for r in res} == {"time limit reached"}
+    with pytest.raises(ConfigError, match="time-limit"):
+        TuneSettings(time_limit_s=0)
+
+
+def test_winograd_alternatives_are_tunable(demo_mod):
+    wls = tunable_workloads(demo_mod, HOST)
+    fams = [wl.family for _t, wl, _f, _c in wls]
+    # every Winograd-eligible 3x3 conv appears as direct, F(2x2) and F(4x4)
+    wino = [wl for _t, wl, _f, _c in wls if wl.family == "winograd"]
+    assert {wl.d["m"] for wl in wino} == {2, 4} and fams.count("conv2d") >= len(wino) // 2
+    weights = [wl.macs * c for _t, wl, _f, c in wls]
+    assert weights == sorted(weights, reverse=True)          # heaviest first

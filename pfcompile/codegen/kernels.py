@@ -45,7 +45,7 @@ def scheduled_primfuncs(mod: tvm.IRModule, target: Any,
     from pfcompile.codegen.records import RecordDB
 
     db = RecordDB.for_target(records_dir, target.name)
-    sched = schedule_module(fuse_to_tir(mod, target), target, db)
+    sched = schedule_module(fuse_to_tir(mod, target, db), target, db)
     return {gv.name_hint: f for gv, f in sched.functions.items() if isinstance(f, tirx.PrimFunc)}
 
 

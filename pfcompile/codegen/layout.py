@@ -21,7 +21,7 @@ import itertools
 import numpy as np
 from tvm import relax
 
-__all__ = ["channel_chunk", "conv_layouts", "convert_layout_pass",
+__all__ = ["canonicalize_for_layout", "channel_chunk", "conv_layouts", "convert_layout_pass",
            "fold_constant_layout_transforms", "layout_classes"]
 
 
@@ -294,3 +294,106 @@ def fold_constant_layout_transforms(mod):
         if isinstance(func, relax.Function):
             out[gv] = _Folder().visit_expr(func)
     return out
+
+
+_BINARY = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum",
+           "relax.minimum", "relax.power")
+
+
+def _scalar_value(mutator, e):
+    """The float value of a one-element constant expression (a constant, or
+    ``where(isnan(c), a, c)`` as TVM's ONNX Clip writes its bounds), else None."""
+    import tvm
+
+    if isinstance(e, relax.Var):
+        b = mutator.lookup_binding(e)
+        e = b if b is not None else e
+    if isinstance(e, tvm.ir.expr.Constant):
+        v = e.value.numpy()
+        return float(v.reshape(())) if v.size == 1 else None
+    if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.where":
+        cond = e.args[0]
+        if isinstance(cond, relax.Var):
+            cb = mutator.lookup_binding(cond)
+            cond = cb if cb is not None else cond
+        if isinstance(cond, relax.Call) and getattr(cond.op, "name", "") == "relax.isnan":
+            c = _scalar_value(mutator, cond.args[0])
+            if c is not None:
+                return _scalar_value(mutator, e.args[1] if np.isnan(c) else e.args[2])
+    return None
+
+
+def canonicalize_for_layout(mod):
+    """Rewrite what stops ``ConvertLayout`` from keeping activations blocked:
+
+    - a one-element constant operand of an elementwise binary op (shape ``(1,)``,
+      as PaddlePaddle exports ``x * 0.2``) becomes a rank-0 constant (same
+      broadcast result, but a (1,)-shaped operand has no channel axis to block);
+    - ``Clip`` with constant bounds, which TVM's ONNX importer emits as ``call_tir``
+      to TOPI ``maximum`` / ``minimum`` kernels (opaque to layout inference), and
+      ``relax.clip`` (HardSigmoid, HardSwish; it has no layout rule) become
+      ``relax.maximum`` / ``relax.minimum`` with scalar constants.
+
+    Measured on PP-OCRv4's recogniser: 18 layout conversions around each
+    hard-swish (Clip) left the graph, 0.8 ms of 11.8 ms at one thread."""
+    import tvm
+
+    @relax.expr_functor.mutator
+    class _Canon(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not isinstance(call, relax.Call):
+                return call
+            op = call.op
+            if isinstance(op, tvm.ir.Op) and op.name in _BINARY and len(call.args) == 2:
+                args = list(call.args)
+                changed = False
+                for i in (0, 1):
+                    other = args[1 - i]
+                    try:
+                        other_rank = len(other.ty.shape)
+                        mine = len(args[i].ty.shape)
+                    except (AttributeError, TypeError):
+                        continue
+                    if mine == 0 or mine > other_rank:
+                        continue
+                    v = _scalar_value(self, args[i])
+                    if v is not None:
+                        args[i] = relax.const(v, str(args[i].ty.dtype))
+                        changed = True
+                if changed:
+                    return relax.Call(op, args, call.attrs)
+                return call
+            if isinstance(op, tvm.ir.Op) and op.name == "relax.clip":
+                try:
+                    lo, hi = (float(getattr(a.value, "value", a.value)) for a in call.args[1:3])
+                    dtype = str(call.args[0].ty.dtype)
+                except (AttributeError, TypeError, ValueError):
+                    return call
+                return relax.op.minimum(relax.op.maximum(call.args[0], relax.const(lo, dtype)),
+                                        relax.const(hi, dtype))
+            if isinstance(op, tvm.ir.Op) and op.name == "relax.call_tir":
+                gv = call.args[0]
+                name = getattr(gv, "name_hint", "")
+                kind = "maximum" if name.startswith("maximum") else (
+                    "minimum" if name.startswith("minimum") else None)
+                tup = call.args[1]
+                if kind is None or not isinstance(tup, relax.Tuple) or len(tup.fields) != 2:
+                    return call
+                x, bound = tup.fields
+                v = _scalar_value(self, bound)
+                try:
+                    same = [int(s) for s in x.ty.shape] == [int(s) for s in call.ty.shape]
+                except (AttributeError, TypeError):
+                    same = False
+                if v is None or not same:
+                    return call
+                c = relax.const(v, str(x.ty.dtype))
+                return relax.op.maximum(x, c) if kind == "maximum" else relax.op.minimum(x, c)
+            return call
+
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = _Canon(mod).visit_expr(func)
+    return relax.transform.DeadCodeElimination()(out)

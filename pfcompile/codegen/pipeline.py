@@ -14,11 +14,17 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
-from pfcompile.codegen.layout import convert_layout_pass, fold_constant_layout_transforms
+from pfcompile.codegen.layout import (
+    canonicalize_for_layout,
+    convert_layout_pass,
+    fold_constant_layout_transforms,
+)
 from pfcompile.codegen.records import RecordDB
-from pfcompile.codegen.te_ops import legalize_conv2d
 from pfcompile.codegen.templates import TEMPLATES, Hardware, Workload, match
 from pfcompile.codegen.templates.base import params_from_dict, params_to_dict
+from pfcompile.codegen.templates.matmul import pad_matmul_columns
+from pfcompile.codegen.templates.norm import FAST_MATH_LEGALIZE, fuse_layer_norm
+from pfcompile.codegen.templates.winograd import conv2d_legalizer
 from pfcompile.errors import CompileError
 
 __all__ = [
@@ -61,10 +67,18 @@ def channel_block(hw: Hardware) -> int:
     return 2 * lanes if lanes < 8 and hw.vector_registers >= 32 else lanes
 
 
-def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
-    """Relax module → blocked layout, legalized, fused (PrimFuncs not yet scheduled)."""
+def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
+                winograd: int | None = None) -> tvm.IRModule:
+    """Relax module → blocked layout, legalized, fused (PrimFuncs not yet scheduled).
+    Each 3×3 stride-1 conv is legalized as direct or Winograd convolution, whichever
+    ``db``'s records measured faster, else by the heuristic
+    (:func:`pfcompile.codegen.templates.winograd.choose_algorithm`); ``winograd`` = 0 turns
+    Winograd off, 2 or 4 forces that tile size on every eligible conv."""
     hw = Hardware.from_target(target)
-    decompose = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+    canonical = tvm.transform.module_pass(
+        lambda m, _c: canonicalize_for_layout(fuse_layer_norm(m)), opt_level=0,
+        name="pfcompile_canonicalize")
+    decompose = tvm.transform.Sequential([canonical, relax.transform.DecomposeOpsForInference(),
                                           relax.transform.Normalize()])
     blocked = tvm.transform.Sequential([convert_layout_pass(channel_block(hw)),
                                         relax.transform.Normalize()])
@@ -76,7 +90,8 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
         except Exception:  # noqa: BLE001 - a layout TVM cannot convert: plain NCHW, correct
             return m
     seq = tvm.transform.Sequential([
-        relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
+        relax.transform.LegalizeOps({"relax.nn.conv2d": conv2d_legalizer(hw, db, force=winograd),
+                                     **FAST_MATH_LEGALIZE}),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -84,7 +99,7 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any) -> tvm.IRModule:
         relax.transform.DeadCodeElimination(),
     ])
     with target.tvm_target():
-        return seq(fold_constant_layout_transforms(pre(mod)))
+        return seq(pad_matmul_columns(fold_constant_layout_transforms(pre(mod)), hw))
 
 
 def _clamp(params: Any, wl: Workload) -> Any:
@@ -159,6 +174,7 @@ def schedule_module(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
 
 def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
                    metaschedule_dir: Path | None = None, templates: bool = True,
+                   winograd: int | None = None,
                    post_passes: Sequence[tvm.transform.Pass] = ()):
     """A ``relax_pipeline`` for ``tvm.compile``. ``post_passes`` run on the fused,
     scheduled module (constants final) before TVM's lowering (e.g. weight storage)."""
@@ -168,7 +184,7 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
 
     @tvm.transform.module_pass(opt_level=0, name="pfcompile_codegen")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        mod = fuse_to_tir(mod, target)
+        mod = fuse_to_tir(mod, target, db, winograd)
         if metaschedule_dir is not None:
             from pfcompile.codegen.metaschedule import apply_database
 
@@ -186,13 +202,15 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
 
 def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
           report: list | None = None, metaschedule_dir: Path | None = None,
-          templates: bool = True, post_passes: Sequence[tvm.transform.Pass] = ()):
+          templates: bool = True, winograd: int | None = None,
+          post_passes: Sequence[tvm.transform.Pass] = ()):
     """Relax IRModule → TVM Executable for ``target`` with pfcompile's schedules.
 
     ``records_dir`` holds ``<target>/records.jsonl`` (default: the records shipped in
     ``pfcompile/records/`` plus the cache's, :mod:`pfcompile.paths`); workloads without a record use the nearest tuned neighbour
     or the analytic heuristic. ``metaschedule_dir``: apply a MetaSchedule
     database first (comparison); ``templates=False``: no pfcompile schedules;
+    ``winograd``: None chooses per 3×3 stride-1 conv, 0 never, 2 or 4 that tile size;
     ``post_passes``: see :func:`relax_pipeline`."""
     if not isinstance(mod, tvm.IRModule) or not any(
             isinstance(f, relax.Function) for f in mod.functions.values()):
@@ -203,7 +221,7 @@ def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
     try:
         return tvm.compile(mod, target=target.tvm_target(),
                            relax_pipeline=relax_pipeline(target, db, report,
-                                                          metaschedule_dir, templates,
+                                                          metaschedule_dir, templates, winograd,
                                                           post_passes))
     except CompileError:
         raise
@@ -219,5 +237,5 @@ def kernel_workloads(mod: tvm.IRModule, target: Any, *,
     the template params ``build`` would use (and where they came from)."""
     db = RecordDB.for_target(records_dir, target.name)
     report: list[KernelWorkload] = []
-    schedule_module(fuse_to_tir(mod, target), target, db, report=report, apply=False)
+    schedule_module(fuse_to_tir(mod, target, db), target, db, report=report, apply=False)
     return report

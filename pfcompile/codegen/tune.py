@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from pfcompile.errors import ConfigError, SearchError
 
 __all__ = ["CostModel", "TuneSettings", "WorkloadResult", "tunable_workloads", "tune"]
 
-TUNABLE = ("conv2d", "conv2d_1x1", "depthwise", "dense")
+TUNABLE = ("conv2d", "conv2d_1x1", "depthwise", "dense", "winograd", "matmul")
 _FAMILY_ID = {f: i for i, f in enumerate(TUNABLE)}
 
 
@@ -42,12 +43,15 @@ class TuneSettings:
     min_per_workload: int = 2
     seed: int = 0
     retune: bool = False        # tune workloads that already have records
+    time_limit_s: float | None = None  # stop starting new measurements after this long
 
     def __post_init__(self) -> None:
         if self.trials < 1 or self.batch < 1:
             raise ConfigError(f"--trials and batch must be ≥ 1 (got {self.trials}, {self.batch})")
         if not 0.0 <= self.explore <= 1.0:
             raise ConfigError(f"explore must be within [0, 1] (got {self.explore})")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ConfigError(f"--time-limit must be > 0 seconds (got {self.time_limit_s})")
 
 
 @dataclass(frozen=True)
@@ -101,20 +105,33 @@ class CostModel:
 
 
 def tunable_workloads(mod: tvm.IRModule, target: Any) -> list[tuple[Any, Workload, tirx.PrimFunc, int]]:
-    """(template, workload, one PrimFunc, count) per distinct tunable workload."""
-    fused = fuse_to_tir(mod, target)
+    """(template, workload, one PrimFunc, count) per distinct tunable workload,
+    heaviest first (MACs × occurrences). Every 3×3 stride-1 conv that Winograd can
+    take appears three times — direct, F(2×2,3×3) and F(4×4,3×3) — so that the
+    records let the compiler choose the algorithm per layer by measurement
+    (:func:`pfcompile.codegen.templates.winograd.choose_algorithm`)."""
     seen: dict[str, list] = {}
-    for f in fused.functions.values():
-        if not isinstance(f, tirx.PrimFunc):
-            continue
-        t, wl = match(f)
-        if t is None or wl.family not in TUNABLE:
-            continue
-        if wl.key in seen:
-            seen[wl.key][3] += 1
-        else:
-            seen[wl.key] = [t, wl, f, 1]
-    return [tuple(v) for v in seen.values()]
+    for variant in (None, 0, 2, 4):
+        fused = fuse_to_tir(mod, target, winograd=variant)
+        found: dict[str, list] = {}
+        for f in fused.functions.values():
+            if not isinstance(f, tirx.PrimFunc):
+                continue
+            t, wl = match(f)
+            if t is None or wl.family not in TUNABLE:
+                continue
+            if variant is not None and wl.family not in ("conv2d", "winograd"):
+                continue  # only the algorithm alternatives come from the variants
+            if wl.key in found:
+                found[wl.key][3] += 1
+            else:
+                found[wl.key] = [t, wl, f, 1]
+        for key, v in found.items():
+            if key not in seen:
+                seen[key] = v
+    out = [tuple(v) for v in seen.values()]
+    out.sort(key=lambda v: -v[1].macs * v[3])
+    return out
 
 
 def _split_budget(wls: list, settings: TuneSettings) -> list[int]:
@@ -138,15 +155,20 @@ def _split_budget(wls: list, settings: TuneSettings) -> list[int]:
 def tune(mod: tvm.IRModule, target: Any, timer: KernelTimer, *, settings: TuneSettings,
          records_dir: Path | None = None,
          log: Callable[[str], None] | None = None) -> list[WorkloadResult]:
-    """Tune every conv/depthwise/dense workload of ``mod``; returns one result per workload."""
+    """Tune every conv/depthwise/dense/Winograd/matmul workload of ``mod``, heaviest
+    first; returns one result per workload. With ``settings.time_limit_s`` no new
+    measurement starts after the limit (the heuristic of a workload already begun
+    is always measured); the rest keep their heuristic (or transferred) params."""
     hw = Hardware.from_target(target)
     db = RecordDB.for_target(records_dir, target.name)
     rng = random.Random(settings.seed)
     cost = CostModel(settings.seed)
     say = log or (lambda _m: None)
+    deadline = (time.monotonic() + settings.time_limit_s) if settings.time_limit_s else None
     wls = tunable_workloads(mod, target)
     if not wls:
-        raise SearchError("no tunable kernel (conv2d, depthwise, dense) in this model")
+        raise SearchError("no tunable kernel (conv2d, depthwise, dense, winograd, matmul) in "
+                          "this model")
     budgets = _split_budget(wls, settings)
     results: list[WorkloadResult] = []
     for (template, wl, func, count), budget in zip(wls, budgets, strict=True):
@@ -154,13 +176,17 @@ def tune(mod: tvm.IRModule, target: Any, timer: KernelTimer, *, settings: TuneSe
             results.append(WorkloadResult(wl.key, wl.family, count, wl.macs, None, None, {}, 0,
                                           "no budget left"))
             continue
+        if deadline is not None and time.monotonic() >= deadline:
+            results.append(WorkloadResult(wl.key, wl.family, count, wl.macs, None, None, {}, 0,
+                                          "time limit reached"))
+            continue
         old = db.get(wl.key)
         if old is not None and old.trials > 0 and not settings.retune:
             results.append(WorkloadResult(wl.key, wl.family, count, wl.macs, old.heuristic_ms,
                                           old.ms, old.params, 0, "has a record"))
             continue
         results.append(_tune_one(template, wl, func, count, budget, hw, target, timer, db, cost,
-                                 rng, settings, say))
+                                 rng, settings, say, deadline))
     return results
 
 
@@ -174,7 +200,8 @@ def _same(ref: Any, out: Any) -> bool:
 
 def _tune_one(template: Any, wl: Workload, func: tirx.PrimFunc, count: int, budget: int,
               hw: Hardware, target: Any, timer: KernelTimer, db: RecordDB, cost: CostModel,
-              rng: random.Random, settings: TuneSettings, say: Callable[[str], None]) -> WorkloadResult:
+              rng: random.Random, settings: TuneSettings, say: Callable[[str], None],
+              deadline: float | None = None) -> WorkloadResult:
     space = template.space(wl, hw)
     heur = template.heuristic(wl, hw)
     first = [heur]
@@ -187,6 +214,8 @@ def _tune_one(template: Any, wl: Workload, func: tirx.PrimFunc, count: int, budg
     best: tuple[float, Any] | None = None
     trials = 0
     while trials < budget:
+        if deadline is not None and time.monotonic() >= deadline and heur_ms is not None:
+            break
         todo = [p for p in first if p not in measured]
         first = []
         left = [p for p in space if p not in measured and p not in todo]

@@ -152,7 +152,8 @@ def kernel_primfuncs(k: Kernel, target: Target) -> list:
     from pfcompile.codegen.records import RecordDB
 
     mod = import_onnx(kernel_model(k))
-    sched = schedule_module(fuse_to_tir(mod, target), target, RecordDB.for_target(None, target.name))
+    db = RecordDB.for_target(None, target.name)
+    sched = schedule_module(fuse_to_tir(mod, target, db), target, db)
     return [f for gv, f in sched.functions.items()
             if isinstance(f, tirx.PrimFunc) and not gv.name_hint.startswith(_EDGE_FUNCS)]
 

@@ -10,6 +10,9 @@ from pfcompile.codegen.templates.conv2d import Conv2dTemplate, ConvParams
 from pfcompile.codegen.templates.dense import DenseParams, DenseTemplate
 from pfcompile.codegen.templates.depthwise import DepthwiseParams, DepthwiseTemplate
 from pfcompile.codegen.templates.generic import GenericParams, GenericTemplate
+from pfcompile.codegen.templates.matmul import MatmulParams, MatmulTemplate
+from pfcompile.codegen.templates.norm import NormParams, NormTemplate
+from pfcompile.codegen.templates.winograd import WinogradParams, WinogradTemplate
 
 __all__ = [
     "TEMPLATES",
@@ -22,14 +25,21 @@ __all__ = [
     "GenericParams",
     "GenericTemplate",
     "Hardware",
+    "MatmulParams",
+    "MatmulTemplate",
+    "NormParams",
+    "NormTemplate",
     "Template",
+    "WinogradParams",
+    "WinogradTemplate",
     "Workload",
     "match",
     "template_for",
 ]
 
 #: tried in order; the generic template takes whatever is left
-TEMPLATES: tuple = (Conv2dTemplate(), DepthwiseTemplate(), DenseTemplate(), GenericTemplate())
+TEMPLATES: tuple = (Conv2dTemplate(), WinogradTemplate(), DepthwiseTemplate(), MatmulTemplate(),
+                    DenseTemplate(), NormTemplate(), GenericTemplate())
 
 
 def match(func: tirx.PrimFunc):
