@@ -32,6 +32,7 @@ so the same fonts give the same pixels on any machine.
 
 from __future__ import annotations
 
+import json
 import math
 import string
 from collections.abc import Iterable, Sequence
@@ -40,12 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLS_SHAPE", "OCR_CLS_SPLITS", "OcrClsConfig", "cls_preprocess", "cv2_resize_linear",
-           "font_paths", "make_ocr_cls_splits", "ocr_cls_samples", "render_text_line"]
+__all__ = ["CLS_SHAPE", "OCR_CLS_SPLITS", "OcrClsConfig", "classifier_top1", "cls_preprocess",
+           "cv2_resize_linear", "font_paths", "make_ocr_cls_splits", "ocr_cls_samples", "render_text_line"]
 
 CLS_SHAPE = (3, 48, 192)
 #: split name -> default size (val feeds the search and its confirmation; test is never given)
-OCR_CLS_SPLITS: dict[str, int] = {"train": 2000, "calib": 64, "val": 800, "test": 1000}
+OCR_CLS_SPLITS: dict[str, int] = {"train": 2000, "calib": 64, "val": 1000, "test": 2000}
 _SPLIT_INDEX = {"train": 0, "calib": 1, "val": 2, "test": 3}
 
 _FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype/liberation",
@@ -106,7 +107,7 @@ def cls_preprocess(img: np.ndarray, shape: Sequence[int] = CLS_SHAPE) -> np.ndar
     c, th, tw = shape
     h, w = img.shape[:2]
     ratio = w / float(h)
-    rw = tw if math.ceil(th * ratio) > tw else int(math.ceil(th * ratio))
+    rw = min(math.ceil(th * ratio), tw)           # resized width, as in resize_norm_img
     r = cv2_resize_linear(img, rw, th).astype(np.float32)
     r = r[np.newaxis] / 255 if c == 1 else r.transpose(2, 0, 1) / 255
     r -= 0.5
@@ -186,8 +187,8 @@ def render_text_line(rng: np.random.Generator, fonts: Sequence[str],
     # the line's own height: the font's ascent + descent, so "aaa" and "Aqg" crop alike
     asc, desc = font.getmetrics()
     lh = max(th, asc + desc)
-    my = [int(round(lh * rng.uniform(*cfg.margin_y))) for _ in range(2)]
-    mx = [int(round(lh * rng.uniform(*cfg.margin_x))) for _ in range(2)]
+    my = [round(lh * rng.uniform(*cfg.margin_y)) for _ in range(2)]
+    mx = [round(lh * rng.uniform(*cfg.margin_x)) for _ in range(2)]
     pad = lh                                               # room for the tilt
     canvas = Image.new("RGB", (tw + mx[0] + mx[1] + 2 * pad, lh + my[0] + my[1] + 2 * pad), bg)
     ImageDraw.Draw(canvas).text((pad + mx[0] - x0, pad + my[0]), text, font=font, fill=fg)
@@ -222,7 +223,8 @@ def ocr_cls_samples(n: int, seed: int | Sequence[int] = 0, fonts: Sequence[str] 
 
 def make_ocr_cls_splits(out_dir: str | Path, sizes: dict[str, int] | None = None,
                         seed: int = 0) -> dict[str, Path]:
-    """Write ``<out_dir>/<split>.npz`` (``x``, ``y``, ``fonts``) for each split."""
+    """Write ``<out_dir>/<split>.npz`` (``x``, ``y``) for each split and
+    ``<out_dir>/meta.json`` (seed, sizes, the fonts drawn from)."""
     sizes = dict(OCR_CLS_SPLITS if sizes is None else sizes)
     unknown = set(sizes) - set(_SPLIT_INDEX)
     if unknown:
@@ -230,11 +232,27 @@ def make_ocr_cls_splits(out_dir: str | Path, sizes: dict[str, int] | None = None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fonts = font_paths()
-    names = np.array([Path(f).name for f in fonts] + ["PIL-default"])
     paths: dict[str, Path] = {}
     for split, n in sizes.items():
         x, y = ocr_cls_samples(n, [seed, _SPLIT_INDEX[split]], fonts)
         p = out / f"{split}.npz"
-        np.savez(p, x=x, y=y, fonts=names)
+        np.savez(p, x=x, y=y)
         paths[split] = p
+    meta = {"generator": "pfcompile.realdata.ocr_cls_samples", "seed": seed, "sizes": sizes,
+            "shape": list(CLS_SHAPE), "labels": {"0": "upright", "1": "rotated 180 degrees"},
+            "fonts": [Path(f).name for f in fonts] + ["PIL built-in"]}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return paths
+
+
+def classifier_top1(model: str | Path, x: np.ndarray, y: np.ndarray, batch: int = 64,
+                    threads: int = 2) -> float:
+    """Top-1 of the ONNX classifier ``model`` (dynamic batch) on ``x``, ``y``, run by
+    the reference (:func:`pfcompile.reference.reference_session`)."""
+    from pfcompile.reference import reference_session
+
+    sess = reference_session(model, threads=threads)
+    name = sess.get_inputs()[0].name
+    pred = np.concatenate([sess.run(None, {name: x[i:i + batch]})[0].argmax(1)
+                           for i in range(0, len(x), batch)])
+    return float((pred == y).mean())
