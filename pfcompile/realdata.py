@@ -135,8 +135,8 @@ class OcrClsConfig:
 
     chars: tuple[int, int] = (4, 24)          # string length
     font_px: tuple[int, int] = (18, 72)       # font size in pixels
-    margin_y: tuple[float, float] = (0.05, 0.35)   # vertical margin, fraction of the text height
-    margin_x: tuple[float, float] = (0.0, 0.6)     # horizontal margin, fraction of the text height
+    margin_y: tuple[float, float] = (0.02, 0.15)   # vertical margin, fraction of the line height
+    margin_x: tuple[float, float] = (0.0, 0.4)     # horizontal margin, fraction of the line height
     min_contrast: int = 90                    # |text - background| grey levels
     p_dark_background: float = 0.15
     p_color: float = 0.3
