@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CLS_SHAPE", "OCR_CLS_SPLITS", "OcrClsConfig", "classifier_top1", "cls_preprocess",
-           "cv2_resize_linear", "font_paths", "make_ocr_cls_splits", "ocr_cls_samples", "render_text_line"]
+           "cv2_resize_linear", "font_paths", "make_ocr_cls_splits", "ocr_cls_samples", "parse_split_sizes",
+           "render_text_line"]
 
 CLS_SHAPE = (3, 48, 192)
 #: split name -> default size (val feeds the search and its confirmation; test is never given)
@@ -256,3 +257,16 @@ def classifier_top1(model: str | Path, x: np.ndarray, y: np.ndarray, batch: int 
     pred = np.concatenate([sess.run(None, {name: x[i:i + batch]})[0].argmax(1)
                            for i in range(0, len(x), batch)])
     return float((pred == y).mean())
+
+
+def parse_split_sizes(text: str) -> dict[str, int]:
+    """``"train=2000,val=1000"`` -> the size of every split (the defaults of
+    :data:`OCR_CLS_SPLITS` for those not named); ValueError naming a bad entry."""
+    sizes = dict(OCR_CLS_SPLITS)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, n = part.partition("=")
+        if name not in sizes or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"bad split size '{part}': use SPLIT=N (N >= 1) with SPLIT in "
+                             f"{sorted(sizes)}")
+        sizes[name] = int(n)
+    return sizes

@@ -17,20 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pfcompile.realdata import OCR_CLS_SPLITS, classifier_top1, make_ocr_cls_splits
+from pfcompile.realdata import classifier_top1, make_ocr_cls_splits, parse_split_sizes
 from pfcompile.realmodels import fetch
-
-
-def parse_sizes(text: str) -> dict[str, int]:
-    """``train=2000,val=1000`` -> dict; missing splits keep their defaults."""
-    sizes = dict(OCR_CLS_SPLITS)
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, _, n = part.partition("=")
-        if name not in sizes or not n.isdigit():
-            raise SystemExit(f"bad --sizes entry '{part}': use SPLIT=N with SPLIT in "
-                             f"{sorted(sizes)}")
-        sizes[name] = int(n)
-    return {k: v for k, v in sizes.items() if v > 0}
 
 
 def make(out: Path, sizes: dict[str, int], seed: int) -> dict[str, dict]:
@@ -53,13 +41,20 @@ def make(out: Path, sizes: dict[str, int], seed: int) -> dict[str, dict]:
     return rows
 
 
+def _sizes(text: str) -> dict[str, int]:
+    try:
+        return parse_split_sizes(text)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sizes", default="", help="e.g. train=2000,calib=64,val=1000,test=2000")
     args = ap.parse_args()
-    rows = make(args.out, parse_sizes(args.sizes), args.seed)
+    rows = make(args.out, _sizes(args.sizes), args.seed)
     print(f"\nppocr_cls data in {args.out} (seed {args.seed}); original classifier top-1 "
           "(onnxruntime)\n")
     print("| split | images | rotated | top-1 |")
