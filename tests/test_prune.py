@@ -266,3 +266,51 @@ def test_cli_bn_criterion_on_model_with_batchnorm_folds_after_pruning(trained, d
     pruned = pir.load(out)
     assert "BatchNormalization" not in {n.op_type for n in pruned.graph}
     assert run(out, digits.x_val[:3]).shape == (3, 10)
+
+
+def _fixed_batch_model(reshape_to: list[int]) -> onnx.ModelProto:
+    """Conv -> Relu -> GlobalAveragePool -> Reshape(constant) -> MatMul, batch 1 static."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(reshape_to, np.int64), "shape"),
+             numpy_helper.from_array(rng.standard_normal((8 if reshape_to[0] in (1, -1) else 4, 2))
+                                     .astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+             helper.make_node("Reshape", ["g", "shape"], ["f"], name="reshape"),
+             helper.make_node("MatMul", ["f", "fc"], ["y"], name="fc")]
+    out = [1, 2] if reshape_to[0] in (1, -1) else [reshape_to[0], 2]
+    g = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("reshape_to", [[1, 8], [1, -1]])
+def test_lasso_activations_of_a_fixed_batch_graph_batched_without_errors(reshape_to, capfd):
+    """Paddle2ONNX-style Reshape constants [1, C]: the calibration batch runs through
+    pfcompile.batching's free-batch copy (no onnxruntime error printed), and each
+    sample's activations equal a run of that sample alone."""
+    from pfcompile.passes.prune_lasso import collect_activations
+
+    model = _fixed_batch_model(reshape_to)
+    x = np.random.default_rng(1).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    acts = collect_activations(pir.to_ir(model), ["f", "r"], Dataset({"x": x}, None), 6)
+    assert acts["f"].shape == (6, 8) and acts["r"].shape == (6, 8, 8, 8)
+    for i in range(6):
+        one = collect_activations(pir.to_ir(model), ["f"], Dataset({"x": x[i:i + 1]}, None), 1)
+        np.testing.assert_allclose(acts["f"][i:i + 1], one["f"], rtol=1e-5, atol=1e-6)
+    err = capfd.readouterr().err
+    assert "Reshape" not in err and "requested shape" not in err
+
+
+def test_lasso_activations_run_per_sample_where_a_free_batch_is_not_provable(capfd):
+    """A Reshape whose constant fixes a batch other than 1 cannot be freed: one model
+    batch at a time, still no onnxruntime error."""
+    from pfcompile.passes.prune_lasso import collect_activations
+
+    model = _fixed_batch_model([2, -1])       # (1, 8, 1, 1) -> (2, 4): mixes channels
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8)).astype(np.float32)
+    acts = collect_activations(pir.to_ir(model), ["f"], Dataset({"x": x}, None), 3)
+    assert acts["f"].shape == (6, 4)           # three runs of batch 1, each (2, 4)
+    assert "requested shape" not in capfd.readouterr().err

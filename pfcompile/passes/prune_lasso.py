@@ -22,6 +22,7 @@ import onnxruntime as ort
 import scipy.linalg
 from threadpoolctl import threadpool_limits
 
+from pfcompile.batching import batch_free
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError, PassError
 from pfcompile.ir import const_array, static_shape
@@ -65,28 +66,28 @@ def collect_activations(model: ir.Model, names: list[str], calib: Dataset,
     """Run the model on ``n`` calibration samples and return the named values."""
     shapes = _check_calib(model, calib)
     proto = ir.to_proto(model)
-    have = {o.name for o in proto.graph.output}
+    # the whole calibration set in one run where the graph provably allows a free batch
+    # (pfcompile.batching: e.g. Paddle2ONNX's Reshape constants [1, 200] rewritten to
+    # [0, 200]); else one model batch at a time. Trying the batch and catching
+    # onnxruntime's error printed that error on every prune, and a Reshape [1, -1]
+    # would not have failed at all but mixed the samples.
+    free = batch_free(proto)
+    run_proto = free if free is not None else proto
+    have = {o.name for o in run_proto.graph.output}
     for name in names:
         if name not in have:
-            proto.graph.output.append(
+            run_proto.graph.output.append(
                 onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     arrays = {k: (calib.inputs.get(k) if k in calib.inputs else next(iter(calib.inputs.values())))
               for k in shapes}
     total = min(n, len(next(iter(arrays.values()))))
     outs: list[list[np.ndarray]] = [[] for _ in names]
-    # the whole calibration set in one run when the graph allows a free batch dim
-    try:
-        sess = _session(_free_batch(proto))
-        for i, r in enumerate(sess.run(names, {k: a[:total] for k, a in arrays.items()})):
+    sess = _session(run_proto)
+    batch = max(1, total) if free is not None else max(1, min(s[0] for s in shapes.values()))
+    for start in range(0, total - batch + 1, batch):
+        feed = {k: a[start:start + batch] for k, a in arrays.items()}
+        for i, r in enumerate(sess.run(names, feed)):
             outs[i].append(r)
-    except Exception:  # noqa: BLE001  (e.g. a Reshape to a fixed batch: run per batch)
-        outs = [[] for _ in names]
-        sess = _session(proto)
-        batch = max(1, min(s[0] for s in shapes.values()))
-        for start in range(0, total - batch + 1, batch):
-            feed = {k: a[start:start + batch] for k, a in arrays.items()}
-            for i, r in enumerate(sess.run(names, feed)):
-                outs[i].append(r)
     if not outs or not outs[0]:
         raise DataError(f"calibration data has fewer samples ({total}) than the model batch "
                         f"size ({batch})")
@@ -97,24 +98,9 @@ def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
     return ort.InferenceSession(proto.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
-
-
-def _free_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose graph inputs and outputs have a symbolic batch dimension."""
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    del m.graph.value_info[:]
-    inits = {t.name for t in m.graph.initializer}
-    for vi in list(m.graph.input) + list(m.graph.output):
-        if vi.name in inits or not vi.type.tensor_type.HasField("shape"):
-            continue
-        dims = vi.type.tensor_type.shape.dim
-        if len(dims):
-            dims[0].Clear()
-            dims[0].dim_param = "N"
-    return m
 
 
 # ----------------------------------------------------------------------------- consumers
