@@ -55,7 +55,7 @@ run: $(STAMP)
 	$(VENV)/bin/pfcompile run
 
 test: $(STAMP) apt-deps arm64-device models
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=25
 
 test-fast: $(STAMP) models
 	$(PY) -m pytest -q -ra -m "not slow"

@@ -251,8 +251,13 @@ def _lasso_select(dg: DepGraph, ratios: list[float], config: PruneConfig, calib:
             n_rows += z.shape[1]
         # LASSO order first; L1 only breaks ties between channels LASSO never picked
         scores = [np.zeros(g.channels) for g in dg.groups]
-        scores[gi] = _path_scores(gram, xy, n_rows) \
-            + 1e-6 * fallback[gi] / max(fallback[gi].max(), 1e-12)
+        if n_rows == 0 or not np.isfinite(gram).all() or not gram.any():
+            # no consumer LASSO can read (e.g. only ConvTranspose/Resize below): the
+            # L1 criterion. sklearn's LARS loops forever on n_samples=0 or a zero Gram.
+            scores[gi] = fallback[gi]
+        else:
+            scores[gi] = _path_scores(gram, xy, n_rows) \
+                + 1e-6 * fallback[gi] / max(fallback[gi].max(), 1e-12)
         only = [r if i == gi else 0.0 for i, r in enumerate(ratios)]
         removed[gi] = _select(dg, only, scores, config.round_to)[gi]
         for sink, chs, w, x_now, target in feats:
