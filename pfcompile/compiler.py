@@ -12,8 +12,8 @@ Every path from an ONNX model to something a device runs goes through here:
 - :func:`build_primfuncs`: PrimFuncs -> one library, ``k0`` .. ``kN`` (kernel timing);
 - :func:`compile_model`: all of the above into an artifact folder: ``DIR/model.so``
   (or ``program.npz``), ``DIR/model.json`` (inputs, outputs, target, source hash,
-  versions, per-layer report) and ``DIR/source.onnx`` (the model as compiled, what the
-  device output is verified against).
+  versions, per-layer report, deployment ``threads``) and ``DIR/source.onnx`` (the model
+  as compiled, what the device output is verified against).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 import onnx
 
 from pfcompile.artifact_size import artifact_size
+from pfcompile.deploy import deployment_threads
 from pfcompile.errors import CompileError, ModelError, UnsupportedOpError
 from pfcompile.frontend import import_model
 from pfcompile.model import (
@@ -283,6 +284,8 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
         extra["accel_ms_simulated"] = lib.accel_ms
     else:
         extra["storage"] = storage.to_json()
+        # the deployment thread count: every pfcompile runner sets the pool to it
+        extra["threads"] = deployment_threads(tgt)
     return _write_artifact(out, path, proto, tgt, specs, outs, source, t0, extra)
 
 

@@ -22,21 +22,40 @@ Without pfcompile installed, the same in plain TVM::
 
     params = vm["main_transform_params"]()   # if the library has it
     y = vm["main_lifted"](x, params)         # else: vm["main"](x)
+
+Threads. A library runs on TVM's thread pool, which TVM sizes once, at its first
+use, to ``TVM_NUM_THREADS`` or else to half the logical CPUs it sees when it
+detects hyper-threads (one thread on a 2-vCPU VM); ``runtime.config_threadpool``
+can later choose any count up to that size, never more. A compiled artifact
+records its deployment thread count in ``model.json`` (``"threads"``: the target's
+``num-cores``), and every pfcompile runner sets the pool to it (or to
+``--threads``) before timing: :func:`set_threads` in this process or on a
+remote session, :func:`load` here. In plain TVM: start the process (or the RPC
+server) with ``TVM_NUM_THREADS=N``, or call
+``tvm.get_global_func("runtime.config_threadpool")(1, N)`` on a device whose
+default pool already has N threads.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LIFTED_FUNC", "MAIN_FUNC", "TRANSFORM_FUNC", "Deployed", "has_function", "load",
-           "prepare"]
+__all__ = ["LIFTED_FUNC", "MAIN_FUNC", "THREADS_ENV", "TRANSFORM_FUNC", "Deployed",
+           "artifact_threads", "deployment_threads", "has_function", "load", "prepare",
+           "set_threads"]
 
 MAIN_FUNC = "main"
 TRANSFORM_FUNC = "main_transform_params"
 LIFTED_FUNC = "main_lifted"
+THREADS_ENV = "TVM_NUM_THREADS"
+#: ``runtime.config_threadpool``'s affinity mode: TVM's default (kBig: the fastest cores,
+#: all of them on a homogeneous CPU)
+_AFFINITY_BIG = 1
 
 
 @dataclass(frozen=True)
@@ -93,12 +112,60 @@ def prepare(vm: Any) -> Deployed:
     return Deployed(vm, LIFTED_FUNC, (vm[TRANSFORM_FUNC](),))
 
 
-def load(path: str | Path, dev: Any = None) -> Deployed:
-    """Load a library (a ``model.so`` or an artifact folder) in this process."""
+def load(path: str | Path, dev: Any = None, threads: int | None = None) -> Deployed:
+    """Load a library (a ``model.so`` or an artifact folder) in this process, with the
+    thread pool set to ``threads``, else to the artifact's deployment threads (its
+    ``model.json``), else left as it is."""
     import tvm
     from tvm import relax
 
     p = Path(path)
     so = p / "model.so" if p.is_dir() else p
+    n = threads or artifact_threads(so.parent)
+    if n:
+        set_threads(n)
     dev = dev if dev is not None else tvm.cpu()
     return prepare(relax.VirtualMachine(tvm.runtime.load_module(str(so)), dev))
+
+
+def deployment_threads(target: Any) -> int:
+    """The thread count a library for ``target`` runs with: its ``num-cores`` (``"auto"``:
+    this machine's CPUs). An emulated target (qemu-user on this machine) gets no more
+    threads than this machine has CPUs; its latencies are functional checks anyway."""
+    cores = (getattr(target, "tvm", None) or {}).get("num-cores", 1)
+    n = (os.cpu_count() or 1) if cores in (None, "auto") else int(cores)
+    if getattr(target, "emulated", False):
+        n = min(n, os.cpu_count() or 1)
+    return max(1, n)
+
+
+def artifact_threads(artifact_dir: str | Path) -> int | None:
+    """``threads`` of an artifact's ``model.json`` (None: not recorded, or no file)."""
+    meta = Path(artifact_dir) / "model.json"
+    try:
+        n = json.loads(meta.read_text()).get("threads")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return int(n) if isinstance(n, int | float) and n >= 1 else None
+
+
+def set_threads(n: int, sess: Any = None) -> int:
+    """Set the thread pool that runs models to ``n`` threads: this process's (``sess``
+    None) or an RPC session's. Returns the count now in effect, which is less than ``n``
+    when the pool was sized smaller before (see the module docstring: this process's pool
+    is sized at its first use, so call this before running anything; a server must be
+    started with ``TVM_NUM_THREADS`` >= n, as :func:`pfcompile.device.serve` does)."""
+    import tvm
+
+    n = max(1, int(n))
+    if sess is None:
+        cur = os.environ.get(THREADS_ENV)
+        if not cur or not cur.isdigit() or int(cur) < n:
+            os.environ[THREADS_ENV] = str(n)   # read when the pool is first made
+        config = tvm.get_global_func("runtime.config_threadpool")
+        count = tvm.get_global_func("runtime.NumThreads")
+    else:
+        config = sess.get_function("runtime.config_threadpool")
+        count = sess.get_function("runtime.NumThreads")
+    config(_AFFINITY_BIG, n)
+    return int(count())

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from pfcompile.deploy import THREADS_ENV, deployment_threads
 from pfcompile.errors import ConfigError, DeviceError
 from pfcompile.targets import Target, load_target
 
@@ -249,8 +250,9 @@ def serve(target: Target, host: str = "127.0.0.1", port: int = 9090,
     (``python -m pfcompile.accel.serve``). With *tracker_addr* the server registers
     under *key* (default: the target's ``rpc_key``). Returns once the port is bound
     (DeviceError otherwise), or at once with ``wait=False`` (then call
-    ``wait_ready(proc)``). ``threads`` sets ``TVM_NUM_THREADS`` of the server (1 is
-    steadiest on a shared CPU).
+    ``wait_ready(proc)``). ``threads`` sets ``TVM_NUM_THREADS`` of the server, the
+    most threads its runs can have (default: the target's deployment threads,
+    :func:`pfcompile.deploy.deployment_threads`; runners set each run's pool within it).
     """
     key = key if key is not None else target.rpc_key
     missing = target.missing_cpu_features()
@@ -261,8 +263,7 @@ def serve(target: Target, host: str = "127.0.0.1", port: int = 9090,
             f"Use --target host (detected: int8 by "
             f"{load_target('host').hardware.get('int8_dot')}) or a machine that has them")
     env = _clean_env()
-    if threads:
-        env["TVM_NUM_THREADS"] = str(int(threads))
+    env[THREADS_ENV] = str(int(threads) if threads else deployment_threads(target))
     if tracker_addr:
         parse_addr(tracker_addr, "--tracker")
     if target.serve == "accel-sim":

@@ -187,7 +187,7 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def make_runner(target: Target, rpc: str | None = None, key: str | None = None,
-                device: str | None = None) -> Runner:
+                device: str | None = None, threads: int | None = None) -> Runner:
     """The runner for ``--rpc``/``--device`` (the simulator device for an accelerator
     target); with neither, the target's own device started here (:class:`LocalRunner`:
     a host server, the emulated arm64 server, or the accelerator simulator)."""
@@ -203,20 +203,23 @@ def make_runner(target: Target, rpc: str | None = None, key: str | None = None,
     if target.is_accelerator and (rpc or device):
         return AccelRunner(target, rpc=rpc, key=key, device=device)
     if rpc:
-        return RPCRunner(rpc=rpc, key=key or target.rpc_key)
+        return RPCRunner(rpc=rpc, key=key or target.rpc_key, threads=threads)
     if device:
-        return RPCRunner(device=device)
-    return LocalRunner(target)
+        return RPCRunner(device=device, threads=threads)
+    return LocalRunner(target, threads=threads)
 
 
 def measure(artifact_dir: str | Path, target: str | Target, rpc: str | None = None,
             key: str | None = None, device: str | None = None,
             settings: MeasureSettings | None = None, runner: Runner | None = None,
-            seed: int = 0) -> dict[str, Any]:
+            seed: int = 0, threads: int | None = None) -> dict[str, Any]:
     """Run, verify and time a compiled artifact on a device. Returns::
 
         {"median_ms", "latencies_ms", "verified", "max_abs_err", "device", "target",
-         "emulated", "simulated", "detail", "latency_note", "settings"}
+         "emulated", "simulated", "detail", "latency_note", "settings", "threads"}
+
+    ``threads``: the device's thread pool for the run (default: the artifact's deployment
+    threads, ``model.json``); ``"threads"`` in the result is the count the run had.
 
     plus, on an accelerator target, the simulated and measured parts
     (``accel_ms_simulated``, ``host_ms_measured`` ...) and the ``tolerance``.
@@ -236,7 +239,7 @@ def measure(artifact_dir: str | Path, target: str | Target, rpc: str | None = No
     inputs = random_inputs(specs, seed=seed)
     reference = reference_outputs(source, inputs)
     own = runner is None
-    runner = runner or make_runner(tgt, rpc, key, device)
+    runner = runner or make_runner(tgt, rpc, key, device, threads)
     try:
         res: RunnerResult = runner.run(artifact_dir, inputs, settings)
     finally:
@@ -267,6 +270,8 @@ def measure(artifact_dir: str | Path, target: str | Target, rpc: str | None = No
                          SIMULATED_NOTE if tgt.simulated else ""),
         "settings": {"number": settings.number, "repeat": settings.repeat,
                      "min_repeat_ms": settings.min_repeat_ms, "timeout_s": settings.timeout_s},
+        "threads": res.threads,
+        "deployment_threads": meta.get("threads"),
     }
     if tgt.simulated:
         out.update({k: v for k, v in res.details.items() if k != "simulated"})

@@ -150,6 +150,28 @@ def test_hung_device_times_out_as_an_error_result(host_artifact: Path, local_run
     assert res.elapsed_s < 5.0 + long.timeout_s + 5
 
 
+def test_runs_use_the_deployment_threads_unless_told(host_artifact: Path, local_runner) -> None:
+    """model.json records the target's num-cores as the deployment threads; every run
+    sets the device's pool to them (or to ``threads``), and the result says how many ran."""
+    from pfcompile.deploy import deployment_threads
+
+    meta = json.loads((host_artifact / "model.json").read_text())
+    assert meta["threads"] == deployment_threads(load_target("host")) == (os.cpu_count() or 1)
+    assert deployment_threads(load_target("arm64")) == min(4, os.cpu_count() or 1)  # emulated
+    res = measure(host_artifact, "host", settings=FAST, runner=local_runner)
+    assert res["verified"] and res["threads"] == res["deployment_threads"] == meta["threads"]
+    one = measure(host_artifact, "host", settings=FAST,
+                  runner=RPCRunner(device=local_runner.server.addr, threads=1))
+    assert one["verified"] and one["threads"] == 1 and one["deployment_threads"] == meta["threads"]
+    # this process: TVM sizes its pool at first use, so the variable is set before that
+    code = ("from pfcompile.deploy import set_threads; import tvm; "
+            "print(set_threads(2), tvm.get_global_func('runtime.NumThreads')())")
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True, env=env)
+    assert out.stdout.split() == ["2", "2"]
+
+
 @pytest.mark.slow  # three more Python processes that import tvm (~7 s each on an idle core)
 def test_cli_serve_and_measure_direct_device(host_artifact: Path, tmp_path: Path) -> None:
     port = free_port()

@@ -62,6 +62,10 @@ def serve_cmd(
         Path | None, typer.Option("--device-dir", help="emulated arm64 device folder "
                                   "(default: $PFCOMPILE_CACHE/arm64-device)")
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="most TVM threads a run may use "
+                                 "(TVM_NUM_THREADS; default: the target's num-cores)")
+    ] = None,
 ) -> None:
     """Start a stock TVM rpc_server for TARGET and keep it in the foreground."""
     from pfcompile.device import serve
@@ -74,7 +78,7 @@ def serve_cmd(
     if tgt.serve == "qemu":
         console.print("starting the emulated device (import tvm under qemu takes ~20-80 s); "
                       "its latencies are functional checks only")
-    dp = serve(tgt, host, port, tracker, key, device_dir)
+    dp = serve(tgt, host, port, tracker, key, device_dir, threads=threads)
     reg = f", registered as '{dp.key}' at tracker {tracker}" if tracker else ""
     _run_foreground(dp, f"serving target '{tgt.name}' at {dp.addr}{reg}")
 

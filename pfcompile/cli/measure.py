@@ -42,6 +42,10 @@ def measure_cmd(
     log: Annotated[
         Path | None, typer.Option("--log", help="append the result as a JSON line to this file")
     ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="the device's TVM threads for the run "
+                                 "(default: the artifact's deployment threads, model.json)")
+    ] = None,
 ) -> None:
     """Run ARTIFACT on a device, verify it against the reference and time it. Without
     --rpc/--device, the target's own device is started (a host server, the emulated arm64
@@ -56,7 +60,7 @@ def measure_cmd(
     over = {k: v for k, v in {"number": number, "repeat": repeat, "min_repeat_ms": min_repeat_ms,
                               "timeout_s": timeout}.items() if v is not None}
     res = measure(artifact, tgt, rpc=rpc, key=key, device=device,
-                  settings=replace(tgt.measure, **over))
+                  settings=replace(tgt.measure, **over), threads=threads)
     if log is not None:
         append_jsonl(log, {"time": time.time(), "artifact": str(artifact), **res})
     if as_json:
@@ -71,6 +75,10 @@ def measure_cmd(
         table.add_column("field")
         table.add_column("value", overflow="fold")
         table.add_row("median ms", f"{res['median_ms']:.4f}")
+        table.add_row("threads", f"{res['threads']}" + (
+            f" (deployment: {res['deployment_threads']})"
+            if res.get("deployment_threads") and res["deployment_threads"] != res["threads"]
+            else ""))
         table.add_row("latencies ms", ", ".join(f"{x:.4f}" for x in res["latencies_ms"]))
         table.add_row("verified", "[green]yes[/]" if res["verified"] else "[red]NO[/]")
         table.add_row("max abs err", "n/a" if res["max_abs_err"] is None

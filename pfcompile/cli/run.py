@@ -131,7 +131,10 @@ def register(app: typer.Typer) -> None:
         cache_dir: Annotated[Path | None, typer.Option(
             help="latency models per target (default $PFCOMPILE_CACHE or ~/.cache/pfcompile)")] = None,
         null_device: Annotated[bool, typer.Option(help="measure nothing (testing)")] = False,
-        threads: Annotated[int | None, typer.Option(help="TVM threads of the local host device")] = None,
+        threads: Annotated[int | None, typer.Option(
+            help="TVM threads of every run on the device (default: the target's num-cores, "
+                 "recorded in model.json as its deployment threads); onnxruntime gets the "
+                 "same")] = None,
         finetune: Annotated[bool | None, typer.Option(
             "--finetune/--no-finetune", help="fine-tune the finalist (CE + distillation from "
             "MODEL) and re-confirm it before the final compile (default: on when --train is "

@@ -64,7 +64,8 @@ class RunnerResult:
     connection or a device that died), ``"timeout"``, ``"run"`` (load or execution).
     ``ratios``: paired timing's per-round candidate / reference ratios (None unpaired).
     ``details``: what a device reports beyond latencies (the accelerator simulator:
-    simulated cycles and ms, measured host-op ms).
+    simulated cycles and ms, measured host-op ms). ``threads``: the size of the device's
+    thread pool the run had (None: not set by the runner, e.g. the simulator).
     """
 
     latencies_ms: list[float] | None
@@ -76,6 +77,7 @@ class RunnerResult:
     settings: MeasureSettings = field(default_factory=MeasureSettings)
     ratios: list[float] | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,11 +101,13 @@ class RunnerResult:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A compiled model on disk: the library and its input/output names in call order."""
+    """A compiled model on disk: the library and its input/output names in call order, and
+    its deployment thread count (``model.json``'s ``threads``; None when not recorded)."""
 
     so_path: Path
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    threads: int | None = None
 
 
 def resolve_artifact(artifact: str | Path) -> Artifact:
@@ -122,14 +126,16 @@ def resolve_artifact(artifact: str | Path) -> Artifact:
     meta_path = so.parent / "model.json"
     ins: tuple[str, ...] = ()
     outs: tuple[str, ...] = ()
+    threads = None
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
             ins = tuple(str(d["name"]) for d in meta.get("inputs", []))
             outs = tuple(str(d["name"]) for d in meta.get("outputs", []))
+            threads = int(meta["threads"]) if meta.get("threads") else None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{meta_path}: unreadable artifact metadata: {exc}") from exc
-    return Artifact(so, ins, outs)
+    return Artifact(so, ins, outs, threads)
 
 
 @dataclass(frozen=True)

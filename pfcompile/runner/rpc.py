@@ -2,9 +2,11 @@
 device of our own.
 
 - :class:`RPCRunner`: a device via a tracker (``rpc`` + ``key``) or direct (``device``).
-  Its steps are methods that a subclass may replace: ``create_session``, ``upload``,
-  ``load``, ``set_inputs``, ``run_once``, ``evaluate`` (``evaluate_paired`` when paired),
-  ``cleanup``; kernels: :meth:`RPCRunner.time_kernels`.
+  Its steps are methods that a subclass may replace: ``create_session``,
+  ``configure_threads``, ``upload``, ``load``, ``set_inputs``, ``run_once``, ``evaluate``
+  (``evaluate_paired`` when paired), ``cleanup``; kernels: :meth:`RPCRunner.time_kernels`.
+  The device's thread pool is set to ``threads``, else to the artifact's deployment
+  threads (``model.json``), before anything runs: what is timed is what is deployed.
 - :class:`InProcessRunner`: the same steps on this process's CPU (TVM's
   ``LocalSession``): kernel timing on the host without a server.
 - :class:`LocalRunner`: starts (and restarts, after a failure) the target's own device:
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pfcompile.deploy import prepare
+from pfcompile.deploy import prepare, set_threads
 from pfcompile.errors import DeviceError, PfcompileError
 from pfcompile.runner.base import (
     Artifact,
@@ -68,16 +70,20 @@ class RPCRunner(Runner):
     (``device="H:P"``). The whole run is bounded by ``connect_timeout_s +
     settings.timeout_s``; the server is also told to end the session after
     ``settings.timeout_s + 30`` s so that it frees itself if we give up on it.
-    ``on_step(name)`` (optional) is told each step as it starts, and ``"done"``."""
+    ``on_step(name)`` (optional) is told each step as it starts, and ``"done"``.
+    ``threads``: the device's thread pool for every run (default: each artifact's
+    deployment threads; kernels: left as the device has it)."""
 
     def __init__(self, rpc: str | None = None, key: str | None = None,
                  device: str | None = None, connect_timeout_s: float = 30.0,
                  fetch_outputs: bool = True,
-                 on_step: Callable[[str], None] | None = None) -> None:
+                 on_step: Callable[[str], None] | None = None,
+                 threads: int | None = None) -> None:
         self.rpc, self.key, self.device = rpc, key, device
         self.connect_timeout_s = connect_timeout_s
         self.fetch_outputs = fetch_outputs
         self.on_step = on_step
+        self.threads = threads
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -90,6 +96,10 @@ class RPCRunner(Runner):
         return connect(rpc=self.rpc, key=self.key, device=self.device,
                        timeout_s=self.connect_timeout_s,
                        session_timeout_s=float(settings.timeout_s) + 30.0)
+
+    def configure_threads(self, sess: Any, n: int) -> int:
+        """Set the session's thread pool to ``n``; the count in effect."""
+        return set_threads(n, sess)
 
     def upload(self, sess: Any, path: Path) -> str:
         name = f"pfc_{time.time_ns()}_{path.name}"
@@ -161,6 +171,10 @@ class RPCRunner(Runner):
                paired: Paired | None, stage: list[str]) -> tuple:
         self._step(stage, "connect")
         sess = self.create_session(settings)
+        threads = self.threads or art.threads
+        if threads:
+            self._step(stage, "threads")
+            threads = self.configure_threads(sess, threads)
         self._step(stage, "upload")
         names = [self.upload(sess, art.so_path)]
         try:
@@ -172,7 +186,7 @@ class RPCRunner(Runner):
             outputs = self.run_once(sess, vm, art) if self.fetch_outputs else None
             if paired is None:
                 self._step(stage, "time_evaluator")
-                return outputs, self.evaluate(vm, dev, settings), None
+                return outputs, self.evaluate(vm, dev, settings), None, threads
             self._step(stage, "load reference")
             ref = resolve_artifact(paired.artifact)
             names.append(self.upload(sess, ref.so_path))
@@ -181,13 +195,13 @@ class RPCRunner(Runner):
             ref_vm.invoke_stateful()
             self._step(stage, "paired time_evaluator")
             raw, ratios = self.evaluate_paired(vm, ref_vm, dev, settings)
-            return outputs, raw, ratios
+            return outputs, raw, ratios, threads
         finally:
             self.cleanup(sess, names)
 
     def _pipeline(self, art: Artifact, inputs: dict[str, np.ndarray],
                   settings: MeasureSettings, paired: Paired | None, stage: list[str]) -> tuple:
-        """``("ok", outputs, latencies, ratios)`` or ``("error", kind, message)``. An
+        """``("ok", outputs, latencies, ratios, threads)`` or ``("error", kind, message)``. An
         exception is turned into a message *here*, so that its traceback (whose frames
         hold the session) is gone when the thread ends."""
         try:
@@ -229,9 +243,9 @@ class RPCRunner(Runner):
         if outcome[0] == "error":
             return RunnerResult.failure(outcome[2], outcome[1], self.name,
                                         time.monotonic() - t0, settings)
-        _, outputs, lat, ratios = outcome
+        _, outputs, lat, ratios, threads = outcome
         return RunnerResult(lat, None, outputs, self.name, "", time.monotonic() - t0,
-                            settings, ratios)
+                            settings, ratios, threads=threads)
 
     # -- kernels -------------------------------------------------------------
     def _kernel_steps(self, library: Path | None, calls: Sequence[KernelCall],
@@ -245,6 +259,8 @@ class RPCRunner(Runner):
                                           settings.min_repeat_ms,
                                           settings.timeout_s * max(1, len(calls)))
         sess = self.create_session(kernel_settings)
+        if self.threads:
+            self.configure_threads(sess, self.threads)
         names: list[str] = []
         try:
             self._step(stage, "upload")
@@ -365,13 +381,16 @@ class InProcessRunner(RPCRunner):
     """The RPC steps on this process's CPU (TVM's ``LocalSession``: no server, no
     socket): host kernel timing without starting a device."""
 
-    def __init__(self, fetch_outputs: bool = True) -> None:
-        super().__init__(device="this process", fetch_outputs=fetch_outputs)
+    def __init__(self, fetch_outputs: bool = True, threads: int | None = None) -> None:
+        super().__init__(device="this process", fetch_outputs=fetch_outputs, threads=threads)
 
     def create_session(self, settings: MeasureSettings) -> Any:
         from tvm import rpc
 
         return rpc.LocalSession()
+
+    def configure_threads(self, sess: Any, n: int) -> int:
+        return set_threads(n)   # this process's pool (TVM_NUM_THREADS before its first use)
 
 
 class LocalRunner(Runner):
@@ -413,7 +432,8 @@ class LocalRunner(Runner):
             from pfcompile.runner.accel import AccelRunner
 
             return AccelRunner(self.target, device=addr)
-        return RPCRunner(device=addr, connect_timeout_s=self.connect_timeout_s)
+        return RPCRunner(device=addr, connect_timeout_s=self.connect_timeout_s,
+                         threads=self.threads)
 
     def _settle(self, res: Any) -> None:
         kind = getattr(res, "error_kind", "") or ("device" if getattr(res, "error", None)

@@ -3,6 +3,7 @@ the search, write ``DIST/`` (model.onnx, model.so, report.json, report.html)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import onnx
 
 from pfcompile import paths
 from pfcompile.data import Dataset, load_npz
+from pfcompile.deploy import deployment_threads
 from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.frontend import import_model
 from pfcompile.model import input_specs
@@ -21,7 +23,7 @@ from pfcompile.search.confirm import split_for_confirmation
 from pfcompile.search.device_spec import DeviceSpec
 from pfcompile.search.finalist import finetune_finalist
 from pfcompile.search.loop import SearchSettings, TrialLog, run_search
-from pfcompile.search.ort_compare import OrtTimer, default_threads
+from pfcompile.search.ort_compare import OrtTimer
 from pfcompile.search.report import write_report
 from pfcompile.targets import load_target
 
@@ -151,7 +153,8 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
                 "onnxruntime is timed on this machine, and the device is not a host device "
                 "started here")}
         else:
-            ort_info = {"threads": threads or default_threads()}
+            # the same thread count as the compiled models' runs
+            ort_info = {"threads": threads or deployment_threads(tgt)}
             try:
                 timer = OrtTimer(model, ort_info["threads"], run_dir / "final" / "onnxruntime")
                 ort_info["version"] = timer.version
@@ -193,7 +196,28 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
         for name in ("model.json", "source.onnx"):
             if (Path(so).parent / name).exists():
                 shutil.copy(Path(so).parent / name, out / name)
+        _record_measurement(out / "model.json", final, ort_info, getattr(dev, "name", None))
     return write_report(result, out, final=final, finetune=ft_info, onnxruntime=ort_info)
+
+
+def _record_measurement(meta_path: Path, final: dict | None, ort_info: dict | None,
+                        device: str | None) -> None:
+    """DIST/model.json says what its latency was measured with: the final re-measurement's
+    device, thread count and medians (and onnxruntime's, same threads)."""
+    if not final or not meta_path.exists():
+        return
+    meta = json.loads(meta_path.read_text())
+    deployed = "best" if final.get("best_ms") else "baseline"
+    meta["measured"] = {
+        "device": device, "threads": final.get("threads"), "repeats": final.get("repeats"),
+        "median_ms": final.get(f"{deployed}_ms"),
+        "original_median_ms": final.get("baseline_ms"),
+        "onnxruntime_ms": (ort_info or {}).get("ms"),
+        "onnxruntime_threads": (ort_info or {}).get("threads"),
+        "how": "pfcompile run's final re-measurement: rounds alternating the deployed model, "
+               "the original and onnxruntime, medians",
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
 
 
 def _training_data(train, calib, data, search_part: Dataset, specs) -> tuple[Dataset, str]:
@@ -224,11 +248,14 @@ def remeasure(dev, models: dict[str, onnx.ModelProto], work: Path, repeats: int,
     the models (e.g. the original in onnxruntime, :class:`OrtTimer`), as ``<name>_ms``."""
     others = others or {}
     times: dict[str, list[float]] = {k: [] for k in (*models, *others)}
+    threads: set[int] = set()
     for _ in range(repeats):
         for name, m in models.items():
             r = dev.measure_model(m, work / name)
             if r.ok:  # the model's own median (paired timing keeps it as raw_ms)
                 times[name].append(r.raw_ms if r.raw_ms is not None else r.latency_ms)
+                if r.details.get("threads"):
+                    threads.add(int(r.details["threads"]))
         for name, fn in others.items():
             try:
                 times[name].append(float(fn()))
@@ -237,6 +264,8 @@ def remeasure(dev, models: dict[str, onnx.ModelProto], work: Path, repeats: int,
     med = {k: float(np.median(v)) if v else None for k, v in times.items()}
     out = {f"{k}_ms": v for k, v in med.items()}
     out["repeats"] = repeats
+    if threads:   # the device's thread pool in these runs
+        out["threads"] = threads.pop() if len(threads) == 1 else sorted(threads)
     if med.get("baseline") and med.get("best"):
         out["speedup"] = med["baseline"] / med["best"]
     return out

@@ -34,7 +34,7 @@ class DeviceSpec:
     key: str | None = None                      # --key (default: the target's rpc_key)
     null: bool = False                          # --null-device
     port_range: tuple[int, int] = (9300, 9350)  # for a device started here
-    threads: int | None = None                  # TVM threads of a device started here
+    threads: int | None = None                  # --threads (default: deployment threads)
     accel_latency: str = "total"                # accelerator targets: "total" or "accel"
 
     def __post_init__(self) -> None:
@@ -69,10 +69,11 @@ class DeviceSpec:
             AccelSearchDevice(target, latency=self.accel_latency)  # check before starting
         elif self.rpc:
             # several servers under the key: a pool that measures a round's candidates at once
-            return open_rpc_device(target, self.rpc, key, on_change=on_change), None
+            return open_rpc_device(target, self.rpc, key, on_change=on_change,
+                                   threads=self.threads), None
         elif self.device:
             h, p = parse_addr(self.device, "--device")
-            return RPCDevice(target, host=h, port=p), None
+            return RPCDevice(target, host=h, port=p, threads=self.threads), None
         server = self._own_server(target)
         try:
             if target.is_accelerator:
@@ -80,7 +81,8 @@ class DeviceSpec:
 
                 return AccelSearchDevice(target, port=server.port,
                                          latency=self.accel_latency), server
-            return RPCDevice(target, port=server.port, on_change=on_change), server
+            return RPCDevice(target, port=server.port, on_change=on_change,
+                             threads=self.threads), server
         except BaseException:
             server.stop()
             raise

@@ -162,7 +162,8 @@ class RPCDevice:
     servers a tracker lists under ``key`` (default: as many as it lists now). See the
     module docstring. ``number`` is unused for whole models (each round is one timed
     evaluation of at least ``min_repeat_ms``, clamped to 5..25 ms); ``repeat`` sets the
-    rounds (at least 7). ``on_change(status)`` is told every slot change."""
+    rounds (at least 7). ``on_change(status)`` is told every slot change. ``threads``: the
+    device's thread pool for every run (default: each candidate's deployment threads)."""
 
     simulated = False
 
@@ -171,8 +172,9 @@ class RPCDevice:
                  number: int | None = None, repeat: int | None = None,
                  min_repeat_ms: int | None = None,
                  on_change: Callable[[PoolStatus], None] | None = None,
-                 compile_first: bool = False) -> None:
+                 compile_first: bool = False, threads: int | None = None) -> None:
         self.target = target
+        self.threads = threads   # None: each artifact's deployment threads (model.json)
         self.host, self.port, self.tracker = host, port, tracker
         self.key = key or target.rpc_key
         m = target.measure
@@ -207,7 +209,7 @@ class RPCDevice:
     def make_slot(self, *, rpc: str | None = None, key: str | None = None,
                   device: str | None = None) -> Runner:
         """One session's runner (a subclass's device may need another)."""
-        return RPCRunner(rpc=rpc, key=key, device=device)
+        return RPCRunner(rpc=rpc, key=key, device=device, threads=self.threads)
 
     # -- settings -----------------------------------------------------------
     @property
@@ -269,8 +271,9 @@ class RPCDevice:
         ms = res.paired_ms(self._reference[1]) if (res.ratios and self._reference) else raw
         if ms is None or not math.isfinite(ms):
             return Measurement(None, "device returned a non-finite time", so)
+        details = {**res.details, "threads": res.threads} if res.threads else res.details
         return Measurement(ms, None, so, check.max_abs_err, raw_ms=raw,
-                           paired=res.ratios is not None, details=res.details)
+                           paired=res.ratios is not None, details=details)
 
     # -- SearchDevice -------------------------------------------------------
     def measure_many(self, jobs: Jobs,

@@ -29,7 +29,7 @@ import onnx
 
 from pfcompile.errors import DeviceError
 
-__all__ = ["OrtTimer", "default_threads"]
+__all__ = ["OrtTimer"]
 
 _WORKER = r"""
 import json, sys, time
@@ -65,14 +65,6 @@ for line in sys.stdin:
         times.append((time.perf_counter() - t0) * 1e3)
     print(json.dumps({"ms": float(np.median(times)), "calls": len(times)}), flush=True)
 """
-
-
-def default_threads() -> int:
-    """The size of TVM's default thread pool here: what a host device started without
-    ``--threads`` runs with (same machine, same environment)."""
-    import tvm
-
-    return int(tvm.runtime.num_threads())
 
 
 class OrtTimer:
