@@ -81,8 +81,10 @@ class DeviceSpec:
 
                 return AccelSearchDevice(target, port=server.port,
                                          latency=self.accel_latency), server
+            # a host server here runs on the cores the compiler uses: compile a round
+            # before measuring it, so that no candidate is timed beside a compilation
             return RPCDevice(target, port=server.port, on_change=on_change,
-                             threads=self.threads), server
+                             threads=self.threads, compile_first=not target.emulated), server
         except BaseException:
             server.stop()
             raise
