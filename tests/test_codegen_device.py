@@ -4,6 +4,8 @@ latencies under qemu are not ARM latencies."""
 
 from __future__ import annotations
 
+import gc
+
 import tempfile
 from pathlib import Path
 
@@ -49,6 +51,7 @@ def _run_remote(addr: str, ex, target, x: np.ndarray) -> np.ndarray:
     host, port = addr.rsplit(":", 1)
     with tempfile.TemporaryDirectory() as tmp:
         so = export(ex, target, Path(tmp) / "model_arm64.so")
+        gc.collect()  # a server serves one session at a time: free the last one first
         sess = rpc.connect(host, int(port), session_timeout=600)
         sess.upload(str(so))
         rmod = sess.load_module(so.name)

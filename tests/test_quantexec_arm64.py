@@ -64,6 +64,7 @@ def _run_kernels(server, funcs: list, target, args: list[list[np.ndarray]]) -> l
     import tvm
     from tvm import rpc
 
+    gc.collect()  # a server serves one session at a time: free the last one first
     sess = rpc.connect(*parse_addr(server.addr), session_timeout=600)
     with tempfile.TemporaryDirectory() as d:
         path = export(build_primfuncs(funcs, target), target, Path(d) / "kernels.so")

@@ -10,6 +10,8 @@ afterwards. Without a registry and without a cached copy the tests skip, saying 
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -219,9 +221,19 @@ def test_arm64_matches_the_original(name, arm_device, tmp_path):
     sm = suite_model(name)
     art = compile_model(suite_file(name), "arm64", tmp_path / "art",
                         {sm.input_name: sm.input_shape})
-    host, port = arm_device.rsplit(":", 1)
-    sess = rpc.connect(host, int(port), session_timeout=900)
-    sess.upload(str(art.so_path))
-    lib = sess.load_module(art.so_path.name)
     x = _input(name)
-    assert _close(_run_vm(lib, x, sess.cpu()), _ort_original(name, x)) < 1e-3
+
+    def on_device() -> list[np.ndarray]:
+        host, port = arm_device.rsplit(":", 1)
+        sess = rpc.connect(host, int(port), session_timeout=900)
+        sess.upload(str(art.so_path))
+        lib = sess.load_module(art.so_path.name)
+        return _run_vm(lib, x, sess.cpu())
+
+    try:
+        got = on_device()
+    finally:
+        # a TVM server serves one session at a time, and remote handles form reference
+        # cycles: free this session now, or the next test's connect waits for ever
+        gc.collect()
+    assert _close(got, _ort_original(name, x)) < 1e-3
