@@ -5,7 +5,6 @@ latencies under qemu are not ARM latencies."""
 from __future__ import annotations
 
 import gc
-
 import tempfile
 from pathlib import Path
 

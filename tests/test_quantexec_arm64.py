@@ -3,6 +3,7 @@
 Functional only: nothing here is a latency. Needs tools/setup_arm64_device.sh.
 """
 
+import gc
 import tempfile
 from dataclasses import replace
 from pathlib import Path
