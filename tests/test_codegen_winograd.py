@@ -161,7 +161,7 @@ def test_winograd_builds_for_arm64():
     tests/test_codegen_device.py (slow)."""
     import tempfile
 
-    from pfcompile.compiler import export_executable
+    from pfcompile.compiler import export
 
     arm = load_target("arm64")
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,5 +175,5 @@ def test_winograd_builds_for_arm64():
         if shutil.which(arm.cross_compiler or "") is None:
             pytest.skip(f"cross compiler {arm.cross_compiler} missing")
         so = Path(tmp) / "m.so"
-        export_executable(ex, arm, so)
+        export(ex, arm, so)
         assert so.stat().st_size > 0

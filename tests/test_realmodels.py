@@ -216,7 +216,7 @@ def test_cli_takes_input_shape_everywhere():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_arm64_matches_the_original(name, arm_device, tmp_path):
-    from tvm import rpc
+    from pfcompile.device import connect
 
     sm = suite_model(name)
     art = compile_model(suite_file(name), "arm64", tmp_path / "art",
@@ -224,12 +224,13 @@ def test_arm64_matches_the_original(name, arm_device, tmp_path):
     x = _input(name)
 
     def on_device() -> list[np.ndarray]:
-        host, port = arm_device.rsplit(":", 1)
-        sess = rpc.connect(host, int(port), session_timeout=900)
+        # bounded: a session that does not start in 5 min fails this test, not the suite
+        sess = connect(device=arm_device, timeout_s=300, session_timeout_s=900)
         sess.upload(str(art.so_path))
         lib = sess.load_module(art.so_path.name)
         return _run_vm(lib, x, sess.cpu())
 
+    gc.collect()
     try:
         got = on_device()
     finally:

@@ -98,8 +98,8 @@ def test_paired_rounds_alternate_reference_and_candidate():
         def __init__(self, tag: str, secs: float) -> None:
             self.tag, self.secs = tag, secs
 
-        def time_evaluator(self, *args, **kwargs):
-            def run(fn: str) -> _Timed:
+        def stateful_timer(self, *args, **kwargs):   # as pfcompile.deploy.Deployed
+            def run() -> _Timed:
                 calls.append(self.tag)
                 return _Timed(self.secs)
             return run
