@@ -15,6 +15,12 @@ round by round so that machine load hits all alike, all at the same thread count
 - ``onnxruntime``: the source model, default graph optimizations, the same intra-op
   threads (a reference point).
 
+With more than one thread the ``tvm over RPC`` row shares the cores with this
+process's own thread pools (TVM's and onnxruntime's, which spin for a while after
+each run) and can read up to 2x in rounds that follow them; ``pfcompile measure``
+runs alone, as a user runs it (measured 2026-12-05, AMD EPYC 2 vCPU, load 0.8,
+demo: in-process 0.155 ms, measure 0.163 ms at 2 threads; 0.278 / 0.277 ms at 1).
+
 Each round gives one median over ``--repeat`` repeats of ``--number`` runs; the
 table shows the median, min and max of the round medians, in ms, batch 1, and each
 way's ratio to in-process (issue 17: ``pfcompile measure`` within 10 %).
