@@ -31,13 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pfcompile.targets import cpu_model
 
 
 def compile_host(model_path: Path, out: Path) -> Path:
@@ -140,22 +141,12 @@ def main() -> None:
         table.add_row(name, f"{med:.3f}", f"{min(vals):.3f}", f"{max(vals):.3f}",
                       f"{med / base:.2f}x")
     Console().print(table)
-    print(f"CPU: {_cpu()}; load average before the rounds: "
+    print(f"CPU: {cpu_model()}; load average before the rounds: "
           f"{', '.join(f'{x:.2f}' for x in loads)}")
     print(f"RPC outputs verified against onnxruntime in {sum(verified)}/{len(verified)} rounds")
     print(f"input shapes: {[(s.name, s.shape) for s in specs]}; "
           f"tvm {tvm.__version__}, onnxruntime {ort.__version__}; "
           f"machine load average now: {Path('/proc/loadavg').read_text().split()[:3]}")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -41,16 +40,7 @@ from pathlib import Path
 
 from pfcompile.realdata import classifier_top1, make_ocr_cls_splits, parse_split_sizes
 from pfcompile.realmodels import fetch, suite_model
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from pfcompile.targets import cpu_model
 
 
 def _load() -> str:
@@ -158,7 +148,7 @@ def main() -> None:
     speed = rm.get("speedup") if best else 1.0
     ok = best and speed is not None and speed >= 1.3 and drop <= args.max_acc_drop
     f = (lambda v, p=3: "-" if v is None else f"{v:.{p}f}")
-    print(f"\nCPU: {_cpu()}, {os.cpu_count()} cores; load average before {load0}, after {load1}; "
+    print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; load average before {load0}, after {load1}; "
           f"search {run_s / 60:.1f} min, budget {args.budget}, --max-acc-drop {args.max_acc_drop}"
           f"{' ' + args.extra if args.extra else ''}")
     print(f"data (seed {args.seed}): " + ", ".join(
@@ -187,7 +177,7 @@ def main() -> None:
     for k, v in rows:
         print(f"| {k} | {v} |")
     (work / "summary.json").write_text(json.dumps(
-        {"rows": dict(rows), "cpu": _cpu(), "load_before": load0, "load_after": load1,
+        {"rows": dict(rows), "cpu": cpu_model(), "load_before": load0, "load_after": load1,
          "run_args": run_args, "test_original": original, "test_deployed": deployed}, indent=1))
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,16 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pfcompile.realmodels import SUITE, fetch, suite_data, suite_model
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from pfcompile.targets import cpu_model
 
 
 def _load() -> str:
@@ -159,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lat = latency_table(names, args.rounds, args.number, args.threads, Path(tmp))
         srch = search_table(names, args.budget, args.threads, Path(tmp)) if args.budget else []
-    print(f"\nCPU: {_cpu()}, {os.cpu_count()} cores; threads {args.threads} each; batch 1; "
+    print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; threads {args.threads} each; batch 1; "
           f"load average before {load0}, after {_load()}")
     print(f"latency: median over {args.rounds} alternating process rounds of the median of "
           f"{args.number} runs (ms)\n")

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -44,18 +43,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from pfcompile.targets import cpu_model
+
 CACHE = Path(os.environ.get("PFCOMPILE_CACHE", Path.home() / ".cache" / "pfcompile")) / "bench_size"
 VARIANTS = ("float", "q8", "q4", "cb4", "sp75")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_models(size: int, epochs: int, names: list[str], work: Path) -> dict:
@@ -169,7 +160,7 @@ def main() -> None:
     from pfcompile.targets import MeasureSettings, load_target
 
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"CPU: {_cpu()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
           f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}", flush=True)
     data = build_models(args.size, args.epochs, args.models.split(","), args.out / "models")
     rows = []

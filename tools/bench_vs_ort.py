@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pfcompile.targets import cpu_model
+
 __all__ = [
     "BenchRow",
     "EngineStats",
@@ -74,18 +76,6 @@ ENGINES = ("pfcompile", "onnxruntime")
 def cache_dir() -> Path:
     base = os.environ.get("PFCOMPILE_CACHE") or str(Path.home() / ".cache" / "pfcompile")
     return Path(base) / "bench_vs_ort"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def _cpu_times() -> tuple[float, float]:

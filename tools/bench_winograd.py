@@ -23,9 +23,10 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+
+from pfcompile.targets import cpu_model
 
 #: ResNet-18/34 stages, VGG-style, a few small / odd ones (pruned channel counts)
 DEFAULT_SHAPES = ["64,64,56", "128,128,28", "256,256,14", "512,512,7", "32,32,56", "16,16,32",
@@ -234,20 +235,10 @@ def main() -> None:
     if "tvm" in sys.modules:
         raise SystemExit("set TVM_NUM_THREADS before importing tvm")
     os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read when TVM's thread pool starts
-    print(f"CPU: {_cpu()}; load average {os.getloadavg()[0]:.2f}; threads {args.threads}; "
+    print(f"CPU: {cpu_model()}; load average {os.getloadavg()[0]:.2f}; threads {args.threads}; "
           f"target {args.target}", flush=True)
     {"layers": layers, "models": models}[args.cmd](args)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

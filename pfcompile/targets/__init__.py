@@ -112,6 +112,17 @@ def host_arch() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
+def cpu_model() -> str:
+    """This CPU's model name (``/proc/cpuinfo``), for the tables benchmarks print."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":", 1)[0].strip() in ("model name", "Model"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cpu_flags() -> set[str]:
     """This CPU's feature flags from /proc/cpuinfo (``flags`` on x86, ``Features`` on ARM)."""
     try:
