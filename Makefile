@@ -51,8 +51,11 @@ arm64-device: apt-deps
 models: $(STAMP)
 	$(PY) -m pfcompile.realmodels || echo "real-model suite unavailable: its tests will skip"
 
+# the demo's validation split has 540 images, so its confirmation part (30 %) has 162:
+# too few to confirm any candidate within the default 0.5-point budget at 90 %
+# confidence (the bound for a perfect one is 0.63 points); 1 point can be confirmed
 run: $(STAMP)
-	$(VENV)/bin/pfcompile run
+	$(VENV)/bin/pfcompile run --max-acc-drop 1.0
 
 test: $(STAMP) apt-deps arm64-device models
 	$(PY) -m pytest -q -ra --durations=25
