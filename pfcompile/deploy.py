@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LIFTED_FUNC", "MAIN_FUNC", "THREADS_ENV", "TRANSFORM_FUNC", "Deployed",
-           "artifact_threads", "deployment_threads", "has_function", "load", "prepare",
-           "set_threads"]
+           "artifact_threads", "deployment_threads", "has_function", "load", "meta_threads",
+           "prepare", "set_threads"]
 
 MAIN_FUNC = "main"
 TRANSFORM_FUNC = "main_transform_params"
@@ -141,11 +141,16 @@ def deployment_threads(target: Any) -> int:
 
 def artifact_threads(artifact_dir: str | Path) -> int | None:
     """``threads`` of an artifact's ``model.json`` (None: not recorded, or no file)."""
-    meta = Path(artifact_dir) / "model.json"
     try:
-        n = json.loads(meta.read_text()).get("threads")
-    except (OSError, ValueError, AttributeError):
+        meta = json.loads((Path(artifact_dir) / "model.json").read_text())
+    except (OSError, ValueError):
         return None
+    return meta_threads(meta)
+
+
+def meta_threads(meta: Any) -> int | None:
+    """The deployment thread count in a parsed ``model.json`` (None when not recorded)."""
+    n = meta.get("threads") if isinstance(meta, dict) else None
     return int(n) if isinstance(n, int | float) and n >= 1 else None
 
 

@@ -38,7 +38,9 @@ import sys
 import time
 from pathlib import Path
 
-from pfcompile.realdata import classifier_top1, make_ocr_cls_splits, parse_split_sizes
+from make_ocr_cls_data import split_sizes  # tools/ is on sys.path for a script run from it
+
+from pfcompile.realdata import classifier_top1, make_ocr_cls_splits
 from pfcompile.realmodels import fetch, suite_model
 from pfcompile.targets import cpu_model
 
@@ -93,13 +95,6 @@ def evaluate_json(model: Path, data: Path, work: Path, tag: str, shape_arg: str,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _sizes(text: str) -> dict[str, int]:
-    try:
-        return parse_split_sizes(text)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from exc
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, required=True, help="data, DIST and logs go here")
@@ -117,7 +112,7 @@ def main() -> None:
     sm = suite_model("ppocr_cls")
     model = fetch("ppocr_cls")
     load0 = _load()
-    meta = make_data(work / "data", _sizes(args.sizes), args.seed, model)
+    meta = make_data(work / "data", split_sizes(args.sizes), args.seed, model)
     d = work / "data"
     dist = work / "dist"
     if (dist / "run" / "trials.jsonl").exists():

@@ -41,7 +41,9 @@ def make(out: Path, sizes: dict[str, int], seed: int) -> dict[str, dict]:
     return rows
 
 
-def _sizes(text: str) -> dict[str, int]:
+def split_sizes(text: str) -> dict[str, int]:
+    """``--sizes`` -> every split's size (:func:`parse_split_sizes`); a bad entry ends the
+    script with its message (also used by ``tools/bench_ocr_cls.py``)."""
     try:
         return parse_split_sizes(text)
     except ValueError as exc:
@@ -54,7 +56,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sizes", default="", help="e.g. train=2000,calib=64,val=1000,test=2000")
     args = ap.parse_args()
-    rows = make(args.out, _sizes(args.sizes), args.seed)
+    rows = make(args.out, split_sizes(args.sizes), args.seed)
     print(f"\nppocr_cls data in {args.out} (seed {args.seed}); original classifier top-1 "
           "(onnxruntime)\n")
     print("| split | images | rotated | top-1 |")

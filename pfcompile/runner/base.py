@@ -30,6 +30,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from pfcompile.deploy import meta_threads
 from pfcompile.errors import ModelError
 from pfcompile.targets import MeasureSettings
 
@@ -132,7 +133,7 @@ def resolve_artifact(artifact: str | Path) -> Artifact:
             meta = json.loads(meta_path.read_text())
             ins = tuple(str(d["name"]) for d in meta.get("inputs", []))
             outs = tuple(str(d["name"]) for d in meta.get("outputs", []))
-            threads = int(meta["threads"]) if meta.get("threads") else None
+            threads = meta_threads(meta)
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{meta_path}: unreadable artifact metadata: {exc}") from exc
     return Artifact(so, ins, outs, threads)
