@@ -30,12 +30,14 @@ from pfcompile.errors import CompileError
 __all__ = [
     "KernelWorkload",
     "build",
+    "build_context",
     "channel_block",
     "choose_params",
     "fuse_to_tir",
     "kernel_workloads",
     "relax_pipeline",
     "schedule_module",
+    "vm_finalize_passes",
 ]
 
 
@@ -172,13 +174,28 @@ def schedule_module(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     return out
 
 
+def vm_finalize_passes(tvm_target: Any) -> list:
+    """TVM's CPU finalisation passes without ``KillAfterLastUse``.
+
+    That pass writes a ``vm.builtin.null_value`` into each register after its last use: a
+    third of the VM instructions of an int8 library (64 bytes each: 172 of 454 in a 4-bit
+    codebook ResNet-20, 11 KB). With static shapes they free nothing: every tensor lives in
+    a storage that ``StaticPlanBlockMemory`` allocated and that the function's own
+    registers hold to its end (killing a tensor view or a storage register whose tensors
+    live on does not release it), and the load-time decode's outputs are all returned.
+    A register is released when its function returns either way."""
+    from tvm.relax.backend.cpu_generic.pipeline import finalize_passes
+
+    return [p for p in finalize_passes(tvm_target) if p.info.name != "KillAfterLastUse"]
+
+
 def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
                    metaschedule_dir: Path | None = None, templates: bool = True,
                    winograd: int | None = None,
                    post_passes: Sequence[tvm.transform.Pass] = ()):
     """A ``relax_pipeline`` for ``tvm.compile``. ``post_passes`` run on the fused,
     scheduled module (constants final) before TVM's lowering (e.g. weight storage)."""
-    from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes, finalize_passes
+    from tvm.relax.backend.cpu_generic.pipeline import dataflow_lower_passes
 
     tvm_target = target.tvm_target()
 
@@ -195,9 +212,31 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
             mod = p(mod)
         with tvm_target:
             return tvm.transform.Sequential(dataflow_lower_passes(tvm_target)
-                                            + finalize_passes(tvm_target))(mod)
+                                            + vm_finalize_passes(tvm_target))(mod)
 
     return _pipeline
+
+
+#: PassContext config of every library pfcompile builds: no TIR ``AssertStmt`` in the kernels.
+#: ``MakePackedAPI`` checks each argument of each kernel (type, device, ndim, dtype, every
+#: dimension and stride, byte offset), each check a branch to an error call with its own
+#: message: 4-5 KB of an integer conv's 9 KB, 60 % of an int8 ResNet-20 library's code
+#: (tools/bench_size.py). The kernels are called only by the library's own VM code, whose
+#: entry functions check the inputs against the model's shapes and dtypes
+#: (``vm.builtin.check_tensor_info`` / ``match_shape``: a wrong input still raises a
+#: clear error, tests/test_codesize.py), and every intermediate buffer is allocated by
+#: that code for the shapes the kernels were compiled for.
+BUILD_CONFIG = {"tirx.disable_assert": True}
+
+
+def build_context() -> tvm.transform.PassContext:
+    """The current PassContext (opt level, passes, instruments) with :data:`BUILD_CONFIG`
+    added: what ``tvm.compile`` of a pfcompile library runs under."""
+    cur = tvm.transform.PassContext.current()
+    return tvm.transform.PassContext(
+        opt_level=cur.opt_level, required_pass=list(cur.required_pass),
+        disabled_pass=list(cur.disabled_pass), instruments=list(cur.instruments),
+        config={**dict(cur.config), **BUILD_CONFIG})
 
 
 def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
@@ -219,10 +258,11 @@ def build(mod: tvm.IRModule, target: Any, *, records_dir: Path | None = None,
                            "function")
     db = RecordDB.for_target(records_dir, target.name)
     try:
-        return tvm.compile(mod, target=target.tvm_target(),
-                           relax_pipeline=relax_pipeline(target, db, report,
-                                                          metaschedule_dir, templates, winograd,
-                                                          post_passes))
+        with build_context():
+            return tvm.compile(mod, target=target.tvm_target(),
+                               relax_pipeline=relax_pipeline(target, db, report,
+                                                              metaschedule_dir, templates,
+                                                              winograd, post_passes))
     except CompileError:
         raise
     except Exception as exc:
