@@ -31,10 +31,13 @@ from tvm.script import tirx as T
 from pfcompile.quantexec.blocked import (
     Isa,
     conv_func,
+    conv_tiles,
     depthwise_func,
     dw_supported,
     pack_weight_conv,
+    pack_weight_conv_shared,
     pack_weight_dw,
+    shareable,
     x_offset,
 )
 from pfcompile.quantexec.kernels import QConvSpec
@@ -239,6 +242,13 @@ def arm_conv_kernel(sp: QConvSpec, kind: str):
     if sp.groups != 1 or sp.n != 1:
         return None
     isa = _isa(kind)
+    if shareable(sp):
+        # one function for the layers that differ only in channel counts (see conv_func)
+        t_oc = conv_tiles(sp, isa)[1]
+        dtype = np.int16 if isa.conv_w == "int16" else np.int8
+        return IntKernel(isa.conv_name, conv_func(sp, isa, shared=True),
+                         lambda w: pack_weight_conv_shared(w, isa.conv_kg, dtype, t_oc),
+                         x_offset(isa, sp.x_dtype))
     return IntKernel(isa.conv_name, conv_func(sp, isa), _pack_conv(isa), x_offset(isa, sp.x_dtype))
 
 
@@ -249,7 +259,8 @@ def arm_depthwise_kernel(sp: QConvSpec, kind: str):
     if not dw_supported(sp):
         return None
     isa = _isa(kind)
-    return IntKernel(isa.dw_name, depthwise_func(sp, isa), _pack_dw(isa), x_offset(isa, sp.x_dtype))
+    return IntKernel(isa.dw_name, depthwise_func(sp, isa, shared=shareable(sp)), _pack_dw(isa),
+                     x_offset(isa, sp.x_dtype))
 
 
 _ = tirx  # tirx: the PrimFunc type the templates return

@@ -32,13 +32,15 @@ from pfcompile.quantexec.kernels import (
     QConvSpec,
     epilogue_params,
     io_layouts,
+    nblocks,
     out_compute,
     padded_read,
     te_shape,
 )
 
-__all__ = ["Isa", "conv_func", "default_tiles", "depthwise_func", "dw_supported",
-           "pack_weight_conv", "pack_weight_dw", "x_offset"]
+__all__ = ["Isa", "conv_func", "conv_tiles", "default_tiles", "depthwise_func", "dw_supported",
+           "pack_weight_conv", "pack_weight_conv_shared", "pack_weight_dw", "shareable",
+           "x_offset"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,14 @@ def pack_weight_conv(w: np.ndarray, kg: int, dtype) -> np.ndarray:
         full.reshape(ocb, BLOCK, cb, BLOCK // kg, kg, kh, kw).transpose(0, 2, 5, 6, 3, 1, 4))
 
 
+def pack_weight_conv_shared(w: np.ndarray, kg: int, dtype, t_oc: int) -> np.ndarray:
+    """:func:`pack_weight_conv` viewed as ``[OC/8/t_oc, t_oc, C/8, ...]`` (same bytes): the
+    weights of a conv kernel shared across channel counts (``conv_func(shared=True)``),
+    whose first dimension gives the kernel its number of output channel tiles."""
+    p = pack_weight_conv(w, kg, dtype)
+    return p.reshape(p.shape[0] // t_oc, t_oc, *p.shape[1:])
+
+
 def pack_weight_dw(w: np.ndarray, kg: int, dtype) -> np.ndarray:
     """Depthwise ``[C, 1, KH, KW]`` int8 -> ``[C/8, KH, ceil(KW/kg), 8, kg]`` (zero taps)."""
     c, _, kh, kw = w.shape
@@ -106,18 +116,58 @@ def _direct(sp: QConvSpec, isa: Isa) -> bool:
             and sp.x_layout != "NCHW" and not any(sp.padding) and sp.c % BLOCK == 0)
 
 
-def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False):
+def shareable(sp: QConvSpec) -> bool:
+    """Whether one kernel may serve ``sp`` and layers that differ from it only in channel
+    counts (``shared=True`` of :func:`conv_func` / :func:`depthwise_func`): batch 1 and
+    whole blocks of 8 input and output channels."""
+    return sp.n == 1 and sp.c % BLOCK == 0 and sp.oc % BLOCK == 0
+
+
+def _channel_vars(sp: QConvSpec, t_oc: int | None):
+    """``sp`` with its channel counts as TIR variables, and the variables.
+
+    The input's channel blocks ``cb`` (channels ``8 * cb``) and a conv's output channel
+    tiles ``nt`` (output channels ``8 * t_oc * nt``). Each is a dimension of an argument by
+    itself, which the function's packed-API entry reads from the argument's shape: ``cb``
+    from a blocked input or the weights, ``nt`` from the weights' first dimension
+    (:func:`pack_weight_conv_shared`). Multiples of the block as variables, not the counts
+    themselves: the schedule's splits into blocks and tiles are then exact (no tail, no
+    predicate). Depthwise: output channels = input channels = groups."""
+    c = tirx.Var("cb", "int32") * BLOCK
+    if t_oc is None:  # depthwise
+        return replace(sp, c=c, oc=c, groups=c), None
+    nt = tirx.Var("nt", "int32")
+    return replace(sp, c=c, oc=nt * (t_oc * BLOCK)), nt
+
+
+def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False, shared_t_oc: int | None = None):
     """``out_flat``: accumulate over flat output pixels ``p = i * OW + j`` (the output TE
-    view ``1 x OH*OW``), so that a register tile of pixels may span rows."""
+    view ``1 x OH*OW``), so that a register tile of pixels may span rows.
+    ``shared_t_oc``: the channel counts are variables (:func:`_channel_vars`; the weights
+    ``[OC/8/t_oc, t_oc, ...]``), so that layers with other channel counts share the kernel."""
     kg = isa.conv_kg
-    ocb, cb = -(-sp.oc // BLOCK), -(-sp.c // BLOCK)
+    direct = _direct(sp, isa)
+    nt = None
+    if shared_t_oc is not None:
+        sp, nt = _channel_vars(sp, shared_t_oc)
+    ocb, cb = nblocks(sp.oc), nblocks(sp.c)
     pt, pl, pb, pr = sp.padding
     hp, wp = sp.h + pt + pb, sp.w + pl + pr
     x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
-    wt = te.placeholder((ocb, cb, sp.kh, sp.kw, BLOCK // kg, BLOCK, kg), isa.conv_w, name="w")
+    inner_w = (cb, sp.kh, sp.kw, BLOCK // kg, BLOCK, kg)
+    if nt is None:
+        wt = te.placeholder((ocb, *inner_w), isa.conv_w, name="w")
+
+        def wread(b, *idx):
+            return wt[(b, *idx)]
+    else:
+        wt = te.placeholder((nt, shared_t_oc, *inner_w), isa.conv_w, name="w")
+
+        def wread(b, *idx):
+            return wt[(b // shared_t_oc, b % shared_t_oc, *idx)]
     bias = te.placeholder((sp.oc,), "int32", name="bias")
     p0, p1 = epilogue_params(sp, sp.oc)
-    if _direct(sp, isa):
+    if direct:
         src = x
     else:
         zx = tirx.const(sp.zx, sp.x_dtype)
@@ -131,7 +181,8 @@ def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False):
     ry = te.reduce_axis((0, sp.kh), name="ry")
     rx = te.reduce_axis((0, sp.kw), name="rx")
     # fewer than 8 input channels (an RGB stem): only the lane groups that hold channels
-    rk = te.reduce_axis((0, min(BLOCK, -(-sp.c // kg) * kg) // kg), name="rk")
+    rk = te.reduce_axis((0, BLOCK // kg if not isinstance(sp.c, int)
+                         else min(BLOCK, -(-sp.c // kg) * kg) // kg), name="rk")
     (sh, sw), (dh, dw) = sp.stride, sp.dilation
     if out_flat:
         oshape = (sp.n, ocb, 1, sp.oh * sp.ow, BLOCK)
@@ -147,7 +198,8 @@ def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False):
         def body(n, b, i, j, o):
             r, q = pix(i, j)
             return te.sum(src[n, rb, r * sh + ry * dh, q * sw + rx * dw, rk].astype("int32")
-                          * wt[b, rb, ry, rx, rk, o, 0].astype("int32"), axis=[rb, ry, rx, rk])
+                          * wread(b, rb, ry, rx, rk, o, 0).astype("int32"),
+                          axis=[rb, ry, rx, rk])
     else:
         rq = te.reduce_axis((0, kg), name="rq")
 
@@ -155,7 +207,7 @@ def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False):
             r, q = pix(i, j)
             return te.sum(
                 src[n, rb, r * sh + ry * dh, q * sw + rx * dw, rk * kg + rq].astype("int32")
-                * wt[b, rb, ry, rx, rk, o, rq].astype("int32"), axis=[rb, ry, rx, rk, rq])
+                * wread(b, rb, ry, rx, rk, o, rq).astype("int32"), axis=[rb, ry, rx, rk, rq])
     acc = te.compute(oshape, body, name="acc")
     y = out_compute(_flat_out_view(sp) if out_flat else sp, acc, bias, p0, p1)
     return [x, wt, bias, p0, p1, y]
@@ -209,25 +261,50 @@ def _chunk(tiles: int) -> int:
     return _divisor_at_most(tiles, 8)
 
 
-def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
-              tile_oc: int | None = None, out_flat: bool | None = None) -> tirx.PrimFunc:
-    """The scheduled conv PrimFunc; weights from ``pack_weight_conv(w, isa.conv_kg, ...)``.
-    ``out_flat`` tiles output pixels across rows; by default where rows are short (OW < 16,
-    stride 1): measured in one process on AVX2, 512->512 3x3 on 7x7 0.93x and 256->256 on
-    14x14 0.88x the time of row tiles, but 64->64 on 56x56 1.38x and a stride-2 layer 2.2x
-    (per-pixel input addresses)."""
-    isa.register()
+def _conv_views(sp: QConvSpec, out_flat: bool | None):
+    """(flat, out_flat, the spec the TE computes, the output view the tiles divide)."""
     flat = _flat(sp)
     if out_flat is None:
         out_flat = sp.ow < 16 and sp.stride == (1, 1)
     out_flat = flat or out_flat
-    csp = replace(sp, h=1, w=sp.h * sp.w) if flat else sp  # the spec the TE computes
-    tsp = _flat_out_view(csp) if out_flat and not flat else csp  # output view (tiles)
+    csp = replace(sp, h=1, w=sp.h * sp.w) if flat else sp
+    tsp = _flat_out_view(csp) if out_flat and not flat else csp
+    return flat, out_flat, csp, tsp
+
+
+def conv_tiles(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
+               tile_oc: int | None = None, out_flat: bool | None = None) -> tuple[int, int]:
+    """The register tile ``(output columns or pixels, channel blocks)`` :func:`conv_func`
+    uses for ``sp``."""
+    _, _, _, tsp = _conv_views(sp, out_flat)
     d_ow, d_oc = default_tiles(tsp, isa)
-    ocb = -(-sp.oc // BLOCK)
-    t_oc = _divisor_at_most(ocb, tile_oc or d_oc)
-    t_ow = _divisor_at_most(tsp.ow, tile_ow or d_ow)
-    sch = s_tir.Schedule(te.create_prim_func(_conv_compute(csp, isa, out_flat and not flat)))
+    return (_divisor_at_most(tsp.ow, tile_ow or d_ow),
+            _divisor_at_most(-(-sp.oc // BLOCK), tile_oc or d_oc))
+
+
+def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
+              tile_oc: int | None = None, out_flat: bool | None = None,
+              shared: bool = False) -> tirx.PrimFunc:
+    """The scheduled conv PrimFunc; weights from ``pack_weight_conv(w, isa.conv_kg, ...)``.
+    ``out_flat`` tiles output pixels across rows; by default where rows are short (OW < 16,
+    stride 1): measured in one process on AVX2, 512->512 3x3 on 7x7 0.93x and 256->256 on
+    14x14 0.88x the time of row tiles, but 64->64 on 56x56 1.38x and a stride-2 layer 2.2x
+    (per-pixel input addresses).
+
+    ``shared`` (needs :func:`shareable`): the channel counts are read from the arguments,
+    so one function serves every layer that differs from ``sp`` only in its channel counts
+    and has the same tile (:func:`conv_tiles`); weights from
+    :func:`pack_weight_conv_shared` with that tile's ``t_oc``. The loops, their order,
+    unrolling and the tensorized inner block are those of the fixed-channel kernel; the
+    input-channel loop and the parallel loop get run-time extents."""
+    isa.register()
+    if shared and not shareable(sp):
+        raise ValueError(f"a shared conv kernel needs batch 1 and multiples of {BLOCK} "
+                         f"channels (got {sp})")
+    flat, out_flat, csp, tsp = _conv_views(sp, out_flat)
+    t_ow, t_oc = conv_tiles(sp, isa, tile_ow, tile_oc, out_flat)
+    sch = s_tir.Schedule(te.create_prim_func(_conv_compute(
+        csp, isa, out_flat and not flat, t_oc if shared else None)))
     direct = _direct(csp, isa)
     io_layouts(sch, sp, "acc" if direct else "pack", flat, out_flat)
     flat = out_flat
@@ -265,10 +342,12 @@ def dw_supported(sp: QConvSpec) -> bool:
     return sp.depthwise and sp.dilation == (1, 1) and sp.kw <= 8 and sp.n == 1
 
 
-def _dw_compute(sp: QConvSpec, isa: Isa):
+def _dw_compute(sp: QConvSpec, isa: Isa, shared: bool = False):
     kg = isa.dw_kg
     act = sp.x_dtype if isa.dw_act == "x" else isa.dw_act
-    cb = -(-sp.c // BLOCK)
+    if shared:
+        sp, _ = _channel_vars(sp, None)
+    cb = nblocks(sp.c)
     g = -(-sp.kw // kg)
     pt, pl, pb, _pr = sp.padding
     sh, sw = sp.stride
@@ -316,13 +395,20 @@ def _rows_per_task(sp: QConvSpec, cb: int, threads: int = 16) -> int:
     return 1
 
 
-def depthwise_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None) -> tirx.PrimFunc:
-    """The scheduled depthwise PrimFunc; weights from ``pack_weight_dw(w, isa.dw_kg, ...)``."""
+def depthwise_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
+                   shared: bool = False) -> tirx.PrimFunc:
+    """The scheduled depthwise PrimFunc; weights from ``pack_weight_dw(w, isa.dw_kg, ...)``.
+    ``shared`` (needs :func:`shareable`): the channel count is read from the arguments (as
+    :func:`conv_func`'s), so layers that differ only in it (and in the rows per task that
+    follow from it, :func:`_rows_per_task`) share the function."""
     isa.register()
+    if shared and not shareable(sp):
+        raise ValueError(f"a shared depthwise kernel needs batch 1 and a multiple of {BLOCK} "
+                         f"channels (got {sp})")
     cb = -(-sp.c // BLOCK)
     t_ow = _divisor_at_most(sp.ow, tile_ow or 8)
     rows = _rows_per_task(sp, cb)
-    sch = s_tir.Schedule(te.create_prim_func(_dw_compute(sp, isa)))
+    sch = s_tir.Schedule(te.create_prim_func(_dw_compute(sp, isa, shared)))
     io_layouts(sch, sp, "pad")
     pad, acc, req = (sch.get_sblock(b) for b in ("pad", "acc", "requant"))
     n, b, i, j, c, ry, rg, *rq = sch.get_loops(acc)

@@ -36,11 +36,27 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 __all__ = ["BLOCK", "QConvSpec", "QDenseSpec", "act_shape", "clamp_cast", "epilogue_expr",
-           "epilogue_params", "io_layouts", "out_compute", "padded_read", "qconv2d_compute",
-           "qdense_compute", "requant_expr", "round_half_even", "te_shape"]
+           "epilogue_params", "io_layouts", "nblocks", "out_compute", "padded_read", "partial_block",
+           "qconv2d_compute", "qdense_compute", "requant_expr", "round_half_even", "te_shape"]
 
 BLOCK = 8  # channels per block of the NCHW8c activation layout
 BLOCKED = f"NCHW{BLOCK}c"
+
+
+def nblocks(c):
+    """Blocks of 8 channels for ``c`` channels: ``ceil(c / 8)``; ``c`` may be a TIR
+    expression (a kernel shared by layers of several channel counts, all multiples of 8)."""
+    if isinstance(c, int):
+        return -(-c // BLOCK)
+    from tvm.sym.analyzer import Analyzer
+
+    return Analyzer().simplify(tirx.floordiv(c + (BLOCK - 1), BLOCK))
+
+
+def partial_block(c) -> bool:
+    """Whether ``c`` channels leave a partly filled last block (a symbolic count never does:
+    shared kernels take multiples of 8 only)."""
+    return isinstance(c, int) and c % BLOCK != 0
 
 
 def act_shape(n: int, c: int, h: int, w: int, layout: str) -> tuple[int, ...]:
@@ -55,7 +71,7 @@ def te_shape(n: int, c: int, h: int, w: int, layout: str) -> tuple[int, ...]:
     ``[N, C/8, H, W, 8]`` (mapped to :func:`act_shape` by :func:`io_layouts`)."""
     if layout == "NCHW":
         return (n, c, h, w)
-    return (n, -(-c // BLOCK), h, w, BLOCK)
+    return (n, nblocks(c), h, w, BLOCK)
 
 
 def _io_map(layout: str, h: int, w: int, flat: bool):
@@ -97,10 +113,11 @@ def padded_read(sp, x, n, b, c, i, j, pad_value):
     if pl or sp.padding[3]:
         conds += [j >= pl, j < pl + sp.w]
     if sp.x_layout == "NCHW":
-        v = x[n, tirx.min(b * BLOCK + c, sp.c - 1), i - pt, j - pl]
+        v = x[n, tirx.min(b * BLOCK + c, sp.c - 1) if partial_block(sp.c) else b * BLOCK + c,
+              i - pt, j - pl]
     else:
         v = x[n, b, i - pt, j - pl, c]
-    if sp.c % BLOCK:
+    if partial_block(sp.c):
         conds.append(b * BLOCK + c < sp.c)
     return tirx.if_then_else(tirx.all(*conds), v, pad_value) if conds else v
 
@@ -215,7 +232,7 @@ def epilogue_expr(sp, acc, p0, p1):
 def out_compute(sp: QConvSpec, acc, bias, p0, p1):
     """The output stage of a blocked-accumulator conv: ``acc[n, oc/8, oh, ow, 8]`` (int32)
     -> ``y`` in ``sp.y_layout`` through :func:`epilogue_expr` (block ``requant``)."""
-    if sp.y_layout != "NCHW" and sp.oc % BLOCK:
+    if sp.y_layout != "NCHW" and partial_block(sp.oc):
         raise ValueError(f"a blocked output needs a multiple of {BLOCK} channels (got {sp.oc})")
     if sp.y_layout == "NCHW":
         return te.compute(

@@ -29,10 +29,13 @@ from tvm.script import tirx as T
 from pfcompile.quantexec.blocked import (
     Isa,
     conv_func,
+    conv_tiles,
     depthwise_func,
     dw_supported,
     pack_weight_conv,
+    pack_weight_conv_shared,
     pack_weight_dw,
+    shareable,
 )
 from pfcompile.quantexec.kernels import QConvSpec
 
@@ -309,7 +312,13 @@ def avx2_conv_kernel(sp: QConvSpec, target=None):
 
     if sp.groups != 1 or sp.n != 1:
         return None
-    if _vnni_ok(sp, target):
+    isa, dtype = (VNNI, np.int8) if _vnni_ok(sp, target) else (AVX2, np.int16)
+    if shareable(sp):
+        # one function for the layers that differ only in channel counts (see conv_func)
+        t_oc = conv_tiles(sp, isa)[1]
+        return IntKernel(isa.conv_name, conv_func(sp, isa, shared=True),
+                         lambda w: pack_weight_conv_shared(w, isa.conv_kg, dtype, t_oc))
+    if isa is VNNI:
         return IntKernel(VNNI.conv_name, vnni_conv_func(sp), pack_weight_vnni)
     return IntKernel(AVX2.conv_name, avx2_conv_func(sp), pack_weight_avx2)
 
@@ -321,6 +330,8 @@ def x86_depthwise_kernel(sp: QConvSpec, target=None):
 
     if not dw_supported(sp):
         return None
+    shared = shareable(sp)
     if _vnni_ok(sp, target):
-        return IntKernel(VNNI.dw_name, vnni_depthwise_func(sp), pack_weight_dw_vnni)
-    return IntKernel(AVX2.dw_name, avx2_depthwise_func(sp), pack_weight_dw_avx2)
+        return IntKernel(VNNI.dw_name, depthwise_func(sp, VNNI, shared=shared),
+                         pack_weight_dw_vnni)
+    return IntKernel(AVX2.dw_name, depthwise_func(sp, AVX2, shared=shared), pack_weight_dw_avx2)
