@@ -179,7 +179,9 @@ def test_four_bit_library_has_about_half_the_weight_bytes(plain, int8_target, tm
     assert 0.45 < ratio < 0.62, (sizes, ratio)
     assert sizes["q8"].weight_bytes - sizes["q4"].weight_bytes > 0.8 * (
         sizes["q8_stored"] - sizes["q4_stored"]) - 3000
-    assert sizes["q4"].code_bytes == pytest.approx(sizes["q8"].code_bytes, rel=0.05)
+    # the same kernels; the 4-bit library adds its decoder (~0.5 KB), which may push the
+    # code over a 4 KiB page boundary of the file (the code here is ~25 KB)
+    assert abs(sizes["q4"].code_bytes - sizes["q8"].code_bytes) <= 4096 + 1024
 
 
 def test_codebook_and_sparse_libraries_verify_and_are_small(plain, tmp_path):

@@ -530,6 +530,60 @@ def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target)
     return out
 
 
+def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
+    """The QuantizeLinear / DequantizeLinear ops left in float (residual adds, the model
+    input, fake-quantised activations of float layers) with their per-tensor scale and zero
+    point as ``(1,)`` tensors instead of scalars.
+
+    TVM's legalisation folds a scalar constant into the kernel as an immediate, so each such
+    op was a kernel of its own (8 ``quantize`` kernels of 4 shapes in an int8 ResNet-20, 30
+    fused quantize-dequantize kernels in a codebook MobileNetV2); with the parameters as
+    tensor arguments, ops of one shape share one kernel (and so do the kernels they fuse
+    into). The same arithmetic on the same values (``x / s`` with ``s`` read from memory),
+    so the same outputs."""
+    func = mod[func_name]
+
+    def key(call):
+        """The op and its input and output types, for per-tensor ops with scalar constant
+        parameters (else None)."""
+        if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+                and call.op.name in ("relax.quantize", "relax.dequantize")):
+            return None
+        if not all(isinstance(a, tvm.ir.expr.Constant) and len(a.ty.shape) == 0
+                   for a in call.args[1:3]):
+            return None
+        try:
+            return (call.op.name, tuple(int(d) for d in _shape(call.args[0])),
+                    _dtype(call.args[0]), str(call.attrs.out_dtype))
+        except (TypeError, ValueError, AttributeError):
+            return None
+
+    # only ops with a twin of the same op and types: a lone one would gain nothing and
+    # store its two parameters as constants (~80 bytes each)
+    seen: dict = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            k = key(b.value) if isinstance(b, relax.VarBinding) else None
+            if k is not None:
+                seen[k] = seen.get(k, 0) + 1
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            k = key(call)
+            if k is None or seen.get(k, 0) < 2:
+                return call
+            args = list(call.args)
+            for i in (1, 2):
+                args[i] = relax.const(args[i].value.numpy().reshape(1))
+            return relax.Call(call.op, args, call.attrs)
+
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    out[func_name] = _Rewrite(mod).visit_expr(func)
+    return relax.transform.Normalize()(out)
+
+
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
               *, func_name: str = "main") -> tuple[tvm.IRModule, list[LayerReport]]:
@@ -631,7 +685,7 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
             warnings.warn(f"quantised layer '{names[v]}' ({op}) runs in float: {reason}",
                           QuantFallbackWarning, stacklevel=2)
     if not plans:
-        return mod, reports
+        return _tensor_qparams(mod, func_name), reports
 
     bb = relax.BlockBuilder(mod)
     gvars = {}
@@ -678,4 +732,4 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     out = bb.get()
     out = relax.transform.Normalize()(out)
     out = relax.transform.DeadCodeElimination([func_name])(out)
-    return out, reports
+    return _tensor_qparams(out, func_name), reports
