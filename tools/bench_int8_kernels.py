@@ -12,6 +12,12 @@ only: the float leftovers (residual adds, pooling, quantize) are not in it; use
 
   python tools/bench_int8_kernels.py                         # both nets, this CPU's paths
   python tools/bench_int8_kernels.py --nets mobilenet_v2 --targets host-avx2 --rounds 5
+  python tools/bench_int8_kernels.py --static                # + each layer's fixed-channel kernel
+
+The integer kernels are the ones a compiled model runs: shared across channel counts
+(:func:`pfcompile.quantexec.blocked.conv_func` ``shared``), timed with this layer's
+arguments. ``--static`` also times the kernel built for this layer's channel counts only
+(what every layer had before the sharing) in the same rounds, and prints shared / fixed.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ class Row:
     kernel: str
     fp32: list[float]
     int8: list[float]
+    fixed: list[float]
 
 
 def _spec(layer, blocked: bool):
@@ -123,19 +130,37 @@ def _fp32_func(layer, target):
     return convs[0][1]
 
 
-def _timer(func, target, number: int):
+def _int8_args(sp, kern) -> list[np.ndarray]:
+    """Zero arguments of the shapes a network passes the integer kernel of layer ``sp``
+    (its shared kernels take any channel count, so they come from the layer, not the
+    function)."""
+    from pfcompile.quantexec.kernels import act_shape
+
+    w = np.zeros((sp.oc, sp.c // sp.groups, sp.kh, sp.kw), np.int8)
+    ch = np.zeros(sp.oc, np.float32)
+    return [np.zeros(act_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype),
+            kern.pack_weight(w), np.zeros(sp.oc, np.int32), ch, ch.copy(),
+            np.zeros(act_shape(sp.n, sp.oc, sp.oh, sp.ow, sp.y_layout), sp.y_dtype)]
+
+
+def _timer(func, target, number: int, arrays: list[np.ndarray] | None = None):
     import tvm
 
-    ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                     target=target.tvm_target())
+    from pfcompile.codegen.pipeline import build_context
+
+    with build_context():  # as a library ships it (no argument asserts)
+        ex = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                         target=target.tvm_target())
     dev = tvm.cpu()
-    args = [tvm.runtime.tensor(np.zeros([int(v) for v in p.shape], str(p.dtype)), dev)
-            for p in func.params]
+    if arrays is None:
+        arrays = [np.zeros([int(v) for v in p.shape], str(p.dtype)) for p in func.params]
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
     fe = ex.mod.time_evaluator("main", dev, number=number, repeat=1)
     return lambda: fe(*args).mean * 1e3
 
 
-def run(net: str, target_name: str, rounds: int, number: int, blocked: bool = True) -> list[Row]:
+def run(net: str, target_name: str, rounds: int, number: int, blocked: bool = True,
+        static: bool = False) -> list[Row]:
     from pfcompile.quantexec import with_int8_features
     from pfcompile.quantexec.kernel_choice import select_conv_kernel
     from pfcompile.targets import load_target
@@ -146,15 +171,21 @@ def run(net: str, target_name: str, rounds: int, number: int, blocked: bool = Tr
     for layer in NETS[net]:
         sp = _spec(layer, blocked)
         kern = select_conv_kernel(sp, t8)
+        fixed = None
+        if static:
+            fk = select_conv_kernel(sp, t8, shared=False)
+            fixed = _timer(fk.func, t8, number, _int8_args(sp, fk))
         timers.append((_timer(_fp32_func(layer, target), target, number),
-                       _timer(kern.func, t8, number)))
+                       _timer(kern.func, t8, number, _int8_args(sp, kern)), fixed))
         c, hw, oc, k, s, g, xl, yl, ydt, count = layer
         name = f"{'dw' if g > 1 else 'conv'}{k}x{k}/{s} {c}->{oc} @{hw} {xl}->{yl} {ydt}"
-        rows.append(Row(name, count, sp.macs, kern.name, [], []))
+        rows.append(Row(name, count, sp.macs, kern.name, [], [], []))
     for _ in range(rounds):
-        for row, (f32, i8) in zip(rows, timers, strict=True):
+        for row, (f32, i8, fx) in zip(rows, timers, strict=True):
             row.fp32.append(f32())
             row.int8.append(i8())
+            if fx is not None:
+                row.fixed.append(fx())
     return rows
 
 
@@ -168,6 +199,8 @@ def main() -> None:
     ap.add_argument("--number", type=int, default=10, help="runs per timing")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--plain", action="store_true", help="NCHW in and out for every layer")
+    ap.add_argument("--static", action="store_true",
+                    help="also time each layer's fixed-channel integer kernel (shared / fixed)")
     args = ap.parse_args()
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     from pfcompile.targets import load_target
@@ -176,7 +209,7 @@ def main() -> None:
         t for t in ("host-avx2", "host-vnni") if not load_target(t).missing_cpu_features()]
     for tname in targets:
         for net in args.nets.split(","):
-            rows = run(net, tname, args.rounds, args.number, not args.plain)
+            rows = run(net, tname, args.rounds, args.number, not args.plain, args.static)
             try:
                 load = os.getloadavg()[0]
             except OSError:
@@ -184,18 +217,26 @@ def main() -> None:
             print(f"\n{net} on {tname}, {args.threads} thread(s), min / median of {args.rounds} "
                   f"alternating rounds of {args.number} runs (ms); load average {load:.1f} on "
                   f"{os.cpu_count()} cores")
+            fx_head = " int8 fixed min | shared/fixed (median) |" if args.static else ""
             print("| layer | x | int8 kernel | fp32 min | int8 min | int8/fp32 (min) | "
-                  "int8/fp32 (median) | int8 GMAC/s |")
-            print("|---|---|---|---|---|---|---|---|")
-            tot32 = tot8 = 0.0
+                  "int8/fp32 (median) | int8 GMAC/s |" + fx_head)
+            print("|---|---|---|---|---|---|---|---|" + ("---|---|" if args.static else ""))
+            tot32 = tot8 = totfx = 0.0
             for r in rows:
                 a, b = min(r.fp32), min(r.int8)
                 am, bm = statistics.median(r.fp32), statistics.median(r.int8)
                 tot32 += r.count * a
                 tot8 += r.count * b
+                fx = ""
+                if r.fixed:
+                    totfx += r.count * min(r.fixed)
+                    fx = (f" {min(r.fixed):.3f} | "
+                          f"{statistics.median(r.int8) / statistics.median(r.fixed):.2f} |")
                 print(f"| {r.layer} | {r.count} | {r.kernel} | {a:.3f} | {b:.3f} | {b / a:.2f} | "
-                      f"{bm / am:.2f} | {r.macs / b / 1e6:.1f} |")
-            print(f"| total (x count) | | | {tot32:.2f} | {tot8:.2f} | {tot8 / tot32:.2f} | | |")
+                      f"{bm / am:.2f} | {r.macs / b / 1e6:.1f} |" + fx)
+            fx = f" {totfx:.2f} | {tot8 / totfx:.2f} (min) |" if args.static else ""
+            print(f"| total (x count) | | | {tot32:.2f} | {tot8:.2f} | {tot8 / tot32:.2f} | | |"
+                  + fx)
 
 
 if __name__ == "__main__":

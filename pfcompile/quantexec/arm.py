@@ -234,7 +234,7 @@ def _isa(kind: str) -> Isa:
     return SDOT if kind == "sdot" else NEON
 
 
-def arm_conv_kernel(sp: QConvSpec, kind: str):
+def arm_conv_kernel(sp: QConvSpec, kind: str, shared: bool = True):
     """The AArch64 conv :class:`~pfcompile.quantexec.kernel_choice.IntKernel` (``kind``: ``neon``
     or ``sdot``, see ``int8_dot_kind``), or None for batch > 1 / grouped convs."""
     from pfcompile.quantexec.kernel_choice import IntKernel
@@ -242,7 +242,7 @@ def arm_conv_kernel(sp: QConvSpec, kind: str):
     if sp.groups != 1 or sp.n != 1:
         return None
     isa = _isa(kind)
-    if shareable(sp):
+    if shared and shareable(sp):
         # one function for the layers that differ only in channel counts (see conv_func)
         t_oc = conv_tiles(sp, isa)[1]
         dtype = np.int16 if isa.conv_w == "int16" else np.int8
@@ -252,14 +252,14 @@ def arm_conv_kernel(sp: QConvSpec, kind: str):
     return IntKernel(isa.conv_name, conv_func(sp, isa), _pack_conv(isa), x_offset(isa, sp.x_dtype))
 
 
-def arm_depthwise_kernel(sp: QConvSpec, kind: str):
+def arm_depthwise_kernel(sp: QConvSpec, kind: str, shared: bool = True):
     """The AArch64 depthwise kernel, or None where the template does not apply."""
     from pfcompile.quantexec.kernel_choice import IntKernel
 
     if not dw_supported(sp):
         return None
     isa = _isa(kind)
-    return IntKernel(isa.dw_name, depthwise_func(sp, isa, shared=shareable(sp)), _pack_dw(isa),
+    return IntKernel(isa.dw_name, depthwise_func(sp, isa, shared=shared and shareable(sp)), _pack_dw(isa),
                      x_offset(isa, sp.x_dtype))
 
 

@@ -137,19 +137,23 @@ def supports_blocked(sp: QConvSpec, target) -> bool:
     return False
 
 
-def select_conv_kernel(sp: QConvSpec, target) -> IntKernel:
+def select_conv_kernel(sp: QConvSpec, target, shared: bool = True) -> IntKernel:
+    """The kernel for ``sp`` on ``target``. ``shared``: the x86 / AArch64 templates give
+    a function that also serves layers with other channel counts (see
+    :func:`pfcompile.quantexec.blocked.conv_func`); False: one for these channel counts
+    only (what tools/bench_int8_kernels.py --static times)."""
     kind = int8_dot_kind(target)
     k = None
     if kind == "x86":
         from pfcompile.quantexec import x86
 
-        k = x86.avx2_conv_kernel(sp, target) if sp.groups == 1 else \
-            x86.x86_depthwise_kernel(sp, target)
+        k = x86.avx2_conv_kernel(sp, target, shared) if sp.groups == 1 else \
+            x86.x86_depthwise_kernel(sp, target, shared)
     elif kind in ("neon", "sdot"):
         from pfcompile.quantexec import arm
 
-        k = arm.arm_conv_kernel(sp, kind) if sp.groups == 1 else \
-            arm.arm_depthwise_kernel(sp, kind)
+        k = arm.arm_conv_kernel(sp, kind, shared) if sp.groups == 1 else \
+            arm.arm_depthwise_kernel(sp, kind, shared)
     if k is not None:
         return k
     if sp.x_layout != "NCHW" or sp.y_layout != "NCHW":

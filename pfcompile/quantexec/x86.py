@@ -301,19 +301,21 @@ def _vnni_ok(sp: QConvSpec, target) -> bool:
     return target is not None and sp.x_dtype == "uint8" and has_vnni(target)
 
 
-def avx2_conv_kernel(sp: QConvSpec, target=None):
+def avx2_conv_kernel(sp: QConvSpec, target=None, shared: bool = True):
     """The best x86 conv :class:`~pfcompile.quantexec.kernel_choice.IntKernel` for ``sp``, or None.
 
     ``x86-vnni-vpdpbusd`` when the TVM target enables VNNI (see
     :func:`with_int8_features`) and the activations are uint8; else
-    ``x86-avx2-pmaddwd``.
+    ``x86-avx2-pmaddwd``. ``shared``: one function for the layers that differ only in
+    channel counts, where :func:`~pfcompile.quantexec.blocked.shareable` (False: a function
+    for these channel counts, e.g. to time the two).
     """
     from pfcompile.quantexec.kernel_choice import IntKernel
 
     if sp.groups != 1 or sp.n != 1:
         return None
     isa, dtype = (VNNI, np.int8) if _vnni_ok(sp, target) else (AVX2, np.int16)
-    if shareable(sp):
+    if shared and shareable(sp):
         # one function for the layers that differ only in channel counts (see conv_func)
         t_oc = conv_tiles(sp, isa)[1]
         return IntKernel(isa.conv_name, conv_func(sp, isa, shared=True),
@@ -323,14 +325,14 @@ def avx2_conv_kernel(sp: QConvSpec, target=None):
     return IntKernel(AVX2.conv_name, avx2_conv_func(sp), pack_weight_avx2)
 
 
-def x86_depthwise_kernel(sp: QConvSpec, target=None):
+def x86_depthwise_kernel(sp: QConvSpec, target=None, shared: bool = True):
     """The x86 depthwise :class:`~pfcompile.quantexec.kernel_choice.IntKernel`, or None where
     the template does not apply (dilation, kernel wider than 8, batch > 1)."""
     from pfcompile.quantexec.kernel_choice import IntKernel
 
     if not dw_supported(sp):
         return None
-    shared = shareable(sp)
+    shared = shared and shareable(sp)
     if _vnni_ok(sp, target):
         return IntKernel(VNNI.dw_name, depthwise_func(sp, VNNI, shared=shared),
                          pack_weight_dw_vnni)
