@@ -234,14 +234,15 @@ def default_tiles(sp: QConvSpec, isa: Isa) -> tuple[int, int]:
     return 1, 1
 
 
-def _schedule_out(sch: s_tir.Schedule, sp: QConvSpec, req, anchor) -> None:
+def _schedule_out(sch: s_tir.Schedule, sp: QConvSpec, req, anchor,
+                  blocked_view: bool = False) -> None:
     """Vectorise the epilogue (placed under loop ``anchor`` by ``reverse_compute_at``) over
     the 8 channels of a block: 8-byte stores when blocked, a scatter into NCHW otherwise."""
     loops = sch.get_loops(req)
     at = sch.get(anchor)
     depth = next(k for k, lp in enumerate(loops) if sch.get(lp).same_as(at)) + 1
     inner = loops[depth:]  # unit-extent loops are elided
-    if sp.y_layout == "NCHW":
+    if sp.y_layout == "NCHW" and not blocked_view:
         rco, rci = sch.split(inner[0], [None, BLOCK])
         if len(inner) > 1:
             sch.reorder(rco, *inner[1:], rci)
@@ -306,7 +307,8 @@ def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     sch = s_tir.Schedule(te.create_prim_func(_conv_compute(
         csp, isa, out_flat and not flat, t_oc if shared else None)))
     direct = _direct(csp, isa)
-    io_layouts(sch, sp, "acc" if direct else "pack", flat, out_flat)
+    bview = shared and sp.y_layout == "NCHW"  # see out_compute
+    io_layouts(sch, sp, "acc" if direct else "pack", flat, out_flat, bview)
     flat = out_flat
     acc = sch.get_sblock("acc")
     req = sch.get_sblock("requant")
@@ -332,7 +334,7 @@ def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     sch.unroll(bi)
     sch.unroll(ji)
     sch.tensorize(o, isa.conv_intrin)
-    _schedule_out(sch, tsp, req, jo)
+    _schedule_out(sch, tsp, req, jo, bview)
     return _finish(sch.mod["main"])
 
 
@@ -409,7 +411,8 @@ def depthwise_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     t_ow = _divisor_at_most(sp.ow, tile_ow or 8)
     rows = _rows_per_task(sp, cb)
     sch = s_tir.Schedule(te.create_prim_func(_dw_compute(sp, isa, shared)))
-    io_layouts(sch, sp, "pad")
+    bview = shared and sp.y_layout == "NCHW"  # see out_compute
+    io_layouts(sch, sp, "pad", y_blocked_view=bview)
     pad, acc, req = (sch.get_sblock(b) for b in ("pad", "acc", "requant"))
     n, b, i, j, c, ry, rg, *rq = sch.get_loops(acc)
     io, ii = sch.split(i, [None, rows])
@@ -425,5 +428,5 @@ def depthwise_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(ji)
     sch.tensorize(c, isa.dw_intrin.format(x=sp.x_dtype))
-    _schedule_out(sch, sp, req, jo)
+    _schedule_out(sch, sp, req, jo, bview)
     return _finish(sch.mod["main"])
