@@ -28,6 +28,11 @@ For every *layer* (Conv / Gemm / MatMul with a float initializer weight, see
   computes ``round(bias / (x_scale * w_scale[c]))`` itself. With bias
   correction the bias is replaced by ``bias - E[f(x; W_q) - f(x; W)]`` computed
   from the calibration data (a Conv/Gemm without a bias gains one).
+- **BatchNormalization** after a Conv / Gemm is folded into it first
+  (:class:`~pfcompile.passes.canonical_bn.FoldBatchNormPass`), so the weights that are
+  quantized are the ones the layer computes with and the integer kernel covers conv + BN;
+  an unfolded BN would run in float between a dequantize and the next quantize
+  (exporters other than PyTorch's, e.g. Paddle2ONNX, keep BN as its own node).
 - **Bit widths** are readable two ways: each weight ``DequantizeLinear`` (or the
   codebook ``Gather``) and each activation ``QuantizeLinear``/
   ``DequantizeLinear`` node carries ``metadata_props["pfcompile.bits"]``; the
@@ -56,6 +61,7 @@ from pfcompile.passes.calibration import (
     collect_stats,
     uint8_qparams,
 )
+from pfcompile.passes.canonical_bn import FoldBatchNormPass
 from pfcompile.passes.codebook import codebook_bytes, kmeans_codebook, uniform_bytes
 from pfcompile.passes.qlayers import (
     Layer,
@@ -298,6 +304,8 @@ class QuantizePass(FunctionalPass):
 
     def call(self, model: ir.Model) -> PassResult:
         cfg = self.config
+        if any(n.op_type == "BatchNormalization" for n in model.graph):
+            model = FoldBatchNormPass()(model).model   # functional: the input is not changed
         layers = self._validate(model)
         act_names = list(dict.fromkeys(x.node.inputs[0].name for x in layers))
         stats = collect_stats(model, self.calib, act_names) if cfg.needs_calibration else {}
