@@ -41,9 +41,20 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLS_SHAPE", "OCR_CLS_SPLITS", "OcrClsConfig", "classifier_top1", "cls_preprocess",
-           "cv2_resize_linear", "font_paths", "make_ocr_cls_splits", "ocr_cls_samples", "parse_split_sizes",
-           "ocr_suite_inputs", "render_text_line"]
+__all__ = [
+    "CLS_SHAPE",
+    "OCR_CLS_SPLITS",
+    "OcrClsConfig",
+    "classifier_top1",
+    "cls_preprocess",
+    "cv2_resize_linear",
+    "font_paths",
+    "make_ocr_cls_splits",
+    "ocr_cls_samples",
+    "ocr_suite_inputs",
+    "parse_split_sizes",
+    "render_text_line",
+]
 
 CLS_SHAPE = (3, 48, 192)
 #: split name -> default size (val feeds the search and its confirmation; test is never given)

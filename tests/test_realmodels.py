@@ -26,7 +26,7 @@ from pfcompile.evaluate import output_snr_db
 from pfcompile.frontend import import_model
 from pfcompile.passes.prune import PruneConfig, prune
 from pfcompile.passes.qlayers import run_ort
-from pfcompile.passes.quantize import QuantConfig, quantize
+from pfcompile.passes.quantize import QuantConfig, quant_report, quantize
 from pfcompile.passes.report import inspect_model
 from pfcompile.passes.stats import model_stats
 from pfcompile.realmodels import SUITE, ModelUnavailable, fetch, suite_data, suite_model
@@ -154,6 +154,11 @@ def test_quantize_int8_stays_close(name):
     q = quantize(m, QuantConfig.from_json({}), calib).model
     pir.check(q, where=f"{name} quantized")
     assert sum(n.op_type == "DequantizeLinear" for n in pir.to_proto(q).graph.node) > 0
+    # what stays float is named with its reason (the detector's ConvTranspose upsamplers)
+    left = quant_report(q)["float_layers"]
+    n_convt = sum(n.op_type == "ConvTranspose" for n in pir.to_ir(m).graph)
+    assert sum("ConvTranspose" in why for why in left.values()) == n_convt
+    assert (n_convt > 0) == (name == "ppocr_det")
     x = suite_data(name, 16)["x"]
     out, ref = run_ort(q, {"x": x})[0], run_ort(m, {"x": x})[0]
     if suite_model(name).kind == "detector":

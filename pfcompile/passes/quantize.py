@@ -68,6 +68,7 @@ from pfcompile.passes.qlayers import (
     add_initializer,
     as_ir,
     check_layer_names,
+    float_layers,
     layer_map,
     unique_name,
     weighted_layers,
@@ -330,6 +331,8 @@ class QuantizePass(FunctionalPass):
             "activations": None if cfg.act_bits is None else "uint8 per-tensor with zero point",
             "act_bits": cfg.act_bits, "calib": cfg.calib, "bias_correction": cfg.bias_correction,
             "layers": report, "fp32_bytes": total_fp32, "packed_bytes": total_packed,
+            # weighted nodes this pass cannot quantize, with the reason (they stay float)
+            "float_layers": float_layers(model),
         })
         return PassResult(out, True)
 
