@@ -566,6 +566,8 @@ def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
             k = key(b.value) if isinstance(b, relax.VarBinding) else None
             if k is not None:
                 seen[k] = seen.get(k, 0) + 1
+    if not any(n >= 2 for n in seen.values()):
+        return mod  # nothing to share: the module as it was (a float model: untouched)
 
     @relax.expr_functor.mutator
     class _Rewrite(relax.PyExprMutator):
