@@ -14,7 +14,7 @@ from pfcompile.data import load_npz
 from pfcompile.finetune.health import check_progress, dead_relu_fraction
 from pfcompile.finetune.settings import FinetuneSettings
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths
+from pfcompile.paths import demo_paths
 
 
 @pytest.fixture(scope="module")

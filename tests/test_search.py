@@ -15,9 +15,9 @@ from pfcompile.data import load_npz
 from pfcompile.errors import ConfigError, SearchError
 from pfcompile.model import input_specs
 from pfcompile.passes.depgraph import dependency_groups
+from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
 from pfcompile.search import graph
-from pfcompile.search.api import demo_paths
 from pfcompile.search.devices import Measurement, NullDevice, kernel_model
 from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.latency_model import FlopsModel, LatencyModel, kendall_tau
@@ -308,12 +308,12 @@ def test_run_finetune_records_before_and_after(tmp_path):
     """`run --train T` fine-tunes the finalist by default (distillation from the original,
     here on the demo's calibration data), records top-1 before and after, checks that it
     learned and re-confirms it on the confirmation part before deploying it."""
-    from pfcompile.search.api import run
+    from pfcompile.search import DeviceSpec, RunConfig, run
     from pfcompile.search.loop import SearchSettings
 
-    rep = run(None, "host", settings=SearchSettings(budget=3, max_acc_drop=3.0),
-              null_device=True, out_dir=tmp_path / "dist", train=demo_paths()[2],
-              finetune_epochs=2, cache_dir=tmp_path / "cache")
+    rep = run(RunConfig(settings=SearchSettings(budget=3, max_acc_drop=3.0),
+                        device=DeviceSpec(null=True), out_dir=tmp_path / "dist",
+                        train=demo_paths()[2], finetune_epochs=2, cache_dir=tmp_path / "cache"))
     ft = rep["finetune"]
     assert rep["best"] is not None
     assert 0.0 < ft["before_top1"] <= 1.0 and 0.0 < ft["after_top1"] <= 1.0

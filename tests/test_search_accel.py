@@ -155,15 +155,15 @@ def test_run_on_fpga_bitfusion_end_to_end(tmp_path):
     """`pfcompile run --target fpga-bitfusion --bits auto` (api.run, demo, budget 2):
     starts its own simulator server, searches channels and per-layer widths, writes DIST
     with the QDQ model and program.npz, and every latency is labelled simulated."""
-    from pfcompile.search.api import run
-    from pfcompile.search.loop import SearchSettings
+    from pfcompile.search import DeviceSpec, RunConfig, SearchSettings, run
 
     out = tmp_path / "dist"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rep = run(None, TARGET, settings=SearchSettings(budget=2, batch=2, pool=4, bits="auto"),
-                  out_dir=out, cache_dir=tmp_path / "cache", port_range=(9570, 9599),
-                  final_repeats=1)
+        rep = run(RunConfig(target=TARGET,
+                            settings=SearchSettings(budget=2, batch=2, pool=4, bits="auto"),
+                            out_dir=out, cache_dir=tmp_path / "cache",
+                            device=DeviceSpec(port_range=(9570, 9599)), final_repeats=1))
     assert rep["simulated"] is True and rep["emulated"] is False
     assert "SIMULATED" in rep["note"]
     b = rep["baseline"]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pfcompile.data import load_npz
 from pfcompile.errors import SearchError
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths
+from pfcompile.paths import demo_paths
 from pfcompile.search.confirm import confirm_finalists, split_for_confirmation
 from pfcompile.search.devices import NullDevice
 from pfcompile.search.evaluation import Evaluator

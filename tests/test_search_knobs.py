@@ -18,8 +18,8 @@ from pfcompile.measure import QUANT_RANGE_FRACTION
 from pfcompile.model import load_onnx, model_hash
 from pfcompile.passes.qlayers import as_ir, weighted_layers
 from pfcompile.passes.sparsify import SparsifyConfig, sparsity_report
+from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
-from pfcompile.search.api import demo_paths
 from pfcompile.search.devices import NullDevice, kernel_model
 from pfcompile.search.graph import extract_kernels
 from pfcompile.search.knobs import bit_choices, parse_bits, parse_sparsity, sparsity_choices
@@ -355,12 +355,12 @@ def test_host_end_to_end_with_bits(tmp_path, demo, host):
     against onnxruntime and are timed; the kernels the latency model sees are integer
     exactly where the compiler's layer report says so; an int8 kernel times on the device."""
     from pfcompile.device import free_port, serve
-    from pfcompile.search.api import run
+    from pfcompile.search import DeviceSpec, RunConfig, run
     from pfcompile.search.devices import RPCDevice
 
     s = SearchSettings(strategy="random", budget=2, bits="8,32", max_acc_drop=5.0, eval_subset=64, seed=0)
-    rep = run(None, "host", settings=s, out_dir=tmp_path / "dist", cache_dir=tmp_path / "c",
-              port_range=(9500, 9549), final_repeats=0)
+    rep = run(RunConfig(settings=s, out_dir=tmp_path / "dist", cache_dir=tmp_path / "c",
+                        device=DeviceSpec(port_range=(9500, 9549)), final_repeats=0))
     assert rep["trials"] == 2
     run_dir = tmp_path / "dist" / "run"
     trials = [json.loads(x) for x in (run_dir / "trials.jsonl").read_text().splitlines()]

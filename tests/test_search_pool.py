@@ -251,16 +251,17 @@ def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_pat
     from rich.console import Console
 
     from pfcompile.cli.run import _Progress
-    from pfcompile.search.api import run
+    from pfcompile.search import DeviceSpec, RunConfig, run
 
     cluster.ensure()
     onnx.save(small_cnn(seed=7, ch=48), str(tmp_path / "m.onnx"))
     events: list[tuple[str, dict]] = []
-    rep = run(tmp_path / "m.onnx", "host", rpc=cluster.tracker_addr, key=KEY, out_dir=tmp_path / "dist",
-              settings=SearchSettings(strategy="random", budget=2, batch=2, max_acc_drop=100.0,
-                                      eval_subset=32),
-              cache_dir=tmp_path / "cache", final_repeats=0,
-              on_event=lambda kind, info: events.append((kind, info)))
+    config = RunConfig(tmp_path / "m.onnx", "host", out_dir=tmp_path / "dist",
+                       device=DeviceSpec(rpc=cluster.tracker_addr, key=KEY),
+                       settings=SearchSettings(strategy="random", budget=2, batch=2,
+                                               max_acc_drop=100.0, eval_subset=32),
+                       cache_dir=tmp_path / "cache", final_repeats=0)
+    rep = run(config, on_event=lambda kind, info: events.append((kind, info)))
     assert rep["trials"] == 2 and rep["device_measurements"] == 2
     assert (tmp_path / "dist" / "report.json").exists()
     pool_events = [info for kind, info in events if kind == "devices"]

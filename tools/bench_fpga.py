@@ -89,8 +89,7 @@ def _pfcompile_run(args, fmodel: onnx.ModelProto, data: dict, xv: np.ndarray,
     import dataclasses
 
     from pfcompile.accel.qgraph import partition_model
-    from pfcompile.search.api import run
-    from pfcompile.search.loop import SearchSettings
+    from pfcompile.search import DeviceSpec, RunConfig, SearchSettings, run
 
     fpath = args.work / "resnet20_digits32_b1.onnx"     # `pfcompile run` wants static shapes
     b1 = onnx.ModelProto.FromString(fmodel.SerializeToString())
@@ -115,9 +114,10 @@ def _pfcompile_run(args, fmodel: onnx.ModelProto, data: dict, xv: np.ndarray,
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rep = run(fpath, "fpga-bitfusion", data=val, calib=calib, settings=SearchSettings(**kw),
-                  out_dir=out, cache_dir=args.work / "cache", port_range=(lo, hi + 1),
-                  final_repeats=0, accel_latency="accel")
+        rep = run(RunConfig(fpath, "fpga-bitfusion", data=val, calib=calib,
+                            settings=SearchSettings(**kw), out_dir=out,
+                            cache_dir=args.work / "cache", final_repeats=0,
+                            device=DeviceSpec(port_range=(lo, hi + 1), accel_latency="accel")))
     seconds = time.perf_counter() - t0
     model = make_batch_dynamic(onnx.load(str(out / "model.onnx"))) if rep["best"] is not None \
         else None

@@ -29,7 +29,7 @@ from pfcompile.compiler import compile_model
 from pfcompile.data import load_npz
 from pfcompile.deploy import prepare
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths
+from pfcompile.paths import demo_paths
 from pfcompile.search.loop import model_size_mb
 from pfcompile.search.space import build_space, compress
 from pfcompile.targets import load_target
