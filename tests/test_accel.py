@@ -20,11 +20,11 @@ from pfcompile.accel.reference import reference_layer
 from pfcompile.accel.sim import execute_program, time_program
 from pfcompile.accel.tiling import Tiling, TilingDB, candidates, footprint, search_tiling
 from pfcompile.errors import CompileError, ConfigError
-from pfcompile.paths import package_dir
+from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 
-DATA = package_dir() / "data"
+DEMO, DEMO_VAL, DEMO_CALIB = demo_paths()
 VTA = load_accel_config("fpga-vta")
 BF = load_accel_config("fpga-bitfusion")
 
@@ -59,9 +59,9 @@ def _session(model: onnx.ModelProto):
 def demo_qdq(tmp_path_factory) -> onnx.ModelProto:
     """The trained demo model, quantized by onnxruntime (QDQ, per-channel int8 / uint8)."""
     tmp = tmp_path_factory.mktemp("accel")
-    fm = make_batch_dynamic(onnx.load(DATA / "demo.onnx"))
+    fm = make_batch_dynamic(onnx.load(DEMO))
     onnx.save(fm, tmp / "demo_dyn.onnx")
-    calib = np.load(DATA / "demo_calib.npz")["x"][:32]
+    calib = np.load(DEMO_CALIB)["x"][:32]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_qdq(tmp / "demo_dyn.onnx", tmp / "demo_qdq.onnx", calib)
@@ -69,7 +69,7 @@ def demo_qdq(tmp_path_factory) -> onnx.ModelProto:
 
 @pytest.fixture(scope="module")
 def val() -> tuple[np.ndarray, np.ndarray]:
-    z = np.load(DATA / "demo_val.npz")
+    z = np.load(DEMO_VAL)
     return z["x"][:24], z["y"][:24]
 
 
