@@ -122,9 +122,9 @@ def run(config: RunConfig, on_event: Callable[[str, dict], None] | None = None) 
     final = None
     ft_info = None
     ort_info = None
+    cache = c.cache_dir if c.cache_dir is not None else default_cache_dir()
     try:
-        result = run_search(model, tgt, dev, dataset, run_dir, settings,
-                            cache_dir=c.cache_dir if c.cache_dir is not None else default_cache_dir(),
+        result = run_search(model, tgt, dev, dataset, run_dir, settings, cache_dir=cache,
                             calib=calib_set, on_event=on_event, deploy=deploy, confirm=confirm_set)
         if do_finetune and (result.best is not None or result.finalists):
             if on_event:

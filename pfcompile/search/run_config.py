@@ -35,7 +35,7 @@ class RunConfig:
     calib: Path | None = None            # --calib: calibration .npz for LASSO pruning
     train: Path | None = None            # --train: fine-tuning data (turns fine-tuning on)
     settings: SearchSettings = field(default_factory=SearchSettings)   # the search's own flags
-    device: DeviceSpec = field(default_factory=DeviceSpec)   # --device/--rpc/--key/--null-device/--threads
+    device: DeviceSpec = field(default_factory=DeviceSpec)   # --device/--rpc/--key/--threads...
     out_dir: Path = Path("dist")         # -o DIST
     resume: Path | None = None           # --resume RUN_DIR (default run dir: DIST/run)
     cache_dir: Path | None = None        # --cache-dir (default: pfcompile.paths.cache_dir())
