@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pfcompile.errors import ConfigError, SearchError
+from pfcompile.search.knobs import default_min_keep
 from pfcompile.search.space import SearchSpace, config_hash
 
 __all__ = [
@@ -99,18 +100,20 @@ class Strategy:
 
 
 class Uniform(Strategy):
-    """One ratio everywhere: ``budget`` ratios from 0.95 down to the space's minimum."""
+    """One ratio everywhere: ``budget`` ratios from 0.95 down to ``min_keep`` (None: the
+    passes' declared minimum, :func:`pfcompile.search.knobs.default_min_keep`)."""
 
     name = "uniform"
 
     def __init__(self, space: SearchSpace, goal: Goal, seed: int = 0, budget: int = 20,
-                 min_keep: float = 0.25) -> None:
+                 min_keep: float | None = None) -> None:
         other = sorted({k.kind for k in space.knobs} - {"keep"})
         if other:
             raise SearchError(f"strategy 'uniform' sweeps one keep ratio and cannot search "
                               f"{'/'.join(other)} knobs; use --strategy hw, flops, random, tpe or bo")
         super().__init__(space, goal, seed)
-        self.ratios = list(np.linspace(0.95, min_keep, max(2, budget * 2)))
+        lo = default_min_keep() if min_keep is None else min_keep
+        self.ratios = list(np.linspace(0.95, lo, max(2, budget * 2)))
 
     def propose(self, n: int) -> list[Candidate]:
         out: list[Candidate] = []
@@ -243,7 +246,7 @@ class TPE(Strategy):
 def make_strategy(name: str, space: SearchSpace, goal: Goal, seed: int, budget: int,
                   latency_of: Callable[[dict], float] | None = None,
                   drop_of: Callable[[dict], float] | None = None, pool: int = 32,
-                  min_keep: float = 0.25, latency_model=None,
+                  min_keep: float | None = None, latency_model=None,
                   kernels_of: Callable[[dict], list] | None = None,
                   size_of: Callable[[dict], float] | None = None) -> Strategy:
     if name in ("hw", "flops"):
