@@ -31,7 +31,8 @@ import onnx
 from pfcompile.data import Dataset
 from pfcompile.errors import PfcompileError, SearchError
 from pfcompile.model import model_hash
-from pfcompile.search.candidates import CandidateFactory, model_size_mb
+from pfcompile.passes.stats import model_size_mb
+from pfcompile.search.candidates import CandidateFactory
 from pfcompile.search.confirm import confirm_finalists, select_finalists
 from pfcompile.search.devices import SearchDevice
 from pfcompile.search.evaluation import Evaluator
