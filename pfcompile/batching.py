@@ -16,6 +16,11 @@ propagation) must give every value computed from the inputs (not through
 ``Shape`` / ``Size``) a known shape whose dim 0 is B. An op that mixes samples,
 or that inference cannot follow, fails the check. The returned model declares
 its batch as the symbol ``N``.
+
+:func:`set_batch` is pfcompile's one writer of a declared batch dimension (the front
+end, the accelerator's host segments and this module use it);
+:func:`require_batch_free` is :func:`batch_free` for callers that cannot fall back to one
+sample at a time.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["batch_free"]
+from pfcompile.errors import ModelError
 
-_SYM = "N"
+__all__ = ["BATCH_SYMBOL", "batch_free", "require_batch_free", "set_batch"]
+
+BATCH_SYMBOL = "N"  #: the symbol of a free batch dimension
 _PROBES = (7, 13)  # two batch sizes no constant is likely to hold by chance
 _SHAPE_OPS = {"Shape", "Size"}
 
@@ -41,6 +48,36 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
         else:
             out.append(None)
     return out
+
+
+def set_batch(vi: onnx.ValueInfoProto, batch: int | str = BATCH_SYMBOL) -> None:
+    """Declare dim 0 of a tensor's type as ``batch``: a size, or a symbol (free). A tensor
+    without a shape or of rank 0 is left as it is."""
+    dims = vi.type.tensor_type.shape.dim
+    if not len(dims):
+        return
+    dims[0].Clear()
+    if isinstance(batch, str):
+        dims[0].dim_param = batch
+    else:
+        dims[0].dim_value = int(batch)
+
+
+def _set_input_batch(m: onnx.ModelProto, inits: set[str], batch: int | str) -> None:
+    for vi in m.graph.input:
+        if vi.name not in inits:
+            set_batch(vi, batch)
+
+
+def require_batch_free(model: onnx.ModelProto, where: str = "the model") -> onnx.ModelProto:
+    """:func:`batch_free`, or ModelError when a free batch is not provably per-sample
+    identical."""
+    free = batch_free(model)
+    if free is None:
+        raise ModelError(f"{where}: cannot run on a free batch (a Reshape or another op fixes "
+                         "or mixes the batch dimension; see pfcompile.batching); run it at "
+                         "batch 1")
+    return free
 
 
 def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -94,14 +131,10 @@ def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
         inferred = _check(m, inits, b)
         if inferred is None:
             return None
-    for vi in m.graph.input:
-        if vi.name not in inits and vi.type.tensor_type.shape.dim:
-            vi.type.tensor_type.shape.dim[0].Clear()
-            vi.type.tensor_type.shape.dim[0].dim_param = _SYM
+    _set_input_batch(m, inits, BATCH_SYMBOL)
     for vo, vi in zip(m.graph.output, inferred.graph.output):
         vo.type.tensor_type.shape.CopyFrom(vi.type.tensor_type.shape)
-        vo.type.tensor_type.shape.dim[0].Clear()
-        vo.type.tensor_type.shape.dim[0].dim_param = _SYM
+        set_batch(vo)
     return m
 
 
@@ -109,10 +142,7 @@ def _check(m: onnx.ModelProto, inits: set[str], b: int) -> onnx.ModelProto | Non
     """Infer shapes at batch ``b``: every value computed from the inputs must have dim 0 == b."""
     p = onnx.ModelProto()
     p.CopyFrom(m)
-    for vi in p.graph.input:
-        if vi.name not in inits and vi.type.tensor_type.shape.dim:
-            vi.type.tensor_type.shape.dim[0].Clear()
-            vi.type.tensor_type.shape.dim[0].dim_value = b
+    _set_input_batch(p, inits, b)
     try:
         inferred = onnx.shape_inference.infer_shapes(p, strict_mode=False, data_prop=True)
     except Exception:  # noqa: BLE001 - inference failed: not provable

@@ -45,6 +45,7 @@ from onnx_ir.passes.common import (
     TopologicalSortPass,
 )
 
+from pfcompile.batching import BATCH_SYMBOL
 from pfcompile.errors import ModelError
 from pfcompile.ir import infer_shapes
 from pfcompile.model import load_onnx
@@ -105,7 +106,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
                                      f"model fixes it to {_fmt(dims)}")
             new: list[int | str] = list(want)
             if batch is None and not isinstance(dims[0], int):
-                new[0] = "N"  # evaluation: the batch stays free
+                new[0] = BATCH_SYMBOL  # evaluation: the batch stays free
                 free_batch = True
         else:
             dynamic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
@@ -116,7 +117,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
             new = list(dims)
             if dynamic:
                 if batch is None:
-                    new[0] = "N"
+                    new[0] = BATCH_SYMBOL
                     free_batch = True
                 else:
                     new[0] = int(batch)
@@ -133,7 +134,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
             if not (d.HasField("dim_value") and d.dim_value > 0):
                 d.Clear()
                 if i == 0 and free_batch:
-                    d.dim_param = "N"
+                    d.dim_param = BATCH_SYMBOL
     del m.graph.value_info[:]
     return m
 

@@ -14,12 +14,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile.accel import AccelConfig, compile_accel, load_accel_config, load_program
 from pfcompile.accel.isa import emit_layer
-from pfcompile.accel.mixed import make_batch_dynamic, quant_layers, quantize_qdq, set_layer_bits
+from pfcompile.accel.mixed import quant_layers, set_layer_bits
 from pfcompile.accel.qgraph import BITS_METADATA_KEY, QLayer, partition_model
 from pfcompile.accel.reference import reference_layer
 from pfcompile.accel.sim import execute_program, time_program
 from pfcompile.accel.tiling import Tiling, TilingDB, candidates, footprint, search_tiling
+from pfcompile.batching import require_batch_free
 from pfcompile.errors import CompileError, ConfigError
+from pfcompile.passes.ort_quantize import ort_quantize_qdq
 from pfcompile.paths import package_dir
 from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
@@ -59,12 +61,13 @@ def _session(model: onnx.ModelProto):
 def demo_qdq(tmp_path_factory) -> onnx.ModelProto:
     """The trained demo model, quantized by onnxruntime (QDQ, per-channel int8 / uint8)."""
     tmp = tmp_path_factory.mktemp("accel")
-    fm = make_batch_dynamic(onnx.load(DATA / "demo.onnx"))
+    fm = require_batch_free(onnx.load(DATA / "demo.onnx"))
     onnx.save(fm, tmp / "demo_dyn.onnx")
     calib = np.load(DATA / "demo_calib.npz")["x"][:32]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return quantize_qdq(tmp / "demo_dyn.onnx", tmp / "demo_qdq.onnx", calib)
+        return onnx.load(str(ort_quantize_qdq(tmp / "demo_dyn.onnx", tmp / "demo_qdq.onnx", calib,
+                                              preprocess=False)))
 
 
 @pytest.fixture(scope="module")
