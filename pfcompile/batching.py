@@ -50,6 +50,18 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     return out
 
 
+def _inferred(m: onnx.ModelProto
+              ) -> tuple[onnx.ModelProto, dict[str, list[int | str | None]]] | None:
+    """Shape inference with data propagation: (inferred model, value name -> dims), or
+    None when inference fails (then nothing is provable)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference failed: not provable
+        return None
+    g = inferred.graph
+    return inferred, {vi.name: _dims(vi) for vi in [*g.value_info, *g.input, *g.output]}
+
+
 def set_batch(vi: onnx.ValueInfoProto, batch: int | str = BATCH_SYMBOL) -> None:
     """Declare dim 0 of a tensor's type as ``batch``: a size, or a symbol (free). A tensor
     without a shape or of rank 0 is left as it is."""
@@ -93,12 +105,10 @@ def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
         return model
     if any(d != 1 for d in first):
         return None
-    try:
-        static = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference failed: not provable
+    static = _inferred(model)
+    if static is None:
         return None
-    shapes = {vi.name: _dims(vi) for vi in list(static.graph.value_info) + list(
-        static.graph.input) + list(static.graph.output)}
+    shapes = static[1]
     m = onnx.ModelProto()
     m.CopyFrom(model)
     consts = {t.name: t for t in m.graph.initializer}
@@ -143,12 +153,10 @@ def _check(m: onnx.ModelProto, inits: set[str], b: int) -> onnx.ModelProto | Non
     p = onnx.ModelProto()
     p.CopyFrom(m)
     _set_input_batch(p, inits, b)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(p, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference failed: not provable
+    got = _inferred(p)
+    if got is None:
         return None
-    dims = {vi.name: _dims(vi) for vi in list(inferred.graph.value_info) + list(
-        inferred.graph.input) + list(inferred.graph.output)}
+    inferred, dims = got
     carries = {vi.name for vi in p.graph.input if vi.name not in inits}
     for node in inferred.graph.node:
         if node.op_type in _SHAPE_OPS or not any(i in carries for i in node.input):

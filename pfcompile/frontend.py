@@ -48,7 +48,7 @@ from onnx_ir.passes.common import (
 from pfcompile.batching import BATCH_SYMBOL
 from pfcompile.errors import ModelError
 from pfcompile.ir import infer_shapes
-from pfcompile.model import load_onnx
+from pfcompile.model import check_onnx, load_onnx
 
 __all__ = ["MIN_OPSET", "NEVER_FOLD", "bind_input_shapes", "import_ir", "import_model"]
 
@@ -176,11 +176,7 @@ def import_ir(model: str | Path | onnx.ModelProto,
     else:
         where = "model"
         proto = model
-        try:
-            onnx.checker.check_model(proto)
-        except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ModelError(f"model fails the ONNX checker: {first}") from exc
+        check_onnx(proto)
     proto = bind_input_shapes(proto, input_shapes, batch)
     proto = _upgrade_opset(proto)
     m = ir.from_proto(proto)
@@ -203,10 +199,6 @@ def import_model(model: str | Path | onnx.ModelProto,
                  batch: int | None = 1) -> onnx.ModelProto:
     """:func:`import_ir` as an ``onnx.ModelProto`` (checked)."""
     proto = ir.to_proto(import_ir(model, input_shapes, batch=batch))
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise ModelError(f"the imported model fails the ONNX checker: {first} (please report "
-                         "the model: the front end should keep it valid)") from exc
+    check_onnx(proto, "the imported model", hint=" (please report the model: the front end "
+                                               "should keep it valid)")
     return proto

@@ -19,6 +19,7 @@ from pfcompile.errors import ModelError
 
 __all__ = [
     "TensorSpec",
+    "check_onnx",
     "file_hash",
     "fix_input_shapes",
     "input_specs",
@@ -68,16 +69,24 @@ def load_onnx(path: str | Path, *, check: bool = True) -> onnx.ModelProto:
     if len(model.graph.node) == 0 and len(model.graph.output) == 0:
         raise ModelError(f"{p} is not an ONNX model (no graph found in the file)")
     if check:
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ModelError(f"{p} fails the ONNX checker: {first}") from exc
+        check_onnx(model, str(p))
         try:
             model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         except Exception as exc:
             raise ModelError(f"{p}: ONNX shape inference failed: {exc}") from exc
     return model
+
+
+def check_onnx(model: onnx.ModelProto, where: str = "model", *, full_check: bool = False,
+               hint: str = "") -> None:
+    """The ONNX checker (``full_check``: with strict shape inference); a failure raises
+    ModelError "``where`` fails the ONNX checker: <first line>``hint``"."""
+    caught = Exception if full_check else onnx.checker.ValidationError  # + InferenceError
+    try:
+        onnx.checker.check_model(model, full_check=full_check)
+    except caught as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ModelError(f"{where} fails the ONNX checker: {first}{hint}") from exc
 
 
 def model_hash(model: onnx.ModelProto) -> str:

@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 
 from pfcompile.accel.qgraph import BITS_METADATA_KEY
 from pfcompile.errors import PassError
+from pfcompile.model import check_onnx
 
 __all__ = ["quant_layers", "set_layer_bits"]
 
@@ -171,7 +172,7 @@ def set_layer_bits(qdq: onnx.ModelProto, bits: dict[str, tuple[int, int]],
     keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-    onnx.checker.check_model(m)
+    check_onnx(m, "the mixed-precision model (set_layer_bits)")
     return m
 
 

@@ -143,29 +143,47 @@ def _items(spec: str | Sequence, flag: str) -> list[str]:
     return items
 
 
+def _mode(spec) -> str | None:
+    """``off`` (None, '', 'off', 'none'), ``auto``, or None for a list of values."""
+    if spec is None:
+        return "off"
+    if isinstance(spec, str):
+        word = spec.strip().lower()
+        if word in ("", "off", "none"):
+            return "off"
+        if word == "auto":
+            return "auto"
+    return None
+
+
+def _values(spec: str | Sequence, flag: str, convert, what: str) -> list:
+    out = []
+    for s in _items(spec, flag):
+        try:
+            out.append(convert(s))
+        except ValueError as exc:
+            raise ConfigError(f"{flag}: '{s}' is not {what}") from exc
+    return out
+
+
 def parse_bits(spec: str | Sequence[int] | None, target: Target, *,
                size_goal: bool = False) -> tuple[int, ...] | None:
     """``--bits`` -> the knobs' choices (widest first, 32 always included), or None
     when off. ``auto`` = :func:`bit_choices`; listed widths must be ones the target runs
     (on CPU targets: any width the quantize pass declares, 2..8)."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "off", "none")):
+    mode = _mode(spec)
+    if mode == "off":
         return None
-    if isinstance(spec, str) and spec.strip().lower() == "auto":
+    if mode == "auto":
         return bit_choices(target, size_goal=size_goal)
     allowed = bit_choices(target) if target.is_accelerator else \
         (FLOAT_BITS, *sorted(declared_search_values()["bits"], reverse=True))
-    vals = set()
-    for s in _items(spec, "--bits"):
-        try:
-            b = int(s)
-        except ValueError as exc:
-            raise ConfigError(f"--bits: '{s}' is not an integer bit width") from exc
+    vals = _values(spec, "--bits", int, "an integer bit width")
+    for b in vals:
         if b not in allowed:
             raise ConfigError(f"--bits: target '{target.name}' runs layers at {list(allowed)} bits "
                               f"(32 = float), not {b}")
-        vals.add(b)
-    vals.add(FLOAT_BITS)
-    return tuple(sorted(vals, reverse=True))
+    return tuple(sorted({*vals, FLOAT_BITS}, reverse=True))
 
 
 def sparsity_choices() -> tuple[float, ...]:
@@ -176,22 +194,15 @@ def sparsity_choices() -> tuple[float, ...]:
 def parse_sparsity(spec: str | Sequence[float] | None) -> tuple[float, ...] | None:
     """``--sparsity`` -> the knobs' choices (ascending, 0 always included), or None
     when off; ``auto`` = :func:`sparsity_choices`."""
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "off", "none")):
+    mode = _mode(spec)
+    if mode == "off":
         return None
-    if isinstance(spec, str) and spec.strip().lower() == "auto":
-        vals = set(sparsity_choices())
-    else:
-        vals = set()
-        for s in _items(spec, "--sparsity"):
-            try:
-                v = float(s)
-            except ValueError as exc:
-                raise ConfigError(f"--sparsity: '{s}' is not a number") from exc
-            if not 0.0 <= v < 1.0:
-                raise ConfigError(f"--sparsity: {v} is not in [0, 1)")
-            vals.add(v)
-    vals.add(0.0)
-    return tuple(sorted(vals))
+    vals = list(sparsity_choices()) if mode == "auto" else \
+        _values(spec, "--sparsity", float, "a number")
+    for v in vals:
+        if not 0.0 <= v < 1.0:
+            raise ConfigError(f"--sparsity: {v} is not in [0, 1)")
+    return tuple(sorted({*vals, 0.0}))
 
 
 def _knob_names(kind: str, layers) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from pfcompile.search.space import SearchSpace, config_hash
 __all__ = [
     "STRATEGIES",
     "TPE",
+    "AskTellStrategy",
     "Candidate",
     "Goal",
     "ModelGuided",
@@ -97,6 +99,29 @@ class Strategy:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`; called before the logged trials are replayed."""
+
+
+class AskTellStrategy(Strategy):
+    """A strategy over an optuna study: proposals are asked trials kept in ``pending`` by
+    config hash until the device result comes back. :meth:`tell` ends the pending trial
+    (a failed trial as FAIL); ``_tell_ok(trial, config, result)`` records a measured one
+    (``trial`` None: a trial replayed from the log on ``--resume``)."""
+
+    study: Any
+    pending: dict[str, object]
+
+    def tell(self, config: dict, result: dict) -> None:
+        super().tell(config, result)
+        t = self.pending.pop(config_hash(config), None)
+        if result.get("status") == "ok":
+            self._tell_ok(t, config, result)
+        elif t is not None:
+            import optuna
+
+            self.study.tell(t, state=optuna.trial.TrialState.FAIL)
+
+    def _tell_ok(self, trial: Any, config: dict, result: dict) -> None:
+        raise NotImplementedError
 
 
 class Uniform(Strategy):
@@ -197,7 +222,7 @@ class ModelGuided(Strategy):
         return [Candidate(c, ms, d) for _, c, ms, d in picks]
 
 
-class TPE(Strategy):
+class TPE(AskTellStrategy):
     """optuna TPE on the measured goal cost (one categorical per knob)."""
 
     name = "tpe"
@@ -227,20 +252,15 @@ class TPE(Strategy):
                 break
         return out
 
-    def tell(self, config: dict, result: dict) -> None:
-        super().tell(config, result)
+    def _tell_ok(self, trial: Any, config: dict, result: dict) -> None:
         import optuna
 
-        t = self.pending.pop(config_hash(config), None)
-        if result.get("status") == "ok":
-            v = self.goal.cost(result["latency_ms"], result["acc_drop"], result["size_mb"])
-            if t is None:
-                self.study.add_trial(optuna.trial.create_trial(
-                    params=config, distributions=self._dist, value=v))
-            else:
-                self.study.tell(t, v)
-        elif t is not None:
-            self.study.tell(t, state=optuna.trial.TrialState.FAIL)
+        v = self.goal.cost(result["latency_ms"], result["acc_drop"], result["size_mb"])
+        if trial is None:
+            self.study.add_trial(optuna.trial.create_trial(
+                params=config, distributions=self._dist, value=v))
+        else:
+            self.study.tell(trial, v)
 
 
 def make_strategy(name: str, space: SearchSpace, goal: Goal, seed: int, budget: int,
