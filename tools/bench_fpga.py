@@ -5,7 +5,7 @@ per-layer bit policy, digits-trained ResNet-20 (32x32), same accuracy constraint
 
 Steps: train ResNet-20 on sklearn digits upsampled to 32x32 (cached in --work),
 quantize with onnxruntime (static QDQ, per-channel int8 weights, uint8 activations),
-search per-layer bits on fpga-bitfusion and on fpga-vta (pfcompile.accel.bitsearch:
+search per-layer bits on fpga-bitfusion and on fpga-vta (tools/fpga_greedy_bits.py:
 greedy, sensitivity-ranked; latency = the simulator's cycle model, accuracy =
 onnxruntime on the fake-quant QDQ model over the 540 validation images; constraint:
 within --max-drop points of the float model), cross-run each target's policy on the
@@ -38,9 +38,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from fpga_greedy_bits import (  # tools/ is on sys.path for a script run from it
+    AccelCostModel,
+    BitSearchSettings,
+    search_bits,
+)
 
 from pfcompile.accel import compile_accel, load_accel_config
-from pfcompile.accel.bitsearch import AccelCostModel, BitSearchSettings, search_bits
 from pfcompile.accel.mixed import set_layer_bits
 from pfcompile.accel.tiling import TilingDB
 from pfcompile.batching import require_batch_free, set_batch

@@ -22,7 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from pfcompile.errors import ModelError
-from pfcompile.ir import ModelLike, to_proto
+from pfcompile.ir import ModelLike, static_shape, to_proto
 
 __all__ = ["MAC_OPS", "LayerStats", "ModelStats", "model_size_mb", "model_stats"]
 
@@ -62,17 +62,10 @@ class ModelStats:
 
 
 def _shape(v: ir.Value | None) -> tuple[int, ...] | None:
-    if v is None:
+    dims = static_shape(v)
+    if dims is None or any(d < 0 for d in dims):  # -1: a dynamic dim written as a value
         return None
-    if v.const_value is not None:
-        return tuple(int(d) for d in v.const_value.shape)
-    if v.shape is None:
-        return None
-    try:
-        dims = tuple(int(d) for d in v.shape)
-    except (TypeError, ValueError):
-        return None
-    return dims if all(d >= 0 for d in dims) else None  # -1: a dynamic dim written as a value
+    return dims
 
 
 def _tensor_size(t: ir.TensorProtocol) -> tuple[int, int]:
