@@ -17,8 +17,9 @@ propagation) must give every value computed from the inputs (not through
 or that inference cannot follow, fails the check. The returned model declares
 its batch as the symbol ``N``.
 
-:func:`set_batch` is pfcompile's one writer of a declared batch dimension (the front
-end, the accelerator's host segments and this module use it);
+:func:`set_batch` / :func:`set_dim` are pfcompile's one writer of declared dims (the
+front end, ``model.fix_input_shapes``, the accelerator's host segments and this module
+use them);
 :func:`require_batch_free` is :func:`batch_free` for callers that cannot fall back to one
 sample at a time.
 """
@@ -31,7 +32,7 @@ from onnx import numpy_helper
 
 from pfcompile.errors import ModelError
 
-__all__ = ["BATCH_SYMBOL", "batch_free", "require_batch_free", "set_batch"]
+__all__ = ["BATCH_SYMBOL", "batch_free", "require_batch_free", "set_batch", "set_dim"]
 
 BATCH_SYMBOL = "N"  #: the symbol of a free batch dimension
 _PROBES = (7, 13)  # two batch sizes no constant is likely to hold by chance
@@ -66,13 +67,17 @@ def set_batch(vi: onnx.ValueInfoProto, batch: int | str = BATCH_SYMBOL) -> None:
     """Declare dim 0 of a tensor's type as ``batch``: a size, or a symbol (free). A tensor
     without a shape or of rank 0 is left as it is."""
     dims = vi.type.tensor_type.shape.dim
-    if not len(dims):
-        return
-    dims[0].Clear()
-    if isinstance(batch, str):
-        dims[0].dim_param = batch
+    if len(dims):
+        set_dim(dims[0], batch)
+
+
+def set_dim(dim: onnx.TensorShapeProto.Dimension, value: int | str) -> None:
+    """Declare one dim as a size (int) or a symbol (str)."""
+    dim.Clear()
+    if isinstance(value, str):
+        dim.dim_param = value
     else:
-        dims[0].dim_value = int(batch)
+        dim.dim_value = int(value)
 
 
 def _set_input_batch(m: onnx.ModelProto, inits: set[str], batch: int | str) -> None:

@@ -45,10 +45,10 @@ from onnx_ir.passes.common import (
     TopologicalSortPass,
 )
 
-from pfcompile.batching import BATCH_SYMBOL
+from pfcompile.batching import BATCH_SYMBOL, set_dim
 from pfcompile.errors import ModelError
 from pfcompile.ir import infer_shapes
-from pfcompile.model import check_onnx, load_onnx
+from pfcompile.model import check_onnx, load_onnx, value_dims
 
 __all__ = ["MIN_OPSET", "NEVER_FOLD", "bind_input_shapes", "import_ir", "import_model"]
 
@@ -57,14 +57,6 @@ MIN_OPSET = 17
 NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                         "RandomNormal", "RandomUniform", "RandomNormalLike",
                         "RandomUniformLike", "Multinomial", "Bernoulli"})
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
-    out: list[int | str] = []
-    for d in vi.type.tensor_type.shape.dim:
-        out.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
-                   else (d.dim_param or "?"))
-    return out
 
 
 def _fmt(dims) -> str:
@@ -92,7 +84,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
                          f"{names}")
     free_batch = False
     for vi in inputs:
-        dims = _dims(vi)
+        dims = value_dims(vi)
         if not vi.type.HasField("tensor_type"):
             continue
         if vi.name in shapes:
@@ -122,11 +114,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
                 else:
                     new[0] = int(batch)
         for d, v in zip(vi.type.tensor_type.shape.dim, new):
-            d.Clear()
-            if isinstance(v, int):
-                d.dim_value = v
-            else:
-                d.dim_param = v
+            set_dim(d, v)
     for vo in m.graph.output:
         if not vo.type.HasField("tensor_type") or not vo.type.tensor_type.HasField("shape"):
             continue
