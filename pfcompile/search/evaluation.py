@@ -8,7 +8,7 @@ session, batched where provably safe), the same as ``pfcompile evaluate``; what 
 adds is the search's view: the original's predictions held once, scores on the first
 ``n`` samples (the cheap subset estimate that ranks candidates before measuring them),
 per-image outcomes for the paired statistics, and a model with non-finite outputs
-scored as wrong everywhere. One thread, so that scores are reproducible to the bit.
+scored as wrong everywhere. Its sessions use one intra-op thread, as the search always has.
 """
 
 from __future__ import annotations
