@@ -31,6 +31,7 @@ __all__ = [
     "as_ir",
     "as_proto",
     "check_layer_names",
+    "float_layers",
     "iter_ort",
     "layer_map",
     "ort_session",
@@ -122,6 +123,29 @@ def weighted_layers(model: ir.Model) -> list[Layer]:
             out_axis = 1
         layers.append(Layer(_layer_name(node), node, w, out_axis))
     return layers
+
+
+def float_layers(model: ir.Model) -> dict[str, str]:
+    """Nodes with a constant float weight that are not :func:`weighted_layers` (so the
+    quantize / sparsify passes leave them in float), each with the reason: named in the
+    passes' reports, never dropped silently."""
+    taken = {x.node.name for x in weighted_layers(model)}
+    out: dict[str, str] = {}
+    for node in model.graph:
+        if node.name in taken or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type not in (*WEIGHTED_OPS, "ConvTranspose") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1]
+        if w is None or w.const_value is None or w.is_graph_input() or w.const_value.dtype not in (
+                ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+            continue
+        if node.op_type == "ConvTranspose":
+            out[_layer_name(node)] = "ConvTranspose: no integer kernel for it yet, stays float"
+        else:
+            out[_layer_name(node)] = (f"{node.op_type} with a {len(w.const_value.shape)}-D weight: "
+                                      "only 2-D weights are quantized, stays float")
+    return out
 
 
 def layer_map(model: ir.Model) -> dict[str, Layer]:
