@@ -41,9 +41,20 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLS_SHAPE", "OCR_CLS_SPLITS", "OcrClsConfig", "classifier_top1", "cls_preprocess",
-           "cv2_resize_linear", "font_paths", "make_ocr_cls_splits", "ocr_cls_samples", "parse_split_sizes",
-           "render_text_line"]
+__all__ = [
+    "CLS_SHAPE",
+    "OCR_CLS_SPLITS",
+    "OcrClsConfig",
+    "classifier_top1",
+    "cls_preprocess",
+    "cv2_resize_linear",
+    "font_paths",
+    "make_ocr_cls_splits",
+    "ocr_cls_samples",
+    "ocr_suite_inputs",
+    "parse_split_sizes",
+    "render_text_line",
+]
 
 CLS_SHAPE = (3, 48, 192)
 #: split name -> default size (val feeds the search and its confirmation; test is never given)
@@ -220,6 +231,50 @@ def ocr_cls_samples(n: int, seed: int | Sequence[int] = 0, fonts: Sequence[str] 
             img = np.ascontiguousarray(img[::-1, ::-1])     # cv2.rotate(img, ROTATE_180)
         x[i] = cls_preprocess(img)
     return x, y
+
+
+#: RapidOCR's detector normalisation (``NormalizeImage``: ImageNet mean and std on /255)
+_DET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
+_DET_STD = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
+
+
+def _text_scene(rng: np.random.Generator, fonts: Sequence[str], h: int, w: int) -> np.ndarray:
+    """A uint8 (h, w, 3) page: one short text line (scaled to fit) on its own background."""
+    line = render_text_line(rng, fonts, OcrClsConfig(chars=(3, 8), font_px=(16, 28)))
+    lh, lw = line.shape[:2]
+    if lw > w or lh > h:
+        f = min(w / lw, h / lh)
+        line = cv2_resize_linear(line, max(1, int(lw * f)), max(1, int(lh * f)))
+        lh, lw = line.shape[:2]
+    page = np.empty((h, w, 3), np.uint8)
+    page[:] = line[0, 0]                              # the line's background colour
+    y, x = int(rng.integers(0, h - lh + 1)), int(rng.integers(0, w - lw + 1))
+    page[y:y + lh, x:x + lw] = line
+    return page
+
+
+def ocr_suite_inputs(kind: str, n: int, shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """``n`` inputs (n, *shape) float32 for a PP-OCR model of ``kind``, rendered text
+    preprocessed as RapidOCR feeds that model, so the outputs mean something (a detector
+    fed noise answers all zeros, which any wrong kernel also matches):
+
+    * ``classifier`` / ``recognizer``: a text-line crop, :func:`cls_preprocess` to
+      ``shape`` (the recogniser's ``resize_norm_img`` is the same resize, scale and pad);
+    * ``detector``: a page with one text line, ``/255``, ImageNet mean/std
+      (``DetResizeForTest`` is a no-op at the page's size)."""
+    rng = np.random.default_rng(seed)
+    fonts = font_paths()
+    c, h, w = shape
+    x = np.empty((n, c, h, w), dtype=np.float32)
+    for i in range(n):
+        if kind == "detector":
+            page = _text_scene(rng, fonts, h, w).astype(np.float32).transpose(2, 0, 1) / 255
+            x[i] = (page - _DET_MEAN) / _DET_STD
+        elif kind in ("classifier", "recognizer"):
+            x[i] = cls_preprocess(render_text_line(rng, fonts), shape)
+        else:
+            raise ValueError(f"no OCR inputs for a model of kind {kind!r}")
+    return x
 
 
 def make_ocr_cls_splits(out_dir: str | Path, sizes: dict[str, int] | None = None,

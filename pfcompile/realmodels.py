@@ -213,8 +213,9 @@ def suite_data(name: str, n: int, seed: int = 0, split: str = "val") -> dict[str
     """``{"x": (n, *shape), ["y": labels]}`` for suite model ``name``.
 
     The dynamo classifiers get 16x16 digits (``split`` "val" or "calib"; labelled);
-    the OCR models get seeded inputs in their normalised range [-1, 1] with
-    smooth structure (no labels: accuracy there means agreement with the original).
+    the OCR models get rendered text, preprocessed as RapidOCR feeds each of them
+    (:func:`pfcompile.realdata.ocr_suite_inputs`; no labels: accuracy there means
+    agreement with the original).
     """
     sm = suite_model(name)
     if sm.source.startswith("dynamo:"):
@@ -224,17 +225,10 @@ def suite_data(name: str, n: int, seed: int = 0, split: str = "val") -> dict[str
         if split == "calib":
             return {"x": d["x_calib"][:n]}
         return {"x": d["x_val"][:n], "y": d["y_val"][:n]}
-    rng = np.random.default_rng(seed + (0 if split == "val" else 1000))
-    c, h, w = sm.input_shape[1:]
-    # low-frequency blobs + stripes: closer to images than white noise
-    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    x = np.empty((n, c, h, w), dtype=np.float32)
-    for i in range(n):
-        f = rng.uniform(1, 6, size=(c, 2))
-        ph = rng.uniform(0, 2 * np.pi, size=(c, 1, 1))
-        x[i] = np.sin(2 * np.pi * (f[:, :1, None] * xx + f[:, 1:, None] * yy) + ph)
-        x[i] += 0.3 * rng.standard_normal((c, h, w))
-    return {"x": np.clip(x, -1, 1).astype(np.float32)}
+    from pfcompile.realdata import ocr_suite_inputs
+
+    return {"x": ocr_suite_inputs(sm.kind, n, sm.input_shape[1:],
+                                  seed + (0 if split == "val" else 1000))}
 
 
 if __name__ == "__main__":

@@ -127,6 +127,30 @@ def test_bias_correction_removes_mean_output_error():
     assert errs[True] < 1e-4 < errs[False]
 
 
+def test_batchnorm_after_a_conv_is_folded_before_quantizing():
+    """A BN node of its own (Paddle2ONNX exports keep it) is folded into the conv, so the
+    int8 weights are the conv+BN weights and no float BN runs between DQ and Q."""
+    rng = np.random.default_rng(3)
+    model = _one_conv_model(rng)
+    g = model.graph
+    g.node[0].output[0] = "c"
+    bn = [np.abs(rng.standard_normal(8)).astype(np.float32) + 0.5, rng.standard_normal(8).astype(np.float32),
+          rng.standard_normal(8).astype(np.float32), np.abs(rng.standard_normal(8)).astype(np.float32) + 0.1]
+    names = ["bn_scale", "bn_bias", "bn_mean", "bn_var"]
+    g.initializer.extend(onnx.numpy_helper.from_array(a, n) for a, n in zip(bn, names))
+    g.node.extend([helper.make_node("BatchNormalization", ["c", *names], ["y"], name="bn", epsilon=1e-5)])
+    x = rng.standard_normal((32, 4, 6, 6)).astype(np.float32)
+    q = quantize(model, QuantConfig(bits=8), Dataset({"x": x}, None)).model
+    ops = [n.op_type for n in q.graph]
+    assert "BatchNormalization" not in ops and ops.count("Conv") == 1
+    assert "BatchNormalization" in [n.op_type for n in model.graph.node]   # input unchanged
+    ref, out = run_ort(model, {"x": x})[0], run_ort(q, {"x": x})[0]
+    # 8-bit weights over the folded (BN-scaled) weights: a few quantization steps of the range
+    assert np.abs(out - ref).max() < 0.03 * np.abs(ref).max()
+    rep = quant_report(q)
+    assert list(rep["layers"]) == ["conv"] and rep["layers"]["conv"]["bits"] == 8
+
+
 # ----------------------------------------------------------------------------- structure
 def test_qdq_structure_metadata_and_functional(trained, digits):
     path = trained("ResNetTiny").onnx

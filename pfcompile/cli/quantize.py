@@ -76,6 +76,8 @@ def quantize_cmd(
                   str(r["fp32_bytes"]), str(r["packed_bytes"]))
     t.add_row("total", "", "", "", "", str(report["fp32_bytes"]), str(report["packed_bytes"]))
     console.print(t)
+    for name, why in report.get("float_layers", {}).items():
+        console.print(f"left in float: {name} ({why})")
 
 
 def register(app: typer.Typer) -> None:

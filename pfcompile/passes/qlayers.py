@@ -31,6 +31,7 @@ __all__ = [
     "as_ir",
     "as_proto",
     "check_layer_names",
+    "float_layers",
     "iter_ort",
     "layer_map",
     "ort_session",
@@ -124,6 +125,29 @@ def weighted_layers(model: ir.Model) -> list[Layer]:
     return layers
 
 
+def float_layers(model: ir.Model) -> dict[str, str]:
+    """Nodes with a constant float weight that are not :func:`weighted_layers` (so the
+    quantize / sparsify passes leave them in float), each with the reason: named in the
+    passes' reports, never dropped silently."""
+    taken = {x.node.name for x in weighted_layers(model)}
+    out: dict[str, str] = {}
+    for node in model.graph:
+        if node.name in taken or node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type not in (*WEIGHTED_OPS, "ConvTranspose") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1]
+        if w is None or w.const_value is None or w.is_graph_input() or w.const_value.dtype not in (
+                ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+            continue
+        if node.op_type == "ConvTranspose":
+            out[_layer_name(node)] = "ConvTranspose: no integer kernel for it yet, stays float"
+        else:
+            out[_layer_name(node)] = (f"{node.op_type} with a {len(w.const_value.shape)}-D weight: "
+                                      "only 2-D weights are quantized, stays float")
+    return out
+
+
 def layer_map(model: ir.Model) -> dict[str, Layer]:
     return {layer.name: layer for layer in weighted_layers(model)}
 
@@ -165,13 +189,14 @@ def add_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def ort_session(model: ir.Model | onnx.ModelProto, extra_outputs: list[str] | None = None):
+def ort_session(model: ir.Model | onnx.ModelProto, extra_outputs: list[str] | None = None,
+                threads: int = 2):
     """pfcompile's reference session for a model (:func:`pfcompile.reference.reference_session`:
     float graphs optimized, quantized graphs run as written).
 
     ``extra_outputs`` names intermediate values to expose as graph outputs.
     """
-    return reference_session(as_proto(model), extra_outputs)
+    return reference_session(as_proto(model), extra_outputs, threads=threads)
 
 
 def _static_batch(sess) -> int | None:
@@ -181,14 +206,15 @@ def _static_batch(sess) -> int | None:
 
 
 def iter_ort(model: ir.Model | onnx.ModelProto, inputs: dict[str, np.ndarray], batch: int = 256,
-             extra_outputs: list[str] | None = None) -> Iterator[list[np.ndarray]]:
+             extra_outputs: list[str] | None = None, threads: int = 2
+             ) -> Iterator[list[np.ndarray]]:
     """Run ``model`` over ``inputs`` batch by batch, yielding each batch's outputs.
 
     A model whose inputs fix the batch dimension (e.g. to 1) is run in batches of
     that size, the last one padded and cut. ``extra_outputs`` are appended after
-    the model's own outputs.
+    the model's own outputs. ``threads``: the session's intra-op threads.
     """
-    sess = ort_session(model, extra_outputs)
+    sess = ort_session(model, extra_outputs, threads)
     n = len(next(iter(inputs.values())))
     fixed = _static_batch(sess)
     step = fixed or batch
@@ -202,7 +228,7 @@ def iter_ort(model: ir.Model | onnx.ModelProto, inputs: dict[str, np.ndarray], b
 
 
 def run_ort(model: ir.Model | onnx.ModelProto, inputs: dict[str, np.ndarray],
-            batch: int = 256) -> list[np.ndarray]:
+            batch: int = 256, threads: int = 2) -> list[np.ndarray]:
     """Every output of ``model`` over all of ``inputs``, concatenated on axis 0."""
-    chunks = list(iter_ort(model, inputs, batch))
+    chunks = list(iter_ort(model, inputs, batch, threads=threads))
     return [np.concatenate([c[j] for c in chunks], axis=0) for j in range(len(chunks[0]))]

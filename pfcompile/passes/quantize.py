@@ -28,6 +28,11 @@ For every *layer* (Conv / Gemm / MatMul with a float initializer weight, see
   computes ``round(bias / (x_scale * w_scale[c]))`` itself. With bias
   correction the bias is replaced by ``bias - E[f(x; W_q) - f(x; W)]`` computed
   from the calibration data (a Conv/Gemm without a bias gains one).
+- **BatchNormalization** after a Conv / Gemm is folded into it first
+  (:class:`~pfcompile.passes.canonical_bn.FoldBatchNormPass`), so the weights that are
+  quantized are the ones the layer computes with and the integer kernel covers conv + BN;
+  an unfolded BN would run in float between a dequantize and the next quantize
+  (exporters other than PyTorch's, e.g. Paddle2ONNX, keep BN as its own node).
 - **Bit widths** are readable two ways: each weight ``DequantizeLinear`` (or the
   codebook ``Gather``) and each activation ``QuantizeLinear``/
   ``DequantizeLinear`` node carries ``metadata_props["pfcompile.bits"]``; the
@@ -56,12 +61,15 @@ from pfcompile.passes.calibration import (
     collect_stats,
     uint8_qparams,
 )
+from pfcompile.passes.canonical_bn import FoldBatchNormPass
 from pfcompile.passes.codebook import codebook_bytes, kmeans_codebook, uniform_bytes
+from pfcompile.passes.declared import check_keys, search_fields
 from pfcompile.passes.qlayers import (
     Layer,
     add_initializer,
     as_ir,
     check_layer_names,
+    float_layers,
     layer_map,
     unique_name,
     weighted_layers,
@@ -94,7 +102,7 @@ class QuantConfig:
 
     bits: int = field(default=8, metadata={
         "help": "weight bit width of every layer not listed in `layers` (2..8)",
-        "search": (2, 3, 4, 5, 6, 8), "per_layer": True})
+        "search": tuple(range(MIN_BITS, MAX_BITS + 1)), "per_layer": True})
     act_bits: int | None = field(default=8, metadata={
         "help": "bit width of the layers' input activations (2..8), None = weights only",
         "search": (8, 6, 4), "per_layer": False})
@@ -138,7 +146,7 @@ class QuantConfig:
     @staticmethod
     def search_space() -> dict[str, dict]:
         """Field name -> {"search": values, "per_layer": bool, "help": text}."""
-        return {f.name: dict(f.metadata) for f in fields(QuantConfig) if "search" in f.metadata}
+        return search_fields(QuantConfig)
 
     @staticmethod
     def from_json(d: dict) -> QuantConfig:
@@ -150,9 +158,7 @@ class QuantConfig:
         known = {f.name for f in fields(QuantConfig)}
         if d and not (set(d) & known):
             d = {"layers": d}
-        extra = set(d) - known
-        if extra:
-            raise ConfigError(f"quantize config has unknown key(s) {sorted(extra)}; allowed: {sorted(known)}")
+        check_keys(d, known, "quantize config")
         layers = d.get("layers", {})
         if not isinstance(layers, dict):
             raise ConfigError("quantize config 'layers' must map layer names to bit widths")
@@ -298,6 +304,8 @@ class QuantizePass(FunctionalPass):
 
     def call(self, model: ir.Model) -> PassResult:
         cfg = self.config
+        if any(n.op_type == "BatchNormalization" for n in model.graph):
+            model = FoldBatchNormPass()(model).model   # functional: the input is not changed
         layers = self._validate(model)
         act_names = list(dict.fromkeys(x.node.inputs[0].name for x in layers))
         stats = collect_stats(model, self.calib, act_names) if cfg.needs_calibration else {}
@@ -322,6 +330,8 @@ class QuantizePass(FunctionalPass):
             "activations": None if cfg.act_bits is None else "uint8 per-tensor with zero point",
             "act_bits": cfg.act_bits, "calib": cfg.calib, "bias_correction": cfg.bias_correction,
             "layers": report, "fp32_bytes": total_fp32, "packed_bytes": total_packed,
+            # weighted nodes this pass cannot quantize, with the reason (they stay float)
+            "float_layers": float_layers(model),
         })
         return PassResult(out, True)
 
