@@ -1,30 +1,9 @@
 """pfcompile: compress an ONNX model and compile it for a device, measured on the device."""
 
-from pfcompile.errors import (
-    CompileError,
-    ConfigError,
-    DataError,
-    DeviceError,
-    MeasureError,
-    ModelError,
-    PassError,
-    PfcompileError,
-    SearchError,
-    UnsupportedOpError,
-)
+from pfcompile import errors as _errors
+from pfcompile.errors import *  # the error hierarchy is the package's API
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CompileError",
-    "ConfigError",
-    "DataError",
-    "DeviceError",
-    "MeasureError",
-    "ModelError",
-    "PassError",
-    "PfcompileError",
-    "SearchError",
-    "UnsupportedOpError",
-    "__version__",
-]
+__all__ = ["__version__"]
+__all__ += _errors.__all__

@@ -16,6 +16,12 @@ propagation) must give every value computed from the inputs (not through
 ``Shape`` / ``Size``) a known shape whose dim 0 is B. An op that mixes samples,
 or that inference cannot follow, fails the check. The returned model declares
 its batch as the symbol ``N``.
+
+:func:`set_batch` / :func:`set_dim` are pfcompile's one writer of declared dims (the
+front end, ``model.fix_input_shapes``, the accelerator's host segments and this module
+use them);
+:func:`require_batch_free` is :func:`batch_free` for callers that cannot fall back to one
+sample at a time.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-__all__ = ["batch_free"]
+from pfcompile.errors import ModelError
 
-_SYM = "N"
+__all__ = ["BATCH_SYMBOL", "batch_free", "require_batch_free", "set_batch", "set_dim"]
+
+BATCH_SYMBOL = "N"  #: the symbol of a free batch dimension
 _PROBES = (7, 13)  # two batch sizes no constant is likely to hold by chance
 _SHAPE_OPS = {"Shape", "Size"}
 
@@ -43,6 +51,52 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:
     return out
 
 
+def _inferred(m: onnx.ModelProto
+              ) -> tuple[onnx.ModelProto, dict[str, list[int | str | None]]] | None:
+    """Shape inference with data propagation: (inferred model, value name -> dims), or
+    None when inference fails (then nothing is provable)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001 - inference failed: not provable
+        return None
+    g = inferred.graph
+    return inferred, {vi.name: _dims(vi) for vi in [*g.value_info, *g.input, *g.output]}
+
+
+def set_batch(vi: onnx.ValueInfoProto, batch: int | str = BATCH_SYMBOL) -> None:
+    """Declare dim 0 of a tensor's type as ``batch``: a size, or a symbol (free). A tensor
+    without a shape or of rank 0 is left as it is."""
+    dims = vi.type.tensor_type.shape.dim
+    if len(dims):
+        set_dim(dims[0], batch)
+
+
+def set_dim(dim: onnx.TensorShapeProto.Dimension, value: int | str) -> None:
+    """Declare one dim as a size (int) or a symbol (str)."""
+    dim.Clear()
+    if isinstance(value, str):
+        dim.dim_param = value
+    else:
+        dim.dim_value = int(value)
+
+
+def _set_input_batch(m: onnx.ModelProto, inits: set[str], batch: int | str) -> None:
+    for vi in m.graph.input:
+        if vi.name not in inits:
+            set_batch(vi, batch)
+
+
+def require_batch_free(model: onnx.ModelProto, where: str = "the model") -> onnx.ModelProto:
+    """:func:`batch_free`, or ModelError when a free batch is not provably per-sample
+    identical."""
+    free = batch_free(model)
+    if free is None:
+        raise ModelError(f"{where}: cannot run on a free batch (a Reshape or another op fixes "
+                         "or mixes the batch dimension; see pfcompile.batching); run it at "
+                         "batch 1")
+    return free
+
+
 def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """A copy of ``model`` that runs on any batch, or ``None`` when that is not provably
     per-sample identical (see the module docstring). A model whose inputs already
@@ -56,12 +110,10 @@ def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
         return model
     if any(d != 1 for d in first):
         return None
-    try:
-        static = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference failed: not provable
+    static = _inferred(model)
+    if static is None:
         return None
-    shapes = {vi.name: _dims(vi) for vi in list(static.graph.value_info) + list(
-        static.graph.input) + list(static.graph.output)}
+    shapes = static[1]
     m = onnx.ModelProto()
     m.CopyFrom(model)
     consts = {t.name: t for t in m.graph.initializer}
@@ -94,14 +146,10 @@ def batch_free(model: onnx.ModelProto) -> onnx.ModelProto | None:
         inferred = _check(m, inits, b)
         if inferred is None:
             return None
-    for vi in m.graph.input:
-        if vi.name not in inits and vi.type.tensor_type.shape.dim:
-            vi.type.tensor_type.shape.dim[0].Clear()
-            vi.type.tensor_type.shape.dim[0].dim_param = _SYM
+    _set_input_batch(m, inits, BATCH_SYMBOL)
     for vo, vi in zip(m.graph.output, inferred.graph.output):
         vo.type.tensor_type.shape.CopyFrom(vi.type.tensor_type.shape)
-        vo.type.tensor_type.shape.dim[0].Clear()
-        vo.type.tensor_type.shape.dim[0].dim_param = _SYM
+        set_batch(vo)
     return m
 
 
@@ -109,16 +157,11 @@ def _check(m: onnx.ModelProto, inits: set[str], b: int) -> onnx.ModelProto | Non
     """Infer shapes at batch ``b``: every value computed from the inputs must have dim 0 == b."""
     p = onnx.ModelProto()
     p.CopyFrom(m)
-    for vi in p.graph.input:
-        if vi.name not in inits and vi.type.tensor_type.shape.dim:
-            vi.type.tensor_type.shape.dim[0].Clear()
-            vi.type.tensor_type.shape.dim[0].dim_value = b
-    try:
-        inferred = onnx.shape_inference.infer_shapes(p, strict_mode=False, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference failed: not provable
+    _set_input_batch(p, inits, b)
+    got = _inferred(p)
+    if got is None:
         return None
-    dims = {vi.name: _dims(vi) for vi in list(inferred.graph.value_info) + list(
-        inferred.graph.input) + list(inferred.graph.output)}
+    inferred, dims = got
     carries = {vi.name for vi in p.graph.input if vi.name not in inits}
     for node in inferred.graph.node:
         if node.op_type in _SHAPE_OPS or not any(i in carries for i in node.input):

@@ -30,10 +30,11 @@ import onnx
 
 from pfcompile.artifact_size import artifact_size
 from pfcompile.deploy import deployment_threads
-from pfcompile.errors import CompileError, ModelError, UnsupportedOpError
+from pfcompile.errors import CompileError, UnsupportedOpError
 from pfcompile.frontend import import_model
 from pfcompile.model import (
     TensorSpec,
+    check_onnx,
     fix_input_shapes,
     input_specs,
     model_hash,
@@ -266,10 +267,7 @@ def compile_model(model: str | Path | onnx.ModelProto, target: str | Target, out
     else:
         source = "<in-memory>"
         proto = model
-        try:
-            onnx.checker.check_model(proto)
-        except onnx.checker.ValidationError as exc:
-            raise ModelError(f"model fails the ONNX checker: {exc}") from exc
+        check_onnx(proto)
     specs = input_specs(proto, input_shapes)
     if input_shapes:
         proto = fix_input_shapes(proto, specs)

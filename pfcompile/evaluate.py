@@ -1,5 +1,11 @@
 """Accuracy and cost of a model on a data set, run with onnxruntime.
 
+The one way pfcompile runs a model over a data set for accuracy is :func:`model_outputs`:
+the exact reference session (:func:`pfcompile.reference.reference_session`), batched
+where batching is provably per-sample identical (:func:`pfcompile.batching.batch_free`),
+else at the model's fixed batch (one sample at a time). :func:`evaluate` (``pfcompile
+evaluate``) and the search's :class:`pfcompile.search.evaluation.Evaluator` both use it.
+
 :func:`evaluate` returns ``{"top1", "agreement", "output_snr_db", "macs",
 "params", "size_bytes"}``:
 
@@ -37,7 +43,7 @@ from pfcompile.passes.calibration import check_calib_data
 from pfcompile.passes.qlayers import run_ort
 from pfcompile.passes.stats import model_stats
 
-__all__ = ["EVAL_FIELDS", "evaluate", "output_snr_db", "top1_classes"]
+__all__ = ["EVAL_FIELDS", "evaluate", "model_outputs", "output_snr_db", "top1_classes"]
 
 EVAL_FIELDS = ("top1", "agreement", "output_snr_db", "macs", "params", "size_bytes")
 
@@ -69,10 +75,18 @@ def output_snr_db(out: np.ndarray, ref: np.ndarray) -> float:
     return 10.0 * math.log10(signal / noise)
 
 
-def _batched(model: ModelLike) -> ModelLike:
-    """``model`` with a free batch where provably safe (pfcompile.batching); otherwise
-    ``model`` itself, which ``run_ort`` runs at its fixed batch (one sample at a time)."""
-    return batch_free(pir.to_proto(model)) or model
+def model_outputs(model: ModelLike, data: Dataset, batch: int = 256, *, n: int | None = None,
+                  threads: int = 2) -> np.ndarray:
+    """The first output of ``model`` over the first ``n`` samples of ``data`` (all when
+    None), from the reference session with ``threads`` intra-op threads. Runs ``batch``
+    samples at a time where :func:`pfcompile.batching.batch_free` proves that per-sample
+    identical; otherwise at the model's fixed batch (one sample at a time: a graph that
+    fixes its batch, e.g. Reshape constants ``[1, 200]``, would fail or mix samples)."""
+    inputs = data.inputs if n is None else data.batch(0, min(n, len(data)))
+    free = batch_free(pir.to_proto(model))
+    if free is None:
+        return run_ort(model, inputs, 1, threads)[0]
+    return run_ort(free, inputs, batch, threads)[0]
 
 
 def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike | str | Path | None = None,
@@ -81,7 +95,7 @@ def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike 
     ``artifact``: the compiled folder ``model`` came from (its size is then the files')."""
     m = _model(model)
     check_calib_data(m, data, "evaluation data")
-    out = run_ort(_batched(m), data.inputs, batch)[0]
+    out = model_outputs(m, data, batch)
     pred = top1_classes(out)
     result: dict = dict.fromkeys(EVAL_FIELDS)
     if data.labels is not None:
@@ -91,7 +105,7 @@ def evaluate(model: ModelLike | str | Path, data: Dataset, reference: ModelLike 
     if reference is not None:
         r = _model(reference)
         check_calib_data(r, data, "evaluation data (for the reference model)")
-        ref = run_ort(_batched(r), data.inputs, batch)[0]
+        ref = model_outputs(r, data, batch)
         result["agreement"] = float(np.mean(pred == top1_classes(ref)))
         result["output_snr_db"] = output_snr_db(out, ref)
     stats = model_stats(m)

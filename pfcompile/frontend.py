@@ -45,9 +45,10 @@ from onnx_ir.passes.common import (
     TopologicalSortPass,
 )
 
+from pfcompile.batching import BATCH_SYMBOL, set_dim
 from pfcompile.errors import ModelError
 from pfcompile.ir import infer_shapes
-from pfcompile.model import load_onnx
+from pfcompile.model import check_onnx, load_onnx, value_dims
 
 __all__ = ["MIN_OPSET", "NEVER_FOLD", "bind_input_shapes", "import_ir", "import_model"]
 
@@ -56,14 +57,6 @@ MIN_OPSET = 17
 NEVER_FOLD = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                         "RandomNormal", "RandomUniform", "RandomNormalLike",
                         "RandomUniformLike", "Multinomial", "Bernoulli"})
-
-
-def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
-    out: list[int | str] = []
-    for d in vi.type.tensor_type.shape.dim:
-        out.append(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
-                   else (d.dim_param or "?"))
-    return out
 
 
 def _fmt(dims) -> str:
@@ -91,7 +84,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
                          f"{names}")
     free_batch = False
     for vi in inputs:
-        dims = _dims(vi)
+        dims = value_dims(vi)
         if not vi.type.HasField("tensor_type"):
             continue
         if vi.name in shapes:
@@ -105,7 +98,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
                                      f"model fixes it to {_fmt(dims)}")
             new: list[int | str] = list(want)
             if batch is None and not isinstance(dims[0], int):
-                new[0] = "N"  # evaluation: the batch stays free
+                new[0] = BATCH_SYMBOL  # evaluation: the batch stays free
                 free_batch = True
         else:
             dynamic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
@@ -116,16 +109,12 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
             new = list(dims)
             if dynamic:
                 if batch is None:
-                    new[0] = "N"
+                    new[0] = BATCH_SYMBOL
                     free_batch = True
                 else:
                     new[0] = int(batch)
         for d, v in zip(vi.type.tensor_type.shape.dim, new):
-            d.Clear()
-            if isinstance(v, int):
-                d.dim_value = v
-            else:
-                d.dim_param = v
+            set_dim(d, v)
     for vo in m.graph.output:
         if not vo.type.HasField("tensor_type") or not vo.type.tensor_type.HasField("shape"):
             continue
@@ -133,7 +122,7 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int,
             if not (d.HasField("dim_value") and d.dim_value > 0):
                 d.Clear()
                 if i == 0 and free_batch:
-                    d.dim_param = "N"
+                    d.dim_param = BATCH_SYMBOL
     del m.graph.value_info[:]
     return m
 
@@ -175,11 +164,7 @@ def import_ir(model: str | Path | onnx.ModelProto,
     else:
         where = "model"
         proto = model
-        try:
-            onnx.checker.check_model(proto)
-        except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ModelError(f"model fails the ONNX checker: {first}") from exc
+        check_onnx(proto)
     proto = bind_input_shapes(proto, input_shapes, batch)
     proto = _upgrade_opset(proto)
     m = ir.from_proto(proto)
@@ -202,10 +187,6 @@ def import_model(model: str | Path | onnx.ModelProto,
                  batch: int | None = 1) -> onnx.ModelProto:
     """:func:`import_ir` as an ``onnx.ModelProto`` (checked)."""
     proto = ir.to_proto(import_ir(model, input_shapes, batch=batch))
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise ModelError(f"the imported model fails the ONNX checker: {first} (please report "
-                         "the model: the front end should keep it valid)") from exc
+    check_onnx(proto, "the imported model", hint=" (please report the model: the front end "
+                                               "should keep it valid)")
     return proto

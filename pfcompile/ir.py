@@ -17,7 +17,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from pfcompile.errors import ModelError
-from pfcompile.model import load_onnx
+from pfcompile.model import check_onnx, load_onnx
 
 __all__ = [
     "ModelLike",
@@ -73,12 +73,7 @@ def content_hash(model: ModelLike) -> str:
 
 def check(model: ModelLike, where: str = "model") -> None:
     """Run the ONNX checker (full check with shape inference); raise ``ModelError``."""
-    proto = to_proto(model)
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:  # ValidationError or InferenceError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise ModelError(f"{where} fails the ONNX checker: {first}") from exc
+    check_onnx(to_proto(model), where, full_check=True)
 
 
 def save(model: ModelLike, path: str | Path, *, validate: bool = True) -> Path:

@@ -15,10 +15,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from pfcompile.batching import set_dim
 from pfcompile.errors import ModelError
 
 __all__ = [
     "TensorSpec",
+    "check_onnx",
     "file_hash",
     "fix_input_shapes",
     "input_specs",
@@ -27,6 +29,7 @@ __all__ = [
     "output_specs",
     "parse_input_shapes",
     "sample_specs",
+    "value_dims",
 ]
 
 
@@ -68,16 +71,24 @@ def load_onnx(path: str | Path, *, check: bool = True) -> onnx.ModelProto:
     if len(model.graph.node) == 0 and len(model.graph.output) == 0:
         raise ModelError(f"{p} is not an ONNX model (no graph found in the file)")
     if check:
-        try:
-            onnx.checker.check_model(model)
-        except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ModelError(f"{p} fails the ONNX checker: {first}") from exc
+        check_onnx(model, str(p))
         try:
             model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
         except Exception as exc:
             raise ModelError(f"{p}: ONNX shape inference failed: {exc}") from exc
     return model
+
+
+def check_onnx(model: onnx.ModelProto, where: str = "model", *, full_check: bool = False,
+               hint: str = "") -> None:
+    """The ONNX checker (``full_check``: with strict shape inference); a failure raises
+    ModelError "``where`` fails the ONNX checker: <first line>``hint``"."""
+    caught = Exception if full_check else onnx.checker.ValidationError  # + InferenceError
+    try:
+        onnx.checker.check_model(model, full_check=full_check)
+    except caught as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise ModelError(f"{where} fails the ONNX checker: {first}{hint}") from exc
 
 
 def model_hash(model: onnx.ModelProto) -> str:
@@ -93,16 +104,15 @@ def _initializer_names(model: onnx.ModelProto) -> set[str]:
     return {t.name for t in model.graph.initializer}
 
 
+def value_dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    """A tensor's declared dims: sizes as ints, a symbol or ``"?"`` for the others."""
+    return [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0
+            else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+
+
 def _value_info_spec(vi: onnx.ValueInfoProto) -> tuple[str, list[int | str], str]:
-    tt = vi.type.tensor_type
-    dims: list[int | str] = []
-    for d in tt.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(d.dim_param or "?")
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
-    return vi.name, dims, dtype
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
+    return vi.name, value_dims(vi), dtype
 
 
 def parse_input_shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -193,8 +203,7 @@ def fix_input_shapes(model: onnx.ModelProto, specs: list[TensorSpec]) -> onnx.Mo
         if vi.name in by_name:
             dims = vi.type.tensor_type.shape.dim
             for d, v in zip(dims, by_name[vi.name].shape):
-                d.Clear()
-                d.dim_value = int(v)
+                set_dim(d, int(v))
     # drop stale inferred value_info and re-infer with the static shapes
     del m.graph.value_info[:]
     try:

@@ -39,8 +39,9 @@ class Demo:
 
 
 @pytest.fixture(scope="session")
-def demo_data() -> Demo:
-    """The one demo fixture: each test module takes the subsets it needs."""
+def demo() -> Demo:
+    """The one demo fixture (session-wide: never modify it in place); each test takes
+    the subsets it needs (``demo.val.subset(n)``)."""
     from pfcompile.data import load_npz
     from pfcompile.model import input_specs, load_onnx
     from pfcompile.paths import demo_paths
@@ -49,6 +50,24 @@ def demo_data() -> Demo:
     model = load_onnx(path)
     specs = input_specs(model)
     return Demo(path, val, calib, model, load_npz(val, specs), load_npz(calib, specs))
+
+
+@pytest.fixture(scope="session")
+def fast_settings():
+    """The one small search for tests (seconds on the null device): a frozen
+    ``SearchSettings`` that a test or module adapts with ``dataclasses.replace``."""
+    from pfcompile.search import SearchSettings
+
+    return SearchSettings(budget=4, batch=2, pool=6, eval_subset=64, max_acc_drop=3.0)
+
+
+@pytest.fixture(scope="session")
+def fast_measure():
+    """The one short device measurement for tests (2 runs x 3 repeats, no minimum time,
+    60 s deadline): a frozen ``MeasureSettings`` to adapt with ``dataclasses.replace``."""
+    from pfcompile.targets import MeasureSettings
+
+    return MeasureSettings(number=2, repeat=3, min_repeat_ms=0, timeout_s=60)
 
 
 FIXTURE_MODELS = ("PlainCNN", "ResNetTiny", "MobileNetV2Tiny", "DenseNetTiny", "SENetTiny",

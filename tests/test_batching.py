@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pfcompile.batching import batch_free
+from pfcompile.batching import BATCH_SYMBOL, batch_free, require_batch_free, set_batch
 from pfcompile.data import Dataset
+from pfcompile.errors import ModelError
 
 
 def _model(shape_const: list[int], extra: list[onnx.NodeProto] | None = None,
@@ -58,6 +60,22 @@ def test_ops_that_mix_samples_are_refused():
     # a transpose that moves the batch axis
     tr = [helper.make_node("Transpose", ["y0"], ["y"], name="t", perm=[1, 0])]
     assert batch_free(_model([1, 16], tr)) is None
+
+
+def test_set_batch_and_require_batch_free():
+    vi = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])
+    set_batch(vi)
+    assert vi.type.tensor_type.shape.dim[0].dim_param == BATCH_SYMBOL == "N"
+    set_batch(vi, 3)
+    dims = vi.type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [3, 4, 2, 2] and not dims[0].dim_param
+    scalar = helper.make_tensor_value_info("s", TensorProto.FLOAT, [])
+    set_batch(scalar)
+    assert len(scalar.type.tensor_type.shape.dim) == 0
+    m = _model([1, 16], [helper.make_node("MatMul", ["y0", "fc"], ["y"], name="fc")], [1, 3])
+    assert require_batch_free(m).graph.output[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    with pytest.raises(ModelError, match="mixed.onnx: cannot run on a free batch"):
+        require_batch_free(_model([4, 4]), "mixed.onnx")
 
 
 def test_declared_dynamic_batch_is_kept():

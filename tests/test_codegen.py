@@ -18,6 +18,7 @@ from pfcompile.codegen.pipeline import channel_block
 from pfcompile.codegen.records import Record, RecordDB, records_path
 from pfcompile.codegen.templates import Hardware
 from pfcompile.errors import CompileError
+from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 
@@ -134,7 +135,7 @@ def test_pooling_matches_onnxruntime(tmp_path):
 
 
 def test_demo_model_and_kernel_workloads(tmp_path):
-    demo = Path(zoo.__file__).parent / "data" / "demo.onnx"
+    demo = demo_paths()[0]
     out, ref = _run_both(demo, tmp_path / "records")
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
     mod = import_onnx(demo)
@@ -172,7 +173,7 @@ def test_heuristic_reads_the_target_file():
 
 
 def test_records_are_used_and_transferred(tmp_path):
-    demo = Path(zoo.__file__).parent / "data" / "demo.onnx"
+    demo = demo_paths()[0]
     mod = import_onnx(demo)
     rdir = tmp_path / "records"
     kws = codegen.kernel_workloads(mod, HOST, records_dir=rdir)
@@ -205,7 +206,7 @@ def test_bad_record_file_names_the_line(tmp_path):
 def test_arm64_cross_build_compiles():
     """The same templates compile for NEON (4 lanes); run on the emulated device in
     tests/test_codegen_device.py."""
-    path = Path(zoo.__file__).parent / "data" / "demo.onnx"
+    path = demo_paths()[0]
     mod = import_onnx(path)
     report: list = []
     ex = codegen.build(mod, load_target("arm64"), report=report, records_dir=None)

@@ -17,6 +17,7 @@ from torch import nn
 from pfcompile import codegen, zoo
 from pfcompile.codegen.kernels import time_kernels
 from pfcompile.compiler import import_onnx
+from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
 from pfcompile.runner.kernels import RPCKernelTimer
 from pfcompile.targets import load_target
@@ -68,7 +69,7 @@ def test_arm64_model_matches_onnxruntime(arm_device, which, tmp_path):
         torch.manual_seed(0)
         path = zoo.export_onnx(OddNet(), tmp_path / "odd.onnx", (1, 3, 15, 15))
     else:
-        path = Path(zoo.__file__).parent / "data" / "demo.onnx"
+        path = demo_paths()[0]
     model = onnx.load(str(path))
     inp = model.graph.input[0]
     shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]

@@ -4,7 +4,6 @@ wrong candidates dropped, cost model, CLI."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +16,13 @@ from pfcompile.codegen.records import RecordDB, records_path
 from pfcompile.codegen.tune import CostModel, TuneSettings, tunable_workloads, tune
 from pfcompile.compiler import import_onnx
 from pfcompile.errors import ConfigError
+from pfcompile.paths import demo_paths
 from pfcompile.runner import KernelTiming
 from pfcompile.runner.kernels import LocalKernelTimer
 from pfcompile.targets import load_target
 
 HOST = load_target("host")
-DEMO = Path(zoo.__file__).parent / "data" / "demo.onnx"
+DEMO = demo_paths()[0]
 
 
 class FakeTimer:

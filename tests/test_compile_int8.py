@@ -17,17 +17,17 @@ from pfcompile.measure import measure
 from pfcompile.model import input_specs, load_onnx
 from pfcompile.passes.qlayers import as_proto, ort_session
 from pfcompile.passes.quantize import QuantConfig, quantize
-from pfcompile.paths import package_dir
+from pfcompile.paths import demo_paths
 
-DATA = package_dir() / "data"
+DEMO, _, DEMO_CALIB = demo_paths()
 
 
 def test_qdq_demo_compiles_integer_and_verifies(tmp_path, int8_target):
     """The demo (a small ResNet) quantized by pfcompile, on each integer path of this
     machine's architecture (x86: AVX2 vpmaddwd and VNNI vpdpbusd): `measure` verifies it
     against the exact reference."""
-    m = load_onnx(DATA / "demo.onnx")
-    calib = load_npz(DATA / "demo_calib.npz", input_specs(m))
+    m = load_onnx(DEMO)
+    calib = load_npz(DEMO_CALIB, input_specs(m))
     q = as_proto(quantize(m, QuantConfig(bits=8), calib).model)
     src = tmp_path / "demo_q8.onnx"
     onnx.save(q, src)

@@ -27,7 +27,6 @@ from pfcompile.runner import LocalRunner, NullRunner, RPCRunner, RunnerResult
 from pfcompile.targets import MeasureSettings, load_target
 from tests.device_helpers import compile_tiny, tiny_model
 
-FAST = MeasureSettings(number=2, repeat=3, min_repeat_ms=0, timeout_s=60)
 JSON_FIELDS = {"median_ms", "latencies_ms", "verified", "max_abs_err", "device", "target",
                "emulated"}
 
@@ -60,7 +59,7 @@ def _loads(server) -> int:
 
 # -- the real RPC path ----------------------------------------------------------------------
 
-def test_measure_via_tracker_verified(host_artifact: Path) -> None:
+def test_measure_via_tracker_verified(host_artifact: Path, fast_measure) -> None:
     with LocalRPC(key="pfc-test", n_servers=1) as lrpc:
         devices = query(lrpc.tracker_addr)
         assert [(d.key, d.total) for d in devices] == [("pfc-test", 1)]
@@ -71,11 +70,11 @@ def test_measure_via_tracker_verified(host_artifact: Path) -> None:
         assert [(d["key"], d["total"], d["servers"]) for d in json.loads(listed.stdout)] == [
             ("pfc-test", 1, [lrpc.servers[0].addr])]
         res = measure(host_artifact, "host", rpc=lrpc.tracker_addr, key="pfc-test",
-                      settings=FAST)
+                      settings=fast_measure)
     assert JSON_FIELDS <= set(res)
     assert res["verified"] is True, res["detail"]
     assert 0.0 <= res["max_abs_err"] < 1e-4
-    assert len(res["latencies_ms"]) == FAST.repeat
+    assert len(res["latencies_ms"]) == fast_measure.repeat
     assert all(x > 0 for x in res["latencies_ms"])
     assert res["median_ms"] == sorted(res["latencies_ms"])[1]
     assert res["target"] == "host" and res["emulated"] is False
@@ -84,24 +83,26 @@ def test_measure_via_tracker_verified(host_artifact: Path) -> None:
     assert not any(s.alive() for s in lrpc.servers) and not lrpc.tracker.alive()
 
 
-def test_local_runner_outputs_match_onnxruntime(host_artifact: Path, local_runner) -> None:
+def test_local_runner_outputs_match_onnxruntime(host_artifact: Path, local_runner,
+                                                fast_measure) -> None:
     """No --rpc/--device: a host server of its own; outputs by name, equal to ORT."""
-    res = measure(host_artifact, "host", settings=FAST, runner=local_runner)
+    res = measure(host_artifact, "host", settings=fast_measure, runner=local_runner)
     assert res["verified"] is True and res["max_abs_err"] < 1e-4
-    raw = local_runner.run(host_artifact, {"x": np.zeros((1, 3, 8, 8), np.float32)}, FAST)
+    raw = local_runner.run(host_artifact, {"x": np.zeros((1, 3, 8, 8), np.float32)}, fast_measure)
     assert raw.ok and set(raw.outputs) == {"y", "p"}
     np.testing.assert_allclose(raw.outputs["p"].sum(), 1.0, rtol=1e-5)  # softmax row
     # a run that fails on the device is an error value; the same server serves the next run
     server = local_runner.server
-    bad = local_runner.run(host_artifact, {"x": np.zeros((1, 3, 4, 4), np.float32)}, FAST)
+    bad = local_runner.run(host_artifact, {"x": np.zeros((1, 3, 4, 4), np.float32)}, fast_measure)
     assert bad.error_kind == "run" and "step 'run'" in bad.error and "mismatch" in bad.error
-    assert local_runner.run(host_artifact, {"x": np.ones((1, 3, 8, 8), np.float32)}, FAST).ok
+    assert local_runner.run(host_artifact, {"x": np.ones((1, 3, 8, 8), np.float32)},
+                            fast_measure).ok
     assert local_runner.server is server and server.alive()
 
 
-def test_device_killed_mid_measurement_is_an_error_result(host_artifact: Path,
-                                                          local_runner) -> None:
-    local_runner.run(host_artifact, {"x": np.zeros((1, 3, 8, 8), np.float32)}, FAST)
+def test_device_killed_mid_measurement_is_an_error_result(host_artifact: Path, local_runner,
+                                                          fast_measure) -> None:
+    local_runner.run(host_artifact, {"x": np.zeros((1, 3, 8, 8), np.float32)}, fast_measure)
     server = local_runner.server
     long = MeasureSettings(number=1, repeat=1, min_repeat_ms=20_000, timeout_s=60)
     box: dict[str, RunnerResult] = {}
@@ -121,13 +122,14 @@ def test_device_killed_mid_measurement_is_an_error_result(host_artifact: Path,
     assert server.addr in res.error and "went away during step" in res.error
     assert time.monotonic() - t0 < 30
     # the runner survives and serves the next run on a fresh server
-    again = local_runner.run(host_artifact, {"x": np.ones((1, 3, 8, 8), np.float32)}, FAST)
+    again = local_runner.run(host_artifact, {"x": np.ones((1, 3, 8, 8), np.float32)}, fast_measure)
     assert again.ok, again.error
     assert local_runner.server.port != server.port or local_runner.server is not server
 
 
-def test_hung_device_times_out_as_an_error_result(host_artifact: Path, local_runner) -> None:
-    local_runner.run(host_artifact, {"x": np.zeros((1, 3, 8, 8), np.float32)}, FAST)
+def test_hung_device_times_out_as_an_error_result(host_artifact: Path, local_runner,
+                                                  fast_measure) -> None:
+    local_runner.run(host_artifact, {"x": np.zeros((1, 3, 8, 8), np.float32)}, fast_measure)
     server = local_runner.server
     long = MeasureSettings(number=1, repeat=1, min_repeat_ms=20_000, timeout_s=4)
     box: dict[str, RunnerResult] = {}
@@ -150,7 +152,8 @@ def test_hung_device_times_out_as_an_error_result(host_artifact: Path, local_run
     assert res.elapsed_s < 5.0 + long.timeout_s + 5
 
 
-def test_runs_use_the_deployment_threads_unless_told(host_artifact: Path, local_runner) -> None:
+def test_runs_use_the_deployment_threads_unless_told(host_artifact: Path, local_runner,
+                                                     fast_measure) -> None:
     """model.json records the target's num-cores as the deployment threads; every run
     sets the device's pool to them (or to ``threads``), and the result says how many ran."""
     from pfcompile.deploy import deployment_threads
@@ -158,9 +161,9 @@ def test_runs_use_the_deployment_threads_unless_told(host_artifact: Path, local_
     meta = json.loads((host_artifact / "model.json").read_text())
     assert meta["threads"] == deployment_threads(load_target("host")) == (os.cpu_count() or 1)
     assert deployment_threads(load_target("arm64")) == min(4, os.cpu_count() or 1)  # emulated
-    res = measure(host_artifact, "host", settings=FAST, runner=local_runner)
+    res = measure(host_artifact, "host", settings=fast_measure, runner=local_runner)
     assert res["verified"] and res["threads"] == res["deployment_threads"] == meta["threads"]
-    one = measure(host_artifact, "host", settings=FAST,
+    one = measure(host_artifact, "host", settings=fast_measure,
                   runner=RPCRunner(device=local_runner.server.addr, threads=1))
     assert one["verified"] and one["threads"] == 1 and one["deployment_threads"] == meta["threads"]
     # this process: TVM sizes its pool at first use, so the variable is set before that
@@ -205,14 +208,15 @@ def test_cli_serve_and_measure_direct_device(host_artifact: Path, tmp_path: Path
 
 # -- bad input ------------------------------------------------------------------------------
 
-def test_unreachable_tracker_is_a_clear_error_within_bounded_time(host_artifact: Path) -> None:
+def test_unreachable_tracker_is_a_clear_error_within_bounded_time(host_artifact: Path,
+                                                                  fast_measure) -> None:
     port = free_port()
     t0 = time.monotonic()
     with pytest.raises(DeviceError, match=f"tracker 127.0.0.1:{port} is unreachable"):
         connect(rpc=f"127.0.0.1:{port}", key="host", timeout_s=5)
     with pytest.raises(DeviceError, match=f"127.0.0.1:{port}"):
         query(f"127.0.0.1:{port}", timeout_s=5)
-    res = RPCRunner(rpc=f"127.0.0.1:{port}", key="host").run(host_artifact, {}, FAST)
+    res = RPCRunner(rpc=f"127.0.0.1:{port}", key="host").run(host_artifact, {}, fast_measure)
     assert res.error_kind == "device" and f"127.0.0.1:{port}" in res.error
     assert time.monotonic() - t0 < 15
 
@@ -242,7 +246,8 @@ def test_bad_addresses_and_arguments() -> None:
         connect(rpc="127.0.0.1:9190")
 
 
-def test_measure_rejects_bad_artifacts_and_targets(host_artifact: Path, tmp_path: Path) -> None:
+def test_measure_rejects_bad_artifacts_and_targets(host_artifact: Path, tmp_path: Path,
+                                                   fast_measure) -> None:
     with pytest.raises(ModelError, match="no model.json"):
         measure(tmp_path, "host")
     with pytest.raises(ConfigError, match="compiled for target 'host'"):
@@ -252,7 +257,7 @@ def test_measure_rejects_bad_artifacts_and_targets(host_artifact: Path, tmp_path
     (tmp_path / "source.onnx").write_bytes((host_artifact / "source.onnx").read_bytes())
     with pytest.raises(ModelError, match="no compiled model"):
         measure(tmp_path, "arm64")  # no library: refused before any device is started
-    res = RPCRunner(device="127.0.0.1:9").run(tmp_path / "nothing", {}, FAST)
+    res = RPCRunner(device="127.0.0.1:9").run(tmp_path / "nothing", {}, fast_measure)
     assert res.error_kind == "artifact" and "model.so" in res.error
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,10 @@ import pytest
 
 from pfcompile.device import default_device_dir, free_port, serve
 from pfcompile.runner import RPCRunner
-from pfcompile.targets import MeasureSettings, load_target
+from pfcompile.targets import load_target
 from tests.device_helpers import compile_tiny, tiny_model
 
 PORTS = (9700, 9749)
-FAST = MeasureSettings(number=1, repeat=1, min_repeat_ms=0, timeout_s=300)
 
 
 def group_members(pgid: int) -> list[int]:
@@ -56,11 +56,12 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         tmp_path_factory.mktemp("lifecycle") / "host")
 
 
-def test_stop_ends_the_server_and_its_workers(artifact: Path) -> None:
+def test_stop_ends_the_server_and_its_workers(artifact: Path, fast_measure) -> None:
     srv = serve(load_target("host"), "127.0.0.1", free_port("127.0.0.1", *PORTS))
     pgid = srv.proc.pid
+    once = replace(fast_measure, number=1, repeat=1, timeout_s=300)   # one run, slow machine
     res = RPCRunner(device=srv.addr).run(artifact, {"x": np.zeros((1, 3, 8, 8), np.float32)},
-                                         FAST)
+                                         once)
     assert res.ok, res.error
     # guard + rpc_server + its popen_worker (the serving loop) at least
     assert len(group_members(pgid)) >= 3

@@ -7,21 +7,12 @@ import math
 
 import numpy as np
 import onnx
-import pytest
 from onnx import numpy_helper
 
-from pfcompile.data import load_npz
 from pfcompile.finetune.health import check_progress, dead_relu_fraction
 from pfcompile.finetune.settings import FinetuneSettings
-from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths
 
-
-@pytest.fixture(scope="module")
-def demo():
-    m = load_onnx(demo_paths()[0])
-    d = load_npz(demo_paths()[1], input_specs(m))
-    return m, d.subset(192), load_npz(demo_paths()[1], input_specs(m)).subset(300)
+TRAIN_N, FULL_N = 192, 300   # demo validation images: training part, and with the rest
 
 
 def _dead(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -37,7 +28,7 @@ def _dead(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def test_dead_relu_fraction(demo):
-    m, train, _ = demo
+    m, train = demo.model, demo.val.subset(TRAIN_N)
     frac, channels = dead_relu_fraction(m, train)
     assert channels == 336 and frac < 0.2
     frac, channels = dead_relu_fraction(_dead(m), train)
@@ -47,7 +38,7 @@ def test_dead_relu_fraction(demo):
 def test_stuck_student_is_detected_and_healthy_one_is_not(demo):
     from pfcompile.finetune.train import finetune
 
-    m, train, full = demo
+    m, train, full = demo.model, demo.val.subset(TRAIN_N), demo.val.subset(FULL_N)
     val = type(full)({"input": full.inputs["input"][192:]}, full.labels[192:], "val")
     cfg = FinetuneSettings(epochs=2, alpha=0.0)        # labels only: the loss is cross-entropy
     stuck = check_progress(finetune(_dead(m), None, train, val, cfg), train, 10)
@@ -67,7 +58,7 @@ def test_flat_loss_under_a_weak_teacher_is_a_sign_not_a_verdict(demo):
     at 26 % top-1 with live ReLUs is not stuck, but the sign is reported."""
     from types import SimpleNamespace
 
-    m, train, _ = demo
+    m, train = demo.model, demo.val.subset(TRAIN_N)
     res = SimpleNamespace(model=m, epochs=[SimpleNamespace(ce=2.2)], after_top1=0.26,
                           teacher_top1=0.17)
     p = check_progress(res, train, 10)

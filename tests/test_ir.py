@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile import ir as pir
 from pfcompile.errors import ModelError
-from pfcompile.passes.stats import model_stats
+from pfcompile.passes.stats import model_size_mb, model_stats
 
 
 def _conv_gemm_model(groups: int = 2) -> onnx.ModelProto:
@@ -58,6 +58,23 @@ def test_stats_follows_dequantize_linear_to_int8_weights():
     assert conv.name == "conv"
     assert conv.params == 8 * 4 * 9 + 8 + 2 and conv.bytes == 8 * 4 * 9 + 4 * 8 + 4 + 1
     assert s.size_bytes == conv.bytes + 4 * 1280
+
+
+def test_model_size_is_the_stats_bytes_constants_included_int64_not():
+    m = _conv_gemm_model(groups=1)
+    base = model_stats(m).size_bytes
+    assert model_size_mb(m) == base / 1e6 == 4 * (8 * 4 * 9 + 8 + 1280) / 1e6
+    # a float Constant node is stored like an initializer; an int64 one (a shape) is no weight
+    bias = numpy_helper.from_array(np.ones(10, np.float32), "bias")
+    shape = numpy_helper.from_array(np.array([1, 10], np.int64), "shape")
+    m.graph.node.extend([helper.make_node("Constant", [], ["bc"], value=bias, name="cb"),
+                         helper.make_node("Constant", [], ["sc"], value=shape, name="cs"),
+                         helper.make_node("Add", ["y", "bc"], ["y2"], name="add"),
+                         helper.make_node("Reshape", ["y2", "sc"], ["y3"], name="rs")])
+    m.graph.output[0].name = "y3"
+    assert model_stats(m).size_bytes == base + 40
+    assert model_size_mb(m) == (base + 40) / 1e6
+    assert model_size_mb(pir.to_ir(m)) == model_size_mb(m)
 
 
 def test_save_load_roundtrip_hash_and_clone(tmp_path):

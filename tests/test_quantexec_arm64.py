@@ -14,10 +14,10 @@ import pytest
 
 from pfcompile.compiler import build_primfuncs, compile_model, export
 from pfcompile.device import default_device_dir, free_port, parse_addr, serve
+from pfcompile.passes.ort_quantize import ort_quantize_qdq
 from pfcompile.paths import demo_paths
 from pfcompile.quantexec.kernel_choice import select_conv_kernel
 from pfcompile.quantexec.kernels import QConvSpec
-from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.quantexec.refconv import kernel_case
 from pfcompile.reference import reference_session
 from pfcompile.runner import RPCRunner

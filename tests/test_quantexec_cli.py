@@ -4,8 +4,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from pfcompile.cli import app
+from pfcompile.passes.ort_quantize import ort_quantize_qdq
 from pfcompile.paths import demo_paths
-from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.quantexec.report import quant_report
 from pfcompile.targets import host_arch
 

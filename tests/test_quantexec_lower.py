@@ -6,9 +6,9 @@ import pytest
 import tvm
 
 from pfcompile.compiler import build, import_onnx
+from pfcompile.passes.ort_quantize import ort_quantize_qdq
 from pfcompile.paths import demo_paths
 from pfcompile.quantexec import lower_qdq, onnx_layer_names, reports_to_json
-from pfcompile.quantexec.ortq import ort_quantize_qdq
 from pfcompile.reference import reference_session
 from pfcompile.targets import load_target
 from pfcompile.zoo import ResNetTiny, export_onnx

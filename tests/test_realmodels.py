@@ -201,16 +201,15 @@ _SLOW_SEARCH = {"ppocr_cls", "ppocr_det", "ppocr_rec"}   # ~1 min and more each 
 def test_short_search_runs(name, tmp_path):
     """`pfcompile run` end to end with a tiny budget (null device: the search logic, the
     front end, candidate pruning and the evaluator on each model)."""
-    from pfcompile.search.api import run
-    from pfcompile.search.loop import SearchSettings
+    from pfcompile.search import DeviceSpec, RunConfig, SearchSettings, run
 
     sm = suite_model(name)
     np.savez(tmp_path / "val.npz", **suite_data(name, 48))
-    rep = run(suite_file(name), "host", data=tmp_path / "val.npz", null_device=True,
-              out_dir=tmp_path / "d", cache_dir=tmp_path / "cache",
-              input_shapes={sm.input_name: sm.input_shape},
-              settings=SearchSettings(budget=2, batch=1, pool=4, eval_subset=24,
-                                      calib_samples=8))
+    rep = run(RunConfig(suite_file(name), "host", data=tmp_path / "val.npz",
+                        device=DeviceSpec(null=True), out_dir=tmp_path / "d",
+                        cache_dir=tmp_path / "cache", input_shapes={sm.input_name: sm.input_shape},
+                        settings=SearchSettings(budget=2, batch=1, pool=4, eval_subset=24,
+                                                calib_samples=8)))
     assert rep["baseline"]["latency_ms"] > 0 and (tmp_path / "d" / "model.onnx").exists()
     if name == "attention_dynamo":   # no prunable group (token layouts): nothing to try
         assert rep["trials"] == 0 and rep["best"] is None

@@ -4,6 +4,7 @@ model, loop, resume after a kill, a device that dies, report, CLI."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from pfcompile.data import load_npz
 from pfcompile.errors import ConfigError, SearchError
-from pfcompile.model import input_specs
 from pfcompile.passes.depgraph import dependency_groups
+from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
 from pfcompile.search import graph
-from pfcompile.search.api import demo_paths
 from pfcompile.search.devices import Measurement, NullDevice, kernel_model
 from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.latency_model import FlopsModel, LatencyModel, kendall_tau
@@ -26,12 +25,7 @@ from pfcompile.search.report import build_report, render_html
 from pfcompile.search.space import build_space, compress, prune_config
 from pfcompile.targets import load_target
 
-FAST = {"budget": 4, "batch": 2, "pool": 6, "eval_subset": 64, "max_acc_drop": 3.0}
-
-
-@pytest.fixture(scope="module")
-def demo(demo_data):
-    return demo_data.model, demo_data.val.subset(160)
+VAL_N = 160   # validation images each candidate is scored on here
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ def _ort(model, x, name="input"):
 
 # ----------------------------------------------------------------------------- space / pruner
 def test_space_knobs_are_vector_multiples(demo, host):
-    m, _ = demo
+    m = demo.model
     space = build_space(m, host.hardware, min_keep=0.25)
     assert len(space) == 7  # DemoNet: 7 channel groups, all prunable
     for k in space.knobs:
@@ -62,7 +56,7 @@ def test_space_knobs_are_vector_multiples(demo, host):
 
 
 def test_prune_full_is_identity_and_half_runs(demo, host):
-    m, d = demo
+    m, d = demo.model, demo.val.subset(VAL_N)
     space = build_space(m, host.hardware)
     assert {k.target for k in space.knobs} == {g.id for g in dependency_groups(m) if g.prunable}
     x = d.inputs["input"][:1]
@@ -82,8 +76,8 @@ def test_prune_full_is_identity_and_half_runs(demo, host):
 
 
 def test_lasso_candidate_has_l1_shapes_and_better_accuracy(demo, host):
-    m, d = demo
-    calib = load_npz(demo_paths()[2], input_specs(m))
+    m, d = demo.model, demo.val.subset(VAL_N)
+    calib = demo.calib
     space = build_space(m, host.hardware)
     cfg = space.uniform(0.5)
     l1 = compress(m, space, cfg)
@@ -95,7 +89,7 @@ def test_lasso_candidate_has_l1_shapes_and_better_accuracy(demo, host):
 
 
 def test_kernel_keys_and_single_kernel_models(demo):
-    m, _ = demo
+    m = demo.model
     ks = graph.extract_kernels(m)
     conv = ks[1]
     assert conv.op == "conv" and conv.epilogue == ("Relu",)
@@ -110,7 +104,7 @@ def test_kernel_keys_and_single_kernel_models(demo):
 
 # ----------------------------------------------------------------------------- latency model
 def test_latency_model_learns_kernels_and_saves(tmp_path, demo, host):
-    m, _ = demo
+    m = demo.model
     space = build_space(m, host.hardware)
     rng = np.random.default_rng(0)
     dev = NullDevice()
@@ -149,10 +143,10 @@ def test_kendall_tau_and_flops_model():
 
 # ----------------------------------------------------------------------------- loop
 @pytest.mark.parametrize("strategy", ["hw", "flops", "uniform", "random", "tpe"])
-def test_loop_on_null_device(tmp_path, demo, host, strategy):
-    m, d = demo
+def test_loop_on_null_device(tmp_path, demo, host, strategy, fast_settings):
+    m, d = demo.model, demo.val.subset(VAL_N)
     r = run_search(m, host, NullDevice(), d, tmp_path / "run",
-                   SearchSettings(strategy=strategy, **FAST), cache_dir=tmp_path / "cache")
+                   replace(fast_settings, strategy=strategy), cache_dir=tmp_path / "cache")
     assert len(r.trials) == 4 and r.device_measurements == 4
     assert all(t["status"] == "ok" for t in r.trials)
     assert len({t["config_hash"] for t in r.trials}) == 4  # no config measured twice
@@ -175,10 +169,10 @@ def test_loop_on_null_device(tmp_path, demo, host, strategy):
     assert rep["emulated"] is False and rep["trials"] == 4
 
 
-def test_loop_prunes_with_lasso_when_given_calibration_data(tmp_path, demo, host):
-    m, d = demo
-    calib = load_npz(demo_paths()[2], input_specs(m)).subset(32)
-    settings = SearchSettings(strategy="uniform", **{**FAST, "budget": 3})
+def test_loop_prunes_with_lasso_when_given_calibration_data(tmp_path, demo, host, fast_settings):
+    m, d = demo.model, demo.val.subset(VAL_N)
+    calib = demo.calib.subset(32)
+    settings = replace(fast_settings, strategy="uniform", budget=3)
     runs = {name: run_search(m, host, NullDevice(), d, tmp_path / name, settings, calib=c)
             for name, c in (("l1", None), ("lasso", calib))}
     l1, lasso = runs["l1"].trials, runs["lasso"].trials
@@ -188,9 +182,9 @@ def test_loop_prunes_with_lasso_when_given_calibration_data(tmp_path, demo, host
     assert sum(t["top1"] for t in lasso) > sum(t["top1"] for t in l1) + 0.05
 
 
-def test_loop_is_deterministic(tmp_path, demo, host):
-    m, d = demo
-    runs = [run_search(m, host, NullDevice(), d, tmp_path / f"r{i}", SearchSettings(**FAST))
+def test_loop_is_deterministic(tmp_path, demo, host, fast_settings):
+    m, d = demo.model, demo.val.subset(VAL_N)
+    runs = [run_search(m, host, NullDevice(), d, tmp_path / f"r{i}", fast_settings)
             for i in range(2)]
     assert [t["config"] for t in runs[0].trials] == [t["config"] for t in runs[1].trials]
 
@@ -199,9 +193,9 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_after_kill_loses_at_most_the_trial_in_flight(tmp_path, demo, host):
-    m, d = demo
-    settings = SearchSettings(strategy="random", **{**FAST, "budget": 5})
+def test_resume_after_kill_loses_at_most_the_trial_in_flight(tmp_path, demo, host, fast_settings):
+    m, d = demo.model, demo.val.subset(VAL_N)
+    settings = replace(fast_settings, strategy="random", budget=5)
     seen = []
 
     def kill_after_two(kind, info):
@@ -220,7 +214,8 @@ def test_resume_after_kill_loses_at_most_the_trial_in_flight(tmp_path, demo, hos
     assert [t["id"] for t in r.trials] == [0, 1, 2, 3, 4]
     assert dev.calls == 3  # trials 0 and 1 came from the log; the baseline too
     with pytest.raises(SearchError, match="strategy"):
-        run_search(m, host, NullDevice(), d, tmp_path / "run", SearchSettings(strategy="hw", **FAST))
+        run_search(m, host, NullDevice(), d, tmp_path / "run",
+                   replace(fast_settings, strategy="hw"))
 
 
 class _DyingDevice(NullDevice):
@@ -240,19 +235,19 @@ class _DyingDevice(NullDevice):
         return [None] * len(kernels) if self.alive < 0 else super().measure_kernels(kernels)
 
 
-def test_dead_device_gives_failed_trials_not_a_crash(tmp_path, demo, host):
-    m, d = demo
-    r = run_search(m, host, _DyingDevice(), d, tmp_path / "run", SearchSettings(**{**FAST, "budget": 5}))
+def test_dead_device_gives_failed_trials_not_a_crash(tmp_path, demo, host, fast_settings):
+    m, d = demo.model, demo.val.subset(VAL_N)
+    r = run_search(m, host, _DyingDevice(), d, tmp_path / "run", replace(fast_settings, budget=5))
     status = [t["status"] for t in r.trials]
     assert status == ["ok", "ok", "failed", "failed", "failed"]
     assert all("connection refused" in t["error"] for t in r.trials[2:])
     assert build_report(r)["failed_trials"] == 3
 
 
-def test_report_html_is_self_contained(tmp_path, demo, host):
-    m, d = demo
+def test_report_html_is_self_contained(tmp_path, demo, host, fast_settings):
+    m, d = demo.model, demo.val.subset(VAL_N)
     r = run_search(m, host, NullDevice(), d, tmp_path / "run",
-                   SearchSettings(**{**FAST, "max_acc_drop": 100.0}))
+                   replace(fast_settings, max_acc_drop=100.0))
     assert r.best is not None
     rep = build_report(r)
     page = render_html(rep, {"hw": r.trials, "uniform": r.trials[:2]})
@@ -263,7 +258,7 @@ def test_report_html_is_self_contained(tmp_path, demo, host):
 def test_remeasure_round_robin_medians(tmp_path, demo, host):
     from pfcompile.search.api import remeasure
 
-    m, _ = demo
+    m = demo.model
     half = compress(m, build_space(m, host.hardware), build_space(m, host.hardware).uniform(0.5))
     dev = NullDevice()
     r = remeasure(dev, {"baseline": m, "best": half}, tmp_path, 3)
@@ -308,12 +303,11 @@ def test_run_finetune_records_before_and_after(tmp_path):
     """`run --train T` fine-tunes the finalist by default (distillation from the original,
     here on the demo's calibration data), records top-1 before and after, checks that it
     learned and re-confirms it on the confirmation part before deploying it."""
-    from pfcompile.search.api import run
-    from pfcompile.search.loop import SearchSettings
+    from pfcompile.search import DeviceSpec, RunConfig, run
 
-    rep = run(None, "host", settings=SearchSettings(budget=3, max_acc_drop=3.0),
-              null_device=True, out_dir=tmp_path / "dist", train=demo_paths()[2],
-              finetune_epochs=2, cache_dir=tmp_path / "cache")
+    rep = run(RunConfig(settings=SearchSettings(budget=3, max_acc_drop=3.0),
+                        device=DeviceSpec(null=True), out_dir=tmp_path / "dist",
+                        train=demo_paths()[2], finetune_epochs=2, cache_dir=tmp_path / "cache"))
     ft = rep["finetune"]
     assert rep["best"] is not None
     assert 0.0 < ft["before_top1"] <= 1.0 and 0.0 < ft["after_top1"] <= 1.0

@@ -28,19 +28,14 @@ TARGET = "fpga-bitfusion"
 
 
 @pytest.fixture(scope="module")
-def demo(demo_data):
-    return demo_data.model, demo_data.val, demo_data.calib
-
-
-@pytest.fixture(scope="module")
 def deployer(demo):
-    calib = demo[2]
+    calib = demo.calib
     return AccelDeployer(load_target(TARGET), calib, calib_samples=16)
 
 
 @pytest.fixture(scope="module")
 def qdq8(demo, deployer):
-    model = demo[0]
+    model = demo.model
     space = build_space(model, load_target(TARGET).hardware)
     return deployer.candidate(model, space, space.default(), None, 16)
 
@@ -62,7 +57,7 @@ def _records_in_tmp(tmp_path, monkeypatch):
 
 
 def test_kernels_carry_widths_and_unsupported_layers_leave(demo):
-    model = demo[0]
+    model = demo.model
     cfg = load_accel_config(TARGET)
     ks = accel_kernels(model, {}, cfg)
     assert [k.op for k in ks].count("gemm") == 1 and len(ks) == 11   # dw conv stays on host
@@ -97,7 +92,7 @@ def test_bits_knobs_of_a_config(deployer):
 def test_kernel_times_are_the_programs_simulated_cycles(demo, deployer, qdq8):
     """Per-layer kernel times from the device sum to the compiled program's simulated
     accelerator time, for the 8-bit baseline and for a mixed-width candidate."""
-    model = demo[0]
+    model = demo.model
     tgt = load_target(TARGET)
     dev = AccelSearchDevice(tgt)
     cfg = load_accel_config(TARGET)
@@ -133,7 +128,7 @@ def test_device_measures_and_verifies_over_rpc(server, qdq8, tmp_path):
 def test_unsupported_width_falls_back_to_host_with_a_warning(server, demo, qdq8, tmp_path):
     """Issue 8's bad-input rule inside the search: a 16-bit layer runs on the host, the
     run says so, and the candidate still verifies against onnxruntime."""
-    model = demo[0]
+    model = demo.model
     layer = "/b1/c1/c1.0/Conv"
     cand = set_layer_bits(qdq8, {layer: (16, 8)}, model)
     dev = AccelSearchDevice(load_target(TARGET), port=server.port)
@@ -155,15 +150,15 @@ def test_run_on_fpga_bitfusion_end_to_end(tmp_path):
     """`pfcompile run --target fpga-bitfusion --bits auto` (api.run, demo, budget 2):
     starts its own simulator server, searches channels and per-layer widths, writes DIST
     with the QDQ model and program.npz, and every latency is labelled simulated."""
-    from pfcompile.search.api import run
-    from pfcompile.search.loop import SearchSettings
+    from pfcompile.search import DeviceSpec, RunConfig, SearchSettings, run
 
     out = tmp_path / "dist"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rep = run(None, TARGET, settings=SearchSettings(budget=2, batch=2, pool=4, bits="auto"),
-                  out_dir=out, cache_dir=tmp_path / "cache", port_range=(9570, 9599),
-                  final_repeats=1)
+        rep = run(RunConfig(target=TARGET,
+                            settings=SearchSettings(budget=2, batch=2, pool=4, bits="auto"),
+                            out_dir=out, cache_dir=tmp_path / "cache",
+                            device=DeviceSpec(port_range=(9570, 9599)), final_repeats=1))
     assert rep["simulated"] is True and rep["emulated"] is False
     assert "SIMULATED" in rep["note"]
     b = rep["baseline"]

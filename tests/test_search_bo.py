@@ -4,29 +4,30 @@ determinism with a fixed seed, a short search on the NULL device, resume."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from pfcompile.search.bo import GPBayesOpt
 from pfcompile.search.devices import NullDevice
-from pfcompile.search.loop import SearchSettings, run_search
+from pfcompile.search.loop import run_search
 from pfcompile.search.space import build_space, config_hash
 from pfcompile.search.state import load_strategy_state
 from pfcompile.search.strategies import Goal
 from pfcompile.targets import load_target
 
-FAST = {"strategy": "bo", "budget": 3, "batch": 1, "pool": 4, "eval_subset": 48, "max_acc_drop": 3.0}
+VAL_N = 96   # validation images each candidate is scored on here
 
 
 @pytest.fixture(scope="module")
-def demo(demo_data):
-    return demo_data.model, demo_data.val.subset(96)
+def fast(fast_settings):
+    return replace(fast_settings, strategy="bo", budget=3, batch=1, pool=4, eval_subset=48)
 
 
 @pytest.fixture(scope="module")
 def space(demo):
-    return build_space(demo[0], load_target("host").hardware)
+    return build_space(demo.model, load_target("host").hardware)
 
 
 def _synthetic(space):
@@ -83,10 +84,10 @@ def test_gp_search_is_deterministic_screens_and_improves(space):
     assert min(feasible) < 6.0
 
 
-def test_bo_on_null_device_is_deterministic_and_resumes(tmp_path, demo):
-    m, d = demo
+def test_bo_on_null_device_is_deterministic_and_resumes(tmp_path, demo, fast):
+    m, d = demo.model, demo.val.subset(VAL_N)
     host = load_target("host")
-    r, again = (run_search(m, host, NullDevice(), d, tmp_path / name, SearchSettings(**FAST),
+    r, again = (run_search(m, host, NullDevice(), d, tmp_path / name, fast,
                            cache_dir=tmp_path / f"c_{name}") for name in ("run", "again"))
     assert [t["config"] for t in r.trials] == [t["config"] for t in again.trials]  # fixed seed
     assert len(r.trials) == 3 and all(t["status"] == "ok" for t in r.trials)
@@ -94,7 +95,7 @@ def test_bo_on_null_device_is_deterministic_and_resumes(tmp_path, demo):
     assert all(t["pred_ms"] is not None and t["pred_drop"] is not None for t in r.trials)
     st = load_strategy_state(tmp_path / "run")
     assert st is not None and st["knobs"] == [k.name for k in r.space.knobs]
-    r2 = run_search(m, host, NullDevice(), d, tmp_path / "run", SearchSettings(**{**FAST, "budget": 4}),
+    r2 = run_search(m, host, NullDevice(), d, tmp_path / "run", replace(fast, budget=4),
                     cache_dir=tmp_path / "c_run")
     assert [t["id"] for t in r2.trials] == [0, 1, 2, 3]
     assert [t["config"] for t in r2.trials[:3]] == [t["config"] for t in r.trials]

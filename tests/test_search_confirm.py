@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from pfcompile.data import load_npz
 from pfcompile.errors import SearchError
-from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths
+from pfcompile.model import input_specs
+from pfcompile.paths import demo_paths
 from pfcompile.search.confirm import confirm_finalists, split_for_confirmation
 from pfcompile.search.devices import NullDevice
 from pfcompile.search.evaluation import Evaluator
@@ -24,12 +24,6 @@ from pfcompile.search.judge import AccuracyJudge
 from pfcompile.search.loop import SearchSettings, TrialLog, run_search
 from pfcompile.search.space import build_space, compress
 from pfcompile.targets import load_target
-
-
-@pytest.fixture(scope="module")
-def demo():
-    m = load_onnx(demo_paths()[0])
-    return m, load_npz(demo_paths()[1], input_specs(m))
 
 
 def _app() -> typer.Typer:
@@ -44,7 +38,7 @@ def _app() -> typer.Typer:
 def test_tiny_validation_set_refuses_wide_intervals_and_says_why(tmp_path, demo):
     """30 images (21 searched, 9 confirmation): at 90 % no candidate can be shown within a
     1-point budget, so every candidate is refused, and the report and CLI say why."""
-    _, d = demo
+    d = demo.val
     tiny = tmp_path / "tiny.npz"
     np.savez(tiny, x=d.inputs["input"][:30], y=d.labels[:30])
     out = tmp_path / "dist"
@@ -68,7 +62,7 @@ def test_tiny_validation_set_refuses_wide_intervals_and_says_why(tmp_path, demo)
     assert "Nothing deployed." in page and "interval too wide" in page
 
 
-def test_progress_shows_the_refusal(demo):
+def test_progress_shows_the_refusal():
     from pfcompile.cli.run import _Progress
 
     prog = _Progress(3, Console(file=io.StringIO(), width=300))
@@ -87,7 +81,7 @@ def test_progress_shows_the_refusal(demo):
 def test_only_a_confirmed_finalist_is_chosen(tmp_path, demo):
     """Finalists are re-scored on the confirmation part in order; a heavily pruned one
     that fails there is passed over for the next, which qualifies."""
-    m, d = demo
+    m, d = demo.model, demo.val
     host = load_target("host")
     _, confirm = split_for_confirmation(d, 0.3, seed=0)
     space = build_space(m, host.hardware)
@@ -106,7 +100,7 @@ def test_only_a_confirmed_finalist_is_chosen(tmp_path, demo):
 
 
 def test_search_with_confirmation_logs_it_and_resume_keeps_the_split(tmp_path, demo):
-    m, d = demo
+    m, d = demo.model, demo.val
     host = load_target("host")
     search, confirm = split_for_confirmation(d, 0.3, seed=0)
     calib = load_npz(demo_paths()[2], input_specs(m)).subset(32)   # LASSO: accurate candidates
@@ -141,7 +135,7 @@ def test_search_with_confirmation_logs_it_and_resume_keeps_the_split(tmp_path, d
 def test_a_confirmation_part_too_small_for_the_budget_is_flagged_up_front(tmp_path, demo):
     """247 images given, 74 in confirmation: nothing can be confirmed at 1 point / 90 %;
     the run warns before searching, skips fine-tuning and the report says why."""
-    m, d = demo
+    m, d = demo.model, demo.val
     search, confirm = split_for_confirmation(d.subset(247), 0.3, seed=0)
     assert len(confirm) == 74
     events = []

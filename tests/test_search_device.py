@@ -13,7 +13,8 @@ import pytest
 from pfcompile.data import load_npz
 from pfcompile.device import free_port, serve
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths, run
+from pfcompile.paths import demo_paths
+from pfcompile.search import DeviceSpec, RunConfig, run
 from pfcompile.search.devices import RPCDevice
 from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.targets import load_target
@@ -136,12 +137,14 @@ def test_arm64_end_to_end_on_emulated_device(tmp_path):
     srv = serve(load_target("arm64"), "127.0.0.1", free_port("127.0.0.1", 9475, 9499),
                 device_dir=ARM64_DIR)
     try:
-        rep = run(None, "arm64", device=f"127.0.0.1:{srv.port}", out_dir=tmp_path / "dist",
-                  # "most accurate within a latency budget": qemu latencies are functional
-                  # only, so the one candidate need not beat the original to be reported
-                  settings=SearchSettings(strategy="uniform", budget=1, max_acc_drop=100.0,
-                                          latency_ms=1e6),
-                  cache_dir=tmp_path / "cache", final_repeats=1)
+        rep = run(RunConfig(
+            target="arm64", device=DeviceSpec(device=f"127.0.0.1:{srv.port}"),
+            out_dir=tmp_path / "dist",
+            # "most accurate within a latency budget": qemu latencies are functional
+            # only, so the one candidate need not beat the original to be reported
+            settings=SearchSettings(strategy="uniform", budget=1, max_acc_drop=100.0,
+                                    latency_ms=1e6),
+            cache_dir=tmp_path / "cache", final_repeats=1))
     finally:
         srv.stop()
     saved = json.loads((tmp_path / "dist" / "report.json").read_text())

@@ -6,6 +6,7 @@ flags; one real end-to-end run on the host (slow)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from pfcompile.measure import QUANT_RANGE_FRACTION
 from pfcompile.model import load_onnx, model_hash
 from pfcompile.passes.qlayers import as_ir, weighted_layers
 from pfcompile.passes.sparsify import SparsifyConfig, sparsity_report
+from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
-from pfcompile.search.api import demo_paths
 from pfcompile.search.devices import NullDevice, kernel_model
 from pfcompile.search.graph import extract_kernels
 from pfcompile.search.knobs import bit_choices, parse_bits, parse_sparsity, sparsity_choices
@@ -28,12 +29,12 @@ from pfcompile.search.space import build_space, compress
 from pfcompile.search.strategies import Goal, make_strategy
 from pfcompile.targets import load_target
 
-FAST = {"budget": 3, "batch": 3, "pool": 6, "eval_subset": 64, "max_acc_drop": 5.0}
+VAL_N, CALIB_N = 160, 32   # validation images scored, calibration samples, here
 
 
 @pytest.fixture(scope="module")
-def demo(demo_data):
-    return demo_data.model, demo_data.val.subset(160), demo_data.calib.subset(32)
+def fast(fast_settings):
+    return replace(fast_settings, budget=3, batch=3, max_acc_drop=5.0)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def host():
 
 @pytest.fixture(scope="module")
 def space(demo, host):
-    return build_space(demo[0], host.hardware, bits=(32, 8), sparsity=(0.0, 0.25, 0.5))
+    return build_space(demo.model, host.hardware, bits=(32, 8), sparsity=(0.0, 0.25, 0.5))
 
 
 def _ort(model, x):
@@ -96,7 +97,7 @@ def test_sparsity_choices_come_from_the_sparsify_pass():
 
 # ----------------------------------------------------------------------------- space
 def test_space_has_one_bits_and_one_sparsity_knob_per_layer(demo, host, space):
-    m = demo[0]
+    m = demo.model
     layers = _layers(m)
     assert len(layers) == 12
     kinds = [k.kind for k in space.knobs]
@@ -124,20 +125,20 @@ def test_space_has_one_bits_and_one_sparsity_knob_per_layer(demo, host, space):
 
 def test_accelerator_space_offers_its_widths(demo):
     bf = load_target("fpga-bitfusion")
-    sp = build_space(demo[0], bf.hardware, bits=parse_bits("auto", bf))
+    sp = build_space(demo.model, bf.hardware, bits=parse_bits("auto", bf))
     bits = [k for k in sp.knobs if k.kind == "bits"]
     assert len(bits) == 12 and all(k.choices == (32, 8, 4, 2) and k.default == 32 for k in bits)
 
 
 # ----------------------------------------------------------------------------- compress
 def test_default_config_is_the_unmodified_model(demo, space):
-    m = demo[0]
+    m = demo.model
     same = compress(m, space, space.default())
     assert model_hash(same) == model_hash(m)
 
 
 def test_bits_knobs_quantize_with_the_quantize_pass(demo, space):
-    m, val, cal = demo
+    m, val, cal = demo.model, demo.val.subset(VAL_N), demo.calib.subset(CALIB_N)
     cfg = {**space.default(), **{k.name: 8 for k in space.knobs if k.kind == "bits"}}
     q = compress(m, space, cfg, cal)
     ops = [n.op_type for n in q.graph.node]
@@ -156,7 +157,7 @@ def test_bits_knobs_quantize_with_the_quantize_pass(demo, space):
 
 
 def test_one_bits_knob_quantizes_that_layer_only(demo, space):
-    m, val, cal = demo
+    m, val, cal = demo.model, demo.val.subset(VAL_N), demo.calib.subset(CALIB_N)
     layer = _layers(m)[4]
     q = compress(m, space, {**space.default(), f"bits:{layer}": 8}, cal)
     assert sum(t.data_type == 3 and t.name.endswith("_q") for t in q.graph.initializer) == 1
@@ -168,14 +169,14 @@ def test_one_bits_knob_quantizes_that_layer_only(demo, space):
 
 
 def test_bits_without_calibration_data_is_a_pass_error_naming_the_knob(demo, space):
-    m = demo[0]
+    m = demo.model
     layer = _layers(m)[0]
     with pytest.raises(PassError, match=f"bits:{layer}.*calibration data"):
         compress(m, space, {**space.default(), f"bits:{layer}": 8})
 
 
 def test_sparsity_knob_zeros_that_layer_like_magnitude_pruning(demo, space):
-    m, val, _ = demo
+    m, val = demo.model, demo.val.subset(VAL_N)
     layer = _layers(m)[5]  # /b2/c2/c2.0/Conv, 32x32x3x3
     s = compress(m, space, {**space.default(), f"sparsity:{layer}": 0.5})
     rep = {r["layer"]: r for r in sparsity_report(s)["layers"]}
@@ -194,7 +195,7 @@ def test_sparsity_knob_zeros_that_layer_like_magnitude_pruning(demo, space):
 
 
 def test_keep_then_sparsity_then_bits(demo, space):
-    m, val, cal = demo
+    m, val, cal = demo.model, demo.val.subset(VAL_N), demo.calib.subset(CALIB_N)
     cfg = space.uniform(0.5)
     layers = _layers(m)
     cfg.update({f"sparsity:{layers[2]}": 0.25, f"bits:{layers[2]}": 8, f"bits:{layers[9]}": 8})
@@ -215,7 +216,7 @@ def test_keep_then_sparsity_then_bits(demo, space):
 
 # ----------------------------------------------------------------------------- latency side
 def test_int8_kernel_models_are_qdq_and_keep_their_key(demo, space):
-    m, _, cal = demo
+    m, cal = demo.model, demo.calib.subset(CALIB_N)
     cfg = {**space.default(), **{k.name: 8 for k in space.knobs if k.kind == "bits"}}
     for k in extract_kernels(compress(m, space, cfg, cal)):
         if k.bits != 8:
@@ -233,7 +234,7 @@ def test_int8_kernel_models_are_qdq_and_keep_their_key(demo, space):
 
 # ----------------------------------------------------------------------------- size
 def test_size_counts_stored_bytes(demo, space):
-    m, _, cal = demo
+    m, cal = demo.model, demo.calib.subset(CALIB_N)
     n_params = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
     assert model_size_mb(m) == pytest.approx(4 * n_params / 1e6)  # all float32
     q = compress(m, space, {**space.default(), **{k.name: 8 for k in space.knobs if k.kind == "bits"}}, cal)
@@ -289,9 +290,9 @@ def test_size_goal_ranks_by_predicted_size(space):
 
 
 # ----------------------------------------------------------------------------- loop / CLI
-def test_null_device_search_with_bits_and_sparsity(tmp_path, demo, host):
-    m, val, cal = demo
-    s = SearchSettings(strategy="hw", bits="8,32", sparsity="0,0.25", seed=1, **FAST)
+def test_null_device_search_with_bits_and_sparsity(tmp_path, demo, host, fast):
+    m, val, cal = demo.model, demo.val.subset(VAL_N), demo.calib.subset(CALIB_N)
+    s = replace(fast, strategy="hw", bits="8,32", sparsity="0,0.25", seed=1)
     res = run_search(m, host, NullDevice(), val, tmp_path / "run", s, cache_dir=tmp_path / "c", calib=cal)
     assert len(res.trials) == 3
     recs = [json.loads(x) for x in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
@@ -311,18 +312,18 @@ def test_null_device_search_with_bits_and_sparsity(tmp_path, demo, host):
     # resuming with other knobs is refused
     with pytest.raises(SearchError, match="--bits"):
         run_search(m, host, NullDevice(), val, tmp_path / "run",
-                   SearchSettings(strategy="hw", sparsity="0,0.25", seed=1, **FAST), calib=cal)
+                   replace(fast, strategy="hw", sparsity="0,0.25", seed=1), calib=cal)
 
 
-def test_null_device_search_bits_without_calib_uses_data(tmp_path, demo, host):
-    m, val, _ = demo
-    s = SearchSettings(strategy="random", bits=(8, 32), seed=0, **{**FAST, "budget": 2})
+def test_null_device_search_bits_without_calib_uses_data(tmp_path, demo, host, fast):
+    m, val = demo.model, demo.val.subset(VAL_N)
+    s = replace(fast, strategy="random", bits=(8, 32), seed=0, budget=2)
     res = run_search(m, host, NullDevice(), val, tmp_path / "run", s)
     assert all(t["status"] == "ok" for t in res.trials)
     assert any(t["bits"] for t in res.trials)
     # resume with the same knobs given as a tuple (the log holds a JSON list): accepted
     more = run_search(m, host, NullDevice(), val, tmp_path / "run",
-                      SearchSettings(strategy="random", bits=(8, 32), seed=0, **{**FAST, "budget": 3}))
+                      replace(fast, strategy="random", bits=(8, 32), seed=0, budget=3))
     assert len(more.trials) == 3 and more.trials[:2] == res.trials
 
 
@@ -355,12 +356,12 @@ def test_host_end_to_end_with_bits(tmp_path, demo, host):
     against onnxruntime and are timed; the kernels the latency model sees are integer
     exactly where the compiler's layer report says so; an int8 kernel times on the device."""
     from pfcompile.device import free_port, serve
-    from pfcompile.search.api import run
+    from pfcompile.search import DeviceSpec, RunConfig, run
     from pfcompile.search.devices import RPCDevice
 
     s = SearchSettings(strategy="random", budget=2, bits="8,32", max_acc_drop=5.0, eval_subset=64, seed=0)
-    rep = run(None, "host", settings=s, out_dir=tmp_path / "dist", cache_dir=tmp_path / "c",
-              port_range=(9500, 9549), final_repeats=0)
+    rep = run(RunConfig(settings=s, out_dir=tmp_path / "dist", cache_dir=tmp_path / "c",
+                        device=DeviceSpec(port_range=(9500, 9549)), final_repeats=0))
     assert rep["trials"] == 2
     run_dir = tmp_path / "dist" / "run"
     trials = [json.loads(x) for x in (run_dir / "trials.jsonl").read_text().splitlines()]
@@ -375,7 +376,7 @@ def test_host_end_to_end_with_bits(tmp_path, demo, host):
         assert layers == {n: ("int8" if b < 32 else "float") for n, b in kernels.items()}
         assert {n for n, b in kernels.items() if b == 8} == set(t["bits"])
 
-    m, _, cal = demo
+    m, cal = demo.model, demo.calib.subset(CALIB_N)
     sp = build_space(m, host.hardware, bits=(32, 8))
     k8 = next(k for k in extract_kernels(compress(m, sp, {**sp.default(), **{
         k.name: 8 for k in sp.knobs if k.kind == "bits"}}, cal)) if k.bits == 8 and k.op == "conv")
@@ -388,12 +389,12 @@ def test_host_end_to_end_with_bits(tmp_path, demo, host):
     assert times[0] is not None and 0 < times[0] < 1000
 
 
-def test_report_names_the_best_candidates_layer_knobs(tmp_path, demo, host):
+def test_report_names_the_best_candidates_layer_knobs(tmp_path, demo, host, fast):
     from pfcompile.search.report import build_report
 
-    m, val, cal = demo
-    s = SearchSettings(strategy="random", bits="8,32", sparsity="0,0.25", seed=3,
-                       **{**FAST, "budget": 2, "max_acc_drop": 100.0})
+    m, val, cal = demo.model, demo.val.subset(VAL_N), demo.calib.subset(CALIB_N)
+    s = replace(fast, strategy="random", bits="8,32", sparsity="0,0.25", seed=3, budget=2,
+                max_acc_drop=100.0)
     res = run_search(m, host, NullDevice(), val, tmp_path / "run", s, calib=cal)
     rep = build_report(res)
     assert rep["best"] is not None
@@ -402,7 +403,7 @@ def test_report_names_the_best_candidates_layer_knobs(tmp_path, demo, host):
 
 def test_integer_only_space_quantizes_its_default(demo):
     """bit_choices(include_float=False): the default (widest integer) config is applied."""
-    m, _, cal = demo
+    m, cal = demo.model, demo.calib.subset(CALIB_N)
     bf = load_target("fpga-bitfusion")
     sp = build_space(m, bf.hardware, bits=bit_choices(bf, include_float=False))
     assert all(k.default == 8 for k in sp.knobs if k.kind == "bits")
@@ -427,7 +428,7 @@ def test_mixed_precision_candidate_compiles_with_float_schedules(tmp_path, demo,
     from pfcompile import codegen
     from pfcompile.compiler import compile_model
 
-    m, val, cal = demo
+    m, val, cal = demo.model, demo.val.subset(VAL_N), demo.calib.subset(CALIB_N)
     layers = _layers(m)
     q = compress(m, space, {**space.default(), f"bits:{layers[3]}": 8, f"bits:{layers[7]}": 8}, cal)
     calls = []
@@ -447,7 +448,7 @@ def test_mixed_precision_candidate_compiles_with_float_schedules(tmp_path, demo,
 def test_quantize_pass_skip_leaves_layers_float(demo):
     from pfcompile.passes.quantize import QuantConfig, quantize
 
-    m, _, cal = demo
+    m, cal = demo.model, demo.calib.subset(CALIB_N)
     layers = _layers(m)
     res = quantize(m, QuantConfig(skip=tuple(layers[1:])), cal)
     assert res.modified

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -73,20 +74,20 @@ class _ReversedPool(NullDevice):
         return out
 
 
+VAL_N = 64   # validation images each candidate is scored on here
+
+
 @pytest.fixture(scope="module")
-def demo(demo_data):
-    return demo_data.model, demo_data.val.subset(64)
+def fast(fast_settings):
+    return replace(fast_settings, strategy="random", batch=3)
 
 
-FAST = {"strategy": "random", "batch": 3, "pool": 6, "eval_subset": 64, "max_acc_drop": 3.0}
-
-
-def test_loop_measures_rounds_on_a_pool_and_logs_in_arrival_order(tmp_path, demo):
-    m, d = demo
+def test_loop_measures_rounds_on_a_pool_and_logs_in_arrival_order(tmp_path, demo, fast):
+    m, d = demo.model, demo.val.subset(VAL_N)
     host = load_target("host")
     pool = _ReversedPool()
-    r = run_search(m, host, pool, d, tmp_path / "pool", SearchSettings(budget=5, **FAST))
-    seq = run_search(m, host, NullDevice(), d, tmp_path / "seq", SearchSettings(budget=5, **FAST))
+    r = run_search(m, host, pool, d, tmp_path / "pool", replace(fast, budget=5))
+    seq = run_search(m, host, NullDevice(), d, tmp_path / "seq", replace(fast, budget=5))
     assert pool.batches == [3, 2]                    # rounds of <= 3 (the baseline: measure_model)
     assert [t["id"] for t in r.trials] == [0, 1, 2, 3, 4]
     assert all(t["status"] == "ok" for t in r.trials)
@@ -100,11 +101,11 @@ def test_loop_measures_rounds_on_a_pool_and_logs_in_arrival_order(tmp_path, demo
     assert [x["id"] for x in logged] == [0, 1, 2, 3, 4]
 
 
-def test_hw_strategy_on_a_pool_times_kernels_after_each_round(tmp_path, demo):
-    m, d = demo
+def test_hw_strategy_on_a_pool_times_kernels_after_each_round(tmp_path, demo, fast):
+    m, d = demo.model, demo.val.subset(VAL_N)
     pool = _ReversedPool()
     r = run_search(m, load_target("host"), pool, d, tmp_path / "run",
-                   SearchSettings(budget=4, **{**FAST, "strategy": "hw", "batch": 2}),
+                   replace(fast, budget=4, strategy="hw", batch=2),
                    cache_dir=tmp_path / "cache")
     assert pool.batches == [2, 2] and [t["id"] for t in r.trials] == [0, 1, 2, 3]
     assert all(t["status"] == "ok" and t["pred_ms"] is not None for t in r.trials)
@@ -119,10 +120,10 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_mid_round_loses_only_the_trials_in_flight(tmp_path, demo):
-    m, d = demo
+def test_resume_after_a_kill_mid_round_loses_only_the_trials_in_flight(tmp_path, demo, fast):
+    m, d = demo.model, demo.val.subset(VAL_N)
     host = load_target("host")
-    settings = SearchSettings(budget=5, **FAST)
+    settings = replace(fast, budget=5)
 
     def kill_at_second_trial(kind, info):
         if kind == "trial" and info["id"] == 1:
@@ -251,16 +252,17 @@ def test_api_run_with_rpc_uses_the_pool_and_shows_device_status(cluster, tmp_pat
     from rich.console import Console
 
     from pfcompile.cli.run import _Progress
-    from pfcompile.search.api import run
+    from pfcompile.search import DeviceSpec, RunConfig, run
 
     cluster.ensure()
     onnx.save(small_cnn(seed=7, ch=48), str(tmp_path / "m.onnx"))
     events: list[tuple[str, dict]] = []
-    rep = run(tmp_path / "m.onnx", "host", rpc=cluster.tracker_addr, key=KEY, out_dir=tmp_path / "dist",
-              settings=SearchSettings(strategy="random", budget=2, batch=2, max_acc_drop=100.0,
-                                      eval_subset=32),
-              cache_dir=tmp_path / "cache", final_repeats=0,
-              on_event=lambda kind, info: events.append((kind, info)))
+    config = RunConfig(tmp_path / "m.onnx", "host", out_dir=tmp_path / "dist",
+                       device=DeviceSpec(rpc=cluster.tracker_addr, key=KEY),
+                       settings=SearchSettings(strategy="random", budget=2, batch=2,
+                                               max_acc_drop=100.0, eval_subset=32),
+                       cache_dir=tmp_path / "cache", final_repeats=0)
+    rep = run(config, on_event=lambda kind, info: events.append((kind, info)))
     assert rep["trials"] == 2 and rep["device_measurements"] == 2
     assert (tmp_path / "dist" / "report.json").exists()
     pool_events = [info for kind, info in events if kind == "devices"]

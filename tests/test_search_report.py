@@ -15,7 +15,8 @@ import pytest
 from pfcompile.data import load_npz
 from pfcompile.errors import DeviceError
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths, remeasure
+from pfcompile.paths import demo_paths
+from pfcompile.search.api import remeasure
 from pfcompile.search.confirm import split_for_confirmation
 from pfcompile.search.devices import NullDevice
 from pfcompile.search.loop import SearchSettings, run_search
@@ -123,11 +124,11 @@ def test_onnxruntime_timer_runs_in_its_own_process(tmp_path):
 def test_run_on_host_reports_speedup_vs_onnxruntime(tmp_path):
     """The real path: the host device over RPC, the original re-measured alternating with
     onnxruntime in its own process, same thread count."""
-    from pfcompile.search.api import run
+    from pfcompile.search import DeviceSpec, RunConfig, run
 
-    rep = run(None, "host", settings=SearchSettings(strategy="uniform", budget=1, max_acc_drop=3.0),
-              out_dir=tmp_path / "dist", cache_dir=tmp_path / "cache", threads=1,
-              port_range=(9450, 9474), final_repeats=2)
+    rep = run(RunConfig(settings=SearchSettings(strategy="uniform", budget=1, max_acc_drop=3.0),
+                        out_dir=tmp_path / "dist", cache_dir=tmp_path / "cache",
+                        device=DeviceSpec(threads=1, port_range=(9450, 9474)), final_repeats=2))
     o = rep["onnxruntime"]
     assert o["threads"] == 1 and o["ms"] > 0 and o["version"] == ort.__version__
     assert len(o["calls_per_round"]) == 2

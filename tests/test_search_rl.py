@@ -4,6 +4,8 @@ is deterministic, and --resume continues the agent."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -11,24 +13,24 @@ from pfcompile.errors import ConfigError, SearchError
 from pfcompile.search import graph
 from pfcompile.search.devices import NullDevice
 from pfcompile.search.latency_model import LatencyModel
-from pfcompile.search.loop import SearchSettings, run_search
+from pfcompile.search.loop import run_search
 from pfcompile.search.rl import STATE_NAMES, DDPGStrategy, LayerTable, RLSettings
 from pfcompile.search.space import build_space, compress
 from pfcompile.search.state import STATE_FILE, load_strategy_state, save_strategy_state
 from pfcompile.search.strategies import Goal, make_strategy
 
-FAST = {"strategy": "rl", "budget": 4, "batch": 2, "pool": 5, "eval_subset": 48, "max_acc_drop": 3.0}
+VAL_N = 96   # validation images each candidate is scored on here
 
 
 @pytest.fixture(scope="module")
-def demo(demo_data):
-    return demo_data.model, demo_data.val.subset(96)
+def fast(fast_settings):
+    return replace(fast_settings, strategy="rl", pool=5, eval_subset=48)
 
 
 @pytest.fixture(scope="module")
 def setup(demo):
     """Space, real kernels_of and a kernel-level latency model trained on the null device."""
-    m, _ = demo
+    m = demo.model
     from pfcompile.targets import load_target
 
     space = build_space(m, load_target("host").hardware)
@@ -106,12 +108,12 @@ def test_rl_rejects_a_size_budget(setup):
         make_strategy("rl", space, Goal(3.0, size_mb=0.1), 0, 4, lambda c: 1.0, lambda c: 0.0)
 
 
-def test_rl_search_on_null_device_is_deterministic(tmp_path, demo):
+def test_rl_search_on_null_device_is_deterministic(tmp_path, demo, fast):
     from pfcompile.targets import load_target
 
-    m, d = demo
+    m, d = demo.model, demo.val.subset(VAL_N)
     host = load_target("host")
-    runs = [run_search(m, host, NullDevice(), d, tmp_path / f"r{i}", SearchSettings(**FAST),
+    runs = [run_search(m, host, NullDevice(), d, tmp_path / f"r{i}", fast,
                        cache_dir=tmp_path / f"c{i}") for i in range(2)]
     r = runs[0]
     assert [t["config"] for t in r.trials] == [t["config"] for t in runs[1].trials]
@@ -124,12 +126,12 @@ def test_rl_search_on_null_device_is_deterministic(tmp_path, demo):
     assert st["buf_n"] > 0
 
 
-def test_rl_budget_mode_trials_meet_the_target_under_the_model(tmp_path, demo):
+def test_rl_budget_mode_trials_meet_the_target_under_the_model(tmp_path, demo, fast):
     from pfcompile.targets import load_target
 
-    m, d = demo
+    m, d = demo.model, demo.val.subset(VAL_N)
     r = run_search(m, load_target("host"), NullDevice(), d, tmp_path / "run",
-                   SearchSettings(**{**FAST, "speedup": 1.6}), cache_dir=tmp_path / "c")
+                   replace(fast, speedup=1.6), cache_dir=tmp_path / "c")
     assert r.goal.latency_ms == pytest.approx(r.baseline["latency_ms"] / 1.6)
     for t in r.trials:  # predicted when proposed, with the model of that round
         assert t["pred_ms"] <= r.goal.latency_ms * (1 + 1e-9)
@@ -139,10 +141,10 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_continues_the_agent(tmp_path, demo):
+def test_resume_continues_the_agent(tmp_path, demo, fast):
     from pfcompile.targets import load_target
 
-    m, d = demo
+    m, d = demo.model, demo.val.subset(VAL_N)
     host = load_target("host")
     seen = []
 
@@ -153,13 +155,13 @@ def test_resume_continues_the_agent(tmp_path, demo):
                 raise _Killed
 
     with pytest.raises(_Killed):
-        run_search(m, host, NullDevice(), d, tmp_path / "run", SearchSettings(**FAST),
+        run_search(m, host, NullDevice(), d, tmp_path / "run", fast,
                    cache_dir=tmp_path / "c", on_event=kill_after_two)
     mid = load_strategy_state(tmp_path / "run")
     assert mid["episodes"] == 5 and mid["told"] == 2  # one round of the agent, saved
     n = int(mid["buf_n"])
     assert n == 5 * 7 + 2 * 7  # 5 episodes and 2 measured trials, 7 knobs each
-    r = run_search(m, host, NullDevice(), d, tmp_path / "run", SearchSettings(**FAST),
+    r = run_search(m, host, NullDevice(), d, tmp_path / "run", fast,
                    cache_dir=tmp_path / "c")
     end = load_strategy_state(tmp_path / "run")
     assert [t["id"] for t in r.trials] == [0, 1, 2, 3]

@@ -53,16 +53,16 @@ def test_packed_libraries_verify_on_emulated_arm64(trained, digits, tmp_path):
 def test_run_size_goal_best_candidate_measures_within_it(tmp_path):
     """`pfcompile run --size-mb S --bits auto` on the demo, measured on this machine: S is
     below the original's deployed size, and DIST's files (the best candidate) measure <= S."""
-    from pfcompile.search.api import demo_paths, run
-    from pfcompile.search.loop import SearchSettings
+    from pfcompile.paths import demo_paths
+    from pfcompile.search import DeviceSpec, RunConfig, SearchSettings, run
 
     model_p, _, _ = demo_paths()
     original = artifact_size(compile_model(model_p, "host", tmp_path / "original").dir)
     s_mb = round(0.75 * original.size_mb, 3)
     settings = SearchSettings(strategy="hw", budget=3, bits="auto", max_acc_drop=10.0,
                               size_mb=s_mb, eval_subset=64, seed=0)
-    rep = run(None, "host", settings=settings, out_dir=tmp_path / "dist",
-              cache_dir=tmp_path / "c", port_range=(9550, 9599), final_repeats=0)
+    rep = run(RunConfig(settings=settings, out_dir=tmp_path / "dist", cache_dir=tmp_path / "c",
+                        device=DeviceSpec(port_range=(9550, 9599)), final_repeats=0))
     assert rep["best"] is not None, json.dumps(rep)[:2000]
     dist = artifact_size(tmp_path / "dist")
     assert dist.size_bytes / 1e6 <= s_mb < original.size_mb

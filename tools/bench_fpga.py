@@ -5,7 +5,7 @@ per-layer bit policy, digits-trained ResNet-20 (32x32), same accuracy constraint
 
 Steps: train ResNet-20 on sklearn digits upsampled to 32x32 (cached in --work),
 quantize with onnxruntime (static QDQ, per-channel int8 weights, uint8 activations),
-search per-layer bits on fpga-bitfusion and on fpga-vta (pfcompile.accel.bitsearch:
+search per-layer bits on fpga-bitfusion and on fpga-vta (tools/fpga_greedy_bits.py:
 greedy, sensitivity-ranked; latency = the simulator's cycle model, accuracy =
 onnxruntime on the fake-quant QDQ model over the 540 validation images; constraint:
 within --max-drop points of the float model), cross-run each target's policy on the
@@ -38,11 +38,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from fpga_greedy_bits import (  # tools/ is on sys.path for a script run from it
+    AccelCostModel,
+    BitSearchSettings,
+    search_bits,
+)
 
 from pfcompile.accel import compile_accel, load_accel_config
-from pfcompile.accel.bitsearch import AccelCostModel, BitSearchSettings, search_bits
-from pfcompile.accel.mixed import make_batch_dynamic, quantize_qdq, set_layer_bits
+from pfcompile.accel.mixed import set_layer_bits
 from pfcompile.accel.tiling import TilingDB
+from pfcompile.batching import require_batch_free, set_batch
+from pfcompile.passes.ort_quantize import ort_quantize_qdq
 
 TARGETS = ("fpga-bitfusion", "fpga-vta")
 
@@ -69,12 +75,12 @@ def _prepare(work: Path, epochs: int) -> tuple[onnx.ModelProto, onnx.ModelProto,
               f"torch val accuracy {zoo.accuracy(net, data['x_val'], data['y_val']):.4f}")
         tmp = work / "resnet20_b1.onnx"
         zoo.export_onnx(net, tmp, (1, 1, 32, 32))
-        onnx.save(make_batch_dynamic(onnx.load(tmp)), fpath)
+        onnx.save(require_batch_free(onnx.load(tmp), str(tmp)), fpath)
     qpath = work / "resnet20_digits32_qdq.onnx"
     if not qpath.exists():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            quantize_qdq(fpath, qpath, data["x_calib"])
+            ort_quantize_qdq(fpath, qpath, data["x_calib"], preprocess=False)
     return onnx.load(fpath), onnx.load(qpath), data
 
 
@@ -89,14 +95,12 @@ def _pfcompile_run(args, fmodel: onnx.ModelProto, data: dict, xv: np.ndarray,
     import dataclasses
 
     from pfcompile.accel.qgraph import partition_model
-    from pfcompile.search.api import run
-    from pfcompile.search.loop import SearchSettings
+    from pfcompile.search import DeviceSpec, RunConfig, SearchSettings, run
 
     fpath = args.work / "resnet20_digits32_b1.onnx"     # `pfcompile run` wants static shapes
     b1 = onnx.ModelProto.FromString(fmodel.SerializeToString())
     for v in list(b1.graph.input) + list(b1.graph.output):
-        v.type.tensor_type.shape.dim[0].Clear()
-        v.type.tensor_type.shape.dim[0].dim_value = 1
+        set_batch(v, 1)
     onnx.save(b1, str(fpath))
     val, calib = args.work / "val.npz", args.work / "calib.npz"
     np.savez(val, x=xv, y=yv)
@@ -115,12 +119,13 @@ def _pfcompile_run(args, fmodel: onnx.ModelProto, data: dict, xv: np.ndarray,
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rep = run(fpath, "fpga-bitfusion", data=val, calib=calib, settings=SearchSettings(**kw),
-                  out_dir=out, cache_dir=args.work / "cache", port_range=(lo, hi + 1),
-                  final_repeats=0, accel_latency="accel")
+        rep = run(RunConfig(fpath, "fpga-bitfusion", data=val, calib=calib,
+                            settings=SearchSettings(**kw), out_dir=out,
+                            cache_dir=args.work / "cache", final_repeats=0,
+                            device=DeviceSpec(port_range=(lo, hi + 1), accel_latency="accel")))
     seconds = time.perf_counter() - t0
-    model = make_batch_dynamic(onnx.load(str(out / "model.onnx"))) if rep["best"] is not None \
-        else None
+    model = require_batch_free(onnx.load(str(out / "model.onnx")), "the run's model.onnx") \
+        if rep["best"] is not None else None
     bits = {}
     if model is not None:
         with warnings.catch_warnings():

@@ -34,7 +34,7 @@ import onnxruntime as ort
 import tvm
 
 from pfcompile.compiler import build
-from pfcompile.quantexec.ortq import ort_quantize_qdq
+from pfcompile.passes.ort_quantize import ort_quantize_qdq
 from pfcompile.targets import load_target
 
 CACHE = Path(os.environ.get("PFCOMPILE_CACHE", Path.home() / ".cache" / "pfcompile")) / "bench_int8"

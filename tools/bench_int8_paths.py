@@ -27,10 +27,10 @@ import tvm
 from pfcompile import codegen
 from pfcompile.compiler import import_onnx
 from pfcompile.deploy import prepare
+from pfcompile.passes.ort_quantize import ort_quantize_qdq
+from pfcompile.paths import demo_paths
 from pfcompile.quantexec import int8_pipeline, lower_qdq, onnx_layer_names, with_int8_features
 from pfcompile.quantexec.onnx_prep import prepare_qdq
-from pfcompile.quantexec.ortq import ort_quantize_qdq
-from pfcompile.search.api import demo_paths
 from pfcompile.targets import load_target
 
 

@@ -4,7 +4,7 @@ Candidates built with ``pfcompile.search.space.compress`` (the passes the search
 uses), compiled with ``pfcompile.compiler.compile_model`` for the host target and
 timed in this process with ``time_evaluator`` (batch 1), round-robin over the
 candidates, medians over ``--repeat`` rounds, so load from other processes falls on
-all alike. Also: stored size (``loop.model_size_mb``), top-1 on the demo's
+all alike. Also: stored size (``passes.stats.model_size_mb``), top-1 on the demo's
 validation data, and how many layers the compiler lowered to integer kernels.
 
   python tools/bench_knobs.py                 # the demo model
@@ -29,8 +29,8 @@ from pfcompile.compiler import compile_model
 from pfcompile.data import load_npz
 from pfcompile.deploy import prepare
 from pfcompile.model import input_specs, load_onnx
-from pfcompile.search.api import demo_paths
-from pfcompile.search.loop import model_size_mb
+from pfcompile.passes.stats import model_size_mb
+from pfcompile.paths import demo_paths
 from pfcompile.search.space import build_space, compress
 from pfcompile.targets import load_target
 

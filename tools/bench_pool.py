@@ -39,7 +39,7 @@ from pathlib import Path
 from pfcompile.compiler import compile_model
 from pfcompile.device import free_port, query, serve, tracker, wait_ready
 from pfcompile.model import load_onnx, model_hash
-from pfcompile.search.api import demo_paths
+from pfcompile.paths import demo_paths
 from pfcompile.search.devices import RPCDevice
 from pfcompile.search.space import build_space, compress
 from pfcompile.targets import load_target

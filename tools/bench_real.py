@@ -106,8 +106,7 @@ def latency_table(names: list[str], rounds: int, number: int, threads: int, work
 
 
 def search_table(names: list[str], budget: int, threads: int, work: Path) -> list:
-    from pfcompile.search.api import run
-    from pfcompile.search.loop import SearchSettings
+    from pfcompile.search import DeviceSpec, RunConfig, SearchSettings, run
 
     rows = []
     for name in names:
@@ -115,9 +114,10 @@ def search_table(names: list[str], budget: int, threads: int, work: Path) -> lis
         data = work / f"{name}_val.npz"
         np.savez(data, **suite_data(name, 400))
         t0 = time.perf_counter()
-        rep = run(fetch(name), "host", data=data, out_dir=work / f"{name}_dist",
-                  settings=SearchSettings(budget=budget, max_acc_drop=1.0),
-                  threads=threads, input_shapes={sm.input_name: sm.input_shape})
+        rep = run(RunConfig(fetch(name), "host", data=data, out_dir=work / f"{name}_dist",
+                            settings=SearchSettings(budget=budget, max_acc_drop=1.0),
+                            device=DeviceSpec(threads=threads),
+                            input_shapes={sm.input_name: sm.input_shape}))
         best, rm = rep.get("best") or {}, rep.get("remeasured") or {}
         rows.append((name, rep["baseline"]["latency_ms"], best.get("latency_ms"),
                      best.get("speedup"), rm.get("speedup"), best.get("acc_drop"),

@@ -42,7 +42,7 @@ import numpy as np
 from pfcompile import zoo
 from pfcompile.data import Dataset
 from pfcompile.model import load_onnx
-from pfcompile.search.api import run
+from pfcompile.search import DeviceSpec, RunConfig, run
 from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.graph import extract_kernels
 from pfcompile.search.latency_model import LatencyModel, kendall_tau
@@ -102,12 +102,13 @@ def run_one(args, mname: str, path: Path, strat: str, seed: int, files: dict, te
                               speedup=args.speedup, seed=seed, kernels_per_trial=args.kernels_per_trial,
                               confidence=args.confidence, confirm_fraction=args.confirm_fraction)
     resume = out / "run" if (out / "run" / "trials.jsonl").exists() else None
-    rep = run(path, "host", data=files["val"], calib=files["calib"], settings=settings,
-              out_dir=out, resume=resume, cache_dir=cache, port_range=(lo, hi), threads=args.threads,
-              final_repeats=args.final_repeats,
-              train=files["train"] if args.finetune_epochs > 0 else None,
-              finetune_epochs=max(1, args.finetune_epochs),
-              on_event=lambda k, i: print(
+    config = RunConfig(path, "host", data=files["val"], calib=files["calib"], settings=settings,
+                       out_dir=out, resume=resume, cache_dir=cache,
+                       device=DeviceSpec(port_range=(lo, hi), threads=args.threads),
+                       final_repeats=args.final_repeats,
+                       train=files["train"] if args.finetune_epochs > 0 else None,
+                       finetune_epochs=max(1, args.finetune_epochs))
+    rep = run(config, on_event=lambda k, i: print(
                   f"  {mname}/{strat}/s{seed} trial {i['id']}: {i['status']} "
                   f"{i.get('latency_ms') or 0:.3f} ms drop {i.get('acc_drop', 0):.2f} "
                   f"[{i.get('acc_drop_lower', 0):.2f}, {i.get('acc_drop_upper', 0):.2f}] "

@@ -7,7 +7,8 @@ Modules: ``config`` (the ``[accelerator]`` table), ``qgraph`` (QDQ pattern, part
 ``tiling`` (tilings, search, records under ``<records>/<target>/``, see :mod:`pfcompile.paths`), ``isa`` (instruction
 stream), ``sim`` (execution + cycle model), ``reference`` (numpy integer reference),
 ``program`` (compile / save / load / run), ``serve`` (TVM RPC device), ``mixed``
-(per-layer bit-width QDQ models), ``bitsearch`` (per-layer bit-width search).
+(per-layer bit-width QDQ models). Per-layer bit widths are searched by
+:mod:`pfcompile.search` (``bits`` knobs on an accelerator target).
 """
 
 from pfcompile.accel.config import AccelConfig, load_accel_config

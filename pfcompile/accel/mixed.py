@@ -1,8 +1,8 @@
 """QDQ models with per-layer bit widths, for the FPGA-style targets.
 
-A local stand-in until the quantize pass (``pfcompile/passes``, quant branch) lands:
-:func:`quantize_qdq` runs onnxruntime's static QDQ quantizer (per-channel int8 weights,
-uint8 activations); :func:`set_layer_bits` then narrows chosen layers:
+From an 8-bit QDQ model (onnxruntime's static quantizer,
+:func:`pfcompile.passes.ort_quantize.ort_quantize_qdq`: per-channel int8 weights, uint8
+activations), :func:`set_layer_bits` narrows chosen layers:
 
 * weights to ``w`` bits: per output channel, ``s = max|w| / (2**(w-1) - 1)``,
   ``w_q = round(w / s)`` (from the float weights when the float model is given,
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -30,43 +29,9 @@ from onnx import helper, numpy_helper
 
 from pfcompile.accel.qgraph import BITS_METADATA_KEY
 from pfcompile.errors import PassError
+from pfcompile.model import check_onnx
 
-__all__ = ["make_batch_dynamic", "quant_layers", "quantize_qdq", "set_layer_bits"]
-
-
-def make_batch_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose inputs/outputs have a free batch dimension ``N``."""
-    m = onnx.ModelProto.FromString(model.SerializeToString())
-    for v in list(m.graph.input) + list(m.graph.output):
-        dims = v.type.tensor_type.shape.dim
-        if len(dims):
-            dims[0].Clear()
-            dims[0].dim_param = "N"
-    del m.graph.value_info[:]
-    return m
-
-
-def quantize_qdq(float_model: str | Path, out_path: str | Path, calib: np.ndarray,
-                 input_name: str = "input") -> onnx.ModelProto:
-    """onnxruntime static QDQ: per-channel int8 weights, uint8 activations."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter([{input_name: calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(float_model), str(out_path), _Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QUInt8)
-    return onnx.load(str(out_path))
+__all__ = ["quant_layers", "set_layer_bits"]
 
 
 def quant_layers(model: onnx.ModelProto) -> list[str]:
@@ -207,7 +172,7 @@ def set_layer_bits(qdq: onnx.ModelProto, bits: dict[str, tuple[int, int]],
     keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-    onnx.checker.check_model(m)
+    check_onnx(m, "the mixed-precision model (set_layer_bits)")
     return m
 
 

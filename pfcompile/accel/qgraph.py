@@ -36,6 +36,7 @@ import onnx
 from onnx import numpy_helper
 
 from pfcompile.accel.config import AccelConfig
+from pfcompile.batching import set_batch
 from pfcompile.errors import ModelError
 
 __all__ = [
@@ -380,13 +381,10 @@ def _segment_model(g: _Graph, nodes: list[onnx.NodeProto], needed_after: set[str
         if t is None:
             raise ModelError(f"host segment '{name}': no type known for tensor '{nm}' "
                              f"(run shape inference on the model)")
-        t2 = onnx.TypeProto()
-        t2.CopyFrom(t)
-        dims = t2.tensor_type.shape.dim
-        if len(dims):                 # the batch dimension is free: run any batch size
-            dims[0].Clear()
-            dims[0].dim_param = "N"
-        return onnx.helper.make_value_info(nm, t2)
+        v = onnx.ValueInfoProto(name=nm)
+        v.type.CopyFrom(t)
+        set_batch(v)                  # the batch dimension is free: run any batch size
+        return v
 
     graph = onnx.helper.make_graph(list(nodes), name, [vi(i) for i in inputs],
                                    [vi(o) for o in outputs], initializer=inits)

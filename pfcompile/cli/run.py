@@ -78,8 +78,7 @@ class _Progress:
                            f"trial {info['trial']} on {info['n']} unseen images")
         elif kind == "confirmed":
             tag = " (fine-tuned)" if info.get("finetuned") else ""
-            self.confirm = (f"trial {info.get('trial')}{tag}: drop {info['acc_drop']:.2f} "
-                            f"[{info['acc_drop_lower']:.2f}, {info['acc_drop_upper']:.2f}] on "
+            self.confirm = (f"trial {info.get('trial')}{tag}: drop {_drop(info)} on "
                             f"{info['acc_n']} images: "
                             + ("confirmed" if info["confirmed"] else str(info.get("acc_refused"))))
         elif kind == "kernels":
@@ -104,123 +103,155 @@ class _Progress:
         self.live.update(self._table())
 
 
+# the help of each `run` flag, by parameter name: one table, so that the signature below
+# reads as the list of flags it is
+_HELP = {
+    "model": "ONNX model; the built-in demo when omitted",
+    "target": "target name or .toml",
+    "data": "validation .npz (x, y)",
+    "calib": "calibration .npz for LASSO pruning (default: the first samples of --data; "
+             "L1 pruning when neither is given)",
+    "calib_samples": "calibration samples for LASSO pruning",
+    "speedup": "most accurate at >= X speedup",
+    "latency_ms": "most accurate within L ms",
+    "size_mb": "most accurate within S MB",
+    "max_acc_drop": "accuracy points allowed to drop",
+    "budget": "candidate measurements on the device",
+    "strategy": "hw | flops | uniform | random | tpe | rl | bo",
+    "rpc": "tracker HOST:PORT",
+    "key": "device key at the tracker",
+    "device": "rpc_server HOST:PORT",
+    "out": "output folder DIST",
+    "resume": "RUN_DIR of a killed run",
+    "cache_dir": "latency models per target (default $PFCOMPILE_CACHE or ~/.cache/pfcompile)",
+    "null_device": "measure nothing (testing)",
+    "threads": "TVM threads of every run on the device (default: the target's num-cores, "
+               "recorded in model.json as its deployment threads); onnxruntime gets the same",
+    "finetune": "fine-tune the finalist (CE + distillation from MODEL) and re-confirm it "
+                "before the final compile (default: on when --train is given)",
+    "train": "training data for fine-tuning the finalist (turns --finetune on; --finetune "
+             "alone uses --calib, else the search part of --data)",
+    "confidence": "a candidate qualifies when the upper bound of its accuracy drop at this "
+                  "confidence (paired, per image vs the original) is within --max-acc-drop; "
+                  "0: the plain estimate",
+    "confirm_fraction": "fraction of --data split off (seeded, stratified) to confirm the "
+                        "finalists on images the search never saw; 0: no confirmation split",
+    "finalists": "top candidates re-scored on the confirmation part",
+    "finetune_epochs": "epochs of --finetune",
+    "bits": "also search a bit width per layer: 'auto' (the target's widths; host: 32,8, and "
+            "4 with --size-mb) or a list such as 8,32 (32 = float, always included)",
+    "sparsity": "also search a weight sparsity per layer: 'auto' (the sparsify pass's "
+                "values) or a list such as 0,0.5,0.75 (0 always included)",
+    "accel_latency": "accelerator targets: optimize 'total' (simulated accelerator + "
+                     "measured host ops) or 'accel' (simulated accelerator only)",
+    "input_shape": "static shape for a dynamic input: name:1x3x224x224 (a dynamic batch "
+                   "alone defaults to 1)",
+}
+
+
+def _opt(name: str, *decls: str):
+    """``typer.Option(*decls)`` with ``name``'s help from :data:`_HELP`."""
+    return typer.Option(*decls, help=_HELP[name])
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        model: Annotated[Path | None, typer.Argument(
-            help="ONNX model; the built-in demo when omitted")] = None,
-        target: Annotated[str, typer.Option("--target", "-t", help="target name or .toml")] = "host",
-        data: Annotated[Path | None, typer.Option(help="validation .npz (x, y)")] = None,
-        calib: Annotated[Path | None, typer.Option(
-            help="calibration .npz for LASSO pruning (default: the first samples of --data; "
-                 "L1 pruning when neither is given)")] = None,
-        calib_samples: Annotated[int, typer.Option(
-            help="calibration samples for LASSO pruning")] = 32,
-        speedup: Annotated[float | None, typer.Option(help="most accurate at >= X speedup")] = None,
-        latency_ms: Annotated[float | None, typer.Option(help="most accurate within L ms")] = None,
-        size_mb: Annotated[float | None, typer.Option(help="most accurate within S MB")] = None,
-        max_acc_drop: Annotated[float, typer.Option(help="accuracy points allowed to drop")] = 0.5,
-        budget: Annotated[int, typer.Option(help="candidate measurements on the device")] = 12,
-        strategy: Annotated[str, typer.Option(help="hw | flops | uniform | random | tpe | rl | bo")] = "hw",
-        rpc: Annotated[str | None, typer.Option(help="tracker HOST:PORT")] = None,
-        key: Annotated[str | None, typer.Option(help="device key at the tracker")] = None,
-        device: Annotated[str | None, typer.Option(help="rpc_server HOST:PORT")] = None,
-        out: Annotated[Path, typer.Option("-o", "--out", help="output folder DIST")] = Path("dist"),
-        resume: Annotated[Path | None, typer.Option(help="RUN_DIR of a killed run")] = None,
+        model: Annotated[Path | None, typer.Argument(help=_HELP["model"])] = None,
+        target: Annotated[str, _opt("target", "--target", "-t")] = "host",
+        data: Annotated[Path | None, _opt("data")] = None,
+        calib: Annotated[Path | None, _opt("calib")] = None,
+        calib_samples: Annotated[int, _opt("calib_samples")] = 32,
+        speedup: Annotated[float | None, _opt("speedup")] = None,
+        latency_ms: Annotated[float | None, _opt("latency_ms")] = None,
+        size_mb: Annotated[float | None, _opt("size_mb")] = None,
+        max_acc_drop: Annotated[float, _opt("max_acc_drop")] = 0.5,
+        budget: Annotated[int, _opt("budget")] = 12,
+        strategy: Annotated[str, _opt("strategy")] = "hw",
+        rpc: Annotated[str | None, _opt("rpc")] = None,
+        key: Annotated[str | None, _opt("key")] = None,
+        device: Annotated[str | None, _opt("device")] = None,
+        out: Annotated[Path, _opt("out", "-o", "--out")] = Path("dist"),
+        resume: Annotated[Path | None, _opt("resume")] = None,
         seed: int = 0,
-        cache_dir: Annotated[Path | None, typer.Option(
-            help="latency models per target (default $PFCOMPILE_CACHE or ~/.cache/pfcompile)")] = None,
-        null_device: Annotated[bool, typer.Option(help="measure nothing (testing)")] = False,
-        threads: Annotated[int | None, typer.Option(
-            help="TVM threads of every run on the device (default: the target's num-cores, "
-                 "recorded in model.json as its deployment threads); onnxruntime gets the "
-                 "same")] = None,
-        finetune: Annotated[bool | None, typer.Option(
-            "--finetune/--no-finetune", help="fine-tune the finalist (CE + distillation from "
-            "MODEL) and re-confirm it before the final compile (default: on when --train is "
-            "given)")] = None,
-        train: Annotated[Path | None, typer.Option(
-            "--train", help="training data for fine-tuning the finalist (turns --finetune on; "
-            "--finetune alone uses --calib, else the search part of --data)")] = None,
-        confidence: Annotated[float, typer.Option(
-            help="a candidate qualifies when the upper bound of its accuracy drop at this "
-                 "confidence (paired, per image vs the original) is within --max-acc-drop; "
-                 "0: the plain estimate")] = 0.9,
-        confirm_fraction: Annotated[float, typer.Option(
-            help="fraction of --data split off (seeded, stratified) to confirm the finalists "
-                 "on images the search never saw; 0: no confirmation split")] = 0.3,
-        finalists: Annotated[int, typer.Option(
-            help="top candidates re-scored on the confirmation part")] = 3,
-        finetune_epochs: Annotated[int, typer.Option(help="epochs of --finetune")] = 10,
-        bits: Annotated[str | None, typer.Option(
-            "--bits", help="also search a bit width per layer: 'auto' (the target's widths; "
-            "host: 32,8, and 4 with --size-mb) or a list such as 8,32 (32 = float, always "
-            "included)")] = None,
-        sparsity: Annotated[str | None, typer.Option(
-            "--sparsity", help="also search a weight sparsity per layer: 'auto' (the sparsify "
-            "pass's values) or a list such as 0,0.5,0.75 (0 always included)")] = None,
-        accel_latency: Annotated[str, typer.Option(
-            help="accelerator targets: optimize 'total' (simulated accelerator + measured host "
-                 "ops) or 'accel' (simulated accelerator only)")] = "total",
-        input_shape: Annotated[list[str] | None, typer.Option(
-            "--input-shape", help="static shape for a dynamic input: name:1x3x224x224 "
-            "(a dynamic batch alone defaults to 1)")] = None,
+        cache_dir: Annotated[Path | None, _opt("cache_dir")] = None,
+        null_device: Annotated[bool, _opt("null_device")] = False,
+        threads: Annotated[int | None, _opt("threads")] = None,
+        finetune: Annotated[bool | None, _opt("finetune", "--finetune/--no-finetune")] = None,
+        train: Annotated[Path | None, _opt("train", "--train")] = None,
+        confidence: Annotated[float, _opt("confidence")] = 0.9,
+        confirm_fraction: Annotated[float, _opt("confirm_fraction")] = 0.3,
+        finalists: Annotated[int, _opt("finalists")] = 3,
+        finetune_epochs: Annotated[int, _opt("finetune_epochs")] = 10,
+        bits: Annotated[str | None, _opt("bits", "--bits")] = None,
+        sparsity: Annotated[str | None, _opt("sparsity", "--sparsity")] = None,
+        accel_latency: Annotated[str, _opt("accel_latency")] = "total",
+        input_shape: Annotated[list[str] | None, _opt("input_shape", "--input-shape")] = None,
     ) -> None:
         """Search compressed variants of MODEL for the fastest (or most accurate) one,
         measured on the target device."""
         from pfcompile.model import parse_input_shapes
-        from pfcompile.search.api import run
-        from pfcompile.search.loop import SearchSettings
+        from pfcompile.search import DeviceSpec, RunConfig, SearchSettings, run
 
+        config = RunConfig(
+            model=model, target=target, data=data, calib=calib, train=train,
+            settings=SearchSettings(strategy=strategy, budget=budget, max_acc_drop=max_acc_drop,
+                                    speedup=speedup, latency_ms=latency_ms, size_mb=size_mb,
+                                    seed=seed, calib_samples=calib_samples, bits=bits,
+                                    sparsity=sparsity, confidence=confidence,
+                                    confirm_fraction=confirm_fraction, finalists=finalists),
+            device=DeviceSpec(device=device, rpc=rpc, key=key, null=null_device, threads=threads,
+                              accel_latency=accel_latency),
+            out_dir=out, resume=resume, cache_dir=cache_dir, finetune=finetune,
+            finetune_epochs=finetune_epochs, input_shapes=parse_input_shapes(input_shape))
         console = Console()
-        settings = SearchSettings(strategy=strategy, budget=budget, max_acc_drop=max_acc_drop,
-                                  speedup=speedup, latency_ms=latency_ms, size_mb=size_mb, seed=seed,
-                                  calib_samples=calib_samples, bits=bits, sparsity=sparsity,
-                                  confidence=confidence, confirm_fraction=confirm_fraction,
-                                  finalists=finalists)
         prog = _Progress(budget, console)
         with prog.live:
-            rep = run(model, target, data=data, calib=calib, settings=settings, device=device,
-                      rpc=rpc, key=key, out_dir=out, resume=resume, cache_dir=cache_dir,
-                      null_device=null_device, threads=threads, finetune=finetune, train=train,
-                      finetune_epochs=finetune_epochs, on_event=prog, accel_latency=accel_latency,
-                      input_shapes=parse_input_shapes(input_shape))
-        b, best = rep["baseline"], rep["best"]
-        tag = " [EMULATED: functional only]" if rep["emulated"] else ""
-        if rep.get("simulated"):
-            tag = " [SIMULATED: accelerator cycle model + host ops]"
-        console.print(f"baseline {b['latency_ms']:.3f} ms{tag}, {b.get('size_mb') or 0:.3f} MB")
-        if best:
-            console.print(f"best {best['latency_ms']:.3f} ms ({best['speedup']:.2f}x), accuracy drop "
-                          f"{best['acc_drop']:.2f} points [{best['acc_drop_lower']:.2f}, "
-                          f"{best['acc_drop_upper']:.2f}] on the search part -> {out}/")
-            cf = best.get("confirmation")
-            if cf:
-                console.print(f"confirmed on {cf['acc_n']} images the search never saw: drop "
-                              f"{cf['acc_drop']:.2f} [{cf['acc_drop_lower']:.2f}, "
-                              f"{cf['acc_drop_upper']:.2f}] points")
-        else:
-            console.print(f"nothing deployed: {rep.get('why_no_candidate')}; {out}/model.onnx is "
-                          "the original model")
-        if rep.get("deployed"):
-            d = rep["deployed"]
-            console.print(f"deployed {out}/: {d['size_bytes'] / 1e6:.3f} MB (code "
-                          f"{d['code_bytes'] / 1e6:.3f}, weights {d['weight_bytes'] / 1e6:.3f})")
-        ft = rep.get("finetune")
-        if ft:
-            console.print(f"fine-tuned the best candidate: top-1 {ft['before_top1']} -> "
-                          f"{ft['after_top1']} ({ft['epochs']} epochs on {ft['train_data']}"
-                          f"{'' if ft['deployed'] else '; NOT deployed: ' + str(ft.get('error'))})")
-        rm = rep.get("remeasured")
-        if rm and rm.get("speedup"):
-            console.print(f"re-measured round-robin ({rm['repeats']}x, medians): baseline "
-                          f"{rm['baseline_ms']:.3f} ms, best {rm['best_ms']:.3f} ms, "
-                          f"{rm['speedup']:.2f}x{tag}")
-        ort = rep.get("onnxruntime") or {}
-        if ort.get("ms") is not None and ort.get("speedup"):
-            console.print(f"original in onnxruntime ({ort['threads']} threads, own process): "
-                          f"{ort['ms']:.3f} ms; deployed model {ort['speedup']:.2f}x vs onnxruntime"
-                          + (" (SLOWER than onnxruntime)" if ort["speedup"] < 1 else "") + tag)
-        cm = rep["cost_model"]
-        console.print(f"cost model: within 10% {cm['within_10pct']}, Kendall tau {cm['kendall_tau']} "
-                      f"(n={cm['n_heldout']})")
+            rep = run(config, on_event=prog)
+        _print_report(rep, out, console)
+
+
+def _drop(d: dict, sep: str = " ") -> str:
+    """An accuracy drop and its interval: ``1.23 [0.50, 2.00]``."""
+    return f"{d['acc_drop']:.2f}{sep}[{d['acc_drop_lower']:.2f}, {d['acc_drop_upper']:.2f}]"
+
+
+def _print_report(rep: dict, out: Path, console: Console) -> None:
+    """The run's outcome under the live table: baseline, best, confirmation, DIST."""
+    b, best = rep["baseline"], rep["best"]
+    tag = " [EMULATED: functional only]" if rep["emulated"] else ""
+    if rep.get("simulated"):
+        tag = " [SIMULATED: accelerator cycle model + host ops]"
+    console.print(f"baseline {b['latency_ms']:.3f} ms{tag}, {b.get('size_mb') or 0:.3f} MB")
+    if best:
+        console.print(f"best {best['latency_ms']:.3f} ms ({best['speedup']:.2f}x), accuracy drop "
+                      f"{_drop(best, ' points ')} on the search part -> {out}/")
+        cf = best.get("confirmation")
+        if cf:
+            console.print(f"confirmed on {cf['acc_n']} images the search never saw: drop "
+                          f"{_drop(cf)} points")
+    else:
+        console.print(f"nothing deployed: {rep.get('why_no_candidate')}; {out}/model.onnx is "
+                      "the original model")
+    if rep.get("deployed"):
+        d = rep["deployed"]
+        console.print(f"deployed {out}/: {d['size_bytes'] / 1e6:.3f} MB (code "
+                      f"{d['code_bytes'] / 1e6:.3f}, weights {d['weight_bytes'] / 1e6:.3f})")
+    ft = rep.get("finetune")
+    if ft:
+        console.print(f"fine-tuned the best candidate: top-1 {ft['before_top1']} -> "
+                      f"{ft['after_top1']} ({ft['epochs']} epochs on {ft['train_data']}"
+                      f"{'' if ft['deployed'] else '; NOT deployed: ' + str(ft.get('error'))})")
+    rm = rep.get("remeasured")
+    if rm and rm.get("speedup"):
+        console.print(f"re-measured round-robin ({rm['repeats']}x, medians): baseline "
+                      f"{rm['baseline_ms']:.3f} ms, best {rm['best_ms']:.3f} ms, "
+                      f"{rm['speedup']:.2f}x{tag}")
+    ort = rep.get("onnxruntime") or {}
+    if ort.get("ms") is not None and ort.get("speedup"):
+        console.print(f"original in onnxruntime ({ort['threads']} threads, own process): "
+                      f"{ort['ms']:.3f} ms; deployed model {ort['speedup']:.2f}x vs onnxruntime"
+                      + (" (SLOWER than onnxruntime)" if ort["speedup"] < 1 else "") + tag)
+    cm = rep["cost_model"]
+    console.print(f"cost model: within 10% {cm['within_10pct']}, Kendall tau {cm['kendall_tau']} "
+                  f"(n={cm['n_heldout']})")

@@ -261,17 +261,29 @@ class _Analyzer:
                 self.unhandled(node, "second output is used")
                 return
 
-    def op_Conv(self, node: ir.Node) -> None:
+    def _conv_operands(self, node: ir.Node, transposed: bool = False
+                       ) -> tuple[tuple[int, ...], np.ndarray] | None:
+        """(weight shape, input layout) of a Conv / ConvTranspose whose weight and bias are
+        constants (a ConvTranspose weight: rank >= 3, axis 0 = the input channels); None,
+        with the node marked unhandled, otherwise."""
         w = node.inputs[1]
         wshape = static_shape(w)
         x = self.layout(node.inputs[0])
-        if w is None or w.const_value is None or wshape is None or x is None:
+        if w is None or w.const_value is None or wshape is None or x is None \
+                or (transposed and (len(wshape) < 3 or wshape[0] != len(x))):
             self.unhandled(node, "weight is not a constant or input shape unknown")
-            return
+            return None
         if len(node.inputs) > 2 and node.inputs[2] is not None \
                 and node.inputs[2].const_value is None:
             self.unhandled(node, "bias is not a constant")
+            return None
+        return wshape, x
+
+    def op_Conv(self, node: ir.Node) -> None:
+        operands = self._conv_operands(node)
+        if operands is None:
             return
+        wshape, x = operands
         g = attr_int(node, "group", 1)
         cin, cout = len(x), wshape[0]
         if g == 1:
@@ -289,17 +301,10 @@ class _Analyzer:
     def op_ConvTranspose(self, node: ir.Node) -> None:
         """Weight [C_in, C_out/group, k...]: input channels are read through axis 0, output
         channels produced along axis 1 (a new source, like Conv)."""
-        w = node.inputs[1]
-        wshape = static_shape(w)
-        x = self.layout(node.inputs[0])
-        if w is None or w.const_value is None or wshape is None or x is None \
-                or len(wshape) < 3 or wshape[0] != len(x):
-            self.unhandled(node, "weight is not a constant or input shape unknown")
+        operands = self._conv_operands(node, transposed=True)
+        if operands is None:
             return
-        if len(node.inputs) > 2 and node.inputs[2] is not None \
-                and node.inputs[2].const_value is None:
-            self.unhandled(node, "bias is not a constant")
-            return
+        wshape = operands[0]
         if attr_int(node, "group", 1) != 1:
             self.unhandled(node, "grouped ConvTranspose is not followed")
             return

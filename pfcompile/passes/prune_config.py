@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pfcompile.errors import ConfigError
+from pfcompile.passes.declared import check_keys
 
 __all__ = ["CRITERIA", "PruneConfig"]
 
@@ -76,10 +77,7 @@ class PruneConfig:
         known = {"ratio", "ratios", "criterion", "round", "calib_samples"}
         if d and not (set(d) & known) and all(isinstance(v, int | float) for v in d.values()):
             return PruneConfig(group_ratios=dict(d))
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: "
-                              f"{sorted(known)}")
+        check_keys(d, known, where)
         ratios = d.get("ratios", {})
         if not isinstance(ratios, Mapping):
             raise ConfigError(f"{where}: 'ratios' must map group ids to numbers")

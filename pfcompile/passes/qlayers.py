@@ -189,13 +189,14 @@ def add_initializer(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def ort_session(model: ir.Model | onnx.ModelProto, extra_outputs: list[str] | None = None):
+def ort_session(model: ir.Model | onnx.ModelProto, extra_outputs: list[str] | None = None,
+                threads: int = 2):
     """pfcompile's reference session for a model (:func:`pfcompile.reference.reference_session`:
     float graphs optimized, quantized graphs run as written).
 
     ``extra_outputs`` names intermediate values to expose as graph outputs.
     """
-    return reference_session(as_proto(model), extra_outputs)
+    return reference_session(as_proto(model), extra_outputs, threads=threads)
 
 
 def _static_batch(sess) -> int | None:
@@ -205,14 +206,15 @@ def _static_batch(sess) -> int | None:
 
 
 def iter_ort(model: ir.Model | onnx.ModelProto, inputs: dict[str, np.ndarray], batch: int = 256,
-             extra_outputs: list[str] | None = None) -> Iterator[list[np.ndarray]]:
+             extra_outputs: list[str] | None = None, threads: int = 2
+             ) -> Iterator[list[np.ndarray]]:
     """Run ``model`` over ``inputs`` batch by batch, yielding each batch's outputs.
 
     A model whose inputs fix the batch dimension (e.g. to 1) is run in batches of
     that size, the last one padded and cut. ``extra_outputs`` are appended after
-    the model's own outputs.
+    the model's own outputs. ``threads``: the session's intra-op threads.
     """
-    sess = ort_session(model, extra_outputs)
+    sess = ort_session(model, extra_outputs, threads)
     n = len(next(iter(inputs.values())))
     fixed = _static_batch(sess)
     step = fixed or batch
@@ -226,7 +228,7 @@ def iter_ort(model: ir.Model | onnx.ModelProto, inputs: dict[str, np.ndarray], b
 
 
 def run_ort(model: ir.Model | onnx.ModelProto, inputs: dict[str, np.ndarray],
-            batch: int = 256) -> list[np.ndarray]:
+            batch: int = 256, threads: int = 2) -> list[np.ndarray]:
     """Every output of ``model`` over all of ``inputs``, concatenated on axis 0."""
-    chunks = list(iter_ort(model, inputs, batch))
+    chunks = list(iter_ort(model, inputs, batch, threads=threads))
     return [np.concatenate([c[j] for c in chunks], axis=0) for j in range(len(chunks[0]))]

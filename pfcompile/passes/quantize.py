@@ -63,6 +63,7 @@ from pfcompile.passes.calibration import (
 )
 from pfcompile.passes.canonical_bn import FoldBatchNormPass
 from pfcompile.passes.codebook import codebook_bytes, kmeans_codebook, uniform_bytes
+from pfcompile.passes.declared import check_keys, search_fields
 from pfcompile.passes.qlayers import (
     Layer,
     add_initializer,
@@ -101,7 +102,7 @@ class QuantConfig:
 
     bits: int = field(default=8, metadata={
         "help": "weight bit width of every layer not listed in `layers` (2..8)",
-        "search": (2, 3, 4, 5, 6, 8), "per_layer": True})
+        "search": tuple(range(MIN_BITS, MAX_BITS + 1)), "per_layer": True})
     act_bits: int | None = field(default=8, metadata={
         "help": "bit width of the layers' input activations (2..8), None = weights only",
         "search": (8, 6, 4), "per_layer": False})
@@ -145,7 +146,7 @@ class QuantConfig:
     @staticmethod
     def search_space() -> dict[str, dict]:
         """Field name -> {"search": values, "per_layer": bool, "help": text}."""
-        return {f.name: dict(f.metadata) for f in fields(QuantConfig) if "search" in f.metadata}
+        return search_fields(QuantConfig)
 
     @staticmethod
     def from_json(d: dict) -> QuantConfig:
@@ -157,9 +158,7 @@ class QuantConfig:
         known = {f.name for f in fields(QuantConfig)}
         if d and not (set(d) & known):
             d = {"layers": d}
-        extra = set(d) - known
-        if extra:
-            raise ConfigError(f"quantize config has unknown key(s) {sorted(extra)}; allowed: {sorted(known)}")
+        check_keys(d, known, "quantize config")
         layers = d.get("layers", {})
         if not isinstance(layers, dict):
             raise ConfigError("quantize config 'layers' must map layer names to bit widths")

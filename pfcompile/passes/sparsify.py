@@ -21,6 +21,7 @@ import onnx_ir as ir
 from onnx_ir.passes import FunctionalPass, PassResult
 
 from pfcompile.errors import ConfigError
+from pfcompile.passes.declared import check_keys, search_fields
 from pfcompile.passes.qlayers import Layer, as_ir, check_layer_names, layer_map, weighted_layers
 
 __all__ = [
@@ -82,7 +83,7 @@ class SparsifyConfig:
     @staticmethod
     def search_space() -> dict[str, dict]:
         """Field name -> {"search": values, "per_layer": bool, "help": text}."""
-        return {f.name: dict(f.metadata) for f in fields(SparsifyConfig) if "search" in f.metadata}
+        return search_fields(SparsifyConfig)
 
     @staticmethod
     def from_json(d: dict) -> SparsifyConfig:
@@ -93,10 +94,7 @@ class SparsifyConfig:
         known = {"sparsity", "block", "layers"}
         if d and not (set(d) & known):
             d = {"sparsity": 0.0, "layers": d}
-        extra = set(d) - known
-        if extra:
-            raise ConfigError(f"sparsify config has unknown key(s) {sorted(extra)}; "
-                              f"allowed: {sorted(known)}")
+        check_keys(d, known, "sparsify config")
         layers = d.get("layers", {})
         if not isinstance(layers, dict):
             raise ConfigError("sparsify config 'layers' must map layer names to sparsities")

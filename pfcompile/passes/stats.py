@@ -22,9 +22,9 @@ import onnx
 import onnx_ir as ir
 
 from pfcompile.errors import ModelError
-from pfcompile.ir import ModelLike, to_proto
+from pfcompile.ir import ModelLike, static_shape, to_proto
 
-__all__ = ["MAC_OPS", "LayerStats", "ModelStats", "model_stats"]
+__all__ = ["MAC_OPS", "LayerStats", "ModelStats", "model_size_mb", "model_stats"]
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _WEIGHT_CHAIN_OPS = ("DequantizeLinear", "Cast", "Identity", "Reshape", "Transpose")
@@ -62,22 +62,51 @@ class ModelStats:
 
 
 def _shape(v: ir.Value | None) -> tuple[int, ...] | None:
-    if v is None:
+    dims = static_shape(v)
+    if dims is None or any(d < 0 for d in dims):  # -1: a dynamic dim written as a value
         return None
-    if v.const_value is not None:
-        return tuple(int(d) for d in v.const_value.shape)
-    if v.shape is None:
-        return None
-    try:
-        dims = tuple(int(d) for d in v.shape)
-    except (TypeError, ValueError):
-        return None
-    return dims if all(d >= 0 for d in dims) else None  # -1: a dynamic dim written as a value
+    return dims
 
 
 def _tensor_size(t: ir.TensorProtocol) -> tuple[int, int]:
     n = int(np.prod(t.shape.numpy())) if len(t.shape) else 1
     return n, int(t.nbytes)
+
+
+def _stored_values(g: ir.Graph) -> dict[int, tuple[ir.Value, ir.TensorProtocol]]:
+    """Every stored tensor, counted once: initializers and ``Constant`` node values."""
+    out: dict[int, tuple[ir.Value, ir.TensorProtocol]] = {}
+    for v in g.initializers.values():
+        if v.const_value is not None:
+            out[id(v)] = (v, v.const_value)
+    for node in g:
+        if node.op_type == "Constant":
+            v = node.outputs[0]
+            attr = node.attributes.get("value")
+            t = v.const_value if v.const_value is not None else (
+                attr.as_tensor() if attr is not None and attr.type == ir.AttributeType.TENSOR
+                else None)
+            if t is not None:
+                out[id(v)] = (v, t)
+    return out
+
+
+def _weight_size(t: ir.TensorProtocol) -> tuple[int, int]:
+    """(parameters, bytes) of a stored tensor; int64 ones (shapes, axes, indices) are not
+    weights: (0, 0)."""
+    return (0, 0) if t.dtype == ir.DataType.INT64 else _tensor_size(t)
+
+
+def model_size_mb(model: ModelLike) -> float:
+    """What the ONNX model stores for its weights, in MB (1e6 bytes): :func:`model_stats`'s
+    ``size_bytes`` (every initializer and ``Constant`` value but int64 ones, at its element
+    size: float32 weights 4 bytes each, the quantize pass's int8 weights 1 byte each plus
+    their float32 scales and zero points; zeros from the sparsify pass like any other
+    value), without its shape inference. Names and protobuf framing are not counted. The
+    search judges ``--size-mb`` on the deployed files instead (:mod:`pfcompile.search.sizing`:
+    measured, or predicted before compiling)."""
+    m = model if isinstance(model, ir.Model) else ir.from_proto(to_proto(model))
+    return sum(_weight_size(t)[1] for _, t in _stored_values(m.graph).values()) / 1e6
 
 
 def _node_macs(node: ir.Node) -> int:
@@ -132,23 +161,9 @@ def model_stats(model: ModelLike) -> ModelStats:
     m = ir.from_proto(inferred)
     g = m.graph
 
-    # every stored tensor, counted once: initializers and Constant nodes
-    const_values: dict[int, ir.Value] = {}
-    for v in g.initializers.values():
-        if v.const_value is not None:
-            const_values[id(v)] = v
-    for node in g:
-        if node.op_type == "Constant" and node.outputs[0].const_value is not None:
-            const_values[id(node.outputs[0])] = node.outputs[0]
-    total_params = total_bytes = 0
-    sizes: dict[int, tuple[int, int]] = {}
-    for key, v in const_values.items():
-        if v.const_value.dtype == ir.DataType.INT64:
-            sizes[key] = (0, 0)   # a shape / axes / indices constant, not a weight
-            continue
-        sizes[key] = _tensor_size(v.const_value)
-        total_params += sizes[key][0]
-        total_bytes += sizes[key][1]
+    sizes = {key: _weight_size(t) for key, (_, t) in _stored_values(g).items()}
+    total_params = sum(n for n, _ in sizes.values())
+    total_bytes = sum(b for _, b in sizes.values())
 
     owned: set[int] = set()
     layers: list[LayerStats] = []

@@ -8,7 +8,7 @@ Three pieces plug the simulated accelerator into the same search loop
   the sparsify pass (``sparsity:`` knobs, when searched; no latency effect here) with
   :func:`pfcompile.search.space.compress`, then static QDQ quantization
   (onnxruntime, per-channel int8 weights, uint8 activations, calibrated on the
-  calibration data; :func:`pfcompile.accel.mixed.quantize_qdq`), then the per-layer bit
+  calibration data; :func:`pfcompile.passes.ort_quantize.ort_quantize_qdq`), then the per-layer bit
   widths of the config's ``bits:<layer>`` knobs (:func:`pfcompile.accel.mixed.set_layer_bits`;
   a width applies to the layer's weights and its input activation; 8/8 where the config
   says nothing). Not the quantize pass that ``compress`` applies on CPU targets: its QDQ
@@ -64,6 +64,7 @@ from pfcompile.compiler import compile_model
 from pfcompile.data import Dataset
 from pfcompile.errors import DeviceError, PfcompileError, SearchError
 from pfcompile.measure import verify
+from pfcompile.passes.ort_quantize import ort_quantize_qdq
 from pfcompile.runner import AccelRunner, Runner, RunnerResult
 from pfcompile.search.devices import Measurement, RPCDevice
 from pfcompile.search.graph import Kernel, extract_kernels
@@ -204,7 +205,7 @@ class AccelDeployer:
 
     def candidate(self, model: onnx.ModelProto, space: SearchSpace, config: dict,
                   calib: Dataset | None, calib_samples: int) -> onnx.ModelProto:
-        from pfcompile.accel.mixed import quantize_qdq, set_layer_bits
+        from pfcompile.accel.mixed import set_layer_bits
 
         space.validate(config)
         pruned = compress(model, *_float_part(space, config), calib,
@@ -216,7 +217,9 @@ class AccelDeployer:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
-                    qdq = quantize_qdq(src, dst, self.calib_x, self.input_name)
+                    qdq = onnx.load(str(ort_quantize_qdq(src, dst, self.calib_x,
+                                                         input_name=self.input_name,
+                                                         preprocess=False)))
                 except Exception as exc:
                     raise SearchError(f"static QDQ quantization of the candidate failed: "
                                       f"{exc}") from exc

@@ -17,17 +17,16 @@ from pfcompile.deploy import deployment_threads
 from pfcompile.errors import ConfigError, DeviceError, SearchError
 from pfcompile.frontend import import_model
 from pfcompile.model import input_specs
-from pfcompile.paths import demo_paths
 from pfcompile.runner import PoolStatus
 from pfcompile.search.confirm import split_for_confirmation
-from pfcompile.search.device_spec import DeviceSpec
 from pfcompile.search.finalist import finetune_finalist
-from pfcompile.search.loop import SearchSettings, TrialLog, run_search
+from pfcompile.search.loop import TrialLog, run_search
 from pfcompile.search.ort_compare import OrtTimer
 from pfcompile.search.report import write_report
+from pfcompile.search.run_config import RunConfig
 from pfcompile.targets import load_target
 
-__all__ = ["default_cache_dir", "demo_paths", "run"]
+__all__ = ["RunConfig", "default_cache_dir", "remeasure", "run"]
 
 
 def default_cache_dir() -> Path:
@@ -49,18 +48,14 @@ def _pool_events(on_event: Callable[[str, dict], None] | None) -> Callable[[Pool
     return lambda st: on_event("devices", {**st.to_json(), "text": st.text})
 
 
-def run(model_path: str | Path | None = None, target: str = "host", *,
-        data: str | Path | None = None, calib: str | Path | None = None,
-        settings: SearchSettings | None = None, device: str | None = None,
-        rpc: str | None = None, key: str | None = None, out_dir: str | Path = "dist",
-        resume: str | Path | None = None, cache_dir: str | Path | None = None,
-        null_device: bool = False, port_range: tuple[int, int] = (9300, 9350),
-        threads: int | None = None, final_repeats: int = 3,
-        finetune: bool | None = None, train: str | Path | None = None, finetune_epochs: int = 10,
-        on_event: Callable[[str, dict], None] | None = None,
-        accel_latency: str = "total",
-        input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
-    """Search, then write DIST; returns the report dict.
+def run(config: RunConfig, on_event: Callable[[str, dict], None] | None = None) -> dict:
+    """Search, then write DIST (``config.out_dir``); returns the report dict.
+
+    ``on_event(kind, info)`` is told the run's progress (trials, device pool slots,
+    confirmation, fine-tuning, the final re-measurement): the CLI's live table.
+
+    Without ``config.model``: the built-in demo, with its validation and calibration data
+    (:meth:`RunConfig.with_demo`).
 
     ``data`` is split once (``settings.confirm_fraction``, seeded by ``settings.seed``,
     stratified by label) into a search part, on which every candidate is scored, and a
@@ -81,94 +76,89 @@ def run(model_path: str | Path | None = None, target: str = "host", *,
 
     Accelerator targets (``targets/fpga-*.toml``): candidates are quantized for the
     accelerator and measured on the simulator device (``--device``/``--rpc``, else one
-    started here); ``accel_latency`` is what is optimized: ``total`` (simulated
+    started here); ``device.accel_latency`` is what is optimized: ``total`` (simulated
     accelerator + measured host ops) or ``accel`` (simulated accelerator only); see
     :mod:`pfcompile.search.accel_device`.
 
-    The device: :class:`~pfcompile.search.device_spec.DeviceSpec` of ``device`` / ``rpc``
-    / ``key`` / ``null_device`` / ``port_range`` / ``threads`` (without ``device`` or
-    ``rpc``, the target's own device is started here and stopped at the end)."""
-    settings = settings or SearchSettings()
-    if model_path is None:
-        model_path, demo_val, demo_calib = demo_paths()
-        data = data or demo_val
-        calib = calib or demo_calib
+    The device: ``config.device``, a :class:`~pfcompile.search.device_spec.DeviceSpec`
+    (without ``device`` or ``rpc``, the target's own device is started here and stopped
+    at the end)."""
+    c = config.with_demo()
+    settings, spec = c.settings, c.device
     # the import front end: dynamic dims bound (--input-shape; a free batch -> 1),
     # Constant weights lifted, shape sub-graphs folded (pfcompile.frontend)
-    model = import_model(model_path, input_shapes)
+    model = import_model(c.model, c.input_shapes)
     specs = input_specs(model)
-    tgt = load_target(target)
-    dataset = load_npz(data, specs) if data else _random_data(model)
+    tgt = load_target(c.target)
+    dataset = load_npz(c.data, specs) if c.data else _random_data(model)
     # one seeded split: candidates are scored on the search part, finalists confirmed on the rest
     dataset, confirm_set = split_for_confirmation(dataset, settings.confirm_fraction, settings.seed)
     # LASSO pruning calibrates on --calib, else on the first samples of the search part of
     # --data; with neither (random inputs) candidates are pruned by L1 weight norm
-    calib_set = load_npz(calib, specs) if calib else (dataset if data else None)
+    calib_set = load_npz(c.calib, specs) if c.calib else (dataset if c.data else None)
     if calib_set is not None:
         calib_set = calib_set.subset(min(settings.calib_samples, len(calib_set)))
-    out = Path(out_dir)
-    run_dir = Path(resume) if resume else out / "run"
-    if resume and not (run_dir / "trials.jsonl").exists():
+    out = c.out_dir
+    run_dir = c.run_dir
+    if c.resume and not (run_dir / "trials.jsonl").exists():
         raise SearchError(f"--resume {run_dir}: no trials.jsonl there to resume")
-    if not resume and (run_dir / "trials.jsonl").exists():
+    if not c.resume and (run_dir / "trials.jsonl").exists():
         raise SearchError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it "
                           "or choose another -o")
     deploy = None
-    do_finetune = finetune if finetune is not None else train is not None
+    do_finetune = c.do_finetune
     if tgt.is_accelerator:
         # candidates are quantized for the accelerator (uniform 8-bit baseline, per-layer
         # widths from the config) and measured on the simulator device: see accel_device
         from pfcompile.search.accel_device import AccelDeployer
 
-        if finetune:
+        if c.finetune:
             raise ConfigError(f"--finetune is not supported on accelerator targets "
                               f"('{tgt.name}') yet: run the search without it")
         do_finetune = False
         deploy = AccelDeployer(tgt, calib_set if calib_set is not None else dataset,
                                settings.calib_samples)
-    spec = DeviceSpec(device=device, rpc=rpc, key=key, null=null_device, port_range=port_range,
-                      threads=threads, accel_latency=accel_latency)
     dev, server = spec.open(tgt, on_change=_pool_events(on_event))
     final = None
     ft_info = None
     ort_info = None
+    cache = c.cache_dir if c.cache_dir is not None else default_cache_dir()
     try:
-        result = run_search(model, tgt, dev, dataset, run_dir, settings,
-                            cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
+        result = run_search(model, tgt, dev, dataset, run_dir, settings, cache_dir=cache,
                             calib=calib_set, on_event=on_event, deploy=deploy, confirm=confirm_set)
         if do_finetune and (result.best is not None or result.finalists):
             if on_event:
                 on_event("finetune", {})
-            train_set, train_name = _training_data(train, calib, data, dataset, specs)
+            train_set, train_name = _training_data(c, dataset, specs)
             ft_info = finetune_finalist(result, model, train_set, train_name, dataset, dev,
-                                        run_dir / "finetune", finetune_epochs,
+                                        run_dir / "finetune", c.finetune_epochs,
                                         log=TrialLog(run_dir / "trials.jsonl"), emit=on_event)
         # the user's alternative: the original in onnxruntime on this machine (host device
         # started here), timed in its own process between the re-measurement rounds
         timer = None
-        if not (tgt.is_host and server is not None and not null_device and final_repeats > 0):
+        if not (tgt.is_host and server is not None and not spec.null and c.final_repeats > 0):
             ort_info = {"ms": None, "note": "not measured: " + (
-                "the null device measures nothing" if null_device else
-                "no final re-measurement (final_repeats 0)" if final_repeats <= 0 else
+                "the null device measures nothing" if spec.null else
+                "no final re-measurement (final_repeats 0)" if c.final_repeats <= 0 else
                 "onnxruntime is timed on this machine, and the device is not a host device "
                 "started here")}
         else:
             # the same thread count as the compiled models' runs
-            ort_info = {"threads": threads or deployment_threads(tgt)}
+            ort_info = {"threads": spec.threads or deployment_threads(tgt)}
             try:
                 timer = OrtTimer(model, ort_info["threads"], run_dir / "final" / "onnxruntime")
                 ort_info["version"] = timer.version
             except DeviceError as exc:
                 ort_info["error"] = str(exc)
-        if (result.best_model is not None or timer is not None) and not null_device \
-                and final_repeats > 0:
+        if (result.best_model is not None or timer is not None) and not spec.null \
+                and c.final_repeats > 0:
             if on_event:
                 on_event("final", {})
             models = {"baseline": result.baseline_model or model}
             if result.best_model is not None:
                 models["best"] = result.best_model
             try:
-                final = remeasure(dev, models, run_dir / "final", final_repeats,
+                final = remeasure(dev, models, run_dir / "final", c.final_repeats,
                                   others={"onnxruntime": timer.measure} if timer else None)
             finally:
                 if timer is not None:
@@ -220,14 +210,14 @@ def _record_measurement(meta_path: Path, final: dict | None, ort_info: dict | No
     meta_path.write_text(json.dumps(meta, indent=2))
 
 
-def _training_data(train, calib, data, search_part: Dataset, specs) -> tuple[Dataset, str]:
+def _training_data(c: RunConfig, search_part: Dataset, specs) -> tuple[Dataset, str]:
     """Fine-tuning data: ``--train``, else ``--calib``, else the search part of ``--data``
     (never its confirmation part, which must stay unseen)."""
-    if train is not None:
-        return load_npz(train, specs), str(train)
-    if calib is not None:
-        return load_npz(calib, specs), str(calib)
-    return search_part, f"{data or 'random inputs'} (search part)"
+    if c.train is not None:
+        return load_npz(c.train, specs), str(c.train)
+    if c.calib is not None:
+        return load_npz(c.calib, specs), str(c.calib)
+    return search_part, f"{c.data or 'random inputs'} (search part)"
 
 
 def _ort_summary(final: dict, timer: OrtTimer) -> dict:

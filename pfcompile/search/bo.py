@@ -31,12 +31,12 @@ import math
 from collections.abc import Callable
 
 from pfcompile.search.space import SearchSpace, config_hash
-from pfcompile.search.strategies import Candidate, Goal, Strategy
+from pfcompile.search.strategies import AskTellStrategy, Candidate, Goal
 
 __all__ = ["GPBayesOpt"]
 
 
-class GPBayesOpt(Strategy):
+class GPBayesOpt(AskTellStrategy):
     name = "bo"
 
     def __init__(self, space: SearchSpace, goal: Goal, seed: int,
@@ -158,19 +158,14 @@ class GPBayesOpt(Strategy):
                 break
         return out
 
-    def tell(self, config: dict, result: dict) -> None:
-        super().tell(config, result)
-        t = self.pending.pop(config_hash(config), None)
-        if result.get("status") == "ok":
-            value, cons = self.objective_and_constraints(result["latency_ms"], result["acc_drop"],
-                                                         result.get("size_mb"))
-            if t is None:  # replayed from the log on --resume
-                self._add_point(self._params(config), value, cons, "device")
-            else:
-                t.set_user_attr("source", "device")
-                self._tell_point(t, value, cons)
-        elif t is not None:
-            self.study.tell(t, state=self.optuna.trial.TrialState.FAIL)
+    def _tell_ok(self, trial, config: dict, result: dict) -> None:
+        value, cons = self.objective_and_constraints(result["latency_ms"], result["acc_drop"],
+                                                     result.get("size_mb"))
+        if trial is None:  # replayed from the log on --resume
+            self._add_point(self._params(config), value, cons, "device")
+        else:
+            trial.set_user_attr("source", "device")
+            self._tell_point(trial, value, cons)
 
     def state_dict(self) -> dict:
         return {"screened": self.screened, "knobs": [k.name for k in self.space.knobs]}

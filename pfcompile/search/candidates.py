@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import onnx
 
 from pfcompile.data import Dataset
@@ -21,29 +20,7 @@ from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.search.sizing import SizeModel
 from pfcompile.search.space import SearchSpace, compress, config_hash
 
-__all__ = ["CandidateFactory", "model_size_mb"]
-
-
-def model_size_mb(model: onnx.ModelProto) -> float:
-    """What the ONNX model stores for its constants, in MB (1e6 bytes): each initializer
-    and ``Constant`` value at its element size — float32 weights 4 bytes each, the
-    quantize pass's int8 weights 1 byte each (plus their float32 per-channel scales and
-    zero points; narrower weights also take an int8 byte in ONNX), zeros from the
-    sparsify pass like any other value. Names and protobuf framing are not counted.
-    The search judges ``--size-mb`` on the deployed files instead
-    (:mod:`pfcompile.search.sizing`: measured, or predicted before compiling)."""
-    total = 0
-    tensors = list(model.graph.initializer) + [
-        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
-    for t in tensors:
-        numel = int(np.prod(t.dims)) if len(t.dims) else 1
-        try:
-            item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-        except (KeyError, TypeError, ValueError):
-            total += t.ByteSize()
-            continue
-        total += numel * item
-    return total / 1e6
+__all__ = ["CandidateFactory"]
 
 
 class CandidateFactory:

@@ -45,6 +45,10 @@ class DeviceSpec:
             parse_addr(self.rpc, "--rpc")
         if self.device:
             parse_addr(self.device, "--device")
+        lo, hi = self.port_range
+        if not 0 < lo < hi <= 65536:
+            raise ConfigError(f"port_range must be (first, end) with 0 < first < end <= 65536 "
+                              f"(end excluded), got {self.port_range}")
 
     def _own_server(self, target: Target) -> DeviceProcess:
         lo, hi = self.port_range

@@ -1,11 +1,14 @@
-"""Accuracy of a candidate on the user's data with onnxruntime: top-1 against
-the labels when the data has them, and agreement (same arg-max) with the
-original model always; the search uses top-1 when present, else agreement
-("fidelity to the original when no labels").
+"""Accuracy of a candidate on the user's data: top-1 against the labels when the
+data has them, and agreement (same arg-max) with the original model always; the
+search uses top-1 when present, else agreement ("fidelity to the original when no
+labels").
 
-``pfcompile.evaluate.evaluate`` (quant branch) is the shared evaluator; this is
-the minimum the search needs until it lands, and the cheap subset estimate the
-search uses to rank candidates before measuring them.
+The outputs come from :func:`pfcompile.evaluate.model_outputs` (the exact reference
+session, batched where provably safe), the same as ``pfcompile evaluate``; what this
+adds is the search's view: the original's predictions held once, scores on the first
+``n`` samples (the cheap subset estimate that ranks candidates before measuring them),
+per-image outcomes for the paired statistics, and a model with non-finite outputs
+scored as wrong everywhere. Its sessions use one intra-op thread, as the search always has.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from pfcompile.batching import batch_free
 from pfcompile.data import Dataset
 from pfcompile.errors import DataError
-from pfcompile.reference import reference_session
+from pfcompile.evaluate import model_outputs, top1_classes
 
 __all__ = ["Accuracy", "Evaluator"]
 
@@ -44,23 +46,11 @@ class Evaluator:
         self.ref_pred = self._predict(reference)
         self.reference = self.score(reference)
 
-    def _session(self, model: onnx.ModelProto):
-        # the reference session: an int8 candidate is scored as written (as `pfcompile
-        # evaluate` scores it), not by onnxruntime's CPU-dependent fused int8 kernels
-        return reference_session(model, threads=1)
-
     def _predict(self, model: onnx.ModelProto, n: int | None = None) -> np.ndarray:
-        n = len(self.data) if n is None else min(n, len(self.data))
-        # batched only where provably per-sample identical (pfcompile.batching); a graph
-        # that fixes its batch (e.g. Reshape constants [1, 200]) runs one sample at a time
-        free = batch_free(model)
-        s, step = (self._session(free), self.batch) if free is not None \
-            else (self._session(model), 1)
-        outs = [s.run(None, self.data.batch(i, min(n, i + step)))[0] for i in range(0, n, step)]
-        y = np.concatenate(outs)
+        y = model_outputs(model, self.data, self.batch, n=n, threads=1)
         if not np.all(np.isfinite(y)):
-            return np.full(n, -1)
-        return y.reshape(len(y), -1).argmax(1)
+            return np.full(len(y), -1)
+        return top1_classes(y)
 
     def score(self, model: onnx.ModelProto, n: int | None = None) -> Accuracy:
         pred = self._predict(model, n)

@@ -31,13 +31,14 @@ import onnx
 from pfcompile.data import Dataset
 from pfcompile.errors import PfcompileError, SearchError
 from pfcompile.model import model_hash
-from pfcompile.search.candidates import CandidateFactory, model_size_mb
+from pfcompile.passes.stats import model_size_mb
+from pfcompile.search.candidates import CandidateFactory
 from pfcompile.search.confirm import confirm_finalists, select_finalists
 from pfcompile.search.devices import SearchDevice
 from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.graph import Kernel
 from pfcompile.search.judge import AccuracyJudge, strategy_view
-from pfcompile.search.knobs import parse_bits, parse_sparsity
+from pfcompile.search.knobs import default_min_keep, parse_bits, parse_sparsity
 from pfcompile.search.latency_model import FlopsModel, LatencyModel
 from pfcompile.search.runlog import RunLog, TrialLog
 from pfcompile.search.sizing import SizeModel, set_measured_size, size_kind
@@ -62,7 +63,7 @@ class SearchSettings:
     seed: int = 0
     pool: int = 24                   # candidates ranked per round (hw / flops)
     eval_subset: int = 200           # samples for the cheap accuracy estimate
-    min_keep: float = 0.25
+    min_keep: float = field(default_factory=default_min_keep)  # passes' declared ratios
     kernels_per_trial: int = 8       # new kernels timed after each candidate (hw)
     calib_samples: int = 32          # LASSO pruning: calibration samples (time grows fast)
     # per-layer knobs (off by default): "auto" (the target's / the sparsify pass's

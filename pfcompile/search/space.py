@@ -1,6 +1,7 @@
 """The search space: one knob per prunable channel group of the passes'
 dependency analysis (``pfcompile.passes.depgraph.dependency_groups``; keep
-count, rounded to whole vectors of the target's fp32 lanes),
+count, rounded to whole vectors of the target's fp32 lanes, from the smallest
+fraction the pruning pass's declared ratios allow: :mod:`pfcompile.search.knobs`),
 declared once as frozen data and used both to validate a config and to sample
 one. :func:`compress` applies a config with the real pruning pass
 (``pfcompile.passes.prune``): LASSO channel selection with least-squares
@@ -30,7 +31,7 @@ from pfcompile.passes.depgraph import dependency_groups
 from pfcompile.passes.prune import prune
 from pfcompile.passes.prune_config import PruneConfig
 from pfcompile.passes.qlayers import weighted_layers
-from pfcompile.search.knobs import FLOAT_BITS, apply_bits, apply_sparsity
+from pfcompile.search.knobs import FLOAT_BITS, apply_bits, apply_sparsity, default_min_keep
 
 __all__ = ["Knob", "SearchSpace", "build_space", "compress", "config_hash", "prune_config"]
 
@@ -150,18 +151,22 @@ def _keep_choices(channels: int, lanes: int, min_keep: float, partitions: int = 
 
 
 def build_space(model: onnx.ModelProto, hardware: dict | None = None, *,
-                min_keep: float = 0.25, bits: tuple[int, ...] | None = None,
+                min_keep: float | None = None, bits: tuple[int, ...] | None = None,
                 sparsity: tuple[float, ...] | None = None) -> SearchSpace:
     """Knobs from the model's prunable channel groups (the passes' dependency
     analysis); keep counts are multiples of the target's fp32 lanes (half that
     for groups narrower than two vectors, and of the group's partitions for grouped
-    convs).
+    convs), from ``min_keep`` of the group's channels (rounded up to those multiples) to
+    all of them. ``min_keep`` None = ``1 - max`` of the pruning pass's declared ratios
+    (:func:`pfcompile.search.knobs.default_min_keep`: 0.25).
 
     ``bits`` / ``sparsity``: the choices of one ``bits:<layer>`` / ``sparsity:<layer>``
     knob per weighted layer (``pfcompile.search.knobs.parse_bits`` /
     ``parse_sparsity`` / ``bit_choices`` make them); None = no such knobs. The
     default is 32 (float) / 0.0 when it is a choice, else the first choice (then the
     default config is not the unmodified model: ``compress`` applies it)."""
+    if min_keep is None:
+        min_keep = default_min_keep()
     if not 0 < min_keep <= 1:
         raise ConfigError(f"min_keep must be in (0, 1], got {min_keep}")
     knobs = _keep_knobs(model, hardware, min_keep)

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from pfcompile.errors import ConfigError, SearchError
+from pfcompile.search.knobs import default_min_keep
 from pfcompile.search.space import SearchSpace, config_hash
 
 __all__ = [
     "STRATEGIES",
     "TPE",
+    "AskTellStrategy",
     "Candidate",
     "Goal",
     "ModelGuided",
@@ -98,19 +101,44 @@ class Strategy:
         """Restore :meth:`state_dict`; called before the logged trials are replayed."""
 
 
+class AskTellStrategy(Strategy):
+    """A strategy over an optuna study: proposals are asked trials kept in ``pending`` by
+    config hash until the device result comes back. :meth:`tell` ends the pending trial
+    (a failed trial as FAIL); ``_tell_ok(trial, config, result)`` records a measured one
+    (``trial`` None: a trial replayed from the log on ``--resume``)."""
+
+    study: Any
+    pending: dict[str, object]
+
+    def tell(self, config: dict, result: dict) -> None:
+        super().tell(config, result)
+        t = self.pending.pop(config_hash(config), None)
+        if result.get("status") == "ok":
+            self._tell_ok(t, config, result)
+        elif t is not None:
+            import optuna
+
+            self.study.tell(t, state=optuna.trial.TrialState.FAIL)
+
+    def _tell_ok(self, trial: Any, config: dict, result: dict) -> None:
+        raise NotImplementedError
+
+
 class Uniform(Strategy):
-    """One ratio everywhere: ``budget`` ratios from 0.95 down to the space's minimum."""
+    """One ratio everywhere: ``budget`` ratios from 0.95 down to ``min_keep`` (None: the
+    passes' declared minimum, :func:`pfcompile.search.knobs.default_min_keep`)."""
 
     name = "uniform"
 
     def __init__(self, space: SearchSpace, goal: Goal, seed: int = 0, budget: int = 20,
-                 min_keep: float = 0.25) -> None:
+                 min_keep: float | None = None) -> None:
         other = sorted({k.kind for k in space.knobs} - {"keep"})
         if other:
             raise SearchError(f"strategy 'uniform' sweeps one keep ratio and cannot search "
                               f"{'/'.join(other)} knobs; use --strategy hw, flops, random, tpe or bo")
         super().__init__(space, goal, seed)
-        self.ratios = list(np.linspace(0.95, min_keep, max(2, budget * 2)))
+        lo = default_min_keep() if min_keep is None else min_keep
+        self.ratios = list(np.linspace(0.95, lo, max(2, budget * 2)))
 
     def propose(self, n: int) -> list[Candidate]:
         out: list[Candidate] = []
@@ -194,7 +222,7 @@ class ModelGuided(Strategy):
         return [Candidate(c, ms, d) for _, c, ms, d in picks]
 
 
-class TPE(Strategy):
+class TPE(AskTellStrategy):
     """optuna TPE on the measured goal cost (one categorical per knob)."""
 
     name = "tpe"
@@ -224,26 +252,21 @@ class TPE(Strategy):
                 break
         return out
 
-    def tell(self, config: dict, result: dict) -> None:
-        super().tell(config, result)
+    def _tell_ok(self, trial: Any, config: dict, result: dict) -> None:
         import optuna
 
-        t = self.pending.pop(config_hash(config), None)
-        if result.get("status") == "ok":
-            v = self.goal.cost(result["latency_ms"], result["acc_drop"], result["size_mb"])
-            if t is None:
-                self.study.add_trial(optuna.trial.create_trial(
-                    params=config, distributions=self._dist, value=v))
-            else:
-                self.study.tell(t, v)
-        elif t is not None:
-            self.study.tell(t, state=optuna.trial.TrialState.FAIL)
+        v = self.goal.cost(result["latency_ms"], result["acc_drop"], result["size_mb"])
+        if trial is None:
+            self.study.add_trial(optuna.trial.create_trial(
+                params=config, distributions=self._dist, value=v))
+        else:
+            self.study.tell(trial, v)
 
 
 def make_strategy(name: str, space: SearchSpace, goal: Goal, seed: int, budget: int,
                   latency_of: Callable[[dict], float] | None = None,
                   drop_of: Callable[[dict], float] | None = None, pool: int = 32,
-                  min_keep: float = 0.25, latency_model=None,
+                  min_keep: float | None = None, latency_model=None,
                   kernels_of: Callable[[dict], list] | None = None,
                   size_of: Callable[[dict], float] | None = None) -> Strategy:
     if name in ("hw", "flops"):

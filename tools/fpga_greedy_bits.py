@@ -1,4 +1,8 @@
-"""Per-layer bit-width search for an FPGA-style target (HAQ's question, a simple answer).
+"""A greedy per-layer bit-width search for an FPGA-style target: the baseline that
+``tools/bench_fpga.py`` compares ``pfcompile run --target fpga-*`` against (HAQ's
+question, a simple answer). Not part of pfcompile: its one search is
+:mod:`pfcompile.search.loop`, whose ``bits`` knobs set per-layer weight widths; this
+baseline also moves activation widths, which the loop does not search.
 
 Latency is the simulator's cycle model (per layer, at that layer's widths, with the best
 tiling); accuracy is measured by a caller-supplied ``evaluate(model) -> accuracy`` (for
