@@ -119,6 +119,15 @@ def _host():
     return load_target("host")
 
 
+def _x86_isa(isa: str):
+    """(TVM target, kernel spec, packed weight dtype) of ``isa`` (skips VNNI on a CPU without it)."""
+    if isa == "vnni" and "avx512_vnni" not in cpu_flags():
+        pytest.skip("this CPU has no AVX512-VNNI")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}
+                               if isa == "vnni" else {"kind": "llvm", "mcpu": "x86-64-v3"})
+    return (target, x86.VNNI, np.int8) if isa == "vnni" else (target, x86.AVX2, np.int16)
+
+
 @X86
 @pytest.mark.parametrize("isa", ["avx2", "vnni"])
 @pytest.mark.parametrize(("c", "oc", "k", "s", "xl", "yl", "ydt"), [
@@ -130,12 +139,7 @@ def _host():
 def test_shared_conv_kernel_bit_exact_for_each_channel_count(isa, c, oc, k, s, xl, yl, ydt):
     """One shared conv function, called with the arguments of layers with 1x, 2x and 3x the
     channels (the same tile), equals the numpy reference bit for bit each time."""
-    if isa == "vnni" and "avx512_vnni" not in cpu_flags():
-        pytest.skip("this CPU has no AVX512-VNNI")
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}
-                               if isa == "vnni" else {"kind": "llvm", "mcpu": "x86-64-v3"})
-    spec = x86.VNNI if isa == "vnni" else x86.AVX2
-    dtype = np.int8 if isa == "vnni" else np.int16
+    target, spec, dtype = _x86_isa(isa)
     sp = QConvSpec(1, c, 8, 8, oc, k, k, (s, s), (k // 2,) * 4, (1, 1), 1, "uint8", ydt, 7, 3,
                    3, 255, x_layout=xl, y_layout=yl)
     t_oc = blocked.conv_tiles(sp, spec)[1]
@@ -162,12 +166,7 @@ def test_shared_conv_kernel_bit_exact_for_each_channel_count(isa, c, oc, k, s, x
     (B, "NCHW", "uint8", "float32", "avx2"),
 ])
 def test_shared_depthwise_kernel_bit_exact_for_each_channel_count(xl, yl, xdt, ydt, isa):
-    if isa == "vnni" and "avx512_vnni" not in cpu_flags():
-        pytest.skip("this CPU has no AVX512-VNNI")
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64-v4", "mattr": ["+avx512vnni"]}
-                               if isa == "vnni" else {"kind": "llvm", "mcpu": "x86-64-v3"})
-    spec = x86.VNNI if isa == "vnni" else x86.AVX2
-    dtype = np.int8 if isa == "vnni" else np.int16
+    target, spec, dtype = _x86_isa(isa)
     lo, hi = (-128, 127) if ydt == "int8" else (3, 255)
     sp = QConvSpec(1, 16, 9, 9, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 16, xdt, ydt, 5, 3,
                    lo, hi, x_layout=xl, y_layout=yl)
