@@ -58,6 +58,18 @@ def test_device_spec_checks_its_flags():
     with pytest.raises(ConfigError, match="port_range"):
         DeviceSpec(port_range=(9350, 9300))
     assert DeviceSpec(port_range=(9300, 9301)).port_range == (9300, 9301)
+    with pytest.raises(ConfigError, match="--accel-latency 'fast' is not one of total, accel"):
+        DeviceSpec(accel_latency="fast")
+
+
+def test_accel_latency_on_a_cpu_target_is_refused_not_ignored():
+    from pfcompile.targets import load_target
+
+    spec = DeviceSpec(null=True, accel_latency="accel")
+    with pytest.raises(ConfigError, match="--accel-latency accel is for accelerator targets.*'host'"):
+        spec.open(load_target("host"))
+    dev, server = DeviceSpec(null=True).open(load_target("host"))
+    assert server is None and type(dev).__name__ == "NullDevice"
 
 
 class _Called(Exception):

@@ -66,6 +66,7 @@ from pfcompile.errors import DeviceError, PfcompileError, SearchError
 from pfcompile.measure import verify
 from pfcompile.passes.ort_quantize import ort_quantize_qdq
 from pfcompile.runner import AccelRunner, Runner, RunnerResult
+from pfcompile.search.device_spec import LATENCY_KINDS
 from pfcompile.search.devices import Measurement, RPCDevice
 from pfcompile.search.graph import Kernel, extract_kernels
 from pfcompile.search.space import SearchSpace, compress, config_hash
@@ -79,10 +80,6 @@ __all__ = [
     "bits_of_config",
     "kernel_layer",
 ]
-
-#: what ``latency_ms`` of a measurement is: simulated accelerator + measured host ops, or
-#: the simulated accelerator part alone
-LATENCY_KINDS = ("total", "accel")
 
 #: a config's per-layer widths: layer (Conv/Gemm node name) -> (weight bits, activation bits)
 Bits = dict[str, tuple[int, int]]

@@ -24,7 +24,11 @@ from pfcompile.runner import PoolStatus
 from pfcompile.search.devices import NullDevice, RPCDevice, SearchDevice, open_rpc_device
 from pfcompile.targets import Target
 
-__all__ = ["DeviceSpec"]
+__all__ = ["LATENCY_KINDS", "DeviceSpec"]
+
+#: what an accelerator search optimizes (``--accel-latency``): simulated accelerator +
+#: measured host ops, or the simulated accelerator alone (:mod:`pfcompile.search.accel_device`)
+LATENCY_KINDS = ("total", "accel")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ class DeviceSpec:
             parse_addr(self.rpc, "--rpc")
         if self.device:
             parse_addr(self.device, "--device")
+        if self.accel_latency not in LATENCY_KINDS:
+            raise ConfigError(f"--accel-latency '{self.accel_latency}' is not one of "
+                              f"{', '.join(LATENCY_KINDS)}")
         lo, hi = self.port_range
         if not 0 < lo < hi <= 65536:
             raise ConfigError(f"port_range must be (first, end) with 0 < first < end <= 65536 "
@@ -58,6 +65,10 @@ class DeviceSpec:
     def open(self, target: Target, on_change: Callable[[PoolStatus], None] | None = None
              ) -> tuple[SearchDevice, DeviceProcess | None]:
         """The search device, and the server started for it (None when none was)."""
+        if self.accel_latency != "total" and not target.is_accelerator:
+            raise ConfigError(f"--accel-latency {self.accel_latency} is for accelerator targets "
+                              f"(fpga-*); target '{target.name}' runs the whole model on its "
+                              "device, so its latency is the total")
         if self.null:
             return NullDevice(), None
         key = self.key or target.rpc_key
