@@ -8,6 +8,7 @@ session copies them into its own temp dir."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -223,6 +224,14 @@ def arm_device():
         pytest.skip(f"no free port in {ARM64_PORTS[0]}-{ARM64_PORTS[1]}")
     server = serve(load_target("arm64"), "127.0.0.1", port)
     try:
+        # one session first, with a longer deadline: the server's first worker starts
+        # Python and TVM under qemu (slowest when the suite has the cores busy), so the
+        # tests' own deadlines time their work, not the emulator's start
+        from pfcompile.device import connect
+
+        sess = connect(device=server.addr, timeout_s=600)
+        del sess
+        gc.collect()
         yield server.addr
     finally:
         server.stop()
