@@ -19,12 +19,13 @@ from pfcompile.measure import QUANT_RANGE_FRACTION
 from pfcompile.model import load_onnx, model_hash
 from pfcompile.passes.qlayers import as_ir, weighted_layers
 from pfcompile.passes.sparsify import SparsifyConfig, sparsity_report
+from pfcompile.passes.stats import model_size_mb
 from pfcompile.paths import demo_paths
 from pfcompile.reference import reference_session
 from pfcompile.search.devices import NullDevice, kernel_model
 from pfcompile.search.graph import extract_kernels
 from pfcompile.search.knobs import bit_choices, parse_bits, parse_sparsity, sparsity_choices
-from pfcompile.search.loop import SearchSettings, model_size_mb, run_search
+from pfcompile.search.loop import SearchSettings, run_search
 from pfcompile.search.space import build_space, compress
 from pfcompile.search.strategies import Goal, make_strategy
 from pfcompile.targets import load_target

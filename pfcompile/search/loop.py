@@ -31,7 +31,6 @@ import onnx
 from pfcompile.data import Dataset
 from pfcompile.errors import PfcompileError, SearchError
 from pfcompile.model import model_hash
-from pfcompile.passes.stats import model_size_mb
 from pfcompile.search.candidates import CandidateFactory
 from pfcompile.search.confirm import confirm_finalists, select_finalists
 from pfcompile.search.devices import SearchDevice
@@ -48,7 +47,7 @@ from pfcompile.search.stats import check_confidence
 from pfcompile.search.strategies import STRATEGIES, Goal, make_strategy
 from pfcompile.search.trials import SearchKernelTimer, TrialRunner, acc_drop
 
-__all__ = ["Deployer", "SearchResult", "SearchSettings", "TrialLog", "model_size_mb", "run_search"]
+__all__ = ["Deployer", "SearchResult", "SearchSettings", "TrialLog", "run_search"]
 
 
 @dataclass(frozen=True)
