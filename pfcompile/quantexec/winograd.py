@@ -44,16 +44,37 @@ from dataclasses import replace
 import numpy as np
 from tvm import s_tir, te, tirx
 
-from pfcompile.quantexec.kernels import BLOCK, QConvSpec, epilogue_params, io_layouts, \
-    out_compute, padded_read, te_shape
+from pfcompile.quantexec.kernels import (
+    BLOCK,
+    QConvSpec,
+    epilogue_params,
+    io_layouts,
+    out_compute,
+    padded_read,
+    te_shape,
+)
 
-__all__ = ["MAX_CHANNELS", "G2", "wino_eligible", "wino_func", "pack_weight_wino",
-           "transform_weight_int", "wino_reference", "wino_tiles"]
+__all__ = [
+    "G2",
+    "MAX_CHANNELS",
+    "MIN_MACS",
+    "WINO_NAME",
+    "pack_weight_wino",
+    "transform_weight_int",
+    "wino_eligible",
+    "wino_func",
+    "wino_heuristic",
+    "wino_reference",
+    "wino_tiles",
+]
 
 #: G' = 2G of F(2x2, 3x3): integer
 G2 = np.array([[2, 0, 0], [1, 1, 1], [1, -1, 1], [0, 0, 2]], np.int64)
 _BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.int64)
 _AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.int64)
+
+#: the template name reported per layer
+WINO_NAME = "x86-avx2-wino-pmaddwd"
 
 #: the largest input channel count with no int32 overflow anywhere (module docstring)
 MAX_CHANNELS = (2**31 - 1) // (2 * 1152 * 1020)
@@ -66,6 +87,22 @@ def wino_eligible(sp: QConvSpec) -> bool:
             and sp.stride == (1, 1) and sp.dilation == (1, 1)
             and sp.c % BLOCK == 0 and sp.oc % BLOCK == 0 and sp.c <= MAX_CHANNELS
             and sp.x_dtype in ("uint8", "int8"))
+
+
+#: below this many multiply-accumulates a layer keeps the direct kernel (see wino_heuristic)
+MIN_MACS = 3_000_000
+
+
+def wino_heuristic(sp: QConvSpec) -> bool:
+    """Whether an eligible layer runs Winograd rather than the direct ``vpmaddwd`` kernel,
+    from its shape (no int8 tuning records exist): at least :data:`MIN_MACS` MACs.
+
+    Measured in one process, alternating rounds, 2 threads on a loaded 2-core Xeon with the
+    ISA held to AVX2 (``tools/bench_int8_kernels.py --winograd``):
+    on ResNet-18's 3x3 stride-1 layers (116-231 M MACs) Winograd took 0.45-0.85x the direct
+    kernel's time; the threshold is the fp32 template's (``heuristic_algorithm``), where the
+    extra pass and its parallel region stop paying."""
+    return wino_eligible(sp) and sp.macs >= MIN_MACS
 
 
 def transform_weight_int(w: np.ndarray) -> np.ndarray:
@@ -124,62 +161,65 @@ def _select(idx, values: list):
 
 
 def wino_tiles(sp: QConvSpec, isa=None) -> tuple[int, int, int]:
-    """(tiles P of 2x2 outputs, rounded up to the register tile; ``t_p`` tiles; ``t_oc``
-    blocks of 8 output channels) of the GEMMs, from the AVX2 kernel's ranked tiles."""
+    """(``chunk`` tiles of one tile row per parallel task, ``t_p`` tiles x ``t_oc`` blocks of
+    8 output channels: the GEMMs' register tile, from the AVX2 kernel's ranked tiles)."""
     from pfcompile.quantexec.x86 import AVX2
 
     isa = isa or AVX2
-    p = -(-sp.oh // 2) * -(-sp.ow // 2)
-    ocb = sp.oc // BLOCK
-    for t_p, t_oc in isa.tiles:
-        if ocb % t_oc == 0 and t_p > 1 and (p % t_p == 0 or p >= 8 * t_p):
-            return -(-p // t_p) * t_p, t_p, t_oc
-    return p, 1, 1
-
-
-def _compute(sp: QConvSpec, pp: int):
     nw = -(-sp.ow // 2)
+    ocb = sp.oc // BLOCK
+    t_p, t_oc = next(((tp, to) for tp, to in isa.tiles if nw % tp == 0 and ocb % to == 0),
+                     (1, 1))
+    return _chunk(nw, t_p), t_p, t_oc
+
+
+def _chunk(nw: int, t_p: int) -> int:
+    """Tiles per task: the largest multiple of ``t_p`` dividing the tile row, at most 16 (the
+    task's ``M`` then takes ``16 * t_oc * chunk * 32`` bytes: 32 KB for ``t_oc = 4``)."""
+    return max(c for c in range(t_p, min(nw, 16) + 1, t_p) if nw % c == 0) if nw >= t_p else nw
+
+
+def _compute(sp: QConvSpec):
+    nh, nw = -(-sp.oh // 2), -(-sp.ow // 2)
     cb, ocb = sp.c // BLOCK, sp.oc // BLOCK
-    pt, pl, pb, pr = sp.padding
-    hp, wp = 2 * -(-sp.oh // 2) + 2, 2 * nw + 2
-    # rows / columns past the padded input (partial tiles, tiles rounded up to the register
-    # tile) read the zero point too; their outputs are never stored
-    rows = max(hp, 2 * -(-pp // nw) + 2)
-    wide = replace(sp, padding=(pt, pl, rows - sp.h - pt, wp - sp.w - pl))
+    pt, pl = sp.padding[0], sp.padding[1]
+    hp, wp = 2 * nh + 2, 2 * nw + 2
+    # rows / columns of partial tiles past the padded input read the zero point too; their
+    # outputs are never stored
+    wide = replace(sp, padding=(pt, pl, hp - sp.h - pt, wp - sp.w - pl))
     x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
     u = te.placeholder((4, 4, ocb, cb, BLOCK // 2, BLOCK, 2), "int16", name="w")
     bias = te.placeholder((sp.oc,), "int32", name="bias")
     p0, p1 = epilogue_params(sp, sp.oc)
     zx = tirx.const(sp.zx, sp.x_dtype)
     pad = te.compute(
-        (cb, rows, wp, BLOCK),
+        (cb, hp, wp, BLOCK),
         lambda b, i, j, c: padded_read(wide, x, 0, b, c, i, j, zx).astype("int16"), name="pad")
 
     def f_dt(b, p, e, q, c):  # B^T d: rows
         th, tw = p // nw, p % nw
         return _select(e, _bt([pad[b, 2 * th + a, 2 * tw + q, c] for a in range(4)]))
 
-    dt = te.compute((cb, pp, 4, 4, BLOCK), f_dt, name="dt")
-    v = te.compute((4, 4, cb, pp, BLOCK),
+    dt = te.compute((cb, nh * nw, 4, 4, BLOCK), f_dt, name="dt")
+    v = te.compute((4, 4, cb, nh * nw, BLOCK),
                    lambda e, nu, b, p, c: _select(nu, _bt([dt[b, p, e, q, c] for q in range(4)])),
                    name="V")
     rb = te.reduce_axis((0, cb), name="rb")
     rk = te.reduce_axis((0, BLOCK // 2), name="rk")
     rq = te.reduce_axis((0, 2), name="rq")
     mm = te.compute(
-        (4, 4, ocb, pp, BLOCK),
-        lambda e, nu, b, p, o: te.sum(v[e, nu, rb, p, rk * 2 + rq].astype("int32")
-                                      * u[e, nu, b, rb, rk, o, rq].astype("int32"),
-                                      axis=[rb, rk, rq]), name="M")
+        (ocb, nh, nw, 4, 4, BLOCK),
+        lambda b, th, tw, e, nu, o: te.sum(
+            v[e, nu, rb, th * nw + tw, rk * 2 + rq].astype("int32")
+            * u[e, nu, b, rb, rk, o, rq].astype("int32"), axis=[rb, rk, rq]), name="M")
 
-    def f_ot(b, p, y, nu, o):  # A^T M: rows
-        return _select(y, _at([mm[e, nu, b, p, o] for e in range(4)]))
+    def f_ot(b, th, tw, y, nu, o):  # A^T M: rows
+        return _select(y, _at([mm[b, th, tw, e, nu, o] for e in range(4)]))
 
-    ot = te.compute((ocb, pp, 2, 4, BLOCK), f_ot, name="ot")
+    ot = te.compute((ocb, nh, nw, 2, 4, BLOCK), f_ot, name="ot")
 
     def f_acc(n, b, i, j, o):
-        p = (i // 2) * nw + j // 2
-        y4 = _select(j % 2, _at([ot[b, p, i % 2, nu, o] for nu in range(4)]))
+        y4 = _select(j % 2, _at([ot[b, i // 2, j // 2, i % 2, nu, o] for nu in range(4)]))
         return tirx.shift_right(y4, tirx.const(2, "int32"))  # exact: y4 = 4 * y
 
     acc = te.compute((sp.n, ocb, sp.oh, sp.ow, BLOCK), f_acc, name="acc")
@@ -187,22 +227,31 @@ def _compute(sp: QConvSpec, pp: int):
     return [x, u, bias, p0, p1, y]
 
 
-def wino_func(sp: QConvSpec, tile_p: int | None = None, tile_oc: int | None = None) -> tirx.PrimFunc:
+def wino_func(sp: QConvSpec, tile_p: int | None = None, tile_oc: int | None = None,
+              chunk: int | None = None) -> tirx.PrimFunc:
     """The scheduled F(2x2, 3x3) PrimFunc for ``sp`` (:func:`wino_eligible`); weights from
     :func:`pack_weight_wino`; arguments as the direct kernels' ``(x, w, bias, scale, offset,
-    y)``."""
+    y)``.
+
+    Two parallel passes: ``V`` per (input channel block, tile); then per (``t_oc`` output
+    channel blocks, tile row, ``chunk`` tiles) the 16 GEMMs of those tiles into a task-local
+    ``M`` (L1/L2-resident: a global ``M`` cost a third of a 64->64 56x56 layer in memory
+    traffic) and the output transform with the epilogue."""
     from pfcompile.quantexec.blocked import _finish, _schedule_out
     from pfcompile.quantexec.x86 import AVX2, PMADDWD_INTRIN
 
     if not wino_eligible(sp):
         raise ValueError(f"integer Winograd F(2x2, 3x3) does not take {sp}")
     AVX2.register()
-    pp, t_p, t_oc = wino_tiles(sp)
-    if tile_p or tile_oc:
-        t_p, t_oc = tile_p or t_p, tile_oc or t_oc
-        p = -(-sp.oh // 2) * -(-sp.ow // 2)
-        pp = -(-p // t_p) * t_p
-    sch = s_tir.Schedule(te.create_prim_func(_compute(sp, pp)))
+    d_chunk, t_p, t_oc = wino_tiles(sp)
+    nw = -(-sp.ow // 2)
+    t_p = tile_p or t_p
+    t_oc = tile_oc or t_oc
+    if nw % t_p or (sp.oc // BLOCK) % t_oc:
+        raise ValueError(f"register tile {t_p}x{t_oc} does not divide {nw} tiles x "
+                         f"{sp.oc // BLOCK} channel blocks")
+    chunk = chunk or (d_chunk if (tile_p is None) else _chunk(nw, t_p))
+    sch = s_tir.Schedule(te.create_prim_func(_compute(sp)))
     io_layouts(sch, sp, "pad", y_blocked_view=sp.y_layout == "NCHW")
     pad, dt, v, mm, ot, acc, req = (sch.get_sblock(b) for b in
                                     ("pad", "dt", "V", "M", "ot", "acc", "requant"))
@@ -217,33 +266,39 @@ def wino_func(sp: QConvSpec, tile_p: int | None = None, tile_oc: int | None = No
         sch.unroll(lo[-3])
         sch.unroll(lo[-2])
         sch.vectorize(lo[-1])
-    # GEMMs: the direct kernel's register tile, vpmaddwd on channel pairs
-    e, nu, b, p, o, rb, rk, rq = sch.get_loops(mm)
-    bo, bi = sch.split(b, [None, t_oc])
-    po, pi = sch.split(p, [None, t_p])
-    sch.reorder(e, nu, bo, po, rb, rk, bi, pi, o, rq)
-    sch.parallel(sch.fuse(e, nu, bo))
-    cw = sch.cache_write(mm, 0, "local")
-    sch.reverse_compute_at(cw, po)
-    sch.vectorize(sch.get_loops(cw)[-1])
-    init = sch.decompose_reduction(mm, rb)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.unroll(bi)
-    sch.unroll(pi)
-    sch.tensorize(o, PMADDWD_INTRIN)
-    # output transform + epilogue per 2x2 tile
+    # output: per (oc tile, tile row, chunk of tiles) task
     sch.compute_inline(acc)
     n, b, i, j, o = sch.get_loops(req)
+    bo, bi = sch.split(b, [None, t_oc])
     io, ii = sch.split(i, [None, 2])
     jo, ji = sch.split(j, [None, 2])
-    sch.reorder(n, b, io, jo, ii, ji, o)
-    sch.parallel(sch.fuse(n, b, io))
-    sch.compute_at(ot, jo)
+    jc, jt = sch.split(jo, [None, chunk])
+    sch.reorder(n, bo, io, jc, bi, jt, ii, ji, o)
+    task = sch.fuse(n, bo, io, jc)
+    sch.parallel(task)
+    sch.compute_at(ot, jt)
     lo = sch.get_loops(ot)
     sch.unroll(lo[-3])
     sch.unroll(lo[-2])
     sch.vectorize(lo[-1])
     sch.unroll(ii)
     sch.unroll(ji)
-    _schedule_out(sch, replace(sp, y_layout="NCHW8c"), req, jo)
+    _schedule_out(sch, replace(sp, y_layout="NCHW8c"), req, jt)
+    # the task's GEMMs: the direct kernel's register tile, vpmaddwd on channel pairs
+    sch.compute_at(mm, task, preserve_unit_loops=True)
+    sch.set_scope(mm, 0, "local")
+    loops = sch.get_loops(mm)
+    at = sch.get(task)
+    inner = loops[next(k for k, lp in enumerate(loops) if sch.get(lp).same_as(at)) + 1:]
+    mb, _th, tw, e, nu, o, rb, rk, rq = inner
+    two, twi = sch.split(tw, [None, t_p])
+    sch.reorder(e, nu, two, rb, rk, mb, twi, o, rq)
+    cw = sch.cache_write(mm, 0, "local")
+    sch.reverse_compute_at(cw, two)
+    sch.vectorize(sch.get_loops(cw)[-1])
+    init = sch.decompose_reduction(mm, rb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(mb)
+    sch.unroll(twi)
+    sch.tensorize(o, PMADDWD_INTRIN)
     return _finish(sch.mod["main"])
