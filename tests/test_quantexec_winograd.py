@@ -86,8 +86,9 @@ def test_wino_kernel_bit_exact_vs_reference_and_direct(case):
         sp = replace(sp, fmin=0.0, fmax=6.0)
     assert wino.wino_eligible(sp)
     kc = kernel_case(sp, wino.pack_weight_wino, seed=c * h + oc)
-    got = _run(wino.wino_func(sp), kc.args)
+    got = _run(wino.wino_func(sp, fuse_v=False), kc.args)
     kc.check(got)  # the numpy int64 reference, bit for bit
+    kc.check(_run(wino.wino_func(sp, fuse_v=True), kc.args))  # V computed per task
     assert len(np.unique(got)) > 50
     direct = select_conv_kernel(sp, load_target("host-avx2"), shared=False, winograd=False)
     assert direct.name == "x86-avx2-pmaddwd"

@@ -55,6 +55,7 @@ from pfcompile.quantexec.kernels import (
 )
 
 __all__ = [
+    "FUSE_V_MAX",
     "G2",
     "MAX_CHANNELS",
     "MIN_MACS",
@@ -88,6 +89,9 @@ def wino_eligible(sp: QConvSpec) -> bool:
             and sp.c % BLOCK == 0 and sp.oc % BLOCK == 0 and sp.c <= MAX_CHANNELS
             and sp.x_dtype in ("uint8", "int8"))
 
+
+#: the most output channel tiles for which each task computes its own V (wino_func)
+FUSE_V_MAX = 8
 
 #: below this many multiply-accumulates a layer keeps the direct kernel (see wino_heuristic)
 MIN_MACS = 3_000_000
@@ -228,15 +232,19 @@ def _compute(sp: QConvSpec):
 
 
 def wino_func(sp: QConvSpec, tile_p: int | None = None, tile_oc: int | None = None,
-              chunk: int | None = None) -> tirx.PrimFunc:
+              chunk: int | None = None, fuse_v: bool | None = None) -> tirx.PrimFunc:
     """The scheduled F(2x2, 3x3) PrimFunc for ``sp`` (:func:`wino_eligible`); weights from
     :func:`pack_weight_wino`; arguments as the direct kernels' ``(x, w, bias, scale, offset,
     y)``.
 
-    Two parallel passes: ``V`` per (input channel block, tile); then per (``t_oc`` output
-    channel blocks, tile row, ``chunk`` tiles) the 16 GEMMs of those tiles into a task-local
-    ``M`` (L1/L2-resident: a global ``M`` cost a third of a 64->64 56x56 layer in memory
-    traffic) and the output transform with the epilogue."""
+    Per task (``t_oc`` output channel blocks, tile row, ``chunk`` tiles): the 16 GEMMs of
+    those tiles into a task-local ``M`` (L1/L2-resident: a global ``M`` cost a third of a
+    64->64 56x56 layer in memory traffic) and the output transform with the epilogue.
+    ``fuse_v``: the task computes its tiles' ``V`` too (once per output channel tile),
+    else ``V`` is a parallel pass of its own; by default fused where the output channels
+    make at most :data:`FUSE_V_MAX` tiles (measured in one process, loaded 2-core EPYC, 2
+    threads, medians of 7 rounds, fused / separate: 64->64 @56 0.54-0.67, 128 @28 0.87,
+    256 @14 0.79-0.81 (8 tiles), 512 @7 1.36-1.40 (16 tiles))."""
     from pfcompile.quantexec.blocked import _finish, _schedule_out
     from pfcompile.quantexec.x86 import AVX2, PMADDWD_INTRIN
 
@@ -251,21 +259,24 @@ def wino_func(sp: QConvSpec, tile_p: int | None = None, tile_oc: int | None = No
         raise ValueError(f"register tile {t_p}x{t_oc} does not divide {nw} tiles x "
                          f"{sp.oc // BLOCK} channel blocks")
     chunk = chunk or (d_chunk if (tile_p is None) else _chunk(nw, t_p))
+    if fuse_v is None:
+        fuse_v = sp.oc // BLOCK // t_oc <= FUSE_V_MAX
     sch = s_tir.Schedule(te.create_prim_func(_compute(sp)))
     io_layouts(sch, sp, "pad", y_blocked_view=sp.y_layout == "NCHW")
     pad, dt, v, mm, ot, acc, req = (sch.get_sblock(b) for b in
                                     ("pad", "dt", "V", "M", "ot", "acc", "requant"))
     # input transform: per (channel block, tile), positions unrolled, 8 channels a vector
     sch.compute_inline(pad)
-    e, nu, b, p, c = sch.get_loops(v)
-    sch.reorder(b, p, e, nu, c)
-    sch.parallel(sch.fuse(b, p))
-    sch.compute_at(dt, sch.get_loops(v)[0])
-    for blk in (dt, v):
-        lo = sch.get_loops(blk)
-        sch.unroll(lo[-3])
-        sch.unroll(lo[-2])
-        sch.vectorize(lo[-1])
+    if not fuse_v:
+        e, nu, b, p, c = sch.get_loops(v)
+        sch.reorder(b, p, e, nu, c)
+        sch.parallel(sch.fuse(b, p))
+        sch.compute_at(dt, sch.get_loops(v)[0])
+        for blk in (dt, v):
+            lo = sch.get_loops(blk)
+            sch.unroll(lo[-3])
+            sch.unroll(lo[-2])
+            sch.vectorize(lo[-1])
     # output: per (oc tile, tile row, chunk of tiles) task
     sch.compute_inline(acc)
     n, b, i, j, o = sch.get_loops(req)
@@ -287,6 +298,17 @@ def wino_func(sp: QConvSpec, tile_p: int | None = None, tile_oc: int | None = No
     # the task's GEMMs: the direct kernel's register tile, vpmaddwd on channel pairs
     sch.compute_at(mm, task, preserve_unit_loops=True)
     sch.set_scope(mm, 0, "local")
+    if fuse_v:  # the task's V, computed in it (recomputed per output channel tile)
+        sch.compute_at(v, task, preserve_unit_loops=True)
+        lo = sch.get_loops(v)
+        e, nu, b, p, c = lo[-5:]
+        sch.reorder(b, p, e, nu, c)
+        sch.compute_at(dt, p, preserve_unit_loops=True)
+        for blk in (dt, v):
+            lo = sch.get_loops(blk)
+            sch.unroll(lo[-3])
+            sch.unroll(lo[-2])
+            sch.vectorize(lo[-1])
     loops = sch.get_loops(mm)
     at = sch.get(task)
     inner = loops[next(k for k, lp in enumerate(loops) if sch.get(lp).same_as(at)) + 1:]
