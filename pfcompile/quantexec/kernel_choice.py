@@ -8,6 +8,8 @@ Templates:
 * ``x86-avx2-pmaddwd`` / ``x86-vnni-vpdpbusd``: groups-1 convs, 8 output channels per
   vector, ``vpmaddwd`` on int16 channel pairs or ``vpdpbusd`` on uint8 quads (see
   :mod:`pfcompile.quantexec.x86`).
+* ``x86-avx2-wino-pmaddwd``: 3x3 stride-1 convs on AVX2 targets, exact integer Winograd
+  F(2x2, 3x3) (see :mod:`pfcompile.quantexec.winograd`), chosen by shape.
 * ``x86-avx2-dw-pmaddwd`` / ``x86-vnni-dw-vpdpbusd``: depthwise, 8 channels per vector,
   horizontal taps in pairs / quads.
 * ``arm-neon-smlal`` / ``arm-sdot`` and ``arm-neon-dw-smlal`` / ``arm-sdot-dw``: the same

@@ -101,10 +101,9 @@ def wino_heuristic(sp: QConvSpec) -> bool:
     """Whether an eligible layer runs Winograd rather than the direct ``vpmaddwd`` kernel,
     from its shape (no int8 tuning records exist): at least :data:`MIN_MACS` MACs.
 
-    Measured in one process, alternating rounds, 2 threads on a loaded 2-core Xeon with the
-    ISA held to AVX2 (``tools/bench_int8_kernels.py --winograd``):
-    on ResNet-18's 3x3 stride-1 layers (116-231 M MACs) Winograd took 0.45-0.85x the direct
-    kernel's time; the threshold is the fp32 template's (``heuristic_algorithm``), where the
+    Measured in one process, alternating rounds, 2 threads on a loaded 2-core AMD EPYC
+    (``tools/bench_int8_kernels.py --winograd``): on ResNet-18's 3x3 stride-1 layers
+    (116 M MACs each) Winograd took 0.42-0.60x the direct kernel's time; the threshold is the fp32 template's (``heuristic_algorithm``), where the
     extra pass and its parallel region stop paying."""
     return wino_eligible(sp) and sp.macs >= MIN_MACS
 
