@@ -8,6 +8,8 @@ Templates:
 * ``x86-avx2-pmaddwd`` / ``x86-vnni-vpdpbusd``: groups-1 convs, 8 output channels per
   vector, ``vpmaddwd`` on int16 channel pairs or ``vpdpbusd`` on uint8 quads (see
   :mod:`pfcompile.quantexec.x86`).
+* ``x86-avx2-wino-pmaddwd``: 3x3 stride-1 convs on AVX2 targets, exact integer Winograd
+  F(2x2, 3x3) (see :mod:`pfcompile.quantexec.winograd`), chosen by shape.
 * ``x86-avx2-dw-pmaddwd`` / ``x86-vnni-dw-vpdpbusd``: depthwise, 8 channels per vector,
   horizontal taps in pairs / quads.
 * ``arm-neon-smlal`` / ``arm-sdot`` and ``arm-neon-dw-smlal`` / ``arm-sdot-dw``: the same
@@ -137,17 +139,20 @@ def supports_blocked(sp: QConvSpec, target) -> bool:
     return False
 
 
-def select_conv_kernel(sp: QConvSpec, target, shared: bool = True) -> IntKernel:
+def select_conv_kernel(sp: QConvSpec, target, shared: bool = True,
+                       winograd: bool | None = None) -> IntKernel:
     """The kernel for ``sp`` on ``target``. ``shared``: the x86 / AArch64 templates give
     a function that also serves layers with other channel counts (see
     :func:`pfcompile.quantexec.blocked.conv_func`); False: one for these channel counts
-    only (what tools/bench_int8_kernels.py --static times)."""
+    only (what tools/bench_int8_kernels.py --static times). ``winograd`` (x86 AVX2 only):
+    None lets :func:`pfcompile.quantexec.winograd.wino_heuristic` choose integer Winograd
+    for 3x3 stride-1 layers, False never, True wherever eligible."""
     kind = int8_dot_kind(target)
     k = None
     if kind == "x86":
         from pfcompile.quantexec import x86
 
-        k = x86.avx2_conv_kernel(sp, target, shared) if sp.groups == 1 else \
+        k = x86.avx2_conv_kernel(sp, target, shared, winograd) if sp.groups == 1 else \
             x86.x86_depthwise_kernel(sp, target, shared)
     elif kind in ("neon", "sdot"):
         from pfcompile.quantexec import arm
