@@ -236,3 +236,30 @@ def test_half_vector_channel_chunks_stay_vectorized_on_wide_targets():
     wl = Workload("conv2d", dims_tuple(dims), 1, "NCHW8c->NCHW8c")
     # one (half) vector per accumulator: the register budget bounds the width tile
     assert Conv2dTemplate().heuristic(wl, avx512).ow_tile <= 30
+
+
+def test_avx512_1x1_tiles_count_weight_registers_and_short_reductions():
+    """AVX-512 (32 registers): a 1x1 conv's tile leaves room for the oc_tile weight
+    vectors (6 x 4 = 24 accumulators + 6 broadcasts + 4 weights spilled: 1.1-1.7x the
+    7 x 2 tile), and a short reduction (≤ 32 input channels) takes 4 x 1; AVX2's
+    choices for the same convs stay as measured there (3 x 4, 4 x 2)."""
+    from pfcompile.codegen.templates import Conv2dTemplate, Workload
+    from pfcompile.codegen.templates.base import dims_tuple
+
+    def wl(cin: int, cout: int, hw_: int, blk: int) -> Workload:
+        dims = {"n": 1, "cin": cin, "cout": cout, "ih": hw_, "iw": hw_, "kh": 1, "kw": 1,
+                "sh": 1, "sw": 1, "dh": 1, "dw": 1, "pt": 0, "pl": 0, "pb": 0, "pr": 0,
+                "groups": 1, "ib": blk, "ob": blk, "oh": hw_, "ow": hw_}
+        return Workload("conv2d_1x1", dims_tuple(dims), 1, f"NCHW{blk}c->NCHW{blk}c")
+
+    t = Conv2dTemplate()
+    avx512 = Hardware(fp32_lanes=16, vector_registers=32)
+    avx2 = Hardware(fp32_lanes=8, vector_registers=16)
+    for cin, cout, hw_ in ((960, 320, 7), (384, 64, 14)):
+        p = t.heuristic(wl(cin, cout, hw_, 16), avx512)
+        assert (p.ow_tile, p.oc_tile) == (7, 2)
+        assert p.ow_tile * p.oc_tile + p.ow_tile + p.oc_tile <= avx512.vector_registers
+    p = t.heuristic(wl(16, 96, 112, 16), avx512)
+    assert (p.ow_tile, p.oc_tile) == (4, 1)
+    assert (lambda q: (q.ow_tile, q.oc_tile))(t.heuristic(wl(960, 320, 7, 8), avx2)) == (3, 4)
+    assert (lambda q: (q.ow_tile, q.oc_tile))(t.heuristic(wl(16, 96, 112, 8), avx2)) == (4, 2)
