@@ -263,3 +263,24 @@ def test_avx512_1x1_tiles_count_weight_registers_and_short_reductions():
     assert (p.ow_tile, p.oc_tile) == (4, 1)
     assert (lambda q: (q.ow_tile, q.oc_tile))(t.heuristic(wl(960, 320, 7, 8), avx2)) == (3, 4)
     assert (lambda q: (q.ow_tile, q.oc_tile))(t.heuristic(wl(16, 96, 112, 8), avx2)) == (4, 2)
+
+
+def test_rgb_input_conv_reads_nchw1c_and_avx512_depthwise_rows_of_four():
+    """A 3-channel first conv takes NCHW1c (a reshape of the NCHW input: no transpose
+    kernel); AVX-512 depthwise rows whose width divides by 4 use 4-wide tiles."""
+    from pfcompile.codegen.layout import conv_layouts
+    from pfcompile.codegen.templates import Workload
+    from pfcompile.codegen.templates.base import dims_tuple
+    from pfcompile.codegen.templates.depthwise import DepthwiseTemplate
+
+    assert conv_layouts(3, 32, 1, 16) == ["NCHW1c", "OIHW1i16o", "NCHW16c"]
+    assert conv_layouts(16, 32, 1, 16) == ["NCHW16c", "OIHW16i16o", "NCHW16c"]
+    dims = {"n": 1, "cin": 144, "cout": 144, "ih": 56, "iw": 56, "kh": 3, "kw": 3, "sh": 1,
+            "sw": 1, "dh": 1, "dw": 1, "pt": 1, "pl": 1, "pb": 1, "pr": 1, "groups": 144,
+            "ib": 16, "ob": 16, "oh": 56, "ow": 56}
+    wl = Workload("depthwise", dims_tuple(dims), 1, "NCHW16c")
+    assert DepthwiseTemplate().heuristic(wl, Hardware(fp32_lanes=16, vector_registers=32)).ow_tile == 4
+    wl8 = Workload("depthwise", dims_tuple(dict(dims, ib=8, ob=8)), 1, "NCHW8c")
+    assert DepthwiseTemplate().heuristic(wl8, Hardware(fp32_lanes=8, vector_registers=16)).ow_tile == 7
+    seven = Workload("depthwise", dims_tuple(dict(dims, ih=7, iw=7, oh=7, ow=7)), 1, "NCHW16c")
+    assert DepthwiseTemplate().heuristic(seven, Hardware(fp32_lanes=16, vector_registers=32)).ow_tile == 7
