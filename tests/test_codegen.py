@@ -261,8 +261,9 @@ def test_avx512_1x1_tiles_count_weight_registers_and_short_reductions():
         assert p.ow_tile * p.oc_tile + p.ow_tile + p.oc_tile <= avx512.vector_registers
     p = t.heuristic(wl(16, 96, 112, 16), avx512)
     assert (p.ow_tile, p.oc_tile) == (4, 1)
-    assert (lambda q: (q.ow_tile, q.oc_tile))(t.heuristic(wl(960, 320, 7, 8), avx2)) == (3, 4)
-    assert (lambda q: (q.ow_tile, q.oc_tile))(t.heuristic(wl(16, 96, 112, 8), avx2)) == (4, 2)
+    for (cin, cout, hw_), tile in (((960, 320, 7), (3, 4)), ((16, 96, 112), (4, 2))):
+        q = t.heuristic(wl(cin, cout, hw_, 8), avx2)
+        assert (q.ow_tile, q.oc_tile) == tile
 
 
 def test_rgb_input_conv_reads_nchw1c_and_avx512_depthwise_rows_of_four():

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
     import tvm
+    from bench_vs_ort import cpu_model
     from tvm import relax
 
-    from bench_vs_ort import cpu_model
     from pfcompile.deploy import prepare
 
     dev = tvm.cpu()

@@ -58,7 +58,7 @@ def _profile_pf(onnx_path: Path, shapes: dict | None, target_name: str, runs: in
     times: dict[tuple[int, str], list[float]] = collections.defaultdict(list)
     state = {"i": 0, "t": 0.0, "on": False}
 
-    def instrument(func, name, before, ret, *a):  # noqa: ANN001
+    def instrument(func, name, before, ret, *a):
         if not state["on"] or str(name).startswith("vm."):
             return 0
         if before:
@@ -125,7 +125,7 @@ def _profile_ort(onnx_path: Path, threads: int, runs: int, x: list[np.ndarray]) 
         per[node].append(ev["dur"] * 1e-6)
         order.setdefault(node, len(order))
         a = ev.get("args", {})
-        shapes = [list(s.values())[0] for s in a.get("input_type_shape", [])]
+        shapes = [next(iter(s.values())) for s in a.get("input_type_shape", [])]
         info[node] = f"{a.get('op_name', '')} in={shapes[:2]}"
     rows = [(statistics.median(ts[3:] or ts), order[n], n, info[n]) for n, ts in per.items()]
     return rows, whole

@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
     import tvm
-
     from bench_vs_ort import cpu_model, resolve_model
+
     from pfcompile.codegen.kernels import arg_specs
     from pfcompile.codegen.pipeline import fuse_to_tir
     from pfcompile.codegen.templates import Hardware, match
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     print(f"# {args.model} {args.family} {args.threads} thread(s), CPU {cpu_model()}, "
           f"load {os.getloadavg()[0]:.2f}")
-    for gv, func in mod.functions.items():
+    for func in mod.functions.values():
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
         template, wl = match(func)
@@ -77,15 +77,15 @@ def main(argv: list[str] | None = None) -> int:
         seen.add(wl.key)
         heur = template.heuristic(wl, hw)
         cands = [heur] + [p for p in template.space(wl, hw) if p != heur and
-                          eval(args.filter, {}, dataclasses.asdict(p))]  # noqa: S307 - a CLI expression
+                          eval(args.filter, {}, dataclasses.asdict(p))]
         cands = cands[: args.max_candidates] + [heur]   # the heuristic again, last: a check
         funcs, kept = [], []
         for p in cands:
             try:
                 funcs.append(template.apply(func, wl, p, hw))
                 kept.append(p)
-            except Exception:  # noqa: BLE001 - a candidate that does not apply
-                continue
+            except Exception as exc:  # noqa: BLE001 - a candidate that does not apply
+                print(f"  skipped {dataclasses.asdict(p)}: {type(exc).__name__}")
         lib = build_primfuncs(funcs, tgt)
         arrs = [tvm.runtime.tensor(rng.standard_normal(shape).astype(dt), dev)
                 for shape, dt in arg_specs(func)]
