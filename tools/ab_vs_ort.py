@@ -45,10 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(args.onnx), so, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    xs = []
-    for i in sess.get_inputs():
-        xs.append(rng.standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
-                  .astype("float32"))
+    # input shapes as the first artifact was compiled for (dynamic dims fixed there)
+    specs = json.loads((args.artifacts[0] / "model.json").read_text())["inputs"]
+    xs = [rng.standard_normal(s["shape"]).astype(s["dtype"]) for s in specs]
     feed = {i.name: x for i, x in zip(sess.get_inputs(), xs, strict=True)}
     ref = sess.run(None, feed)[0]
     engines = {"onnxruntime": lambda: sess.run(None, feed)}
