@@ -236,3 +236,52 @@ def test_half_vector_channel_chunks_stay_vectorized_on_wide_targets():
     wl = Workload("conv2d", dims_tuple(dims), 1, "NCHW8c->NCHW8c")
     # one (half) vector per accumulator: the register budget bounds the width tile
     assert Conv2dTemplate().heuristic(wl, avx512).ow_tile <= 30
+
+
+def test_avx512_1x1_tiles_count_weight_registers_and_short_reductions():
+    """AVX-512 (32 registers): a 1x1 conv's tile leaves room for the oc_tile weight
+    vectors (6 x 4 = 24 accumulators + 6 broadcasts + 4 weights spilled: 1.1-1.7x the
+    7 x 2 tile), and a short reduction (≤ 32 input channels) takes 4 x 1; AVX2's
+    choices for the same convs stay as measured there (3 x 4, 4 x 2)."""
+    from pfcompile.codegen.templates import Conv2dTemplate, Workload
+    from pfcompile.codegen.templates.base import dims_tuple
+
+    def wl(cin: int, cout: int, hw_: int, blk: int) -> Workload:
+        dims = {"n": 1, "cin": cin, "cout": cout, "ih": hw_, "iw": hw_, "kh": 1, "kw": 1,
+                "sh": 1, "sw": 1, "dh": 1, "dw": 1, "pt": 0, "pl": 0, "pb": 0, "pr": 0,
+                "groups": 1, "ib": blk, "ob": blk, "oh": hw_, "ow": hw_}
+        return Workload("conv2d_1x1", dims_tuple(dims), 1, f"NCHW{blk}c->NCHW{blk}c")
+
+    t = Conv2dTemplate()
+    avx512 = Hardware(fp32_lanes=16, vector_registers=32)
+    avx2 = Hardware(fp32_lanes=8, vector_registers=16)
+    for cin, cout, hw_ in ((960, 320, 7), (384, 64, 14)):
+        p = t.heuristic(wl(cin, cout, hw_, 16), avx512)
+        assert (p.ow_tile, p.oc_tile) == (7, 2)
+        assert p.ow_tile * p.oc_tile + p.ow_tile + p.oc_tile <= avx512.vector_registers
+    p = t.heuristic(wl(16, 96, 112, 16), avx512)
+    assert (p.ow_tile, p.oc_tile) == (4, 1)
+    for (cin, cout, hw_), tile in (((960, 320, 7), (3, 4)), ((16, 96, 112), (4, 2))):
+        q = t.heuristic(wl(cin, cout, hw_, 8), avx2)
+        assert (q.ow_tile, q.oc_tile) == tile
+
+
+def test_rgb_input_conv_reads_nchw1c_and_avx512_depthwise_rows_of_four():
+    """A 3-channel first conv takes NCHW1c (a reshape of the NCHW input: no transpose
+    kernel); AVX-512 depthwise rows whose width divides by 4 use 4-wide tiles."""
+    from pfcompile.codegen.layout import conv_layouts
+    from pfcompile.codegen.templates import Workload
+    from pfcompile.codegen.templates.base import dims_tuple
+    from pfcompile.codegen.templates.depthwise import DepthwiseTemplate
+
+    assert conv_layouts(3, 32, 1, 16) == ["NCHW1c", "OIHW1i16o", "NCHW16c"]
+    assert conv_layouts(16, 32, 1, 16) == ["NCHW16c", "OIHW16i16o", "NCHW16c"]
+    dims = {"n": 1, "cin": 144, "cout": 144, "ih": 56, "iw": 56, "kh": 3, "kw": 3, "sh": 1,
+            "sw": 1, "dh": 1, "dw": 1, "pt": 1, "pl": 1, "pb": 1, "pr": 1, "groups": 144,
+            "ib": 16, "ob": 16, "oh": 56, "ow": 56}
+    wl = Workload("depthwise", dims_tuple(dims), 1, "NCHW16c")
+    assert DepthwiseTemplate().heuristic(wl, Hardware(fp32_lanes=16, vector_registers=32)).ow_tile == 4
+    wl8 = Workload("depthwise", dims_tuple(dict(dims, ib=8, ob=8)), 1, "NCHW8c")
+    assert DepthwiseTemplate().heuristic(wl8, Hardware(fp32_lanes=8, vector_registers=16)).ow_tile == 7
+    seven = Workload("depthwise", dims_tuple(dict(dims, ih=7, iw=7, oh=7, ow=7)), 1, "NCHW16c")
+    assert DepthwiseTemplate().heuristic(seven, Hardware(fp32_lanes=16, vector_registers=32)).ow_tile == 7

@@ -3,7 +3,9 @@
 Each engine runs in its own long-lived worker process at the same thread count:
 
 - **pfcompile**: the compiled artifact's ``model.so`` loaded with
-  ``tvm.runtime.load_module`` and run by a Relax VM; the worker's environment
+  ``tvm.runtime.load_module`` and run by a Relax VM through
+  ``pfcompile.deploy.prepare`` (the README's loader: compactly stored weights
+  decoded once at load, not on every call); the worker's environment
   sets ``TVM_NUM_THREADS=N`` (read when TVM's thread pool starts), and the
   worker reports the pool size TVM actually uses (``runtime.NumThreads``).
 - **onnxruntime**: an ``InferenceSession`` on the ONNX file as the user would
@@ -162,12 +164,15 @@ def _worker(engine: str, model: str, inputs_npz: str, out_npz: str, threads: int
         meta = json.loads((Path(model) / "model.json").read_text())
         lib = tvm.runtime.load_module(str(Path(model) / meta.get("library", "model.so")))
         dev = tvm.cpu()
-        vm = relax.VirtualMachine(lib, dev)
-        fn = vm["main"]
+        from pfcompile.deploy import prepare
+
+        # as deployed (README's loader): weights stored compactly are decoded once,
+        # here, not on every call as the library's plain ``main`` does
+        model_fn = prepare(relax.VirtualMachine(lib, dev))
         args = [tvm.runtime.tensor(x, dev) for x in xs]
 
         def call():
-            return fn(*args)
+            return model_fn(*args)
 
         def flat(v) -> list[np.ndarray]:
             if hasattr(v, "numpy"):
