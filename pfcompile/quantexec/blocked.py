@@ -30,7 +30,7 @@ from tvm import s_tir, te, tirx
 from pfcompile.quantexec.kernels import (
     BLOCK,
     QConvSpec,
-    epilogue_params,
+    channel_params,
     io_layouts,
     nblocks,
     out_compute,
@@ -165,8 +165,7 @@ def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False, shared_t_oc: 
 
         def wread(b, *idx):
             return wt[(b // shared_t_oc, b % shared_t_oc, *idx)]
-    bias = te.placeholder((sp.oc,), "int32", name="bias")
-    p0, p1 = epilogue_params(sp, sp.oc)
+    cp = channel_params(sp, sp.oc)
     if direct:
         src = x
     else:
@@ -209,8 +208,8 @@ def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False, shared_t_oc: 
                 src[n, rb, r * sh + ry * dh, q * sw + rx * dw, rk * kg + rq].astype("int32")
                 * wread(b, rb, ry, rx, rk, o, rq).astype("int32"), axis=[rb, ry, rx, rk, rq])
     acc = te.compute(oshape, body, name="acc")
-    y = out_compute(_flat_out_view(sp) if out_flat else sp, acc, bias, p0, p1)
-    return [x, wt, bias, p0, p1, y]
+    y = out_compute(_flat_out_view(sp) if out_flat else sp, acc, cp)
+    return [x, wt, *cp.tensors, *cp.scalars, y]
 
 
 def _flat_out_view(sp: QConvSpec) -> QConvSpec:
@@ -357,8 +356,7 @@ def _dw_compute(sp: QConvSpec, isa: Isa, shared: bool = False):
     wq = max(sp.w + pl + sp.padding[3], (sp.ow - 1) * sw + g * kg)  # the zero-weight taps
     x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
     wt = te.placeholder((cb, sp.kh, g, BLOCK, kg), isa.dw_w, name="w")
-    bias = te.placeholder((sp.oc,), "int32", name="bias")
-    p0, p1 = epilogue_params(sp, sp.oc)
+    cp = channel_params(sp, sp.oc)
     zx = tirx.const(sp.zx, sp.x_dtype)
     off = x_offset(isa, sp.x_dtype)
     # the extra zero-weight tap columns past the right edge read zx too
@@ -385,8 +383,8 @@ def _dw_compute(sp: QConvSpec, isa: Isa, shared: bool = False):
                 xp[n, b, i * sh + ry, j * sw + rg * kg + rq, c].astype("int32")
                 * wt[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
             name="acc")
-    y = out_compute(sp, acc, bias, p0, p1)
-    return [x, wt, bias, p0, p1, y]
+    y = out_compute(sp, acc, cp)
+    return [x, wt, *cp.tensors, *cp.scalars, y]
 
 
 def _rows_per_task(sp: QConvSpec, cb: int, threads: int = 16) -> int:

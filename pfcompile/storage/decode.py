@@ -23,6 +23,9 @@ def _unpack_expr(data, i, bits: int, signed: bool):
     pos = i * bits
     byte = tirx.shift_right(pos, 3)
     w = data[byte].astype("int32") | tirx.shift_left(data[byte + 1].astype("int32"), 8)
+    if bits > 9:  # up to 7 + 24 bits: four bytes (bit 31 never reaches the mask below)
+        w = w | tirx.shift_left(data[byte + 2].astype("int32"), 16) \
+            | tirx.shift_left(data[byte + 3].astype("int32"), 24)
     v = tirx.shift_right(w, pos & 7) & ((1 << bits) - 1)
     if signed:
         half = 1 << (bits - 1)

@@ -5,8 +5,9 @@ and type its kernels read (``Kernel.pack_weight`` of an integer kernel, a float
 template's blocked layout). This module looks at such a constant *as it is*
 and stores it in the smallest of a few encodings that reproduce it bit for bit:
 
-* :class:`Bits` — integers that fit ``b`` bits (2-, 3-, 4-bit weights in an int8
-  container, int8 values in an int16 kernel layout) as a little-endian bit stream;
+* :class:`Bits` — integers that fit ``b <= 24`` bits (2-, 3-, 4-bit weights in an int8
+  container, int8 values in an int16 kernel layout, int32 biases of 16-20 bits) as a
+  little-endian bit stream;
 * :class:`Codebook` — floats with at most 256 distinct values (k-means
   codebooks) as ``b``-bit indices plus a table of the values;
 * :class:`Sparse` — a bitmap of the non-zero elements, the count of non-zeros
@@ -31,10 +32,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BLOCK", "Bits", "Codebook", "Encoded", "Raw", "Sparse", "bits_needed", "choose",
-           "decode", "encode_bits", "encode_codebook", "encode_sparse"]
+__all__ = ["BLOCK", "MAX_BITS", "Bits", "Codebook", "Encoded", "Raw", "Sparse", "bits_needed", "choose",
+           "decode", "encode_bits", "encode_bits_as", "encode_codebook", "encode_sparse"]
 
 BLOCK = 256  #: elements per block of a :class:`Sparse` bitmap (one int32 count each)
+MAX_BITS = 24  #: widest :class:`Bits` element (a decoder reads it from 4 bytes)
+
+
+def pad_bytes(bits: int) -> int:
+    """Zero bytes after a :class:`Bits` stream: a decoder reads an element of up to 9 bits
+    as 2 bytes, a wider one as 4, from the byte holding its first bit."""
+    return 1 if bits <= 9 else 3
 
 
 @dataclass(frozen=True)
@@ -59,8 +67,8 @@ class Raw:
 @dataclass(frozen=True)
 class Bits:
     """``n`` integers of ``bits`` bits, element ``i`` at bits ``[i*bits, (i+1)*bits)`` of
-    ``data`` (little endian; one zero byte of padding at the end so that a decoder may
-    read two bytes for any element); two's complement when ``signed``."""
+    ``data`` (little endian; :func:`pad_bytes` zero bytes at the end so that a decoder may
+    read two or four bytes for any element); two's complement when ``signed``."""
 
     data: np.ndarray  # uint8
     n: int
@@ -123,17 +131,19 @@ def bits_needed(lo: int, hi: int, signed: bool) -> int:
 
 
 def _pack(v: np.ndarray, bits: int) -> np.ndarray:
-    """Low ``bits`` of each (non-negative int64) value as a little-endian bit stream + 1 pad byte."""
+    """Low ``bits`` of each (non-negative int64) value as a little-endian bit stream + the
+    :func:`pad_bytes`."""
     n = v.size
     bitarr = ((v.reshape(-1, 1) >> np.arange(bits, dtype=np.int64)) & 1).astype(np.uint8)
     stream = np.zeros(-(-n * bits // 8) * 8, np.uint8)
     stream[:n * bits] = bitarr.reshape(-1)
-    return np.concatenate([np.packbits(stream, bitorder="little"), np.zeros(1, np.uint8)])
+    return np.concatenate([np.packbits(stream, bitorder="little"),
+                           np.zeros(pad_bytes(bits), np.uint8)])
 
 
 def encode_bits(a: np.ndarray, signed: bool | None = None) -> Bits | None:
     """An integer array as :class:`Bits` (``None`` for a float or empty array, or when more
-    than 8 bits are needed)."""
+    than :data:`MAX_BITS` bits, or at least the dtype's own, are needed)."""
     if a.size == 0 or a.dtype.kind not in "iu":
         return None
     v = a.reshape(-1).astype(np.int64)
@@ -141,8 +151,16 @@ def encode_bits(a: np.ndarray, signed: bool | None = None) -> Bits | None:
     if signed is None:
         signed = lo < 0
     bits = bits_needed(lo, hi, signed)
-    if bits > 8:
+    if bits > min(MAX_BITS, 8 * a.dtype.itemsize):
         return None
+    return Bits(_pack(v & ((1 << bits) - 1), bits), int(a.size), bits, bool(signed), str(a.dtype))
+
+
+def encode_bits_as(a: np.ndarray, bits: int, signed: bool) -> Bits:
+    """An integer array as :class:`Bits` of a given width (every value must fit it)."""
+    v = a.reshape(-1).astype(np.int64)
+    if v.size and bits_needed(int(v.min()), int(v.max()), signed) > bits:
+        raise ValueError(f"values of {a.dtype} do not fit {bits} {'signed' if signed else 'unsigned'} bits")
     return Bits(_pack(v & ((1 << bits) - 1), bits), int(a.size), bits, bool(signed), str(a.dtype))
 
 

@@ -28,13 +28,24 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
 from pfcompile.deploy import LIFTED_FUNC, TRANSFORM_FUNC
 from pfcompile.storage.decode import bits_func, codebook_func, sparse_func
-from pfcompile.storage.encode import BLOCK, Bits, Codebook, Encoded, Raw, Sparse, choose
+from pfcompile.storage.encode import (
+    BLOCK,
+    Bits,
+    Codebook,
+    Encoded,
+    Raw,
+    Sparse,
+    choose,
+    decode,
+    encode_bits_as,
+)
 
 __all__ = ["LIFTED_FUNC", "TRANSFORM_FUNC", "PackedTensor", "StorageReport", "encoding_name",
            "pack_weights", "pack_weights_pass"]
@@ -162,16 +173,82 @@ class _Decoders:
         return var
 
 
+#: byte alignment of each tensor in a decoded group: TVM allocates every tensor 64-byte
+#: aligned (kernels may assume it) and ``vm.builtin.ensure_zero_offset`` turns a view at such
+#: an offset into a plain tensor without a copy
+ALIGN = 64
+
+
+def _groups(chosen: list[tuple[Constant, Encoded]]):
+    """The :class:`Bits` encodings of ``chosen`` grouped by decoder (bit width, sign, dtype),
+    as ``{key: [index into chosen, ...]}``; the other encodings are decoded one by one."""
+    groups: dict[tuple, list[int]] = {}
+    for k, (_, e) in enumerate(chosen):
+        if isinstance(e, Bits):
+            groups.setdefault((e.bits, e.signed, e.dtype), []).append(k)
+    return groups
+
+
+def _group_stream(members: list[Bits]) -> tuple[Bits, list[int]]:
+    """One :class:`Bits` stream holding ``members`` one after the other, each starting at a
+    multiple of :data:`ALIGN` bytes of the decoded array (zeros between them), and the
+    byte offsets. Checked: decoding the stream gives every member back bit for bit."""
+    e0 = members[0]
+    item = np.dtype(e0.dtype).itemsize
+    step = max(1, ALIGN // item)
+    parts, offsets, n = [], [], 0
+    for e in members:
+        offsets.append(n * item)
+        v = decode(e)
+        pad = -v.size % step
+        parts.append(v if not pad else np.concatenate([v, np.zeros(pad, v.dtype)]))
+        n += v.size + pad
+    values = np.concatenate(parts)
+    stream = encode_bits_as(values, e0.bits, e0.signed)
+    back = decode(stream)
+    for e, off in zip(members, offsets, strict=True):
+        seg = back[off // item: off // item + e.n]
+        if not np.array_equal(seg, decode(e)):  # pragma: no cover - encode_bits_as is exact
+            raise AssertionError(f"a grouped bits{e0.bits} stream does not decode back")
+    return stream, offsets
+
+
 def _decode_block(decoders: _Decoders, chosen: list[tuple[Constant, Encoded]]):
-    """A dataflow block decoding every chosen constant; returns (block, output vars)."""
+    """A dataflow block decoding every chosen constant; returns (block, output vars).
+
+    Bits-encoded constants of the same decoder share one stream and one decoder call; each
+    is then a view of the decoded array (``R.memory.view`` + ``ensure_zero_offset``: no
+    copy) in its kernel's shape. Per tensor that is two VM instructions instead of an
+    allocation, a decoder call and a reshape, and the compact arrays share one header."""
     bindings: list = []
-    outs = []
+    outs: list = [None] * len(chosen)
+    grouped = _groups(chosen)
+    for key, idx in grouped.items():
+        if len(idx) < 2:
+            continue
+        stream, offsets = _group_stream([chosen[k][1] for k in idx])
+        tag = "g_" + "_".join(str(x) for x in key)
+        flat = decoders.emit(stream, bindings, tag)
+        for k, off in zip(idx, offsets, strict=True):
+            c = chosen[k][0]
+            shape = tuple(int(s) for s in c.ty.shape.values)
+            var = relax.DataflowVar(f"w{k}_view", relax.TensorType(shape, str(c.ty.dtype)))
+            bindings.append(relax.VarBinding(var, relax.op.memory.view(
+                flat, relax.ShapeExpr(shape), str(c.ty.dtype),
+                relax.prim_value(tirx.IntImm("int64", off)))))
+            if off:
+                v2 = relax.DataflowVar(f"w{k}", var.ty)
+                bindings.append(relax.VarBinding(v2, relax.op.memory.ensure_zero_offset(var)))
+                var = v2
+            outs[k] = var
     for k, (c, e) in enumerate(chosen):
+        if outs[k] is not None:
+            continue
         flat = decoders.emit(e, bindings, f"w{k}")
         shape = tuple(int(s) for s in c.ty.shape.values)
-        var = relax.Var(f"w{k}", relax.TensorType(shape, str(c.ty.dtype)))
+        var = relax.DataflowVar(f"w{k}", relax.TensorType(shape, str(c.ty.dtype)))
         bindings.append(relax.VarBinding(var, relax.op.reshape(flat, shape)))
-        outs.append(var)
+        outs[k] = var
     return relax.DataflowBlock(bindings), outs
 
 
@@ -201,13 +278,20 @@ def pack_weights(mod: tvm.IRModule, *, func_name: str = "main", min_saving: int 
     tblock = relax.DataflowBlock([*block.bindings, relax.VarBinding(tup, relax.Tuple(outs))])
     transform = relax.Function([], relax.SeqExpr([tblock], tup), tup.ty, True).with_attr(
         "global_symbol", TRANSFORM_FUNC)
-    # main_lifted: the model reading the decoded tuple
-    pvar = relax.Var("params", tup.ty)
-    gets = []
+    # main_lifted: the model reading the decoded tuple. The parameter is typed as an object
+    # and its fields read with the VM's own tuple_getitem: a tuple-typed parameter makes
+    # TVM store its whole type as the text of an error message (~130 bytes a tensor) for a
+    # check of the tuple's length, which is done here with a short message instead
+    pvar = relax.Var("params", relax.ObjectType())
+    gets = [relax.VarBinding(relax.Var("params_checked", relax.ObjectType()), relax.call_pure_packed(
+        "vm.builtin.check_tuple_info", pvar, relax.prim_value(len(chosen)),
+        tvm.ir.StringImm(f"{LIFTED_FUNC}: params must be what {TRANSFORM_FUNC}() returns;"),
+        ty_args=relax.ObjectType()))]
     for k, (c, _) in enumerate(chosen):
         v = relax.Var(f"w{k}", c.ty)
-        gets.append(relax.VarBinding(v, relax.TupleGetItem(pvar, k)))
-    table = {c: g.var for (c, _), g in zip(chosen, gets, strict=True)}
+        gets.append(relax.VarBinding(v, relax.call_pure_packed(
+            "vm.builtin.tuple_getitem", pvar, relax.prim_value(k), ty_args=c.ty)))
+    table = {c: g.var for (c, _), g in zip(chosen, gets[1:], strict=True)}
     body = relax.SeqExpr([relax.BindingBlock(gets), *_substitute(func, table)], func.body.body)
     lifted = relax.Function([*func.params, pvar], body, func.ret_ty, func.is_pure, func.attrs)
     lifted = lifted.with_attr("global_symbol", LIFTED_FUNC).with_attr(
