@@ -136,10 +136,12 @@ def test_packed_library_runs_like_the_unpacked_one(plain, digits, int8_target, t
     q = load_onnx(plain["q4"])
     art = compile_model(q, int8_target, tmp_path / "packed")
     st = art.meta["storage"]
-    # 4-bit codes, packed two a byte, plainly or as the non-zeros of a sparse layout
-    # (the AVX2 kernels' zero-padded blocks) where that is smaller
-    encodings = {p["encoding"] for p in st["packed"]}
-    assert st["lifted"] and "bits4" in encodings and encodings <= {"bits4", "sparse(bits4)"}
+    # 4-bit codes, packed two a byte, plainly or without the lanes that the kernels' layout
+    # pads with zeros, or as the non-zeros of a sparse layout where that is smaller
+    encodings = {p["encoding"] for p in st["packed"] if p["dtype"] in ("int8", "int16")}
+    assert st["lifted"] and "bits4" in encodings
+    assert all(e in ("bits4", "sparse(bits4)") or (e.startswith("lanes") and e.endswith("(bits4)"))
+               for e in encodings), encodings
     model = deploy.load(art.dir)
     assert model.name == deploy.LIFTED_FUNC and len(model.params) == 1
     plain_vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(art.so_path)), tvm.cpu())
@@ -162,9 +164,12 @@ def test_four_bit_library_has_about_half_the_weight_bytes(plain, int8_target, tm
         assert sizes[name].code_bytes + sizes[name].weight_bytes == sizes[name].size_bytes
         assert art.meta["size"] == sizes[name].to_json()
         if name == "q8":  # int8 weights once, 1 byte each (vpmaddwd's int16 pairs decoded at load)
-            packed = {p["encoding"] for p in art.meta["storage"]["packed"]}
-            assert packed <= {"bits8", "sparse(bits8)"}   # sparse: zero-padded blocks
-            assert bool(packed) == (int8_target.name == "host-avx2")
+            packed = [p for p in art.meta["storage"]["packed"] if p["dtype"] in ("int8", "int16")]
+            # sparse / lanes: the zero-padded blocks of the kernels' layouts
+            assert all(p["encoding"] in ("bits8", "sparse(bits8)") or (
+                p["encoding"].startswith("lanes") and p["encoding"].endswith("(bits8)"))
+                for p in packed), packed
+            assert any(p["dtype"] == "int16" for p in packed) == (int8_target.name == "host-avx2")
         q = quant_report(load_onnx(plain[name]))
         channels = sum(32 if r["numel"] > 500 else 16 for r in q["layers"].values())
         # stored weights within 15 % of the quantize pass's packed size (+ the kernels'

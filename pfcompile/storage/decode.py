@@ -13,7 +13,7 @@ from functools import cache
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
 
-__all__ = ["bits_func", "codebook_func", "sparse_func"]
+__all__ = ["bits_func", "codebook_func", "lanes_func", "sparse_func"]
 
 _CHUNK = 4096  # elements per parallel task
 
@@ -61,6 +61,25 @@ def codebook_func(bits: int, dtype: str) -> tirx.PrimFunc:
     table = te.placeholder((k,), dtype, name="table")
     out = te.compute((n,), lambda i: table[_unpack_expr(data, i, bits, False)], name="decode")
     return _finish(te.create_prim_func([data, table, out]))
+
+
+@cache
+def lanes_func(bits: int, signed: bool, dtype: str) -> tirx.PrimFunc:
+    """``out[i]``: lane ``i % p`` of group ``i // p`` of a
+    :class:`~pfcompile.storage.encode.Lanes` (``rank``: p lane ranks, then the lanes kept)."""
+    m, q, n = te.var("m"), te.var("q"), te.var("n")
+    data = te.placeholder((m,), "uint8", name="data")
+    rank = te.placeholder((q,), "int32", name="rank")
+    p = q - 1
+
+    def lane(i):
+        r = rank[tirx.floormod(i, p)]
+        idx = tirx.floordiv(i, p) * rank[p] + tirx.max(r, 0)
+        return tirx.if_then_else(r < 0, tirx.const(0, "int32"),
+                                 _unpack_expr(data, idx, bits, signed)).astype(dtype)
+
+    out = te.compute((n,), lane, name="decode")
+    return _finish(te.create_prim_func([data, rank, out]))
 
 
 @cache

@@ -26,6 +26,7 @@ The decode bindings are ours, so splitting them out is a partition of a list.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -34,17 +35,19 @@ from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
 from pfcompile.deploy import LIFTED_FUNC, TRANSFORM_FUNC
-from pfcompile.storage.decode import bits_func, codebook_func, sparse_func
+from pfcompile.storage.decode import bits_func, codebook_func, lanes_func, sparse_func
 from pfcompile.storage.encode import (
     BLOCK,
     Bits,
     Codebook,
     Encoded,
+    Lanes,
     Raw,
     Sparse,
     choose,
     decode,
     encode_bits_as,
+    lanes_as,
 )
 
 __all__ = ["LIFTED_FUNC", "TRANSFORM_FUNC", "PackedTensor", "StorageReport", "encoding_name",
@@ -88,6 +91,8 @@ def encoding_name(e: Encoded) -> str:
         return f"bits{e.bits}"
     if isinstance(e, Codebook):
         return f"codebook{e.index.bits}"
+    if isinstance(e, Lanes):
+        return f"lanes{int(e.rank[-1])}/{e.period}(bits{e.values.bits})"
     return f"sparse({encoding_name(e.values)})"
 
 
@@ -162,6 +167,11 @@ class _Decoders:
             gv = self._gvar(("codebook", e.index.bits, e.dtype),
                             lambda: codebook_func(e.index.bits, e.dtype))
             args = [relax.const(e.index.data), relax.const(e.table)]
+        elif isinstance(e, Lanes):
+            v = e.values
+            gv = self._gvar(("lanes", v.bits, "s" if v.signed else "u", e.dtype),
+                            lambda: lanes_func(v.bits, v.signed, e.dtype))
+            args = [relax.const(v.data), relax.const(e.rank)]
         else:
             assert isinstance(e, Sparse)
             vals = self.emit(e.values, out, tag + "_nz")
@@ -179,23 +189,36 @@ class _Decoders:
 ALIGN = 64
 
 
+#: the saving a Bits / Lanes encoding of one tensor needs (decoded in a group: a view and
+#: a tuple field, ~200 bytes of VM code, against a constant's ~60-byte header)
+MIN_SAVING_GROUPED = 256
+
+
 def _groups(chosen: list[tuple[Constant, Encoded]]):
-    """The :class:`Bits` encodings of ``chosen`` grouped by decoder (bit width, sign, dtype),
-    as ``{key: [index into chosen, ...]}``; the other encodings are decoded one by one."""
+    """The :class:`Bits` and :class:`Lanes` encodings of ``chosen`` grouped by decoder (bit
+    width, sign, dtype; for Lanes the same lanes), as ``{key: [index into chosen, ...]}``;
+    the other encodings are decoded one by one."""
     groups: dict[tuple, list[int]] = {}
     for k, (_, e) in enumerate(chosen):
         if isinstance(e, Bits):
-            groups.setdefault((e.bits, e.signed, e.dtype), []).append(k)
+            groups.setdefault(("bits", e.bits, e.signed, e.dtype), []).append(k)
+        elif isinstance(e, Lanes):
+            v = e.values
+            groups.setdefault(("lanes", v.bits, v.signed, e.dtype, e.rank.tobytes()),
+                              []).append(k)
     return groups
 
 
-def _group_stream(members: list[Bits]) -> tuple[Bits, list[int]]:
-    """One :class:`Bits` stream holding ``members`` one after the other, each starting at a
-    multiple of :data:`ALIGN` bytes of the decoded array (zeros between them), and the
-    byte offsets. Checked: decoding the stream gives every member back bit for bit."""
+def _group_stream(members: list[Bits | Lanes]) -> tuple[Bits | Lanes, list[int]]:
+    """One stream holding ``members`` (all Bits or all Lanes of the same lanes, one bit
+    width) one after the other, each starting at a multiple of :data:`ALIGN` bytes of the
+    decoded array and of the Lanes period (zeros between them), and the byte offsets.
+    Checked: decoding the stream gives every member back bit for bit."""
     e0 = members[0]
     item = np.dtype(e0.dtype).itemsize
     step = max(1, ALIGN // item)
+    if isinstance(e0, Lanes):
+        step = int(np.lcm(step, e0.period))
     parts, offsets, n = [], [], 0
     for e in members:
         offsets.append(n * item)
@@ -204,19 +227,50 @@ def _group_stream(members: list[Bits]) -> tuple[Bits, list[int]]:
         parts.append(v if not pad else np.concatenate([v, np.zeros(pad, v.dtype)]))
         n += v.size + pad
     values = np.concatenate(parts)
-    stream = encode_bits_as(values, e0.bits, e0.signed)
+    if isinstance(e0, Lanes):
+        stream = lanes_as(values, e0.rank[:-1] >= 0, e0.values.bits, e0.values.signed)
+    else:
+        stream = encode_bits_as(values, e0.bits, e0.signed)
     back = decode(stream)
     for e, off in zip(members, offsets, strict=True):
         seg = back[off // item: off // item + e.n]
         if not np.array_equal(seg, decode(e)):  # pragma: no cover - encode_bits_as is exact
-            raise AssertionError(f"a grouped bits{e0.bits} stream does not decode back")
+            raise AssertionError(f"a grouped {encoding_name(e0)} stream does not decode back")
     return stream, offsets
+
+
+#: what one more decoder costs a library, in bytes: its function (~450 bytes of code) and a
+#: group's allocation and call (~300 bytes of VM code and constants)
+DECODER_BYTES = 768
+
+
+def _widen(encs: list) -> list:
+    """``encs`` with Bits encodings of the same sign and dtype widened to the next wider
+    width present where that costs fewer bytes than :data:`DECODER_BYTES` (one decoder and
+    one group less: the per-channel biases of two epilogue kinds, 16 and 18 bits)."""
+    out = list(encs)
+    by: dict[tuple, dict[int, list[int]]] = {}
+    for k, e in enumerate(out):
+        if isinstance(e, Bits):
+            by.setdefault((e.signed, e.dtype), {}).setdefault(e.bits, []).append(k)
+    for (signed, _), widths in by.items():
+        ws = sorted(widths)
+        for w, w2 in itertools.pairwise(ws):
+            idx = widths.pop(w)
+            extra = sum((w2 - w) * out[k].n for k in idx) / 8
+            if extra < DECODER_BYTES:
+                for k in idx:
+                    out[k] = encode_bits_as(decode(out[k]), w2, signed)
+                widths[w2].extend(idx)
+            else:
+                widths[w] = idx
+    return out
 
 
 def _decode_block(decoders: _Decoders, chosen: list[tuple[Constant, Encoded]]):
     """A dataflow block decoding every chosen constant; returns (block, output vars).
 
-    Bits-encoded constants of the same decoder share one stream and one decoder call; each
+    Bits / Lanes constants of the same decoder share one stream and one decoder call; each
     is then a view of the decoded array (``R.memory.view`` + ``ensure_zero_offset``: no
     copy) in its kernel's shape. Per tensor that is two VM instructions instead of an
     allocation, a decoder call and a reshape, and the compact arrays share one header."""
@@ -258,9 +312,10 @@ def pack_weights(mod: tvm.IRModule, *, func_name: str = "main", min_saving: int 
     report = report if report is not None else StorageReport()
     func = mod[func_name]
     chosen: list[tuple[Constant, Encoded]] = []
-    for c in _constants(func):
-        arr = c.value.numpy()
-        enc = choose(arr, min_saving)
+    consts = _constants(func)
+    arrs = [c.value.numpy() for c in consts]
+    encs = _widen([choose(a, min_saving, min(min_saving, MIN_SAVING_GROUPED)) for a in arrs])
+    for c, arr, enc in zip(consts, arrs, encs, strict=True):
         report.constant_bytes += int(arr.nbytes)
         report.stored_bytes += int(arr.nbytes) if enc is None else enc.nbytes
         report.tensors.append(PackedTensor(tuple(int(s) for s in arr.shape), str(arr.dtype),
