@@ -229,7 +229,9 @@ def test_artifact_size_in_inspect_and_evaluate(plain, digits, tmp_path):
 
 def test_layers_with_the_same_kernel_share_its_code(digits, tmp_path):
     """ResNet-20 at 8 bits: layers with equal shapes, zero points and bounds run one
-    kernel function (each copy costs ~9 KB of code): 22 layers, 12 kernels."""
+    kernel function (each copy costs ~4 KB of code): 22 layers, 12 kernels; 8 when the
+    kernels of layers that differ in spatial size (the 8x8 and 4x4 stages, the two stride-2
+    and the two 1x1 shortcut convs) take their sizes as arguments (the default)."""
     import torch
 
     from pfcompile import zoo
@@ -239,13 +241,15 @@ def test_layers_with_the_same_kernel_share_its_code(digits, tmp_path):
     m = load_onnx(zoo.export_onnx(zoo.resnet20(), tmp_path / "r20.onnx", (1, 1, 8, 8)))
     q, _ = prepare_qdq(as_proto(quantize(m, QuantConfig(bits=8),
                                          load_npz(digits.calib_npz, input_specs(m))).model))
-    mod, reports = lower_qdq(import_onnx(q, input_specs(q)),
-                             with_int8_features(load_target("host-avx2")), onnx_layer_names(q))
-    calls = [b.value for blk in mod["main"].body.blocks for b in blk.bindings
-             if getattr(getattr(b.value, "op", None), "name", "") == "relax.call_tir"]
-    kernels = {str(c.args[0]) for c in calls}
-    assert sum(r.path == "int8" for r in reports) == len(calls) == 22
-    assert len(kernels) == 12, kernels
+    for spatial, want in ((False, 12), (True, 8)):
+        mod, reports = lower_qdq(import_onnx(q, input_specs(q)),
+                                 with_int8_features(load_target("host-avx2")),
+                                 onnx_layer_names(q), spatial=spatial)
+        calls = [b.value for blk in mod["main"].body.blocks for b in blk.bindings
+                 if getattr(getattr(b.value, "op", None), "name", "") == "relax.call_tir"]
+        kernels = {str(c.args[0]) for c in calls}
+        assert sum(r.path == "int8" for r in reports) == len(calls) == 22
+        assert len(kernels) == want, (spatial, kernels)
 
 
 def test_int8_weights_are_stored_once(trained, digits):

@@ -160,14 +160,22 @@ class QConvSpec:
     x_layout: str = "NCHW"   # NCHW | NCHW8c (see act_shape / te_shape)
     y_layout: str = "NCHW"
     shared_params: bool = False  # per-channel inputs at an offset in shared arrays
+    #: > 0: one kernel for several spatial sizes (blocked.conv_func), the output sizes are
+    #: arguments; a flat 1x1 kernel's parallel task covers this many register tiles
+    spatial: int = 0
+    out_hw: tuple | None = None  # (oh, ow) as TIR expressions (a spatially shared kernel)
 
     @property
     def oh(self) -> int:
+        if self.out_hw is not None:
+            return self.out_hw[0]
         return (self.h + self.padding[0] + self.padding[2] - self.dilation[0] * (self.kh - 1) - 1) \
             // self.stride[0] + 1
 
     @property
     def ow(self) -> int:
+        if self.out_hw is not None:
+            return self.out_hw[1]
         return (self.w + self.padding[1] + self.padding[3] - self.dilation[1] * (self.kw - 1) - 1) \
             // self.stride[1] + 1
 

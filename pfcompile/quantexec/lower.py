@@ -29,6 +29,7 @@ from pfcompile.quantexec.kernel_choice import (
     IntKernel,
     select_conv_kernel,
     select_dense_kernel,
+    spatial_key,
     supports_blocked,
 )
 from pfcompile.quantexec.kernels import BLOCK, QConvSpec, QDenseSpec, act_shape
@@ -280,7 +281,42 @@ class _Plan:
     def args(self) -> list:
         """The kernel's arguments with its own per-channel constants (no ``shared_params``)."""
         return [self.xq, relax.const(self.kernel.pack_weight(self.wq)),
-                relax.const(self.bias_total()), relax.const(self.p0), relax.const(self.p1)]
+                relax.const(self.bias_total()), relax.const(self.p0), relax.const(self.p1),
+                *self.scalars()]
+
+    def scalars(self) -> list:
+        """The kernel's scalar arguments after its tensors (sizes of a spatially shared one)."""
+        return [relax.prim_value(tirx.IntImm("int32", int(v))) for v in self.kernel.scalars]
+
+
+def _share_spatial(plans: dict, target) -> None:
+    """Rebuild the conv kernels of layers that differ only in channel counts and spatial
+    sizes (:func:`~pfcompile.quantexec.kernel_choice.spatial_key`) as one kernel taking its
+    sizes as arguments (ResNet-20: the 3x3 convs of the 8x8 and 4x4 stages, the stride-2
+    and 1x1 shortcut convs; MobileNetV2: the 1x1 expansions). Each integer conv kernel is
+    ~4 KB of code. A layer whose shared kernel cannot be built keeps its own."""
+    import math
+
+    groups: dict = {}
+    for p in plans.values():
+        if isinstance(p.sp, QConvSpec):
+            key = spatial_key(p.sp, target)
+            if key is not None:
+                groups.setdefault(key, []).append(p)
+    for key, ps in groups.items():
+        if len({(p.sp.h, p.sp.w) for p in ps}) < 2:
+            continue
+        t_ow = key[-1][0]
+        tiles = math.gcd(*((p.sp.oh * p.sp.ow) // t_ow for p in ps))
+        chunk = max(d for d in range(1, min(tiles, 8) + 1) if tiles % d == 0)
+        for p in ps:
+            old = p.sp
+            p.sp = replace(old, spatial=chunk)
+            try:
+                p.build(target)
+            except (ValueError, RuntimeError):
+                p.sp = old
+                p.build(target)
 
 
 class _SharedParams:
@@ -307,7 +343,7 @@ class _SharedParams:
 
     def call(self, gv, p: _Plan, xq) -> relax.Call:
         args = [xq, relax.const(p.kernel.pack_weight(p.wq)), *self.consts[p.out_dtype == "float32"],
-                relax.prim_value(tirx.IntImm("int32", self.base[id(p)]))]
+                relax.prim_value(tirx.IntImm("int32", self.base[id(p)])), *p.scalars()]
         return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(p.out_shape(), p.out_dtype))
 
 
@@ -619,8 +655,8 @@ def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
 
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
-              *, func_name: str = "main",
-              shared_params: bool = True) -> tuple[tvm.IRModule, list[LayerReport]]:
+              *, func_name: str = "main", shared_params: bool = True,
+              spatial: bool = True) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Rewrite matched QDQ layers of ``mod[func_name]`` into integer kernels.
 
     ``target`` is a pfcompile :class:`~pfcompile.targets.Target` (its
@@ -630,7 +666,8 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     Returns the new module and one :class:`LayerReport` per conv/matmul.
     ``shared_params``: the kernels read their per-channel bias, scale and offset from arrays
     shared by all layers (:class:`~pfcompile.quantexec.kernels.ChannelParams`), else each
-    layer has its own three constants.
+    layer has its own three constants. ``spatial``: layers that differ only in channel counts
+    and spatial sizes share one conv kernel (:func:`_share_spatial`).
     """
     func = mod[func_name]
     g = _Graph(func)
@@ -698,6 +735,8 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
             except (ValueError, RuntimeError) as exc:  # s_tir.ScheduleError is a RuntimeError
                 failed[v] = exc
         if not failed:
+            if spatial:
+                _share_spatial(plans, target)
             break
         for v, exc in failed.items():
             p = plans.pop(v)
