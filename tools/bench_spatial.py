@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--target", default="host")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--number", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=0, help="default: the target's num-cores")
     args = ap.parse_args()
     import tvm
 
@@ -55,7 +56,7 @@ def main() -> None:
     la = os.getloadavg()
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, load average {la[0]:.2f} {la[1]:.2f} "
           f"{la[2]:.2f}; target {tgt.name}, {args.rounds} rounds x {args.number} runs")
-    deploy.set_threads(deploy.deployment_threads(tgt))
+    deploy.set_threads(args.threads or deploy.deployment_threads(tgt))
     print("| model | code own KB | code shared KB | own ms | shared ms | shared / own | equal |")
     print("|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
