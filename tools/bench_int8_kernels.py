@@ -13,11 +13,14 @@ only: the float leftovers (residual adds, pooling, quantize) are not in it; use
   python tools/bench_int8_kernels.py                         # both nets, this CPU's paths
   python tools/bench_int8_kernels.py --nets mobilenet_v2 --targets host-avx2 --rounds 5
   python tools/bench_int8_kernels.py --static                # + each layer's fixed-channel kernel
+  python tools/bench_int8_kernels.py --nets resnet18 --targets host-avx2 --threads 2 --winograd
 
 The integer kernels are the ones a compiled model runs: shared across channel counts
 (:func:`pfcompile.quantexec.blocked.conv_func` ``shared``), timed with this layer's
 arguments. ``--static`` also times the kernel built for this layer's channel counts only
 (what every layer had before the sharing) in the same rounds, and prints shared / fixed.
+``--winograd`` instead times, for each layer that runs the integer Winograd kernel
+(``x86-avx2-wino-pmaddwd``), the direct kernel it replaced, and prints wino / direct.
 """
 
 from __future__ import annotations
@@ -160,9 +163,10 @@ def _timer(func, target, number: int, arrays: list[np.ndarray] | None = None):
 
 
 def run(net: str, target_name: str, rounds: int, number: int, blocked: bool = True,
-        static: bool = False) -> list[Row]:
+        static: bool = False, winograd: bool = False) -> list[Row]:
     from pfcompile.quantexec import with_int8_features
     from pfcompile.quantexec.kernel_choice import select_conv_kernel
+    from pfcompile.quantexec.winograd import WINO_NAME
     from pfcompile.targets import load_target
 
     target = load_target(target_name)
@@ -174,6 +178,9 @@ def run(net: str, target_name: str, rounds: int, number: int, blocked: bool = Tr
         fixed = None
         if static:
             fk = select_conv_kernel(sp, t8, shared=False)
+            fixed = _timer(fk.func, t8, number, _int8_args(sp, fk))
+        elif winograd and kern.name == WINO_NAME:
+            fk = select_conv_kernel(sp, t8, winograd=False)
             fixed = _timer(fk.func, t8, number, _int8_args(sp, fk))
         timers.append((_timer(_fp32_func(layer, target), target, number),
                        _timer(kern.func, t8, number, _int8_args(sp, kern)), fixed))
@@ -201,7 +208,12 @@ def main() -> None:
     ap.add_argument("--plain", action="store_true", help="NCHW in and out for every layer")
     ap.add_argument("--static", action="store_true",
                     help="also time each layer's fixed-channel integer kernel (shared / fixed)")
+    ap.add_argument("--winograd", action="store_true",
+                    help="also time the direct kernel of each integer-Winograd layer "
+                         "(wino / direct); not with --static")
     args = ap.parse_args()
+    if args.static and args.winograd:
+        ap.error("--static and --winograd share a column: pick one")
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     from pfcompile.targets import load_target
 
@@ -209,7 +221,8 @@ def main() -> None:
         t for t in ("host-avx2", "host-vnni") if not load_target(t).missing_cpu_features()]
     for tname in targets:
         for net in args.nets.split(","):
-            rows = run(net, tname, args.rounds, args.number, not args.plain, args.static)
+            rows = run(net, tname, args.rounds, args.number, not args.plain, args.static,
+                       args.winograd)
             try:
                 load = os.getloadavg()[0]
             except OSError:
@@ -217,10 +230,12 @@ def main() -> None:
             print(f"\n{net} on {tname}, {args.threads} thread(s), min / median of {args.rounds} "
                   f"alternating rounds of {args.number} runs (ms); load average {load:.1f} on "
                   f"{os.cpu_count()} cores")
-            fx_head = " int8 fixed min | shared/fixed (median) |" if args.static else ""
+            cmp = args.static or args.winograd
+            fx_head = (" int8 fixed min | shared/fixed (median) |" if args.static else
+                       " int8 direct min | wino/direct (median) |" if args.winograd else "")
             print("| layer | x | int8 kernel | fp32 min | int8 min | int8/fp32 (min) | "
                   "int8/fp32 (median) | int8 GMAC/s |" + fx_head)
-            print("|---|---|---|---|---|---|---|---|" + ("---|---|" if args.static else ""))
+            print("|---|---|---|---|---|---|---|---|" + ("---|---|" if cmp else ""))
             tot32 = tot8 = totfx = 0.0
             for r in rows:
                 a, b = min(r.fp32), min(r.int8)
@@ -228,13 +243,16 @@ def main() -> None:
                 tot32 += r.count * a
                 tot8 += r.count * b
                 fx = ""
+                if r.fixed or (cmp and not args.static):
+                    totfx += r.count * (min(r.fixed) if r.fixed else b)
                 if r.fixed:
-                    totfx += r.count * min(r.fixed)
                     fx = (f" {min(r.fixed):.3f} | "
                           f"{statistics.median(r.int8) / statistics.median(r.fixed):.2f} |")
+                elif cmp:
+                    fx = " - | - |"
                 print(f"| {r.layer} | {r.count} | {r.kernel} | {a:.3f} | {b:.3f} | {b / a:.2f} | "
                       f"{bm / am:.2f} | {r.macs / b / 1e6:.1f} |" + fx)
-            fx = f" {totfx:.2f} | {tot8 / totfx:.2f} (min) |" if args.static else ""
+            fx = f" {totfx:.2f} | {tot8 / totfx:.2f} (min) |" if cmp else ""
             print(f"| total (x count) | | | {tot32:.2f} | {tot8:.2f} | {tot8 / tot32:.2f} | | |"
                   + fx)
 

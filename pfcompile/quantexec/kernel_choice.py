@@ -8,6 +8,8 @@ Templates:
 * ``x86-avx2-pmaddwd`` / ``x86-vnni-vpdpbusd``: groups-1 convs, 8 output channels per
   vector, ``vpmaddwd`` on int16 channel pairs or ``vpdpbusd`` on uint8 quads (see
   :mod:`pfcompile.quantexec.x86`).
+* ``x86-avx2-wino-pmaddwd``: 3x3 stride-1 convs on AVX2 targets, exact integer Winograd
+  F(2x2, 3x3) (see :mod:`pfcompile.quantexec.winograd`), chosen by shape.
 * ``x86-avx2-dw-pmaddwd`` / ``x86-vnni-dw-vpdpbusd``: depthwise, 8 channels per vector,
   horizontal taps in pairs / quads.
 * ``arm-neon-smlal`` / ``arm-sdot`` and ``arm-neon-dw-smlal`` / ``arm-sdot-dw``: the same
@@ -155,9 +157,12 @@ def spatial_key(sp: QConvSpec, target):
     if sp.groups != 1 or not spatial_ok(sp) or kind not in ("x86", "neon", "sdot"):
         return None
     if kind == "x86":
+        from pfcompile.quantexec import winograd as wino
         from pfcompile.quantexec import x86
 
         isa = x86.VNNI if x86._vnni_ok(sp, target) else x86.AVX2
+        if isa is x86.AVX2 and wino.wino_eligible(sp) and wino.wino_heuristic(sp):
+            return None  # an integer Winograd layer: its own kernel
     else:
         from pfcompile.quantexec import arm
 
@@ -169,17 +174,20 @@ def spatial_key(sp: QConvSpec, target):
     return (replace(sp, c=0, oc=0, h=0, w=0), dh, dw, sh, sw, tile)
 
 
-def select_conv_kernel(sp: QConvSpec, target, shared: bool = True) -> IntKernel:
+def select_conv_kernel(sp: QConvSpec, target, shared: bool = True,
+                       winograd: bool | None = None) -> IntKernel:
     """The kernel for ``sp`` on ``target``. ``shared``: the x86 / AArch64 templates give
     a function that also serves layers with other channel counts (see
     :func:`pfcompile.quantexec.blocked.conv_func`); False: one for these channel counts
-    only (what tools/bench_int8_kernels.py --static times)."""
+    only (what tools/bench_int8_kernels.py --static times). ``winograd`` (x86 AVX2 only):
+    None lets :func:`pfcompile.quantexec.winograd.wino_heuristic` choose integer Winograd
+    for 3x3 stride-1 layers, False never, True wherever eligible."""
     kind = int8_dot_kind(target)
     k = None
     if kind == "x86":
         from pfcompile.quantexec import x86
 
-        k = x86.avx2_conv_kernel(sp, target, shared) if sp.groups == 1 else \
+        k = x86.avx2_conv_kernel(sp, target, shared, winograd) if sp.groups == 1 else \
             x86.x86_depthwise_kernel(sp, target, shared)
     elif kind in ("neon", "sdot"):
         from pfcompile.quantexec import arm

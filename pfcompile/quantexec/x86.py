@@ -302,20 +302,28 @@ def _vnni_ok(sp: QConvSpec, target) -> bool:
     return target is not None and sp.x_dtype == "uint8" and has_vnni(target)
 
 
-def avx2_conv_kernel(sp: QConvSpec, target=None, shared: bool = True):
+def avx2_conv_kernel(sp: QConvSpec, target=None, shared: bool = True,
+                     winograd: bool | None = None):
     """The best x86 conv :class:`~pfcompile.quantexec.kernel_choice.IntKernel` for ``sp``, or None.
 
     ``x86-vnni-vpdpbusd`` when the TVM target enables VNNI (see
-    :func:`with_int8_features`) and the activations are uint8; else
+    :func:`with_int8_features`) and the activations are uint8; else, for a 3x3 stride-1
+    layer that :func:`~pfcompile.quantexec.winograd.wino_heuristic` (or ``winograd=True``)
+    gives to it, the exact integer Winograd ``x86-avx2-wino-pmaddwd``; else
     ``x86-avx2-pmaddwd``. ``shared``: one function for the layers that differ only in
     channel counts, where :func:`~pfcompile.quantexec.blocked.shareable` (False: a function
-    for these channel counts, e.g. to time the two).
+    for these channel counts, e.g. to time the two). ``winograd``: None chooses by the
+    heuristic, False never, True wherever eligible.
     """
+    from pfcompile.quantexec import winograd as wino
     from pfcompile.quantexec.kernel_choice import IntKernel
 
     if sp.groups != 1 or sp.n != 1:
         return None
     isa, dtype = (VNNI, np.int8) if _vnni_ok(sp, target) else (AVX2, np.int16)
+    if isa is AVX2 and winograd is not False and wino.wino_eligible(sp) \
+            and (winograd or wino.wino_heuristic(sp)):
+        return IntKernel(wino.WINO_NAME, wino.wino_func(sp), wino.pack_weight_wino)
     if shared and shareable(sp):
         # one function for the layers that differ only in channel counts (see conv_func)
         t_oc = kernel_tiles(sp, isa)[1]
