@@ -106,6 +106,61 @@ def test_tir_decoders_equal_numpy():
     assert np.array_equal(got, s)
 
 
+def test_wide_bits_and_lanes_round_trip_in_numpy_and_tir():
+    """int32 biases of 17 bits (4-byte reads), and depthwise-like weights whose 4th tap of
+    every 4 is zero (Lanes: 3 of 4 lanes stored), exact in numpy and in the TIR decoders."""
+    from pfcompile.storage.decode import lanes_func
+
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+
+    def run(func, arrays, n, dtype):
+        ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        out = tvm.runtime.empty((n,), dtype, tvm.cpu())
+        ex["main"](*[tvm.runtime.tensor(a) for a in arrays], out)
+        return out.numpy()
+
+    b = RNG.integers(-60000, 60000, 777).astype(np.int32)
+    e = enc.encode_bits(b)
+    assert e.bits == 17 and e.nbytes == -(-777 * 17 // 8) + 3
+    assert np.array_equal(enc.decode(e), b)
+    assert np.array_equal(run(bits_func(17, True, "int32"), [e.data], e.n, "int32"), b)
+    assert enc.encode_bits(RNG.integers(0, 1 << 30, 10).astype(np.int32)) is None  # > 24 bits
+    w = RNG.integers(-7, 8, (12, 3, 1, 8, 4)).astype(np.int8)
+    w[..., 3] = 0
+    e = enc.choose(w, min_saving=256)
+    assert isinstance(e, enc.Lanes) and e.period == 4
+    assert e.rank.tolist() == [0, 1, 2, -1, 3] and e.values.bits == 4
+    assert e.nbytes == -(-w.size * 3 // 4 * 4 // 8) + 1 + 5 * 4  # 3 of 4 at 4 bits + ranks
+    assert np.array_equal(enc.decode(e).reshape(w.shape), w)
+    got = run(lanes_func(4, True, "int8"), [e.values.data, e.rank], e.n, "int8")
+    assert np.array_equal(got, w.reshape(-1))
+    # a sparse encoding must beat the best dense one by min_saving (it adds a decoder)
+    z = np.zeros(4096, np.int8)
+    z[RNG.integers(0, 4096, 700)] = 1
+    assert isinstance(enc.choose(z), enc.Bits)
+
+
+def test_grouped_streams_and_widths():
+    """Bits tensors of one decoder share one stream, each at a 64-byte aligned offset of the
+    decoded array, bit-exact; narrow widths of a few elements are widened into a wider
+    group (one decoder fewer) and large ones are not."""
+    from pfcompile.storage import lift
+
+    parts = [RNG.integers(-7, 8, n).astype(np.int8) for n in (100, 64, 3)]
+    stream, offsets = lift._group_stream([enc.encode_bits_as(p, 4, True) for p in parts])
+    assert offsets == [0, 128, 192] and stream.bits == 4
+    back = enc.decode(stream)
+    for p, off in zip(parts, offsets, strict=True):
+        assert np.array_equal(back[off:off + p.size], p)
+    small = enc.encode_bits(RNG.integers(-30000, 30000, 300).astype(np.int32))
+    wide = enc.encode_bits(RNG.integers(-100000, 100000, 400).astype(np.int32))
+    big = enc.encode_bits(RNG.integers(-7, 8, 100000).astype(np.int32))
+    assert (small.bits, wide.bits, big.bits) == (16, 18, 4)
+    out = lift._widen([small, wide, None, big])
+    assert [e.bits if e is not None else None for e in out] == [18, 18, None, 4]
+    assert np.array_equal(enc.decode(out[0]), enc.decode(small))
+
+
 # ----------------------------------------------------------------------------- compiled
 @pytest.fixture(scope="module")
 def plain(trained, digits, tmp_path_factory):
@@ -153,6 +208,21 @@ def test_packed_library_runs_like_the_unpacked_one(plain, digits, int8_target, t
     want = _outputs(ref, xs)
     assert np.array_equal(_outputs(model, xs), want)
     assert np.array_equal(_outputs(lambda x: plain_vm["main"](x), xs), want)
+
+
+def test_lifted_library_takes_an_untyped_tuple(plain, int8_target, tmp_path):
+    """``main_lifted``'s parameter tuple is checked by length with a short message: the
+    library does not carry its whole type as error text (~130 bytes a tensor), and the
+    kernels read their per-channel inputs from a few shared arrays."""
+    art = compile_model(plain["q4"], int8_target, tmp_path / "q4")
+    blob = art.so_path.read_bytes()
+    assert b"annotation=T.Tuple" not in blob and b"params must be what" in blob
+    per_channel = [p for p in art.meta["storage"]["packed"] if len(p["shape"]) == 1]
+    assert 1 <= len(per_channel) <= 6  # bias / scale / offset of two epilogue kinds
+    model = deploy.load(art.dir)
+    x = tvm.runtime.tensor(np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises((RuntimeError, ValueError), match="params must be"):
+        model.vm[deploy.LIFTED_FUNC](x, tvm.runtime.convert([]))  # an empty tuple
 
 
 def test_four_bit_library_has_about_half_the_weight_bytes(plain, int8_target, tmp_path):
