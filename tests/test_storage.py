@@ -142,7 +142,7 @@ def test_wide_bits_and_lanes_round_trip_in_numpy_and_tir():
 
 def test_grouped_streams_and_widths():
     """Bits tensors of one decoder share one stream, each at a 64-byte aligned offset of the
-    decoded array, bit-exact; narrow widths of a few elements are widened into a wider
+    decoded array, bit-exact, and so do codebooks of one index width; narrow widths of a few elements are widened into a wider
     group (one decoder fewer) and large ones are not."""
     from pfcompile.storage import lift
 
@@ -152,6 +152,21 @@ def test_grouped_streams_and_widths():
     back = enc.decode(stream)
     for p, off in zip(parts, offsets, strict=True):
         assert np.array_equal(back[off:off + p.size], p)
+    # codebooks: one index stream, each table padded to 2**bits values; numpy and TIR agree
+    from pfcompile.storage.decode import codebook_group_func
+
+    books = [np.sort(RNG.standard_normal(k)).astype(np.float32) for k in (16, 11)]
+    ws = [books[0][RNG.integers(0, 16, 1000)], books[1][RNG.integers(0, 11, 77)]]
+    group, offsets = lift._codebook_group([enc.encode_codebook(w) for w in ws])
+    assert offsets == [0, 1008 * 4] and group.tables.size == 32 and group.index.bits == 4
+    ex = tvm.compile(tvm.IRModule({"main": codebook_group_func(4, "float32")}),
+                     target=tvm.target.Target({"kind": "llvm", "num-cores": 1}))
+    out = tvm.runtime.empty((group.n,), "float32", tvm.cpu())
+    ex["main"](*[tvm.runtime.tensor(a) for a in (group.index.data, group.tables, group.starts)],
+               out)
+    for w, off in zip(ws, offsets, strict=True):
+        assert np.array_equal(out.numpy()[off // 4:off // 4 + w.size], w)
+        assert np.array_equal(group.decode()[off // 4:off // 4 + w.size], w)
     small = enc.encode_bits(RNG.integers(-30000, 30000, 300).astype(np.int32))
     wide = enc.encode_bits(RNG.integers(-100000, 100000, 400).astype(np.int32))
     big = enc.encode_bits(RNG.integers(-7, 8, 100000).astype(np.int32))

@@ -35,7 +35,13 @@ from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
 from pfcompile.deploy import LIFTED_FUNC, TRANSFORM_FUNC
-from pfcompile.storage.decode import bits_func, codebook_func, lanes_func, sparse_func
+from pfcompile.storage.decode import (
+    bits_func,
+    codebook_func,
+    codebook_group_func,
+    lanes_func,
+    sparse_func,
+)
 from pfcompile.storage.encode import (
     BLOCK,
     Bits,
@@ -172,6 +178,10 @@ class _Decoders:
             gv = self._gvar(("lanes", v.bits, "s" if v.signed else "u", e.dtype),
                             lambda: lanes_func(v.bits, v.signed, e.dtype))
             args = [relax.const(v.data), relax.const(e.rank)]
+        elif isinstance(e, CodebookGroup):
+            b = e.index.bits
+            gv = self._gvar(("codebooks", b, e.dtype), lambda: codebook_group_func(b, e.dtype))
+            args = [relax.const(e.index.data), relax.const(e.tables), relax.const(e.starts)]
         else:
             assert isinstance(e, Sparse)
             vals = self.emit(e.values, out, tag + "_nz")
@@ -194,10 +204,28 @@ ALIGN = 64
 MIN_SAVING_GROUPED = 256
 
 
+@dataclass(frozen=True)
+class CodebookGroup:
+    """Several :class:`Codebook` tensors in one stream: their indices one after the other
+    (segment ``s`` from element ``starts[s]``), each table padded to ``2**bits`` values in
+    ``tables`` (:func:`pfcompile.storage.decode.codebook_group_func`)."""
+
+    index: Bits
+    tables: np.ndarray
+    starts: np.ndarray  # int32, segments + 1
+    n: int
+    dtype: str
+
+    def decode(self) -> np.ndarray:
+        idx = decode(self.index).astype(np.int64)
+        seg = np.searchsorted(self.starts, np.arange(self.n), side="right") - 1
+        return self.tables[seg * (1 << self.index.bits) + idx]
+
+
 def _groups(chosen: list[tuple[Constant, Encoded]]):
-    """The :class:`Bits` and :class:`Lanes` encodings of ``chosen`` grouped by decoder (bit
-    width, sign, dtype; for Lanes the same lanes), as ``{key: [index into chosen, ...]}``;
-    the other encodings are decoded one by one."""
+    """The :class:`Bits`, :class:`Lanes` and :class:`Codebook` encodings of ``chosen``
+    grouped by decoder (bit width, sign, dtype; for Lanes the same lanes), as ``{key: [index
+    into chosen, ...]}``; the others are decoded one by one."""
     groups: dict[tuple, list[int]] = {}
     for k, (_, e) in enumerate(chosen):
         if isinstance(e, Bits):
@@ -206,7 +234,33 @@ def _groups(chosen: list[tuple[Constant, Encoded]]):
             v = e.values
             groups.setdefault(("lanes", v.bits, v.signed, e.dtype, e.rank.tobytes()),
                               []).append(k)
+        elif isinstance(e, Codebook):
+            groups.setdefault(("codebook", e.index.bits, e.dtype), []).append(k)
     return groups
+
+
+def _codebook_group(members: list[Codebook]) -> tuple[CodebookGroup, list[int]]:
+    """:class:`CodebookGroup` of ``members`` (one index width and dtype), each starting at a
+    multiple of :data:`ALIGN` bytes of the decoded array, and the byte offsets. Checked:
+    every member decodes back bit for bit."""
+    e0 = members[0]
+    bits, item = e0.index.bits, np.dtype(e0.dtype).itemsize
+    step = max(1, ALIGN // item)
+    idx, tables, starts, n = [], [], [], 0
+    for e in members:
+        starts.append(n)
+        v = decode(e.index).astype(np.int64)
+        idx.append(np.concatenate([v, np.zeros(-v.size % step, np.int64)]))
+        n += idx[-1].size
+        tables.append(np.concatenate([e.table, np.zeros((1 << bits) - e.table.size, e.table.dtype)]))
+    group = CodebookGroup(encode_bits_as(np.concatenate(idx), bits, False),
+                          np.concatenate(tables), np.array([*starts, n], np.int32), n, e0.dtype)
+    back = group.decode()
+    for e, off in zip(members, starts, strict=True):
+        want = decode(e)
+        if not np.array_equal(back[off:off + e.n].view(np.uint8), want.view(np.uint8)):
+            raise AssertionError("a grouped codebook stream does not decode back")  # pragma: no cover
+    return group, [off * item for off in starts]
 
 
 def _group_stream(members: list[Bits | Lanes]) -> tuple[Bits | Lanes, list[int]]:
@@ -280,9 +334,10 @@ def _decode_block(decoders: _Decoders, chosen: list[tuple[Constant, Encoded]]):
     for key, idx in grouped.items():
         if len(idx) < 2:
             continue
-        stream, offsets = _group_stream([chosen[k][1] for k in idx])
-        tag = "g_" + "_".join(str(x) for x in key)
-        flat = decoders.emit(stream, bindings, tag)
+        members = [chosen[k][1] for k in idx]
+        stream, offsets = (_codebook_group(members) if key[0] == "codebook"
+                           else _group_stream(members))
+        flat = decoders.emit(stream, bindings, f"g{len(bindings)}")
         for k, off in zip(idx, offsets, strict=True):
             c = chosen[k][0]
             shape = tuple(int(s) for s in c.ty.shape.values)
