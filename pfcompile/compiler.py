@@ -18,6 +18,7 @@ Every path from an ONNX model to something a device runs goes through here:
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import shutil
@@ -216,6 +217,7 @@ LINK_OPTIONS = ("-s",)
 AARCH64_PAGE = 65536
 
 
+@functools.cache
 def find_lld(min_major: int = 18) -> str | None:
     """The folder of an LLVM ``ld.lld`` of at least ``min_major`` (Debian: ``apt-get install
     lld-19``: ``/usr/lib/llvm-19/bin``), or None. Version 18 is the first that pads the end
