@@ -2,6 +2,7 @@
 kernels shared across channel counts, QuantizeLinear kernels shared across layers; the
 outputs unchanged by any of it."""
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -187,3 +188,99 @@ def test_shared_kernels_refuse_partial_channel_blocks():
     assert not blocked.shareable(sp) and blocked.shareable(replace(sp, c=16))
     with pytest.raises(ValueError, match="multiples of 8"):
         blocked.conv_func(sp, x86.AVX2, shared=True)
+
+
+def _with_scalars(kc, base: int, scalars, pad: int = 5):
+    """A kernel case's arguments for a kernel reading its per-channel arrays at ``base`` in
+    longer arrays (``shared_params``): other values around them, ``base`` and the sizes
+    after the tensors."""
+    x, w, bias, scale, offset, out = kc.args
+    rng = np.random.default_rng(1)
+
+    def embed(a):
+        full = rng.standard_normal(base + a.size + pad).astype(a.dtype) * 100
+        full[base:base + a.size] = a
+        return full
+
+    return [tvm.runtime.tensor(a) for a in (x, w, embed(bias), embed(scale), embed(offset))] \
+        + [base, *scalars, tvm.runtime.tensor(out)]
+
+
+@X86
+@pytest.mark.parametrize(("c", "oc", "k", "s", "hw", "xl", "yl", "ydt"), [
+    (16, 32, 3, 1, (8, 4), B, B, "uint8"),            # rows, blocked in and out
+    (16, 32, 1, 2, (16, 8), "NCHW", "NCHW", "float32"),  # a ResNet shortcut
+    (16, 24, 1, 1, (8, 4), B, B, "uint8"),            # flat 1x1
+])
+def test_conv_kernel_shared_across_spatial_sizes_bit_exact(c, oc, k, s, hw, xl, yl, ydt):
+    """One conv function taking its sizes (and its per-channel arrays' offset) as arguments,
+    called for two spatial sizes and two channel counts, equals the numpy reference bit for
+    bit each time."""
+    target, spec, dtype = _x86_isa("avx2")
+    sp = QConvSpec(1, c, hw[0], hw[0], oc, k, k, (s, s), (k // 2,) * 4, (1, 1), 1, "uint8",
+                   ydt, 7, 3, 3, 255, x_layout=xl, y_layout=yl, shared_params=True)
+    assert blocked.spatial_ok(sp)
+    sp = replace(sp, spatial=1)
+    t_oc = blocked.kernel_tiles(sp, spec)[1]
+    ex = tvm.compile(tvm.IRModule({"main": blocked.conv_func(sp, spec, shared=True)}),
+                     target=target)
+    for n, (size, mult) in enumerate(((hw[0], 1), (hw[1], 2))):
+        sp2 = replace(sp, h=size, w=size, c=c * mult, oc=oc * t_oc * mult)
+        kc = kernel_case(sp2, lambda w: blocked.pack_weight_conv_shared(
+            w, spec.conv_kg, dtype, t_oc), seed=n)
+        args = _with_scalars(kc, 3 + 8 * n, blocked.spatial_args(sp2, spec))
+        ex.mod["main"](*args)
+        kc.check(args[-1].numpy())
+        assert np.ptp(args[-1].numpy()) > 0
+
+
+def test_spatial_sharing_only_where_it_costs_no_speed():
+    """A 3x3 conv reading or writing NCHW (a gather / scatter over 8 planes whose size would
+    be a run-time value) keeps kernels of fixed sizes; blocked ones and 1x1 convs may share."""
+    sp = QConvSpec(1, 16, 8, 8, 16, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1, "uint8", "uint8",
+                   0, 0, 0, 255, x_layout=B, y_layout=B)
+    assert blocked.spatial_ok(sp)
+    assert not blocked.spatial_ok(replace(sp, x_layout="NCHW"))
+    assert not blocked.spatial_ok(replace(sp, y_layout="NCHW"))
+    one = replace(sp, kh=1, kw=1, padding=(0, 0, 0, 0), stride=(2, 2), x_layout="NCHW",
+                  y_layout="NCHW")
+    assert blocked.spatial_ok(one)
+    # a flat 1x1 (stride 1) needs blocked input and output
+    assert not blocked.spatial_ok(replace(one, stride=(1, 1)))
+    with pytest.raises(ValueError, match="spatially shared"):
+        blocked.conv_func(replace(sp, x_layout="NCHW", spatial=1), x86.AVX2, shared=True)
+
+
+def test_arm64_link_keeps_relro_without_file_padding(tmp_path):
+    """arm64 libraries: with LLVM lld (>= 18) 64 KB-aligned segments, a RELRO region that
+    ends on a 64 KB boundary (loads and is protected on 64 KB-page kernels) and no zero
+    padding in the file; with GNU ld (no lld installed) the options are ``-s`` only."""
+    import shutil
+
+    from elftools.elf.elffile import ELFFile
+
+    from pfcompile.compiler import AARCH64_PAGE, cross_link_options, find_lld
+    from pfcompile.targets import load_target
+
+    arm = load_target("arm64")
+    opts = cross_link_options(arm)
+    assert cross_link_options(load_target("host")) == ["-s"]
+    if find_lld() is None:
+        assert opts == ["-s"]
+        pytest.skip("no ld.lld >= 18 (Debian: apt-get install lld-19)")
+    assert "-fuse-ld=lld" in opts and f"-Wl,-z,common-page-size={AARCH64_PAGE}" in opts
+    if shutil.which(arm.cross_compiler) is None:
+        pytest.skip(f"no {arm.cross_compiler}")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    f = zoo.export_onnx(zoo.resnet20(10, 1).eval(), tmp_path / "r20.onnx", (1, 1, 8, 8))
+    so = compile_model(f, arm, tmp_path / "arm").so_path
+    with open(so, "rb") as fh:
+        segs = [s.header for s in ELFFile(fh).iter_segments()]
+    loads = [s for s in segs if s.p_type == "PT_LOAD"]
+    relro = [s for s in segs if s.p_type == "PT_GNU_RELRO"]
+    assert len(relro) == 1 and (relro[0].p_vaddr + relro[0].p_memsz) % AARCH64_PAGE == 0
+    for s in loads:
+        assert s.p_align == AARCH64_PAGE and s.p_offset % AARCH64_PAGE == s.p_vaddr % AARCH64_PAGE
+    gaps = [b.p_offset - (a.p_offset + a.p_filesz) for a, b in itertools.pairwise(loads)]
+    assert max(gaps) < 4096, gaps

@@ -106,6 +106,76 @@ def test_tir_decoders_equal_numpy():
     assert np.array_equal(got, s)
 
 
+def test_wide_bits_and_lanes_round_trip_in_numpy_and_tir():
+    """int32 biases of 17 bits (4-byte reads), and depthwise-like weights whose 4th tap of
+    every 4 is zero (Lanes: 3 of 4 lanes stored), exact in numpy and in the TIR decoders."""
+    from pfcompile.storage.decode import lanes_func
+
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 1})
+
+    def run(func, arrays, n, dtype):
+        ex = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        out = tvm.runtime.empty((n,), dtype, tvm.cpu())
+        ex["main"](*[tvm.runtime.tensor(a) for a in arrays], out)
+        return out.numpy()
+
+    b = RNG.integers(-60000, 60000, 777).astype(np.int32)
+    e = enc.encode_bits(b)
+    assert e.bits == 17 and e.nbytes == -(-777 * 17 // 8) + 3
+    assert np.array_equal(enc.decode(e), b)
+    assert np.array_equal(run(bits_func(17, True, "int32"), [e.data], e.n, "int32"), b)
+    assert enc.encode_bits(RNG.integers(0, 1 << 30, 10).astype(np.int32)) is None  # > 24 bits
+    w = RNG.integers(-7, 8, (12, 3, 1, 8, 4)).astype(np.int8)
+    w[..., 3] = 0
+    e = enc.choose(w, min_saving=256)
+    assert isinstance(e, enc.Lanes) and e.period == 4
+    assert e.rank.tolist() == [0, 1, 2, -1, 3] and e.values.bits == 4
+    assert e.nbytes == -(-w.size * 3 // 4 * 4 // 8) + 1 + 5 * 4  # 3 of 4 at 4 bits + ranks
+    assert np.array_equal(enc.decode(e).reshape(w.shape), w)
+    got = run(lanes_func(4, True, "int8"), [e.values.data, e.rank], e.n, "int8")
+    assert np.array_equal(got, w.reshape(-1))
+    # a sparse encoding must beat the best dense one by min_saving (it adds a decoder)
+    z = np.zeros(4096, np.int8)
+    z[RNG.integers(0, 4096, 700)] = 1
+    assert isinstance(enc.choose(z), enc.Bits)
+
+
+def test_grouped_streams_and_widths():
+    """Bits tensors of one decoder share one stream, each at a 64-byte aligned offset of the
+    decoded array, bit-exact, and so do codebooks of one index width; narrow widths of a few elements are widened into a wider
+    group (one decoder fewer) and large ones are not."""
+    from pfcompile.storage import lift
+
+    parts = [RNG.integers(-7, 8, n).astype(np.int8) for n in (100, 64, 3)]
+    stream, offsets = lift._group_stream([enc.encode_bits_as(p, 4, True) for p in parts])
+    assert offsets == [0, 128, 192] and stream.bits == 4
+    back = enc.decode(stream)
+    for p, off in zip(parts, offsets, strict=True):
+        assert np.array_equal(back[off:off + p.size], p)
+    # codebooks: one index stream, each table padded to 2**bits values; numpy and TIR agree
+    from pfcompile.storage.decode import codebook_group_func
+
+    books = [np.sort(RNG.standard_normal(k)).astype(np.float32) for k in (16, 11)]
+    ws = [books[0][RNG.integers(0, 16, 1000)], books[1][RNG.integers(0, 11, 77)]]
+    group, offsets = lift._codebook_group([enc.encode_codebook(w) for w in ws])
+    assert offsets == [0, 1008 * 4] and group.tables.size == 32 and group.index.bits == 4
+    ex = tvm.compile(tvm.IRModule({"main": codebook_group_func(4, "float32")}),
+                     target=tvm.target.Target({"kind": "llvm", "num-cores": 1}))
+    out = tvm.runtime.empty((group.n,), "float32", tvm.cpu())
+    ex["main"](*[tvm.runtime.tensor(a) for a in (group.index.data, group.tables, group.starts)],
+               out)
+    for w, off in zip(ws, offsets, strict=True):
+        assert np.array_equal(out.numpy()[off // 4:off // 4 + w.size], w)
+        assert np.array_equal(group.decode()[off // 4:off // 4 + w.size], w)
+    small = enc.encode_bits(RNG.integers(-30000, 30000, 300).astype(np.int32))
+    wide = enc.encode_bits(RNG.integers(-100000, 100000, 400).astype(np.int32))
+    big = enc.encode_bits(RNG.integers(-7, 8, 100000).astype(np.int32))
+    assert (small.bits, wide.bits, big.bits) == (16, 18, 4)
+    out = lift._widen([small, wide, None, big])
+    assert [e.bits if e is not None else None for e in out] == [18, 18, None, 4]
+    assert np.array_equal(enc.decode(out[0]), enc.decode(small))
+
+
 # ----------------------------------------------------------------------------- compiled
 @pytest.fixture(scope="module")
 def plain(trained, digits, tmp_path_factory):
@@ -136,10 +206,12 @@ def test_packed_library_runs_like_the_unpacked_one(plain, digits, int8_target, t
     q = load_onnx(plain["q4"])
     art = compile_model(q, int8_target, tmp_path / "packed")
     st = art.meta["storage"]
-    # 4-bit codes, packed two a byte, plainly or as the non-zeros of a sparse layout
-    # (the AVX2 kernels' zero-padded blocks) where that is smaller
-    encodings = {p["encoding"] for p in st["packed"]}
-    assert st["lifted"] and "bits4" in encodings and encodings <= {"bits4", "sparse(bits4)"}
+    # 4-bit codes, packed two a byte, plainly or without the lanes that the kernels' layout
+    # pads with zeros, or as the non-zeros of a sparse layout where that is smaller
+    encodings = {p["encoding"] for p in st["packed"] if p["dtype"] in ("int8", "int16")}
+    assert st["lifted"] and "bits4" in encodings
+    assert all(e in ("bits4", "sparse(bits4)") or (e.startswith("lanes") and e.endswith("(bits4)"))
+               for e in encodings), encodings
     model = deploy.load(art.dir)
     assert model.name == deploy.LIFTED_FUNC and len(model.params) == 1
     plain_vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(str(art.so_path)), tvm.cpu())
@@ -153,6 +225,21 @@ def test_packed_library_runs_like_the_unpacked_one(plain, digits, int8_target, t
     assert np.array_equal(_outputs(lambda x: plain_vm["main"](x), xs), want)
 
 
+def test_lifted_library_takes_an_untyped_tuple(plain, int8_target, tmp_path):
+    """``main_lifted``'s parameter tuple is checked by length with a short message: the
+    library does not carry its whole type as error text (~130 bytes a tensor), and the
+    kernels read their per-channel inputs from a few shared arrays."""
+    art = compile_model(plain["q4"], int8_target, tmp_path / "q4")
+    blob = art.so_path.read_bytes()
+    assert b"annotation=T.Tuple" not in blob and b"params must be what" in blob
+    per_channel = [p for p in art.meta["storage"]["packed"] if len(p["shape"]) == 1]
+    assert 1 <= len(per_channel) <= 6  # bias / scale / offset of two epilogue kinds
+    model = deploy.load(art.dir)
+    x = tvm.runtime.tensor(np.zeros((1, 1, 8, 8), np.float32))
+    with pytest.raises((RuntimeError, ValueError), match="params must be"):
+        model.vm[deploy.LIFTED_FUNC](x, tvm.runtime.convert([]))  # an empty tuple
+
+
 def test_four_bit_library_has_about_half_the_weight_bytes(plain, int8_target, tmp_path):
     sizes = {}
     for name in ("q8", "q4"):
@@ -162,9 +249,12 @@ def test_four_bit_library_has_about_half_the_weight_bytes(plain, int8_target, tm
         assert sizes[name].code_bytes + sizes[name].weight_bytes == sizes[name].size_bytes
         assert art.meta["size"] == sizes[name].to_json()
         if name == "q8":  # int8 weights once, 1 byte each (vpmaddwd's int16 pairs decoded at load)
-            packed = {p["encoding"] for p in art.meta["storage"]["packed"]}
-            assert packed <= {"bits8", "sparse(bits8)"}   # sparse: zero-padded blocks
-            assert bool(packed) == (int8_target.name == "host-avx2")
+            packed = [p for p in art.meta["storage"]["packed"] if p["dtype"] in ("int8", "int16")]
+            # sparse / lanes: the zero-padded blocks of the kernels' layouts
+            assert all(p["encoding"] in ("bits8", "sparse(bits8)") or (
+                p["encoding"].startswith("lanes") and p["encoding"].endswith("(bits8)"))
+                for p in packed), packed
+            assert any(p["dtype"] == "int16" for p in packed) == (int8_target.name == "host-avx2")
         q = quant_report(load_onnx(plain[name]))
         channels = sum(32 if r["numel"] > 500 else 16 for r in q["layers"].values())
         # stored weights within 15 % of the quantize pass's packed size (+ the kernels'
@@ -224,7 +314,9 @@ def test_artifact_size_in_inspect_and_evaluate(plain, digits, tmp_path):
 
 def test_layers_with_the_same_kernel_share_its_code(digits, tmp_path):
     """ResNet-20 at 8 bits: layers with equal shapes, zero points and bounds run one
-    kernel function (each copy costs ~9 KB of code): 22 layers, 12 kernels."""
+    kernel function (each copy costs ~4 KB of code): 22 layers, 12 kernels; 11 when the
+    kernels of layers that differ only in spatial size take their sizes as arguments (the
+    default), where that costs no speed: here the two 1x1 stride-2 shortcut convs."""
     import torch
 
     from pfcompile import zoo
@@ -234,13 +326,15 @@ def test_layers_with_the_same_kernel_share_its_code(digits, tmp_path):
     m = load_onnx(zoo.export_onnx(zoo.resnet20(), tmp_path / "r20.onnx", (1, 1, 8, 8)))
     q, _ = prepare_qdq(as_proto(quantize(m, QuantConfig(bits=8),
                                          load_npz(digits.calib_npz, input_specs(m))).model))
-    mod, reports = lower_qdq(import_onnx(q, input_specs(q)),
-                             with_int8_features(load_target("host-avx2")), onnx_layer_names(q))
-    calls = [b.value for blk in mod["main"].body.blocks for b in blk.bindings
-             if getattr(getattr(b.value, "op", None), "name", "") == "relax.call_tir"]
-    kernels = {str(c.args[0]) for c in calls}
-    assert sum(r.path == "int8" for r in reports) == len(calls) == 22
-    assert len(kernels) == 12, kernels
+    for spatial, want in ((False, 12), (True, 11)):
+        mod, reports = lower_qdq(import_onnx(q, input_specs(q)),
+                                 with_int8_features(load_target("host-avx2")),
+                                 onnx_layer_names(q), spatial=spatial)
+        calls = [b.value for blk in mod["main"].body.blocks for b in blk.bindings
+                 if getattr(getattr(b.value, "op", None), "name", "") == "relax.call_tir"]
+        kernels = {str(c.args[0]) for c in calls}
+        assert sum(r.path == "int8" for r in reports) == len(calls) == 22
+        assert len(kernels) == want, (spatial, kernels)
 
 
 def test_int8_weights_are_stored_once(trained, digits):

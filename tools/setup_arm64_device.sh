@@ -55,6 +55,15 @@ if ((${#need[@]})); then
 else
     log "1/5 qemu-aarch64 and aarch64-linux-gnu-g++ present"
 fi
+# LLVM's lld (>= 18) links arm64 libraries without GNU ld's 0-64 KB of RELRO padding
+# (pfcompile.compiler.cross_link_options); optional: GNU ld is used without it
+if ! ls /usr/lib/llvm-1[89]/bin/ld.lld /usr/lib/llvm-[2-9][0-9]/bin/ld.lld >/dev/null 2>&1; then
+    if apt-cache policy lld-19 2>/dev/null | grep -q "Candidate: [0-9]"; then
+        log "1/5 apt-get install lld-19 (optional)"
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q lld-19 \
+            || log "1/5 lld-19 not installed: arm64 libraries linked by GNU ld"
+    fi
+fi
 
 # 2. aarch64 runtime packages, unpacked (not installed) into ROOT.
 PKGS=(python3.11-minimal libpython3.11-minimal libpython3.11-stdlib libc6 libstdc++6

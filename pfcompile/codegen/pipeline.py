@@ -212,6 +212,7 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
             mod = p(mod)
         with tvm_target:
             return tvm.transform.Sequential(dataflow_lower_passes(tvm_target)
+                                            + [relax.transform.CanonicalizeBindings()]
                                             + vm_finalize_passes(tvm_target))(mod)
 
     return _pipeline

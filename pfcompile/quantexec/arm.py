@@ -31,13 +31,14 @@ from tvm.script import tirx as T
 from pfcompile.quantexec.blocked import (
     Isa,
     conv_func,
-    conv_tiles,
     depthwise_func,
     dw_supported,
+    kernel_tiles,
     pack_weight_conv,
     pack_weight_conv_shared,
     pack_weight_dw,
     shareable,
+    spatial_args,
     x_offset,
 )
 from pfcompile.quantexec.kernels import QConvSpec
@@ -244,11 +245,11 @@ def arm_conv_kernel(sp: QConvSpec, kind: str, shared: bool = True):
     isa = _isa(kind)
     if shared and shareable(sp):
         # one function for the layers that differ only in channel counts (see conv_func)
-        t_oc = conv_tiles(sp, isa)[1]
+        t_oc = kernel_tiles(sp, isa)[1]
         dtype = np.int16 if isa.conv_w == "int16" else np.int8
         return IntKernel(isa.conv_name, conv_func(sp, isa, shared=True),
                          lambda w: pack_weight_conv_shared(w, isa.conv_kg, dtype, t_oc),
-                         x_offset(isa, sp.x_dtype))
+                         x_offset(isa, sp.x_dtype), spatial_args(sp, isa))
     return IntKernel(isa.conv_name, conv_func(sp, isa), _pack_conv(isa), x_offset(isa, sp.x_dtype))
 
 

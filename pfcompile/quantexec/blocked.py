@@ -30,7 +30,7 @@ from tvm import s_tir, te, tirx
 from pfcompile.quantexec.kernels import (
     BLOCK,
     QConvSpec,
-    epilogue_params,
+    channel_params,
     io_layouts,
     nblocks,
     out_compute,
@@ -39,8 +39,8 @@ from pfcompile.quantexec.kernels import (
 )
 
 __all__ = ["Isa", "conv_func", "conv_tiles", "default_tiles", "depthwise_func", "dw_supported",
-           "pack_weight_conv", "pack_weight_conv_shared", "pack_weight_dw", "shareable",
-           "x_offset"]
+           "kernel_tiles", "pack_weight_conv", "pack_weight_conv_shared", "pack_weight_dw",
+           "shareable", "spatial_args", "spatial_ok", "x_offset"]
 
 
 @dataclass(frozen=True)
@@ -140,11 +140,69 @@ def _channel_vars(sp: QConvSpec, t_oc: int | None):
     return replace(sp, c=c, oc=nt * (t_oc * BLOCK)), nt
 
 
-def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False, shared_t_oc: int | None = None):
+def spatial_ok(sp: QConvSpec) -> bool:
+    """Whether a conv kernel may also take its spatial sizes from its arguments
+    (``sp.spatial``, see :func:`conv_func`): channels shared (:func:`shareable`), groups 1,
+    no dilation; a 1x1 stride-1 conv (computed over flat pixels) with blocked input and
+    output only (an NCHW one would need the image width, not only the pixel count).
+    Not a 3x3 (or larger) conv reading or writing NCHW: its pack gathers the 8 channels of
+    each pixel from 8 planes (its epilogue scatters them), and with the plane size a
+    run-time value that was 5-15 % slower (a 1x1 conv: 1 %; in one process, 1 thread,
+    ResNet-20's layers at 4x4 to 32x32)."""
+    return (shareable(sp) and sp.groups == 1 and sp.dilation == (1, 1)
+            and ((sp.x_layout != "NCHW" and sp.y_layout != "NCHW") or (sp.kh, sp.kw) == (1, 1))
+            and (not _flat(sp) or (sp.x_layout != "NCHW" and sp.y_layout != "NCHW")))
+
+
+def kernel_tiles(sp: QConvSpec, isa: Isa) -> tuple[int, int]:
+    """The register tile of ``conv_func(sp, isa)`` (a spatially shared kernel of a conv
+    that is not 1x1 tiles rows: its tile divides the output width)."""
+    return conv_tiles(sp, isa, out_flat=False if sp.spatial and not _flat(sp) else None)
+
+
+def spatial_args(sp: QConvSpec, isa: Isa) -> tuple[int, ...]:
+    """The scalar arguments of a spatially shared kernel for ``sp`` (after ``base``): the
+    output rows and column tiles, or for a flat 1x1 conv the parallel chunks of pixel
+    tiles (:func:`_spatial_vars`); () for a kernel of fixed sizes."""
+    if not sp.spatial:
+        return ()
+    t_ow, _ = kernel_tiles(sp, isa)
+    if _flat(sp):
+        return ((sp.oh * sp.ow) // (t_ow * sp.spatial),)
+    return (sp.oh, sp.ow // t_ow)
+
+
+def _spatial_vars(csp: QConvSpec, t_ow: int, chunk: int, flat: bool):
+    """``csp`` (the spec the TE computes: for a flat 1x1 conv its ``1 x H*W`` view) with its
+    spatial sizes as TIR variables, and the variables (scalar arguments of the kernel).
+
+    Row form: the output rows ``oh`` and column tiles ``nw`` (output width ``t_ow * nw``);
+    the input size follows from the output size as in ``csp`` (``h = sh * oh + dh`` with
+    ``csp``'s ``dh``: same padding and stride). Flat 1x1: pixel chunks ``nc`` (pixels
+    ``t_ow * chunk * nc``). As with the channels (:func:`_channel_vars`), multiples of the
+    tile are the variables, so that the schedule's splits are exact: the loops, the tile
+    and the inner block are those of a fixed-size kernel, only the outer extents are read
+    at run time."""
+    if flat:
+        nc = tirx.Var("nc", "int32")
+        p = nc * (t_ow * chunk)
+        return replace(csp, h=1, w=p, out_hw=(1, p)), [nc]
+    oh, nw = tirx.Var("oh", "int32"), tirx.Var("nw", "int32")
+    ow = nw * t_ow
+    sh, sw = csp.stride
+    h = oh * sh + (csp.h - sh * csp.oh)
+    w = ow * sw + (csp.w - sw * csp.ow)
+    return replace(csp, h=h, w=w, out_hw=(oh, ow)), [oh, nw]
+
+
+def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False, shared_t_oc: int | None = None,
+                  svars: tuple = ()):
     """``out_flat``: accumulate over flat output pixels ``p = i * OW + j`` (the output TE
     view ``1 x OH*OW``), so that a register tile of pixels may span rows.
     ``shared_t_oc``: the channel counts are variables (:func:`_channel_vars`; the weights
-    ``[OC/8/t_oc, t_oc, ...]``), so that layers with other channel counts share the kernel."""
+    ``[OC/8/t_oc, t_oc, ...]``), so that layers with other channel counts share the kernel.
+    ``svars``: ``sp``'s spatial sizes are expressions of these variables
+    (:func:`_spatial_vars`), scalar arguments of the kernel."""
     kg = isa.conv_kg
     direct = _direct(sp, isa)
     nt = None
@@ -165,8 +223,7 @@ def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False, shared_t_oc: 
 
         def wread(b, *idx):
             return wt[(b // shared_t_oc, b % shared_t_oc, *idx)]
-    bias = te.placeholder((sp.oc,), "int32", name="bias")
-    p0, p1 = epilogue_params(sp, sp.oc)
+    cp = channel_params(sp, sp.oc)
     if direct:
         src = x
     else:
@@ -209,8 +266,8 @@ def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False, shared_t_oc: 
                 src[n, rb, r * sh + ry * dh, q * sw + rx * dw, rk * kg + rq].astype("int32")
                 * wread(b, rb, ry, rx, rk, o, rq).astype("int32"), axis=[rb, ry, rx, rk, rq])
     acc = te.compute(oshape, body, name="acc")
-    y = out_compute(_flat_out_view(sp) if out_flat else sp, acc, bias, p0, p1)
-    return [x, wt, bias, p0, p1, y]
+    y = out_compute(_flat_out_view(sp) if out_flat else sp, acc, cp)
+    return [x, wt, *cp.tensors, *cp.scalars, *svars, y]
 
 
 def _flat_out_view(sp: QConvSpec) -> QConvSpec:
@@ -302,26 +359,38 @@ def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     if shared and not shareable(sp):
         raise ValueError(f"a shared conv kernel needs batch 1 and multiples of {BLOCK} "
                          f"channels (got {sp})")
+    if sp.spatial:
+        if not (shared and spatial_ok(sp)):
+            raise ValueError(f"a spatially shared conv kernel needs shared channels, groups 1, "
+                             f"no dilation and, for a 1x1 conv, blocked input and output (got {sp})")
+        out_flat = _flat(sp)  # rows, or flat pixels for a 1x1 stride-1 conv
     flat, out_flat, csp, tsp = _conv_views(sp, out_flat)
     t_ow, t_oc = conv_tiles(sp, isa, tile_ow, tile_oc, out_flat)
-    sch = s_tir.Schedule(te.create_prim_func(_conv_compute(
-        csp, isa, out_flat and not flat, t_oc if shared else None)))
     direct = _direct(csp, isa)
+    svars: list = []
+    io_sp = sp
+    if sp.spatial:
+        csp, svars = _spatial_vars(csp, t_ow, sp.spatial, flat)
+        io_sp = sp if flat else csp  # a flat kernel's layouts are blocked: no sizes in the maps
+    sch = s_tir.Schedule(te.create_prim_func(_conv_compute(
+        csp, isa, out_flat and not flat, t_oc if shared else None, tuple(svars))))
     bview = shared and sp.y_layout == "NCHW"  # see out_compute
-    io_layouts(sch, sp, "acc" if direct else "pack", flat, out_flat, bview)
+    io_layouts(sch, io_sp, "acc" if direct else "pack", flat, out_flat, bview)
     flat = out_flat
     acc = sch.get_sblock("acc")
     req = sch.get_sblock("requant")
     if not direct:
         # pack: parallel over (n, channel block, row), 8 channels per vector
         pn, pb, pi, _pj, pc = sch.get_loops(sch.get_sblock("pack"))
-        sch.parallel(sch.fuse(pn, pb, pi))
+        # sizes as arguments: rows not fused into the parallel loop (that would divide by
+        # the run-time row count once a row: ~0.4 us of a 15 us 4x4 layer)
+        sch.parallel(sch.fuse(pn, pb) if sp.spatial else sch.fuse(pn, pb, pi))
         sch.vectorize(pc)
     n, b, i, j, o, rb, ry, rx, rk, *rq = sch.get_loops(acc)
     bo, bi = sch.split(b, [None, t_oc])
     jo, ji = sch.split(j, [None, t_ow])
     if flat:  # parallel over (oc tile, pixel chunk): i has extent 1
-        jc, jo = sch.split(jo, [None, _chunk(tsp.ow // t_ow)])
+        jc, jo = sch.split(jo, [None, sp.spatial or _chunk(tsp.ow // t_ow)])
         sch.reorder(n, bo, i, jc, jo, rb, ry, rx, rk, bi, ji, o, *rq)
         sch.parallel(sch.fuse(n, bo, i, jc))
     else:
@@ -357,8 +426,7 @@ def _dw_compute(sp: QConvSpec, isa: Isa, shared: bool = False):
     wq = max(sp.w + pl + sp.padding[3], (sp.ow - 1) * sw + g * kg)  # the zero-weight taps
     x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
     wt = te.placeholder((cb, sp.kh, g, BLOCK, kg), isa.dw_w, name="w")
-    bias = te.placeholder((sp.oc,), "int32", name="bias")
-    p0, p1 = epilogue_params(sp, sp.oc)
+    cp = channel_params(sp, sp.oc)
     zx = tirx.const(sp.zx, sp.x_dtype)
     off = x_offset(isa, sp.x_dtype)
     # the extra zero-weight tap columns past the right edge read zx too
@@ -385,8 +453,8 @@ def _dw_compute(sp: QConvSpec, isa: Isa, shared: bool = False):
                 xp[n, b, i * sh + ry, j * sw + rg * kg + rq, c].astype("int32")
                 * wt[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
             name="acc")
-    y = out_compute(sp, acc, bias, p0, p1)
-    return [x, wt, bias, p0, p1, y]
+    y = out_compute(sp, acc, cp)
+    return [x, wt, *cp.tensors, *cp.scalars, y]
 
 
 def _rows_per_task(sp: QConvSpec, cb: int, threads: int = 16) -> int:

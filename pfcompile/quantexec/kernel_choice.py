@@ -32,7 +32,7 @@ from tvm import s_tir, te, tirx
 from pfcompile.quantexec.kernels import QConvSpec, QDenseSpec, qconv2d_compute, qdense_compute
 
 __all__ = ["IntKernel", "int8_dot_kind", "select_conv_kernel", "select_dense_kernel",
-           "supports_blocked"]
+           "spatial_key", "supports_blocked"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class IntKernel:
     #: uint8 data feeds a signed dot product; the caller folds ``-(zx + x_offset) * sum(w)``
     #: into the bias instead of ``-zx * sum(w)``
     x_offset: int = 0
+    #: scalar arguments after the per-channel ``base`` (the sizes of a kernel shared across
+    #: spatial sizes, ``blocked.spatial_args``)
+    scalars: tuple = ()
 
 
 def _identity(w: np.ndarray) -> np.ndarray:
@@ -137,6 +140,38 @@ def supports_blocked(sp: QConvSpec, target) -> bool:
     if int8_dot_kind(target) in ("x86", "neon", "sdot"):
         return sp.n == 1 and (sp.groups == 1 or dw_supported(sp))
     return False
+
+
+def spatial_key(sp: QConvSpec, target):
+    """What a conv kernel taking its spatial sizes as arguments (``blocked.conv_func`` with
+    ``sp.spatial``) depends on: layers with equal keys share one. None where ``sp`` does not
+    qualify (:func:`~pfcompile.quantexec.blocked.spatial_ok`; an x86 / AArch64 template), or
+    where the shared kernel would use another register tile than ``sp``'s own kernel (the
+    tile sets its speed: a layer keeps it). The key: the spec without channel counts and
+    sizes, how the input size follows from the output size, and the tile."""
+    from dataclasses import replace
+
+    from pfcompile.quantexec.blocked import conv_tiles, kernel_tiles, spatial_ok
+
+    kind = int8_dot_kind(target)
+    if sp.groups != 1 or not spatial_ok(sp) or kind not in ("x86", "neon", "sdot"):
+        return None
+    if kind == "x86":
+        from pfcompile.quantexec import winograd as wino
+        from pfcompile.quantexec import x86
+
+        isa = x86.VNNI if x86._vnni_ok(sp, target) else x86.AVX2
+        if isa is x86.AVX2 and wino.wino_eligible(sp) and wino.wino_heuristic(sp):
+            return None  # an integer Winograd layer: its own kernel
+    else:
+        from pfcompile.quantexec import arm
+
+        isa = arm._isa(kind)
+    tile = kernel_tiles(replace(sp, spatial=1), isa)
+    if tile != conv_tiles(sp, isa):
+        return None
+    (sh, sw), dh, dw = sp.stride, sp.h - sp.stride[0] * sp.oh, sp.w - sp.stride[1] * sp.ow
+    return (replace(sp, c=0, oc=0, h=0, w=0), dh, dw, sh, sw, tile)
 
 
 def select_conv_kernel(sp: QConvSpec, target, shared: bool = True,

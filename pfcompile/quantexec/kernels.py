@@ -13,6 +13,11 @@ int8 weights, an int32 bias already in accumulator units (with the
   ``y = clamp(float32(acc) * scale[c] + offset[c], fmin, fmax)`` with
   ``scale = sx * sw[c]`` and ``offset`` the model's float bias.
 
+With ``shared_params`` in the spec, the three per-channel inputs are arrays shared by every
+layer of a library (:class:`ChannelParams`): the kernel reads its channels at a run-time
+offset ``base`` (a scalar argument before the output), so a library stores them as three
+arrays per epilogue kind, not three constants per layer.
+
 Padding uses ``zx`` so that a padded element contributes ``(zx - zx) * w = 0``,
 exactly as the float model's zero padding.
 
@@ -35,8 +40,8 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-__all__ = ["BLOCK", "QConvSpec", "QDenseSpec", "act_shape", "clamp_cast", "epilogue_expr",
-           "epilogue_params", "io_layouts", "nblocks", "out_compute", "padded_read", "partial_block",
+__all__ = ["BLOCK", "ChannelParams", "QConvSpec", "QDenseSpec", "act_shape", "channel_params", "clamp_cast",
+           "epilogue_expr", "io_layouts", "nblocks", "out_compute", "padded_read", "partial_block",
            "qconv2d_compute", "qdense_compute", "requant_expr", "round_half_even", "te_shape"]
 
 BLOCK = 8  # channels per block of the NCHW8c activation layout
@@ -154,14 +159,23 @@ class QConvSpec:
     fmax: float = math.inf
     x_layout: str = "NCHW"   # NCHW | NCHW8c (see act_shape / te_shape)
     y_layout: str = "NCHW"
+    shared_params: bool = False  # per-channel inputs at an offset in shared arrays
+    #: > 0: one kernel for several spatial sizes (blocked.conv_func), the output sizes are
+    #: arguments; a flat 1x1 kernel's parallel task covers this many register tiles
+    spatial: int = 0
+    out_hw: tuple | None = None  # (oh, ow) as TIR expressions (a spatially shared kernel)
 
     @property
     def oh(self) -> int:
+        if self.out_hw is not None:
+            return self.out_hw[0]
         return (self.h + self.padding[0] + self.padding[2] - self.dilation[0] * (self.kh - 1) - 1) \
             // self.stride[0] + 1
 
     @property
     def ow(self) -> int:
+        if self.out_hw is not None:
+            return self.out_hw[1]
         return (self.w + self.padding[1] + self.padding[3] - self.dilation[1] * (self.kw - 1) - 1) \
             // self.stride[1] + 1
 
@@ -189,6 +203,7 @@ class QDenseSpec:
     qmax: int
     fmin: float = -math.inf
     fmax: float = math.inf
+    shared_params: bool = False
 
 
 def requant_expr(acc, scale, offset, qmin: int, qmax: int, out_dtype: str):
@@ -216,11 +231,51 @@ def clamp_cast(q, qmin: int, qmax: int, out_dtype: str):
     return q.astype("int32").astype(out_dtype)
 
 
-def epilogue_params(sp, channels: int) -> tuple[te.Tensor, te.Tensor]:
-    """The two per-channel float32 epilogue inputs ``scale, offset`` (offset: the output
-    zero point when requantising, the float bias when dequantising)."""
-    return (te.placeholder((channels,), "float32", name="scale"),
-            te.placeholder((channels,), "float32", name="offset"))
+@dataclass(frozen=True)
+class ChannelParams:
+    """A kernel's per-channel epilogue inputs: the int32 ``bias`` and the float32 ``scale``
+    and ``offset`` (offset: the output zero point when requantising, the float bias when
+    dequantising).
+
+    With ``base`` (a spec's ``shared_params``) they are arrays of any length shared by the
+    layers of a library, channel ``c`` at element ``base + c``; ``base`` is a scalar argument
+    of the kernel, before the output (``call_tir`` passes inputs, then outputs). Why: three small constants per layer cost a library
+    more than their values (a header each, and too small to store packed); three arrays
+    per epilogue kind are stored packed (the biases at their bit width, the zero points as
+    a codebook; :mod:`pfcompile.storage`). Alignment: the kernels make no assumption about
+    it (``base`` is any integer), so vector loads of them are unaligned loads."""
+
+    bias: te.Tensor
+    scale: te.Tensor
+    offset: te.Tensor
+    base: tirx.Var | None = None
+
+    def at(self, c):
+        """``(bias, scale, offset)`` of channel ``c``."""
+        i = c if self.base is None else self.base + c
+        return self.bias[i], self.scale[i], self.offset[i]
+
+    @property
+    def tensors(self) -> list:
+        return [self.bias, self.scale, self.offset]
+
+    @property
+    def scalars(self) -> list:
+        """Scalar arguments, after the tensors and before the output."""
+        return [] if self.base is None else [self.base]
+
+
+def channel_params(sp, channels) -> ChannelParams:
+    """The per-channel epilogue inputs of a kernel for ``sp`` with ``channels`` outputs."""
+    if sp.shared_params:
+        n = tirx.Var("nch", "int32")
+        return ChannelParams(te.placeholder((n,), "int32", name="bias"),
+                             te.placeholder((n,), "float32", name="scale"),
+                             te.placeholder((n,), "float32", name="offset"),
+                             tirx.Var("base", "int32"))
+    return ChannelParams(te.placeholder((channels,), "int32", name="bias"),
+                         te.placeholder((channels,), "float32", name="scale"),
+                         te.placeholder((channels,), "float32", name="offset"))
 
 
 def epilogue_expr(sp, acc, p0, p1):
@@ -236,7 +291,12 @@ def epilogue_expr(sp, acc, p0, p1):
     return y
 
 
-def out_compute(sp: QConvSpec, acc, bias, p0, p1):
+def _epilogue_at(sp, acc, cp: ChannelParams, c):
+    bias, scale, offset = cp.at(c)
+    return epilogue_expr(sp, acc + bias, scale, offset)
+
+
+def out_compute(sp: QConvSpec, acc, cp: ChannelParams):
     """The output stage of a blocked-accumulator conv: ``acc[n, oc/8, oh, ow, 8]`` (int32)
     -> ``y`` in ``sp.y_layout`` through :func:`epilogue_expr` (block ``requant``)."""
     if sp.y_layout != "NCHW" and partial_block(sp.oc):
@@ -248,25 +308,23 @@ def out_compute(sp: QConvSpec, acc, bias, p0, p1):
     if sp.y_layout == "NCHW" and isinstance(sp.oc, int):
         return te.compute(
             (sp.n, sp.oc, sp.oh, sp.ow),
-            lambda n, o, i, j: epilogue_expr(sp, acc[n, o // BLOCK, i, j, o % BLOCK] + bias[o],
-                                             p0[o], p1[o]),
+            lambda n, o, i, j: _epilogue_at(sp, acc[n, o // BLOCK, i, j, o % BLOCK], cp, o),
             name="requant")
 
     def _blocked(n, b, i, j, o):
-        c = b * BLOCK + o
-        return epilogue_expr(sp, acc[n, b, i, j, o] + bias[c], p0[c], p1[c])
+        return _epilogue_at(sp, acc[n, b, i, j, o], cp, b * BLOCK + o)
 
     return te.compute(te_shape(sp.n, sp.oc, sp.oh, sp.ow, BLOCKED), _blocked, name="requant")
 
 
 def qconv2d_compute(sp: QConvSpec):
-    """Plain NCHW integer conv2d; returns the TE tensors ``[x, w, bias, scale, offset, y]``."""
+    """Plain NCHW integer conv2d; returns the TE arguments ``[x, w, bias, scale, offset, y]``
+    (``base`` before ``y`` with ``shared_params``)."""
     x = te.placeholder((sp.n, sp.c, sp.h, sp.w), sp.x_dtype, name="x")
     icg = sp.c // sp.groups
     ocg = sp.oc // sp.groups
     wt = te.placeholder((sp.oc, icg, sp.kh, sp.kw), "int8", name="w")
-    bias = te.placeholder((sp.oc,), "int32", name="bias")
-    p0, p1 = epilogue_params(sp, sp.oc)
+    cp = channel_params(sp, sp.oc)
     pt, pl, pb, pr = sp.padding
     hp, wp = sp.h + pt + pb, sp.w + pl + pr
     zx = tirx.const(sp.zx, sp.x_dtype)
@@ -290,17 +348,17 @@ def qconv2d_compute(sp: QConvSpec):
         name="acc")
     y = te.compute(
         (sp.n, sp.oc, sp.oh, sp.ow),
-        lambda n, o, i, j: epilogue_expr(sp, acc[n, o, i, j] + bias[o], p0[o], p1[o]),
+        lambda n, o, i, j: _epilogue_at(sp, acc[n, o, i, j], cp, o),
         name="requant")
-    return [x, wt, bias, p0, p1, y]
+    return [x, wt, *cp.tensors, *cp.scalars, y]
 
 
 def qdense_compute(sp: QDenseSpec):
-    """Integer dense; returns the TE tensors ``[x, w, bias, scale, offset, y]``."""
+    """Integer dense; returns the TE arguments ``[x, w, bias, scale, offset, y]`` (``base``
+    before ``y`` with ``shared_params``)."""
     x = te.placeholder((sp.m, sp.k), sp.x_dtype, name="x")
     wt = te.placeholder((sp.o, sp.k), "int8", name="w")
-    bias = te.placeholder((sp.o,), "int32", name="bias")
-    p0, p1 = epilogue_params(sp, sp.o)
+    cp = channel_params(sp, sp.o)
     rk = te.reduce_axis((0, sp.k), name="rk")
     acc = te.compute(
         (sp.m, sp.o),
@@ -308,6 +366,6 @@ def qdense_compute(sp: QDenseSpec):
         name="acc")
     y = te.compute(
         (sp.m, sp.o),
-        lambda i, j: epilogue_expr(sp, acc[i, j] + bias[j], p0[j], p1[j]),
+        lambda i, j: _epilogue_at(sp, acc[i, j], cp, j),
         name="requant")
-    return [x, wt, bias, p0, p1, y]
+    return [x, wt, *cp.tensors, *cp.scalars, y]

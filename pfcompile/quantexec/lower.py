@@ -29,6 +29,7 @@ from pfcompile.quantexec.kernel_choice import (
     IntKernel,
     select_conv_kernel,
     select_dense_kernel,
+    spatial_key,
     supports_blocked,
 )
 from pfcompile.quantexec.kernels import BLOCK, QConvSpec, QDenseSpec, act_shape
@@ -269,15 +270,81 @@ class _Plan:
             return act_shape(self.sp.n, self.sp.oc, self.sp.oh, self.sp.ow, self.sp.y_layout)
         return (self.sp.m, self.sp.o)
 
-    def args(self) -> list:
-        k = self.kernel
+    def bias_total(self) -> np.ndarray:
+        """The int32 bias the kernel adds: the layer's, with ``-(zx + x_offset) * sum(w)``."""
         wsum = self.wq.reshape(self.wq.shape[0], -1).astype(np.int64).sum(axis=1)
-        bias_total = self.bias - (self.sp.zx + k.x_offset) * wsum
+        bias_total = self.bias - (self.sp.zx + self.kernel.x_offset) * wsum
         if np.any(np.abs(bias_total) >= 2**31):
             raise _NoMatch("bias with zero-point correction does not fit int32")
-        return [self.xq, relax.const(k.pack_weight(self.wq)),
-                relax.const(bias_total.astype(np.int32)), relax.const(self.p0),
-                relax.const(self.p1)]
+        return bias_total.astype(np.int32)
+
+    def args(self) -> list:
+        """The kernel's arguments with its own per-channel constants (no ``shared_params``)."""
+        return [self.xq, relax.const(self.kernel.pack_weight(self.wq)),
+                relax.const(self.bias_total()), relax.const(self.p0), relax.const(self.p1),
+                *self.scalars()]
+
+    def scalars(self) -> list:
+        """The kernel's scalar arguments after its tensors (sizes of a spatially shared one)."""
+        return [relax.prim_value(tirx.IntImm("int32", int(v))) for v in self.kernel.scalars]
+
+
+def _share_spatial(plans: dict, target) -> None:
+    """Rebuild the conv kernels of layers that differ only in channel counts and spatial
+    sizes (:func:`~pfcompile.quantexec.kernel_choice.spatial_key`) as one kernel taking its
+    sizes as arguments (ResNet-20: the 3x3 convs of the 8x8 and 4x4 stages, the stride-2
+    and 1x1 shortcut convs; MobileNetV2: the 1x1 expansions). Each integer conv kernel is
+    ~4 KB of code. A layer whose shared kernel cannot be built keeps its own."""
+    import math
+
+    groups: dict = {}
+    for p in plans.values():
+        if isinstance(p.sp, QConvSpec):
+            key = spatial_key(p.sp, target)
+            if key is not None:
+                groups.setdefault(key, []).append(p)
+    for key, ps in groups.items():
+        if len({(p.sp.h, p.sp.w) for p in ps}) < 2:
+            continue
+        t_ow = key[-1][0]
+        tiles = math.gcd(*((p.sp.oh * p.sp.ow) // t_ow for p in ps))
+        chunk = max(d for d in range(1, min(tiles, 8) + 1) if tiles % d == 0)
+        for p in ps:
+            old = p.sp
+            p.sp = replace(old, spatial=chunk)
+            try:
+                p.build(target)
+            except (ValueError, RuntimeError):
+                p.sp = old
+                p.build(target)
+
+
+class _SharedParams:
+    """The per-channel inputs of every kernel of one epilogue kind (requantising or
+    dequantising) as three arrays, one layer after the other (``shared_params``; see
+    :class:`~pfcompile.quantexec.kernels.ChannelParams`). Two kinds, not one: a requantising
+    layer's offsets are its output zero point (a few distinct values: a small codebook), a
+    dequantising one's its float bias, and its integer bias is 0."""
+
+    def __init__(self, plans) -> None:
+        self.base: dict[int, int] = {}
+        self.consts: dict[bool, list] = {}
+        parts: dict[bool, list] = {}
+        for p in plans:
+            kind = p.out_dtype == "float32"
+            arrs = parts.setdefault(kind, [[], [], []])
+            self.base[id(p)] = sum(a.size for a in arrs[0])
+            for lst, a in zip(arrs, (p.bias_total(), p.p0, p.p1), strict=True):
+                lst.append(np.asarray(a).reshape(-1))
+        for kind, (b, s, o) in parts.items():
+            self.consts[kind] = [relax.const(np.concatenate(b).astype(np.int32)),
+                                 relax.const(np.concatenate(s).astype(np.float32)),
+                                 relax.const(np.concatenate(o).astype(np.float32))]
+
+    def call(self, gv, p: _Plan, xq) -> relax.Call:
+        args = [xq, relax.const(p.kernel.pack_weight(p.wq)), *self.consts[p.out_dtype == "float32"],
+                relax.prim_value(tirx.IntImm("int32", self.base[id(p)])), *p.scalars()]
+        return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(p.out_shape(), p.out_dtype))
 
 
 def _requant_params(sx: float, sw: np.ndarray, sy: float):
@@ -588,7 +655,8 @@ def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
 
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
-              *, func_name: str = "main") -> tuple[tvm.IRModule, list[LayerReport]]:
+              *, func_name: str = "main", shared_params: bool = True,
+              spatial: bool = True) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Rewrite matched QDQ layers of ``mod[func_name]`` into integer kernels.
 
     ``target`` is a pfcompile :class:`~pfcompile.targets.Target` (its
@@ -596,6 +664,10 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     the ONNX node names of the Conv/MatMul/Gemm nodes in graph order (see
     :func:`pfcompile.quantexec.onnx_layer_names`); they label the reports.
     Returns the new module and one :class:`LayerReport` per conv/matmul.
+    ``shared_params``: the kernels read their per-channel bias, scale and offset from arrays
+    shared by all layers (:class:`~pfcompile.quantexec.kernels.ChannelParams`), else each
+    layer has its own three constants. ``spatial``: layers that differ only in channel counts
+    and spatial sizes share one conv kernel (:func:`_share_spatial`).
     """
     func = mod[func_name]
     g = _Graph(func)
@@ -657,11 +729,14 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
             if isinstance(p.sp, QConvSpec):
                 p.sp = replace(p.sp, x_layout=_B if p.xq in blocked else "NCHW",
                                y_layout=_B if v in blocked else "NCHW")
+            p.sp = replace(p.sp, shared_params=shared_params)
             try:
                 p.build(target)
             except (ValueError, RuntimeError) as exc:  # s_tir.ScheduleError is a RuntimeError
                 failed[v] = exc
         if not failed:
+            if spatial:
+                _share_spatial(plans, target)
             break
         for v, exc in failed.items():
             p = plans.pop(v)
@@ -702,6 +777,7 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
             same = bb.add_func(p.kernel.func.with_attr("global_symbol", kname), kname)
             shared.append((p.kernel.func, same))
         gvars[qvar] = same
+    params = _SharedParams(plans.values()) if shared_params else None
     new_blocks = []
     renamed: dict = {}  # a blocked kernel output: NCHW var -> its blocked var
     for block in func.body.blocks:
@@ -709,10 +785,14 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
         for b in block.bindings:
             if isinstance(b, relax.VarBinding) and b.var in plans:
                 p = plans[b.var]
-                args = p.args()
-                args[0] = renamed.get(args[0], args[0])
-                call = relax.call_tir(gvars[b.var], relax.Tuple(args),
-                                      relax.TensorType(p.out_shape(), p.out_dtype))
+                xq = renamed.get(p.xq, p.xq)
+                if params is not None:
+                    call = params.call(gvars[b.var], p, xq)
+                else:
+                    args = p.args()
+                    args[0] = xq
+                    call = relax.call_tir(gvars[b.var], relax.Tuple(args),
+                                          relax.TensorType(p.out_shape(), p.out_dtype))
                 if b.var in blocked:
                     # the NCHW name stays bound (to a layout_transform that DCE removes, as
                     # every user reads the blocked var)

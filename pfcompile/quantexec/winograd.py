@@ -47,7 +47,7 @@ from tvm import s_tir, te, tirx
 from pfcompile.quantexec.kernels import (
     BLOCK,
     QConvSpec,
-    epilogue_params,
+    channel_params,
     io_layouts,
     out_compute,
     padded_read,
@@ -192,8 +192,7 @@ def _compute(sp: QConvSpec):
     wide = replace(sp, padding=(pt, pl, hp - sp.h - pt, wp - sp.w - pl))
     x = te.placeholder(te_shape(sp.n, sp.c, sp.h, sp.w, sp.x_layout), sp.x_dtype, name="x")
     u = te.placeholder((4, 4, ocb, cb, BLOCK // 2, BLOCK, 2), "int16", name="w")
-    bias = te.placeholder((sp.oc,), "int32", name="bias")
-    p0, p1 = epilogue_params(sp, sp.oc)
+    cp = channel_params(sp, sp.oc)
     zx = tirx.const(sp.zx, sp.x_dtype)
     pad = te.compute(
         (cb, hp, wp, BLOCK),
@@ -226,8 +225,8 @@ def _compute(sp: QConvSpec):
         return tirx.shift_right(y4, tirx.const(2, "int32"))  # exact: y4 = 4 * y
 
     acc = te.compute((sp.n, ocb, sp.oh, sp.ow, BLOCK), f_acc, name="acc")
-    y = out_compute(replace(sp, y_layout="NCHW8c"), acc, bias, p0, p1)
-    return [x, u, bias, p0, p1, y]
+    y = out_compute(replace(sp, y_layout="NCHW8c"), acc, cp)
+    return [x, u, *cp.tensors, *cp.scalars, y]
 
 
 def wino_func(sp: QConvSpec, tile_p: int | None = None, tile_oc: int | None = None,

@@ -29,13 +29,14 @@ from tvm.script import tirx as T
 from pfcompile.quantexec.blocked import (
     Isa,
     conv_func,
-    conv_tiles,
     depthwise_func,
     dw_supported,
+    kernel_tiles,
     pack_weight_conv,
     pack_weight_conv_shared,
     pack_weight_dw,
     shareable,
+    spatial_args,
 )
 from pfcompile.quantexec.kernels import QConvSpec
 
@@ -325,9 +326,10 @@ def avx2_conv_kernel(sp: QConvSpec, target=None, shared: bool = True,
         return IntKernel(wino.WINO_NAME, wino.wino_func(sp), wino.pack_weight_wino)
     if shared and shareable(sp):
         # one function for the layers that differ only in channel counts (see conv_func)
-        t_oc = conv_tiles(sp, isa)[1]
+        t_oc = kernel_tiles(sp, isa)[1]
         return IntKernel(isa.conv_name, conv_func(sp, isa, shared=True),
-                         lambda w: pack_weight_conv_shared(w, isa.conv_kg, dtype, t_oc))
+                         lambda w: pack_weight_conv_shared(w, isa.conv_kg, dtype, t_oc),
+                         scalars=spatial_args(sp, isa))
     if isa is VNNI:
         return IntKernel(VNNI.conv_name, vnni_conv_func(sp), pack_weight_vnni)
     return IntKernel(AVX2.conv_name, avx2_conv_func(sp), pack_weight_avx2)

@@ -26,15 +26,35 @@ The decode bindings are ours, so splitting them out is a partition of a list.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
 from pfcompile.deploy import LIFTED_FUNC, TRANSFORM_FUNC
-from pfcompile.storage.decode import bits_func, codebook_func, sparse_func
-from pfcompile.storage.encode import BLOCK, Bits, Codebook, Encoded, Raw, Sparse, choose
+from pfcompile.storage.decode import (
+    bits_func,
+    codebook_func,
+    codebook_group_func,
+    lanes_func,
+    sparse_func,
+)
+from pfcompile.storage.encode import (
+    BLOCK,
+    Bits,
+    Codebook,
+    Encoded,
+    Lanes,
+    Raw,
+    Sparse,
+    choose,
+    decode,
+    encode_bits_as,
+    lanes_as,
+)
 
 __all__ = ["LIFTED_FUNC", "TRANSFORM_FUNC", "PackedTensor", "StorageReport", "encoding_name",
            "pack_weights", "pack_weights_pass"]
@@ -77,6 +97,8 @@ def encoding_name(e: Encoded) -> str:
         return f"bits{e.bits}"
     if isinstance(e, Codebook):
         return f"codebook{e.index.bits}"
+    if isinstance(e, Lanes):
+        return f"lanes{int(e.rank[-1])}/{e.period}(bits{e.values.bits})"
     return f"sparse({encoding_name(e.values)})"
 
 
@@ -151,6 +173,15 @@ class _Decoders:
             gv = self._gvar(("codebook", e.index.bits, e.dtype),
                             lambda: codebook_func(e.index.bits, e.dtype))
             args = [relax.const(e.index.data), relax.const(e.table)]
+        elif isinstance(e, Lanes):
+            v = e.values
+            gv = self._gvar(("lanes", v.bits, "s" if v.signed else "u", e.dtype),
+                            lambda: lanes_func(v.bits, v.signed, e.dtype))
+            args = [relax.const(v.data), relax.const(e.rank)]
+        elif isinstance(e, CodebookGroup):
+            b = e.index.bits
+            gv = self._gvar(("codebooks", b, e.dtype), lambda: codebook_group_func(b, e.dtype))
+            args = [relax.const(e.index.data), relax.const(e.tables), relax.const(e.starts)]
         else:
             assert isinstance(e, Sparse)
             vals = self.emit(e.values, out, tag + "_nz")
@@ -162,16 +193,171 @@ class _Decoders:
         return var
 
 
+#: byte alignment of each tensor in a decoded group: TVM allocates every tensor 64-byte
+#: aligned (kernels may assume it) and ``vm.builtin.ensure_zero_offset`` turns a view at such
+#: an offset into a plain tensor without a copy
+ALIGN = 64
+
+
+#: the saving a Bits / Lanes encoding of one tensor needs (decoded in a group: a view and
+#: a tuple field, ~200 bytes of VM code, against a constant's ~60-byte header)
+MIN_SAVING_GROUPED = 256
+
+
+@dataclass(frozen=True)
+class CodebookGroup:
+    """Several :class:`Codebook` tensors in one stream: their indices one after the other
+    (segment ``s`` from element ``starts[s]``), each table padded to ``2**bits`` values in
+    ``tables`` (:func:`pfcompile.storage.decode.codebook_group_func`)."""
+
+    index: Bits
+    tables: np.ndarray
+    starts: np.ndarray  # int32, segments + 1
+    n: int
+    dtype: str
+
+    def decode(self) -> np.ndarray:
+        idx = decode(self.index).astype(np.int64)
+        seg = np.searchsorted(self.starts, np.arange(self.n), side="right") - 1
+        return self.tables[seg * (1 << self.index.bits) + idx]
+
+
+def _groups(chosen: list[tuple[Constant, Encoded]]):
+    """The :class:`Bits`, :class:`Lanes` and :class:`Codebook` encodings of ``chosen``
+    grouped by decoder (bit width, sign, dtype; for Lanes the same lanes), as ``{key: [index
+    into chosen, ...]}``; the others are decoded one by one."""
+    groups: dict[tuple, list[int]] = {}
+    for k, (_, e) in enumerate(chosen):
+        if isinstance(e, Bits):
+            groups.setdefault(("bits", e.bits, e.signed, e.dtype), []).append(k)
+        elif isinstance(e, Lanes):
+            v = e.values
+            groups.setdefault(("lanes", v.bits, v.signed, e.dtype, e.rank.tobytes()),
+                              []).append(k)
+        elif isinstance(e, Codebook):
+            groups.setdefault(("codebook", e.index.bits, e.dtype), []).append(k)
+    return groups
+
+
+def _codebook_group(members: list[Codebook]) -> tuple[CodebookGroup, list[int]]:
+    """:class:`CodebookGroup` of ``members`` (one index width and dtype), each starting at a
+    multiple of :data:`ALIGN` bytes of the decoded array, and the byte offsets. Checked:
+    every member decodes back bit for bit."""
+    e0 = members[0]
+    bits, item = e0.index.bits, np.dtype(e0.dtype).itemsize
+    step = max(1, ALIGN // item)
+    idx, tables, starts, n = [], [], [], 0
+    for e in members:
+        starts.append(n)
+        v = decode(e.index).astype(np.int64)
+        idx.append(np.concatenate([v, np.zeros(-v.size % step, np.int64)]))
+        n += idx[-1].size
+        tables.append(np.concatenate([e.table, np.zeros((1 << bits) - e.table.size, e.table.dtype)]))
+    group = CodebookGroup(encode_bits_as(np.concatenate(idx), bits, False),
+                          np.concatenate(tables), np.array([*starts, n], np.int32), n, e0.dtype)
+    back = group.decode()
+    for e, off in zip(members, starts, strict=True):
+        want = decode(e)
+        if not np.array_equal(back[off:off + e.n].view(np.uint8), want.view(np.uint8)):
+            raise AssertionError("a grouped codebook stream does not decode back")  # pragma: no cover
+    return group, [off * item for off in starts]
+
+
+def _group_stream(members: list[Bits | Lanes]) -> tuple[Bits | Lanes, list[int]]:
+    """One stream holding ``members`` (all Bits or all Lanes of the same lanes, one bit
+    width) one after the other, each starting at a multiple of :data:`ALIGN` bytes of the
+    decoded array and of the Lanes period (zeros between them), and the byte offsets.
+    Checked: decoding the stream gives every member back bit for bit."""
+    e0 = members[0]
+    item = np.dtype(e0.dtype).itemsize
+    step = max(1, ALIGN // item)
+    if isinstance(e0, Lanes):
+        step = int(np.lcm(step, e0.period))
+    parts, offsets, n = [], [], 0
+    for e in members:
+        offsets.append(n * item)
+        v = decode(e)
+        pad = -v.size % step
+        parts.append(v if not pad else np.concatenate([v, np.zeros(pad, v.dtype)]))
+        n += v.size + pad
+    values = np.concatenate(parts)
+    if isinstance(e0, Lanes):
+        stream = lanes_as(values, e0.rank[:-1] >= 0, e0.values.bits, e0.values.signed)
+    else:
+        stream = encode_bits_as(values, e0.bits, e0.signed)
+    back = decode(stream)
+    for e, off in zip(members, offsets, strict=True):
+        seg = back[off // item: off // item + e.n]
+        if not np.array_equal(seg, decode(e)):  # pragma: no cover - encode_bits_as is exact
+            raise AssertionError(f"a grouped {encoding_name(e0)} stream does not decode back")
+    return stream, offsets
+
+
+#: what one more decoder costs a library, in bytes: its function (~450 bytes of code) and a
+#: group's allocation and call (~300 bytes of VM code and constants)
+DECODER_BYTES = 768
+
+
+def _widen(encs: list) -> list:
+    """``encs`` with Bits encodings of the same sign and dtype widened to the next wider
+    width present where that costs fewer bytes than :data:`DECODER_BYTES` (one decoder and
+    one group less: the per-channel biases of two epilogue kinds, 16 and 18 bits)."""
+    out = list(encs)
+    by: dict[tuple, dict[int, list[int]]] = {}
+    for k, e in enumerate(out):
+        if isinstance(e, Bits):
+            by.setdefault((e.signed, e.dtype), {}).setdefault(e.bits, []).append(k)
+    for (signed, _), widths in by.items():
+        ws = sorted(widths)
+        for w, w2 in itertools.pairwise(ws):
+            idx = widths.pop(w)
+            extra = sum((w2 - w) * out[k].n for k in idx) / 8
+            if extra < DECODER_BYTES:
+                for k in idx:
+                    out[k] = encode_bits_as(decode(out[k]), w2, signed)
+                widths[w2].extend(idx)
+            else:
+                widths[w] = idx
+    return out
+
+
 def _decode_block(decoders: _Decoders, chosen: list[tuple[Constant, Encoded]]):
-    """A dataflow block decoding every chosen constant; returns (block, output vars)."""
+    """A dataflow block decoding every chosen constant; returns (block, output vars).
+
+    Bits / Lanes constants of the same decoder share one stream and one decoder call; each
+    is then a view of the decoded array (``R.memory.view`` + ``ensure_zero_offset``: no
+    copy) in its kernel's shape. Per tensor that is two VM instructions instead of an
+    allocation, a decoder call and a reshape, and the compact arrays share one header."""
     bindings: list = []
-    outs = []
+    outs: list = [None] * len(chosen)
+    grouped = _groups(chosen)
+    for key, idx in grouped.items():
+        if len(idx) < 2:
+            continue
+        members = [chosen[k][1] for k in idx]
+        stream, offsets = (_codebook_group(members) if key[0] == "codebook"
+                           else _group_stream(members))
+        flat = decoders.emit(stream, bindings, f"g{len(bindings)}")
+        for k, off in zip(idx, offsets, strict=True):
+            c = chosen[k][0]
+            shape = tuple(int(s) for s in c.ty.shape.values)
+            var = relax.DataflowVar(f"w{k}_view", relax.TensorType(shape, str(c.ty.dtype)))
+            bindings.append(relax.VarBinding(var, relax.op.memory.view(
+                flat, relax.ShapeExpr(shape), str(c.ty.dtype),
+                relax.prim_value(tirx.IntImm("int64", off)))))
+            if off:
+                v2 = relax.DataflowVar(f"w{k}", var.ty)
+                bindings.append(relax.VarBinding(v2, relax.op.memory.ensure_zero_offset(var)))
+                var = v2
+            outs[k] = var
     for k, (c, e) in enumerate(chosen):
+        if outs[k] is not None:
+            continue
         flat = decoders.emit(e, bindings, f"w{k}")
         shape = tuple(int(s) for s in c.ty.shape.values)
-        var = relax.Var(f"w{k}", relax.TensorType(shape, str(c.ty.dtype)))
+        var = relax.DataflowVar(f"w{k}", relax.TensorType(shape, str(c.ty.dtype)))
         bindings.append(relax.VarBinding(var, relax.op.reshape(flat, shape)))
-        outs.append(var)
+        outs[k] = var
     return relax.DataflowBlock(bindings), outs
 
 
@@ -181,9 +367,10 @@ def pack_weights(mod: tvm.IRModule, *, func_name: str = "main", min_saving: int 
     report = report if report is not None else StorageReport()
     func = mod[func_name]
     chosen: list[tuple[Constant, Encoded]] = []
-    for c in _constants(func):
-        arr = c.value.numpy()
-        enc = choose(arr, min_saving)
+    consts = _constants(func)
+    arrs = [c.value.numpy() for c in consts]
+    encs = _widen([choose(a, min_saving, min(min_saving, MIN_SAVING_GROUPED)) for a in arrs])
+    for c, arr, enc in zip(consts, arrs, encs, strict=True):
         report.constant_bytes += int(arr.nbytes)
         report.stored_bytes += int(arr.nbytes) if enc is None else enc.nbytes
         report.tensors.append(PackedTensor(tuple(int(s) for s in arr.shape), str(arr.dtype),
@@ -201,13 +388,20 @@ def pack_weights(mod: tvm.IRModule, *, func_name: str = "main", min_saving: int 
     tblock = relax.DataflowBlock([*block.bindings, relax.VarBinding(tup, relax.Tuple(outs))])
     transform = relax.Function([], relax.SeqExpr([tblock], tup), tup.ty, True).with_attr(
         "global_symbol", TRANSFORM_FUNC)
-    # main_lifted: the model reading the decoded tuple
-    pvar = relax.Var("params", tup.ty)
-    gets = []
+    # main_lifted: the model reading the decoded tuple. The parameter is typed as an object
+    # and its fields read with the VM's own tuple_getitem: a tuple-typed parameter makes
+    # TVM store its whole type as the text of an error message (~130 bytes a tensor) for a
+    # check of the tuple's length, which is done here with a short message instead
+    pvar = relax.Var("params", relax.ObjectType())
+    gets = [relax.VarBinding(relax.Var("params_checked", relax.ObjectType()), relax.call_pure_packed(
+        "vm.builtin.check_tuple_info", pvar, relax.prim_value(len(chosen)),
+        tvm.ir.StringImm(f"{LIFTED_FUNC}: params must be what {TRANSFORM_FUNC}() returns;"),
+        ty_args=relax.ObjectType()))]
     for k, (c, _) in enumerate(chosen):
         v = relax.Var(f"w{k}", c.ty)
-        gets.append(relax.VarBinding(v, relax.TupleGetItem(pvar, k)))
-    table = {c: g.var for (c, _), g in zip(chosen, gets, strict=True)}
+        gets.append(relax.VarBinding(v, relax.call_pure_packed(
+            "vm.builtin.tuple_getitem", pvar, relax.prim_value(k), ty_args=c.ty)))
+    table = {c: g.var for (c, _), g in zip(chosen, gets[1:], strict=True)}
     body = relax.SeqExpr([relax.BindingBlock(gets), *_substitute(func, table)], func.body.body)
     lifted = relax.Function([*func.params, pvar], body, func.ret_ty, func.is_pure, func.attrs)
     lifted = lifted.with_attr("global_symbol", LIFTED_FUNC).with_attr(
