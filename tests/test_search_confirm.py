@@ -223,6 +223,9 @@ def test_run_fine_tunes_a_recoverable_candidate_before_the_finalist(tmp_path, fa
     else:
         assert "after fine-tuning" in first["error"] or "not confirmed" in first["error"] \
             or "lowered top-1" in first["error"] or "no progress" in first["error"]
+    html = (tmp_path / "dist" / "report.html").read_text()
+    assert f"<td class=\"t\">trial {first['trial']}</td>" in html and "recoverable candidate" in html
+    assert rep["best"] is None or rep["best"]["recovered"] is bool(first["deployed"])
     rep2 = run(RunConfig(settings=settings, device=DeviceSpec(null=True),
                          out_dir=tmp_path / "dist2", cache_dir=tmp_path / "cache"))
     assert rep2.get("finetune") is None
