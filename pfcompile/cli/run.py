@@ -191,7 +191,7 @@ def register(app: typer.Typer) -> None:
         confirm_fraction: Annotated[float, _opt("confirm_fraction")] = 0.3,
         finalists: Annotated[int, _opt("finalists")] = 3,
         finetune_epochs: Annotated[int, _opt("finetune_epochs")] = 10,
-        finetune_drop: Annotated[float, _opt("finetune_drop")] = 10.0,
+        finetune_drop: Annotated[float, _opt("finetune_drop")] = 15.0,
         finetune_candidates: Annotated[int, _opt("finetune_candidates")] = 2,
         bits: Annotated[str | None, _opt("bits", "--bits")] = None,
         sparsity: Annotated[str | None, _opt("sparsity", "--sparsity")] = None,

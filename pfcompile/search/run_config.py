@@ -42,7 +42,7 @@ class RunConfig:
     final_repeats: int = 3               # rounds of the final re-measurement (0: none)
     finetune: bool | None = None         # --finetune/--no-finetune (None: on when train is given)
     finetune_epochs: int = 10            # --finetune-epochs
-    finetune_drop: float = 10.0          # --finetune-drop: drops fine-tuning may win back (points)
+    finetune_drop: float = 15.0          # --finetune-drop: drops fine-tuning may win back (points)
     finetune_candidates: int = 2         # --finetune-candidates: such candidates fine-tuned at most
     # --input-shape: dynamic input dims bound (a dict: not part of the hash)
     input_shapes: Mapping[str, tuple[int, ...]] | None = field(default=None, hash=False)
