@@ -258,3 +258,41 @@ def test_run_finetune_from_files_writes_the_model_beside_the_candidate(pruned, d
         run_finetune(cand, None, tmp_path / "missing.npz", None, FinetuneSettings(epochs=1),
                      out_path=tmp_path / "never.onnx")
     assert not (tmp_path / "never.onnx").exists()
+
+
+def _with_softmax(m: onnx.ModelProto) -> onnx.ModelProto:
+    """``m`` with a Softmax after its (logits) output, as inference exports often end."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    g = out.graph
+    logits = g.output[0].name
+    g.node.append(onnx.helper.make_node("Softmax", [logits], ["probs"], axis=1, name="softmax"))
+    probs = onnx.ValueInfoProto()
+    probs.CopyFrom(g.output[0])
+    probs.name = "probs"
+    g.output[0].CopyFrom(probs)
+    return out
+
+
+def test_a_trailing_softmax_is_trained_through_its_logits(pruned, digits):
+    """A student and teacher that end in Softmax train on the Softmax's input: the weights
+    learned equal those learned on the same graphs without it (bit for bit: one thread,
+    one seed), and the result still ends in the Softmax, outputs summing to 1."""
+    teacher, student, _, _ = pruned
+    train, val = digits
+    s = FinetuneSettings(epochs=2, seed=0)
+    plain = finetune(student, teacher, train.subset(256), val, s)
+    soft = finetune(_with_softmax(student), _with_softmax(teacher), train.subset(256), val, s)
+    assert plain.logits is None
+    assert soft.logits == student.graph.output[0].name
+    w_plain = {t.name: onnx.numpy_helper.to_array(t) for t in plain.model.graph.initializer}
+    w_soft = {t.name: onnx.numpy_helper.to_array(t) for t in soft.model.graph.initializer}
+    assert w_plain.keys() == w_soft.keys()
+    assert all(np.array_equal(w_plain[k], w_soft[k]) for k in w_plain)
+    assert [e.loss for e in soft.epochs] == [e.loss for e in plain.epochs]
+    assert soft.model.graph.node[-1].op_type == "Softmax"
+    assert soft.model.graph.output[0].name == "probs"
+    from pfcompile.finetune.train import onnx_logits
+    p = onnx_logits(soft.model, val.subset(16), "student")
+    assert np.allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert soft.after_top1 == plain.after_top1

@@ -158,3 +158,76 @@ def test_a_confirmation_part_too_small_for_the_budget_is_flagged_up_front(tmp_pa
     assert not (tmp_path / "ft").exists()
     rep = build_report(r)
     assert rep["accuracy"]["warnings"] == warn
+
+
+def test_recoverable_candidates_beat_the_best_and_come_best_first():
+    """``select_recoverable``: measured trials over the budget but within the drop
+    fine-tuning may win back, faster than the best qualifying one, fastest first; with a
+    latency goal, only when nothing qualified, most accurate first."""
+    from pfcompile.search.confirm import select_recoverable
+    from pfcompile.search.judge import strategy_view
+    from pfcompile.search.strategies import Goal
+
+    def t(i, ms, drop, feasible=False, recoverable=True, status="ok"):
+        return {"id": i, "status": status, "latency_ms": ms, "acc_drop": drop,
+                "acc_drop_upper": drop + 0.5, "size_mb": 1.0, "feasible": feasible,
+                "recoverable": recoverable}
+
+    goal, steer = Goal(1.0), Goal(10.0)
+    base = {"latency_ms": 10.0}
+    trials = [t(0, 8.0, 0.2, feasible=True), t(1, 5.0, 4.0), t(2, 3.0, 8.0), t(3, 9.0, 3.0),
+              t(4, 2.0, 30.0, recoverable=False), t(5, 1.0, 2.0, status="failed")]
+    best = trials[0]
+    assert [r["id"] for r in select_recoverable(trials, base, goal, steer, best)] == [2, 1]
+    assert [r["id"] for r in select_recoverable(trials, base, goal, steer, None)] == [2, 1, 3]
+    lat_goal, lat_steer = Goal(1.0, latency_ms=6.0), Goal(10.0, latency_ms=6.0)
+    assert select_recoverable(trials, base, lat_goal, lat_steer, best) == []
+    assert [r["id"] for r in select_recoverable(trials, base, lat_goal, lat_steer, None)] == [1, 2]
+    # the strategy learns the recoverable trials as the ones to aim at
+    assert strategy_view(trials[1])["feasible"] is True
+    assert strategy_view(trials[4])["feasible"] is False
+    assert strategy_view({k: v for k, v in trials[1].items() if k != "recoverable"})["feasible"] is False
+
+
+def test_run_fine_tunes_a_recoverable_candidate_before_the_finalist(tmp_path, fast_settings):
+    """With --train, the search steers towards drops fine-tuning may win back
+    (``--finetune-drop``) and fine-tunes the fastest such candidate first; it is deployed
+    only when, after fine-tuning, its drop qualifies on the search part and is confirmed;
+    each candidate tried is in the report with what happened. Without --train nothing
+    changes: no trial is marked recoverable."""
+    from dataclasses import replace
+
+    from pfcompile.search import DeviceSpec, RunConfig, run
+
+    settings = replace(fast_settings, max_acc_drop=0.0, confidence=0.0)
+    rep = run(RunConfig(settings=settings, device=DeviceSpec(null=True),
+                        out_dir=tmp_path / "dist", train=demo_paths()[2], finetune_epochs=1,
+                        finetune_drop=100.0, finetune_candidates=1,
+                        cache_dir=tmp_path / "cache"))
+    trials = {r["id"]: r for r in map(json.loads, (tmp_path / "dist" / "run" / "trials.jsonl")
+                                      .read_text().splitlines()) if r.get("type") == "trial"}
+    assert trials and all("recoverable" in r for r in trials.values() if r["status"] == "ok")
+    ft = rep["finetune"]
+    first = ft["tried"][0]
+    assert first["of"].startswith("recoverable candidate")
+    t = trials[first["trial"]]
+    assert t["recoverable"] is True and t["feasible"] is False
+    assert t["latency_ms"] < rep["baseline"]["latency_ms"]
+    assert len(ft["tried"]) <= 2   # one recoverable candidate, then the finalist (if any)
+    for tr in ft["tried"]:
+        assert tr["after_top1"] is not None
+        assert tr["deployed"] or tr["error"]
+    if first["deployed"]:
+        assert rep["best"]["recovered"] is True and rep["best"]["finetuned"] is True
+        assert rep["best"]["acc_drop"] <= 0.0 and first["confirmation"]["confirmed"]
+    else:
+        assert "after fine-tuning" in first["error"] or "not confirmed" in first["error"] \
+            or "lowered top-1" in first["error"] or "no progress" in first["error"]
+    html = (tmp_path / "dist" / "report.html").read_text()
+    assert f"<td class=\"t\">trial {first['trial']}</td>" in html and "recoverable candidate" in html
+    assert rep["best"] is None or rep["best"]["recovered"] is bool(first["deployed"])
+    rep2 = run(RunConfig(settings=settings, device=DeviceSpec(null=True),
+                         out_dir=tmp_path / "dist2", cache_dir=tmp_path / "cache"))
+    assert rep2.get("finetune") is None
+    log2 = (tmp_path / "dist2" / "run" / "trials.jsonl").read_text()
+    assert '"recoverable"' not in log2

@@ -153,7 +153,10 @@ def main() -> None:
     rows = [
         ("deployed", f"compressed candidate (trial {best.get('trial')})" if best
          else f"the original (nothing qualified: {rep.get('why_no_candidate')})"),
-        ("fine-tuned", f"{bool(best.get('finetuned'))} ({ft.get('status', '-')})"),
+        ("fine-tuned", f"{bool(best.get('finetuned'))} ("
+                       + "; ".join(f"trial {t.get('trial')}: {t.get('of')}, "
+                                   + ("deployed" if t.get("deployed") else f"not deployed: {t.get('error')}")
+                                   for t in ft.get("tried") or []) + ")"),
         ("baseline ms (paired scale)", f(base.get("latency_ms"))),
         ("deployed ms (paired)", f(best.get("latency_ms"))),
         ("speedup, paired", f(best.get("speedup"), 2)),

@@ -72,7 +72,9 @@ class _Progress:
         elif kind == "final":
             self.status = "re-measuring baseline and best, round-robin"
         elif kind == "finetune":
-            self.status = "fine-tuning the finalist (CE + distillation)"
+            self.status = (f"fine-tuning trial {info['trial']}, {info['of']} (CE + distillation)"
+                           if info.get("trial") is not None else
+                           "fine-tuning (CE + distillation)")
         elif kind == "confirm":
             self.status = (f"confirming {'the fine-tuned ' if info.get('finetuned') else ''}"
                            f"trial {info['trial']} on {info['n']} unseen images")
@@ -138,6 +140,12 @@ _HELP = {
                         "finalists on images the search never saw; 0: no confirmation split",
     "finalists": "top candidates re-scored on the confirmation part",
     "finetune_epochs": "epochs of --finetune",
+    "finetune_drop": "with --finetune: steer the search towards candidates whose accuracy drop "
+                     "before fine-tuning is within this many points, and fine-tune the best of "
+                     "them that beat the best qualifying candidate (each judged and confirmed "
+                     "again after fine-tuning)",
+    "finetune_candidates": "with --finetune: such candidates fine-tuned at most (0: only the "
+                           "finalist, as judged before fine-tuning)",
     "bits": "also search a bit width per layer: 'auto' (the target's widths; host: 32,8, and "
             "4 with --size-mb) or a list such as 8,32 (32 = float, always included)",
     "sparsity": "also search a weight sparsity per layer: 'auto' (the sparsify pass's "
@@ -183,6 +191,8 @@ def register(app: typer.Typer) -> None:
         confirm_fraction: Annotated[float, _opt("confirm_fraction")] = 0.3,
         finalists: Annotated[int, _opt("finalists")] = 3,
         finetune_epochs: Annotated[int, _opt("finetune_epochs")] = 10,
+        finetune_drop: Annotated[float, _opt("finetune_drop")] = 15.0,
+        finetune_candidates: Annotated[int, _opt("finetune_candidates")] = 2,
         bits: Annotated[str | None, _opt("bits", "--bits")] = None,
         sparsity: Annotated[str | None, _opt("sparsity", "--sparsity")] = None,
         accel_latency: Annotated[str, _opt("accel_latency")] = "total",
@@ -203,7 +213,8 @@ def register(app: typer.Typer) -> None:
             device=DeviceSpec(device=device, rpc=rpc, key=key, null=null_device, threads=threads,
                               accel_latency=accel_latency),
             out_dir=out, resume=resume, cache_dir=cache_dir, finetune=finetune,
-            finetune_epochs=finetune_epochs, input_shapes=parse_input_shapes(input_shape))
+            finetune_epochs=finetune_epochs, finetune_drop=finetune_drop,
+            finetune_candidates=finetune_candidates, input_shapes=parse_input_shapes(input_shape))
         console = Console()
         prog = _Progress(budget, console)
         with prog.live:
@@ -239,9 +250,11 @@ def _print_report(rep: dict, out: Path, console: Console) -> None:
                       f"{d['code_bytes'] / 1e6:.3f}, weights {d['weight_bytes'] / 1e6:.3f})")
     ft = rep.get("finetune")
     if ft:
-        console.print(f"fine-tuned the best candidate: top-1 {ft['before_top1']} -> "
-                      f"{ft['after_top1']} ({ft['epochs']} epochs on {ft['train_data']}"
-                      f"{'' if ft['deployed'] else '; NOT deployed: ' + str(ft.get('error'))})")
+        for t in ft.get("tried") or [ft]:
+            console.print(f"fine-tuned trial {t.get('trial')} ({t.get('of')}): top-1 "
+                          f"{t['before_top1']} -> {t['after_top1']} ({ft['epochs']} epochs on "
+                          f"{ft['train_data']}"
+                          f"{'; deployed' if t['deployed'] else '; NOT deployed: ' + str(t.get('error'))})")
     rm = rep.get("remeasured")
     if rm and rm.get("speedup"):
         console.print(f"re-measured round-robin ({rm['repeats']}x, medians): baseline "

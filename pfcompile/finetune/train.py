@@ -69,6 +69,8 @@ class FinetuneResult:
     used_teacher: bool
     used_labels: bool
     seconds: float
+    # the tensor trained as logits when the output is a Softmax's (logits_view), else None
+    logits: str | None = None
 
     def to_json(self) -> dict:
         """Everything but the model, for a report."""
@@ -81,6 +83,7 @@ class FinetuneResult:
             "used_teacher": self.used_teacher,
             "used_labels": self.used_labels,
             "seconds": self.seconds,
+            "logits": self.logits,
         }
 
 
@@ -90,6 +93,32 @@ def _as_model(m: onnx.ModelProto | str | Path, what: str) -> onnx.ModelProto:
     if isinstance(m, (str, Path)):
         return load_onnx(m)
     raise ModelError(f"{what} must be an ONNX ModelProto or a path, got {type(m).__name__}")
+
+
+def logits_view(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """A copy of ``model`` whose first output is the input of the ``Softmax`` that makes
+    it (the logits), or None when the output is not a Softmax's (read by nothing else).
+
+    Classifiers exported for inference often end in a Softmax (PP-OCR's direction
+    classifier does); cross-entropy and distillation on its probabilities, taken as if
+    they were logits, have gradients that vanish as the model grows confident. The
+    initializers keep their names, so weights trained on the view are written back into
+    the original graph (:func:`pfcompile.finetune.export.export_onnx`)."""
+    out = model.graph.output[0].name
+    node = next((n for n in model.graph.node if out in n.output), None)
+    if node is None or node.op_type != "Softmax":
+        return None
+    if any(out in n.input for n in model.graph.node):
+        return None
+    view = onnx.ModelProto()
+    view.CopyFrom(model)
+    g = view.graph
+    keep = [n for n in g.node if n.output[0] != node.output[0]]
+    del g.node[:]
+    g.node.extend(keep)
+    logits = onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None)
+    g.output[0].CopyFrom(logits)
+    return view
 
 
 def _session(model: onnx.ModelProto) -> ort.InferenceSession:
@@ -194,7 +223,14 @@ def finetune(student: onnx.ModelProto | str | Path,
     if val is not None and val.labels is None:
         raise DataError(f"validation data {val.path or ''} has no labels 'y'; it is needed for accuracy")
 
-    module = onnx_to_torch(s_model)
+    # train on the logits when both graphs end in a Softmax (see logits_view)
+    s_view = logits_view(s_model)
+    t_view = logits_view(t_model) if t_model is not None else None
+    if s_view is not None and (t_model is None or t_view is not None):
+        s_train, t_train = s_view, t_view
+    else:
+        s_train, t_train = s_model, t_model
+    module = onnx_to_torch(s_train)
     _, s_arrays = _feeds_for(s_model, train, "student")
     x_train = [torch.from_numpy(np.ascontiguousarray(a)) for a in s_arrays]
     n = len(x_train[0])
@@ -208,7 +244,7 @@ def finetune(student: onnx.ModelProto | str | Path,
 
     t_logits = None
     if use_teacher:
-        tl = onnx_logits(t_model, train, "teacher")
+        tl = onnx_logits(t_train, train, "teacher")
         if tl.shape[1:] != tuple(probe.shape[1:]):
             t_out = t_model.graph.output[0].name
             raise ModelError(
@@ -282,4 +318,5 @@ def finetune(student: onnx.ModelProto | str | Path,
     out_model = export_onnx(module, s_model)
     after = onnx_top1(out_model, val, "fine-tuned student") if val is not None else None
     return FinetuneResult(out_model, before, after, teacher_top1, tuple(history), settings,
-                          t_logits is not None, y_train is not None, time.perf_counter() - t0)
+                          t_logits is not None, y_train is not None, time.perf_counter() - t0,
+                          s_train.graph.output[0].name if s_train is not s_model else None)

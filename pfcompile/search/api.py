@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,10 @@ def run(config: RunConfig, on_event: Callable[[str, dict], None] | None = None) 
     confirmation part, on which only the finalists are re-scored; only a candidate whose
     drop qualifies there is deployed (:mod:`pfcompile.search.confirm`).
 
-    ``finetune`` (default: on when ``train`` is given): fine-tune the finalist
+    ``finetune`` (default: on when ``train`` is given): the search steers towards
+    candidates whose drop before fine-tuning is within ``finetune_drop``; after it, up to
+    ``finetune_candidates`` of those that beat the best qualifying one are fine-tuned and
+    judged again, then the finalist (:mod:`pfcompile.search.finalist`). Fine-tune
     (cross-entropy on labels when the training data has them, plus distillation from
     the original model) on ``train`` (default: the calibration data, else the search
     part of ``data``), check that it learned, re-confirm it, and deploy it only then
@@ -118,6 +122,9 @@ def run(config: RunConfig, on_event: Callable[[str, dict], None] | None = None) 
         do_finetune = False
         deploy = AccelDeployer(tgt, calib_set if calib_set is not None else dataset,
                                settings.calib_samples)
+    if do_finetune and c.finetune_candidates > 0 and c.finetune_drop > settings.max_acc_drop:
+        # fine-tuning to come: steer the search towards drops it may win back
+        settings = replace(settings, recover_drop=c.finetune_drop)
     dev, server = spec.open(tgt, on_change=_pool_events(on_event))
     final = None
     ft_info = None
@@ -126,13 +133,14 @@ def run(config: RunConfig, on_event: Callable[[str, dict], None] | None = None) 
     try:
         result = run_search(model, tgt, dev, dataset, run_dir, settings, cache_dir=cache,
                             calib=calib_set, on_event=on_event, deploy=deploy, confirm=confirm_set)
-        if do_finetune and (result.best is not None or result.finalists):
+        if do_finetune and (result.best is not None or result.finalists or result.recoverable):
             if on_event:
                 on_event("finetune", {})
             train_set, train_name = _training_data(c, dataset, specs)
             ft_info = finetune_finalist(result, model, train_set, train_name, dataset, dev,
                                         run_dir / "finetune", c.finetune_epochs,
-                                        log=TrialLog(run_dir / "trials.jsonl"), emit=on_event)
+                                        log=TrialLog(run_dir / "trials.jsonl"), emit=on_event,
+                                        candidates=c.finetune_candidates)
         # the user's alternative: the original in onnxruntime on this machine (host device
         # started here), timed in its own process between the re-measurement rounds
         timer = None

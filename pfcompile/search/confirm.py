@@ -30,7 +30,7 @@ from pfcompile.model import model_hash
 from pfcompile.search.judge import AccuracyJudge
 
 __all__ = ["check_split", "confirm_finalists", "confirm_model", "confirmation_summary",
-           "select_finalists", "split_for_confirmation"]
+           "select_finalists", "select_recoverable", "split_for_confirmation"]
 
 
 def _take(data: Dataset, idx: np.ndarray, tag: str) -> Dataset:
@@ -109,6 +109,28 @@ def select_finalists(trials: list[dict], base: dict, goal) -> list[dict]:
     if goal.mode == "fastest" and base.get("latency_ms"):
         feas = [t for t in feas if t["latency_ms"] < base["latency_ms"]]
     return sorted(feas, key=lambda t: (goal.cost(t["latency_ms"], t["acc_drop"], t["size_mb"]), t["id"]))
+
+
+def select_recoverable(trials: list[dict], base: dict, goal, steer, best: dict | None) -> list[dict]:
+    """Measured trials that did not qualify but whose drop is within ``steer``'s (the
+    drop fine-tuning may win back) and that would beat ``best`` if it did: in ``fastest``
+    mode faster than ``best`` (else than the original); with a latency / size budget,
+    within it (only when no candidate qualified). Best first by ``steer.cost``: the
+    fastest, or the most accurate in budget."""
+    if goal.mode != "fastest" and best is not None:
+        return []
+    bar = best["latency_ms"] if best is not None else base.get("latency_ms")
+    out = []
+    for t in trials:
+        if t.get("status") != "ok" or t.get("feasible") or not t.get("recoverable"):
+            continue
+        if not steer.feasible(t["latency_ms"], t.get("acc_drop_upper", t["acc_drop"]), t["size_mb"]):
+            continue
+        if goal.mode == "fastest" and bar and t["latency_ms"] >= bar:
+            continue
+        out.append(t)
+    return sorted(out, key=lambda t: (steer.cost(t["latency_ms"], t.get("acc_drop_upper", t["acc_drop"]),
+                                                 t["size_mb"]), t["id"]))
 
 
 def confirm_model(judge: AccuracyJudge, model: onnx.ModelProto, **extra) -> dict:

@@ -102,7 +102,11 @@ class AccuracyJudge:
 
 
 def strategy_view(rec: dict) -> dict:
-    """The trial as a strategy should learn from it: ``acc_drop`` = the upper bound."""
+    """The trial as a strategy should learn from it: ``acc_drop`` = the upper bound; in a
+    run with fine-tuning to come, ``feasible`` = ``recoverable`` (within the drop it may
+    win back: the strategy's goal then, see :class:`~pfcompile.search.loop.SearchSettings`
+    ``recover_drop``)."""
+    view = rec if "recoverable" not in rec else {**rec, "feasible": rec["recoverable"]}
     if rec.get("acc_drop_upper") is None:
-        return rec
-    return {**rec, "acc_drop": rec["acc_drop_upper"], "acc_drop_estimate": rec.get("acc_drop")}
+        return view
+    return {**view, "acc_drop": rec["acc_drop_upper"], "acc_drop_estimate": rec.get("acc_drop")}

@@ -32,7 +32,7 @@ from pfcompile.data import Dataset
 from pfcompile.errors import PfcompileError, SearchError
 from pfcompile.model import model_hash
 from pfcompile.search.candidates import CandidateFactory
-from pfcompile.search.confirm import confirm_finalists, select_finalists
+from pfcompile.search.confirm import confirm_finalists, select_finalists, select_recoverable
 from pfcompile.search.devices import SearchDevice
 from pfcompile.search.evaluation import Evaluator
 from pfcompile.search.graph import Kernel
@@ -74,6 +74,10 @@ class SearchSettings:
     confidence: float = 0.9
     confirm_fraction: float = 0.3    # of --data, split off for confirming finalists (0: none)
     finalists: int = 3               # top candidates re-scored on the confirmation part
+    # fine-tuning runs (pfcompile.search.finalist): steer towards candidates whose drop
+    # before fine-tuning is within this many points, and list them (``recoverable``) for
+    # fine-tuning after the search; None: steer by max_acc_drop alone
+    recover_drop: float | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -92,6 +96,8 @@ class SearchSettings:
             raise SearchError(f"--confirm-fraction must be in [0, 1), got {self.confirm_fraction}")
         if self.finalists < 1:
             raise SearchError(f"--finalists must be at least 1, got {self.finalists}")
+        if self.recover_drop is not None and not self.recover_drop >= 0:
+            raise SearchError(f"--finetune-drop must be >= 0, got {self.recover_drop}")
 
 
 class Deployer(Protocol):
@@ -130,6 +136,10 @@ class SearchResult:
     confirm_judge: AccuracyJudge | None = field(default=None, repr=False)
     judge: AccuracyJudge | None = field(default=None, repr=False)        # the search part's
     finalist_model: onnx.ModelProto | None = field(default=None, repr=False)  # finalists[0]'s
+    # measured trials whose drop before fine-tuning is within ``recover_drop`` and that beat
+    # ``best`` by the goal (faster, or in budget), best first (select_recoverable)
+    recoverable: list[dict] = field(default_factory=list)
+    model_of: Callable[[dict], onnx.ModelProto] | None = field(default=None, repr=False)
 
 
 def run_search(model: onnx.ModelProto, target, device: SearchDevice, data: Dataset,
@@ -194,6 +204,9 @@ def run_search(model: onnx.ModelProto, target, device: SearchDevice, data: Datas
     goal = Goal(settings.max_acc_drop,
                 settings.latency_ms if settings.speedup is None else base["latency_ms"] / settings.speedup,
                 settings.size_mb)
+    # what the strategy aims at: with fine-tuning to come, drops it may win back count
+    steer = goal if settings.recover_drop is None else Goal(
+        max(goal.max_acc_drop, settings.recover_drop), goal.latency_ms, goal.size_mb)
 
     def latency_of(cfg: dict) -> float:
         try:
@@ -207,7 +220,7 @@ def run_search(model: onnx.ModelProto, target, device: SearchDevice, data: Datas
         except PfcompileError:
             return math.inf
 
-    strat = make_strategy(settings.strategy, space, goal, settings.seed, settings.budget,
+    strat = make_strategy(settings.strategy, space, steer, settings.seed, settings.budget,
                           latency_of, drop_of, settings.pool, settings.min_keep,
                           latency_model=lat_model, kernels_of=lambda cfg: cands.candidate(cfg)[1],
                           size_of=cands.size_mb if settings.size_mb is not None else None)
@@ -227,7 +240,7 @@ def run_search(model: onnx.ModelProto, target, device: SearchDevice, data: Datas
                          log=log, strategy=strat, strategy_name=settings.strategy,
                          lat_model=lat_model, kernel_timer=time_kernels,
                          kernels_per_trial=settings.kernels_per_trial, base=base, goal=goal,
-                         emit=emit, trials=trials)
+                         emit=emit, trials=trials, steer=steer if steer is not goal else None)
     stall = 0
     while len(trials) < settings.budget:
         props = strat.propose(min(settings.batch, settings.budget - len(trials)))
@@ -251,10 +264,13 @@ def run_search(model: onnx.ModelProto, target, device: SearchDevice, data: Datas
     top_model = (best_model if best is not None or not ranked
                  else cands.candidate(ranked[0]["config"])[0])
     n_dev = sum(1 for t in trials if t.get("measured"))
+    recoverable = ([] if steer is goal else
+                   select_recoverable(trials, base, goal, steer, best or (ranked[0] if ranked else None)))
     return SearchResult(run_dir, base, best, trials, n_dev, time_kernels.count, space, goal,
                         device.emulated, settings.strategy, best_model, device.simulated,
                         cands.base_model() if deploy is not None else None,
-                        confirmation, ranked[:settings.finalists], cjudge, judge, top_model)
+                        confirmation, ranked[:settings.finalists], cjudge, judge, top_model,
+                        recoverable, lambda cfg: cands.candidate(cfg)[0])
 
 
 def _baseline(log: RunLog, cands: CandidateFactory, device: SearchDevice, evaluator: Evaluator,

@@ -97,6 +97,8 @@ def build_report(result, final: dict | None = None, finetune: dict | None = None
         out["best"]["search"] = {k: best.get(k) for k in _ACC_KEYS}
         out["best"]["confirmation"] = best.get("confirmation")
         out["best"]["finetuned"] = bool(best.get("finetuned"))
+        # over the budget before fine-tuning, within it after (pfcompile.search.finalist)
+        out["best"]["recovered"] = bool(best.get("recovered"))
         out["best"]["decisions"] = _decisions(result.space, best["config"])
     out["accuracy"] = _accuracy_section(result)
     if getattr(result, "confirmation", None) is not None:

@@ -337,11 +337,16 @@ def render_html(report: dict, runs: dict[str, list[dict]]) -> str:
     ft = report.get("finetune")
     ft_html = ""
     if ft:
-        ft_html = (f"<h2>Fine-tuning</h2><p>{_e(str(ft.get('of', 'best candidate')))}: top-1 "
-                   f"{_pct(ft.get('before_top1'))} &rarr; {_pct(ft.get('after_top1'))} after "
-                   f"{ft.get('epochs')} epochs on {_e(str(ft.get('train_data')))}; "
-                   f"{'deployed' if ft.get('deployed') else 'NOT deployed: ' + _e(str(ft.get('error')))}"
-                   "</p>")
+        rows = [[f"trial {t.get('trial')}", _e(str(t.get("of", "best candidate"))),
+                 _pct(t.get("before_top1")), _pct(t.get("after_top1")),
+                 "deployed" if t.get("deployed") else "NOT deployed: " + _e(str(t.get("error")))]
+                for t in (ft.get("tried") or [ft])]
+        body = "".join("<tr>" + "".join(f'<td class="t">{c}</td>' for c in r) + "</tr>"
+                       for r in rows)
+        ft_html = (f"<h2>Fine-tuning</h2><p>{ft.get('epochs')} epochs on "
+                   f"{_e(str(ft.get('train_data')))}, each judged again and confirmed after it</p>"
+                   "<table><tr><th>candidate</th><th>why</th><th>top-1 before</th>"
+                   f"<th>after</th><th>outcome</th></tr>{body}</table>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>pfcompile run report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:20px auto;color:#111}}
 pre{{background:#f4f4f4;padding:8px;font-size:11px}} .g{{display:flex;flex-wrap:wrap;gap:12px}}

@@ -42,6 +42,8 @@ class RunConfig:
     final_repeats: int = 3               # rounds of the final re-measurement (0: none)
     finetune: bool | None = None         # --finetune/--no-finetune (None: on when train is given)
     finetune_epochs: int = 10            # --finetune-epochs
+    finetune_drop: float = 15.0          # --finetune-drop: drops fine-tuning may win back (points)
+    finetune_candidates: int = 2         # --finetune-candidates: such candidates fine-tuned at most
     # --input-shape: dynamic input dims bound (a dict: not part of the hash)
     input_shapes: Mapping[str, tuple[int, ...]] | None = field(default=None, hash=False)
 
@@ -67,6 +69,10 @@ class RunConfig:
                               f"got {self.final_repeats}")
         if self.finetune_epochs < 0:
             raise ConfigError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if not self.finetune_drop >= 0:
+            raise ConfigError(f"--finetune-drop must be >= 0 (points), got {self.finetune_drop}")
+        if self.finetune_candidates < 0:
+            raise ConfigError(f"--finetune-candidates must be >= 0, got {self.finetune_candidates}")
         if self.input_shapes is not None:
             shapes = {}
             for name, shape in dict(self.input_shapes).items():

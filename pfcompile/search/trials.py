@@ -95,12 +95,14 @@ class TrialRunner:
     def __init__(self, *, space: Any, candidates: CandidateFactory, judge: AccuracyJudge,
                  device: SearchDevice, log: RunLog, strategy: Any, strategy_name: str,
                  lat_model: Any, kernel_timer: SearchKernelTimer, kernels_per_trial: int,
-                 base: dict, goal: Any, emit: Emit, trials: list[dict]) -> None:
+                 base: dict, goal: Any, emit: Emit, trials: list[dict],
+                 steer: Any = None) -> None:
         self.space, self.candidates, self.judge = space, candidates, judge
         self.device, self.log, self.strat, self.strategy_name = device, log, strategy, strategy_name
         self.lat_model, self.kernel_timer = lat_model, kernel_timer
         self.kernels_per_trial = kernels_per_trial
         self.base, self.goal, self.emit = base, goal, emit
+        self.steer = steer   # the strategy's goal when fine-tuning may win drops back
         self.trials = trials
 
     def record(self, c: Any, rec: dict) -> None:
@@ -188,6 +190,9 @@ class TrialRunner:
             rec["feasible"] = (self.goal.feasible(m.latency_ms,
                                                   rec.get("acc_drop_upper", rec["acc_drop"]),
                                                   rec["size_mb"]) and not rec.get("acc_refused"))
+            if self.steer is not None:   # within the drop fine-tuning may win back
+                rec["recoverable"] = self.steer.feasible(
+                    m.latency_ms, rec.get("acc_drop_upper", rec["acc_drop"]), rec["size_mb"])
         rec["seconds"] = time.time() - t0
         rec["time"] = time.time()
         return rec
