@@ -266,15 +266,16 @@ def test_avx512_1x1_tiles_count_weight_registers_and_short_reductions():
         assert (q.ow_tile, q.oc_tile) == tile
 
 
-def test_rgb_input_conv_reads_nchw1c_and_avx512_depthwise_rows_of_four():
-    """A 3-channel first conv takes NCHW1c (a reshape of the NCHW input: no transpose
-    kernel); AVX-512 depthwise rows whose width divides by 4 use 4-wide tiles."""
+def test_rgb_input_conv_reads_nchw3c_and_avx512_depthwise_rows_of_four():
+    """A 3-channel first conv takes NCHW3c (NCHW1c left the PP-OCR classifier's convs
+    unblocked, see codegen.layout); AVX-512 depthwise rows whose width divides by 4 use
+    4-wide tiles."""
     from pfcompile.codegen.layout import conv_layouts
     from pfcompile.codegen.templates import Workload
     from pfcompile.codegen.templates.base import dims_tuple
     from pfcompile.codegen.templates.depthwise import DepthwiseTemplate
 
-    assert conv_layouts(3, 32, 1, 16) == ["NCHW1c", "OIHW1i16o", "NCHW16c"]
+    assert conv_layouts(3, 32, 1, 16) == ["NCHW3c", "OIHW3i16o", "NCHW16c"]
     assert conv_layouts(16, 32, 1, 16) == ["NCHW16c", "OIHW16i16o", "NCHW16c"]
     dims = {"n": 1, "cin": 144, "cout": 144, "ih": 56, "iw": 56, "kh": 3, "kw": 3, "sh": 1,
             "sw": 1, "dh": 1, "dw": 1, "pt": 1, "pl": 1, "pb": 1, "pr": 1, "groups": 144,

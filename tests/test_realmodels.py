@@ -256,3 +256,27 @@ def test_arm64_matches_the_original(name, arm_device, tmp_path):
         # cycles: free this session now, or the next test's connect waits for ever
         gc.collect()
     assert _close(got, _ort_original(name, x)) < 1e-3
+
+
+@pytest.mark.parametrize("name", ["ppocr_cls", "mobilenetv3_dynamo"])
+def test_convs_run_on_the_templates(name):
+    """The layout rewrite keeps a real model's convs on pfcompile's blocked templates: a
+    layout choice that broke it once (NCHW1c for the RGB stem) left every conv of the
+    PP-OCR classifier on TVM's unblocked reduction path, 12x slower, with correct outputs
+    (so no output check could catch it). Convs left off the templates are the SE blocks'
+    1x1 convs on a 1x1 map."""
+    from collections import Counter
+
+    from pfcompile import codegen
+    from pfcompile.compiler import import_onnx
+    from pfcompile.model import input_specs
+    from pfcompile.targets import load_target
+
+    sm = suite_model(name)
+    proto = import_model(suite_file(name), {sm.input_name: sm.input_shape})
+    reports: list = []
+    codegen.build(import_onnx(proto, input_specs(proto)), load_target("host"), report=reports)
+    fam = Counter(r.family for r in reports)
+    convs = sum(n.op_type == "Conv" for n in proto.graph.node)
+    templated = fam["conv2d"] + fam["conv2d_1x1"] + fam["depthwise"] + fam["winograd"]
+    assert templated >= 0.75 * convs, (fam, convs)

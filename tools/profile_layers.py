@@ -32,21 +32,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_vs_ort beside 
 
 def _profile_pf(onnx_path: Path, shapes: dict | None, target_name: str, runs: int,
                 x: list[np.ndarray], records: Path | None) -> tuple[list, float]:
-    import onnx
     import tvm
     from tvm import relax
 
     from pfcompile import codegen
     from pfcompile.compiler import import_onnx
     from pfcompile.deploy import prepare
-    from pfcompile.model import fix_input_shapes, input_specs
+    from pfcompile.frontend import import_model
+    from pfcompile.model import input_specs
     from pfcompile.storage import pack_weights_pass
     from pfcompile.targets import load_target
 
     tgt = load_target(target_name)
-    proto = onnx.load(str(onnx_path))
-    specs = input_specs(proto, shapes)
-    proto = fix_input_shapes(proto, specs)
+    # the one import front end (shapes bound, Constant weights lifted, shape
+    # sub-graphs folded), as `pfcompile compile` does
+    proto = import_model(onnx_path, shapes)
+    specs = input_specs(proto)
     reports: list = []
     lib = codegen.build(import_onnx(proto, specs), tgt, records_dir=records, report=reports,
                         post_passes=[pack_weights_pass(None)])
