@@ -72,9 +72,7 @@ class _Progress:
         elif kind == "final":
             self.status = "re-measuring baseline and best, round-robin"
         elif kind == "finetune":
-            self.status = (f"fine-tuning trial {info['trial']}, {info['of']} (CE + distillation)"
-                           if info.get("trial") is not None else
-                           "fine-tuning (CE + distillation)")
+            self.status = f"fine-tuning trial {info['trial']}, {info['of']} (CE + distillation)"
         elif kind == "confirm":
             self.status = (f"confirming {'the fine-tuned ' if info.get('finetuned') else ''}"
                            f"trial {info['trial']} on {info['n']} unseen images")

@@ -134,8 +134,7 @@ def run(config: RunConfig, on_event: Callable[[str, dict], None] | None = None) 
         result = run_search(model, tgt, dev, dataset, run_dir, settings, cache_dir=cache,
                             calib=calib_set, on_event=on_event, deploy=deploy, confirm=confirm_set)
         if do_finetune and (result.best is not None or result.finalists or result.recoverable):
-            if on_event:
-                on_event("finetune", {})
+            # (finetune_finalist tells on_event of each candidate it trains)
             train_set, train_name = _training_data(c, dataset, specs)
             ft_info = finetune_finalist(result, model, train_set, train_name, dataset, dev,
                                         run_dir / "finetune", c.finetune_epochs,

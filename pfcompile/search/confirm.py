@@ -122,7 +122,7 @@ def select_recoverable(trials: list[dict], base: dict, goal, steer, best: dict |
     bar = best["latency_ms"] if best is not None else base.get("latency_ms")
     out = []
     for t in trials:
-        if t.get("status") != "ok" or t.get("feasible") or not t.get("recoverable"):
+        if t.get("status") != "ok" or t.get("feasible"):
             continue
         if not steer.feasible(t["latency_ms"], t.get("acc_drop_upper", t["acc_drop"]), t["size_mb"]):
             continue
