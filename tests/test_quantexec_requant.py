@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pfcompile.errors import PassError
-from pfcompile.quantexec.requant import requant_scale, requantize_ref
+from pfcompile.quantexec.requant import requant_offset, requant_scale, requantize_ref
 
 
 @given(st.floats(min_value=1e-6, max_value=100.0), st.integers(-(2**24), 2**24))
@@ -35,3 +35,21 @@ def test_saturates_and_adds_zero_point():
 def test_bad_scales_raise():
     with pytest.raises(PassError, match="channel 1"):
         requant_scale(np.array([0.5, -1.0]))
+
+
+@given(st.integers(-(2**20), 2**20), st.floats(-50.0, 50.0), st.integers(0, 255),
+       st.floats(1e-4, 1e-2), st.floats(1e-3, 1e-1))
+@settings(max_examples=300, deadline=None)
+def test_float_bias_fraction_goes_into_the_offset(acc, b, zy, acc_scale, sy):
+    """A float bias ``b``: its whole accumulator units go into the integer bias, the rest into
+    the offset, so the requantised value is the exact ``rint((acc * sxsw + b) / sy) + zy``
+    up to float32 error (1e-5 of a step here), not up to half an accumulator unit."""
+    sxsw = np.array([acc_scale], np.float64)
+    bias = np.rint(b / sxsw).astype(np.int64)
+    off = requant_offset(zy, np.array([b]), bias, sxsw, sy)
+    m = requant_scale(sxsw / sy)
+    got = int(requantize_ref(np.array([[acc + int(bias[0])]]), m, off, -(2**40), 2**40)[0, 0])
+    exact = (acc * acc_scale + b) / sy + zy
+    assert abs(got - exact) <= 0.5 + 1e-5 * max(1.0, abs(exact))
+    if abs(exact) < 1000 and abs(abs(exact - np.floor(exact)) - 0.5) > 1e-3:  # in range, not near a tie
+        assert got == int(np.floor(exact + 0.5))

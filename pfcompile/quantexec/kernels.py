@@ -5,12 +5,13 @@ int8 weights, an int32 bias already in accumulator units (with the
 ``-zx * sum(w)`` correction folded in), and two per-channel float32 inputs
 ``(scale, offset)``; it accumulates in int32 and ends in one of two epilogues:
 
-* requantise (``y_dtype`` uint8/int8): ``y = clip(rint(float32(acc) * scale[c]) +
-  offset[c], qmin, qmax)`` with ``scale = sx * sw[c] / sy`` and ``offset = zy``
-  (round half to even; the bounds also apply a fused ReLU / Clip). See
-  :mod:`pfcompile.quantexec.requant` for why float32.
+* requantise (``y_dtype`` uint8/int8): ``y = clip(rint(fma(float32(acc), scale[c],
+  offset[c])), qmin, qmax)`` with ``scale = sx * sw[c] / sy`` and ``offset`` the zero point
+  plus the float bias's fraction of an accumulator unit in output steps
+  (:func:`~pfcompile.quantexec.requant.requant_offset`; round half to even; the bounds
+  also apply a fused ReLU / Clip). See :mod:`pfcompile.quantexec.requant` for why float32.
 * dequantise (``y_dtype == "float32"``, no QuantizeLinear after the layer):
-  ``y = clamp(float32(acc) * scale[c] + offset[c], fmin, fmax)`` with
+  ``y = clamp(fma(float32(acc), scale[c], offset[c]), fmin, fmax)`` with
   ``scale = sx * sw[c]`` and ``offset`` the model's float bias.
 
 With ``shared_params`` in the spec, the three per-channel inputs are arrays shared by every
@@ -41,7 +42,7 @@ from dataclasses import dataclass
 from tvm import te, tirx
 
 __all__ = ["BLOCK", "ChannelParams", "QConvSpec", "QDenseSpec", "act_shape", "channel_params", "clamp_cast",
-           "epilogue_expr", "io_layouts", "nblocks", "out_compute", "padded_read", "partial_block",
+           "epilogue_expr", "fma", "io_layouts", "nblocks", "out_compute", "padded_read", "partial_block",
            "qconv2d_compute", "qdense_compute", "requant_expr", "round_half_even", "te_shape"]
 
 BLOCK = 8  # channels per block of the NCHW8c activation layout
@@ -207,11 +208,18 @@ class QDenseSpec:
 
 
 def requant_expr(acc, scale, offset, qmin: int, qmax: int, out_dtype: str):
-    """TIR expression: int32 ``acc`` -> ``clip(rint(float32(acc) * scale) + offset, qmin,
+    """TIR expression: int32 ``acc`` -> ``clip(rint(fma(float32(acc), scale, offset)), qmin,
     qmax)`` as ``out_dtype`` (round half to even; :func:`~pfcompile.quantexec.requant.
     requantize_ref` is its numpy twin)."""
-    return clamp_cast(round_half_even(acc.astype("float32") * scale) + offset, qmin, qmax,
+    return clamp_cast(round_half_even(fma(acc.astype("float32"), scale, offset)), qmin, qmax,
                       out_dtype)
+
+
+def fma(a, b, c):
+    """``a * b + c`` rounded once (``llvm.fma``: ``vfmadd`` on x86 with FMA, ``fmla`` on
+    AArch64), so that the result does not depend on whether LLVM contracts a multiply and an
+    add (:func:`~pfcompile.quantexec.requant.fma_f32` is its numpy twin)."""
+    return tirx.call_llvm_pure_intrin("float32", "llvm.fma", a, b, c)
 
 
 def round_half_even(f):
@@ -280,10 +288,10 @@ def channel_params(sp, channels) -> ChannelParams:
 
 def epilogue_expr(sp, acc, p0, p1):
     """``acc`` (int32, integer bias included) -> the layer output: :func:`requant_expr` for
-    integer outputs, else ``clamp(float(acc) * scale + offset, fmin, fmax)`` in float32."""
+    integer outputs, else ``clamp(fma(float(acc), scale, offset), fmin, fmax)`` in float32."""
     if sp.y_dtype != "float32":
         return requant_expr(acc, p0, p1, sp.qmin, sp.qmax, sp.y_dtype)
-    y = acc.astype("float32") * p0 + p1
+    y = fma(acc.astype("float32"), p0, p1)
     if math.isfinite(sp.fmin):
         y = tirx.max(y, tirx.const(sp.fmin, "float32"))
     if math.isfinite(sp.fmax):

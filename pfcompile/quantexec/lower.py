@@ -33,7 +33,7 @@ from pfcompile.quantexec.kernel_choice import (
     supports_blocked,
 )
 from pfcompile.quantexec.kernels import BLOCK, QConvSpec, QDenseSpec, act_shape
-from pfcompile.quantexec.requant import dtype_range, requant_scale
+from pfcompile.quantexec.requant import dtype_range, requant_offset, requant_scale
 
 __all__ = ["LayerReport", "QuantFallbackWarning", "lower_qdq", "reports_to_json"]
 
@@ -184,8 +184,10 @@ def _bias_const(g: _Graph, expr) -> tuple[np.ndarray, np.ndarray | None, np.ndar
     return c, None, None
 
 
-def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray:
-    """Bias in accumulator units (int64), from a const, DQ(int32 const) or a reshape of one."""
+def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bias in accumulator units (int64, rounded), from a const, DQ(int32 const) or a reshape
+    of one, and its real value (float64; what the part rounded away is taken from:
+    :func:`~pfcompile.quantexec.requant.requant_offset`)."""
     bq, sb, zb = _bias_const(g, expr)
     if sb is not None:
         bq = bq.astype(np.int64).reshape(-1)
@@ -193,9 +195,10 @@ def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray:
         zb = np.broadcast_to(zb.astype(np.int64).reshape(-1), bq.shape)
         if bq.size != noc:
             raise _NoMatch(f"bias has {bq.size} elements for {noc} channels")
+        # the float32 values the graph's DequantizeLinear gives
+        real = ((bq - zb).astype(np.float32) * sb.astype(np.float32)).astype(np.float64)
         if np.all(zb == 0) and np.allclose(sb, acc_scale, rtol=1e-6, atol=0):
-            return bq  # already in accumulator units (what ORT writes)
-        real = (bq - zb).astype(np.float64) * sb
+            return bq, real  # already in accumulator units (what ORT writes)
     else:
         real = bq.astype(np.float64).reshape(-1)
         if real.size == 1:
@@ -205,7 +208,7 @@ def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray:
     q = np.round(real / acc_scale.astype(np.float64))
     if np.any(np.abs(q) >= 2**31):
         raise _NoMatch("bias does not fit int32 in accumulator units")
-    return q.astype(np.int64)
+    return q.astype(np.int64), real
 
 
 def _clamp(g: _Graph, y, sy: float, zy: int, lo: int, hi: int):
@@ -368,8 +371,10 @@ class _Out:
 def _epilogue(g: _Graph, out: _Out, sx: float, sw: np.ndarray, bias_expr, noc: int):
     """Per-channel epilogue inputs and the integer bias (accumulator units, int64).
 
-    Requantised output: ``(scale = sx * sw / sy, offset = zy)`` (float32) and the bias
-    rounded into accumulator units.
+    Requantised output: ``(scale = sx * sw / sy, offset)`` (float32) and the bias rounded
+    into accumulator units; ``offset`` is the zero point plus what that rounding left out, in
+    output steps (:func:`~pfcompile.quantexec.requant.requant_offset`), so a float bias
+    counts exactly as the float model adds it.
     Float output: ``(scale = sx * sw, float bias)`` and an integer bias of 0 (the float bias
     is added after scaling, as the float model does)."""
     if out.dtype == "float32":
@@ -377,8 +382,11 @@ def _epilogue(g: _Graph, out: _Out, sx: float, sw: np.ndarray, bias_expr, noc: i
         fb = np.zeros(noc, np.float32) if bias_expr is None else _float_bias(g, bias_expr, noc)
         return acc_scale, fb, np.zeros(noc, np.int64)
     acc_scale, mult = _requant_params(sx, sw, out.sy)
-    bias = np.zeros(noc, np.int64) if bias_expr is None else _bias(g, bias_expr, noc, acc_scale)
-    return mult, np.full(noc, out.zy, np.float32), bias
+    if bias_expr is None:
+        return mult, np.full(noc, out.zy, np.float32), np.zeros(noc, np.int64)
+    bias, real = _bias(g, bias_expr, noc, acc_scale)
+    exact_scale = np.float64(np.float32(sx)) * sw.astype(np.float32).astype(np.float64)
+    return mult, requant_offset(out.zy, real, bias, exact_scale, out.sy), bias
 
 
 def _match(g: _Graph, q: relax.Call, target, name: str) -> _Plan:

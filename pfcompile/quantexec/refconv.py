@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pfcompile.quantexec.kernels import BLOCK, QConvSpec
-from pfcompile.quantexec.requant import requant_scale, requantize_ref
+from pfcompile.quantexec.requant import fma_f32, requant_scale, requantize_ref
 
 __all__ = ["KernelCase", "conv_reference", "from_blocked", "kernel_case", "to_blocked"]
 
@@ -58,19 +58,14 @@ def conv_reference(sp: QConvSpec, x: np.ndarray, w: np.ndarray, bias: np.ndarray
     """The layer output (NCHW) for NCHW ``x``, OIHW int8 ``w``, int32 ``bias`` (accumulator
     units, *without* the ``-zx * sum(w)`` correction) and the float32 epilogue inputs.
 
-    The float epilogue is ``fma(float32(acc), scale, offset)`` rounded once to float32:
-    TVM's LLVM backend fuses the multiply and the add (``AllowFPOpFusion=Fast``) on targets
-    with FMA (x86-64-v3 and up, AArch64). It is computed in float64 here (the product of two
-    float32 is exact there) and rounded to float32; the double rounding differs from a
-    single one only when the float64 sum lands on a float32 tie, about 2**-29 of the time.
+    Both epilogues start with ``fma(float32(acc), scale, offset)`` rounded once to float32
+    (the kernels call ``llvm.fma``), computed by :func:`~pfcompile.quantexec.requant.fma_f32`.
     """
     acc = _accumulate(sp, x, w, bias)
     if sp.y_dtype == "float32":
-        y = acc.astype(np.float32).astype(np.float64) \
-            * scale.astype(np.float64)[None, :, None, None] \
-            + offset.astype(np.float64)[None, :, None, None]
-        return np.clip(y.astype(np.float32), np.float32(sp.fmin), np.float32(sp.fmax))
-    return requantize_ref(acc, scale, sp.zy, sp.qmin, sp.qmax).astype(sp.y_dtype)
+        y = fma_f32(acc.astype(np.float32), scale[None, :, None, None], offset[None, :, None, None])
+        return np.clip(y, np.float32(sp.fmin), np.float32(sp.fmax))
+    return requantize_ref(acc, scale, offset, sp.qmin, sp.qmax).astype(sp.y_dtype)
 
 
 @dataclass
@@ -100,7 +95,8 @@ def kernel_case(sp: QConvSpec, pack_weight, seed: int = 0, x_offset: int = 0) ->
         offset = rng.uniform(-1.0, 1.0, sp.oc).astype(np.float32)
     else:
         scale = requant_scale(rng.uniform(0.5, 2.0, sp.oc) * 64.0 / spread)
-        offset = np.full(sp.oc, sp.zy, np.float32)
+        # the zero point plus a float bias's fraction of an accumulator unit (requant_offset)
+        offset = (sp.zy + rng.uniform(-0.5, 0.5, sp.oc) * scale).astype(np.float32)
     wsum = w.reshape(sp.oc, -1).astype(np.int64).sum(1)
     bias_k = (bias - (sp.zx + x_offset) * wsum).astype(np.int32)
     expected = conv_reference(sp, x, w, bias, scale, offset)

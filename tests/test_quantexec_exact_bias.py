@@ -1,0 +1,136 @@
+"""A QDQ chain with *float* biases (what pfcompile's own quantize pass writes) runs bit-exact
+against the exact reference on every x86 integer path.
+
+The pattern is a MobileNetV2 block: 3x3 conv + ReLU, depthwise 3x3 + ReLU, 1x1 projection
+and a residual Add, each requantised to uint8. Rounding a float bias into accumulator units
+(what the kernels did before ``requant.requant_offset``) moved outputs by up to half an
+accumulator unit and flipped about 0.5 % of each layer's elements here; through a whole
+MobileNetV2 that grew to 3-8 % of the logits' range. Now every quantized value equals the
+reference, so the float outputs (``DequantizeLinear`` of uint8) are identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+
+from pfcompile.compiler import build
+from pfcompile.reference import reference_outputs
+from pfcompile.targets import host_arch, load_target
+
+X86 = pytest.mark.skipif(host_arch() != "x86_64", reason="x86-64 integer kernels need an x86-64 CPU")
+
+C, HW = 16, 10
+
+
+def _conv_float(x: np.ndarray, w: np.ndarray, b: np.ndarray, groups: int) -> np.ndarray:
+    """Float conv (stride 1, 'same' padding) for picking the output scales."""
+    k = w.shape[2]
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    o, icg = w.shape[:2]
+    y = np.zeros((1, o, HW, HW)) + b[None, :, None, None]
+    for oc in range(o):
+        g = oc // (o // groups)
+        for i in range(k):
+            for j in range(k):
+                y[0, oc] += np.einsum("chw,c->hw", xp[0, g * icg:(g + 1) * icg, i:i + HW, j:j + HW], w[oc, :, i, j])
+    return y
+
+
+def block_model(seed: int = 0) -> onnx.ModelProto:
+    """x -> Q -> [conv3x3+ReLU -> Q] -> [dw3x3+ReLU -> Q] -> [1x1 -> Q] -> Add(x) -> Q -> DQ;
+    per-channel int8 weights, float32 biases of several accumulator units with fractions."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def const(name, arr):
+        inits.append(numpy_helper.from_array(np.asarray(arr), name))
+        return name
+
+    def q_dq(src: str, y: np.ndarray, relu: bool) -> tuple[str, np.ndarray]:
+        lo, hi = (0.0, float(y.max())) if relu else (float(y.min()), float(y.max()))
+        s = np.float32((hi - lo) / 255.0)
+        z = np.uint8(np.clip(np.rint(-lo / s), 0, 255))
+        const(f"{src}_s", s), const(f"{src}_z", z)
+        nodes.append(helper.make_node("QuantizeLinear", [src, f"{src}_s", f"{src}_z"], [f"{src}_q"]))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{src}_q", f"{src}_s", f"{src}_z"], [f"{src}_d"]))
+        yq = (np.clip(np.rint(y / s) + z, 0, 255) - float(z)) * s
+        return f"{src}_d", yq
+
+    def conv(name: str, src: str, xv: np.ndarray, oc: int, k: int, groups: int, relu: bool):
+        icg = xv.shape[1] // groups
+        wf = rng.normal(0, 1.0 / np.sqrt(icg * k * k), (oc, icg, k, k))
+        sw = (np.abs(wf).reshape(oc, -1).max(1) / 127).astype(np.float32)
+        wq = np.clip(np.rint(wf / sw[:, None, None, None]), -127, 127).astype(np.int8)
+        b = rng.normal(0, 0.3, oc).astype(np.float32)
+        const(f"{name}_wq", wq), const(f"{name}_sw", sw), const(f"{name}_zw", np.zeros(oc, np.int8))
+        const(f"{name}_b", b)
+        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_wq", f"{name}_sw", f"{name}_zw"],
+                                      [f"{name}_wd"], axis=0))
+        nodes.append(helper.make_node("Conv", [src, f"{name}_wd", f"{name}_b"], [f"{name}_y"],
+                                      pads=[k // 2] * 4, group=groups))
+        y = _conv_float(xv, wq * sw[:, None, None, None].astype(np.float64), b, groups)
+        out = f"{name}_y"
+        if relu:
+            nodes.append(helper.make_node("Relu", [out], [f"{name}_r"]))
+            out, y = f"{name}_r", np.maximum(y, 0)
+        return out, y
+
+    x0 = rng.normal(0, 1, (1, C, HW, HW))
+    xd, xv = q_dq("x", x0, relu=False)
+    a, av = conv("c1", xd, xv, 6 * C // 2, 3, 1, relu=True)
+    ad, av = q_dq(a, av, relu=True)
+    d, dv = conv("dw", ad, av, 6 * C // 2, 3, 6 * C // 2, relu=True)
+    dd, dv = q_dq(d, dv, relu=True)
+    p, pv = conv("pj", dd, dv, C, 1, 1, relu=False)
+    pd, pv = q_dq(p, pv, relu=False)
+    nodes.append(helper.make_node("Add", [pd, xd], ["sum"]))
+    sd, _ = q_dq("sum", pv + xv, relu=False)
+    nodes.append(helper.make_node("Identity", [sd], ["y"]))
+    g = helper.make_graph(nodes, "qdq_block",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, C, HW, HW))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, C, HW, HW))], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return m
+
+
+def _x86_target(name: str):
+    t = load_target(name)
+    missing = t.missing_cpu_features()
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(missing)}: the {name} kernels cannot run here")
+    return t
+
+
+def _offsets_rounded_away(m: onnx.ModelProto) -> int:
+    """How many of the first conv's biases are not whole accumulator units (``sx * sw``):
+    the model must be one where rounding them away would show (it did: 6 of 1,600 outputs
+    one step off on input seed 1, on every x86 path)."""
+    inits = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    sx = float(inits["x_s"])
+    sw = inits["c1_sw"].astype(np.float64)
+    frac = inits["c1_b"] / (sx * sw)
+    return int(np.sum(np.abs(frac - np.rint(frac)) > 0.05))
+
+
+@X86
+@pytest.mark.parametrize("target_name", ["host-avx2", "host-vnni", "host"])
+def test_float_bias_chain_is_bit_exact(target_name):
+    target = _x86_target(target_name)
+    m = block_model()
+    assert _offsets_rounded_away(m) > 0
+    ex, reports = build(m, target)
+    ints = [r for r in reports if r.path == "int8"]
+    assert len(ints) == 3, reports  # conv, depthwise, projection all run in integers
+    vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+    for seed in range(3):
+        x = np.random.default_rng(seed + 1).normal(0, 1, (1, C, HW, HW)).astype(np.float32)
+        got = vm["main"](tvm.runtime.tensor(x)).numpy()
+        ref = reference_outputs(m, {"x": x}, threads=1)["y"]
+        np.testing.assert_array_equal(got, ref, err_msg=f"{target_name}, input seed {seed + 1}")
