@@ -189,6 +189,8 @@ def schedule_reduction(sch: s_tir.Schedule, block, hw: Hardware) -> None:
     inner = sp[-1]
     ext = _extent(sch, inner)
     vec = vector_chunk(ext, hw) and len(sp) > 1
+    if len(sp) > 1 and ext is not None and ext > hw.fp32_lanes and _window_pool(sch, block, rd, ext, hw):
+        return
     if vec:
         sch.reorder(*sp[:-1], *rd, inner)
         outer_sp = sp[:-1]
@@ -203,6 +205,37 @@ def schedule_reduction(sch: s_tir.Schedule, block, hw: Hardware) -> None:
         sch.vectorize(inner)
     with contextlib.suppress(Exception):  # an undecomposable init stays fused: still correct
         sch.decompose_reduction(block, rd[0])
+
+
+def _window_pool(sch: s_tir.Schedule, block, rd: list, ext: int | None, hw: Hardware) -> bool:
+    """A pooling window over an unblocked (NCHW) tensor: the innermost output axis (W) split
+    by the lane count and vectorized under the window loops, parallel over the rest (N, C, H),
+    so that each vector of outputs stays in a register over the window. Why: the plain
+    reduction schedule vectorized the whole row under the window loops, 1.33 ms for ResNet-18's stem max pool
+    (64 x 112^2 -> 56^2, float32, one thread on an AMD EPYC), 0.26 ms this way (the int8
+    build runs that pool on NCHW float; the fp32 build's is blocked). Returns False (nothing
+    changed) where it does not apply."""
+    if "pool" not in _name(sch, block) or ext is None:
+        return False
+    lanes = next((v for v in (hw.fp32_lanes, 4) if ext % v == 0 and ext >= v), None)
+    win = 1
+    for lp in rd:
+        win *= _extent(sch, lp) or 10**6
+    if lanes is None or win > 64:
+        return False
+    loops = sch.get_loops(block)
+    kinds = block_iter_kinds(sch, block)
+    sp = [lp for lp, k in zip(loops, kinds, strict=True) if k == 0]
+    wo, wi = sch.split(sp[-1], [None, lanes])
+    sch.reorder(*sp[:-1], wo, *rd, wi)
+    par = sch.fuse(*sp[:-1]) if len(sp) > 2 else sp[0]
+    pext = _extent(sch, par)
+    if pext is not None and pext >= hw.cores:
+        sch.parallel(par)
+    sch.vectorize(wi)
+    with contextlib.suppress(Exception):  # an undecomposable init stays fused: still correct
+        sch.decompose_reduction(block, rd[0])
+    return True
 
 
 def schedule_rest(sch: s_tir.Schedule, hw: Hardware, done: set[str]) -> None:
