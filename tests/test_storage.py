@@ -316,7 +316,10 @@ def test_layers_with_the_same_kernel_share_its_code(digits, tmp_path):
     """ResNet-20 at 8 bits: layers with equal shapes, zero points and bounds run one
     kernel function (each copy costs ~4 KB of code): 22 layers, 12 kernels; 11 when the
     kernels of layers that differ only in spatial size take their sizes as arguments (the
-    default), where that costs no speed: here the two 1x1 stride-2 shortcut convs."""
+    default), where that costs no speed: here the two 1x1 stride-2 shortcut convs; 9 when the
+    QuantizeLinear outputs after the residual Adds are stored blocked too (the default,
+    ``block_quantized``): the first conv of each stage then reads blocked input like the
+    others of its spatial size."""
     import torch
 
     from pfcompile import zoo
@@ -326,15 +329,15 @@ def test_layers_with_the_same_kernel_share_its_code(digits, tmp_path):
     m = load_onnx(zoo.export_onnx(zoo.resnet20(), tmp_path / "r20.onnx", (1, 1, 8, 8)))
     q, _ = prepare_qdq(as_proto(quantize(m, QuantConfig(bits=8),
                                          load_npz(digits.calib_npz, input_specs(m))).model))
-    for spatial, want in ((False, 12), (True, 11)):
+    for spatial, bq, want in ((False, False, 12), (True, False, 11), (False, True, 12), (True, True, 9)):
         mod, reports = lower_qdq(import_onnx(q, input_specs(q)),
                                  with_int8_features(load_target("host-avx2")),
-                                 onnx_layer_names(q), spatial=spatial)
+                                 onnx_layer_names(q), spatial=spatial, block_quantized=bq)
         calls = [b.value for blk in mod["main"].body.blocks for b in blk.bindings
                  if getattr(getattr(b.value, "op", None), "name", "") == "relax.call_tir"]
         kernels = {str(c.args[0]) for c in calls}
         assert sum(r.path == "int8" for r in reports) == len(calls) == 22
-        assert len(kernels) == want, (spatial, kernels)
+        assert len(kernels) == want, (spatial, bq, len(kernels))
 
 
 def test_int8_weights_are_stored_once(trained, digits):

@@ -577,6 +577,49 @@ def _unblock_map(ow: int):
     return lambda n, cb, px, c: (n, cb * BLOCK + c, px // ow, px % ow)
 
 
+def _block_map(w: int):
+    """Index map of an NCHW activation to the stored blocked ``[N, C/8, H*W, 8]``."""
+    return lambda n, c, h, x: (n, c // BLOCK, h * w + x, c % BLOCK)
+
+
+def _read_blocked(g: _Graph, users: dict, v, lowered: dict, target) -> bool:
+    """Whether every reader of ``v`` is a DequantizeLinear whose every reader is an integer
+    conv that takes ``v`` as its activation in the blocked layout."""
+    if not users.get(v):
+        return False
+    for u in users[v]:
+        if u is None or g.call(u, "relax.dequantize") is None or not users.get(u):
+            return False
+        for layer in users[u]:
+            lp = lowered.get(layer)
+            if lp is None or not isinstance(lp.sp, QConvSpec) or not lp.xq.same_as(v) \
+                    or not supports_blocked(lp.sp, target):
+                return False
+    return True
+
+
+def _blocked_quantize_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
+    """QuantizeLinear ops left in float (after a residual Add / ReLU, a max pool) whose output
+    only integer convs read (:func:`_read_blocked`), channels a multiple of 8: a
+    ``layout_transform`` to the blocked layout follows them, which operator fusion puts into
+    the float kernel that quantizes, so the convs read blocked data instead of packing NCHW
+    themselves (ResNet-18's first conv of each block: 0.22-0.25 ms of a 1.06 ms Winograd conv
+    at 56x56, one AVX2 thread, was that packing)."""
+    out = set()
+    for v, val in g.defs.items():
+        if v in plans or not (isinstance(val, relax.Call) and getattr(val.op, "name", "") == "relax.quantize"):
+            continue
+        try:
+            shp = _shape(v)
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if len(shp) != 4 or shp[1] % BLOCK or _dtype(v) not in _ACT_DTYPES:
+            continue
+        if _read_blocked(g, users, v, lowered, target):
+            out.add(v)
+    return out
+
+
 def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
     """The integer conv outputs to keep blocked (``NCHW8c``): uint8/int8, channels a multiple
     of 8, and read only through DequantizeLinear ops that feed integer convs (as their
@@ -664,7 +707,8 @@ def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
               *, func_name: str = "main", shared_params: bool = True,
-              spatial: bool = True) -> tuple[tvm.IRModule, list[LayerReport]]:
+              spatial: bool = True, block_quantized: bool = True
+              ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Rewrite matched QDQ layers of ``mod[func_name]`` into integer kernels.
 
     ``target`` is a pfcompile :class:`~pfcompile.targets.Target` (its
@@ -675,7 +719,9 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     ``shared_params``: the kernels read their per-channel bias, scale and offset from arrays
     shared by all layers (:class:`~pfcompile.quantexec.kernels.ChannelParams`), else each
     layer has its own three constants. ``spatial``: layers that differ only in channel counts
-    and spatial sizes share one conv kernel (:func:`_share_spatial`).
+    and spatial sizes share one conv kernel (:func:`_share_spatial`). ``block_quantized``:
+    float QuantizeLinear outputs that only integer convs read are stored blocked too
+    (:func:`_blocked_quantize_outputs`).
     """
     func = mod[func_name]
     g = _Graph(func)
@@ -732,10 +778,11 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
         # 18 of 54 layers of a pruned PP-OCR classifier with the earlier templates). Layouts
         # depend on which neighbours run integer, so they are chosen again without it.
         blocked = _blocked_outputs(g, users, plans, lowered, target)
+        qblocked = _blocked_quantize_outputs(g, users, plans, lowered, target) if block_quantized else set()
         failed: dict = {}
         for v, p in plans.items():
             if isinstance(p.sp, QConvSpec):
-                p.sp = replace(p.sp, x_layout=_B if p.xq in blocked else "NCHW",
+                p.sp = replace(p.sp, x_layout=_B if (p.xq in blocked or p.xq in qblocked) else "NCHW",
                                y_layout=_B if v in blocked else "NCHW")
             p.sp = replace(p.sp, shared_params=shared_params)
             try:
@@ -812,6 +859,15 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
                     renamed[b.var] = nv
                 else:
                     new_bindings.append(relax.VarBinding(b.var, call))
+            elif isinstance(b, relax.VarBinding) and b.var in qblocked:
+                new_bindings.append(b)
+                shp = _shape(b.var)
+                nv = type(b.var)(f"{b.var.name}_nchw{BLOCK}c",
+                                 relax.TensorType(act_shape(*shp, _B), _dtype(b.var)))
+                n, c, h, w = shp
+                new_bindings.append(relax.VarBinding(nv, relax.op.permute_dims(
+                    relax.op.reshape(b.var, (n, c // BLOCK, BLOCK, h * w)), [0, 1, 3, 2])))
+                renamed[b.var] = nv
             else:
                 new_bindings.append(b)
         new_blocks.append(type(block)(new_bindings))
