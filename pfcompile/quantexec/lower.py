@@ -577,11 +577,6 @@ def _unblock_map(ow: int):
     return lambda n, cb, px, c: (n, cb * BLOCK + c, px // ow, px % ow)
 
 
-def _block_map(w: int):
-    """Index map of an NCHW activation to the stored blocked ``[N, C/8, H*W, 8]``."""
-    return lambda n, c, h, x: (n, c // BLOCK, h * w + x, c % BLOCK)
-
-
 def _read_blocked(g: _Graph, users: dict, v, lowered: dict, target) -> bool:
     """Whether every reader of ``v`` is a DequantizeLinear whose every reader is an integer
     conv that takes ``v`` as its activation in the blocked layout."""
@@ -600,10 +595,10 @@ def _read_blocked(g: _Graph, users: dict, v, lowered: dict, target) -> bool:
 
 def _blocked_quantize_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
     """QuantizeLinear ops left in float (after a residual Add / ReLU, a max pool) whose output
-    only integer convs read (:func:`_read_blocked`), channels a multiple of 8: a
-    ``layout_transform`` to the blocked layout follows them, which operator fusion puts into
-    the float kernel that quantizes, so the convs read blocked data instead of packing NCHW
-    themselves (ResNet-18's first conv of each block: 0.22-0.25 ms of a 1.06 ms Winograd conv
+    only integer convs read (:func:`_read_blocked`), channels a multiple of 8: a reshape +
+    transpose to the blocked layout follows them, which operator fusion puts into the float
+    kernel that quantizes (a ``layout_transform`` with the index map stayed a kernel of its
+    own), so the convs read blocked data instead of packing NCHW themselves (ResNet-18's first conv of each block: 0.22-0.25 ms of a 1.06 ms Winograd conv
     at 56x56, one AVX2 thread, was that packing)."""
     out = set()
     for v, val in g.defs.items():
