@@ -18,6 +18,7 @@ from pfcompile.codegen.layout import (
     canonicalize_for_layout,
     convert_layout_pass,
     fold_constant_layout_transforms,
+    fold_input_transforms,
 )
 from pfcompile.codegen.records import RecordDB
 from pfcompile.codegen.templates import TEMPLATES, Hardware, Workload, match
@@ -89,7 +90,7 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     def pre(m: tvm.IRModule) -> tvm.IRModule:
         m = decompose(m)
         try:
-            return blocked(m)
+            return fold_input_transforms(blocked(m))
         except Exception:  # noqa: BLE001 - a layout TVM cannot convert: plain NCHW, correct
             return m
     seq = tvm.transform.Sequential([
