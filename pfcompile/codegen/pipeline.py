@@ -24,6 +24,7 @@ from pfcompile.codegen.records import RecordDB
 from pfcompile.codegen.templates import TEMPLATES, Hardware, Workload, match
 from pfcompile.codegen.templates.base import params_from_dict, params_to_dict
 from pfcompile.codegen.templates.dense import pack_dense_weights
+from pfcompile.codegen.templates.dwpw import fuse_depthwise_pointwise
 from pfcompile.codegen.templates.matmul import pad_matmul_columns
 from pfcompile.codegen.templates.norm import FAST_MATH_LEGALIZE, fuse_layer_norm
 from pfcompile.codegen.templates.winograd import conv2d_legalizer
@@ -103,8 +104,8 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
         relax.transform.DeadCodeElimination(),
     ])
     with target.tvm_target():
-        return seq(pack_dense_weights(pad_matmul_columns(fold_constant_layout_transforms(pre(mod)), hw),
-                                      hw))
+        m = pad_matmul_columns(fold_constant_layout_transforms(pre(mod)), hw)
+        return seq(fuse_depthwise_pointwise(pack_dense_weights(m, hw), hw))
 
 
 def _clamp(params: Any, wl: Workload) -> Any:
