@@ -107,7 +107,7 @@ class DwPwTemplate:
         return DwPwParams(dw_tile=dp.ow_tile, ow_tile=cp.ow_tile, oc_tile=cp.oc_tile)
 
     def space(self, wl: Workload, hw: Hardware) -> list[DwPwParams]:
-        dwl, pwl = self._parts(wl)
+        _dwl, pwl = self._parts(wl)
         h = self.heuristic(wl, hw)
         out = [h]
         for t in (2, 4, 7, 8):
