@@ -189,6 +189,7 @@ class TwoReaders(nn.Module):
     (8, 32, 8, 1, "relu"),      # residual add fused too
     (8, 48, 16, 2, "relu6"),    # stride 2, ReLU6 (min/max), 16 -> NCHW16c out
     (16, 24, 24, 1, "relu"),    # 24 channels: chunks of 8
+    (16, 16, 16, 1, "relu"),    # one channel chunk (AVX-512): unit loops in the row
 ])
 def test_depthwise_and_pointwise_run_as_one_kernel(cin, mid, cout, stride, act, tmp_path):
     hw_ = 64

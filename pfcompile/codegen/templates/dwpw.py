@@ -172,12 +172,11 @@ class DwPwTemplate:
             sch.vectorize(sch.get_loops(last)[-1])
 
         # --- the depthwise row (all channel chunks) computed in the task, before it
-        sch.compute_at(act, par)
-        sch.compute_at(dw, par)
+        sch.compute_at(act, par, preserve_unit_loops=True)
+        sch.compute_at(dw, par, preserve_unit_loops=True)
         sch.set_scope(dw, 0, "local")
-        loops = sch.get_loops(dw)
-        # par, then (c, x, o, rkh, rkw) over the row's region (unit loops dropped)
-        c, dx, do, dkh, dkw = loops[-5:]
+        # par, then (b, c, y, x, o, rkh, rkw) over the row's region, unit loops kept
+        _b, c, _y, dx, do, dkh, dkw = sch.get_loops(dw)[-7:]
         dxo, dxi = sch.split(dx, [None, max(1, min(p.dw_tile, d["ow"]))])
         dvec = vector_chunk(d["mb"], hw) or d["mb"] >= hw.fp32_lanes
         if dvec:
