@@ -619,8 +619,9 @@ def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target)
     outputs (the plans' keys) and elementwise ops on them (:data:`_ELEMENTWISE`: the
     residual Add, ReLU, per-tensor Quantize/DequantizeLinear), each with at least one reader
     that takes it blocked (an integer conv whose template reads ``NCHW8c``, or another such
-    value). The rest stays NCHW; a blocked value that also has an NCHW reader is turned back
-    for it (``layout_transform``). So the layers of a residual network read and write the
+    value; or an elementwise op one of whose operands is blocked for another reader). The
+    rest stays NCHW; a blocked value that also has an NCHW reader is turned back for it
+    (``layout_transform``). So the layers of a residual network read and write the
     blocked layout on both sides, and their kernels may be shared across spatial sizes
     (:func:`_share_spatial`, which skips layers that read or write NCHW)."""
     cand: set = set()
@@ -639,10 +640,18 @@ def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target)
         sp = p.sp
         if isinstance(sp, QConvSpec) and sp.c % BLOCK == 0 and supports_blocked(sp, target):
             readers.setdefault(p.xq, []).append(p)
+    def read_blocked(v, but=None) -> bool:
+        return bool(readers.get(v)) or any(u in cand for u in users.get(v, [])
+                                           if u is not None and u is not but)
+
     while True:
+        # an elementwise op whose operand is kept blocked for another reader stays blocked
+        # too (one layout_transform back for its NCHW readers, and the integer conv before
+        # it writes blocked: ResNet-20's last residual Add, read by the global pool)
         drop = {v for v in cand
                 if (v in ew and not all(a in cand for a in ew[v]))
-                or not (readers.get(v) or any(u in cand for u in users.get(v, []) if u is not None))}
+                or (not read_blocked(v)
+                    and not (v in ew and any(read_blocked(a, but=v) for a in ew[v])))}
         if not drop:
             return cand
         cand -= drop
