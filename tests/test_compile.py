@@ -117,3 +117,43 @@ def test_cli_error_is_one_clear_line(tmp_path):
     assert "model file not found" in r.stderr and "Traceback" not in r.stderr
 
 
+
+
+def _conv_chain(n: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(1)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])
+    inits, nodes, cur = [], [], "x"
+    for i in range(n):  # dilations make each conv distinct (TVM shares equal kernels)
+        inits.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, [8, 8, 3, 3],
+                                        rng.standard_normal(576).astype(np.float32).tolist()))
+        out = "y" if i == n - 1 else f"c{i}"
+        nodes.append(helper.make_node("Conv", [cur, f"w{i}"], [out], name=f"conv{i}",
+                                      pads=[i + 1] * 4, dilations=[i + 1] * 2))
+        cur = out
+    g = helper.make_graph(nodes, "chain", [x], [y], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_warns_when_convs_leave_the_templates(tmp_path):
+    """A build whose convs fell off the blocked templates is correct but slow: it says so
+    (a layout choice once did this silently to a real model, 12x slower)."""
+    import warnings
+
+    from pfcompile.compiler import count_convs, import_onnx, warn_off_templates
+    from pfcompile.model import input_specs
+
+    proto = _conv_chain(4)
+    mod = import_onnx(proto, input_specs(proto))
+    assert count_convs(mod) == 4
+    with pytest.warns(UserWarning, match="only 0 of 4 distinct convolutions"):
+        assert warn_off_templates(mod, [], "host") is not None
+
+    class K:
+        family = "conv2d"
+
+    assert warn_off_templates(mod, [K()] * 3, "host") is None  # 3 of 4 is enough
+    # a real build keeps them on the templates and stays quiet
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*blocked conv templates.*")
+        compile_model(proto, "host", tmp_path / "chain")
