@@ -3,8 +3,8 @@
 Each pair of artifact folders (``pfcompile compile`` output: ``model.so`` + ``model.json``,
 e.g. ``tools/bench_size.py``'s ``before/`` and ``after/`` folders) is loaded in this
 process, both are run on the same random input (outputs compared: max abs difference) and
-the lifted model (``pfcompile.deploy.load``) is timed in alternating rounds, so that load
-from other processes falls on both alike. Prints per pair: the deployed bytes, the medians
+the lifted model (``pfcompile.deploy.load``) is timed in alternating rounds (each round
+the other one first), so that load from other processes falls on both alike. Prints per pair: the deployed bytes, the medians
 and after / before.
 
   python tools/bench_ab.py BEFORE_DIR AFTER_DIR [BEFORE_DIR AFTER_DIR ...] [--rounds 15]
@@ -31,8 +31,8 @@ def main() -> None:
     ap.add_argument("--pairs", nargs=2, type=Path, default=None,
                     help="two roots: the sub-folders present in both, matched by name")
     ap.add_argument("--match", default="_host", help="with --pairs: sub-folders containing this")
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--number", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--number", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     import tvm
@@ -64,8 +64,8 @@ def main() -> None:
         diff = float(np.max(np.abs(outs[0].astype(np.float64) - outs[1])))
         fns = [m.time_evaluator(dev, number=args.number, repeat=1) for m in models]
         times: list[list[float]] = [[], []]
-        for _ in range(args.rounds):
-            for k in (0, 1):
+        for r in range(args.rounds):  # alternate which goes first: no order bias
+            for k in ((0, 1) if r % 2 == 0 else (1, 0)):
                 times[k].append(fns[k](x).mean * 1e3)
         b_ms, a_ms = statistics.median(times[0]), statistics.median(times[1])
         kb = [artifact_size(d).size_bytes / 1e3 for d in (before, after)]
