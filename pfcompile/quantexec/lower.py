@@ -569,32 +569,92 @@ def _unblock_map(ow: int):
     return lambda n, cb, px, c: (n, cb * BLOCK + c, px // ow, px % ow)
 
 
+#: elementwise ops that run on a blocked activation as on an NCHW one when every other
+#: operand is a scalar (per-tensor QuantizeLinear / DequantizeLinear, the residual Add, ReLU)
+_ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.maximum",
+                "relax.minimum", "relax.nn.relu", "relax.clip", "relax.quantize",
+                "relax.dequantize", "relax.astype")
+
+
+def _is_scalar_operand(expr) -> bool:
+    """A non-tensor argument or a constant with one element (broadcast alike in any layout)."""
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return all(int(d) == 1 for d in expr.ty.shape)
+    return not isinstance(expr, relax.Var)
+
+
+def _elementwise_args(g: _Graph, v) -> list | None:
+    """The 4-D activation operands of binding ``v`` if it is an elementwise op that may run
+    blocked (its output 4-D with whole blocks of 8 channels, every other operand a scalar),
+    else None."""
+    val = g.defs.get(v)
+    if not (isinstance(val, relax.Call) and isinstance(val.op, tvm.ir.Op)
+            and val.op.name in _ELEMENTWISE):
+        return None
+    try:
+        shape = _shape(v)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if len(shape) != 4 or shape[1] % BLOCK:
+        return None
+    if val.op.name in ("relax.quantize", "relax.dequantize"):
+        operands, scalars = val.args[:1], val.args[1:]
+    else:
+        operands, scalars = [a for a in val.args if not _is_scalar_operand(a)], []
+    if not all(_is_scalar_operand(a) for a in scalars):
+        return None
+    for a in operands:
+        if not isinstance(a, relax.Var):
+            return None
+        try:
+            if _shape(a) != shape:
+                return None
+        except (TypeError, ValueError, AttributeError):
+            return None
+    return operands or None
+
+
 def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
-    """The integer conv outputs to keep blocked (``NCHW8c``): uint8/int8, channels a multiple
-    of 8, and read only through DequantizeLinear ops that feed integer convs (as their
-    activation) whose templates take the blocked layout. Everything else stays NCHW."""
-    out = set()
+    """The values to keep blocked (``NCHW8c``, stored ``[N, C/8, H*W, 8]``): integer conv
+    outputs (the plans' keys) and elementwise ops on them (:data:`_ELEMENTWISE`: the
+    residual Add, ReLU, per-tensor Quantize/DequantizeLinear), each with at least one reader
+    that takes it blocked (an integer conv whose template reads ``NCHW8c``, or another such
+    value; or an elementwise op one of whose operands is blocked for another reader). The
+    rest stays NCHW; a blocked value that also has an NCHW reader is turned back for it
+    (``layout_transform``). So the layers of a residual network read and write the
+    blocked layout on both sides, and their kernels may be shared across spatial sizes
+    (:func:`_share_spatial`, which skips layers that read or write NCHW)."""
+    cand: set = set()
+    ew: dict = {}
     for v, p in plans.items():
         sp = p.sp
-        if not isinstance(sp, QConvSpec) or sp.y_dtype == "float32" or sp.oc % BLOCK \
-                or not supports_blocked(sp, target) or not users.get(v):
-            continue
-        ok = True
-        for u in users[v]:
-            if u is None or g.call(u, "relax.dequantize") is None or not users.get(u):
-                ok = False
-                break
-            for layer in users[u]:
-                lp = lowered.get(layer)
-                if lp is None or not isinstance(lp.sp, QConvSpec) or not lp.xq.same_as(v) \
-                        or not supports_blocked(lp.sp, target):
-                    ok = False
-                    break
-            if not ok:
-                break
-        if ok:
-            out.add(v)
-    return out
+        if isinstance(sp, QConvSpec) and sp.oc % BLOCK == 0 and supports_blocked(sp, target):
+            cand.add(v)
+    for v in g.defs:  # binding order: operands first
+        args = _elementwise_args(g, v)
+        if args is not None and v not in plans and all(a in cand for a in args):
+            cand.add(v)
+            ew[v] = args
+    readers: dict = {}  # value -> integer convs that would read it blocked
+    for p in lowered.values():
+        sp = p.sp
+        if isinstance(sp, QConvSpec) and sp.c % BLOCK == 0 and supports_blocked(sp, target):
+            readers.setdefault(p.xq, []).append(p)
+    def read_blocked(v, but=None) -> bool:
+        return bool(readers.get(v)) or any(u in cand for u in users.get(v, [])
+                                           if u is not None and u is not but)
+
+    while True:
+        # an elementwise op whose operand is kept blocked for another reader stays blocked
+        # too (one layout_transform back for its NCHW readers, and the integer conv before
+        # it writes blocked: ResNet-20's last residual Add, read by the global pool)
+        drop = {v for v in cand
+                if (v in ew and not all(a in cand for a in ew[v]))
+                or (not read_blocked(v)
+                    and not (v in ew and any(read_blocked(a, but=v) for a in ew[v])))}
+        if not drop:
+            return cand
+        cand -= drop
 
 
 def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
@@ -804,6 +864,18 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
                     renamed[b.var] = nv
                 else:
                     new_bindings.append(relax.VarBinding(b.var, call))
+            elif isinstance(b, relax.VarBinding) and b.var in blocked:
+                # an elementwise op on blocked operands (see _blocked_outputs)
+                n, c, h, w = _shape(b.var)
+                val = b.value
+                args = [renamed.get(a, a) if isinstance(a, relax.Var) else a for a in val.args]
+                nv = type(b.var)(f"{b.var.name}_nchw{BLOCK}c",
+                                 relax.TensorType(act_shape(n, c, h, w, _B), _dtype(b.var)))
+                new_bindings.append(relax.VarBinding(nv, relax.Call(val.op, args, val.attrs,
+                                                                      val.ty_args)))
+                new_bindings.append(relax.VarBinding(
+                    b.var, relax.op.layout_transform(nv, _unblock_map(w))))
+                renamed[b.var] = nv
             else:
                 new_bindings.append(b)
         new_blocks.append(type(block)(new_bindings))
