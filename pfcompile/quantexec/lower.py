@@ -577,70 +577,92 @@ def _unblock_map(ow: int):
     return lambda n, cb, px, c: (n, cb * BLOCK + c, px // ow, px % ow)
 
 
-def _read_blocked(g: _Graph, users: dict, v, lowered: dict, target) -> bool:
-    """Whether every reader of ``v`` is a DequantizeLinear whose every reader is an integer
-    conv that takes ``v`` as its activation in the blocked layout."""
-    if not users.get(v):
-        return False
-    for u in users[v]:
-        if u is None or g.call(u, "relax.dequantize") is None or not users.get(u):
-            return False
-        for layer in users[u]:
-            lp = lowered.get(layer)
-            if lp is None or not isinstance(lp.sp, QConvSpec) or not lp.xq.same_as(v) \
-                    or not supports_blocked(lp.sp, target):
-                return False
-    return True
+#: elementwise ops that run on a blocked activation as on an NCHW one when every other
+#: operand is a scalar (per-tensor QuantizeLinear / DequantizeLinear, the residual Add, ReLU)
+_ELEMENTWISE = ("relax.add", "relax.subtract", "relax.multiply", "relax.maximum",
+                "relax.minimum", "relax.nn.relu", "relax.clip", "relax.quantize",
+                "relax.dequantize", "relax.astype")
 
 
-def _blocked_quantize_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
-    """QuantizeLinear ops left in float (after a residual Add / ReLU, a max pool) whose output
-    only integer convs read (:func:`_read_blocked`), channels a multiple of 8: a reshape +
-    transpose to the blocked layout follows them, which operator fusion puts into the float
-    kernel that quantizes (a ``layout_transform`` with the index map stayed a kernel of its
-    own), so the convs read blocked data instead of packing NCHW themselves (ResNet-18's first conv of each block: 0.22-0.25 ms of a 1.06 ms Winograd conv
-    at 56x56, one AVX2 thread, was that packing)."""
-    out = set()
-    for v, val in g.defs.items():
-        if v in plans or not (isinstance(val, relax.Call) and getattr(val.op, "name", "") == "relax.quantize"):
-            continue
+def _is_scalar_operand(expr) -> bool:
+    """A non-tensor argument or a constant with one element (broadcast alike in any layout)."""
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return all(int(d) == 1 for d in expr.ty.shape)
+    return not isinstance(expr, relax.Var)
+
+
+def _elementwise_args(g: _Graph, v) -> list | None:
+    """The 4-D activation operands of binding ``v`` if it is an elementwise op that may run
+    blocked (its output 4-D with whole blocks of 8 channels, every other operand a scalar),
+    else None."""
+    val = g.defs.get(v)
+    if not (isinstance(val, relax.Call) and isinstance(val.op, tvm.ir.Op)
+            and val.op.name in _ELEMENTWISE):
+        return None
+    try:
+        shape = _shape(v)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if len(shape) != 4 or shape[1] % BLOCK:
+        return None
+    if val.op.name in ("relax.quantize", "relax.dequantize"):
+        operands, scalars = val.args[:1], val.args[1:]
+    else:
+        operands, scalars = [a for a in val.args if not _is_scalar_operand(a)], []
+    if not all(_is_scalar_operand(a) for a in scalars):
+        return None
+    for a in operands:
+        if not isinstance(a, relax.Var):
+            return None
         try:
-            shp = _shape(v)
-        except (AttributeError, TypeError, ValueError):
-            continue
-        if len(shp) != 4 or shp[1] % BLOCK or _dtype(v) not in _ACT_DTYPES:
-            continue
-        if _read_blocked(g, users, v, lowered, target):
-            out.add(v)
-    return out
+            if _shape(a) != shape:
+                return None
+        except (TypeError, ValueError, AttributeError):
+            return None
+    return operands or None
 
 
 def _blocked_outputs(g: _Graph, users: dict, plans: dict, lowered: dict, target) -> set:
-    """The integer conv outputs to keep blocked (``NCHW8c``): uint8/int8, channels a multiple
-    of 8, and read only through DequantizeLinear ops that feed integer convs (as their
-    activation) whose templates take the blocked layout. Everything else stays NCHW."""
-    out = set()
+    """The values to keep blocked (``NCHW8c``, stored ``[N, C/8, H*W, 8]``): integer conv
+    outputs (the plans' keys) and elementwise ops on them (:data:`_ELEMENTWISE`: the
+    residual Add, ReLU, per-tensor Quantize/DequantizeLinear), each with at least one reader
+    that takes it blocked (an integer conv whose template reads ``NCHW8c``, or another such
+    value; or an elementwise op one of whose operands is blocked for another reader). The
+    rest stays NCHW; a blocked value that also has an NCHW reader is turned back for it
+    (``layout_transform``). So the layers of a residual network read and write the
+    blocked layout on both sides, and their kernels may be shared across spatial sizes
+    (:func:`_share_spatial`, which skips layers that read or write NCHW)."""
+    cand: set = set()
+    ew: dict = {}
     for v, p in plans.items():
         sp = p.sp
-        if not isinstance(sp, QConvSpec) or sp.y_dtype == "float32" or sp.oc % BLOCK \
-                or not supports_blocked(sp, target) or not users.get(v):
-            continue
-        ok = True
-        for u in users[v]:
-            if u is None or g.call(u, "relax.dequantize") is None or not users.get(u):
-                ok = False
-                break
-            for layer in users[u]:
-                lp = lowered.get(layer)
-                if lp is None or not isinstance(lp.sp, QConvSpec) or not lp.xq.same_as(v) \
-                        or not supports_blocked(lp.sp, target):
-                    ok = False
-                    break
-            if not ok:
-                break
-        if ok:
-            out.add(v)
-    return out
+        if isinstance(sp, QConvSpec) and sp.oc % BLOCK == 0 and supports_blocked(sp, target):
+            cand.add(v)
+    for v in g.defs:  # binding order: operands first
+        args = _elementwise_args(g, v)
+        if args is not None and v not in plans and all(a in cand for a in args):
+            cand.add(v)
+            ew[v] = args
+    readers: dict = {}  # value -> integer convs that would read it blocked
+    for p in lowered.values():
+        sp = p.sp
+        if isinstance(sp, QConvSpec) and sp.c % BLOCK == 0 and supports_blocked(sp, target):
+            readers.setdefault(p.xq, []).append(p)
+    def read_blocked(v, but=None) -> bool:
+        return bool(readers.get(v)) or any(u in cand for u in users.get(v, [])
+                                           if u is not None and u is not but)
+
+    while True:
+        # an elementwise op whose operand is kept blocked for another reader stays blocked
+        # too (one layout_transform back for its NCHW readers, and the integer conv before
+        # it writes blocked: ResNet-20's last residual Add, read by the global pool)
+        drop = {v for v in cand
+                if (v in ew and not all(a in cand for a in ew[v]))
+                or (not read_blocked(v)
+                    and not (v in ew and any(read_blocked(a, but=v) for a in ew[v])))}
+        if not drop:
+            return cand
+        cand -= drop
 
 
 def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
@@ -702,8 +724,7 @@ def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
               *, func_name: str = "main", shared_params: bool = True,
-              spatial: bool = True, block_quantized: bool = True
-              ) -> tuple[tvm.IRModule, list[LayerReport]]:
+              spatial: bool = True) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Rewrite matched QDQ layers of ``mod[func_name]`` into integer kernels.
 
     ``target`` is a pfcompile :class:`~pfcompile.targets.Target` (its
@@ -714,9 +735,7 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     ``shared_params``: the kernels read their per-channel bias, scale and offset from arrays
     shared by all layers (:class:`~pfcompile.quantexec.kernels.ChannelParams`), else each
     layer has its own three constants. ``spatial``: layers that differ only in channel counts
-    and spatial sizes share one conv kernel (:func:`_share_spatial`). ``block_quantized``:
-    float QuantizeLinear outputs that only integer convs read are stored blocked too
-    (:func:`_blocked_quantize_outputs`).
+    and spatial sizes share one conv kernel (:func:`_share_spatial`).
     """
     func = mod[func_name]
     g = _Graph(func)
@@ -773,11 +792,10 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
         # 18 of 54 layers of a pruned PP-OCR classifier with the earlier templates). Layouts
         # depend on which neighbours run integer, so they are chosen again without it.
         blocked = _blocked_outputs(g, users, plans, lowered, target)
-        qblocked = _blocked_quantize_outputs(g, users, plans, lowered, target) if block_quantized else set()
         failed: dict = {}
         for v, p in plans.items():
             if isinstance(p.sp, QConvSpec):
-                p.sp = replace(p.sp, x_layout=_B if (p.xq in blocked or p.xq in qblocked) else "NCHW",
+                p.sp = replace(p.sp, x_layout=_B if p.xq in blocked else "NCHW",
                                y_layout=_B if v in blocked else "NCHW")
             p.sp = replace(p.sp, shared_params=shared_params)
             try:
@@ -854,14 +872,17 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
                     renamed[b.var] = nv
                 else:
                     new_bindings.append(relax.VarBinding(b.var, call))
-            elif isinstance(b, relax.VarBinding) and b.var in qblocked:
-                new_bindings.append(b)
-                shp = _shape(b.var)
+            elif isinstance(b, relax.VarBinding) and b.var in blocked:
+                # an elementwise op on blocked operands (see _blocked_outputs)
+                n, c, h, w = _shape(b.var)
+                val = b.value
+                args = [renamed.get(a, a) if isinstance(a, relax.Var) else a for a in val.args]
                 nv = type(b.var)(f"{b.var.name}_nchw{BLOCK}c",
-                                 relax.TensorType(act_shape(*shp, _B), _dtype(b.var)))
-                n, c, h, w = shp
-                new_bindings.append(relax.VarBinding(nv, relax.op.permute_dims(
-                    relax.op.reshape(b.var, (n, c // BLOCK, BLOCK, h * w)), [0, 1, 3, 2])))
+                                 relax.TensorType(act_shape(n, c, h, w, _B), _dtype(b.var)))
+                new_bindings.append(relax.VarBinding(nv, relax.Call(val.op, args, val.attrs,
+                                                                      val.ty_args)))
+                new_bindings.append(relax.VarBinding(
+                    b.var, relax.op.layout_transform(nv, _unblock_map(w))))
                 renamed[b.var] = nv
             else:
                 new_bindings.append(b)

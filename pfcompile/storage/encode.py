@@ -31,13 +31,15 @@ vs 1.5 (uint16 CSR) or 2.0 (int32 CSR, the sparsify pass's report)), it needs no
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BLOCK", "MAX_BITS", "Bits", "Codebook", "Encoded", "Lanes", "Raw", "Sparse",
-           "bits_needed", "choose", "decode", "encode_bits", "encode_bits_as", "encode_codebook",
-           "encode_lanes", "encode_sparse", "lanes_as"]
+__all__ = ["BLOCK", "DECODER_BYTES", "MAX_BITS", "MIN_SAVING_GROUPED", "Bits", "Codebook",
+           "Encoded", "Lanes", "Raw", "Sparse", "bits_needed", "choose", "choose_all", "decode",
+           "encode_bits", "encode_bits_as", "encode_codebook", "encode_lanes", "encode_sparse",
+           "lanes_as", "widen_bits"]
 
 BLOCK = 256  #: elements per block of a :class:`Sparse` bitmap (one int32 count each)
 MAX_BITS = 24  #: widest :class:`Bits` element (a decoder reads it from 4 bytes)
@@ -328,3 +330,43 @@ def choose(a: np.ndarray, min_saving: int = 1024, min_saving_bits: int | None = 
         if back.dtype == a.dtype and np.array_equal(_as_bits_view(back.reshape(a.shape)), _as_bits_view(a)):
             return c
     return None
+
+
+#: the saving a Bits / Lanes encoding of one tensor needs (decoded in a group: a view and
+#: a tuple field, ~200 bytes of VM code, against a constant's ~60-byte header)
+MIN_SAVING_GROUPED = 256
+
+
+#: what one more decoder costs a library, in bytes: its function (~450 bytes of code) and a
+#: group's allocation and call (~300 bytes of VM code and constants)
+DECODER_BYTES = 768
+
+
+def widen_bits(encs: list) -> list:
+    """``encs`` with Bits encodings of the same sign and dtype widened to the next wider
+    width present where that costs fewer bytes than :data:`DECODER_BYTES` (one decoder and
+    one group less: the per-channel biases of two epilogue kinds, 16 and 18 bits)."""
+    out = list(encs)
+    by: dict[tuple, dict[int, list[int]]] = {}
+    for k, e in enumerate(out):
+        if isinstance(e, Bits):
+            by.setdefault((e.signed, e.dtype), {}).setdefault(e.bits, []).append(k)
+    for (signed, _), widths in by.items():
+        ws = sorted(widths)
+        for w, w2 in itertools.pairwise(ws):
+            idx = widths.pop(w)
+            extra = sum((w2 - w) * out[k].n for k in idx) / 8
+            if extra < DECODER_BYTES:
+                for k in idx:
+                    out[k] = encode_bits_as(decode(out[k]), w2, signed)
+                widths[w2].extend(idx)
+            else:
+                widths[w] = idx
+    return out
+
+
+def choose_all(arrays: list[np.ndarray], min_saving: int = 1024) -> list[Encoded | None]:
+    """The encoding each of ``arrays`` (the constants of one library) is stored in, as
+    :func:`pfcompile.storage.pack_weights` chooses them: :func:`choose` with the grouped
+    saving :data:`MIN_SAVING_GROUPED` for Bits / Lanes, then :func:`widen_bits`."""
+    return widen_bits([choose(a, min_saving, min(min_saving, MIN_SAVING_GROUPED)) for a in arrays])

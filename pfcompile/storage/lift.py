@@ -26,7 +26,6 @@ The decode bindings are ours, so splitting them out is a partition of a list.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -50,7 +49,7 @@ from pfcompile.storage.encode import (
     Lanes,
     Raw,
     Sparse,
-    choose,
+    choose_all,
     decode,
     encode_bits_as,
     lanes_as,
@@ -199,9 +198,6 @@ class _Decoders:
 ALIGN = 64
 
 
-#: the saving a Bits / Lanes encoding of one tensor needs (decoded in a group: a view and
-#: a tuple field, ~200 bytes of VM code, against a constant's ~60-byte header)
-MIN_SAVING_GROUPED = 256
 
 
 @dataclass(frozen=True)
@@ -293,34 +289,6 @@ def _group_stream(members: list[Bits | Lanes]) -> tuple[Bits | Lanes, list[int]]
     return stream, offsets
 
 
-#: what one more decoder costs a library, in bytes: its function (~450 bytes of code) and a
-#: group's allocation and call (~300 bytes of VM code and constants)
-DECODER_BYTES = 768
-
-
-def _widen(encs: list) -> list:
-    """``encs`` with Bits encodings of the same sign and dtype widened to the next wider
-    width present where that costs fewer bytes than :data:`DECODER_BYTES` (one decoder and
-    one group less: the per-channel biases of two epilogue kinds, 16 and 18 bits)."""
-    out = list(encs)
-    by: dict[tuple, dict[int, list[int]]] = {}
-    for k, e in enumerate(out):
-        if isinstance(e, Bits):
-            by.setdefault((e.signed, e.dtype), {}).setdefault(e.bits, []).append(k)
-    for (signed, _), widths in by.items():
-        ws = sorted(widths)
-        for w, w2 in itertools.pairwise(ws):
-            idx = widths.pop(w)
-            extra = sum((w2 - w) * out[k].n for k in idx) / 8
-            if extra < DECODER_BYTES:
-                for k in idx:
-                    out[k] = encode_bits_as(decode(out[k]), w2, signed)
-                widths[w2].extend(idx)
-            else:
-                widths[w] = idx
-    return out
-
-
 def _decode_block(decoders: _Decoders, chosen: list[tuple[Constant, Encoded]]):
     """A dataflow block decoding every chosen constant; returns (block, output vars).
 
@@ -369,7 +337,7 @@ def pack_weights(mod: tvm.IRModule, *, func_name: str = "main", min_saving: int 
     chosen: list[tuple[Constant, Encoded]] = []
     consts = _constants(func)
     arrs = [c.value.numpy() for c in consts]
-    encs = _widen([choose(a, min_saving, min(min_saving, MIN_SAVING_GROUPED)) for a in arrs])
+    encs = choose_all(arrs, min_saving)
     for c, arr, enc in zip(consts, arrs, encs, strict=True):
         report.constant_bytes += int(arr.nbytes)
         report.stored_bytes += int(arr.nbytes) if enc is None else enc.nbytes

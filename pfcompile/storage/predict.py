@@ -1,8 +1,11 @@
 """The bytes a compiled library will store for an ONNX model's constants, before
 compiling it: each initializer (and ``Constant``) at the exact encoding
-:func:`pfcompile.storage.encode.choose` gives it (2-4-bit weights bit-packed, a
-codebook's indices at their width, sparse weights as a bitmap + non-zeros). The
-library applies the same encodings to the constants its kernels read, so this is
+:func:`pfcompile.storage.pack_weights` would give it (:func:`~pfcompile.storage.encode.choose_all`:
+2-4-bit weights bit-packed, a codebook's indices at their width, sparse weights as a bitmap
++ non-zeros; a Bits / Lanes tensor packed where it saves
+:data:`~pfcompile.storage.encode.MIN_SAVING_GROUPED` bytes, as it is decoded in a group,
+any other encoding where it saves ``min_saving``; bit widths merged as the library merges
+them). The library applies the same encodings to the constants its kernels read, so this is
 the weight part of the deployed size up to layout padding and the kernels'
 per-channel parameters; the code part has to be measured (see
 ``pfcompile.search.sizing``)."""
@@ -13,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from pfcompile.storage.encode import choose
+from pfcompile.storage.encode import choose_all
 
 __all__ = ["stored_weight_bytes"]
 
@@ -23,13 +26,17 @@ def stored_weight_bytes(model: onnx.ModelProto, min_saving: int = 1024) -> int:
     tensors = list(model.graph.initializer) + [
         a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
         if a.name == "value"]
+    arrays: list[np.ndarray] = []
     for t in tensors:
         try:
-            arr = numpy_helper.to_array(t)
+            arr = np.asarray(numpy_helper.to_array(t))
         except Exception:  # noqa: BLE001 - a type numpy cannot hold: count its protobuf bytes
             total += t.ByteSize()
             continue
-        arr = np.asarray(arr)
-        enc = choose(arr, min_saving) if arr.dtype.kind in "iuf" else None
+        if arr.dtype.kind in "iuf":
+            arrays.append(arr)
+        else:
+            total += int(arr.nbytes)
+    for arr, enc in zip(arrays, choose_all(arrays, min_saving), strict=True):
         total += int(arr.nbytes) if enc is None else enc.nbytes
     return total
