@@ -17,6 +17,7 @@ from tvm import relax, tirx
 from pfcompile.codegen.layout import (
     canonicalize_for_layout,
     convert_layout_pass,
+    blocked_fake_quant,
     fold_constant_layout_transforms,
 )
 from pfcompile.codegen.records import RecordDB
@@ -101,7 +102,8 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
         relax.transform.DeadCodeElimination(),
     ])
     with target.tvm_target():
-        return seq(pad_matmul_columns(fold_constant_layout_transforms(pre(mod)), hw))
+        return seq(pad_matmul_columns(
+            fold_constant_layout_transforms(blocked_fake_quant(pre(mod))), hw))
 
 
 def _clamp(params: Any, wl: Workload) -> Any:
