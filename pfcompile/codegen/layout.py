@@ -21,7 +21,7 @@ import itertools
 import numpy as np
 from tvm import relax
 
-__all__ = ["canonicalize_for_layout", "channel_chunk", "conv_layouts", "convert_layout_pass",
+__all__ = ["blocked_fake_quant", "canonicalize_for_layout", "channel_chunk", "conv_layouts", "convert_layout_pass",
            "fold_constant_layout_transforms", "layout_classes"]
 
 

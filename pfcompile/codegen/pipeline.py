@@ -15,9 +15,9 @@ import tvm
 from tvm import relax, tirx
 
 from pfcompile.codegen.layout import (
+    blocked_fake_quant,
     canonicalize_for_layout,
     convert_layout_pass,
-    blocked_fake_quant,
     fold_constant_layout_transforms,
 )
 from pfcompile.codegen.records import RecordDB
