@@ -412,16 +412,19 @@ def blocked_fake_quant(mod):
     quantize / dequantize, back to the blocked layout for the next conv. Rewritten to
     ``dequantize(quantize(x))`` on the blocked ``x`` when the two transforms are inverse
     (checked on an index array) and the scale and zero point are one value each: they
-    become constants of the block size (``axis`` = the block axis), so the arithmetic per
-    element is unchanged (bit-exact) and the kernel that the pair fuses into takes them
-    as arguments (a 0-d constant would become an immediate of the kernel: one kernel per
-    layer instead of one per shape). Removes two layout transforms and their calls per
+    become one-element tensor constants (TVM's legalization reads element 0 of such a
+    "singleton" parameter, the same arithmetic per element: bit-exact), equal values
+    sharing one, so the kernel the pair fuses into takes them as arguments (a 0-d
+    constant would become an immediate of the kernel: one kernel per layer instead of one
+    per shape). Removes two layout transforms and their calls per
     activation.
     """
     import tvm
 
     def _op(e, name):
         return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == name
+
+    made: list = []  # (value, constant) of this module
 
     @relax.expr_functor.mutator
     class _Rewriter(relax.PyExprMutator):
@@ -430,6 +433,14 @@ def blocked_fake_quant(mod):
                 b = self.lookup_binding(e)
                 return b if b is not None else e
             return e
+
+        def _const1(self, c):
+            """A one-element tensor constant (equal values share one)."""
+            for v, k in made:
+                if v.dtype == c.dtype and np.array_equal(v, c.reshape(1)):
+                    return k
+            made.append((c.reshape(1), relax.const(c.reshape(1))))
+            return made[-1][1]
 
         def _scalar(self, e):
             e = self._bound(e)
@@ -461,17 +472,8 @@ def blocked_fake_quant(mod):
             consts = [self._scalar(a) for a in (q.args[1], q.args[2], dq.args[1], dq.args[2])]
             if any(c is None for c in consts):
                 return call
-            block = shape[-1]
+            qs, qz, ds, dz = (self._const1(c) for c in consts)
             axis = len(shape) - 1
-            made: list = []
-
-            def block_const(c):  # equal values share one constant
-                for v, k in made:
-                    if v.dtype == c.dtype and np.array_equal(v, c):
-                        return k
-                made.append((c, relax.const(np.full(block, c.reshape(()), dtype=c.dtype))))
-                return made[-1][1]
-            qs, qz, ds, dz = (block_const(c) for c in consts)
             q2 = self.builder_.emit(relax.op.quantize(x, qs, qz, axis=axis,
                                                       out_dtype=q.attrs.out_dtype))
             return relax.op.dequantize(q2, ds, dz, axis=axis, out_dtype=dq.attrs.out_dtype)
