@@ -117,7 +117,10 @@ def has_qdq(model: onnx.ModelProto) -> bool:
 
 
 #: Kernel families of pfcompile's blocked convolution templates.
-CONV_FAMILIES = ("conv2d", "conv2d_1x1", "depthwise", "winograd")
+CONV_FAMILIES = ("conv2d", "conv2d_1x1", "depthwise", "winograd", "dwpw")
+#: convolutions per kernel of a family (a ``dwpw`` kernel is a depthwise conv and the
+#: 1x1 conv that reads it, :mod:`pfcompile.codegen.templates.dwpw`)
+CONVS_PER_KERNEL = {"dwpw": 2}
 
 
 def _sinfo(expr: Any) -> Any:
@@ -154,7 +157,8 @@ def warn_off_templates(mod: Any, kernels: list, target_name: str,
     kernel, and small ones (an SE block's 1x1 conv on a 1x1 map) run as dense kernels on
     purpose, hence a share rather than all. Returns the message (None when fine)."""
     convs = count_convs(mod)
-    templated = sum(getattr(k, "family", "") in CONV_FAMILIES for k in kernels)
+    templated = sum(CONVS_PER_KERNEL.get(f, 1) for f in (getattr(k, "family", "") for k in kernels)
+                    if f in CONV_FAMILIES)
     if convs < 4 or templated >= share * convs:
         return None
     msg = (f"target '{target_name}': only {templated} of {convs} distinct convolutions run on "

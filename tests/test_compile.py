@@ -153,6 +153,12 @@ def test_warns_when_convs_leave_the_templates(tmp_path):
         family = "conv2d"
 
     assert warn_off_templates(mod, [K()] * 3, "host") is None  # 3 of 4 is enough
+
+    class F:
+        family = "dwpw"
+
+    # a depthwise conv fused with its 1x1 conv is two convolutions on the templates
+    assert warn_off_templates(mod, [F(), F()], "host") is None
     # a real build keeps them on the templates and stays quiet
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*blocked conv templates.*")

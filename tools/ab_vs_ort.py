@@ -28,7 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time each call by the process's CPU time (one thread: robust to "
+                         "other processes' load, which wall time is not)")
     args = ap.parse_args(argv)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     import json
 
@@ -74,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                 f()
             ts = []
             for _ in range(args.runs):
-                t0 = time.perf_counter()
+                t0 = clock()
                 f()
-                ts.append(time.perf_counter() - t0)
+                ts.append(clock() - t0)
             med[n].append(statistics.median(ts))
             best[n] = min(best[n], min(ts))
     print(f"# {args.onnx.name}, {args.threads} threads, CPU {cpu_model()}, load "
-          f"{min(loads):.2f}-{max(loads):.2f}, {args.rounds} rounds x {args.runs} runs")
+          f"{min(loads):.2f}-{max(loads):.2f}, {args.rounds} rounds x {args.runs} runs"
+          f"{', CPU time' if args.cpu_time else ''}")
     base = statistics.median(med["onnxruntime"])
     bmin = best["onnxruntime"]
     for n in names:

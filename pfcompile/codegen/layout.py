@@ -21,8 +21,9 @@ import itertools
 import numpy as np
 from tvm import relax
 
-__all__ = ["blocked_fake_quant", "canonicalize_for_layout", "channel_chunk", "conv_layouts", "convert_layout_pass",
-           "fold_constant_layout_transforms", "layout_classes"]
+__all__ = ["blocked_fake_quant", "canonicalize_for_layout", "channel_chunk", "conv_layouts",
+           "convert_layout_pass", "fold_constant_layout_transforms", "fold_input_transforms",
+           "layout_classes"]
 
 
 def channel_chunk(channels: int, block: int) -> int:
@@ -182,6 +183,74 @@ def convert_layout_pass(block: int):
         return relax.transform.ConvertLayout({}, cb)(split_to_slices(mod))
 
     return _pass
+
+
+#: the most channels an NCHW tensor may have for a conv to read it through
+#: :func:`fold_input_transforms` (its padding stage gathers this many planes per row)
+FOLD_MAX_CHANNELS = 4
+
+
+def fold_input_transforms(mod):
+    """``conv2d(layout_transform(x: NCHW → NCHW{C}c), w)`` where ``x`` has ``C`` ≤
+    :data:`FOLD_MAX_CHANNELS` channels (one chunk: the RGB input of a stem conv) →
+    ``conv2d(x, w, data_layout="NCHW")``: the conv's padding stage reads the planes and
+    writes its padded rows channel-last (:func:`pfcompile.codegen.te_ops.conv2d_nchwc`),
+    and the transform, a separate kernel over the whole input (MobileNetV2 224²: 90 µs
+    of ~7 ms at one thread), goes away when nothing else reads it.
+
+    Run after :func:`convert_layout_pass`: the layout assignment itself is unchanged
+    (every other conv keeps its blocked layout; an NCHW1c stem *layout* was tried and
+    sent the PP-OCR classifier's convs off the templates, see :func:`conv_layouts`)."""
+    import tvm
+
+    def _is_chunk_transpose(call, c: int) -> bool:
+        im = call.attrs.index_map
+        try:
+            for probe in ([0, c - 1, 2, 3], [0, 0, 1, 0], [0, c // 2, 0, 5]):
+                got = [int(v) for v in im.map_indices(probe)]
+                if got != [probe[0], 0, probe[2], probe[3], probe[1]]:
+                    return False
+        except Exception:  # noqa: BLE001 - an index map we cannot evaluate: leave it
+            return False
+        return True
+
+    @relax.expr_functor.mutator
+    class _Fold(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+                    and call.op.name == "relax.nn.conv2d"):
+                return call
+            a = call.attrs
+            data = call.args[0]
+            src = self.lookup_binding(data) if isinstance(data, relax.Var) else None
+            if not (isinstance(src, relax.Call) and isinstance(src.op, tvm.ir.Op)
+                    and src.op.name == "relax.layout_transform"
+                    and src.attrs.pad_value is None):
+                return call
+            try:
+                xs = [int(v) for v in src.args[0].ty.shape]
+                ts = [int(v) for v in data.ty.shape]
+            except (AttributeError, TypeError, ValueError):
+                return call
+            if len(xs) != 4 or len(ts) != 5 or ts[1] != 1:
+                return call
+            c = xs[1]
+            if (c > FOLD_MAX_CHANNELS or ts[4] != c or int(a.groups) != 1
+                    or str(a.data_layout) != f"NCHW{c}c"
+                    or not str(a.kernel_layout).startswith(f"OIHW{c}i")
+                    or not _is_chunk_transpose(src, c)):
+                return call
+            return relax.op.nn.conv2d(src.args[0], call.args[1], strides=a.strides,
+                                      padding=a.padding, dilation=a.dilation, groups=a.groups,
+                                      data_layout="NCHW", kernel_layout=a.kernel_layout,
+                                      out_layout=a.out_layout, out_dtype=a.out_dtype)
+
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = _Fold().visit_expr(func)
+    return relax.transform.DeadCodeElimination()(out)
 
 
 def split_to_slices(mod):

@@ -19,10 +19,13 @@ from pfcompile.codegen.layout import (
     canonicalize_for_layout,
     convert_layout_pass,
     fold_constant_layout_transforms,
+    fold_input_transforms,
 )
 from pfcompile.codegen.records import RecordDB
 from pfcompile.codegen.templates import TEMPLATES, Hardware, Workload, match
 from pfcompile.codegen.templates.base import params_from_dict, params_to_dict
+from pfcompile.codegen.templates.dense import pack_dense_weights
+from pfcompile.codegen.templates.dwpw import fuse_depthwise_pointwise
 from pfcompile.codegen.templates.matmul import pad_matmul_columns
 from pfcompile.codegen.templates.norm import FAST_MATH_LEGALIZE, fuse_layer_norm
 from pfcompile.codegen.templates.winograd import conv2d_legalizer
@@ -89,7 +92,7 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     def pre(m: tvm.IRModule) -> tvm.IRModule:
         m = decompose(m)
         try:
-            return blocked(m)
+            return fold_input_transforms(blocked(m))
         except Exception:  # noqa: BLE001 - a layout TVM cannot convert: plain NCHW, correct
             return m
     seq = tvm.transform.Sequential([
@@ -102,8 +105,9 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
         relax.transform.DeadCodeElimination(),
     ])
     with target.tvm_target():
-        return seq(pad_matmul_columns(
-            fold_constant_layout_transforms(blocked_fake_quant(pre(mod))), hw))
+        m = pad_matmul_columns(
+            fold_constant_layout_transforms(blocked_fake_quant(pre(mod))), hw)
+        return seq(fuse_depthwise_pointwise(pack_dense_weights(m, hw), hw))
 
 
 def _clamp(params: Any, wl: Workload) -> Any:

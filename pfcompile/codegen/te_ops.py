@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from tvm import relax, te, topi
+from tvm import relax, te, tirx, topi
 
 __all__ = [
     "CONV_BLOCK",
@@ -44,18 +44,45 @@ def _pad(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
     return topi.nn.pad(data, [0, 0, pt, pl, 0], [0, 0, pb, pr, 0], name=PAD_BLOCK)
 
 
+def _pad_nchw_to_chunk(data: te.Tensor, pt: int, pl: int, pb: int, pr: int) -> te.Tensor:
+    """(N, C, H, W) → padded (N, 1, H + pt + pb, W + pl + pr, C), zeros outside."""
+    n, c, ih, iw = (int(v) for v in data.shape)
+
+    def f(b, _c0, y, x, ci):
+        inside = tirx.all(y >= pt, y < ih + pt, x >= pl, x < iw + pl)
+        return tirx.if_then_else(inside, data[b, ci, y - pt, x - pl],
+                                 tirx.const(0.0, data.dtype))
+    return te.compute((n, 1, ih + pt + pb, iw + pl + pr, c), f, name=PAD_BLOCK)
+
+
 def conv2d_nchwc(data: te.Tensor, kernel: te.Tensor, strides, padding, dilation, groups: int,
                  out_dtype: str) -> te.Tensor:
     """Conv2D: data (N, C/ib, H, W, ib), kernel (O/ob, (C/g)/ib_k, KH, KW, ib_k, ob)
-    → (N, O/ob, OH, OW, ob). ``padding`` is (top, left, bottom, right)."""
-    n, icc, ih, iw, ib = (int(v) for v in data.shape)
+    → (N, O/ob, OH, OW, ob). ``padding`` is (top, left, bottom, right).
+
+    Data in plain NCHW (N, C, H, W) with groups 1 (the model's input, ``C`` ≤ a few
+    channels, see :func:`pfcompile.codegen.layout.fold_input_transforms`): the padding
+    stage reads it and writes the padded rows channel-last, (N, 1, H', W', C), so the
+    conv reads one chunk of ``ib = C`` as it would from NCHW{C}c and the separate
+    layout-transform kernel over the whole input goes away."""
+    nchw = len(data.shape) == 4
+    if nchw:
+        n, ib, ih, iw = (int(v) for v in data.shape)
+        icc = 1
+    else:
+        n, icc, ih, iw, ib = (int(v) for v in data.shape)
     occ, kic, kh, kw, kib, ob = (int(v) for v in kernel.shape)
     sh, sw = (int(v) for v in strides)
     dh, dw = (int(v) for v in dilation)
     pt, pl, pb, pr = (int(v) for v in padding)
     oh = (ih + pt + pb - (kh - 1) * dh - 1) // sh + 1
     ow = (iw + pl + pr - (kw - 1) * dw - 1) // sw + 1
-    pad = _pad(data, pt, pl, pb, pr)
+    if nchw:
+        if int(groups) != 1 or kib != ib or kic != 1:
+            raise ValueError("NCHW data: groups 1 and one input chunk of every channel only")
+        pad = _pad_nchw_to_chunk(data, pt, pl, pb, pr)
+    else:
+        pad = _pad(data, pt, pl, pb, pr)
     rkh = te.reduce_axis((0, kh), name="rkh")
     rkw = te.reduce_axis((0, kw), name="rkw")
     cin, cout = icc * ib, occ * ob
@@ -105,6 +132,8 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     a = call.attrs
     ib, ob = parse_chunk(a.data_layout), parse_chunk(a.out_layout)
     klay = str(a.kernel_layout)
+    if ib is None and str(a.data_layout) == "NCHW" and int(a.groups) == 1:
+        ib = 0   # plain NCHW data into a blocked kernel: fold_input_transforms' calls
     if ib is None or ob is None or not klay.startswith("OIHW") or len(klay) == 4:
         from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
 

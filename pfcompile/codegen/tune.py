@@ -31,7 +31,7 @@ from pfcompile.errors import ConfigError, SearchError
 
 __all__ = ["CostModel", "TuneSettings", "WorkloadResult", "tunable_workloads", "tune"]
 
-TUNABLE = ("conv2d", "conv2d_1x1", "depthwise", "dense", "winograd", "matmul")
+TUNABLE = ("conv2d", "conv2d_1x1", "depthwise", "dense", "winograd", "matmul", "dwpw")
 _FAMILY_ID = {f: i for i, f in enumerate(TUNABLE)}
 
 

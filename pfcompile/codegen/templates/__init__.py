@@ -9,6 +9,7 @@ from pfcompile.codegen.templates.base import Hardware, Template, Workload
 from pfcompile.codegen.templates.conv2d import Conv2dTemplate, ConvParams
 from pfcompile.codegen.templates.dense import DenseParams, DenseTemplate
 from pfcompile.codegen.templates.depthwise import DepthwiseParams, DepthwiseTemplate
+from pfcompile.codegen.templates.dwpw import DwPwParams, DwPwTemplate
 from pfcompile.codegen.templates.generic import GenericParams, GenericTemplate
 from pfcompile.codegen.templates.matmul import MatmulParams, MatmulTemplate
 from pfcompile.codegen.templates.norm import NormParams, NormTemplate
@@ -22,6 +23,8 @@ __all__ = [
     "DenseTemplate",
     "DepthwiseParams",
     "DepthwiseTemplate",
+    "DwPwParams",
+    "DwPwTemplate",
     "GenericParams",
     "GenericTemplate",
     "Hardware",
@@ -37,8 +40,9 @@ __all__ = [
     "template_for",
 ]
 
-#: tried in order; the generic template takes whatever is left
-TEMPLATES: tuple = (Conv2dTemplate(), WinogradTemplate(), DepthwiseTemplate(), MatmulTemplate(),
+#: tried in order (a fused depthwise + 1x1 kernel before either half's template); the
+#: generic template takes whatever is left
+TEMPLATES: tuple = (DwPwTemplate(), Conv2dTemplate(), WinogradTemplate(), DepthwiseTemplate(), MatmulTemplate(),
                     DenseTemplate(), NormTemplate(), GenericTemplate())
 
 

@@ -103,6 +103,13 @@ class Conv2dTemplate:
             # (16→96 at 112², 24→144 at 56², 32→16 at 112², 32→192 at 28², one
             # thread). On AVX2 the same tile measured 1.5x slower than 4 x 2.
             return ConvParams(ow_tile=4, oc_tile=1, pad_stage=pad, unroll_kw=unroll_kw)
+        if wide and d["ib"] < 4 and ow % 4 == 0 and d["ob"] >= hw.fp32_lanes:
+            # an input chunk of fewer than 4 channels (the RGB stem, read from NCHW or
+            # NCHW3c): 4 x 1 tiles, padding inlined, measured 0.81x (MobileNetV2 3→32
+            # 3x3/2 at 224²), 0.73x (PP-OCR det 3→16 at 64²), 0.98x (ResNet-18 3→64 7x7/2)
+            # the register-optimal tile with a padding stage (one thread,
+            # tools/sweep_kernels.py); on AVX2 that tile is within 3 % of the best
+            return ConvParams(ow_tile=4, oc_tile=1, pad_stage=False, unroll_kw=unroll_kw)
         choice: tuple[float, ConvParams] | None = None
         for oc_tile in (1, 2, 3, 4):
             if occ % oc_tile:

@@ -1,12 +1,20 @@
 """Dense / matmul ``(M, K) × (K, N)``: vectorize along N, keep an
 ``n_tile``-wide row of accumulators in registers, unroll K by ``k_unroll``,
-parallel over N tiles (batch-1 inference is a GEMV: memory bound)."""
+parallel over N tiles (batch-1 inference is a GEMV: memory bound).
+
+A one-row product with a constant weight reads the weight pre-packed at compile time
+(:func:`pack_dense_weights`): ``(N/v, K, v)`` strips of one vector ``v``, so that a tile
+streams its columns from contiguous memory. In ``(K, N)`` order a tile of 128 columns
+reads 512 bytes per row and then jumps a whole row: every K step touches a new 4 KB
+page, where the hardware prefetchers stop (MobileNetV2's 1280 x 1000 head: see
+docs/codegen.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import s_tir, tirx
+import numpy as np
+from tvm import relax, s_tir, te, tirx
 
 from pfcompile.codegen.templates.base import (
     Hardware,
@@ -18,7 +26,10 @@ from pfcompile.codegen.templates.base import (
     schedule_rest,
 )
 
-__all__ = ["DenseParams", "DenseTemplate"]
+__all__ = ["DENSE_PACKED_BLOCK", "DenseParams", "DenseTemplate", "dense_packed",
+           "pack_dense_weights"]
+
+DENSE_PACKED_BLOCK = "pf_dense_packed"
 
 
 @dataclass(frozen=True)
@@ -30,9 +41,70 @@ class DenseParams:
 def _matmul_block(sch: s_tir.Schedule):
     for b in root_blocks(sch):
         name = str(sch.get(b).name_hint)
-        if name in ("matmul", "T_matmul", "T_dense", "dense") and block_iter_kinds(sch, b) == [0, 0, 2]:
+        if name in ("matmul", "T_matmul", "T_dense", "dense", DENSE_PACKED_BLOCK) and \
+                block_iter_kinds(sch, b) == [0, 0, 2]:
             return b, name
     return None, None
+
+
+def dense_packed(x: te.Tensor, wp: te.Tensor, out_dtype: str) -> te.Tensor:
+    """``x (M, K) × W (K, N)`` with ``W`` packed as ``wp (N/v, K, v)``
+    (``wp[j // v, k, j % v] = W[k, j]``)."""
+    m, k = (int(v) for v in x.shape)
+    strips, _k, v = (int(d) for d in wp.shape)
+    rk = te.reduce_axis((0, k), name="k")
+    return te.compute(
+        (m, strips * v),
+        lambda i, j: te.sum(x[i, rk].astype(out_dtype) * wp[j // v, rk, j % v].astype(out_dtype),
+                            axis=rk),
+        name=DENSE_PACKED_BLOCK)
+
+
+def pack_dense_weights(mod, hw: Hardware):
+    """``matmul(x, W)`` with one row ``x (1, K)`` and a constant fp32 ``W (K, N)``, N a
+    multiple of the vector width (after :func:`pfcompile.codegen.templates.matmul.
+    pad_matmul_columns`) → :func:`dense_packed` with ``W`` packed once here into
+    ``(N/v, K, v)`` strips (a constant of the library, the same bytes)."""
+    import tvm
+
+    lanes = hw.fp32_lanes
+
+    @relax.expr_functor.mutator
+    class _Pack(relax.PyExprMutator):
+        def _const(self, e):
+            if isinstance(e, relax.Var):
+                b = self.lookup_binding(e)
+                e = b if b is not None else e
+            return e.value.numpy() if isinstance(e, tvm.ir.expr.Constant) else None
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+                    and call.op.name == "relax.matmul"):
+                return call
+            w = self._const(call.args[1])
+            if w is None or w.ndim != 2 or w.dtype != np.float32:
+                return call
+            try:
+                xs = [int(d) for d in call.args[0].ty.shape]
+                xdt = str(call.args[0].ty.dtype)
+            except (AttributeError, TypeError, ValueError):
+                return call
+            k, n = (int(d) for d in w.shape)
+            if len(xs) != 2 or xs != [1, k] or xdt != "float32" or n % lanes or n < 2 * lanes:
+                return call
+            out_dtype = str(call.attrs.out_dtype)
+            if out_dtype in ("", "void", "None"):
+                out_dtype = "float32"
+            wp = np.ascontiguousarray(w.reshape(k, n // lanes, lanes).transpose(1, 0, 2))
+            return self.builder_.call_te(dense_packed, call.args[0], relax.const(wp), out_dtype,
+                                         primfunc_name_hint="pf_dense")
+
+    packer = _Pack(mod)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            packer.builder_.update_func(gv, packer.visit_expr(func))
+    return packer.builder_.get()
 
 
 class DenseTemplate:
@@ -48,18 +120,23 @@ class DenseTemplate:
         if len(s.reads) != 2:
             return None
         a, bb = (r.source for r in s.reads)
-        if len(a.shape) != 2 or len(bb.shape) != 2:
+        packed = name == DENSE_PACKED_BLOCK
+        if len(a.shape) != 2 or len(bb.shape) != (3 if packed else 2):
             return None
         try:
             m, k = (int(v) for v in a.shape)
-            k2, n = (int(v) for v in bb.shape)
+            if packed:
+                strips, k2, v = (int(d) for d in bb.shape)
+                n = strips * v
+            else:
+                k2, n = (int(v) for v in bb.shape)
         except TypeError:
             return None
         if k != k2:  # transposed weight: leave it to the generic schedule
             return None
         names = [str(sch.get(b).name_hint) for b in root_blocks(sch)]
-        return Workload(self.family, dims_tuple({"m": m, "k": k, "n": n}), m * k * n, "NK",
-                        len(names) - names.index(name) - 1)
+        return Workload(self.family, dims_tuple({"m": m, "k": k, "n": n}), m * k * n,
+                        f"N{v}KN" if packed else "NK", len(names) - names.index(name) - 1)
 
     def heuristic(self, wl: Workload, hw: Hardware) -> DenseParams:
         """The widest tile of whole vectors (up to 8) that divides N: a column tail
