@@ -284,3 +284,40 @@ def test_arm64_link_keeps_relro_without_file_padding(tmp_path):
         assert s.p_align == AARCH64_PAGE and s.p_offset % AARCH64_PAGE == s.p_vaddr % AARCH64_PAGE
     gaps = [b.p_offset - (a.p_offset + a.p_filesz) for a, b in itertools.pairwise(loads)]
     assert max(gaps) < 4096, gaps
+
+
+def _layout_calls(path) -> tuple[int, int]:
+    """(kernel calls, of which layout transforms) in ``main`` of a QDQ model's fused module."""
+    from pfcompile.codegen.pipeline import fuse_to_tir
+
+    m, _ = prepare_qdq(onnx.load(str(path)))
+    tgt = with_int8_features(_host())
+    mod, _ = lower_qdq(import_onnx(m), tgt, onnx_layer_names(m))
+    mod = fuse_to_tir(mod, tgt)
+    calls = [b.value for blk in mod["main"].body.blocks for b in blk.bindings
+             if isinstance(b.value, tvm.relax.Call) and b.value.args
+             and isinstance(b.value.args[0], tvm.ir.GlobalVar)]
+    return len(calls), sum("layout_transform" in c.args[0].name_hint for c in calls)
+
+
+def test_codebook_fake_quant_stays_blocked(nets, tmp_path, monkeypatch):
+    """A codebook build (float convs, quantised activations): the per-tensor
+    quantize / dequantize of each blocked conv output runs on the blocked layout, fused
+    into the conv kernel, with no layout transform around it; the library's outputs are
+    bit for bit those of the build that transforms to NCHW and back, and it is smaller."""
+    d = zoo.digits_splits(16)
+    cal = Dataset({"input": d["x_calib"][:32]}, None, "calib")
+    cb = tmp_path / "mbv2_cb4.onnx"
+    onnx.save(as_proto(quantize(onnx.load(str(nets["mbv2"])), QuantConfig(bits=4, codebook=True),
+                                cal).model), cb)
+    calls, transforms = _layout_calls(cb)
+    new = compile_model(cb, "host", tmp_path / "new")
+    monkeypatch.setattr("pfcompile.codegen.pipeline.blocked_fake_quant", lambda m: m)
+    calls_old, transforms_old = _layout_calls(cb)
+    old = compile_model(cb, "host", tmp_path / "old")
+    assert transforms_old >= 20 and transforms <= 2, (transforms_old, transforms)
+    assert calls < calls_old - 60, (calls_old, calls)
+    got = _outputs(new.dir, nets["x"])
+    assert np.array_equal(got, _outputs(old.dir, nets["x"]))
+    assert np.ptp(got) > 0
+    assert artifact_size(new.dir).size_bytes < artifact_size(old.dir).size_bytes - 12_000

@@ -21,8 +21,9 @@ import itertools
 import numpy as np
 from tvm import relax
 
-__all__ = ["canonicalize_for_layout", "channel_chunk", "conv_layouts", "convert_layout_pass",
-           "fold_constant_layout_transforms", "fold_input_transforms", "layout_classes"]
+__all__ = ["blocked_fake_quant", "canonicalize_for_layout", "channel_chunk", "conv_layouts",
+           "convert_layout_pass", "fold_constant_layout_transforms", "fold_input_transforms",
+           "layout_classes"]
 
 
 def channel_chunk(channels: int, block: int) -> int:
@@ -469,3 +470,85 @@ def canonicalize_for_layout(mod):
         if isinstance(func, relax.Function):
             out[gv] = _Canon(mod).visit_expr(func)
     return relax.transform.DeadCodeElimination()(out)
+
+
+def blocked_fake_quant(mod):
+    """Keep the fake quantisation of blocked activations on the blocked layout.
+
+    A float conv of a QDQ model whose activations are quantised (a codebook build: its
+    weights are float) leaves ``layout_transform(dequantize(quantize(layout_transform(x))))``
+    after the layout conversion: the blocked conv output to NCHW, the per-tensor
+    quantize / dequantize, back to the blocked layout for the next conv. Rewritten to
+    ``dequantize(quantize(x))`` on the blocked ``x`` when the two transforms are inverse
+    (checked on an index array) and the scale and zero point are one value each: they
+    become one-element tensor constants (TVM's legalization reads element 0 of such a
+    "singleton" parameter, the same arithmetic per element: bit-exact), equal values
+    sharing one, so the kernel the pair fuses into takes them as arguments (a 0-d
+    constant would become an immediate of the kernel: one kernel per layer instead of one
+    per shape). Removes two layout transforms and their calls per
+    activation.
+    """
+    import tvm
+
+    def _op(e, name):
+        return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.name == name
+
+    made: list = []  # (value, constant) of this module
+
+    @relax.expr_functor.mutator
+    class _Rewriter(relax.PyExprMutator):
+        def _bound(self, e):
+            if isinstance(e, relax.Var):
+                b = self.lookup_binding(e)
+                return b if b is not None else e
+            return e
+
+        def _const1(self, c):
+            """A one-element tensor constant (equal values share one)."""
+            for v, k in made:
+                if v.dtype == c.dtype and np.array_equal(v, c.reshape(1)):
+                    return k
+            made.append((c.reshape(1), relax.const(c.reshape(1))))
+            return made[-1][1]
+
+        def _scalar(self, e):
+            e = self._bound(e)
+            if not isinstance(e, tvm.ir.expr.Constant):
+                return None
+            v = e.value.numpy()
+            return v if v.size == 1 else None
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not _op(call, "relax.layout_transform") or call.attrs.pad_value is not None:
+                return call
+            dq = self._bound(call.args[0])
+            if not _op(dq, "relax.dequantize"):
+                return call
+            q = self._bound(dq.args[0])
+            if not _op(q, "relax.quantize"):
+                return call
+            inner = self._bound(q.args[0])
+            if not _op(inner, "relax.layout_transform") or inner.attrs.pad_value is not None:
+                return call
+            x = inner.args[0]
+            shape = [int(s) for s in x.ty.shape]
+            idx = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)
+            there = _map_array(inner.attrs.index_map, idx)
+            back = None if there is None else _map_array(call.attrs.index_map, there)
+            if back is None or back.shape != idx.shape or not np.array_equal(back, idx):
+                return call
+            consts = [self._scalar(a) for a in (q.args[1], q.args[2], dq.args[1], dq.args[2])]
+            if any(c is None for c in consts):
+                return call
+            qs, qz, ds, dz = (self._const1(c) for c in consts)
+            axis = len(shape) - 1
+            q2 = self.builder_.emit(relax.op.quantize(x, qs, qz, axis=axis,
+                                                      out_dtype=q.attrs.out_dtype))
+            return relax.op.dequantize(q2, ds, dz, axis=axis, out_dtype=dq.attrs.out_dtype)
+
+    out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            out[gv] = _Rewriter().visit_expr(func)
+    return out

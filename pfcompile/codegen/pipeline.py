@@ -15,6 +15,7 @@ import tvm
 from tvm import relax, tirx
 
 from pfcompile.codegen.layout import (
+    blocked_fake_quant,
     canonicalize_for_layout,
     convert_layout_pass,
     fold_constant_layout_transforms,
@@ -104,7 +105,8 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
         relax.transform.DeadCodeElimination(),
     ])
     with target.tvm_target():
-        m = pad_matmul_columns(fold_constant_layout_transforms(pre(mod)), hw)
+        m = pad_matmul_columns(
+            fold_constant_layout_transforms(blocked_fake_quant(pre(mod))), hw)
         return seq(fuse_depthwise_pointwise(pack_dense_weights(m, hw), hw))
 
 
