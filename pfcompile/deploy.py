@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = ["LIFTED_FUNC", "MAIN_FUNC", "THREADS_ENV", "TRANSFORM_FUNC", "Deployed",
            "artifact_threads", "deployment_threads", "has_function", "load", "meta_threads",
            "prepare", "set_threads"]
@@ -68,7 +70,7 @@ class Deployed:
     params: tuple = ()
 
     def args(self, inputs: Sequence[Any]) -> list:
-        return [*inputs, *self.params]
+        return [*(_as_tensor(x) for x in inputs), *self.params]
 
     def __call__(self, *inputs: Any) -> Any:
         return self.vm[self.name](*self.args(inputs))
@@ -91,6 +93,19 @@ class Deployed:
         """``f() -> BenchmarkResult`` timing the inputs given to :meth:`set_input`."""
         f = self.vm.time_evaluator("invoke_stateful", dev, **kwargs)
         return lambda: f(self.name)
+
+
+def _as_tensor(x: Any) -> Any:
+    """A numpy input as a TVM CPU tensor (an aligned copy); anything else as given.
+
+    Handed to the VM as it is, a numpy array reaches the kernels through DLPack without a
+    copy, at whatever address numpy chose, while TVM's kernels assume 64-byte aligned
+    buffers: an integer library segfaulted on its first call that way."""
+    if isinstance(x, np.ndarray):
+        import tvm
+
+        return tvm.runtime.tensor(np.ascontiguousarray(x))
+    return x
 
 
 def has_function(vm: Any, name: str) -> bool:

@@ -52,6 +52,20 @@ def test_qdq_demo_compiles_integer_and_verifies(tmp_path, int8_target):
     rep = json.loads(r.stdout)
     assert rep["target"] == int8_target.name and [la["path"] for la in rep["layers"]] == paths
     assert np.isfinite(res["median_ms"]) and res["median_ms"] > 0
+    # a numpy input, even at an odd address, gives the tensor input's outputs (handed over
+    # without a copy, a numpy array reached the integer kernels unaligned: a segfault)
+    from pfcompile import deploy
+
+    model = deploy.load(art.dir, threads=1)
+    shape = [int(v) for v in art.meta["inputs"][0]["shape"]]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    odd = np.frombuffer(np.zeros(x.nbytes + 4, np.uint8), np.float32, x.size, 4)
+    odd = odd.reshape(shape)
+    np.copyto(odd, x)
+    assert odd.ctypes.data % 16 == 4
+    want = model(tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(model(odd).numpy(), want)
+    assert np.array_equal(model(x).numpy(), want)
 
 
 @pytest.mark.slow
