@@ -21,6 +21,8 @@ import itertools
 import numpy as np
 from tvm import relax
 
+from pfcompile.codegen.relax_util import bound_constant
+
 __all__ = ["blocked_fake_quant", "canonicalize_for_layout", "channel_chunk", "conv_layouts",
            "convert_layout_pass", "fold_constant_layout_transforms", "fold_input_transforms",
            "layout_classes"]
@@ -331,12 +333,6 @@ def fold_constant_layout_transforms(mod):
 
     @relax.expr_functor.mutator
     class _Folder(relax.PyExprMutator):
-        def _const(self, e):
-            if isinstance(e, relax.Var):
-                b = self.lookup_binding(e)
-                e = b if b is not None else e
-            return e.value.numpy() if isinstance(e, tvm.ir.expr.Constant) else None
-
         def visit_call_(self, call):
             call = super().visit_call_(call)
             if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)):
@@ -344,7 +340,7 @@ def fold_constant_layout_transforms(mod):
             name = call.op.name
             if name not in ("relax.layout_transform", "relax.reshape", "relax.permute_dims"):
                 return call
-            src = self._const(call.args[0])
+            src = bound_constant(self, call.args[0])
             if src is None:
                 return call
             if name == "relax.layout_transform":

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax, s_tir, te, tirx
 
+from pfcompile.codegen.relax_util import fp32_matmul_weight
 from pfcompile.codegen.templates.base import (
     Hardware,
     Workload,
@@ -65,25 +66,15 @@ def pack_dense_weights(mod, hw: Hardware):
     multiple of the vector width (after :func:`pfcompile.codegen.templates.matmul.
     pad_matmul_columns`) → :func:`dense_packed` with ``W`` packed once here into
     ``(N/v, K, v)`` strips (a constant of the library, the same bytes)."""
-    import tvm
 
     lanes = hw.fp32_lanes
 
     @relax.expr_functor.mutator
     class _Pack(relax.PyExprMutator):
-        def _const(self, e):
-            if isinstance(e, relax.Var):
-                b = self.lookup_binding(e)
-                e = b if b is not None else e
-            return e.value.numpy() if isinstance(e, tvm.ir.expr.Constant) else None
-
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
-                    and call.op.name == "relax.matmul"):
-                return call
-            w = self._const(call.args[1])
-            if w is None or w.ndim != 2 or w.dtype != np.float32:
+            w = fp32_matmul_weight(self, call)
+            if w is None:
                 return call
             try:
                 xs = [int(d) for d in call.args[0].ty.shape]

@@ -222,23 +222,16 @@ def pad_matmul_columns(mod, hw: Hardware):
     import tvm
     from tvm import relax
 
+    from pfcompile.codegen.relax_util import fp32_matmul_weight
+
     step = 2 * hw.fp32_lanes
 
     @relax.expr_functor.mutator
     class _Pad(relax.PyExprMutator):
-        def _const(self, e):
-            if isinstance(e, relax.Var):
-                b = self.lookup_binding(e)
-                e = b if b is not None else e
-            return e.value.numpy() if isinstance(e, tvm.ir.expr.Constant) else None
-
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
-                    and call.op.name == "relax.matmul"):
-                return call
-            w = self._const(call.args[1])
-            if w is None or w.ndim != 2 or w.dtype != np.float32:
+            w = fp32_matmul_weight(self, call)
+            if w is None:
                 return call
             n = int(w.shape[1])
             if n % hw.fp32_lanes == 0 or n < 2 * hw.fp32_lanes:
