@@ -64,3 +64,17 @@ def heavy_model(hw: int = 128, ch: int = 64) -> onnx.ModelProto:
 def compile_tiny(model: onnx.ModelProto, target: Target, out_dir: Path) -> Path:
     """Compile *model* for *target* into *out_dir* with pfcompile's compiler."""
     return compile_model(model, target, out_dir).dir
+
+
+def x86_target(name: str) -> Target:
+    """Target ``name`` (an x86 integer path: host-avx2 / host-vnni / host); the test skips
+    where this CPU lacks its features."""
+    import pytest
+
+    from pfcompile.targets import load_target
+
+    t = load_target(name)
+    missing = t.missing_cpu_features()
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(missing)}: the {name} kernels cannot run here")
+    return t

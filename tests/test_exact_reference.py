@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from pfcompile.compiler import build
 from pfcompile.reference import is_quantized, reference_outputs, reference_session
 from pfcompile.targets import host_arch, load_target
+from tests.device_helpers import x86_target
 
 X86 = pytest.mark.skipif(host_arch() != "x86_64", reason="x86-64 integer kernels need an x86-64 CPU")
 
@@ -110,14 +111,6 @@ def test_reference_equals_integer_arithmetic_within_one_step():
     assert (2 * xq.max() * np.abs(p["w"].astype(np.int64)).max()) > 32767
 
 
-def _x86_target(name: str):
-    t = load_target(name)
-    missing = t.missing_cpu_features()
-    if missing:
-        pytest.skip(f"this CPU lacks {', '.join(missing)}: the {name} kernels cannot run here")
-    return t
-
-
 @X86
 @pytest.mark.parametrize(("target_name", "kernel"), [
     ("host-avx2", "x86-avx2-pmaddwd"),
@@ -125,7 +118,7 @@ def _x86_target(name: str):
     ("host", None),
 ])
 def test_x86_integer_kernels_equal_the_exact_reference(target_name, kernel):
-    target = _x86_target(target_name)
+    target = x86_target(target_name)
     m, p = qdq_conv()
     ex, reports = build(m, target)
     layer = [r for r in reports if r.path == "int8"]

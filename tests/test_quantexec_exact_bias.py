@@ -19,7 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile.compiler import build
 from pfcompile.reference import reference_outputs
-from pfcompile.targets import host_arch, load_target
+from pfcompile.targets import host_arch
+from tests.device_helpers import x86_target
 
 X86 = pytest.mark.skipif(host_arch() != "x86_64", reason="x86-64 integer kernels need an x86-64 CPU")
 
@@ -100,14 +101,6 @@ def block_model(seed: int = 0) -> onnx.ModelProto:
     return m
 
 
-def _x86_target(name: str):
-    t = load_target(name)
-    missing = t.missing_cpu_features()
-    if missing:
-        pytest.skip(f"this CPU lacks {', '.join(missing)}: the {name} kernels cannot run here")
-    return t
-
-
 def _offsets_rounded_away(m: onnx.ModelProto) -> int:
     """How many of the first conv's biases are not whole accumulator units (``sx * sw``):
     the model must be one where rounding them away would show (it did: 6 of 1,600 outputs
@@ -122,7 +115,7 @@ def _offsets_rounded_away(m: onnx.ModelProto) -> int:
 @X86
 @pytest.mark.parametrize("target_name", ["host-avx2", "host-vnni", "host"])
 def test_float_bias_chain_is_bit_exact(target_name):
-    target = _x86_target(target_name)
+    target = x86_target(target_name)
     m = block_model()
     assert _offsets_rounded_away(m) > 0
     ex, reports = build(m, target)
