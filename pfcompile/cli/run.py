@@ -264,5 +264,10 @@ def _print_report(rep: dict, out: Path, console: Console) -> None:
                       f"{ort['ms']:.3f} ms; deployed model {ort['speedup']:.2f}x vs onnxruntime"
                       + (" (SLOWER than onnxruntime)" if ort["speedup"] < 1 else "") + tag)
     cm = rep["cost_model"]
-    console.print(f"cost model: within 10% {cm['within_10pct']}, Kendall tau {cm['kendall_tau']} "
-                  f"(n={cm['n_heldout']})")
+    console.print(f"cost model: within 10% {_fraction(cm['within_10pct'])}, Kendall tau "
+                  f"{_fraction(cm['kendall_tau'])} (n={cm['n_heldout']})")
+
+
+def _fraction(v: object) -> str:
+    """A report's ratio for a person: two decimals, or n/a when it was not computed."""
+    return f"{v:.2f}" if isinstance(v, (int, float)) else "n/a"
