@@ -153,9 +153,10 @@ def warn_off_templates(mod: Any, kernels: list, target_name: str,
 
     Such a build is correct (its outputs verify) but can be many times slower: a layout
     choice once sent every conv of the PP-OCR classifier to TVM's generic reduction path,
-    0.40 -> 5.0 ms, with nothing said. Convolutions fused with others count once per
-    kernel, and small ones (an SE block's 1x1 conv on a 1x1 map) run as dense kernels on
-    purpose, hence a share rather than all. Returns the message (None when fine)."""
+    0.40 -> 5.0 ms, with nothing said. Equal convolutions share one kernel, so distinct
+    ones are counted; a fused depthwise + 1x1 kernel counts as two (``CONVS_PER_KERNEL``);
+    small ones (an SE block's 1x1 conv on a 1x1 map) run as dense kernels on purpose,
+    hence a share rather than all. Returns the message (None when fine)."""
     convs = count_convs(mod)
     templated = sum(CONVS_PER_KERNEL.get(f, 1) for f in (getattr(k, "family", "") for k in kernels)
                     if f in CONV_FAMILIES)
