@@ -36,10 +36,11 @@ def _profile_pf(onnx_path: Path, shapes: dict | None, target_name: str, runs: in
     from tvm import relax
 
     from pfcompile import codegen
-    from pfcompile.compiler import import_onnx
+    from pfcompile.compiler import has_qdq, import_onnx
     from pfcompile.deploy import prepare
     from pfcompile.frontend import import_model
     from pfcompile.model import input_specs
+    from pfcompile.quantexec import lower_qdq, onnx_layer_names, prepare_qdq, with_int8_features
     from pfcompile.storage import pack_weights_pass
     from pfcompile.targets import load_target
 
@@ -49,7 +50,12 @@ def _profile_pf(onnx_path: Path, shapes: dict | None, target_name: str, runs: in
     proto = import_model(onnx_path, shapes)
     specs = input_specs(proto)
     reports: list = []
-    lib = codegen.build(import_onnx(proto, specs), tgt, records_dir=records, report=reports,
+    mod = import_onnx(proto, specs)
+    if has_qdq(proto):      # integer kernels, as `pfcompile compile` builds a QDQ model
+        prepared, _ = prepare_qdq(proto)
+        tgt = with_int8_features(tgt)
+        mod, _ = lower_qdq(import_onnx(prepared, specs), tgt, onnx_layer_names(prepared))
+    lib = codegen.build(mod, tgt, records_dir=records, report=reports,
                         post_passes=[pack_weights_pass(None)])
     wl = {r.name: r for r in reports}
     dev = tvm.cpu()
