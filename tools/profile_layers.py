@@ -1,7 +1,8 @@
 """Per-layer time of pfcompile's library beside onnxruntime's per-op profile.
 
-pfcompile: the model compiled in-process (``pfcompile.compiler.build``, heuristics or
-records), run by a Relax VM whose instrument (``vm.set_instrument``) takes
+pfcompile: the model compiled in-process (``pfcompile.codegen.build``, heuristics or
+records; a QDQ model first lowered to its integer kernels, ``quantexec.lower_qdq``, as
+``pfcompile compile`` builds it), run by a Relax VM whose instrument (``vm.set_instrument``) takes
 ``time.perf_counter`` before and after every kernel call: kernels timed inside the
 model (warm or cold inputs as the model leaves them). The instrument's own cost
 (a Python call per kernel, a few µs) is in every figure. onnxruntime: the default
