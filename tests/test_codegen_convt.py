@@ -1,7 +1,7 @@
-"""Transposed convolutions whose kernel equals their stride run as a 1x1 conv + depth-to-space
-(``pfcompile.codegen.convt``): checked against onnxruntime (pads, non-square kernels, one
-output channel, a BatchNorm + ReLU after it) and for the structure (the 1x1 template, no
-``conv2d_transpose`` kernel left); a kernel larger than its stride keeps TVM's kernel."""
+"""Transposed convolutions run as a conv + depth-to-space + crop (``pfcompile.codegen.convt``):
+checked against onnxruntime (kernel == stride, larger kernels, pads, output_padding,
+non-square kernels, one output channel, a BatchNorm + ReLU after it) and for the structure
+(pfcompile's templates, no ``conv2d_transpose`` kernel left); grouped ones keep TVM's."""
 
 from __future__ import annotations
 
@@ -22,17 +22,19 @@ HOST = load_target("host")
 
 
 def _model(cin: int, cout: int, k: tuple[int, int], s: tuple[int, int],
-           pads: tuple[int, int, int, int], h: int = 5, w: int = 7) -> onnx.ModelProto:
+           pads: tuple[int, int, int, int], h: int = 5, w: int = 7, opad: int = 0,
+           group: int = 1) -> onnx.ModelProto:
     rng = np.random.default_rng(cin * 100 + cout)
-    wt = rng.standard_normal((cin, cout, *k)).astype(np.float32)
+    wt = rng.standard_normal((cin, cout // group, *k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
     scale = rng.uniform(0.5, 1.5, cout).astype(np.float32)
     mean = rng.standard_normal(cout).astype(np.float32)
     var = rng.uniform(0.5, 1.5, cout).astype(np.float32)
-    oh = (h - 1) * s[0] + k[0] - pads[0] - pads[2]
-    ow = (w - 1) * s[1] + k[1] - pads[1] - pads[3]
+    oh = (h - 1) * s[0] + k[0] - pads[0] - pads[2] + opad
+    ow = (w - 1) * s[1] + k[1] - pads[1] - pads[3] + opad
     nodes = [helper.make_node("ConvTranspose", ["x", "W", "B"], ["y"], kernel_shape=list(k),
-                              strides=list(s), pads=list(pads)),
+                              strides=list(s), pads=list(pads), output_padding=[opad, opad],
+                              group=group),
              helper.make_node("BatchNormalization", ["y", "sc", "bi", "mu", "va"], ["z"]),
              helper.make_node("Relu", ["z"], ["out"])]
     inits = [numpy_helper.from_array(a, n) for a, n in
@@ -57,6 +59,11 @@ def _run(m: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray, list]:
     return out, ref, report
 
 
+def _close(out: np.ndarray, ref: np.ndarray) -> None:
+    assert out.shape == ref.shape
+    assert float(np.abs(out - ref).max()) <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+
+
 @pytest.mark.parametrize("cin,cout,k,pads", [
     (16, 8, (2, 2), (0, 0, 0, 0)),     # PP-OCR det head, 2x up-sampling
     (24, 1, (2, 2), (0, 0, 0, 0)),     # one output channel
@@ -64,15 +71,26 @@ def _run(m: onnx.ModelProto) -> tuple[np.ndarray, np.ndarray, list]:
 ])
 def test_kernel_equal_stride_is_pointwise(cin, cout, k, pads) -> None:
     out, ref, report = _run(_model(cin, cout, k, k, pads))
-    assert out.shape == ref.shape
-    assert float(np.abs(out - ref).max()) <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+    _close(out, ref)
     fams = [r.family for r in report]
     assert "conv2d_1x1" in fams, fams
     assert not any("conv2d_transpose" in r.name for r in report), [r.name for r in report]
 
 
-def test_overlapping_kernel_keeps_tvm_kernel() -> None:
-    out, ref, report = _run(_model(8, 8, (4, 4), (2, 2), (1, 1, 1, 1)))
-    assert float(np.abs(out - ref).max()) <= 1e-5 * max(1.0, float(np.abs(ref).max()))
+@pytest.mark.parametrize("cin,cout,k,s,pads,opad", [
+    (8, 8, (4, 4), (2, 2), (1, 1, 1, 1), 0),     # DCGAN / U-Net style 2x up-sampling
+    (8, 16, (3, 3), (2, 2), (1, 1, 1, 1), 1),    # output_padding 1
+    (16, 8, (3, 3), (1, 1), (1, 1, 1, 1), 0),    # stride 1: a flipped-kernel conv
+    (8, 8, (5, 3), (2, 3), (2, 0, 1, 2), 0),     # kernel shorter than a stride on one axis
+])
+def test_overlapping_kernel_is_a_conv(cin, cout, k, s, pads, opad) -> None:
+    out, ref, report = _run(_model(cin, cout, k, s, pads, opad=opad))
+    _close(out, ref)
+    assert "conv2d" in [r.family for r in report], [(r.name, r.family) for r in report]
+    assert not any("conv2d_transpose" in r.name for r in report), [r.name for r in report]
+
+
+def test_grouped_keeps_tvm_kernel() -> None:
+    out, ref, report = _run(_model(8, 8, (2, 2), (2, 2), (0, 0, 0, 0), group=2))
+    _close(out, ref)
     assert any("conv2d_transpose" in r.name for r in report), [r.name for r in report]
-    assert "conv2d_1x1" not in [r.family for r in report]
