@@ -38,7 +38,7 @@ from pfcompile.quantexec.kernels import (
     te_shape,
 )
 
-__all__ = ["Isa", "conv_func", "conv_tiles", "default_tiles", "depthwise_func", "dw_supported",
+__all__ = ["GLOBAL_ACC", "Isa", "conv_func", "conv_tiles", "default_tiles", "depthwise_func", "dw_supported",
            "kernel_tiles", "pack_weight_conv", "pack_weight_conv_shared", "pack_weight_dw",
            "shareable", "spatial_args", "spatial_ok", "x_offset"]
 
@@ -60,6 +60,21 @@ class Isa:
     dw_intrin: str            # may hold "{x}" for the input dtype
     signed_dot: bool          # uint8 activations go in as int8 (x - 128)
     register: Callable[[], None]  # registers the tensor intrinsics
+    #: scope of the register tile's accumulators. "global": TVM's CPU lowering puts a small
+    #: buffer allocated inside a parallel task on the stack, and LLVM's SROA then keeps it in
+    #: registers; a "local" one became a TVMBackendAllocWorkspace call per task and lived
+    #: in memory (zeroed, stored and reloaded per tile). "global" needs the intrinsics
+    #: registered a second time with a "global" accumulator, named ``+ GLOBAL_ACC``.
+    acc_scope: str = "local"
+
+    def intrin(self, name: str) -> str:
+        """The name of tensor intrinsic ``name`` for this ISA's accumulator scope."""
+        return name + GLOBAL_ACC if self.acc_scope == "global" else name
+
+
+#: suffix of the name of a tensor intrinsic whose accumulator buffer is in "global" scope
+#: (``Isa.acc_scope``)
+GLOBAL_ACC = "_g"
 
 
 def x_offset(isa: Isa, x_dtype: str) -> int:
@@ -396,13 +411,13 @@ def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     else:
         sch.reorder(n, bo, i, jo, rb, ry, rx, rk, bi, ji, o, *rq)
         sch.parallel(sch.fuse(n, bo, i))
-    sch.set_scope(acc, 0, "local")  # accumulators: registers after unrolling
+    sch.set_scope(acc, 0, isa.acc_scope)  # accumulators: registers after unrolling
     sch.reverse_compute_at(req, jo)
     init = sch.decompose_reduction(acc, rb)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(bi)
     sch.unroll(ji)
-    sch.tensorize(o, isa.conv_intrin)
+    sch.tensorize(o, isa.intrin(isa.conv_intrin))
     _schedule_out(sch, tsp, req, jo, bview)
     return _finish(sch.mod["main"])
 
@@ -488,13 +503,13 @@ def depthwise_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     sch.reorder(n, b, io, ii, jo, ry, rg, ji, c, *rq)
     task = sch.fuse(n, b, io)
     sch.parallel(task)
-    sch.set_scope(acc, 0, "local")
+    sch.set_scope(acc, 0, isa.acc_scope)
     sch.reverse_compute_at(req, jo)
     sch.compute_at(pad, task)
     sch.vectorize(sch.get_loops(pad)[-1])
     init = sch.decompose_reduction(acc, ry)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(ji)
-    sch.tensorize(c, isa.dw_intrin.format(x=sp.x_dtype))
+    sch.tensorize(c, isa.intrin(isa.dw_intrin.format(x=sp.x_dtype)))
     _schedule_out(sch, sp, req, jo, bview)
     return _finish(sch.mod["main"])
