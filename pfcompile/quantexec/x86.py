@@ -365,9 +365,12 @@ def avx2_conv_kernel(sp: QConvSpec, target=None, shared: bool = True,
     return IntKernel(AVX2.conv_name, avx2_conv_func(sp), pack_weight_avx2)
 
 
-def x86_depthwise_kernel(sp: QConvSpec, target=None, shared: bool = True):
+def x86_depthwise_kernel(sp: QConvSpec, target=None, shared: bool = True, dw_fma: bool = True):
     """The x86 depthwise :class:`~pfcompile.quantexec.kernel_choice.IntKernel`, or None where
-    the template does not apply (dilation, kernel wider than 8, batch > 1)."""
+    the template does not apply (dilation, kernel wider than 8, batch > 1): ``vpdpbusd``
+    where the target has VNNI, else the exact float32 one
+    (:mod:`~pfcompile.quantexec.dwfloat`; ``dw_fma=False``: the ``vpmaddwd`` one)."""
+    from pfcompile.quantexec import dwfloat as dwf
     from pfcompile.quantexec.kernel_choice import IntKernel
 
     if not dw_supported(sp):
@@ -376,4 +379,7 @@ def x86_depthwise_kernel(sp: QConvSpec, target=None, shared: bool = True):
     if _vnni_ok(sp, target):
         return IntKernel(VNNI.dw_name, depthwise_func(sp, VNNI, shared=shared),
                          pack_weight_dw_vnni)
+    if dw_fma and dwf.dw_fma_supported(sp):
+        return IntKernel(dwf.DW_FMA_NAME, dwf.dw_fma_func(sp, shared=shared),
+                         dwf.pack_weight_dw_fma)
     return IntKernel(AVX2.dw_name, depthwise_func(sp, AVX2, shared=shared), pack_weight_dw_avx2)
