@@ -6,7 +6,7 @@ ties, saturation on both sides, extreme accumulators and random values, vectoris
 import numpy as np
 import pytest
 import tvm
-from tvm import te, tirx
+from tvm import te
 
 from pfcompile.quantexec.kernels import requant_expr
 from pfcompile.quantexec.requant import requantize_ref

@@ -41,10 +41,30 @@ from dataclasses import dataclass
 
 from tvm import te, tirx
 
-__all__ = ["BLOCK", "ChannelParams", "QConvSpec", "QDenseSpec", "act_shape", "channel_params", "clamp_cast",
-           "epilogue_expr", "fma", "io_layouts", "nblocks", "out_compute", "padded_read", "partial_block",
-           "qconv2d_compute", "qdense_compute", "requant_expr", "round_half_even", "round_small",
-           "te_shape"]
+__all__ = [
+    "BLOCK",
+    "ChannelParams",
+    "QConvSpec",
+    "QDenseSpec",
+    "act_shape",
+    "channel_params",
+    "clamp_cast",
+    "epilogue_expr",
+    "fma",
+    "io_layouts",
+    "nblocks",
+    "out_compute",
+    "padded_read",
+    "partial_block",
+    "qconv2d_compute",
+    "qdense_compute",
+    "requant_expr",
+    "requant_int32",
+    "round_half_even",
+    "round_small",
+    "split_cast",
+    "te_shape",
+]
 
 BLOCK = 8  # channels per block of the NCHW8c activation layout
 BLOCKED = f"NCHW{BLOCK}c"
@@ -217,9 +237,14 @@ def requant_expr(acc, scale, offset, qmin: int, qmax: int, out_dtype: str):
     monotone and keeps integers) with the rounding done by :func:`round_small`, an add
     (``vaddps``) where ``vroundps`` + ``vcvttps2dq`` took 7 % of a 16->96 1x1 conv at
     112x112 on AVX2 (AMD Zen, one thread; ``llvm.lrint`` was scalarised, slower still)."""
+    return requant_int32(acc, scale, offset, qmin, qmax).astype(out_dtype)
+
+
+def requant_int32(acc, scale, offset, qmin: int, qmax: int):
+    """:func:`requant_expr` before its cast to 8 bits (int32 in ``[qmin, qmax]``)."""
     f = fma(acc.astype("float32"), scale, offset)
     f = tirx.max(tirx.min(f, tirx.const(float(qmax), "float32")), tirx.const(float(qmin), "float32"))
-    return round_small(f).astype(out_dtype)
+    return round_small(f)
 
 
 #: 1.5 * 2**23: float32 values in [2**23, 2**24) are the integers (ulp 1); the magic's
@@ -327,9 +352,21 @@ def _epilogue_at(sp, acc, cp: ChannelParams, c):
     return epilogue_expr(sp, acc + bias, scale, offset)
 
 
-def out_compute(sp: QConvSpec, acc, cp: ChannelParams):
+def split_cast(sp) -> bool:
+    """Whether :func:`out_compute` gives ``sp`` the two-stage epilogue (block ``requant_q``,
+    then ``requant``): a requantised (8-bit) blocked output."""
+    return sp.y_dtype != "float32" and sp.y_layout != "NCHW"
+
+
+def out_compute(sp: QConvSpec, acc, cp: ChannelParams, split: bool = False):
     """The output stage of a blocked-accumulator conv: ``acc[n, oc/8, oh, ow, 8]`` (int32)
-    -> ``y`` in ``sp.y_layout`` through :func:`epilogue_expr` (block ``requant``)."""
+    -> ``y`` in ``sp.y_layout`` through :func:`epilogue_expr` (block ``requant``).
+
+    ``split`` (where :func:`split_cast`): the rounded int32 values first (block
+    ``requant_q``: 8 channels a vector), then their cast to 8 bits as its own block
+    (``requant``), which a schedule vectorises over the pixels of a register tile too: the
+    8-bit stores of a tile's pixels are contiguous in ``NCHW8c``, and one 32-lane truncation
+    takes fewer shuffles than four of 8 lanes."""
     if sp.y_layout != "NCHW" and partial_block(sp.oc):
         raise ValueError(f"a blocked output needs a multiple of {BLOCK} channels (got {sp.oc})")
     # an NCHW output of a kernel shared across channel counts (``oc`` a TIR expression) is
@@ -344,6 +381,14 @@ def out_compute(sp: QConvSpec, acc, cp: ChannelParams):
 
     def _blocked(n, b, i, j, o):
         return _epilogue_at(sp, acc[n, b, i, j, o], cp, b * BLOCK + o)
+
+    if split and split_cast(sp):
+        def _rounded(n, b, i, j, o):
+            bias, scale, offset = cp.at(b * BLOCK + o)
+            return requant_int32(acc[n, b, i, j, o] + bias, scale, offset, sp.qmin, sp.qmax)
+
+        q = te.compute(te_shape(sp.n, sp.oc, sp.oh, sp.ow, BLOCKED), _rounded, name="requant_q")
+        return te.compute(q.shape, lambda *idx: q[idx].astype(sp.y_dtype), name="requant")
 
     return te.compute(te_shape(sp.n, sp.oc, sp.oh, sp.ow, BLOCKED), _blocked, name="requant")
 
