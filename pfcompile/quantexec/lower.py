@@ -322,6 +322,20 @@ def _share_spatial(plans: dict, target) -> None:
                 p.build(target)
 
 
+def _fused_call(gv, f: _FusedDwPw, d: _Plan, p: _Plan, x, params) -> relax.Call:
+    """The call of a fused depthwise + 1x1 kernel: the depthwise's arguments, then the 1x1's
+    (:mod:`pfcompile.quantexec.dwpw`)."""
+    args = [x]
+    for plan, pack in ((d, f.pack_dw), (p, f.pack_pw)):
+        args.append(relax.const(pack(plan.wq)))
+        if params is not None:
+            args += [*params.consts[plan.out_dtype == "float32"],
+                     relax.prim_value(tirx.IntImm("int32", params.base[id(plan)]))]
+        else:
+            args += [relax.const(plan.bias_total()), relax.const(plan.p0), relax.const(plan.p1)]
+    return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(p.out_shape(), p.out_dtype))
+
+
 class _SharedParams:
     """The per-channel inputs of every kernel of one epilogue kind (requantising or
     dequantising) as three arrays, one layer after the other (``shared_params``; see
@@ -721,10 +735,64 @@ def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
     return relax.transform.Normalize()(out)
 
 
+#: a depthwise -> 1x1 pair fuses only where the map has this many output rows: the fused
+#: kernel is parallel over bands of rows alone (as the fp32 ``dwpw``'s 7 rows per core)
+DWPW_MIN_ROWS = 14
+
+
+@dataclass(frozen=True)
+class _FusedDwPw:
+    """A depthwise plan and the 1x1 plan that reads its 8-bit output, as one kernel
+    (:mod:`pfcompile.quantexec.dwpw`)."""
+
+    dw_key: relax.Var
+    name: str
+    func: tirx.PrimFunc
+    pack_dw: object
+    pack_pw: object
+
+
+def _fuse_dwpw(users: dict, plans: dict, target) -> dict:
+    """1x1 plan key -> :class:`_FusedDwPw` for every requantising depthwise whose 8-bit
+    output is read by one DequantizeLinear whose one reader is an integer 1x1 conv, both
+    on the same x86 instruction set (:func:`~pfcompile.quantexec.dwpw.dwpw_eligible`), the
+    map at least :data:`DWPW_MIN_ROWS` rows high. A pair whose fused kernel cannot be
+    built stays unfused."""
+    from pfcompile.quantexec.kernel_choice import int8_dot_kind
+
+    if int8_dot_kind(target) != "x86":
+        return {}
+    from pfcompile.quantexec import dwpw, x86
+    from pfcompile.quantexec.blocked import pack_weight_conv
+
+    out: dict = {}
+    for v, p in plans.items():
+        d = plans.get(p.xq)
+        if not (isinstance(p.sp, QConvSpec) and d is not None and isinstance(d.sp, QConvSpec)
+                and d.sp.depthwise and d.sp.oh >= DWPW_MIN_ROWS):
+            continue
+        us = users.get(p.xq, [])
+        if len(us) != 1 or us[0] is None or [u for u in users.get(us[0], [])] != [p.layer_var]:
+            continue  # the depthwise's output has another reader
+        isa = x86.VNNI if x86._vnni_ok(d.sp, target) else x86.AVX2
+        if (x86.VNNI if x86._vnni_ok(p.sp, target) else x86.AVX2) is not isa \
+                or d.kernel.name != isa.dw_name or p.kernel.name != isa.conv_name:
+            continue
+        try:
+            func = dwpw.dwpw_func(d.sp, p.sp, isa)
+        except (ValueError, RuntimeError):
+            continue
+        dtype = np.int8 if isa is x86.VNNI else np.int16
+        out[v] = _FusedDwPw(p.xq, dwpw.dwpw_name(isa), func, d.kernel.pack_weight,
+                            lambda w, kg=isa.conv_kg, dt=dtype: pack_weight_conv(w, kg, dt))
+    return out
+
+
 # ----------------------------------------------------------------------------- the pass
 def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
               *, func_name: str = "main", shared_params: bool = True,
-              spatial: bool = True) -> tuple[tvm.IRModule, list[LayerReport]]:
+              spatial: bool = True, fuse_dwpw: bool | None = None,
+              ) -> tuple[tvm.IRModule, list[LayerReport]]:
     """Rewrite matched QDQ layers of ``mod[func_name]`` into integer kernels.
 
     ``target`` is a pfcompile :class:`~pfcompile.targets.Target` (its
@@ -735,7 +803,9 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     ``shared_params``: the kernels read their per-channel bias, scale and offset from arrays
     shared by all layers (:class:`~pfcompile.quantexec.kernels.ChannelParams`), else each
     layer has its own three constants. ``spatial``: layers that differ only in channel counts
-    and spatial sizes share one conv kernel (:func:`_share_spatial`).
+    and spatial sizes share one conv kernel (:func:`_share_spatial`). ``fuse_dwpw``: a
+    requantising depthwise and the 1x1 conv that alone reads it run as one kernel on x86
+    (:func:`_fuse_dwpw`); None: unless the environment sets ``PFCOMPILE_INT8_DWPW=0``.
     """
     func = mod[func_name]
     g = _Graph(func)
@@ -813,6 +883,16 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
             first = str(exc).strip().splitlines()
             reasons[p.layer_var] = (f"no integer kernel schedule for this shape "
                                     f"({type(exc).__name__}: {first[0][:120] if first else ''})")
+    if fuse_dwpw is None:
+        import os
+
+        fuse_dwpw = os.environ.get("PFCOMPILE_INT8_DWPW", "1") != "0"
+    fused = _fuse_dwpw(users, plans, target) if fuse_dwpw else {}
+    fused_dw = {f.dw_key: k for k, f in fused.items()}
+    fused_layer = {}  # layer var -> (kernel name, note)
+    for k, f in fused.items():
+        fused_layer[plans[k].layer_var] = (f.name, ", fused with the depthwise before it")
+        fused_layer[plans[f.dw_key].layer_var] = (f.name, ", fused with the 1x1 conv after it")
     reports: list[LayerReport] = []
     for v in layers:
         layer = g.defs[v]
@@ -820,7 +900,8 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
         if v in lowered:
             how = (f"matched DQ->{op} (no Q after it: int32 accumulation, float epilogue)"
                    if v in float_out else f"matched DQ->{op}->Q")
-            reports.append(LayerReport(names[v], "int8", how, op, lowered[v].kernel.name))
+            kname, note = fused_layer.get(v, (lowered[v].kernel.name, ""))
+            reports.append(LayerReport(names[v], "int8", how + note, op, kname))
             continue
         has_qdq = _layer_has_qdq(g, layer)
         reason = reasons.get(v) or ("inputs are quantised but the output is not followed by a "
@@ -838,12 +919,15 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     # 22 layers -> 12 kernels in ResNet-20) share one: each copy costs ~9 KB of code
     shared: list[tuple[tirx.PrimFunc, relax.GlobalVar]] = []
     for i, (qvar, p) in enumerate(plans.items()):
+        if qvar in fused_dw:
+            continue  # runs inside the fused kernel of its 1x1 conv
+        kfunc = fused[qvar].func if qvar in fused else p.kernel.func
         same = next((gv for f, gv in shared
-                     if tvm_ffi.structural_equal(f, p.kernel.func, map_free_vars=True)), None)
+                     if tvm_ffi.structural_equal(f, kfunc, map_free_vars=True)), None)
         if same is None:
-            kname = f"q{p.op.split('.')[-1]}_{i}"
-            same = bb.add_func(p.kernel.func.with_attr("global_symbol", kname), kname)
-            shared.append((p.kernel.func, same))
+            kname = f"q{'dwpw' if qvar in fused else p.op.split('.')[-1]}_{i}"
+            same = bb.add_func(kfunc.with_attr("global_symbol", kname), kname)
+            shared.append((kfunc, same))
         gvars[qvar] = same
     params = _SharedParams(plans.values()) if shared_params else None
     new_blocks = []
@@ -851,10 +935,16 @@ def lower_qdq(mod: tvm.IRModule, target, layer_names: list[str] | None = None,
     for block in func.body.blocks:
         new_bindings = []
         for b in block.bindings:
-            if isinstance(b, relax.VarBinding) and b.var in plans:
+            if isinstance(b, relax.VarBinding) and b.var in fused_dw:
+                new_bindings.append(b)  # float QuantizeLinear, dead: its one reader is fused
+            elif isinstance(b, relax.VarBinding) and b.var in plans:
                 p = plans[b.var]
                 xq = renamed.get(p.xq, p.xq)
-                if params is not None:
+                if b.var in fused:
+                    f = fused[b.var]
+                    d = plans[f.dw_key]
+                    call = _fused_call(gvars[b.var], f, d, p, renamed.get(d.xq, d.xq), params)
+                elif params is not None:
                     call = params.call(gvars[b.var], p, xq)
                 else:
                     args = p.args()

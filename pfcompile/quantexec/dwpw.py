@@ -1,0 +1,195 @@
+"""An integer depthwise conv and the 1x1 conv that reads its requantised output, in one
+kernel (the integer twin of :mod:`pfcompile.codegen.templates.dwpw`).
+
+Unfused, the depthwise writes its whole 8-bit output (MobileNetV2: 32x112x112, 96x56x56 ...)
+and the 1x1 reads it back, packs it to its operand type (int16 for ``vpmaddwd``) and runs.
+Here each parallel task is one output row: the depthwise computes that row of every
+channel block, requantises it exactly as the unfused kernel does
+(:func:`~pfcompile.quantexec.kernels.requant_int32`) and stores it, already in the 1x1's
+operand type (int16 on AVX2, uint8 on VNNI), into a row buffer private to the task
+(``C x OW`` values); the 1x1 conv then consumes the row from cache for every output tile,
+with its own epilogue (requantised or float). No halo: the 1x1 needs exactly the row it is
+given. The integer values are those of the unfused pair, so the results are bit for bit
+the same (``tests/test_quantexec_dwpw.py``).
+
+Arguments: ``x, wd, bias_d, scale_d, offset_d, [base_d], wp, bias_p, scale_p, offset_p,
+[base_p], y``: the depthwise's and then the 1x1's (``base``: with shared per-channel
+arrays). Weights packed as the unfused templates' (:func:`~pfcompile.quantexec.blocked.
+pack_weight_dw`, :func:`~pfcompile.quantexec.blocked.pack_weight_conv`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from tvm import s_tir, te, tirx
+
+from pfcompile.quantexec.blocked import (
+    Isa,
+    _divisor_at_most,
+    _finish,
+    _schedule_out,
+    _split_stage,
+    _to_operand,
+    default_tiles,
+    dw_supported,
+    x_offset,
+)
+from pfcompile.quantexec.kernels import (
+    BLOCK,
+    QConvSpec,
+    _io_map,
+    channel_params,
+    nblocks,
+    out_compute,
+    padded_read,
+    requant_int32,
+    te_shape,
+)
+
+__all__ = ["dwpw_eligible", "dwpw_func", "dwpw_name", "dwpw_rows"]
+
+
+def dwpw_name(isa: Isa) -> str:
+    """The fused template's name, reported for both layers."""
+    head, _, tail = isa.conv_name.rpartition("-")
+    return f"{head}-dwpw-{tail}"  # x86-avx2-dwpw-pmaddwd, x86-vnni-dwpw-vpdpbusd
+
+
+def dwpw_eligible(dsp: QConvSpec, psp: QConvSpec, isa: Isa) -> bool:
+    """A blocked-template depthwise (batch 1, whole channel blocks, requantised 8-bit
+    output) into an unpadded, unstrided 1x1 conv with groups 1 over all its channels; the
+    1x1's operand type is reachable from the depthwise's output without an offset."""
+    return (dw_supported(dsp) and dsp.c % BLOCK == 0 and dsp.y_dtype in ("uint8", "int8")
+            and psp.n == 1 and psp.groups == 1 and (psp.kh, psp.kw) == (1, 1)
+            and psp.stride == (1, 1) and not any(psp.padding) and psp.dilation == (1, 1)
+            and psp.c == dsp.oc and (psp.h, psp.w) == (dsp.oh, dsp.ow)
+            and psp.x_dtype == dsp.y_dtype and x_offset(isa, psp.x_dtype) == 0
+            and x_offset(isa, dsp.x_dtype) == 0
+            and (isa.conv_act != "uint8" or psp.x_dtype == "uint8")
+            and (psp.y_layout == "NCHW" or psp.oc % BLOCK == 0))
+
+
+def _compute(dsp: QConvSpec, psp: QConvSpec, isa: Isa):
+    kg, dkg = isa.conv_kg, isa.dw_kg
+    act = dsp.x_dtype if isa.dw_act == "x" else isa.dw_act
+    cb, ocb = nblocks(dsp.c), nblocks(psp.oc)
+    g = -(-dsp.kw // dkg)
+    pt, pl, pb, _pr = dsp.padding
+    sh, sw = dsp.stride
+    hp = dsp.h + pt + pb
+    wq = max(dsp.w + pl + dsp.padding[3], (dsp.ow - 1) * sw + g * dkg)
+    x = te.placeholder(te_shape(dsp.n, dsp.c, dsp.h, dsp.w, dsp.x_layout), dsp.x_dtype, name="x")
+    wd = te.placeholder((cb, dsp.kh, g, BLOCK, dkg), isa.dw_w, name="wd")
+    cpd = channel_params(dsp, dsp.oc)
+    zx = tirx.const(dsp.zx, dsp.x_dtype)
+    wide = QConvSpec(**{**dsp.__dict__, "padding": (pt, pl, pb, wq - dsp.w - pl)})
+    xp = te.compute(
+        (dsp.n, cb, hp, wq, BLOCK),
+        lambda n, b, i, j, c: _to_operand(padded_read(wide, x, n, b, c, i, j, zx), dsp.x_dtype,
+                                          act, 0),
+        name="pad")
+    ry = te.reduce_axis((0, dsp.kh), name="ry")
+    rg = te.reduce_axis((0, g), name="rg")
+    rq = te.reduce_axis((0, dkg), name="rq")
+    dacc = te.compute(
+        (dsp.n, cb, dsp.oh, dsp.ow, BLOCK),
+        lambda n, b, i, j, c: te.sum(
+            xp[n, b, i * sh + ry, j * sw + rg * dkg + rq, c].astype("int32")
+            * wd[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
+        name="dacc")
+
+    def _mid(n, b, i, j, c):
+        bias, scale, offset = cpd.at(b * BLOCK + c)
+        q = requant_int32(dacc[n, b, i, j, c] + bias, scale, offset, dsp.qmin, dsp.qmax)
+        return q.astype(isa.conv_act)  # in [qmin, qmax]: the unfused 8-bit value, widened
+
+    mid = te.compute((dsp.n, cb, dsp.oh, dsp.ow, BLOCK), _mid, name="mid")
+    wp = te.placeholder((ocb, cb, 1, 1, BLOCK // kg, BLOCK, kg), isa.conv_w, name="wp")
+    cpp = channel_params(psp, psp.oc)
+    rb = te.reduce_axis((0, cb), name="rb")
+    rk = te.reduce_axis((0, BLOCK // kg), name="rk")
+    rp = te.reduce_axis((0, kg), name="rp")
+    acc = te.compute(
+        (psp.n, ocb, psp.oh, psp.ow, BLOCK),
+        lambda n, b, i, j, o: te.sum(
+            mid[n, rb, i, j, rk * kg + rp].astype("int32")
+            * wp[b, rb, 0, 0, rk, o, rp].astype("int32"), axis=[rb, rk, rp]),
+        name="acc")
+    y = out_compute(psp, acc, cpp, split=isa.split_cast)
+    return [x, wd, *cpd.tensors, *cpd.scalars, wp, *cpp.tensors, *cpp.scalars, y]
+
+
+def dwpw_rows(dsp: QConvSpec, mid_bytes: int = 2) -> int:
+    """Output rows per parallel task: up to 4 (the depthwise's padded input rows are staged
+    per task, so one row a task stages ``KH`` rows for one), while leaving at least 8 tasks
+    and a row buffer under 64 KB."""
+    for r in (4, 2, 1):
+        if dsp.oh % r == 0 and dsp.oh // r >= 8 and r * dsp.ow * dsp.c * mid_bytes <= 65536:
+            return r
+    return 1
+
+
+def dwpw_func(dsp: QConvSpec, psp: QConvSpec, isa: Isa, tile_ow: int | None = None,
+              tile_oc: int | None = None, dw_tile: int | None = None,
+              rows: int | None = None) -> tirx.PrimFunc:
+    """The scheduled fused PrimFunc for depthwise ``dsp`` then 1x1 ``psp`` (see the module
+    docstring). Parallel over bands of ``rows`` output rows (:func:`dwpw_rows`); per band, the depthwise by ``dw_tile`` columns
+    (the unfused kernel's tensor intrinsic), its requantised row in a task-private buffer,
+    then the 1x1 by register tiles of ``tile_ow`` columns x ``tile_oc`` channel blocks (by
+    default the unfused 1x1's tile for the row width)."""
+    isa.register()
+    if not dwpw_eligible(dsp, psp, isa):
+        raise ValueError(f"no fused depthwise + 1x1 kernel for {dsp} -> {psp}")
+    dsp = replace(dsp, spatial=0, out_hw=None)
+    psp = replace(psp, spatial=0, out_hw=None)
+    d_ow, d_oc = default_tiles(psp, isa)
+    t_ow = _divisor_at_most(psp.ow, tile_ow or d_ow)
+    t_oc = _divisor_at_most(nblocks(psp.oc), tile_oc or d_oc)
+    t_dw = _divisor_at_most(dsp.ow, dw_tile or 8)
+    mid_bytes = 2 if isa.conv_act == "int16" else 1
+    rows = _divisor_at_most(dsp.oh, rows or dwpw_rows(dsp, mid_bytes))
+    sch = s_tir.Schedule(te.create_prim_func(_compute(dsp, psp, isa)))
+    xmap = _io_map(dsp.x_layout, dsp.h, dsp.w, False)
+    if xmap is not None:
+        sch.transform_layout(sch.get_sblock("pad"), "x", xmap)
+    ymap = _io_map(psp.y_layout, psp.oh, psp.ow, False)
+    if ymap is not None:
+        sch.transform_layout(sch.get_sblock("requant"), "requant", ymap)
+    pad, dacc, mid, acc, req = (sch.get_sblock(b) for b in ("pad", "dacc", "mid", "acc", "requant"))
+
+    # --- the 1x1: one output row per task, every output channel tile inside it
+    n, b, i, j, o, rb, rk, rp = sch.get_loops(acc)
+    bo, bi = sch.split(b, [None, t_oc])
+    jo, ji = sch.split(j, [None, t_ow])
+    io, ii = sch.split(i, [None, rows])
+    sch.reorder(n, io, ii, bo, jo, rb, rk, bi, ji, o, rp)
+    par = sch.fuse(n, io)
+    sch.parallel(par)
+    sch.set_scope(acc, 0, isa.acc_scope)
+    q = _split_stage(sch, isa.acc_scope, jo)
+    sch.reverse_compute_at(req, jo)
+
+    # --- the depthwise row (every channel block) computed in the task, before it
+    sch.compute_at(mid, par, preserve_unit_loops=True)
+    sch.compute_at(dacc, par, preserve_unit_loops=True)
+    _dn, db, di, dj, dc, dry, drg, drq = sch.get_loops(dacc)[-8:]
+    djo, dji = sch.split(dj, [None, t_dw])
+    sch.reorder(db, di, djo, dry, drg, dji, dc, drq)
+    sch.set_scope(dacc, 0, isa.acc_scope)
+    sch.reverse_compute_at(mid, djo)
+    sch.vectorize(sch.get_loops(mid)[-1])
+    sch.compute_at(pad, par, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(pad)[-1])
+    dinit = sch.decompose_reduction(dacc, dry)
+    sch.vectorize(sch.get_loops(dinit)[-1])
+    sch.unroll(dji)
+    sch.tensorize(dc, isa.intrin(isa.dw_intrin.format(x=dsp.x_dtype)))
+
+    init = sch.decompose_reduction(acc, rb)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(bi)
+    sch.unroll(ji)
+    sch.tensorize(o, isa.intrin(isa.conv_intrin))
+    _schedule_out(sch, psp, req, jo, False, q, t_ow)
+    return _finish(sch.mod["main"])
