@@ -23,8 +23,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from tvm import s_tir, te, tirx
+from tvm.script import tirx as T
 
 from pfcompile.quantexec.blocked import (
+    GLOBAL_ACC,
     Isa,
     _divisor_at_most,
     _finish,
@@ -49,6 +51,98 @@ from pfcompile.quantexec.kernels import (
 
 __all__ = ["dwpw_eligible", "dwpw_func", "dwpw_name", "dwpw_rows"]
 
+#: tap-group stage: ``kg`` horizontally adjacent 8-channel pixels -> ``[8, kg]`` operands
+GROUP_INTRIN = "pf_dwpw_group_{}_{}_{}"   # .format(x dtype, operand dtype, kg)
+#: depthwise on grouped taps: ``C[c] += sum_q A[c, q] * B[c, q]``
+DOT_INTRIN = "pf_dwpw_dot_{}"             # .format(the ISA's conv template name)
+
+
+def _group_intrin(xdt: str, adt: str, kg: int):
+    idx = [q * 8 + c for c in range(8) for q in range(kg)]
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((kg, 8), xdt, offset_factor=1),
+             C: T.Buffer((8, kg), adt, offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:kg, 0:8])
+            T.writes(C[0:8, 0:kg])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, kg):
+                    with T.sblock("g"):
+                        vi, vk = T.axis.remap("SS", [i, k])
+                        C[vi, vk] = T.Cast(adt, A[vk, vi])
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((kg, 8), xdt, offset_factor=1),
+             C: T.Buffer((8, kg), adt, offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(A[0:kg, 0:8])
+            T.writes(C[0:8, 0:kg])
+            C[0, T.ramp(T.int32(0), 1, 8 * kg)] = T.Cast(
+                f"{adt}x{8 * kg}", T.Shuffle([A.vload([0, 0], dtype=f"{xdt}x{8 * kg}")], idx))
+
+    return desc, impl
+
+
+def _dot_intrin(isa: Isa, scope: str):
+    kg, adt, wdt = isa.dw_kg, isa.conv_act, isa.dw_w
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((8, kg), adt, offset_factor=1),
+             B: T.Buffer((8, kg), wdt, offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1, scope=scope)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:8, 0:kg], B[0:8, 0:kg])
+            T.writes(C[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, kg):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vi, vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    if adt == "uint8":  # VNNI: u8 quads x s8 quads
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((8, kg), adt, offset_factor=1),
+                 B: T.Buffer((8, kg), wdt, offset_factor=1),
+                 C: T.Buffer((8,), "int32", offset_factor=1, scope=scope)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:8], A[0:8, 0:kg], B[0:8, 0:kg])
+                T.writes(C[0:8])
+                C[T.ramp(T.int32(0), 1, 8)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.256"),
+                    C.vload([0], dtype="int32x8"), A.vload([0, 0], dtype="uint8x32"),
+                    B.vload([0, 0], dtype="int8x32"), dtype="int32x8")
+    else:  # AVX2: int16 pairs
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((8, kg), adt, offset_factor=1),
+                 B: T.Buffer((8, kg), wdt, offset_factor=1),
+                 C: T.Buffer((8,), "int32", offset_factor=1, scope=scope)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:8], A[0:8, 0:kg], B[0:8, 0:kg])
+                T.writes(C[0:8])
+                C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                    A.vload([0, 0], dtype="int16x16"), B.vload([0, 0], dtype="int16x16"),
+                    dtype="int32x8")
+
+    return desc, impl
+
+
+_registered: set = set()
+
+
+def _register(isa: Isa, xdt: str) -> tuple[str, str]:
+    """Register the two intrinsics of ``isa`` for input dtype ``xdt``; their names (the
+    grouping one, the dot one for ``isa.acc_scope``)."""
+    g = GROUP_INTRIN.format(xdt, isa.conv_act, isa.dw_kg)
+    d = DOT_INTRIN.format(isa.conv_name)
+    if (g, d) not in _registered:
+        s_tir.TensorIntrin.register(g, *_group_intrin(xdt, isa.conv_act, isa.dw_kg), override=True)
+        for scope, sfx in (("local", ""), ("global", GLOBAL_ACC)):
+            s_tir.TensorIntrin.register(d + sfx, *_dot_intrin(isa, scope), override=True)
+        _registered.add((g, d))
+    return g, isa.intrin(d)
+
 
 def dwpw_name(isa: Isa) -> str:
     """The fused template's name, reported for both layers."""
@@ -70,7 +164,7 @@ def dwpw_eligible(dsp: QConvSpec, psp: QConvSpec, isa: Isa) -> bool:
             and (psp.y_layout == "NCHW" or psp.oc % BLOCK == 0))
 
 
-def _compute(dsp: QConvSpec, psp: QConvSpec, isa: Isa):
+def _compute(dsp: QConvSpec, psp: QConvSpec, isa: Isa, rows: int):
     kg, dkg = isa.conv_kg, isa.dw_kg
     act = dsp.x_dtype if isa.dw_act == "x" else isa.dw_act
     cb, ocb = nblocks(dsp.c), nblocks(psp.oc)
@@ -89,13 +183,25 @@ def _compute(dsp: QConvSpec, psp: QConvSpec, isa: Isa):
         lambda n, b, i, j, c: _to_operand(padded_read(wide, x, n, b, c, i, j, zx), dsp.x_dtype,
                                           act, 0),
         name="pad")
+    # the taps of each lane group interleaved once per input pixel, in the dot product's
+    # operand type (block "group"): the depthwise then loads its operands as they are (one
+    # vpmaddwd / vpdpbusd on a plain load), where the unfused kernel interleaves (and widens)
+    # them for every output. Indexed by band (``rows`` output rows, their input rows with
+    # the halo: ``band_h``) so that the stage's row index is a plain loop variable inside a
+    # task: TVM 0.27 did not tensorize it at ``task * rows + row``
+    wg = (dsp.ow - 1) * sw + (g - 1) * dkg + 1
+    band_h = (rows - 1) * sh + dsp.kh
+    xg = te.compute(
+        (dsp.n, cb, dsp.oh // rows, band_h, wg, BLOCK, dkg),
+        lambda n, b, t, r, j, c, q: xp[n, b, t * (rows * sh) + r, j + q, c].astype(isa.conv_act),
+        name="group")
     ry = te.reduce_axis((0, dsp.kh), name="ry")
     rg = te.reduce_axis((0, g), name="rg")
     rq = te.reduce_axis((0, dkg), name="rq")
     dacc = te.compute(
         (dsp.n, cb, dsp.oh, dsp.ow, BLOCK),
         lambda n, b, i, j, c: te.sum(
-            xp[n, b, i * sh + ry, j * sw + rg * dkg + rq, c].astype("int32")
+            xg[n, b, i // rows, (i % rows) * sh + ry, j * sw + rg * dkg, c, rq].astype("int32")
             * wd[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
         name="dacc")
 
@@ -139,6 +245,7 @@ def dwpw_func(dsp: QConvSpec, psp: QConvSpec, isa: Isa, tile_ow: int | None = No
     then the 1x1 by register tiles of ``tile_ow`` columns x ``tile_oc`` channel blocks (by
     default the unfused 1x1's tile for the row width)."""
     isa.register()
+    group_intrin, dot_intrin = _register(isa, dsp.x_dtype)
     if not dwpw_eligible(dsp, psp, isa):
         raise ValueError(f"no fused depthwise + 1x1 kernel for {dsp} -> {psp}")
     dsp = replace(dsp, spatial=0, out_hw=None)
@@ -149,7 +256,7 @@ def dwpw_func(dsp: QConvSpec, psp: QConvSpec, isa: Isa, tile_ow: int | None = No
     t_dw = _divisor_at_most(dsp.ow, dw_tile or 8)
     mid_bytes = 2 if isa.conv_act == "int16" else 1
     rows = _divisor_at_most(dsp.oh, rows or dwpw_rows(dsp, mid_bytes))
-    sch = s_tir.Schedule(te.create_prim_func(_compute(dsp, psp, isa)))
+    sch = s_tir.Schedule(te.create_prim_func(_compute(dsp, psp, isa, rows)))
     xmap = _io_map(dsp.x_layout, dsp.h, dsp.w, False)
     if xmap is not None:
         sch.transform_layout(sch.get_sblock("pad"), "x", xmap)
@@ -179,12 +286,15 @@ def dwpw_func(dsp: QConvSpec, psp: QConvSpec, isa: Isa, tile_ow: int | None = No
     sch.set_scope(dacc, 0, isa.acc_scope)
     sch.reverse_compute_at(mid, djo)
     sch.vectorize(sch.get_loops(mid)[-1])
-    sch.compute_at(pad, par, preserve_unit_loops=True)
+    grp = sch.get_sblock("group")
+    sch.compute_at(grp, db)
+    sch.compute_at(pad, db)
     sch.vectorize(sch.get_loops(pad)[-1])
+    sch.tensorize(sch.get_loops(grp)[-2], group_intrin)
     dinit = sch.decompose_reduction(dacc, dry)
     sch.vectorize(sch.get_loops(dinit)[-1])
     sch.unroll(dji)
-    sch.tensorize(dc, isa.intrin(isa.dw_intrin.format(x=dsp.x_dtype)))
+    sch.tensorize(dc, dot_intrin)
 
     init = sch.decompose_reduction(acc, rb)
     sch.vectorize(sch.get_loops(init)[-1])
