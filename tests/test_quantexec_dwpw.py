@@ -17,13 +17,15 @@ import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 from pfcompile.compiler import build, import_onnx
+from pfcompile.quantexec import x86
+from pfcompile.quantexec.dwpw import dwpw_group
 from pfcompile.reference import reference_outputs
 from pfcompile.targets import host_arch
 from tests.device_helpers import x86_target
 
 X86 = pytest.mark.skipif(host_arch() != "x86_64", reason="x86-64 integer kernels need an x86-64 CPU")
 
-C, E = 8, 48  # block input / output channels, expanded channels
+C = 8  # block input / output channels
 
 
 def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, groups: int) -> np.ndarray:
@@ -43,10 +45,10 @@ def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, groups: int)
     return y
 
 
-def block_model(stride: int, residual: str, hw: int, seed: int = 0) -> onnx.ModelProto:
+def block_model(stride: int, residual: str, hw: int, e: int = 64, seed: int = 0) -> onnx.ModelProto:
     """x -> Q -> [1x1 + ReLU] -> Q -> [dw3x3/stride + ReLU] -> Q -> [1x1] -> (Q ->) ...;
     ``residual``: "none" (the projection's Q is the output), "q" (projection -> Q -> DQ ->
-    Add(x) -> Q) or "float" (projection -> Add(x) -> Q)."""
+    Add(x) -> Q) or "float" (projection -> Add(x) -> Q); ``e`` expanded channels."""
     rng = np.random.default_rng(seed)
     inits, nodes = [], []
     oc_out = C if residual != "none" else 2 * C
@@ -85,9 +87,9 @@ def block_model(stride: int, residual: str, hw: int, seed: int = 0) -> onnx.Mode
 
     x0 = rng.normal(0, 1, (1, C, hw, hw))
     xd, xv = q_dq("x", x0)
-    a, av = conv("ex", xd, xv, E, 1, 1, relu=True)
+    a, av = conv("ex", xd, xv, e, 1, 1, relu=True)
     ad, av = q_dq(a, av)
-    d, dv = conv("dw", ad, av, E, 3, E, s=stride, relu=True)
+    d, dv = conv("dw", ad, av, e, 3, e, s=stride, relu=True)
     dd, dv = q_dq(d, dv)
     p, pv = conv("pj", dd, dv, oc_out, 1, 1)
     if residual == "none":
@@ -109,20 +111,32 @@ def block_model(stride: int, residual: str, hw: int, seed: int = 0) -> onnx.Mode
     return m
 
 
+def replace_spec(e: int, hw: int):
+    """The block's depthwise as a spec (for which variant of the fused kernel it takes)."""
+    from pfcompile.quantexec.kernels import QConvSpec
+
+    return QConvSpec(n=1, c=e, h=hw, w=hw, oc=e, kh=3, kw=3, stride=(1, 1), padding=(1, 1, 1, 1),
+                     dilation=(1, 1), groups=e, x_dtype="uint8", y_dtype="uint8", zx=0, zy=0,
+                     qmin=0, qmax=255)
+
+
 def _run(ex, x: np.ndarray) -> np.ndarray:
     vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-CASES = [(1, "none", 16), (1, "q", 16), (1, "float", 16), (2, "none", 28)]
+#: (stride, residual, size, expanded channels): 64 channels at most 56 wide take the grouped
+#: depthwise taps on AVX2 (``dwpw.dwpw_group``), 48 the in-register interleave; VNNI never groups
+CASES = [(1, "none", 16, 64), (1, "q", 16, 64), (1, "float", 16, 64), (2, "none", 28, 64),
+         (1, "q", 16, 48), (2, "none", 28, 48)]
 
 
 @X86
 @pytest.mark.parametrize("target_name", ["host-avx2", "host"])
-@pytest.mark.parametrize(("stride", "residual", "hw"), CASES)
-def test_fused_block_is_bit_exact(target_name, stride, residual, hw, monkeypatch):
+@pytest.mark.parametrize(("stride", "residual", "hw", "e"), CASES)
+def test_fused_block_is_bit_exact(target_name, stride, residual, hw, e, monkeypatch):
     target = x86_target(target_name)
-    m = block_model(stride, residual, hw)
+    m = block_model(stride, residual, hw, e)
     ex, reports = build(m, target)
     ints = [r for r in reports if r.path == "int8"]
     assert len(ints) == 3, reports
@@ -131,6 +145,8 @@ def test_fused_block_is_bit_exact(target_name, stride, residual, hw, monkeypatch
     monkeypatch.setenv("PFCOMPILE_INT8_DWPW", "0")
     ex0, reports0 = build(m, target)
     assert not any("-dwpw-" in r.kernel for r in reports0)
+    grouped = dwpw_group(replace_spec(e, hw), x86.AVX2 if target_name == "host-avx2" else x86.VNNI)
+    assert grouped == (target_name == "host-avx2" and e >= 64)
     for seed in range(2):
         x = np.random.default_rng(seed + 1).normal(0, 1, (1, C, hw, hw)).astype(np.float32)
         got, unfused = _run(ex, x), _run(ex0, x)

@@ -51,7 +51,8 @@ def _timer(func, target, number: int):
     return lambda: fe(*args).mean * 1e6
 
 
-VARIANTS = {"default": {}, "rows1": {"rows": 1}, "rows2": {"rows": 2}, "rows4": {"rows": 4},
+VARIANTS = {"default": {}, "group": {"group": True}, "nogroup": {"group": False},
+            "rows1": {"rows": 1}, "rows2": {"rows": 2}, "rows4": {"rows": 4},
             "dw4": {"dw_tile": 4}, "pw4x2": {"tile_ow": 4, "tile_oc": 2},
             "pw2x3": {"tile_ow": 2, "tile_oc": 3}}
 

@@ -49,7 +49,7 @@ from pfcompile.quantexec.kernels import (
     te_shape,
 )
 
-__all__ = ["dwpw_eligible", "dwpw_func", "dwpw_name", "dwpw_rows"]
+__all__ = ["dwpw_eligible", "dwpw_func", "dwpw_group", "dwpw_name", "dwpw_rows"]
 
 #: tap-group stage: ``kg`` horizontally adjacent 8-channel pixels -> ``[8, kg]`` operands
 GROUP_INTRIN = "pf_dwpw_group_{}_{}_{}"   # .format(x dtype, operand dtype, kg)
@@ -164,7 +164,7 @@ def dwpw_eligible(dsp: QConvSpec, psp: QConvSpec, isa: Isa) -> bool:
             and (psp.y_layout == "NCHW" or psp.oc % BLOCK == 0))
 
 
-def _compute(dsp: QConvSpec, psp: QConvSpec, isa: Isa, rows: int):
+def _compute(dsp: QConvSpec, psp: QConvSpec, isa: Isa, rows: int, group: bool):
     kg, dkg = isa.conv_kg, isa.dw_kg
     act = dsp.x_dtype if isa.dw_act == "x" else isa.dw_act
     cb, ocb = nblocks(dsp.c), nblocks(psp.oc)
@@ -189,21 +189,34 @@ def _compute(dsp: QConvSpec, psp: QConvSpec, isa: Isa, rows: int):
     # them for every output. Indexed by band (``rows`` output rows, their input rows with
     # the halo: ``band_h``) so that the stage's row index is a plain loop variable inside a
     # task: TVM 0.27 did not tensorize it at ``task * rows + row``
-    wg = (dsp.ow - 1) * sw + (g - 1) * dkg + 1
-    band_h = (rows - 1) * sh + dsp.kh
-    xg = te.compute(
-        (dsp.n, cb, dsp.oh // rows, band_h, wg, BLOCK, dkg),
-        lambda n, b, t, r, j, c, q: xp[n, b, t * (rows * sh) + r, j + q, c].astype(isa.conv_act),
-        name="group")
+    # A group starts at column ``j * sw + rg * kg``: with ``kg`` a multiple of the stride,
+    # only every ``sw``-th column starts one, so the stage holds those (position ``p`` starts
+    # at column ``p * sw``).
     ry = te.reduce_axis((0, dsp.kh), name="ry")
     rg = te.reduce_axis((0, g), name="rg")
     rq = te.reduce_axis((0, dkg), name="rq")
-    dacc = te.compute(
-        (dsp.n, cb, dsp.oh, dsp.ow, BLOCK),
-        lambda n, b, i, j, c: te.sum(
-            xg[n, b, i // rows, (i % rows) * sh + ry, j * sw + rg * dkg, c, rq].astype("int32")
-            * wd[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
-        name="dacc")
+    if group:
+        step = sw if dkg % sw == 0 else 1
+        wg = ((dsp.ow - 1) * sw + (g - 1) * dkg) // step + 1
+        band_h = (rows - 1) * sh + dsp.kh
+        xg = te.compute(
+            (dsp.n, cb, dsp.oh // rows, band_h, wg, BLOCK, dkg),
+            lambda n, b, t, r, j, c, q: xp[n, b, t * (rows * sh) + r, j * step + q, c].astype(
+                isa.conv_act),
+            name="group")
+        dacc = te.compute(
+            (dsp.n, cb, dsp.oh, dsp.ow, BLOCK),
+            lambda n, b, i, j, c: te.sum(
+                xg[n, b, i // rows, (i % rows) * sh + ry, (j * sw + rg * dkg) // step, c,
+                   rq].astype("int32") * wd[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
+            name="dacc")
+    else:  # the unfused kernel's way: the groups interleaved in registers for every output
+        dacc = te.compute(
+            (dsp.n, cb, dsp.oh, dsp.ow, BLOCK),
+            lambda n, b, i, j, c: te.sum(
+                xp[n, b, i * sh + ry, j * sw + rg * dkg + rq, c].astype("int32")
+                * wd[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
+            name="dacc")
 
     def _mid(n, b, i, j, c):
         bias, scale, offset = cpd.at(b * BLOCK + c)
@@ -228,17 +241,27 @@ def _compute(dsp: QConvSpec, psp: QConvSpec, isa: Isa, rows: int):
 
 def dwpw_rows(dsp: QConvSpec, mid_bytes: int = 2) -> int:
     """Output rows per parallel task: up to 4 (the depthwise's padded input rows are staged
-    per task, so one row a task stages ``KH`` rows for one), while leaving at least 8 tasks
+    per task, so one row a task stages ``KH`` rows for one), while leaving at least 7 tasks
     and a row buffer under 64 KB."""
     for r in (4, 2, 1):
-        if dsp.oh % r == 0 and dsp.oh // r >= 8 and r * dsp.ow * dsp.c * mid_bytes <= 65536:
+        if dsp.oh % r == 0 and dsp.oh // r >= 7 and r * dsp.ow * dsp.c * mid_bytes <= 65536:
             return r
     return 1
 
 
+def dwpw_group(dsp: QConvSpec, isa: Isa) -> bool:
+    """Whether the fused kernel groups the depthwise's taps in a stage of their own (see
+    :func:`_compute`). Measured (AMD EPYC Zen 4, one thread, loaded, tools/bench_int8_dwpw.py,
+    fused time / unfused pair's): on AVX2 0.84-0.95 grouped against 0.94-1.07 not on the
+    pairs with at least 64 channels at most 56 wide, but 1.86 / 1.02 grouped on the two
+    112-wide inputs (32 and 96 channels; 1.05 / 0.98 not); on VNNI (one ``vpdpbusd`` for
+    four taps either way) grouping took 1.0-1.3x, so never there."""
+    return isa.conv_act == "int16" and dsp.c >= 64 and dsp.w <= 56
+
+
 def dwpw_func(dsp: QConvSpec, psp: QConvSpec, isa: Isa, tile_ow: int | None = None,
               tile_oc: int | None = None, dw_tile: int | None = None,
-              rows: int | None = None) -> tirx.PrimFunc:
+              rows: int | None = None, group: bool | None = None) -> tirx.PrimFunc:
     """The scheduled fused PrimFunc for depthwise ``dsp`` then 1x1 ``psp`` (see the module
     docstring). Parallel over bands of ``rows`` output rows (:func:`dwpw_rows`); per band, the depthwise by ``dw_tile`` columns
     (the unfused kernel's tensor intrinsic), its requantised row in a task-private buffer,
@@ -256,7 +279,9 @@ def dwpw_func(dsp: QConvSpec, psp: QConvSpec, isa: Isa, tile_ow: int | None = No
     t_dw = _divisor_at_most(dsp.ow, dw_tile or 8)
     mid_bytes = 2 if isa.conv_act == "int16" else 1
     rows = _divisor_at_most(dsp.oh, rows or dwpw_rows(dsp, mid_bytes))
-    sch = s_tir.Schedule(te.create_prim_func(_compute(dsp, psp, isa, rows)))
+    if group is None:
+        group = dwpw_group(dsp, isa)
+    sch = s_tir.Schedule(te.create_prim_func(_compute(dsp, psp, isa, rows, group)))
     xmap = _io_map(dsp.x_layout, dsp.h, dsp.w, False)
     if xmap is not None:
         sch.transform_layout(sch.get_sblock("pad"), "x", xmap)
@@ -286,15 +311,19 @@ def dwpw_func(dsp: QConvSpec, psp: QConvSpec, isa: Isa, tile_ow: int | None = No
     sch.set_scope(dacc, 0, isa.acc_scope)
     sch.reverse_compute_at(mid, djo)
     sch.vectorize(sch.get_loops(mid)[-1])
-    grp = sch.get_sblock("group")
-    sch.compute_at(grp, db)
-    sch.compute_at(pad, db)
-    sch.vectorize(sch.get_loops(pad)[-1])
-    sch.tensorize(sch.get_loops(grp)[-2], group_intrin)
+    if group:
+        grp = sch.get_sblock("group")
+        sch.compute_at(grp, db)
+        sch.compute_at(pad, db)
+        sch.vectorize(sch.get_loops(pad)[-1])
+        sch.tensorize(sch.get_loops(grp)[-2], group_intrin)
+    else:
+        sch.compute_at(pad, par, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(pad)[-1])
     dinit = sch.decompose_reduction(dacc, dry)
     sch.vectorize(sch.get_loops(dinit)[-1])
     sch.unroll(dji)
-    sch.tensorize(dc, dot_intrin)
+    sch.tensorize(dc, dot_intrin if group else isa.intrin(isa.dw_intrin.format(x=dsp.x_dtype)))
 
     init = sch.decompose_reduction(acc, rb)
     sch.vectorize(sch.get_loops(init)[-1])
