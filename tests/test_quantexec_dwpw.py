@@ -136,6 +136,7 @@ CASES = [(1, "none", 16, 64), (1, "q", 16, 64), (1, "float", 16, 64), (2, "none"
 @pytest.mark.parametrize(("stride", "residual", "hw", "e"), CASES)
 def test_fused_block_is_bit_exact(target_name, stride, residual, hw, e, monkeypatch):
     target = x86_target(target_name)
+    monkeypatch.setattr("pfcompile.quantexec.lower.DWPW_ON_VNNI", True)  # off by default there
     m = block_model(stride, residual, hw, e)
     ex, reports = build(m, target)
     ints = [r for r in reports if r.path == "int8"]
@@ -158,8 +159,9 @@ def test_fused_block_is_bit_exact(target_name, stride, residual, hw, e, monkeypa
 
 @X86
 @pytest.mark.parametrize("target_name", ["host-avx2", "host"])
-def test_one_fused_kernel_per_pair(target_name):
+def test_one_fused_kernel_per_pair(target_name, monkeypatch):
     """The lowered module: one fused call for the pair, no separate depthwise kernel."""
+    monkeypatch.setattr("pfcompile.quantexec.lower.DWPW_ON_VNNI", True)
     from pfcompile.quantexec import lower_qdq, onnx_layer_names, with_int8_features
     from pfcompile.quantexec.onnx_prep import prepare_qdq
 
@@ -175,3 +177,17 @@ def test_one_fused_kernel_per_pair(target_name):
     assert sum("-dwpw-" in k for k in kinds.values()) == 2, reports
     mod0, _ = lower_qdq(import_onnx(proto), target, onnx_layer_names(proto), fuse_dwpw=False)
     assert not any(gv.name_hint.startswith("qdwpw") for gv in mod0.get_global_vars())
+
+
+@X86
+def test_vnni_keeps_the_unfused_pair():
+    """On a VNNI target the pair stays unfused by default (no gain measured there)."""
+    from pfcompile.quantexec import lower_qdq, onnx_layer_names, with_int8_features
+    from pfcompile.quantexec.onnx_prep import prepare_qdq
+
+    target = with_int8_features(x86_target("host"))
+    proto, _ = prepare_qdq(block_model(1, "q", 16))
+    mod, reports = lower_qdq(import_onnx(proto), target, onnx_layer_names(proto))
+    assert not any(gv.name_hint.startswith("qdwpw") for gv in mod.get_global_vars())
+    assert [r.kernel for r in reports] == ["x86-vnni-vpdpbusd", "x86-vnni-dw-vpdpbusd",
+                                           "x86-vnni-vpdpbusd"]

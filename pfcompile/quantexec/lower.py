@@ -738,6 +738,10 @@ def _tensor_qparams(mod: tvm.IRModule, func_name: str) -> tvm.IRModule:
 #: a depthwise -> 1x1 pair fuses only where the map has this many output rows: the fused
 #: kernel is parallel over bands of rows alone (as the fp32 ``dwpw``'s 7 rows per core)
 DWPW_MIN_ROWS = 14
+#: fuse on VNNI targets too: off, as whole MobileNetV2 int8 on ``host`` (one thread, min of
+#: 15 alternating rounds) took 1.007x the unfused build's time (AVX2: 0.963x); the fused
+#: template is bit-exact there too (tests/test_quantexec_dwpw.py turns this on)
+DWPW_ON_VNNI = False
 
 
 @dataclass(frozen=True)
@@ -755,8 +759,8 @@ class _FusedDwPw:
 def _fuse_dwpw(users: dict, plans: dict, target) -> dict:
     """1x1 plan key -> :class:`_FusedDwPw` for every requantising depthwise whose 8-bit
     output is read by one DequantizeLinear whose one reader is an integer 1x1 conv, both
-    on the same x86 instruction set (:func:`~pfcompile.quantexec.dwpw.dwpw_eligible`), the
-    map at least :data:`DWPW_MIN_ROWS` rows high. A pair whose fused kernel cannot be
+    on the same x86 instruction set (:func:`~pfcompile.quantexec.dwpw.dwpw_eligible`; VNNI
+    only with :data:`DWPW_ON_VNNI`), the map at least :data:`DWPW_MIN_ROWS` rows high. A pair whose fused kernel cannot be
     built stays unfused."""
     from pfcompile.quantexec.kernel_choice import int8_dot_kind
 
@@ -776,7 +780,8 @@ def _fuse_dwpw(users: dict, plans: dict, target) -> dict:
             continue  # the depthwise's output has another reader
         isa = x86.VNNI if x86._vnni_ok(d.sp, target) else x86.AVX2
         if (x86.VNNI if x86._vnni_ok(p.sp, target) else x86.AVX2) is not isa \
-                or d.kernel.name != isa.dw_name or p.kernel.name != isa.conv_name:
+                or d.kernel.name != isa.dw_name or p.kernel.name != isa.conv_name \
+                or (isa is x86.VNNI and not DWPW_ON_VNNI):
             continue
         try:
             func = dwpw.dwpw_func(d.sp, p.sp, isa)
