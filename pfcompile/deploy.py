@@ -47,13 +47,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LIFTED_FUNC", "MAIN_FUNC", "THREADS_ENV", "TRANSFORM_FUNC", "Deployed",
+__all__ = ["LIFTED_FUNC", "MAIN_FUNC", "MODEL_FUNC", "THREADS_ENV", "TRANSFORM_FUNC", "Deployed",
            "artifact_threads", "deployment_threads", "has_function", "load", "meta_threads",
            "prepare", "set_threads"]
 
 MAIN_FUNC = "main"
 TRANSFORM_FUNC = "main_transform_params"
 LIFTED_FUNC = "main_lifted"
+#: the model on the decoded weights, ``main_model(inputs..., w...)``; internal: its
+#: parameters are not checked, it is reached through ``main_lifted``
+MODEL_FUNC = "main_model"
 THREADS_ENV = "TVM_NUM_THREADS"
 #: ``runtime.config_threadpool``'s affinity mode: TVM's default (kBig: the fastest cores,
 #: all of them on a homogeneous CPU)

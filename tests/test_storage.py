@@ -225,18 +225,20 @@ def test_packed_library_runs_like_the_unpacked_one(plain, digits, int8_target, t
     assert np.array_equal(_outputs(lambda x: plain_vm["main"](x), xs), want)
 
 
-def test_lifted_library_takes_an_untyped_tuple(plain, int8_target, tmp_path):
-    """``main_lifted``'s parameter tuple is checked by length with a short message: the
-    library does not carry its whole type as error text (~130 bytes a tensor), and the
-    kernels read their per-channel inputs from a few shared arrays."""
+def test_lifted_library_takes_its_params_as_a_closure(plain, int8_target, tmp_path):
+    """``main_lifted``'s ``params`` (``main_model`` with the decoded weights bound) is checked
+    to be a function with a short message: the library does not carry the weights' types
+    as error text (~130 bytes a tensor) nor reads a tuple item per weight, and the kernels
+    read their per-channel inputs from a few shared arrays."""
     art = compile_model(plain["q4"], int8_target, tmp_path / "q4")
     blob = art.so_path.read_bytes()
     assert b"annotation=T.Tuple" not in blob and b"params must be what" in blob
+    assert b"vm.builtin.tuple_getitem" not in blob and b"vm.builtin.make_closure" in blob
     per_channel = [p for p in art.meta["storage"]["packed"] if len(p["shape"]) == 1]
     assert 1 <= len(per_channel) <= 6  # bias / scale / offset of two epilogue kinds
     model = deploy.load(art.dir)
     x = tvm.runtime.tensor(np.zeros((1, 1, 8, 8), np.float32))
-    with pytest.raises((RuntimeError, ValueError), match="params must be"):
+    with pytest.raises((RuntimeError, ValueError, TypeError), match="params must be"):
         model.vm[deploy.LIFTED_FUNC](x, tvm.runtime.convert([]))  # an empty tuple
 
 

@@ -29,6 +29,7 @@ from pfcompile.codegen.templates.dwpw import fuse_depthwise_pointwise
 from pfcompile.codegen.templates.matmul import pad_matmul_columns
 from pfcompile.codegen.templates.norm import FAST_MATH_LEGALIZE, fuse_layer_norm
 from pfcompile.codegen.templates.winograd import conv2d_legalizer
+from pfcompile.codegen.vmprog import shrink_vm_program_pass
 from pfcompile.errors import CompileError
 
 __all__ = [
@@ -219,7 +220,8 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
         with tvm_target:
             return tvm.transform.Sequential(dataflow_lower_passes(tvm_target)
                                             + [relax.transform.CanonicalizeBindings()]
-                                            + vm_finalize_passes(tvm_target))(mod)
+                                            + vm_finalize_passes(tvm_target)
+                                            + [shrink_vm_program_pass()])(mod)
 
     return _pipeline
 
