@@ -24,11 +24,13 @@ kernel and no output:
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, tirx
+from tvm.ir.expr import Constant
 
-__all__ = ["UNCHECKED_PARAMS", "UNCHECKED_RESULT", "dedup_alloc_tensors", "drop_param_checks", "shrink_vm_program",
-           "shrink_vm_program_pass"]
+__all__ = ["UNCHECKED_PARAMS", "UNCHECKED_RESULT", "dedup_alloc_tensors", "drop_param_checks",
+           "scalar_arguments", "shrink_vm_program", "shrink_vm_program_pass"]
 
 #: function attribute: the function's callers check its parameters
 #: (:func:`drop_param_checks`; set by :func:`pfcompile.storage.pack_weights`)
@@ -116,12 +118,141 @@ def drop_param_checks(func: relax.Function) -> relax.Function:
     return _rebuild(func, blocks) if changed else func
 
 
+#: dtypes of one-element constants passed as scalars (the VM passes an int64 or a double;
+#: the kernel's entry function casts it to the parameter's type, exactly for these)
+_SCALAR_DTYPES = ("float32", "float64", "int8", "uint8", "int16", "uint16", "int32", "uint32",
+                  "int64")
+
+
+def _kernel_calls(mod: tvm.IRModule) -> tuple[dict, set]:
+    """``{kernel GlobalVar: [call, ...]}`` of the calls in the Relax functions' top-level
+    bindings, and the kernels also referenced in any other way (to be left alone)."""
+    import tvm_ffi
+
+    calls: dict = {gv: [] for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    uses: dict = dict.fromkeys(calls, 0)
+    for f in mod.functions.values():
+        if not isinstance(f, relax.Function):
+            continue
+        if _flat(f):
+            for block in f.body.blocks:
+                for b in block.bindings:
+                    v = b.value
+                    if isinstance(v, relax.Call) and v.op in calls:
+                        calls[v.op].append(v)
+
+        def count(x) -> None:
+            if isinstance(x, tvm.ir.GlobalVar) and x in uses:
+                uses[x] += 1
+
+        tvm_ffi.structural_walk(f, count)
+    return calls, {gv for gv in calls if uses[gv] != len(calls[gv])}
+
+
+def _scalar_param(func: tirx.PrimFunc, k: int) -> tirx.PrimFunc | None:
+    """``func`` with its ``k``-th parameter, a one-element tensor it only reads, turned
+    into a scalar of the same dtype (every load of it becomes the scalar; the blocks' read
+    regions drop it); None if it is used in any other way."""
+    import tvm_ffi
+    from tvm.ir.expr import TensorLoad, TensorRegion
+
+    old = func.params[k]
+    new = tirx.Var(old.name, str(old.ty.dtype))
+
+    def on_load(v, m):
+        return new if v.source.same_as(old) else m.default_mutate(v)
+
+    def region_of_old(x) -> bool:
+        return isinstance(x, TensorRegion) and x.source.same_as(old)
+
+    def on_array(v, m):
+        if any(region_of_old(x) for x in v):
+            v = tvm_ffi.convert([x for x in v if not region_of_old(x)])
+        return m.default_mutate(v)
+
+    body = tvm_ffi.structural_mutate(func.body, [(TensorLoad, on_load), (tvm_ffi.Array, on_array)])
+    left = [0]
+    tvm_ffi.structural_walk(body, lambda x: left.__setitem__(0, left[0] + 1)
+                            if isinstance(x, tvm.ir.expr.Var) and x.same_as(old) else None)
+    if left[0]:
+        return None
+    params = [new if i == k else p for i, p in enumerate(func.params)]
+    return tirx.PrimFunc(params, body, func.ret_type, func.attrs, func.span)
+
+
+def _singleton(a) -> bool:
+    if not isinstance(a, Constant):
+        return False
+    arr = a.value
+    return int(np.prod(arr.shape)) == 1 and str(arr.dtype) in _SCALAR_DTYPES
+
+
+def _imm(a: Constant) -> relax.Expr:
+    v = a.value.numpy().reshape(-1)[0]
+    dt = str(a.value.dtype)
+    if dt.startswith("float"):
+        return relax.prim_value(tirx.FloatImm(dt, float(v)))
+    return relax.prim_value(tirx.IntImm(dt, int(v)))
+
+
+def scalar_arguments(mod: tvm.IRModule) -> tvm.IRModule:
+    """Kernels' one-element tensor constants passed as scalars (see the module docstring)."""
+    calls, other = _kernel_calls(mod)
+    funcs = dict(mod.functions)
+    new_calls: dict = {}
+    update_type = tvm.get_global_func("relax.UpdateType")
+    for gv, sites in calls.items():
+        if not sites or gv in other:
+            continue
+        func = mod[gv]
+        n = len(func.params)
+        if any(len(c.args) != n for c in sites):
+            continue
+        changed = []
+        for k in range(n):
+            if not isinstance(getattr(func.params[k], "ty", None), tvm.tirx.buffer.BufferType):
+                continue
+            if not all(_singleton(c.args[k]) for c in sites):
+                continue
+            f2 = _scalar_param(func, k)
+            if f2 is not None:
+                func, changed = f2, [*changed, k]
+        if changed:
+            # a new GlobalVar: a call's arguments are checked against its callee's type
+            new_gv = tvm.ir.GlobalVar(gv.name_hint)
+            update_type(new_gv, func.ty)
+            del funcs[gv]
+            funcs[new_gv] = func
+            for c in sites:
+                new_calls[c] = relax.Call(new_gv, [(_imm(a) if i in changed else a)
+                                                   for i, a in enumerate(c.args)],
+                                          c.attrs, c.ty_args, c.span)
+    if not new_calls:
+        return mod
+    for gv, f in list(funcs.items()):
+        if not isinstance(f, relax.Function) or not _flat(f):
+            continue
+        blocks, hit = [], False
+        for block in f.body.blocks:
+            new = []
+            for b in block.bindings:
+                if isinstance(b.value, relax.Call) and b.value in new_calls:
+                    b = relax.VarBinding(b.var, new_calls[b.value])
+                    hit = True
+                new.append(b)
+            blocks.append(type(block)(new))
+        if hit:
+            funcs[gv] = _rebuild(f, blocks)
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
 def shrink_vm_program(mod: tvm.IRModule) -> tvm.IRModule:
     """Every rewrite of this module on a lowered module (see the module docstring)."""
     out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
             out[gv] = drop_param_checks(dedup_alloc_tensors(func))
+    out = scalar_arguments(out)
     # the aliases left by dedup_alloc_tensors replaced by what they alias (VM code generation
     # emits a vm.builtin.copy for a binding of one variable to another)
     return relax.transform.CanonicalizeBindings()(out)
