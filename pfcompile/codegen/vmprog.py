@@ -30,7 +30,8 @@ from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
 __all__ = ["UNCHECKED_PARAMS", "UNCHECKED_RESULT", "dedup_alloc_tensors", "drop_param_checks",
-           "scalar_arguments", "shrink_vm_program", "shrink_vm_program_pass"]
+           "scalar_arguments", "short_kernel_names", "shrink_vm_program",
+           "shrink_vm_program_pass"]
 
 #: function attribute: the function's callers check its parameters
 #: (:func:`drop_param_checks`; set by :func:`pfcompile.storage.pack_weights`)
@@ -229,6 +230,13 @@ def scalar_arguments(mod: tvm.IRModule) -> tvm.IRModule:
                                           c.attrs, c.ty_args, c.span)
     if not new_calls:
         return mod
+    _rebind_calls(funcs, new_calls)
+    return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def _rebind_calls(funcs: dict, new_calls: dict) -> None:
+    """Replace, in the Relax functions of ``funcs``, each top-level binding's call that is a
+    key of ``new_calls`` by its value."""
     for gv, f in list(funcs.items()):
         if not isinstance(f, relax.Function) or not _flat(f):
             continue
@@ -243,6 +251,36 @@ def scalar_arguments(mod: tvm.IRModule) -> tvm.IRModule:
             blocks.append(type(block)(new))
         if hit:
             funcs[gv] = _rebuild(f, blocks)
+
+
+def short_kernel_names(mod: tvm.IRModule, prefix: str = "k") -> tvm.IRModule:
+    """Every kernel called only from the Relax functions' bindings renamed ``k0``, ``k1``,
+    ... (in the order of their names): the VM's function table and the library's dynamic
+    symbols hold each name (``fused_pf_conv2d3_add2_relu1_quantize6_dequantize6``: 48
+    bytes, twice)."""
+    calls, other = _kernel_calls(mod)
+    funcs = dict(mod.functions)
+    taken = {gv.name_hint for gv in mod.get_global_vars()}
+    new_calls: dict = {}
+    update_type = tvm.get_global_func("relax.UpdateType")
+    k = 0
+    for gv in sorted(calls, key=lambda g: g.name_hint):
+        if not calls[gv] or gv in other:
+            continue
+        while f"{prefix}{k}" in taken:
+            k += 1
+        name = f"{prefix}{k}"
+        k += 1
+        func = mod[gv].with_attr("global_symbol", name)
+        new_gv = tvm.ir.GlobalVar(name)
+        update_type(new_gv, func.ty)
+        del funcs[gv]
+        funcs[new_gv] = func
+        for c in calls[gv]:
+            new_calls[c] = relax.Call(new_gv, list(c.args), c.attrs, c.ty_args, c.span)
+    if not new_calls:
+        return mod
+    _rebind_calls(funcs, new_calls)
     return tvm.IRModule(funcs, attrs=mod.attrs)
 
 
@@ -252,7 +290,7 @@ def shrink_vm_program(mod: tvm.IRModule) -> tvm.IRModule:
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
             out[gv] = drop_param_checks(dedup_alloc_tensors(func))
-    out = scalar_arguments(out)
+    out = short_kernel_names(scalar_arguments(out))
     # the aliases left by dedup_alloc_tensors replaced by what they alias (VM code generation
     # emits a vm.builtin.copy for a binding of one variable to another)
     return relax.transform.CanonicalizeBindings()(out)
