@@ -9,17 +9,28 @@ kernel and no output:
 
 - :func:`dedup_alloc_tensors`: ``StaticPlanBlockMemory`` reuses a storage for many
   intermediate tensors and ``LowerAllocTensor`` emits one ``vm.builtin.alloc_tensor`` per
-  use, the same storage, offset, shape and dtype again and again (ResNet-20: 42
-  instructions, 20 distinct). The repeats become aliases of the first (a register copy at
-  code generation: no instruction). The tensors are the same memory with the same shape;
-  nothing in a static-shape VM program depends on their object identity (no
-  ``KillAfterLastUse``, :func:`pfcompile.codegen.pipeline.vm_finalize_passes`).
+  use, the same storage, offset, shape and dtype again and again (ResNet-20 4-bit: 42
+  instructions, 20 distinct). The repeats are replaced by the first (by
+  ``CanonicalizeBindings``: code generation would emit a ``vm.builtin.copy`` for an
+  alias). The tensors are the same memory with the same shape; nothing in a static-shape
+  VM program depends on their object identity (no ``KillAfterLastUse``,
+  :func:`pfcompile.codegen.pipeline.vm_finalize_passes`).
 - :func:`drop_param_checks`: ``vm.builtin.check_tensor_info`` / ``match_shape`` of the
   parameters of a function whose callers check them (attribute :data:`UNCHECKED_PARAMS`):
   in a library with a load-time step (:mod:`pfcompile.storage`), ``main`` passes its inputs
   unchanged to ``main_lifted``, which checks them, and ``main_model`` is reached only
   through ``main_lifted`` (checked inputs) with the weights ``main_transform_params``
-  decoded. A wrong input still raises, naming ``main_lifted``.
+  decoded. A wrong input still raises, naming ``main_lifted``. Likewise the check of
+  ``main_lifted``'s result (:data:`UNCHECKED_RESULT`), which is ``main_model``'s.
+- :func:`scalar_arguments`: a kernel parameter that every call passes a one-element
+  tensor constant (the per-tensor scale and zero point of a quantize / dequantize, fused
+  or not) becomes a scalar parameter and the calls pass the value (an immediate for an
+  integer, an 8-byte double in the constant pool for a float: cast back to float32 in the
+  kernel's entry function, exactly) instead of a tensor constant (a 52-byte header + the
+  value). The kernel reads the scalar where it loaded element 0 (the same arithmetic).
+- :func:`short_kernel_names`: kernels renamed ``k0``, ``k1``, ...: the VM's function
+  table and the library's dynamic symbols each hold the name (``fused_pf_conv2d3_add2_
+  relu1_quantize6_dequantize6``).
 """
 
 from __future__ import annotations

@@ -8,9 +8,11 @@ three entry functions:
 
 * ``main(inputs...)`` — as before: calls the two below, so it decodes the weights
   on every call. Any plain ``relax.VirtualMachine(lib)["main"](x)`` still works.
-* ``main_transform_params()`` — the decoders alone; returns the tuple of
-  kernel-ready weights. Run once, at load.
-* ``main_lifted(inputs..., params)`` — the model reading that tuple: no decoding.
+* ``main_transform_params()`` — the decoders alone; returns ``params``, the model
+  (``main_model(inputs..., w...)``) with the kernel-ready weights bound as its last
+  arguments (a VM closure). Run once, at load.
+* ``main_lifted(inputs..., params)`` — checks the inputs and calls ``params`` on them:
+  no decoding.
 
 :mod:`pfcompile.deploy` is the one place that calls the last two (every runner
 and the documented loader go through it). Why load time and not inside the
