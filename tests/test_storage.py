@@ -265,6 +265,9 @@ def test_vm_program_rewrites_keep_outputs_and_cut_bytes(plain, digits, tmp_path,
         assert np.array_equal(_outputs(a, xs).view(np.uint32), _outputs(r, xs).view(np.uint32))
         main = _outputs(lambda x, a=a: a.vm["main"](x), xs)
         assert np.array_equal(main.view(np.uint32), _outputs(r, xs).view(np.uint32))
+        # main's own input checks are gone; main_lifted's still catch a wrong input
+        with pytest.raises((RuntimeError, ValueError), match="fn=main_lifted.*mismatch"):
+            a.vm["main"](tvm.runtime.tensor(np.zeros((1, 1, 4, 4), np.float32)))
         va, vr = vm_bytes(art.so_path), vm_bytes(ref.so_path)
         assert va.program_bytes < vr.program_bytes - 500, (name, va.program_bytes, vr.program_bytes)
         assert va.counts["instructions"] < vr.counts["instructions"]
