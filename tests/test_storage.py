@@ -257,7 +257,7 @@ def test_vm_program_rewrites_keep_outputs_and_cut_bytes(plain, digits, tmp_path,
     for name in ("q4", "cb4"):
         art = compile_model(plain[name], host, tmp_path / name)
         with monkeypatch.context() as m:
-            m.setattr(pipeline, "shrink_vm_program_pass", lambda: tvm.transform.module_pass(
+            m.setattr(pipeline, "shrink_vm_program_pass", lambda renamed=None: tvm.transform.module_pass(
                 lambda mod, _c: mod, opt_level=0, name="identity"))
             ref = compile_model(plain[name], host, tmp_path / f"{name}_ref")
         a, r = deploy.load(art.dir), deploy.load(ref.dir)

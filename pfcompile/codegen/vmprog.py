@@ -264,11 +264,13 @@ def _rebind_calls(funcs: dict, new_calls: dict) -> None:
             funcs[gv] = _rebuild(f, blocks)
 
 
-def short_kernel_names(mod: tvm.IRModule, prefix: str = "k") -> tvm.IRModule:
+def short_kernel_names(mod: tvm.IRModule, prefix: str = "k",
+                       renamed: dict[str, str] | None = None) -> tvm.IRModule:
     """Every kernel called only from the Relax functions' bindings renamed ``k0``, ``k1``,
     ... (in the order of their names): the VM's function table and the library's dynamic
     symbols hold each name (``fused_pf_conv2d3_add2_relu1_quantize6_dequantize6``: 48
-    bytes, twice)."""
+    bytes, twice). ``renamed`` receives ``{old name: new name}`` (profilers map the
+    library's names back to the kernel reports with it)."""
     calls, other = _kernel_calls(mod)
     funcs = dict(mod.functions)
     taken = {gv.name_hint for gv in mod.get_global_vars()}
@@ -282,6 +284,8 @@ def short_kernel_names(mod: tvm.IRModule, prefix: str = "k") -> tvm.IRModule:
             k += 1
         name = f"{prefix}{k}"
         k += 1
+        if renamed is not None:
+            renamed[gv.name_hint] = name
         func = mod[gv].with_attr("global_symbol", name)
         new_gv = tvm.ir.GlobalVar(name)
         update_type(new_gv, func.ty)
@@ -295,19 +299,21 @@ def short_kernel_names(mod: tvm.IRModule, prefix: str = "k") -> tvm.IRModule:
     return tvm.IRModule(funcs, attrs=mod.attrs)
 
 
-def shrink_vm_program(mod: tvm.IRModule) -> tvm.IRModule:
-    """Every rewrite of this module on a lowered module (see the module docstring)."""
+def shrink_vm_program(mod: tvm.IRModule,
+                      renamed: dict[str, str] | None = None) -> tvm.IRModule:
+    """Every rewrite of this module on a lowered module (see the module docstring);
+    ``renamed`` receives :func:`short_kernel_names`' renames."""
     out = tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function):
             out[gv] = drop_param_checks(dedup_alloc_tensors(func))
-    out = short_kernel_names(scalar_arguments(out))
+    out = short_kernel_names(scalar_arguments(out), renamed=renamed)
     # the aliases left by dedup_alloc_tensors replaced by what they alias (VM code generation
     # emits a vm.builtin.copy for a binding of one variable to another)
     return relax.transform.CanonicalizeBindings()(out)
 
 
-def shrink_vm_program_pass() -> tvm.transform.Pass:
+def shrink_vm_program_pass(renamed: dict[str, str] | None = None) -> tvm.transform.Pass:
     """:func:`shrink_vm_program` as a module pass."""
-    return tvm.transform.module_pass(lambda m, _c: shrink_vm_program(m), opt_level=0,
+    return tvm.transform.module_pass(lambda m, _c: shrink_vm_program(m, renamed), opt_level=0,
                                      name="pfcompile.ShrinkVMProgram")
