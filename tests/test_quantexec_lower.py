@@ -68,7 +68,9 @@ def test_demo_integer_matches_ort_within_one_step(demo_qdq, int8_target):
 
 def test_lowered_module_has_no_float_conv(demo_qdq):
     model = onnx.load(str(demo_qdq))
-    mod, _ = lower_qdq(import_onnx(model), load_target("host"), onnx_layer_names(model))
+    # without the fused depthwise -> 1x1 kernel (load_target("host") is an AVX2 target)
+    mod, _ = lower_qdq(import_onnx(model), load_target("host"), onnx_layer_names(model),
+                       fuse_dwpw=False)
     text = mod["main"].script(show_meta=False)
     assert "R.nn.conv2d" not in text and "R.matmul" not in text
     assert text.count("R.call_tir") == 12
@@ -78,6 +80,11 @@ def test_lowered_module_has_no_float_conv(demo_qdq):
     # 11 convs, 9 functions: with the residual adds blocked, layers read and write NCHW8c
     # on both sides and equal ones share (two spatially shared)
     assert len(prims) == 9
+    # fused: the model's one depthwise -> 1x1 pair is one call
+    mod, _ = lower_qdq(import_onnx(model), load_target("host"), onnx_layer_names(model))
+    text = mod["main"].script(show_meta=False)
+    assert "R.nn.conv2d" not in text and text.count("R.call_tir") == 11
+    assert sum(gv.name_hint.startswith("qdwpw") for gv in mod.get_global_vars()) == 1
 
 
 def test_int8_activations_resnet_tiny(resnet_tiny_s8, int8_target):
