@@ -111,11 +111,11 @@ def block_model(stride: int, residual: str, hw: int, e: int = 64, seed: int = 0)
     return m
 
 
-def replace_spec(e: int, hw: int):
+def replace_spec(e: int, hw: int, stride: int):
     """The block's depthwise as a spec (for which variant of the fused kernel it takes)."""
     from pfcompile.quantexec.kernels import QConvSpec
 
-    return QConvSpec(n=1, c=e, h=hw, w=hw, oc=e, kh=3, kw=3, stride=(1, 1), padding=(1, 1, 1, 1),
+    return QConvSpec(n=1, c=e, h=hw, w=hw, oc=e, kh=3, kw=3, stride=(stride, stride), padding=(1, 1, 1, 1),
                      dilation=(1, 1), groups=e, x_dtype="uint8", y_dtype="uint8", zx=0, zy=0,
                      qmin=0, qmax=255)
 
@@ -125,8 +125,8 @@ def _run(ex, x: np.ndarray) -> np.ndarray:
     return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-#: (stride, residual, size, expanded channels): 64 channels at most 56 wide take the grouped
-#: depthwise taps on AVX2 (``dwpw.dwpw_group``), 48 the in-register interleave; VNNI never groups
+#: (stride, residual, size, expanded channels); AVX2 takes the grouped depthwise taps here
+#: (``dwpw.dwpw_group``; VNNI the in-register interleave, as the unfused kernel)
 CASES = [(1, "none", 16, 64), (1, "q", 16, 64), (1, "float", 16, 64), (2, "none", 28, 64),
          (1, "q", 16, 48), (2, "none", 28, 48)]
 
@@ -146,8 +146,9 @@ def test_fused_block_is_bit_exact(target_name, stride, residual, hw, e, monkeypa
     monkeypatch.setenv("PFCOMPILE_INT8_DWPW", "0")
     ex0, reports0 = build(m, target)
     assert not any("-dwpw-" in r.kernel for r in reports0)
-    grouped = dwpw_group(replace_spec(e, hw), x86.AVX2 if target_name == "host-avx2" else x86.VNNI)
-    assert grouped == (target_name == "host-avx2" and e >= 64)
+    grouped = dwpw_group(replace_spec(e, hw, stride), x86.AVX2 if target_name == "host-avx2"
+                         else x86.VNNI)
+    assert grouped == (target_name == "host-avx2")
     for seed in range(2):
         x = np.random.default_rng(seed + 1).normal(0, 1, (1, C, hw, hw)).astype(np.float32)
         got, unfused = _run(ex, x), _run(ex0, x)
@@ -191,3 +192,45 @@ def test_vnni_keeps_the_unfused_pair():
     assert not any(gv.name_hint.startswith("qdwpw") for gv in mod.get_global_vars())
     assert [r.kernel for r in reports] == ["x86-vnni-vpdpbusd", "x86-vnni-dw-vpdpbusd",
                                            "x86-vnni-vpdpbusd"]
+
+
+@X86
+@pytest.mark.parametrize("stride", [1, 2])
+def test_grouped_and_interleaved_taps_agree(stride):
+    """The fused kernel's two depthwise forms (``dwpw_group``) give the same bits on AVX2:
+    random inputs, weights and per-channel parameters, outputs requantised to uint8."""
+    from pfcompile.codegen.pipeline import build_context
+    from pfcompile.quantexec.dwpw import dwpw_func
+    from pfcompile.quantexec.kernels import QConvSpec
+
+    target = x86_target("host-avx2")
+    b = "NCHW8c"
+    d = replace_spec(24, 16, stride)
+    d = QConvSpec(**{**d.__dict__, "zx": 7, "x_layout": b, "y_layout": b})
+    p = QConvSpec(n=1, c=24, h=d.oh, w=d.ow, oc=16, kh=1, kw=1, stride=(1, 1),
+                  padding=(0, 0, 0, 0), dilation=(1, 1), groups=1, x_dtype="uint8",
+                  y_dtype="uint8", zx=0, zy=100, qmin=0, qmax=255, x_layout=b, y_layout=b)
+    rng = np.random.default_rng(stride)
+    outs = []
+    for group in (True, False):
+        f = dwpw_func(d, p, x86.AVX2, group=group)
+        with build_context():
+            ex = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}),
+                             target=target.tvm_target())
+        rng = np.random.default_rng(stride)
+        args = []
+        for prm in f.params:
+            shape, dt = [int(v) for v in prm.shape], str(prm.dtype)
+            if dt == "float32":
+                a = rng.uniform(0.002, 0.02, shape).astype(dt)
+            elif dt == "int32":
+                a = rng.integers(-3000, 3000, shape).astype(dt)
+            elif dt == "int16":
+                a = rng.integers(-127, 128, shape).astype(dt)
+            else:
+                a = rng.integers(0, 256, shape).astype(dt)
+            args.append(tvm.runtime.tensor(a))
+        ex["main"](*args)
+        outs.append(args[-1].numpy())
+    assert outs[0].std() > 1  # not saturated to one value
+    np.testing.assert_array_equal(outs[0], outs[1])

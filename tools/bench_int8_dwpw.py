@@ -52,6 +52,8 @@ def _timer(func, target, number: int):
 
 
 VARIANTS = {"default": {}, "group": {"group": True}, "nogroup": {"group": False},
+            "group_rows2": {"group": True, "rows": 2}, "group_dw4": {"group": True, "dw_tile": 4},
+            "group_pw4x2": {"group": True, "tile_ow": 4, "tile_oc": 2},
             "rows1": {"rows": 1}, "rows2": {"rows": 2}, "rows4": {"rows": 4},
             "dw4": {"dw_tile": 4}, "pw4x2": {"tile_ow": 4, "tile_oc": 2},
             "pw2x3": {"tile_ow": 2, "tile_oc": 3}}

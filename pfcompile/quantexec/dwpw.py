@@ -251,12 +251,14 @@ def dwpw_rows(dsp: QConvSpec, mid_bytes: int = 2) -> int:
 
 def dwpw_group(dsp: QConvSpec, isa: Isa) -> bool:
     """Whether the fused kernel groups the depthwise's taps in a stage of their own (see
-    :func:`_compute`). Measured (AMD EPYC Zen 4, one thread, loaded, tools/bench_int8_dwpw.py,
-    fused time / unfused pair's): on AVX2 0.84-0.95 grouped against 0.94-1.07 not on the
-    pairs with at least 64 channels at most 56 wide, but 1.86 / 1.02 grouped on the two
-    112-wide inputs (32 and 96 channels; 1.05 / 0.98 not); on VNNI (one ``vpdpbusd`` for
+    :func:`_compute`). Measured (AMD EPYC Zen 4, one thread, tools/bench_int8_dwpw.py, fused
+    time / the unfused pair's, min of 7 rounds): on AVX2 grouped 0.84-0.95 against 0.94-1.07
+    ungrouped on MobileNetV2's pairs at 56x56 and below, 0.91-0.92 against 0.96 on the 32
+    channels at 112x112 (one earlier run read 1.86: noise from other processes, not
+    reproduced in two runs), but 1.02-1.04 against 0.98 on the stride-2 96 channels at
+    112x112 (its input rows twice as long as its output's); on VNNI (one ``vpdpbusd`` for
     four taps either way) grouping took 1.0-1.3x, so never there."""
-    return isa.conv_act == "int16" and dsp.c >= 64 and dsp.w <= 56
+    return isa.conv_act == "int16" and (dsp.stride == (1, 1) or dsp.w <= 56)
 
 
 def dwpw_func(dsp: QConvSpec, psp: QConvSpec, isa: Isa, tile_ow: int | None = None,
