@@ -184,10 +184,29 @@ def _bias_const(g: _Graph, expr) -> tuple[np.ndarray, np.ndarray | None, np.ndar
     return c, None, None
 
 
-def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _acc_bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray | None:
+    """The bias as the integers of a DequantizeLinear whose scale is the accumulator's
+    (``float32(sx * sw[c])`` bit for bit) and zero point 0 (onnxruntime's int32 QDQ bias, what
+    pfcompile's quantize pass writes): int64 [noc]; None for any other bias."""
+    bq, sb, zb = _bias_const(g, expr)
+    if sb is None or bq.dtype.kind not in "iu" or bq.size != noc:
+        return None
+    bq = bq.astype(np.int64).reshape(-1)
+    sb = np.broadcast_to(np.asarray(sb, np.float32).reshape(-1), bq.shape)
+    zb = np.broadcast_to(np.asarray(zb).astype(np.int64).reshape(-1), bq.shape)
+    if np.all(zb == 0) and np.array_equal(sb, np.asarray(acc_scale, np.float32).reshape(-1)):
+        return bq
+    return None
+
+
+def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Bias in accumulator units (int64, rounded), from a const, DQ(int32 const) or a reshape
     of one, and its real value (float64; what the part rounded away is taken from:
-    :func:`~pfcompile.quantexec.requant.requant_offset`)."""
+    :func:`~pfcompile.quantexec.requant.requant_offset`); the real value is None when the bias
+    is in accumulator units already (:func:`_acc_bias`: nothing is rounded away)."""
+    acc = _acc_bias(g, expr, noc, acc_scale)
+    if acc is not None:
+        return acc, None
     bq, sb, zb = _bias_const(g, expr)
     if sb is not None:
         bq = bq.astype(np.int64).reshape(-1)
@@ -198,7 +217,7 @@ def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> tuple[np.ndarray,
         # the float32 values the graph's DequantizeLinear gives
         real = ((bq - zb).astype(np.float32) * sb.astype(np.float32)).astype(np.float64)
         if np.all(zb == 0) and np.allclose(sb, acc_scale, rtol=1e-6, atol=0):
-            return bq, real  # already in accumulator units (what ORT writes)
+            return bq, real  # in accumulator units up to float32 rounding of the scale
     else:
         real = bq.astype(np.float64).reshape(-1)
         if real.size == 1:
@@ -327,7 +346,8 @@ class _SharedParams:
     dequantising) as three arrays, one layer after the other (``shared_params``; see
     :class:`~pfcompile.quantexec.kernels.ChannelParams`). Two kinds, not one: a requantising
     layer's offsets are its output zero point (a few distinct values: a small codebook), a
-    dequantising one's its float bias, and its integer bias is 0."""
+    dequantising one's its float bias (0 where the bias is int32 in accumulator units: then
+    it is in the integer bias, else that is 0)."""
 
     def __init__(self, plans) -> None:
         self.base: dict[int, int] = {}
@@ -376,9 +396,15 @@ def _epilogue(g: _Graph, out: _Out, sx: float, sw: np.ndarray, bias_expr, noc: i
     output steps (:func:`~pfcompile.quantexec.requant.requant_offset`), so a float bias
     counts exactly as the float model adds it.
     Float output: ``(scale = sx * sw, float bias)`` and an integer bias of 0 (the float bias
-    is added after scaling, as the float model does)."""
+    is added after scaling, as the float model does); a bias in accumulator units
+    (:func:`_acc_bias`) is the integer bias instead and the float bias is 0.
+    Either way, an int32 bias leaves nothing per channel but the scale: the offsets (the
+    zero point) and float biases (0) repeat, and the library stores them in a few bits."""
     if out.dtype == "float32":
         acc_scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
+        acc = None if bias_expr is None else _acc_bias(g, bias_expr, noc, acc_scale)
+        if acc is not None:
+            return acc_scale, np.zeros(noc, np.float32), acc
         fb = np.zeros(noc, np.float32) if bias_expr is None else _float_bias(g, bias_expr, noc)
         return acc_scale, fb, np.zeros(noc, np.int64)
     acc_scale, mult = _requant_params(sx, sw, out.sy)
