@@ -25,9 +25,9 @@ For every *layer* (Conv / Gemm / MatMul with a float initializer weight, see
   beyond ``2^b-1``. We chose this over ONNX ``int4``/``uint4`` types because
   those cover 4 bits only and the TVM importer legalises only the 8-bit types.
 - **Bias** (uniform weights with quantized activations): an ``int32`` initializer
-  ``<b>_q`` in accumulator units, ``round(bias / (x_scale * w_scale[c]))``, ->
+  ``<b>_int32`` in accumulator units, ``round(bias / (x_scale * w_scale[c]))``, ->
   ``DequantizeLinear`` with per-channel ``float32`` scales ``x_scale * w_scale[c]``
-  (computed in float32; ``<b>_scale``, shape ``(C_out,)``), no zero point (0) and
+  (computed in float32; ``<b>_int32_scale``, shape ``(C_out,)``), no zero point (0) and
   ``axis`` 0: onnxruntime's QDQ bias. The integer kernels add it to their int32
   accumulator as it is, so nothing of the bias is left for the requantisation's
   per-channel offset (it is the output zero point, one value per layer: it stores in a
@@ -327,8 +327,8 @@ def _integer_bias(graph: ir.Graph, layer: Layer, w_scale: np.ndarray) -> bool:
     if not np.all(np.abs(q) <= INT32_BIAS_MAX):
         return False
     base = b.name or f"{layer.name}_bias"
-    q_v = add_initializer(graph, f"{base}_q", q.astype(np.int32))
-    s_v = add_initializer(graph, f"{base}_scale", b_scale)
+    q_v = add_initializer(graph, f"{base}_int32", q.astype(np.int32))
+    s_v = add_initializer(graph, f"{base}_int32_scale", b_scale)
     dq = ir.node("DequantizeLinear", [q_v, s_v], {"axis": 0},
                  name=unique_name(graph, f"{base}_DequantizeLinear"))
     dq.outputs[0].name = unique_name(graph, f"{base}_dq")
