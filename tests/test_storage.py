@@ -447,3 +447,7 @@ def test_predicted_weight_bytes_follow_the_library_thresholds():
     b18 = RNG.integers(-100000, 100000, 400).astype(np.int32)
     assert stored_weight_bytes(model(b16, b18)) == enc.encode_bits_as(b16, 18, True).nbytes + \
         enc.encode_bits(b18).nbytes
+    # an int32 bias's DequantizeLinear scale (x_scale * w_scale) is not stored by the library
+    m = model(b18, RNG.random(400).astype(np.float32))
+    m.graph.node.append(helper.make_node("DequantizeLinear", ["t0", "t1"], ["b"], axis=0))
+    assert stored_weight_bytes(m) == enc.encode_bits(b18).nbytes
