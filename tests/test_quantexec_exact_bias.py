@@ -189,3 +189,49 @@ def test_int32_bias_chain_is_bit_exact_with_zero_point_offsets(target_name):
     assert set(got.tolist()) <= zps
     # with the float biases the offsets carry their remainders: all but a few distinct
     assert len(set(_requant_offsets(block_model(), target).tolist())) > 2 * C
+
+
+def test_narrow_biases_get_their_own_array():
+    """Layers whose integer biases need fewer bits share a second set of arrays where that
+    saves ``SPLIT_MIN_BYTES`` (one array stores every value at its widest one's width)."""
+    from pfcompile.quantexec.lower import SPLIT_MIN_BYTES, _narrow_biases
+
+    class Plan:
+        pass
+
+    rng = np.random.default_rng(0)
+    wide, narrow = [Plan() for _ in range(2)], [Plan() for _ in range(3)]
+    totals = {id(p): rng.integers(-2**19, 2**19, 1000) for p in wide}     # 20 bits
+    totals.update({id(p): rng.integers(-2**13, 2**13, 1000) for p in narrow})  # 14 bits
+    assert 3000 * 6 // 8 >= SPLIT_MIN_BYTES
+    assert _narrow_biases(wide + narrow, totals) == {id(p) for p in narrow}
+    few = {k: v[:300] for k, v in totals.items()}   # 900 * 6 bits: less than a decoder
+    assert _narrow_biases(wide + narrow, few) == set()
+    assert _narrow_biases(narrow, totals) == set()
+
+
+@X86
+def test_split_bias_arrays_are_bit_exact(monkeypatch):
+    """The block with its narrow-bias layers forced into their own arrays: the requantising
+    kernels read two sets of arrays, and the outputs still equal the reference."""
+    from pfcompile.compiler import import_onnx
+    from pfcompile.quantexec import lower as lower_mod
+    from pfcompile.quantexec import lower_qdq, onnx_layer_names
+
+    monkeypatch.setattr(lower_mod, "SPLIT_MIN_BYTES", 1)
+    target = x86_target("host-vnni")
+    m = int32_bias_model()
+    mod, _ = lower_qdq(import_onnx(m), target, onnx_layer_names(m))
+    biases = set()
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, tvm.relax.Call) and v.op.name == "relax.call_tir" \
+                    and v.ty_args[0].dtype == "uint8" and len(v.args[1].fields) > 4:
+                biases.add(v.args[1].fields[2].value.numpy().tobytes())
+    assert len(biases) == 2
+    ex, _ = build(m, target)
+    vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+    x = np.random.default_rng(1).normal(0, 1, (1, C, HW, HW)).astype(np.float32)
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
+                                  reference_outputs(m, {"x": x}, threads=1)["y"])

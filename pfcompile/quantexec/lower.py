@@ -347,27 +347,69 @@ class _SharedParams:
     :class:`~pfcompile.quantexec.kernels.ChannelParams`). Two kinds, not one: a requantising
     layer's offsets are its output zero point (a few distinct values: a small codebook), a
     dequantising one's its float bias (0 where the bias is int32 in accumulator units: then
-    it is in the integer bias, else that is 0)."""
+    it is in the integer bias, else that is 0). A kind's layers whose integer biases need
+    fewer bits get a second set of arrays where that saves enough (:func:`_narrow_biases`)."""
 
     def __init__(self, plans) -> None:
+        plans = list(plans)
         self.base: dict[int, int] = {}
-        self.consts: dict[bool, list] = {}
-        parts: dict[bool, list] = {}
-        for p in plans:
-            kind = p.out_dtype == "float32"
-            arrs = parts.setdefault(kind, [[], [], []])
-            self.base[id(p)] = sum(a.size for a in arrs[0])
-            for lst, a in zip(arrs, (p.bias_total(), p.p0, p.p1), strict=True):
-                lst.append(np.asarray(a).reshape(-1))
-        for kind, (b, s, o) in parts.items():
-            self.consts[kind] = [relax.const(np.concatenate(b).astype(np.int32)),
-                                 relax.const(np.concatenate(s).astype(np.float32)),
-                                 relax.const(np.concatenate(o).astype(np.float32))]
+        self.key: dict[int, tuple[bool, bool]] = {}
+        self.consts: dict[tuple[bool, bool], list] = {}
+        parts: dict[tuple[bool, bool], list] = {}
+        totals = {id(p): p.bias_total() for p in plans}
+        for kind in (False, True):
+            ps = [p for p in plans if (p.out_dtype == "float32") == kind]
+            narrow = _narrow_biases(ps, totals)
+            for p in ps:
+                key = (kind, id(p) in narrow)
+                self.key[id(p)] = key
+                arrs = parts.setdefault(key, [[], [], []])
+                self.base[id(p)] = sum(a.size for a in arrs[0])
+                for lst, a in zip(arrs, (totals[id(p)], p.p0, p.p1), strict=True):
+                    lst.append(np.asarray(a).reshape(-1))
+        for key, (b, s, o) in parts.items():
+            self.consts[key] = [relax.const(np.concatenate(b).astype(np.int32)),
+                                relax.const(np.concatenate(s).astype(np.float32)),
+                                relax.const(np.concatenate(o).astype(np.float32))]
 
     def call(self, gv, p: _Plan, xq) -> relax.Call:
-        args = [xq, relax.const(p.kernel.pack_weight(p.wq)), *self.consts[p.out_dtype == "float32"],
+        args = [xq, relax.const(p.kernel.pack_weight(p.wq)), *self.consts[self.key[id(p)]],
                 relax.prim_value(tirx.IntImm("int32", self.base[id(p)])), *p.scalars()]
         return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(p.out_shape(), p.out_dtype))
+
+
+#: A second set of shared arrays for the narrow integer biases of an epilogue kind must
+#: save this many bytes of bias bits: it costs a decoder (~0.4 KB of code) and the headers
+#: and VM instructions of three more arrays.
+SPLIT_MIN_BYTES = 1536
+
+
+def _bias_bits(a: np.ndarray) -> int:
+    """Bits of a signed integer array (two's complement)."""
+    a = np.asarray(a, np.int64)
+    if a.size == 0:
+        return 1
+    return max(int(a.max()).bit_length(), int(-a.min() - 1).bit_length()) + 1
+
+
+def _narrow_biases(plans: list, totals: dict) -> set[int]:
+    """Ids of the plans whose biases go into a second, narrower bias array of their kind:
+    one shared array stores every bias at the widest one's bit width (MobileNetV2's
+    expansions after a residual sum need 4-6 bits more than the other layers: the input
+    zero point times the weight sums, ``bias_total``); split at the width that saves the
+    most bits, where that saves :data:`SPLIT_MIN_BYTES`."""
+    widths = {id(p): _bias_bits(totals[id(p)]) for p in plans}
+    if not widths:
+        return set()
+    top = max(widths.values())
+    best, cut = 0, None
+    for t in sorted(set(widths.values()) - {top}):
+        n = sum(totals[id(p)].size for p in plans if widths[id(p)] <= t)
+        if n * (top - t) > best:
+            best, cut = n * (top - t), t
+    if cut is None or best < 8 * SPLIT_MIN_BYTES:
+        return set()
+    return {id(p) for p in plans if widths[id(p)] <= cut}
 
 
 def _requant_params(sx: float, sw: np.ndarray, sy: float):
