@@ -51,11 +51,12 @@ def _profile_pf(onnx_path: Path, shapes: dict | None, target_name: str, runs: in
     proto = import_model(onnx_path, shapes)
     specs = input_specs(proto)
     reports: list = []
-    mod = import_onnx(proto, specs)
     if has_qdq(proto):      # integer kernels, as `pfcompile compile` builds a QDQ model
         prepared, _ = prepare_qdq(proto)
         tgt = with_int8_features(tgt)
         mod, _ = lower_qdq(import_onnx(prepared, specs), tgt, onnx_layer_names(prepared))
+    else:
+        mod = import_onnx(proto, specs)
     lib = codegen.build(mod, tgt, records_dir=records, report=reports,
                         post_passes=[pack_weights_pass(None)])
     wl = {r.name: r for r in reports}

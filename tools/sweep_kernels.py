@@ -45,7 +45,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
     import dataclasses
 
-    import onnx
     import tvm
     from bench_vs_ort import cpu_model, resolve_model
 
@@ -53,13 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     from pfcompile.codegen.pipeline import fuse_to_tir
     from pfcompile.codegen.templates import Hardware, match
     from pfcompile.compiler import build_primfuncs, import_onnx
-    from pfcompile.model import fix_input_shapes, input_specs
+    from pfcompile.frontend import import_model
+    from pfcompile.model import input_specs
     from pfcompile.targets import load_target
 
     path, shapes = resolve_model(args.model, args.input_shape)
-    proto = onnx.load(str(path))
-    specs = input_specs(proto, shapes)
-    proto = fix_input_shapes(proto, specs)
+    # the one import front end (shapes bound, Constant weights lifted, shape sub-graphs
+    # folded), as `pfcompile compile` does: PP-OCR's classifier has Shape -> Reshape chains
+    proto = import_model(path, shapes)
+    specs = input_specs(proto)
     tgt = load_target(args.target)
     hw = Hardware.from_target(tgt)
     mod = fuse_to_tir(import_onnx(proto, specs), tgt)

@@ -14,6 +14,7 @@ from typing import Any
 import tvm
 from tvm import relax, tirx
 
+from pfcompile.codegen.convt import conv_transpose_as_pointwise
 from pfcompile.codegen.layout import (
     blocked_fake_quant,
     canonicalize_for_layout,
@@ -82,7 +83,8 @@ def fuse_to_tir(mod: tvm.IRModule, target: Any, db: RecordDB | None = None,
     Winograd off, 2 or 4 forces that tile size on every eligible conv."""
     hw = Hardware.from_target(target)
     canonical = tvm.transform.module_pass(
-        lambda m, _c: canonicalize_for_layout(fuse_layer_norm(m)), opt_level=0,
+        lambda m, _c: canonicalize_for_layout(fuse_layer_norm(conv_transpose_as_pointwise(m))),
+        opt_level=0,
         name="pfcompile_canonicalize")
     decompose = tvm.transform.Sequential([canonical, relax.transform.DecomposeOpsForInference(),
                                           relax.transform.Normalize()])
