@@ -272,9 +272,22 @@ def test_four_bit_library_has_about_half_the_weight_bytes(plain, int8_target, tm
     assert 0.45 < ratio < 0.62, (sizes, ratio)
     assert sizes["q8"].weight_bytes - sizes["q4"].weight_bytes > 0.8 * (
         sizes["q8_stored"] - sizes["q4_stored"]) - 3000
-    # the same kernels; the 4-bit library adds its decoder (~0.5 KB), which may push the
-    # code over a 4 KiB page boundary of the file (the code here is ~25 KB)
-    assert abs(sizes["q4"].code_bytes - sizes["q8"].code_bytes) <= 4096 + 1024
+    # the same kernels; the 4-bit library adds its decoder (~0.5 KB). Compared as the
+    # machine code itself (.text): code_bytes (the file less its weights) also holds the
+    # linker's 4 KiB segment padding, and where the two files round to the same size (the
+    # decoder pushing .text one byte over a page, the smaller weights then fitting the
+    # same pages) the code_bytes differ by the weights' difference (6.3 KB here)
+    text = {name: _text_bytes(tmp_path / name / "model.so") for name in ("q8", "q4")}
+    assert abs(text["q4"] - text["q8"]) <= 1024, text
+    assert abs(sizes["q4"].code_bytes - sizes["q8"].code_bytes) <= 4096 + 1024 + (
+        sizes["q8"].weight_bytes - sizes["q4"].weight_bytes)
+
+
+def _text_bytes(so_path) -> int:
+    from elftools.elf.elffile import ELFFile
+
+    with open(so_path, "rb") as f:
+        return int(ELFFile(f).get_section_by_name(".text")["sh_size"])
 
 
 def test_codebook_and_sparse_libraries_verify_and_are_small(plain, tmp_path):

@@ -9,7 +9,9 @@ round-robin in one process (TVM only: no other engine's thread pool in the proce
 Models: the fp32 ONNX files and their pfcompile QDQ copies that ``tools/bench_int8.py``
 writes to ``$PFCOMPILE_CACHE/bench_int8/`` (run it once first). Per (model, target) the
 table gives the median over rounds of each round's mean of ``--runs`` calls, and
-int8 / fp32 (issue 17: <= 0.6 ResNet-18, <= 0.8 MobileNetV2 on AVX2).
+int8 / fp32 (issue 17: <= 0.6 ResNet-18, <= 0.8 MobileNetV2 on AVX2), then the minima over
+rounds and their ratio (the steadier figure on a loaded machine). ``--threads 1`` needs no
+two-core probe: every round counts.
 
 ``--direct`` adds an int8 build with integer Winograd off (every conv on the direct
 kernels, ``pfcompile.quantexec.winograd.MIN_MACS`` raised while it compiles), timed in the
@@ -96,7 +98,9 @@ def main() -> None:
         times: dict = {k: [] for k in libs}
         for _ in range(args.rounds):
             loads.append(os.getloadavg()[0])
-            speedups.append(_probe(probe, x, args.threads, args.runs))
+            # one thread: nothing to probe (every round counts)
+            speedups.append(_probe(probe, x, args.threads, args.runs) if args.threads > 1
+                            else float("inf"))
             for k, m in libs.items():
                 m(x)
                 t0 = time.perf_counter()
@@ -107,9 +111,10 @@ def main() -> None:
     bad = [i for i in range(args.rounds) if i not in good]
     print(f"CPU: {cpu_model()} x{os.cpu_count()}; {args.threads} TVM threads; batch 1; "
           f"load average before the rounds {min(loads):.2f}-{max(loads):.2f}")
-    print("two-core probe (first fp32 library, 1 thread / "
-          f"{args.threads} threads) per round: " + ", ".join(f"{s:.2f}" for s in speedups)
-          + f"; {len(good)} of {args.rounds} rounds at >= {args.min_speedup} count")
+    if args.threads > 1:
+        print("two-core probe (first fp32 library, 1 thread / "
+              f"{args.threads} threads) per round: " + ", ".join(f"{s:.2f}" for s in speedups)
+              + f"; {len(good)} of {args.rounds} rounds at >= {args.min_speedup} count")
     if good:
         _table(args, times, good, "")
     else:
@@ -139,14 +144,16 @@ def _probe(m, x, threads: int, runs: int) -> float:
 
 def _table(args, times: dict, rounds: list[int], tag: str) -> None:
     extra = " int8 direct ms | direct / fp32 |" if args.direct else ""
-    print(f"| model | target | fp32 ms | int8 ms | int8 / fp32 |{extra}")
-    print("|---|---|---|---|---|" + ("---|---|" if args.direct else ""))
+    print(f"| model | target | fp32 ms | int8 ms | int8 / fp32 | fp32 min | int8 min | min ratio |{extra}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if args.direct else ""))
     for name in args.models.split(","):
         for t in args.targets.split(","):
             med = {k: float(np.median([times[(name, t, k)][i] for i in rounds]))
                    for k in ("fp32", "int8", "int8 direct") if (name, t, k) in times}
             a, b = med["fp32"], med["int8"]
-            row = f"| {name} | {t} | {a:.2f} | {b:.2f} | {b / a:.2f}{tag} |"
+            lo = {k: min(times[(name, t, k)][i] for i in rounds) for k in ("fp32", "int8")}
+            row = (f"| {name} | {t} | {a:.2f} | {b:.2f} | {b / a:.2f}{tag} | {lo['fp32']:.2f} "
+                   f"| {lo['int8']:.2f} | {lo['int8'] / lo['fp32']:.2f} |")
             if args.direct:
                 c = med["int8 direct"]
                 row += f" {c:.2f} | {c / a:.2f} |"

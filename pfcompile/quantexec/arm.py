@@ -108,6 +108,12 @@ def _dw_smlal_impl(
             "int32x8", B.vload([0, 0], dtype="int16x8"))
 
 
+def _bcast_quad(a_buf):
+    """The 4 int8 at the start of ``a_buf`` repeated over 16 lanes (an expression)."""
+    return T.reinterpret(T.broadcast(T.reinterpret(a_buf.vload([0], "int8x4"), dtype="int32"), 4),
+                         dtype="int8x16")
+
+
 def _sdot(acc, a, b):
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot"),
                                    acc, a, b, dtype="int32x4")
@@ -138,12 +144,12 @@ def _sdot_impl(
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4], B[0:8, 0:4])
         T.writes(C[0:8])
-        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x4"), dtype="int32"), 4),
-                          dtype="int8x16")
+        # no name bound here (a = ...): TVM 0.27 made it a buffer allocated with
+        # TVMBackendAllocWorkspace in every parallel task; LLVM merges the repeated expression
         C[T.ramp(T.int32(0), 1, 4)] = _sdot(C.vload([0], dtype="int32x4"),
-                                            B.vload([0, 0], dtype="int8x16"), a)
+                                            B.vload([0, 0], dtype="int8x16"), _bcast_quad(A))
         C[T.ramp(T.int32(4), 1, 4)] = _sdot(C.vload([4], dtype="int32x4"),
-                                            B.vload([4, 0], dtype="int8x16"), a)
+                                            B.vload([4, 0], dtype="int8x16"), _bcast_quad(A))
 
 
 _QUAD_LO = [q * 8 + c for c in range(4) for q in range(4)]      # [tap][ch] -> [ch][tap]
@@ -175,13 +181,12 @@ def _sdot_dw_impl(
     with T.sblock("root"):
         T.reads(C[0:8], A[0:4, 0:8], B[0:8, 0:4])
         T.writes(C[0:8])
-        a = A.vload([0, 0], dtype="int8x32")
         C[T.ramp(T.int32(0), 1, 4)] = _sdot(C.vload([0], dtype="int32x4"),
                                             B.vload([0, 0], dtype="int8x16"),
-                                            T.Shuffle([a], _QUAD_LO))
+                                            T.Shuffle([A.vload([0, 0], dtype="int8x32")], _QUAD_LO))
         C[T.ramp(T.int32(4), 1, 4)] = _sdot(C.vload([4], dtype="int32x4"),
                                             B.vload([4, 0], dtype="int8x16"),
-                                            T.Shuffle([a], _QUAD_HI))
+                                            T.Shuffle([A.vload([0, 0], dtype="int8x32")], _QUAD_HI))
 
 
 _registered = False

@@ -38,7 +38,7 @@ from pfcompile.quantexec.kernels import (
     te_shape,
 )
 
-__all__ = ["Isa", "conv_func", "conv_tiles", "default_tiles", "depthwise_func", "dw_supported",
+__all__ = ["GLOBAL_ACC", "Isa", "conv_func", "conv_tiles", "default_tiles", "depthwise_func", "dw_supported",
            "kernel_tiles", "pack_weight_conv", "pack_weight_conv_shared", "pack_weight_dw",
            "shareable", "spatial_args", "spatial_ok", "x_offset"]
 
@@ -60,6 +60,23 @@ class Isa:
     dw_intrin: str            # may hold "{x}" for the input dtype
     signed_dot: bool          # uint8 activations go in as int8 (x - 128)
     register: Callable[[], None]  # registers the tensor intrinsics
+    #: scope of the register tile's accumulators. "global": TVM's CPU lowering puts a small
+    #: buffer allocated inside a parallel task on the stack, and LLVM's SROA then keeps it in
+    #: registers; a "local" one became a TVMBackendAllocWorkspace call per task and lived
+    #: in memory (zeroed, stored and reloaded per tile). "global" needs the intrinsics
+    #: registered a second time with a "global" accumulator, named ``+ GLOBAL_ACC``.
+    acc_scope: str = "local"
+    #: a requantised blocked output in two stages (``kernels.out_compute(split=True)``)
+    split_cast: bool = False
+
+    def intrin(self, name: str) -> str:
+        """The name of tensor intrinsic ``name`` for this ISA's accumulator scope."""
+        return name + GLOBAL_ACC if self.acc_scope == "global" else name
+
+
+#: suffix of the name of a tensor intrinsic whose accumulator buffer is in "global" scope
+#: (``Isa.acc_scope``)
+GLOBAL_ACC = "_g"
 
 
 def x_offset(isa: Isa, x_dtype: str) -> int:
@@ -266,7 +283,7 @@ def _conv_compute(sp: QConvSpec, isa: Isa, out_flat: bool = False, shared_t_oc: 
                 src[n, rb, r * sh + ry * dh, q * sw + rx * dw, rk * kg + rq].astype("int32")
                 * wread(b, rb, ry, rx, rk, o, rq).astype("int32"), axis=[rb, ry, rx, rk, rq])
     acc = te.compute(oshape, body, name="acc")
-    y = out_compute(_flat_out_view(sp) if out_flat else sp, acc, cp)
+    y = out_compute(_flat_out_view(sp) if out_flat else sp, acc, cp, split=isa.split_cast)
     return [x, wt, *cp.tensors, *cp.scalars, *svars, y]
 
 
@@ -291,14 +308,28 @@ def default_tiles(sp: QConvSpec, isa: Isa) -> tuple[int, int]:
     return 1, 1
 
 
-def _schedule_out(sch: s_tir.Schedule, sp: QConvSpec, req, anchor,
-                  blocked_view: bool = False) -> None:
-    """Vectorise the epilogue (placed under loop ``anchor`` by ``reverse_compute_at``) over
-    the 8 channels of a block: 8-byte stores when blocked, a scatter into NCHW otherwise."""
-    loops = sch.get_loops(req)
+def _inner_loops(sch: s_tir.Schedule, block, anchor) -> list:
+    loops = sch.get_loops(block)
     at = sch.get(anchor)
     depth = next(k for k, lp in enumerate(loops) if sch.get(lp).same_as(at)) + 1
-    inner = loops[depth:]  # unit-extent loops are elided
+    return loops[depth:]  # unit-extent loops are elided
+
+
+def _schedule_out(sch: s_tir.Schedule, sp: QConvSpec, req, anchor,
+                  blocked_view: bool = False, q=None, t_ow: int = 1) -> None:
+    """Vectorise the epilogue (placed under loop ``anchor`` by ``reverse_compute_at``) over
+    the 8 channels of a block: 8-byte stores when blocked, a scatter into NCHW otherwise.
+    With a two-stage epilogue (``q``, the ``requant_q`` block) the rounding is vectorised
+    over 8 channels and the cast over the tile's ``t_ow`` pixels x 8 channels."""
+    if q is not None:
+        sch.vectorize(_inner_loops(sch, q, anchor)[-1])
+        inner = _inner_loops(sch, req, anchor)
+        if t_ow > 1:
+            sch.vectorize(sch.fuse(*inner[-2:]))
+        else:
+            sch.vectorize(inner[-1])
+        return
+    inner = _inner_loops(sch, req, anchor)
     if sp.y_layout == "NCHW" and not blocked_view:
         rco, rci = sch.split(inner[0], [None, BLOCK])
         if len(inner) > 1:
@@ -396,15 +427,28 @@ def conv_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     else:
         sch.reorder(n, bo, i, jo, rb, ry, rx, rk, bi, ji, o, *rq)
         sch.parallel(sch.fuse(n, bo, i))
-    sch.set_scope(acc, 0, "local")  # accumulators: registers after unrolling
+    sch.set_scope(acc, 0, isa.acc_scope)  # accumulators: registers after unrolling
+    q = _split_stage(sch, isa.acc_scope, jo)
     sch.reverse_compute_at(req, jo)
     init = sch.decompose_reduction(acc, rb)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(bi)
     sch.unroll(ji)
-    sch.tensorize(o, isa.conv_intrin)
-    _schedule_out(sch, tsp, req, jo, bview)
+    sch.tensorize(o, isa.intrin(isa.conv_intrin))
+    _schedule_out(sch, tsp, req, jo, bview, q, t_ow)
     return _finish(sch.mod["main"])
+
+
+def _split_stage(sch: s_tir.Schedule, scope: str, anchor):
+    """The ``requant_q`` block of a two-stage epilogue (``Isa.split_cast``), placed under
+    ``anchor`` with its tile of int32 values in ``scope``; None without one."""
+    try:
+        q = sch.get_sblock("requant_q")
+    except Exception:  # noqa: BLE001 - a float or NCHW output has one stage
+        return None
+    sch.set_scope(q, 0, scope)
+    sch.reverse_compute_at(q, anchor)
+    return q
 
 
 # ----------------------------------------------------------------------------- depthwise
@@ -453,7 +497,7 @@ def _dw_compute(sp: QConvSpec, isa: Isa, shared: bool = False):
                 xp[n, b, i * sh + ry, j * sw + rg * kg + rq, c].astype("int32")
                 * wt[b, ry, rg, c, rq].astype("int32"), axis=[ry, rg, rq]),
             name="acc")
-    y = out_compute(sp, acc, cp)
+    y = out_compute(sp, acc, cp, split=isa.split_cast)
     return [x, wt, *cp.tensors, *cp.scalars, y]
 
 
@@ -488,13 +532,14 @@ def depthwise_func(sp: QConvSpec, isa: Isa, tile_ow: int | None = None,
     sch.reorder(n, b, io, ii, jo, ry, rg, ji, c, *rq)
     task = sch.fuse(n, b, io)
     sch.parallel(task)
-    sch.set_scope(acc, 0, "local")
+    sch.set_scope(acc, 0, isa.acc_scope)
+    q = _split_stage(sch, isa.acc_scope, jo)
     sch.reverse_compute_at(req, jo)
     sch.compute_at(pad, task)
     sch.vectorize(sch.get_loops(pad)[-1])
     init = sch.decompose_reduction(acc, ry)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(ji)
-    sch.tensorize(c, isa.dw_intrin.format(x=sp.x_dtype))
-    _schedule_out(sch, sp, req, jo, bview)
+    sch.tensorize(c, isa.intrin(isa.dw_intrin.format(x=sp.x_dtype)))
+    _schedule_out(sch, sp, req, jo, bview, q, t_ow)
     return _finish(sch.mod["main"])
