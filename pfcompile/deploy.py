@@ -2,8 +2,8 @@
 
 A library whose weights are stored compactly (:mod:`pfcompile.storage`) has a
 load-time step: ``main_transform_params()`` decodes them once into the layouts
-the kernels read, and ``main_lifted(inputs..., params)`` runs the model on that
-tuple. ``main(inputs...)`` also works on its own (it decodes on every call).
+the kernels read and returns ``params`` (the model with those weights bound, a VM
+closure), and ``main_lifted(inputs..., params)`` runs it on the inputs. ``main(inputs...)`` also works on its own (it decodes on every call).
 A library without compact weights has ``main`` only.
 
 :func:`prepare` runs the load-time step (if any) on a ``relax.VirtualMachine``,
@@ -47,13 +47,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LIFTED_FUNC", "MAIN_FUNC", "THREADS_ENV", "TRANSFORM_FUNC", "Deployed",
+__all__ = ["LIFTED_FUNC", "MAIN_FUNC", "MODEL_FUNC", "THREADS_ENV", "TRANSFORM_FUNC", "Deployed",
            "artifact_threads", "deployment_threads", "has_function", "load", "meta_threads",
            "prepare", "set_threads"]
 
 MAIN_FUNC = "main"
 TRANSFORM_FUNC = "main_transform_params"
 LIFTED_FUNC = "main_lifted"
+#: the model on the decoded weights, ``main_model(inputs..., w...)``; internal: its
+#: parameters are not checked, it is reached through ``main_lifted``
+MODEL_FUNC = "main_model"
 THREADS_ENV = "TVM_NUM_THREADS"
 #: ``runtime.config_threadpool``'s affinity mode: TVM's default (kBig: the fastest cores,
 #: all of them on a homogeneous CPU)
@@ -63,7 +66,8 @@ _AFFINITY_BIG = 1
 @dataclass(frozen=True)
 class Deployed:
     """A loaded library ready to run: ``vm[name](*inputs, *params)``. ``params`` holds the
-    decoded weights (one tuple, on the device) when the library has a load-time step."""
+    decoded weights (one object on the device: the model with its weights bound) when the
+    library has a load-time step."""
 
     vm: Any
     name: str = MAIN_FUNC

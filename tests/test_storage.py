@@ -225,13 +225,15 @@ def test_packed_library_runs_like_the_unpacked_one(plain, digits, int8_target, t
     assert np.array_equal(_outputs(lambda x: plain_vm["main"](x), xs), want)
 
 
-def test_lifted_library_takes_an_untyped_tuple(plain, int8_target, tmp_path):
-    """``main_lifted``'s parameter tuple is checked by length with a short message: the
-    library does not carry its whole type as error text (~130 bytes a tensor), and the
-    kernels read their per-channel inputs from a few shared arrays."""
+def test_lifted_library_takes_its_params_as_a_closure(plain, int8_target, tmp_path):
+    """``main_lifted``'s ``params`` (``main_model`` with the decoded weights bound) is checked
+    to be a function with a short message: the library does not carry the weights' types
+    as error text (~130 bytes a tensor) nor reads a tuple item per weight, and the kernels
+    read their per-channel inputs from a few shared arrays."""
     art = compile_model(plain["q4"], int8_target, tmp_path / "q4")
     blob = art.so_path.read_bytes()
     assert b"annotation=T.Tuple" not in blob and b"params must be what" in blob
+    assert b"vm.builtin.tuple_getitem" not in blob and b"vm.builtin.make_closure" in blob
     # at most bias / scale / offset of two epilogue kinds (this model's, 16 and 74 channels,
     # are each too small to pack; tests/test_quantexec_exact_bias.py checks the sharing)
     per_channel = [p for p in art.meta["storage"]["packed"] if len(p["shape"]) == 1]
@@ -239,8 +241,52 @@ def test_lifted_library_takes_an_untyped_tuple(plain, int8_target, tmp_path):
     assert art.meta["storage"]["packed"]  # the 4-bit weights are
     model = deploy.load(art.dir)
     x = tvm.runtime.tensor(np.zeros((1, 1, 8, 8), np.float32))
-    with pytest.raises((RuntimeError, ValueError), match="params must be"):
+    with pytest.raises((RuntimeError, ValueError, TypeError), match="params must be"):
         model.vm[deploy.LIFTED_FUNC](x, tvm.runtime.convert([]))  # an empty tuple
+
+
+def test_vm_program_rewrites_keep_outputs_and_cut_bytes(plain, digits, tmp_path, monkeypatch):
+    """``codegen.vmprog`` on the lowered module: the outputs are bit for bit those of the
+    library without it (lifted and plain ``main``), and its VM program is smaller: no
+    repeated ``alloc_tensor``, no one-element tensor constants, no input checks outside
+    ``main_lifted``, short kernel names."""
+    import re
+
+    from pfcompile.codegen import pipeline
+    from pfcompile.vm_bytes import vm_bytes
+
+    host = load_target("host")
+    xs = digits.x_val[:8]
+    for name in ("q4", "cb4"):
+        art = compile_model(plain[name], host, tmp_path / name)
+        with monkeypatch.context() as m:
+            m.setattr(pipeline, "shrink_vm_program_pass", lambda renamed=None: tvm.transform.module_pass(
+                lambda mod, _c: mod, opt_level=0, name="identity"))
+            ref = compile_model(plain[name], host, tmp_path / f"{name}_ref")
+        a, r = deploy.load(art.dir), deploy.load(ref.dir)
+        assert a.name == deploy.LIFTED_FUNC
+        assert np.array_equal(_outputs(a, xs).view(np.uint32), _outputs(r, xs).view(np.uint32))
+        main = _outputs(lambda x, a=a: a.vm["main"](x), xs)
+        assert np.array_equal(main.view(np.uint32), _outputs(r, xs).view(np.uint32))
+        # main's own input checks are gone; main_lifted's still catch a wrong input
+        with pytest.raises((RuntimeError, ValueError), match="fn=main_lifted.*mismatch"):
+            a.vm["main"](tvm.runtime.tensor(np.zeros((1, 1, 4, 4), np.float32)))
+        va, vr = vm_bytes(art.so_path), vm_bytes(ref.so_path)
+        assert va.program_bytes < vr.program_bytes - 500, (name, va.program_bytes, vr.program_bytes)
+        assert va.counts["instructions"] < vr.counts["instructions"]
+        allocs = [i.args for i in va.instructions if i.callee == "vm.builtin.alloc_tensor"
+                  and i.function == deploy.MODEL_FUNC]
+        assert allocs and len(set(allocs)) == len(allocs)
+        ones = [c for c in va.constants if c[0] == "tensor" and int(np.prod(c[1])) == 1]
+        assert not ones
+        if name == "cb4":  # the fake quantisation's scales and zero points (before: tensors)
+            assert any(c[0] == "tensor" and int(np.prod(c[1])) == 1 for c in vr.constants)
+        checks = {i.function for i in va.instructions
+                  if i.callee in ("vm.builtin.check_tensor_info", "vm.builtin.match_shape")}
+        assert checks == {deploy.LIFTED_FUNC}
+        kernels = [f for f, kind, _ in va.functions
+                   if kind == 0 and not f.startswith(("vm.", "runtime."))]
+        assert kernels and all(re.fullmatch(r"k\d+", f) for f in kernels), kernels
 
 
 def test_four_bit_library_has_about_half_the_weight_bytes(plain, int8_target, tmp_path):

@@ -59,7 +59,7 @@ def _profile_pf(onnx_path: Path, shapes: dict | None, target_name: str, runs: in
         mod = import_onnx(proto, specs)
     lib = codegen.build(mod, tgt, records_dir=records, report=reports,
                         post_passes=[pack_weights_pass(None)])
-    wl = {r.name: r for r in reports}
+    wl = {r.symbol or r.name: r for r in reports}   # the library names its kernels k0, k1..
     dev = tvm.cpu()
     vm = prepare(relax.VirtualMachine(lib, dev))       # weights decoded once, as deployed
     plain = prepare(relax.VirtualMachine(lib, dev))
@@ -95,7 +95,7 @@ def _profile_pf(onnx_path: Path, shapes: dict | None, target_name: str, runs: in
     for (i, name), ts in sorted(times.items()):
         r = wl.get(name)
         desc = f"{r.family} {_dims(r.dims)} epi={r.epilogue} {r.params}" if r else ""
-        rows.append((statistics.median(ts), i, name, desc))
+        rows.append((statistics.median(ts), i, r.name if r else name, desc))
     return rows, whole
 
 

@@ -6,6 +6,7 @@ TVM's default CPU lowering and ``tvm.compile``."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from pfcompile.codegen.templates.dwpw import fuse_depthwise_pointwise
 from pfcompile.codegen.templates.matmul import pad_matmul_columns
 from pfcompile.codegen.templates.norm import FAST_MATH_LEGALIZE, fuse_layer_norm
 from pfcompile.codegen.templates.winograd import conv2d_legalizer
+from pfcompile.codegen.vmprog import shrink_vm_program_pass
 from pfcompile.errors import CompileError
 
 __all__ = [
@@ -59,6 +61,7 @@ class KernelWorkload:
     epilogue: int
     params: dict[str, Any] = field(default_factory=dict)
     source: str = "heuristic"     # record | transfer | heuristic | fallback | none
+    symbol: str | None = None     # its name in the built library (``vmprog.short_kernel_names``)
 
     def to_json(self) -> dict:
         return {"name": self.name, "family": self.family, "key": self.key, "dims": self.dims,
@@ -218,10 +221,16 @@ def relax_pipeline(target: Any, db: RecordDB | None, report: list | None = None,
             mod = schedule_module(mod, target, db, report=report)
         for p in post_passes:
             mod = p(mod)
+        renamed: dict[str, str] = {}
         with tvm_target:
-            return tvm.transform.Sequential(dataflow_lower_passes(tvm_target)
-                                            + [relax.transform.CanonicalizeBindings()]
-                                            + vm_finalize_passes(tvm_target))(mod)
+            mod = tvm.transform.Sequential(dataflow_lower_passes(tvm_target)
+                                           + [relax.transform.CanonicalizeBindings()]
+                                           + vm_finalize_passes(tvm_target)
+                                           + [shrink_vm_program_pass(renamed)])(mod)
+        if report is not None:      # the library's name of each reported kernel
+            report[:] = [dataclasses.replace(r, symbol=renamed.get(r.name, r.name))
+                         if isinstance(r, KernelWorkload) else r for r in report]
+        return mod
 
     return _pipeline
 

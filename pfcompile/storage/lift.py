@@ -8,9 +8,11 @@ three entry functions:
 
 * ``main(inputs...)`` — as before: calls the two below, so it decodes the weights
   on every call. Any plain ``relax.VirtualMachine(lib)["main"](x)`` still works.
-* ``main_transform_params()`` — the decoders alone; returns the tuple of
-  kernel-ready weights. Run once, at load.
-* ``main_lifted(inputs..., params)`` — the model reading that tuple: no decoding.
+* ``main_transform_params()`` — the decoders alone; returns ``params``, the model
+  (``main_model(inputs..., w...)``) with the kernel-ready weights bound as its last
+  arguments (a VM closure). Run once, at load.
+* ``main_lifted(inputs..., params)`` — checks the inputs and calls ``params`` on them:
+  no decoding.
 
 :mod:`pfcompile.deploy` is the one place that calls the last two (every runner
 and the documented loader go through it). Why load time and not inside the
@@ -33,7 +35,8 @@ import tvm
 from tvm import relax, tirx
 from tvm.ir.expr import Constant
 
-from pfcompile.deploy import LIFTED_FUNC, TRANSFORM_FUNC
+from pfcompile.codegen.vmprog import UNCHECKED_PARAMS, UNCHECKED_RESULT
+from pfcompile.deploy import LIFTED_FUNC, MODEL_FUNC, TRANSFORM_FUNC
 from pfcompile.storage.decode import (
     bits_func,
     codebook_func,
@@ -55,7 +58,7 @@ from pfcompile.storage.encode import (
     lanes_as,
 )
 
-__all__ = ["LIFTED_FUNC", "TRANSFORM_FUNC", "PackedTensor", "StorageReport", "encoding_name",
+__all__ = ["LIFTED_FUNC", "MODEL_FUNC", "TRANSFORM_FUNC", "PackedTensor", "StorageReport", "encoding_name",
            "pack_weights", "pack_weights_pass"]
 
 @dataclass(frozen=True)
@@ -350,41 +353,55 @@ def pack_weights(mod: tvm.IRModule, *, func_name: str = "main", min_saving: int 
         return mod
     bb = relax.BlockBuilder(mod)
     decoders = _Decoders(bb)
-    # main_transform_params: the decoders alone
+    # main_model(inputs..., w...): the model on the decoded weights, one parameter each.
+    # Called only through the closure below, with inputs main_lifted has checked and
+    # weights main_transform_params made: its parameter checks are dropped after lowering
+    # (codegen.vmprog); every weight parameter is named "w" (the VM stores each name)
+    wparams = [relax.Var("w", c.ty) for c, _ in chosen]
+    table = {c: v for (c, _), v in zip(chosen, wparams, strict=True)}
+    model = relax.Function([*func.params, *wparams],
+                           relax.SeqExpr(_substitute(func, table), func.body.body),
+                           func.ret_ty, func.is_pure, func.attrs)
+    model = model.with_attr("global_symbol", MODEL_FUNC).with_attr(UNCHECKED_PARAMS, True)
+    gv_m = bb.add_func(model, MODEL_FUNC)
+    # main_transform_params: the decoders, then main_model with the weights bound as its
+    # last arguments (a VM closure: one instruction, 8 bytes a weight; a tuple cost a
+    # make_tuple argument here and a tuple_getitem in main_lifted, 64 bytes a weight)
     block, outs = _decode_block(decoders, chosen)
-    tup = relax.Var("params", relax.TupleType([o.ty for o in outs]))
-    tblock = relax.DataflowBlock([*block.bindings, relax.VarBinding(tup, relax.Tuple(outs))])
-    transform = relax.Function([], relax.SeqExpr([tblock], tup), tup.ty, True).with_attr(
+    clo = relax.Var("params", relax.ObjectType())
+    tblock = relax.DataflowBlock([*block.bindings, relax.VarBinding(
+        clo, relax.op.make_closure(gv_m, relax.Tuple(outs)))])
+    transform = relax.Function([], relax.SeqExpr([tblock], clo), clo.ty, True).with_attr(
         "global_symbol", TRANSFORM_FUNC)
-    # main_lifted: the model reading the decoded tuple. The parameter is typed as an object
-    # and its fields read with the VM's own tuple_getitem: a tuple-typed parameter makes
-    # TVM store its whole type as the text of an error message (~130 bytes a tensor) for a
-    # check of the tuple's length, which is done here with a short message instead
+    # main_lifted(inputs..., params): checks the inputs (TVM's parameter checks) and that
+    # params is a function, then calls it on the inputs; the result is main_model's, of the
+    # declared type (no check of it after the call)
+    params = [relax.Var(p.name, p.ty) for p in func.params]
     pvar = relax.Var("params", relax.ObjectType())
-    gets = [relax.VarBinding(relax.Var("params_checked", relax.ObjectType()), relax.call_pure_packed(
-        "vm.builtin.check_tuple_info", pvar, relax.prim_value(len(chosen)),
-        tvm.ir.StringImm(f"{LIFTED_FUNC}: params must be what {TRANSFORM_FUNC}() returns;"),
-        ty_args=relax.ObjectType()))]
-    for k, (c, _) in enumerate(chosen):
-        v = relax.Var(f"w{k}", c.ty)
-        gets.append(relax.VarBinding(v, relax.call_pure_packed(
-            "vm.builtin.tuple_getitem", pvar, relax.prim_value(k), ty_args=c.ty)))
-    table = {c: g.var for (c, _), g in zip(chosen, gets[1:], strict=True)}
-    body = relax.SeqExpr([relax.BindingBlock(gets), *_substitute(func, table)], func.body.body)
-    lifted = relax.Function([*func.params, pvar], body, func.ret_ty, func.is_pure, func.attrs)
+    y = relax.Var("y", func.ret_ty)
+    body = relax.SeqExpr([relax.BindingBlock([
+        relax.VarBinding(relax.Var("params_checked", relax.TupleType([])), relax.call_pure_packed(
+            "vm.builtin.check_func_info", pvar,
+            tvm.ir.StringImm(f"{LIFTED_FUNC}: params must be what {TRANSFORM_FUNC}() returns;"),
+            ty_args=relax.TupleType([]))),
+        relax.VarBinding(y, relax.op.invoke_closure(pvar, relax.Tuple(params), [func.ret_ty]))])],
+        y)
+    lifted = relax.Function([*params, pvar], body, func.ret_ty, func.is_pure, func.attrs)
     lifted = lifted.with_attr("global_symbol", LIFTED_FUNC).with_attr(
-        "num_input", len(func.params))
+        "num_input", len(func.params)).with_attr(UNCHECKED_RESULT, True)
     gv_t = bb.add_func(transform, TRANSFORM_FUNC)
     gv_l = bb.add_func(lifted, LIFTED_FUNC)
-    # main: both, on every call (a few VM instructions, not a second copy of the model)
+    # main: both, on every call (a few VM instructions, not a second copy of the model);
+    # its inputs go unchanged to main_lifted, which checks them
     params = [relax.Var(p.name, p.ty) for p in func.params]
-    w = relax.Var("params", tup.ty)
+    w = relax.Var("params", relax.ObjectType())
     y = relax.Var("y", func.ret_ty)
     body = relax.SeqExpr([relax.BindingBlock([
         relax.VarBinding(w, relax.Call(gv_t, [])),
         relax.VarBinding(y, relax.Call(gv_l, [*params, w]))])], y)
     bb.update_func(bb.get().get_global_var(func_name),
-                   relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs))
+                   relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs).with_attr(
+                       UNCHECKED_PARAMS, True))
     out = relax.transform.Normalize()(bb.get())
     report.lifted = True
     return out
