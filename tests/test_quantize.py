@@ -227,6 +227,7 @@ def test_qdq_structure_metadata_and_functional(trained, digits):
     assert rep["act_bits"] == 8 and len(rep["layers"]) == n_layers
     assert {r["bias"] for r in rep["layers"].values()} == {"int32"}
     assert rep["bias_bytes"] == sum(r["bias_bytes"] for r in rep["layers"].values()) > 0
+    assert rep["stored_bytes"] == rep["packed_bytes"] + rep["bias_bytes"]
     assert rep["packed_bytes"] < rep["fp32_bytes"] / 3.5
     assert len(pir.to_proto(q).SerializeToString()) < len(path.read_bytes()) / 2.5
     out = run_ort(q, {"input": digits.x_val[:8]})[0]

@@ -423,6 +423,9 @@ class QuantizePass(FunctionalPass):
                     "float32 where a layer cannot have one",
             "layers": report, "fp32_bytes": total_fp32, "packed_bytes": total_packed,
             "bias_bytes": total_bias,
+            # what the quantized model stores: weights (with their scales) and biases, as
+            # the float model's size counts every constant (issue 16's limits use it)
+            "stored_bytes": total_packed + total_bias,
             # weighted nodes this pass cannot quantize, with the reason (they stay float)
             "float_layers": float_layers(model),
         })
