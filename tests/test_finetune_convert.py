@@ -17,6 +17,7 @@ from pfcompile import zoo
 from pfcompile.data import Dataset
 from pfcompile.errors import ModelError, UnsupportedOpError
 from pfcompile.finetune import export_onnx, onnx_to_torch
+from pfcompile.measure import quantized_tolerance
 from pfcompile.passes.prune import prune
 from pfcompile.passes.prune_config import PruneConfig
 from pfcompile.passes.quantize import QuantConfig, quantize
@@ -246,11 +247,22 @@ def _run_passes(kind: str) -> onnx.ModelProto:
 @pytest.mark.parametrize("kind", ["pruned", "q8", "q4", "sparse", "sparse_q4", "codebook"])
 def test_round_trip_of_pass_outputs_without_training(kind):
     """Converter == onnxruntime, and export without training == the student: same graph,
-    bit-identical initializers, onnxruntime outputs within 1e-5."""
+    bit-identical initializers, onnxruntime outputs within 1e-5.
+
+    The converter's float32 convs sum in torch's order, onnxruntime's in MLAS's: where a value
+    lands within float rounding of a QuantizeLinear tie the two round it apart by one step, and
+    such a flip spreads through the later layers (q8: one element of the second conv on sample
+    0, ~0.2 % of the logits' range at the output). So QDQ models are held to the tolerance
+    every output check uses (:func:`pfcompile.measure.quantized_tolerance`) and the same
+    classes; float ones to 1e-5."""
     student = _compressed(kind)
     x = np.load(DEMO_VAL)["x"][:6]
     ref = _ort_per_sample(student, x)
-    np.testing.assert_allclose(_torch(student, x)[0], ref, atol=1e-5, rtol=0)
+    got = _torch(student, x)[0]
+    atol = quantized_tolerance(student, {"y": ref}) or 1e-5
+    assert atol < 0.05 * np.abs(ref).max()
+    np.testing.assert_allclose(got, ref, atol=atol, rtol=0)
+    assert np.array_equal(got.argmax(1), ref.argmax(1))
     mod = onnx_to_torch(student)
     out = export_onnx(mod, student)
     assert _structure(out) == _structure(student)
@@ -264,8 +276,12 @@ def test_round_trip_of_pass_outputs_without_training(kind):
         bits = 8 if kind == "q8" else 4
         qmax = (1 << (bits - 1)) - 1
         # the range comes from pfcompile.bits: the pass's symmetric [-qmax, qmax]
-        assert {(w.qmin, w.qmax) for w in mod.quant_weights.values()} == {(-qmax, qmax)}
-        assert len(mod.quant_weights) == weighted
+        weights = [w for w in mod.quant_weights.values() if w.elem_type != TensorProto.INT32]
+        assert {(w.qmin, w.qmax) for w in weights} == {(-qmax, qmax)}
+        assert len(weights) == weighted
+        # the int32 biases (accumulator units) are trained too, over the int32 range
+        biases = [w for w in mod.quant_weights.values() if w.elem_type == TensorProto.INT32]
+        assert len(biases) == weighted and {w.qmax for w in biases} == {2**31 - 128}
     if kind == "codebook":  # centroids are parameters, indices are not
         assert sum(n.endswith("_codebook") for n in mod.key_of) == weighted
         assert not any(n.endswith("_idx") for n in mod.key_of)

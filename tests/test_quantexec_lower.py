@@ -104,7 +104,8 @@ def test_plain_float_model_is_untouched():
 
 
 def test_float_bias_is_rounded_into_accumulator_units(demo_qdq, tmp_path, int8_target):
-    """pfcompile's quantize pass keeps biases float (no int32 DQ): still integer, within 1 step."""
+    """Float biases (no int32 DQ; what pfcompile's quantize pass wrote before 2026-12-05, and
+    what other tools may write): still integer, within 1 step."""
     model = onnx.load(str(demo_qdq))
     init = {i.name: i for i in model.graph.initializer}
     keep = []

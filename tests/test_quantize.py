@@ -127,6 +127,42 @@ def test_bias_correction_removes_mean_output_error():
     assert errs[True] < 1e-4 < errs[False]
 
 
+def test_bias_is_int32_in_accumulator_units():
+    """The bias becomes onnxruntime's QDQ bias: round(b / (sx * sw[c])) as int32, dequantised
+    with scale float32(sx * sw[c]); off by at most half an accumulator unit. Codebook layers
+    and weights-only quantization keep the float bias."""
+    rng = np.random.default_rng(5)
+    model = _one_conv_model(rng)
+    b = rng.normal(0, 0.5, 8).astype(np.float32)
+    model.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(b, "b"))
+    x = rng.standard_normal((16, 4, 6, 6)).astype(np.float32)
+    data = Dataset({"x": x}, None)
+    q = quantize(model, QuantConfig(bits=8, bias_correction=False), data).model
+    conv = next(n for n in q.graph if n.op_type == "Conv")
+    bdq = conv.inputs[2].producer()
+    bq = bdq.inputs[0].const_value.numpy()
+    scale = bdq.inputs[1].const_value.numpy()
+    sx = np.float32(conv.inputs[0].producer().inputs[1].const_value.numpy())
+    sw = conv.inputs[1].producer().inputs[1].const_value.numpy()
+    assert bq.dtype == np.int32 and scale.dtype == np.float32 and bdq.attributes["axis"].as_int() == 0
+    np.testing.assert_array_equal(scale, sx * sw)
+    np.testing.assert_array_equal(bq, np.round(b.astype(np.float64) / scale.astype(np.float64)))
+    assert np.all(np.abs(bq * scale.astype(np.float64) - b) <= scale / 2 * (1 + 1e-6))
+    assert np.abs(bq).min() > 10   # not a trivial bias
+    rep = quant_report(q)["layers"]["conv"]
+    assert (rep["bias"], rep["bias_bytes"]) == ("int32", 32)
+    # onnxruntime runs it, and the float outputs move by less than the activations' rounding
+    ref, out = run_ort(model, {"x": x})[0], run_ort(q, {"x": x})[0]
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+    for cfg in (QuantConfig(bits=4, codebook=True, bias_correction=False),
+                QuantConfig(bits=8, act_bits=None, bias_correction=False)):
+        qf = quantize(model, cfg, data).model
+        conv = next(n for n in qf.graph if n.op_type == "Conv")
+        assert conv.inputs[2].producer() is None
+        assert conv.inputs[2].const_value.dtype == ir.DataType.FLOAT
+        assert quant_report(qf)["layers"]["conv"]["bias"] == "float32"
+
+
 def test_batchnorm_after_a_conv_is_folded_before_quantizing():
     """A BN node of its own (Paddle2ONNX exports keep it) is folded into the conv, so the
     int8 weights are the conv+BN weights and no float BN runs between DQ and Q."""
@@ -177,11 +213,21 @@ def test_qdq_structure_metadata_and_functional(trained, digits):
         assert _producer_op(x) == "DequantizeLinear"
         assert x.producer().inputs[0].producer().op_type == "QuantizeLinear"
         assert x.producer().inputs[2].const_value.dtype == ir.DataType.UINT8
+        # the bias: int32 in accumulator units, DequantizeLinear scale x_scale * w_scale, no zero point
+        bdq = node.inputs[2].producer()
+        assert bdq.op_type == "DequantizeLinear" and len(bdq.inputs) == 2
+        assert bdq.inputs[0].const_value.dtype == ir.DataType.INT32
+        sx = np.float32(x.producer().inputs[1].const_value.numpy())
+        np.testing.assert_array_equal(bdq.inputs[1].const_value.numpy(),
+                                      sx * dq.inputs[1].const_value.numpy())
     assert n_layers == len(weighted_layers(model))
     assert not any(v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT
                    and v.const_value.size > 64 for v in q.graph.initializers.values())
     rep = quant_report(q)
     assert rep["act_bits"] == 8 and len(rep["layers"]) == n_layers
+    assert {r["bias"] for r in rep["layers"].values()} == {"int32"}
+    assert rep["bias_bytes"] == sum(r["bias_bytes"] for r in rep["layers"].values()) > 0
+    assert rep["stored_bytes"] == rep["packed_bytes"] + rep["bias_bytes"]
     assert rep["packed_bytes"] < rep["fp32_bytes"] / 3.5
     assert len(pir.to_proto(q).SerializeToString()) < len(path.read_bytes()) / 2.5
     out = run_ort(q, {"input": digits.x_val[:8]})[0]

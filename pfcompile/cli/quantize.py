@@ -69,13 +69,17 @@ def quantize_cmd(
         return
     t = Table(title=f"quantized -> {output} (activations: {report['activations']}, "
                     f"{report['act_bits']} bits, calib {report['calib']})")
-    for col in ("layer", "op", "bits", "codebook", "weights", "fp32 B", "packed B"):
+    for col in ("layer", "op", "bits", "codebook", "weights", "fp32 B", "packed B", "bias B"):
         t.add_column(col)
     for name, r in report["layers"].items():
         t.add_row(name, r["op"], str(r["bits"]), "yes" if r["codebook"] else "", str(r["numel"]),
-                  str(r["fp32_bytes"]), str(r["packed_bytes"]))
-    t.add_row("total", "", "", "", "", str(report["fp32_bytes"]), str(report["packed_bytes"]))
+                  str(r["fp32_bytes"]), str(r["packed_bytes"]), str(r.get("bias_bytes", "")))
+    t.add_row("total", "", "", "", "", str(report["fp32_bytes"]), str(report["packed_bytes"]),
+              str(report.get("bias_bytes", "")))
     console.print(t)
+    if "stored_bytes" in report:
+        console.print(f"stored: {report['stored_bytes']} bytes (weights and scales "
+                      f"{report['packed_bytes']} + biases {report['bias_bytes']})")
     for name, why in report.get("float_layers", {}).items():
         console.print(f"left in float: {name} ({why})")
 

@@ -18,7 +18,9 @@ parameters written back into the very same graph (:mod:`pfcompile.finetune.expor
   the weight's bit range) in every forward pass. The bit range comes from the
   DequantizeLinear's ``metadata_props["pfcompile.bits"]`` when present (written by
   :mod:`pfcompile.passes.quantize`: symmetric ``[-(2^(b-1)-1), 2^(b-1)-1]``), else
-  from the stored codes. An activation QuantizeLinear saturates at its container's
+  from the stored codes. An ``int32`` bias read by DequantizeLinear (onnxruntime's QDQ bias,
+  what the quantize pass writes: accumulator units) is trained the same way, re-quantized
+  to whole accumulator units, and never masked. An activation QuantizeLinear saturates at its container's
   range (uint8 0..255) whatever its ``pfcompile.bits`` says, exactly as
   onnxruntime runs it: the quantize pass's sub-8-bit activations are a scale that
   maps the calibrated range onto ``2^b`` levels, not a clamp.
@@ -239,7 +241,7 @@ class OnnxModule(nn.Module):
                                   torch.zeros(()) if zp is None else zp.float(), axis)
             k = _key(t.name + "_float", used)
             self.params[k] = nn.Parameter(w.contiguous())
-            if keep_zeros:
+            if keep_zeros and t.data_type != TensorProto.INT32:  # an int32 bias is no weight
                 self._add_mask(k, q != 0, used)
             qw = QuantWeight(t.name, k, node.inputs[1], node.inputs[2] if zp is not None else None,
                              axis, qmin, qmax, t.data_type)

@@ -43,6 +43,9 @@ _RANGES: dict[int, tuple[int, int]] = {
     TensorProto.UINT16: (0, 65535),
     TensorProto.INT4: (-8, 7),
     TensorProto.UINT4: (0, 15),
+    # int32 biases (accumulator units). The codes live in a float32 tensor here, where
+    # 2**31 - 1 would round up to 2**31 and wrap on export: 128 less is a float32 value.
+    TensorProto.INT32: (-(2**31 - 128), 2**31 - 128),
 }
 if hasattr(TensorProto, "INT2"):  # onnx >= 1.20
     _RANGES[TensorProto.INT2] = (-2, 1)

@@ -24,10 +24,19 @@ For every *layer* (Conv / Gemm / MatMul with a float initializer weight, see
   container's 0..255, so a value outside the calibrated range may use levels
   beyond ``2^b-1``. We chose this over ONNX ``int4``/``uint4`` types because
   those cover 4 bits only and the TVM importer legalises only the 8-bit types.
-- **Bias** stays ``float32`` (not int32): a lowering that wants ORT's int32 bias
-  computes ``round(bias / (x_scale * w_scale[c]))`` itself. With bias
-  correction the bias is replaced by ``bias - E[f(x; W_q) - f(x; W)]`` computed
-  from the calibration data (a Conv/Gemm without a bias gains one).
+- **Bias** (uniform weights with quantized activations): an ``int32`` initializer
+  ``<b>_int32`` in accumulator units, ``round(bias / (x_scale * w_scale[c]))``, ->
+  ``DequantizeLinear`` with per-channel ``float32`` scales ``x_scale * w_scale[c]``
+  (computed in float32; ``<b>_int32_scale``, shape ``(C_out,)``), no zero point (0) and
+  ``axis`` 0: onnxruntime's QDQ bias. The integer kernels add it to their int32
+  accumulator as it is, so nothing of the bias is left for the requantisation's
+  per-channel offset (it is the output zero point, one value per layer: it stores in a
+  few bits). Rounding moves the bias by at most half an accumulator unit
+  (``x_scale * w_scale[c] / 2``). Kept ``float32``: codebook layers (they run float),
+  ``act_bits=None`` (no activation scale), a Gemm with ``alpha``/``beta`` != 1, a bias
+  that is computed or not one value per output channel, or one that would not fit int32.
+  With bias correction the bias is first replaced by ``bias - E[f(x; W_q) - f(x; W)]``
+  computed from the calibration data (a Conv/Gemm without a bias gains one).
 - **BatchNormalization** after a Conv / Gemm is folded into it first
   (:class:`~pfcompile.passes.canonical_bn.FoldBatchNormPass`), so the weights that are
   quantized are the ones the layer computes with and the integer kernel covers conv + BN;
@@ -37,8 +46,9 @@ For every *layer* (Conv / Gemm / MatMul with a float initializer weight, see
   codebook ``Gather``) and each activation ``QuantizeLinear``/
   ``DequantizeLinear`` node carries ``metadata_props["pfcompile.bits"]``; the
   model's ``metadata_props["pfcompile.quant"]`` holds a JSON report (per layer:
-  bits, codebook flag, weight count, fp32 and packed bytes), read by
-  :func:`quant_report`.
+  bits, codebook flag, weight count, fp32 and packed bytes of the weights, and the
+  bias as stored: ``bias`` ``"int32"`` / ``"float32"`` / ``None``, ``bias_bytes``;
+  totals ``packed_bytes`` (weights) and ``bias_bytes``), read by :func:`quant_report`.
 """
 
 from __future__ import annotations
@@ -77,6 +87,7 @@ from pfcompile.passes.qlayers import (
 
 __all__ = [
     "BITS_KEY",
+    "INT32_BIAS_MAX",
     "REPORT_KEY",
     "QuantConfig",
     "QuantizePass",
@@ -272,6 +283,77 @@ def _set_bias(graph: ir.Graph, layer: Layer, shift: np.ndarray) -> None:
     node.replace_input_with(2, value)
 
 
+# ----------------------------------------------------------------------------- integer bias
+#: Largest ``|bias|`` in accumulator units written as int32 (a larger one stays float32).
+INT32_BIAS_MAX = 2**31 - 1
+
+
+def _float_attr(node: ir.Node, name: str, default: float) -> float:
+    a = node.attributes.get(name)
+    return float(a.as_float()) if a is not None else default
+
+
+def _const_scalar(v: ir.Value | None) -> float | None:
+    if v is None or v.const_value is None:
+        return None
+    arr = v.const_value.numpy()
+    return float(arr.reshape(-1)[0]) if arr.size == 1 else None
+
+
+def _integer_bias(graph: ir.Graph, layer: Layer, w_scale: np.ndarray) -> bool:
+    """Replace the layer's float32 bias by ``DequantizeLinear(int32 bias_q, x_scale * w_scale)``
+    (onnxruntime's QDQ bias: accumulator units, zero point 0, see the module docstring).
+    Returns False, leaving the float bias, where the layer cannot have one."""
+    node = layer.node
+    if layer.op_type not in ("Conv", "Gemm") or len(node.inputs) < 3 or node.inputs[2] is None:
+        return False
+    if layer.op_type == "Gemm" and (_float_attr(node, "alpha", 1.0) != 1.0
+                                    or _float_attr(node, "beta", 1.0) != 1.0):
+        return False
+    b = node.inputs[2]
+    dq_x = node.inputs[0].producer() if node.inputs[0] is not None else None
+    if b.const_value is None or dq_x is None or dq_x.op_type != "DequantizeLinear":
+        return False
+    sx = _const_scalar(dq_x.inputs[1] if len(dq_x.inputs) > 1 else None)
+    bias = b.const_value.numpy()
+    n_out = w_scale.size
+    if sx is None or bias.dtype.kind != "f" or bias.size not in (1, n_out):
+        return False
+    bias = np.broadcast_to(bias.astype(np.float32).reshape(-1), (n_out,))
+    b_scale = (np.float32(sx) * w_scale.astype(np.float32)).astype(np.float32)
+    if not np.all(np.isfinite(b_scale) & (b_scale > 0)):
+        return False
+    q = np.round(bias.astype(np.float64) / b_scale.astype(np.float64))
+    if not np.all(np.abs(q) <= INT32_BIAS_MAX):
+        return False
+    base = b.name or f"{layer.name}_bias"
+    q_v = add_initializer(graph, f"{base}_int32", q.astype(np.int32))
+    s_v = add_initializer(graph, f"{base}_int32_scale", b_scale)
+    dq = ir.node("DequantizeLinear", [q_v, s_v], {"axis": 0},
+                 name=unique_name(graph, f"{base}_DequantizeLinear"))
+    dq.outputs[0].name = unique_name(graph, f"{base}_dq")
+    dq.outputs[0].shape = ir.Shape([n_out])
+    dq.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    graph.append(dq)
+    node.replace_input_with(2, dq.outputs[0])
+    return True
+
+
+def _bias_report(layer: Layer) -> dict:
+    """How the layer's bias is stored: ``bias`` ``"int32"`` (DequantizeLinear of an int32
+    initializer), ``"float32"`` (an initializer) or None (none, or computed), and its bytes."""
+    node = layer.node
+    b = node.inputs[2] if len(node.inputs) > 2 else None
+    if b is None:
+        return {"bias": None, "bias_bytes": 0}
+    src = b.producer().inputs[0] if b.producer() is not None and \
+        b.producer().op_type == "DequantizeLinear" else b
+    if src is None or src.const_value is None:
+        return {"bias": None, "bias_bytes": 0}
+    arr = src.const_value.numpy()
+    return {"bias": str(arr.dtype), "bias_bytes": int(arr.nbytes)}
+
+
 # ----------------------------------------------------------------------------- the pass
 class QuantizePass(FunctionalPass):
     """Insert QDQ (or codebook) weights and calibrated activation Q/DQ for every layer."""
@@ -314,28 +396,45 @@ class QuantizePass(FunctionalPass):
         graph = out.graph
         by_name = layer_map(out)
         report: dict[str, dict] = {}
+        w_scales: dict[str, np.ndarray] = {}
         for orig in layers:
             layer = by_name[orig.name]
-            report[layer.name] = self._quantize_layer(graph, layer, stats.get(layer.node.inputs[0].name))
+            report[layer.name] = self._quantize_layer(graph, layer, stats.get(layer.node.inputs[0].name),
+                                                      w_scales)
         if cfg.act_bits is not None:
             self._quantize_activations(graph, [by_name[x.name] for x in layers], stats)
+        for orig in layers:
+            layer = by_name[orig.name]
+            if layer.name in w_scales and cfg.act_bits is not None:
+                _integer_bias(graph, layer, w_scales[layer.name])
+            report[layer.name].update(_bias_report(layer))
 
         common.TopologicalSortPass()(out)
         common.RemoveUnusedNodesPass()(out)
         total_fp32 = sum(r["fp32_bytes"] for r in report.values())
         total_packed = sum(r["packed_bytes"] for r in report.values())
+        total_bias = sum(r["bias_bytes"] for r in report.values())
         out.metadata_props[REPORT_KEY] = json.dumps({
             "format": "pfcompile-qdq-1",
             "weights": "codebook" if cfg.codebook else "int8 per-channel symmetric, zero point 0",
             "activations": None if cfg.act_bits is None else "uint8 per-tensor with zero point",
             "act_bits": cfg.act_bits, "calib": cfg.calib, "bias_correction": cfg.bias_correction,
+            "bias": "int32 in accumulator units (x_scale * w_scale per channel), zero point 0; "
+                    "float32 where a layer cannot have one",
             "layers": report, "fp32_bytes": total_fp32, "packed_bytes": total_packed,
+            "bias_bytes": total_bias,
+            # what the quantized model stores: weights (with their scales) and biases, as
+            # the float model's size counts every constant (issue 16's limits use it)
+            "stored_bytes": total_packed + total_bias,
             # weighted nodes this pass cannot quantize, with the reason (they stay float)
             "float_layers": float_layers(model),
         })
         return PassResult(out, True)
 
-    def _quantize_layer(self, graph: ir.Graph, layer: Layer, st: TensorStats | None) -> dict:
+    def _quantize_layer(self, graph: ir.Graph, layer: Layer, st: TensorStats | None,
+                        w_scales: dict[str, np.ndarray]) -> dict:
+        """Quantize one layer's weights (and correct its bias); a uniform layer's per-channel
+        scales go into ``w_scales`` (for its int32 bias, once the activations have scales)."""
         cfg = self.config
         bits = cfg.bits_of(layer.name)
         w = layer.weight_array.astype(np.float32)
@@ -368,6 +467,7 @@ class QuantizePass(FunctionalPass):
             graph.append(dq)
             new_w = dq.outputs[0]
             packed = uniform_bytes(w.size, bits, scale.size)
+            w_scales[layer.name] = scale
         new_w.shape = ir.Shape(w.shape)
         new_w.type = ir.TensorType(ir.DataType.FLOAT)
         layer.node.replace_input_with(1, new_w)

@@ -184,10 +184,29 @@ def _bias_const(g: _Graph, expr) -> tuple[np.ndarray, np.ndarray | None, np.ndar
     return c, None, None
 
 
-def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _acc_bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> np.ndarray | None:
+    """The bias as the integers of a DequantizeLinear whose scale is the accumulator's
+    (``float32(sx * sw[c])`` bit for bit) and zero point 0 (onnxruntime's int32 QDQ bias, what
+    pfcompile's quantize pass writes): int64 [noc]; None for any other bias."""
+    bq, sb, zb = _bias_const(g, expr)
+    if sb is None or bq.dtype.kind not in "iu" or bq.size != noc:
+        return None
+    bq = bq.astype(np.int64).reshape(-1)
+    sb = np.broadcast_to(np.asarray(sb, np.float32).reshape(-1), bq.shape)
+    zb = np.broadcast_to(np.asarray(zb).astype(np.int64).reshape(-1), bq.shape)
+    if np.all(zb == 0) and np.array_equal(sb, np.asarray(acc_scale, np.float32).reshape(-1)):
+        return bq
+    return None
+
+
+def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Bias in accumulator units (int64, rounded), from a const, DQ(int32 const) or a reshape
     of one, and its real value (float64; what the part rounded away is taken from:
-    :func:`~pfcompile.quantexec.requant.requant_offset`)."""
+    :func:`~pfcompile.quantexec.requant.requant_offset`); the real value is None when the bias
+    is in accumulator units already (:func:`_acc_bias`: nothing is rounded away)."""
+    acc = _acc_bias(g, expr, noc, acc_scale)
+    if acc is not None:
+        return acc, None
     bq, sb, zb = _bias_const(g, expr)
     if sb is not None:
         bq = bq.astype(np.int64).reshape(-1)
@@ -198,7 +217,7 @@ def _bias(g: _Graph, expr, noc: int, acc_scale: np.ndarray) -> tuple[np.ndarray,
         # the float32 values the graph's DequantizeLinear gives
         real = ((bq - zb).astype(np.float32) * sb.astype(np.float32)).astype(np.float64)
         if np.all(zb == 0) and np.allclose(sb, acc_scale, rtol=1e-6, atol=0):
-            return bq, real  # already in accumulator units (what ORT writes)
+            return bq, real  # in accumulator units up to float32 rounding of the scale
     else:
         real = bq.astype(np.float64).reshape(-1)
         if real.size == 1:
@@ -341,27 +360,70 @@ class _SharedParams:
     dequantising) as three arrays, one layer after the other (``shared_params``; see
     :class:`~pfcompile.quantexec.kernels.ChannelParams`). Two kinds, not one: a requantising
     layer's offsets are its output zero point (a few distinct values: a small codebook), a
-    dequantising one's its float bias, and its integer bias is 0."""
+    dequantising one's its float bias (0 where the bias is int32 in accumulator units: then
+    it is in the integer bias, else that is 0). A kind's layers whose integer biases need
+    fewer bits get a second set of arrays where that saves enough (:func:`_narrow_biases`)."""
 
     def __init__(self, plans) -> None:
+        plans = list(plans)
         self.base: dict[int, int] = {}
-        self.consts: dict[bool, list] = {}
-        parts: dict[bool, list] = {}
-        for p in plans:
-            kind = p.out_dtype == "float32"
-            arrs = parts.setdefault(kind, [[], [], []])
-            self.base[id(p)] = sum(a.size for a in arrs[0])
-            for lst, a in zip(arrs, (p.bias_total(), p.p0, p.p1), strict=True):
-                lst.append(np.asarray(a).reshape(-1))
-        for kind, (b, s, o) in parts.items():
-            self.consts[kind] = [relax.const(np.concatenate(b).astype(np.int32)),
-                                 relax.const(np.concatenate(s).astype(np.float32)),
-                                 relax.const(np.concatenate(o).astype(np.float32))]
+        self.key: dict[int, tuple[bool, bool]] = {}
+        self.consts: dict[tuple[bool, bool], list] = {}
+        parts: dict[tuple[bool, bool], list] = {}
+        totals = {id(p): p.bias_total() for p in plans}
+        for kind in (False, True):
+            ps = [p for p in plans if (p.out_dtype == "float32") == kind]
+            narrow = _narrow_biases(ps, totals)
+            for p in ps:
+                key = (kind, id(p) in narrow)
+                self.key[id(p)] = key
+                arrs = parts.setdefault(key, [[], [], []])
+                self.base[id(p)] = sum(a.size for a in arrs[0])
+                for lst, a in zip(arrs, (totals[id(p)], p.p0, p.p1), strict=True):
+                    lst.append(np.asarray(a).reshape(-1))
+        for key, (b, s, o) in parts.items():
+            self.consts[key] = [relax.const(np.concatenate(b).astype(np.int32)),
+                                relax.const(np.concatenate(s).astype(np.float32)),
+                                relax.const(np.concatenate(o).astype(np.float32))]
 
     def call(self, gv, p: _Plan, xq) -> relax.Call:
-        args = [xq, relax.const(p.kernel.pack_weight(p.wq)), *self.consts[p.out_dtype == "float32"],
+        args = [xq, relax.const(p.kernel.pack_weight(p.wq)), *self.consts[self.key[id(p)]],
                 relax.prim_value(tirx.IntImm("int32", self.base[id(p)])), *p.scalars()]
         return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(p.out_shape(), p.out_dtype))
+
+
+#: A second set of shared arrays for the narrow integer biases of an epilogue kind must
+#: save this many bytes of bias bits: it costs a decoder (~0.4 KB of code) and the headers
+#: and VM instructions of three more arrays.
+SPLIT_MIN_BYTES = 1536
+
+
+def _bias_bits(a: np.ndarray) -> int:
+    """Bits of a signed integer array (two's complement)."""
+    a = np.asarray(a, np.int64)
+    if a.size == 0:
+        return 1
+    return max(int(a.max()).bit_length(), int(-a.min() - 1).bit_length()) + 1
+
+
+def _narrow_biases(plans: list, totals: dict) -> set[int]:
+    """Ids of the plans whose biases go into a second, narrower bias array of their kind:
+    one shared array stores every bias at the widest one's bit width (MobileNetV2's
+    expansions after a residual sum need 4-6 bits more than the other layers: the input
+    zero point times the weight sums, ``bias_total``); split at the width that saves the
+    most bits, where that saves :data:`SPLIT_MIN_BYTES`."""
+    widths = {id(p): _bias_bits(totals[id(p)]) for p in plans}
+    if not widths:
+        return set()
+    top = max(widths.values())
+    best, cut = 0, None
+    for t in sorted(set(widths.values()) - {top}):
+        n = sum(totals[id(p)].size for p in plans if widths[id(p)] <= t)
+        if n * (top - t) > best:
+            best, cut = n * (top - t), t
+    if cut is None or best < 8 * SPLIT_MIN_BYTES:
+        return set()
+    return {id(p) for p in plans if widths[id(p)] <= cut}
 
 
 def _requant_params(sx: float, sw: np.ndarray, sy: float):
@@ -390,9 +452,15 @@ def _epilogue(g: _Graph, out: _Out, sx: float, sw: np.ndarray, bias_expr, noc: i
     output steps (:func:`~pfcompile.quantexec.requant.requant_offset`), so a float bias
     counts exactly as the float model adds it.
     Float output: ``(scale = sx * sw, float bias)`` and an integer bias of 0 (the float bias
-    is added after scaling, as the float model does)."""
+    is added after scaling, as the float model does); a bias in accumulator units
+    (:func:`_acc_bias`) is the integer bias instead and the float bias is 0.
+    Either way, an int32 bias leaves nothing per channel but the scale: the offsets (the
+    zero point) and float biases (0) repeat, and the library stores them in a few bits."""
     if out.dtype == "float32":
         acc_scale = (np.float32(sx) * sw.astype(np.float32)).astype(np.float32)
+        acc = None if bias_expr is None else _acc_bias(g, bias_expr, noc, acc_scale)
+        if acc is not None:
+            return acc_scale, np.zeros(noc, np.float32), acc
         fb = np.zeros(noc, np.float32) if bias_expr is None else _float_bias(g, bias_expr, noc)
         return acc_scale, fb, np.zeros(noc, np.int64)
     acc_scale, mult = _requant_params(sx, sw, out.sy)

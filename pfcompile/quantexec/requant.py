@@ -11,7 +11,9 @@ a float bias ``b`` after its integer part ``bias[c] = round(b[c] / (sx * sw[c]))
 the accumulator (:func:`requant_offset`). Rounding the whole float bias into accumulator
 units moved every output by up to half an accumulator unit (``M / 2`` steps) and flipped
 0.1 % of a MobileNetV2's outputs per layer against the exact reference, which compounded to
-3-8 % of its logits' range (pfcompile's own quantize pass writes float biases).
+3-8 % of its logits' range (pfcompile's quantize pass wrote float biases before 2026-12-05;
+it now writes int32 biases in accumulator units, ONNX's QDQ bias, whose remainder is zero:
+the offset is then the zero point, one value per layer, which the library stores in a few bits).
 
 Why float32 and not an int32 mantissa with an int64 product and shift: on x86 a
 vector of int64 products costs ~3 ``vpmuludq`` and a dozen shifts and compares

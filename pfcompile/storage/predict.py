@@ -8,7 +8,9 @@ any other encoding where it saves ``min_saving``; bit widths merged as the libra
 them). The library applies the same encodings to the constants its kernels read, so this is
 the weight part of the deployed size up to layout padding and the kernels'
 per-channel parameters; the code part has to be measured (see
-``pfcompile.search.sizing``)."""
+``pfcompile.search.sizing``). The scale of an int32 bias's DequantizeLinear (onnxruntime's
+QDQ bias, the quantize pass's: ``x_scale * w_scale``) is not counted: the library adds the
+integers to its accumulators and keeps no such scale (the weight scales are counted)."""
 
 from __future__ import annotations
 
@@ -21,9 +23,23 @@ from pfcompile.storage.encode import choose_all
 __all__ = ["stored_weight_bytes"]
 
 
+def _bias_scales(model: onnx.ModelProto) -> set[str]:
+    """Initializers that are only the scale of a DequantizeLinear of an int32 initializer."""
+    int32 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    scales, other = set(), set()
+    for n in model.graph.node:
+        for i, name in enumerate(n.input):
+            if n.op_type == "DequantizeLinear" and i == 1 and n.input[0] in int32:
+                scales.add(name)
+            else:
+                other.add(name)
+    return scales - other
+
+
 def stored_weight_bytes(model: onnx.ModelProto, min_saving: int = 1024) -> int:
     total = 0
-    tensors = list(model.graph.initializer) + [
+    skip = _bias_scales(model)
+    tensors = [t for t in model.graph.initializer if t.name not in skip] + [
         a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute
         if a.name == "value"]
     arrays: list[np.ndarray] = []
