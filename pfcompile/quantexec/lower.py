@@ -348,7 +348,7 @@ def _fused_call(gv, f: _FusedDwPw, d: _Plan, p: _Plan, x, params) -> relax.Call:
     for plan, pack in ((d, f.pack_dw), (p, f.pack_pw)):
         args.append(relax.const(pack(plan.wq)))
         if params is not None:
-            args += [*params.consts[plan.out_dtype == "float32"],
+            args += [*params.consts[params.key[id(plan)]],
                      relax.prim_value(tirx.IntImm("int32", params.base[id(plan)]))]
         else:
             args += [relax.const(plan.bias_total()), relax.const(plan.p0), relax.const(plan.p1)]
