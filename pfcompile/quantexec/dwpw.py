@@ -3,13 +3,14 @@ kernel (the integer twin of :mod:`pfcompile.codegen.templates.dwpw`).
 
 Unfused, the depthwise writes its whole 8-bit output (MobileNetV2: 32x112x112, 96x56x56 ...)
 and the 1x1 reads it back, packs it to its operand type (int16 for ``vpmaddwd``) and runs.
-Here each parallel task is one output row: the depthwise computes that row of every
-channel block, requantises it exactly as the unfused kernel does
-(:func:`~pfcompile.quantexec.kernels.requant_int32`) and stores it, already in the 1x1's
-operand type (int16 on AVX2, uint8 on VNNI), into a row buffer private to the task
-(``C x OW`` values); the 1x1 conv then consumes the row from cache for every output tile,
-with its own epilogue (requantised or float). No halo: the 1x1 needs exactly the row it is
-given. The integer values are those of the unfused pair, so the results are bit for bit
+Here each parallel task is a band of output rows (:func:`dwpw_rows`): the depthwise
+computes those rows of every channel block, requantises them exactly as the unfused kernel
+does (:func:`~pfcompile.quantexec.kernels.requant_int32`) and stores them, already in the
+1x1's operand type (int16 on AVX2, uint8 on VNNI), into a buffer private to the task
+(``rows x C x OW`` values); the 1x1 conv then consumes the band from cache for every output
+tile, with its own epilogue (requantised or float). No halo for the 1x1: it needs exactly
+the rows it is given (the depthwise stages its input rows with theirs). On AVX2 the
+depthwise's tap pairs are interleaved once per input pixel (:func:`dwpw_group`). The integer values are those of the unfused pair, so the results are bit for bit
 the same (``tests/test_quantexec_dwpw.py``).
 
 Arguments: ``x, wd, bias_d, scale_d, offset_d, [base_d], wp, bias_p, scale_p, offset_p,
