@@ -18,7 +18,8 @@ from pathlib import Path
 
 from pfcompile.errors import ModelError
 
-__all__ = ["LIBRARY_BLOB", "ArtifactSize", "artifact_size", "library_weight_bytes"]
+__all__ = ["LIBRARY_BLOB", "ArtifactSize", "artifact_size", "library_blob_symbol",
+           "library_weight_bytes"]
 
 LIBRARY_BLOB = "__tvm_ffi__library_bin"
 _DEFAULT_DEPLOYED = ("model.so", "program.npz")
@@ -41,6 +42,17 @@ class ArtifactSize:
         return asdict(self)
 
 
+def library_blob_symbol(elf) -> tuple[int, int] | None:
+    """``(address, size)`` of ``__tvm_ffi__library_bin`` (the embedded VM executable) in an
+    open ``elftools`` ELF file, or None."""
+    for name in (".dynsym", ".symtab"):
+        sec = elf.get_section_by_name(name)
+        syms = sec.get_symbol_by_name(LIBRARY_BLOB) if sec is not None else None
+        if syms:
+            return int(syms[0]["st_value"]), int(syms[0]["st_size"])
+    return None
+
+
 def library_weight_bytes(so_path: str | Path) -> int:
     """Size of the embedded VM executable in a TVM library (0 if it has none)."""
     from elftools.common.exceptions import ELFError
@@ -48,17 +60,10 @@ def library_weight_bytes(so_path: str | Path) -> int:
 
     try:
         with open(so_path, "rb") as f:
-            elf = ELFFile(f)
-            for name in (".dynsym", ".symtab"):
-                sec = elf.get_section_by_name(name)
-                if sec is None:
-                    continue
-                syms = sec.get_symbol_by_name(LIBRARY_BLOB)
-                if syms:
-                    return int(syms[0]["st_size"])
+            found = library_blob_symbol(ELFFile(f))
     except ELFError as exc:
         raise ModelError(f"{so_path} is not an ELF shared library: {exc}") from exc
-    return 0
+    return 0 if found is None else found[1]
 
 
 def _deployed(artifact: Path) -> list[Path]:

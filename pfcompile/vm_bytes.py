@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pfcompile.artifact_size import LIBRARY_BLOB
+from pfcompile.artifact_size import LIBRARY_BLOB, library_blob_symbol
 from pfcompile.errors import ModelError
 
 __all__ = ["Instruction", "VMBytes", "read_library_blob", "vm_bytes"]
@@ -116,17 +116,15 @@ def read_library_blob(so_path: str | Path) -> bytes:
     try:
         with open(so_path, "rb") as f:
             elf = ELFFile(f)
-            for name in (".dynsym", ".symtab"):
-                sec = elf.get_section_by_name(name)
-                syms = sec.get_symbol_by_name(LIBRARY_BLOB) if sec is not None else None
-                if not syms:
-                    continue
-                addr, size = int(syms[0]["st_value"]), int(syms[0]["st_size"])
-                for seg in elf.iter_segments():
-                    start = int(seg["p_vaddr"])
-                    if seg["p_type"] == "PT_LOAD" and start <= addr < start + int(seg["p_filesz"]):
-                        f.seek(addr - start + int(seg["p_offset"]))
-                        return f.read(size)
+            found = library_blob_symbol(elf)
+            if found is None:
+                return b""
+            addr, size = found
+            for seg in elf.iter_segments():
+                start = int(seg["p_vaddr"])
+                if seg["p_type"] == "PT_LOAD" and start <= addr < start + int(seg["p_filesz"]):
+                    f.seek(addr - start + int(seg["p_offset"]))
+                    return f.read(size)
     except ELFError as exc:
         raise ModelError(f"{so_path} is not an ELF shared library: {exc}") from exc
     return b""
