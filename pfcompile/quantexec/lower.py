@@ -302,9 +302,12 @@ class _Plan:
 
     def args(self) -> list:
         """The kernel's arguments with its own per-channel constants (no ``shared_params``)."""
-        return [self.xq, relax.const(self.kernel.pack_weight(self.wq)),
-                relax.const(self.bias_total()), relax.const(self.p0), relax.const(self.p1),
+        return [self.xq, relax.const(self.kernel.pack_weight(self.wq)), *self.channel_args(),
                 *self.scalars()]
+
+    def channel_args(self) -> list:
+        """Its own per-channel constants: integer bias, scale, offset or float bias."""
+        return [relax.const(self.bias_total()), relax.const(self.p0), relax.const(self.p1)]
 
     def scalars(self) -> list:
         """The kernel's scalar arguments after its tensors (sizes of a spatially shared one)."""
@@ -347,11 +350,7 @@ def _fused_call(gv, f: _FusedDwPw, d: _Plan, p: _Plan, x, params) -> relax.Call:
     args = [x]
     for plan, pack in ((d, f.pack_dw), (p, f.pack_pw)):
         args.append(relax.const(pack(plan.wq)))
-        if params is not None:
-            args += [*params.consts[params.key[id(plan)]],
-                     relax.prim_value(tirx.IntImm("int32", params.base[id(plan)]))]
-        else:
-            args += [relax.const(plan.bias_total()), relax.const(plan.p0), relax.const(plan.p1)]
+        args += plan.channel_args() if params is None else params.channel_args(plan)
     return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(p.out_shape(), p.out_dtype))
 
 
@@ -386,9 +385,14 @@ class _SharedParams:
                                 relax.const(np.concatenate(s).astype(np.float32)),
                                 relax.const(np.concatenate(o).astype(np.float32))]
 
+    def channel_args(self, p: _Plan) -> list:
+        """``p``'s per-channel constants: its kind's shared arrays and its offset in them."""
+        return [*self.consts[self.key[id(p)]],
+                relax.prim_value(tirx.IntImm("int32", self.base[id(p)]))]
+
     def call(self, gv, p: _Plan, xq) -> relax.Call:
-        args = [xq, relax.const(p.kernel.pack_weight(p.wq)), *self.consts[self.key[id(p)]],
-                relax.prim_value(tirx.IntImm("int32", self.base[id(p)])), *p.scalars()]
+        args = [xq, relax.const(p.kernel.pack_weight(p.wq)), *self.channel_args(p),
+                *p.scalars()]
         return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(p.out_shape(), p.out_dtype))
 
 
